@@ -1,0 +1,16 @@
+//! Compiles `proto/` with tonic-prost-build. protoc comes from the `protoc-bin-vendored`
+//! crate unless `PROTOC` is set, so a fresh machine needs no system package.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment yet.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let include = protoc_bin_vendored::include_path()?;
+    tonic_prost_build::configure()
+        // Payloads are passed through without copying: Kafka record -> Bytes -> gRPC frame.
+        .bytes(".fanout.v1.Delivery")
+        .compile_protos(&["proto/fanout/v1/fanout.proto"], &["proto", include.to_str().unwrap_or("")])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! A subscriber client for the `Fanout.Subscribe` stream: used by `fanout-gateway subscribe`,
+//! the demo and the tests. Services in other languages use the generated stubs of
+//! `proto/fanout/v1/fanout.proto` the same way.
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::proto::fanout_client::FanoutClient;
+use crate::proto::subscribe_request::Kind;
+use crate::proto::{Ack, Credit, Delivery, Disposition, Drain, Hello, Nack, SubscribeRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("subscription refused: {0}")]
+    Refused(#[source] Status),
+    #[error("the stream is closed")]
+    Closed,
+}
+
+/// One open subscription.
+pub struct Subscription {
+    deliveries: tonic::Streaming<crate::proto::SubscribeResponse>,
+    requests: mpsc::Sender<SubscribeRequest>,
+}
+
+impl Subscription {
+    /// Connects to `endpoint` (`http://host:port`) and sends `hello`.
+    pub async fn connect(endpoint: &str, hello: Hello) -> Result<Self, ClientError> {
+        let mut client = FanoutClient::connect(endpoint.to_string())
+            .await
+            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
+        Self::open(&mut client, hello).await
+    }
+
+    /// Opens a subscription on an existing channel.
+    pub async fn open(
+        client: &mut FanoutClient<tonic::transport::Channel>,
+        hello: Hello,
+    ) -> Result<Self, ClientError> {
+        // Acks are small; 1024 queued requests is far more than a window's worth of batches.
+        let (requests, rx) = mpsc::channel(1_024);
+        requests
+            .send(SubscribeRequest { kind: Some(Kind::Hello(hello)) })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let deliveries = client.subscribe(ReceiverStream::new(rx)).await.map_err(ClientError::Refused)?.into_inner();
+        Ok(Self { deliveries, requests })
+    }
+
+    /// The next batch of deliveries; `Ok(None)` when the server ended the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Vec<Delivery>>, Status> {
+        Ok(self.deliveries.message().await?.map(|r| r.deliveries))
+    }
+
+    /// Sends an arbitrary request (tests use it to send malformed sequences).
+    pub async fn send(&self, kind: Kind) -> Result<(), ClientError> {
+        self.requests.send(SubscribeRequest { kind: Some(kind) }).await.map_err(|_| ClientError::Closed)
+    }
+
+    pub async fn ack(&self, delivery_ids: Vec<String>) -> Result<(), ClientError> {
+        self.send(Kind::Ack(Ack { delivery_ids })).await
+    }
+
+    pub async fn nack(&self, delivery_id: String, reason: &str) -> Result<(), ClientError> {
+        self.send(Kind::Nack(Nack {
+            delivery_id,
+            reason: reason.to_string(),
+            disposition: Disposition::Retry as i32,
+            retry_after: None,
+        }))
+        .await
+    }
+
+    pub async fn credit(&self, additional: u32) -> Result<(), ClientError> {
+        self.send(Kind::Credit(Credit { additional })).await
+    }
+
+    pub async fn drain(&self) -> Result<(), ClientError> {
+        self.send(Kind::Drain(Drain {})).await
+    }
+}
+
+/// A hello for `route` with a window of `max_in_flight`.
+pub fn hello(route: &str, name: &str, max_in_flight: u32) -> Hello {
+    Hello { route: route.to_string(), pod_name: name.to_string(), max_in_flight, ..Hello::default() }
+}

@@ -1,0 +1,441 @@
+//! Gateway configuration: a TOML file, parsed and validated once, with environment overrides.
+//!
+//! Everything downstream (the Kafka consumer, the dispatcher, the gRPC server) receives an
+//! already-validated [`Config`]; a bad file is refused here with every problem named by its
+//! field path (`routes[1].topics`), so nothing starts half-configured.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Environment variable that overrides `kafka.bootstrap_servers`.
+pub const ENV_BOOTSTRAP_SERVERS: &str = "FANOUT_BOOTSTRAP_SERVERS";
+/// Environment variable that overrides `kafka.group_instance_id` (a StatefulSet sets it to the
+/// pod name for static membership).
+pub const ENV_GROUP_INSTANCE_ID: &str = "FANOUT_GROUP_INSTANCE_ID";
+
+/// librdkafka properties the gateway owns: setting them would break at-least-once commits.
+const MANAGED_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+    "auto.offset.reset",
+    "partition.assignment.strategy",
+    "group.instance.id",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config error at `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One validation problem, named by the path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the Subscribe gRPC service.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How long a graceful shutdown waits for in-flight deliveries to be acked before it
+    /// commits and leaves the group.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), shutdown_grace_ms: default_shutdown_grace_ms() }
+    }
+}
+
+/// `0.0.0.0:50051`: the conventional gRPC port.
+fn default_listen() -> String {
+    "0.0.0.0:50051".to_string()
+}
+
+/// 10 s: well below Kubernetes' default 30 s termination grace period.
+const fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// The gateway's one long-lived consumer group.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Static membership: a restart with the same id within `session.timeout.ms` does not
+    /// rebalance the group.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    #[serde(default)]
+    pub auto_offset_reset: AutoOffsetReset,
+    /// How often acked offsets are committed (also on revoke and on shutdown).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Most un-committed messages held per partition; past it the partition is paused on the
+    /// consumer until acks move the commit point. Bounds memory whatever the lag.
+    #[serde(default = "default_max_uncommitted")]
+    pub max_uncommitted_per_partition: usize,
+    /// Further librdkafka consumer properties, passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `fanout-gateway`.
+fn default_group_id() -> String {
+    "fanout-gateway".to_string()
+}
+
+/// 1 s: a restart redelivers at most about a second of acked work beyond what commit
+/// metadata already records.
+const fn default_commit_interval_ms() -> u64 {
+    1_000
+}
+
+/// 10 000 messages per partition.
+const fn default_max_uncommitted() -> usize {
+    10_000
+}
+
+/// Where to start when the group has no committed offset (librdkafka's `auto.offset.reset`;
+/// its default is `latest`, ours is `earliest` so nothing published before the first start
+/// is skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoOffsetReset {
+    #[default]
+    Earliest,
+    Latest,
+    /// Refuse to guess: the partition reports an error until an offset is committed.
+    Error,
+}
+
+impl AutoOffsetReset {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name subscribers put in `Hello.route`.
+    pub name: String,
+    /// Topics whose messages this route delivers.
+    pub topics: Vec<String>,
+    /// Cap on a subscriber's in-flight window (`Hello.max_in_flight` and credits).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Window given to a subscriber whose Hello asks for 0.
+    #[serde(default = "default_window")]
+    pub default_in_flight: u32,
+}
+
+/// 1 000 deliveries.
+const fn default_max_in_flight() -> u32 {
+    1_000
+}
+
+/// 100 deliveries.
+const fn default_window() -> u32 {
+    100
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut config = Self::parse(&text)?;
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; an error names the path of the field that failed.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: "<document>".to_string(),
+            message: e.message().to_string(),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: if path == "." { "<document>".to_string() } else { path },
+                message: inner.message().to_string(),
+            }
+        })
+    }
+
+    /// Applies environment overrides through a lookup function, so tests need not touch the
+    /// process environment.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = lookup(ENV_BOOTSTRAP_SERVERS).filter(|v| !v.trim().is_empty()) {
+            self.kafka.bootstrap_servers = v;
+        }
+        if let Some(v) = lookup(ENV_GROUP_INSTANCE_ID).filter(|v| !v.trim().is_empty()) {
+            self.kafka.group_instance_id = Some(v);
+        }
+    }
+
+    /// Every problem at once, each with its field path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: String, message: &str| {
+            problems.push(Problem { field, message: message.to_string() })
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            bad("server.listen".into(), "must be an address like 0.0.0.0:50051");
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            bad("kafka.bootstrap_servers".into(), "must name at least one broker (host:port)");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            bad("kafka.group_id".into(), "must not be empty");
+        }
+        if self.kafka.group_instance_id.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            bad("kafka.group_instance_id".into(), "must not be empty when set");
+        }
+        if self.kafka.commit_interval_ms == 0 {
+            bad("kafka.commit_interval_ms".into(), "must be at least 1");
+        }
+        if self.kafka.max_uncommitted_per_partition == 0 {
+            bad("kafka.max_uncommitted_per_partition".into(), "must be at least 1");
+        }
+        for key in self.kafka.properties.keys() {
+            if MANAGED_PROPERTIES.contains(&key.as_str()) {
+                bad(
+                    format!("kafka.properties.\"{key}\""),
+                    "is managed by the gateway; use the matching `kafka.*` field or leave it out",
+                );
+            }
+        }
+        if self.routes.is_empty() {
+            bad("routes".into(), "at least one [[routes]] entry is needed");
+        }
+        let mut names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            if route.name.trim().is_empty() {
+                bad(at("name"), "must not be empty");
+            } else if !names.insert(route.name.as_str()) {
+                bad(at("name"), "is used by another route; route names must be unique");
+            }
+            if route.topics.is_empty() {
+                bad(at("topics"), "must list at least one topic");
+            }
+            for (j, topic) in route.topics.iter().enumerate() {
+                if topic.trim().is_empty() || topic.contains('/') {
+                    bad(format!("routes[{i}].topics[{j}]"), "must be a Kafka topic name");
+                }
+            }
+            if route.max_in_flight == 0 {
+                bad(at("max_in_flight"), "must be at least 1");
+            }
+            if route.default_in_flight == 0 || route.default_in_flight > route.max_in_flight {
+                bad(at("default_in_flight"), "must be between 1 and max_in_flight");
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every topic some route consumes, sorted and deduplicated.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> =
+            self.routes.iter().flat_map(|r| r.topics.iter().cloned()).collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// A ready configuration for one route over the given topics (demo and tests).
+    pub fn single_route(bootstrap: &str, group_id: &str, route: &str, topics: &[&str]) -> Self {
+        Self {
+            server: ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() },
+            kafka: KafkaConfig {
+                bootstrap_servers: bootstrap.to_string(),
+                group_id: group_id.to_string(),
+                group_instance_id: None,
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                commit_interval_ms: 200,
+                max_uncommitted_per_partition: default_max_uncommitted(),
+                properties: BTreeMap::new(),
+            },
+            routes: vec![RouteConfig {
+                name: route.to_string(),
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                max_in_flight: default_max_in_flight(),
+                default_in_flight: default_window(),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:50051"
+
+        [kafka]
+        bootstrap_servers = "kafka-0:9092"
+        group_id = "gw"
+        auto_offset_reset = "latest"
+        [kafka.properties]
+        "session.timeout.ms" = "10000"
+
+        [[routes]]
+        name = "orders"
+        topics = ["orders", "orders-retry"]
+        max_in_flight = 500
+    "#;
+
+    fn problems(text: &str) -> Vec<String> {
+        let config = Config::parse(text).expect("parses");
+        match config.validate() {
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.field).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let config = Config::parse(GOOD).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.kafka.auto_offset_reset, AutoOffsetReset::Latest);
+        assert_eq!(config.kafka.commit_interval_ms, 1_000);
+        assert_eq!(config.routes[0].max_in_flight, 500);
+        assert_eq!(config.routes[0].default_in_flight, 100);
+        assert_eq!(config.topics(), vec!["orders", "orders-retry"]);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let text = GOOD.replace("max_in_flight = 500", "max_inflight = 500");
+        let err = Config::parse(&text).expect_err("unknown field");
+        let msg = err.to_string();
+        assert!(msg.contains("routes[0]"), "{msg}");
+        assert!(msg.contains("max_inflight"), "{msg}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_named_with_its_path() {
+        let text = GOOD.replace("\"latest\"", "\"newest\"");
+        let err = Config::parse(&text).expect_err("bad variant");
+        let msg = err.to_string();
+        assert!(msg.contains("kafka.auto_offset_reset"), "{msg}");
+        assert!(msg.contains("newest"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let text = GOOD.replace("max_in_flight = 500", "max_in_flight = \"lots\"");
+        let msg = Config::parse(&text).expect_err("bad type").to_string();
+        assert!(msg.contains("routes[0].max_in_flight"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let text = GOOD.replace("bootstrap_servers = \"kafka-0:9092\"", "");
+        let msg = Config::parse(&text).expect_err("missing").to_string();
+        assert!(msg.contains("bootstrap_servers"), "{msg}");
+    }
+
+    #[test]
+    fn validation_names_every_bad_field() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            [kafka]
+            bootstrap_servers = " "
+            commit_interval_ms = 0
+            [kafka.properties]
+            "enable.auto.commit" = "true"
+            [[routes]]
+            name = "a"
+            topics = []
+            [[routes]]
+            name = "a"
+            topics = ["x/y"]
+            max_in_flight = 10
+        "#;
+        assert_eq!(
+            problems(text),
+            vec![
+                "server.listen",
+                "kafka.bootstrap_servers",
+                "kafka.commit_interval_ms",
+                "kafka.properties.\"enable.auto.commit\"",
+                "routes[0].topics",
+                "routes[1].name",
+                "routes[1].topics[0]",
+                "routes[1].default_in_flight",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_routes_is_a_problem() {
+        let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
+        assert_eq!(problems(text), vec!["routes"]);
+    }
+
+    #[test]
+    fn env_overrides_bootstrap_and_instance_id() {
+        let mut config = Config::parse(GOOD).expect("parses");
+        config.apply_env(|name| match name {
+            ENV_BOOTSTRAP_SERVERS => Some("broker:9093".into()),
+            ENV_GROUP_INSTANCE_ID => Some("gateway-0".into()),
+            _ => None,
+        });
+        assert_eq!(config.kafka.bootstrap_servers, "broker:9093");
+        assert_eq!(config.kafka.group_instance_id.as_deref(), Some("gateway-0"));
+    }
+}

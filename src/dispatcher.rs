@@ -1,0 +1,375 @@
+//! The dispatcher task: the one owner of the gateway's moving state.
+//!
+//! Kafka events (records, assignments, revocations) come in from the consumer thread; session
+//! commands (hello, acks, nacks, credits, drains, goodbyes) come in from the gRPC streams. The
+//! dispatcher tracks every received offset ([`PartitionTracker`]), routes records to sessions
+//! ([`Registry`]), turns acks into commit points and sends those, plus pause/resume decisions,
+//! back to the consumer. Commands are taken before new records (`biased`), so acks always
+//! make room before more work is accepted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use crate::kafka::consumer::ConsumerHandle;
+use crate::kafka::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
+use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
+use crate::stats::Stats;
+use crate::subscriptions::{CloseReason, Pending, RegisterError, Registered, Registry, SessionId};
+
+/// Capacity of the command channel from gRPC streams. A full channel makes stream readers
+/// wait, which slows clients' acks down to what the dispatcher can take.
+pub const COMMAND_CHANNEL: usize = 1_024;
+
+/// Requests from the gRPC layer.
+#[derive(Debug)]
+pub enum Command {
+    Register {
+        route: String,
+        max_in_flight: u32,
+        name: String,
+        peer: Option<SocketAddr>,
+        reply: oneshot::Sender<Result<Registered, RegisterError>>,
+    },
+    Ack {
+        session: SessionId,
+        delivery_ids: Vec<String>,
+    },
+    Nack {
+        session: SessionId,
+        delivery_id: String,
+    },
+    Credit {
+        session: SessionId,
+        additional: u32,
+    },
+    Drain {
+        session: SessionId,
+    },
+    Unregister {
+        session: SessionId,
+    },
+}
+
+struct PartitionState {
+    tracker: PartitionTracker,
+    epoch: u64,
+    paused: bool,
+    last_commit: Option<CommitPoint>,
+}
+
+/// Settings the dispatcher needs from the config.
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub commit_interval: Duration,
+    pub max_uncommitted: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// The dispatcher's state; [`run`] drives it.
+pub struct Dispatcher {
+    registry: Registry,
+    partitions: HashMap<TopicPartition, PartitionState>,
+    topic_routes: HashMap<Arc<str>, Vec<usize>>,
+    next_epoch: u64,
+    stats: Arc<Stats>,
+    settings: DispatcherSettings,
+    stopping: bool,
+}
+
+impl Dispatcher {
+    pub fn new(registry: Registry, stats: Arc<Stats>, settings: DispatcherSettings) -> Self {
+        Self {
+            registry,
+            partitions: HashMap::new(),
+            topic_routes: HashMap::new(),
+            next_epoch: 1,
+            stats,
+            settings,
+            stopping: false,
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Register { route, max_in_flight, name, peer, reply } => {
+                let result = self.registry.register(&route, max_in_flight, &name);
+                match &result {
+                    Ok(r) => {
+                        Stats::bump(&self.stats.sessions_opened, 1);
+                        info!(session = r.session, route, name, ?peer, window = r.window, "subscriber joined");
+                    }
+                    Err(error) => info!(route, name, ?peer, %error, "subscriber refused"),
+                }
+                if let Err(Ok(r)) = reply.send(result) {
+                    // The stream went away before it heard back.
+                    self.registry.unregister(r.session);
+                }
+            }
+            Command::Ack { session, delivery_ids } => {
+                let acked = self.registry.ack(session, &delivery_ids);
+                if acked.unknown > 0 {
+                    Stats::bump(&self.stats.unknown_acks, acked.unknown);
+                    debug!(session, unknown = acked.unknown, "ignored acks of ids not in flight on this stream");
+                }
+                for p in acked.settled {
+                    self.settle(&p);
+                }
+                if acked.closed {
+                    Stats::bump(&self.stats.sessions_closed, 1);
+                    info!(session, "subscriber drained and closed");
+                }
+            }
+            Command::Nack { session, delivery_id } => {
+                if self.registry.nack(session, &delivery_id) {
+                    Stats::bump(&self.stats.nacked, 1);
+                } else {
+                    Stats::bump(&self.stats.unknown_acks, 1);
+                }
+            }
+            Command::Credit { session, additional } => self.registry.credit(session, additional),
+            Command::Drain { session } => {
+                info!(session, "subscriber draining");
+                self.registry.drain(session);
+            }
+            Command::Unregister { session } => {
+                if self.registry.unregister(session) {
+                    Stats::bump(&self.stats.sessions_closed, 1);
+                    info!(session, "subscriber left; its in-flight deliveries go to other subscribers");
+                }
+            }
+        }
+    }
+
+    /// Records one route's ack of a delivery in its partition's tracker.
+    fn settle(&mut self, p: &Pending) {
+        let Some(state) = self.partitions.get_mut(&p.record.tp) else {
+            Stats::bump(&self.stats.unknown_acks, 1);
+            return;
+        };
+        if state.epoch != p.epoch {
+            Stats::bump(&self.stats.unknown_acks, 1);
+            return;
+        }
+        match state.tracker.ack(p.record.offset) {
+            AckOutcome::Done | AckOutcome::Partial => Stats::bump(&self.stats.acked, 1),
+            AckOutcome::Unknown => Stats::bump(&self.stats.unknown_acks, 1),
+        }
+    }
+
+    fn handle_event(&mut self, event: KafkaEvent) {
+        match event {
+            KafkaEvent::Records(records) => self.on_records(records),
+            KafkaEvent::Assigned(assignments) => self.on_assigned(assignments),
+            KafkaEvent::Revoked { partitions, reply } => {
+                let points = self.on_revoked(&partitions);
+                let _ = reply.send(points);
+            }
+        }
+    }
+
+    fn on_assigned(&mut self, assignments: Vec<Assignment>) {
+        for a in assignments {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            self.partitions.insert(
+                a.tp,
+                PartitionState {
+                    tracker: PartitionTracker::new(a.committed, a.acked_above),
+                    epoch,
+                    paused: false,
+                    last_commit: None,
+                },
+            );
+        }
+    }
+
+    /// Drops the partitions' buffered messages and returns their final commit points.
+    pub fn on_revoked(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, CommitPoint)> {
+        let dropped = self.registry.purge(partitions);
+        let mut points = Vec::new();
+        for tp in partitions {
+            if let Some(state) = self.partitions.remove(tp) {
+                if let Some(point) = state.tracker.commit_point() {
+                    if state.last_commit.as_ref() != Some(&point) {
+                        points.push((tp.clone(), point));
+                    }
+                }
+            }
+        }
+        info!(partitions = partitions.len(), dropped, "revoked partitions released");
+        points
+    }
+
+    fn on_records(&mut self, records: Vec<Record>) {
+        if self.stopping {
+            // Not tracked, so never committed: the next owner delivers them.
+            return;
+        }
+        for record in records {
+            let routes = match self.topic_routes.get(&record.tp.topic) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.registry.routes_for_topic(&record.tp.topic);
+                    self.topic_routes.insert(record.tp.topic.clone(), r.clone());
+                    r
+                }
+            };
+            let state = self.partitions.entry(record.tp.clone()).or_insert_with(|| {
+                let epoch = self.next_epoch;
+                self.next_epoch += 1;
+                PartitionState { tracker: PartitionTracker::new(None, Vec::new()), epoch, paused: false, last_commit: None }
+            });
+            match state.tracker.track(record.offset, routes.len() as u16) {
+                Track::New => {
+                    let epoch = state.epoch;
+                    let record = Arc::new(record);
+                    for r in routes {
+                        self.registry.dispatch(Pending::new(record.clone(), epoch, r));
+                    }
+                }
+                Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
+                Track::Stale => Stats::bump(&self.stats.stale_records, 1),
+            }
+        }
+    }
+
+    /// Commit points that moved since the last commit.
+    pub fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
+        let mut points = Vec::new();
+        for (tp, state) in &mut self.partitions {
+            if let Some(point) = state.tracker.commit_point() {
+                if state.last_commit.as_ref() != Some(&point) {
+                    state.last_commit = Some(point.clone());
+                    points.push((tp.clone(), point));
+                }
+            }
+        }
+        points
+    }
+
+    /// Partitions to pause (too much un-committed) and to resume (back under half).
+    fn flow_control(&mut self) -> (Vec<TopicPartition>, Vec<TopicPartition>) {
+        let max = self.settings.max_uncommitted;
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        let mut owed = 0u64;
+        for (tp, state) in &mut self.partitions {
+            let held = state.tracker.uncommitted();
+            owed += state.tracker.owed() as u64;
+            if !state.paused && held >= max {
+                state.paused = true;
+                pause.push(tp.clone());
+            } else if state.paused && held <= max / 2 {
+                state.paused = false;
+                resume.push(tp.clone());
+            }
+        }
+        self.stats.set_buffered(owed);
+        (pause, resume)
+    }
+
+    fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
+        self.registry.flush();
+        self.stats.delivered.store(self.registry.delivered, std::sync::atomic::Ordering::Relaxed);
+        self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
+        let (pause, resume) = self.flow_control();
+        if !pause.is_empty() {
+            Stats::bump(&self.stats.partitions_paused, pause.len() as u64);
+            debug!(partitions = pause.len(), "pausing partitions: un-committed bound reached");
+            let _ = kafka.send(KafkaCommand::Pause(pause));
+        }
+        if !resume.is_empty() {
+            Stats::bump(&self.stats.partitions_resumed, resume.len() as u64);
+            debug!(partitions = resume.len(), "resuming partitions");
+            let _ = kafka.send(KafkaCommand::Resume(resume));
+        }
+    }
+}
+
+/// Runs the dispatcher until shutdown completes: drain in-flight deliveries (up to the
+/// grace period), commit synchronously, close the consumer (leave the group), end sessions.
+pub async fn run(
+    mut d: Dispatcher,
+    mut commands: mpsc::Receiver<Command>,
+    consumer: ConsumerHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ConsumerHandle { mut events, commands: kafka, exited } = consumer;
+    let mut tick = tokio::time::interval(d.settings.commit_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut grace_deadline: Option<Instant> = None;
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+
+    loop {
+        tokio::select! {
+            biased;
+            Some(command) = commands.recv() => d.handle_command(command),
+            event = events.recv() => match event {
+                Some(event) => d.handle_event(event),
+                None => {
+                    warn!("consumer thread ended unexpectedly");
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                let points = d.commit_points();
+                if !points.is_empty() {
+                    let _ = kafka.send(KafkaCommand::Commit { points, done: None });
+                }
+            }
+            _ = shutdown.changed(), if grace_deadline.is_none() => {
+                info!(in_flight = d.registry.in_flight(), "shutting down: no new deliveries, waiting for in-flight acks");
+                d.stopping = true;
+                d.registry.set_paused(true);
+                let _ = kafka.send(KafkaCommand::StopFetching);
+                grace_deadline = Some(Instant::now() + d.settings.shutdown_grace);
+            }
+            _ = tokio::time::sleep_until(grace_deadline.unwrap_or(far)), if grace_deadline.is_some() => {
+                warn!(in_flight = d.registry.in_flight(), "grace period over with deliveries in flight; they will be redelivered");
+                break;
+            }
+        }
+        d.after_each(&kafka);
+        if grace_deadline.is_some() && d.registry.in_flight() == 0 {
+            break;
+        }
+    }
+
+    // Final commit, synchronous, then leave the group.
+    let points = d.commit_points();
+    if !points.is_empty() {
+        let (done, result) = oneshot::channel();
+        let count = points.len();
+        if kafka.send(KafkaCommand::Commit { points, done: Some(done) }).is_ok() {
+            match tokio::time::timeout(Duration::from_secs(10), result).await {
+                Ok(Ok(Ok(()))) => info!(partitions = count, "final commit done"),
+                Ok(Ok(Err(error))) => warn!(%error, "final commit failed"),
+                _ => warn!("final commit did not finish in time"),
+            }
+        }
+    }
+    d.registry.close_all(CloseReason::ShuttingDown);
+    let _ = kafka.send(KafkaCommand::Close);
+    // Closing the consumer revokes its partitions through the rebalance callback, which asks
+    // us for commit points: keep answering until the thread is gone.
+    let serve_revokes = async {
+        while let Some(event) = events.recv().await {
+            if let KafkaEvent::Revoked { partitions, reply } = event {
+                let _ = reply.send(d.on_revoked(&partitions));
+            }
+        }
+    };
+    let closed = async {
+        serve_revokes.await;
+        let _ = exited.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(30), closed).await.is_err() {
+        warn!("consumer did not close within 30 s; leaving it behind");
+    }
+    info!("dispatcher stopped");
+}

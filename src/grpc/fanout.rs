@@ -1,0 +1,169 @@
+//! The `Fanout.Subscribe` stream: reads the hello, registers the session with the dispatcher,
+//! then forwards the client's acks, nacks, credits and drain to the dispatcher while the
+//! session's deliveries flow down the response stream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::dispatcher::Command;
+use crate::proto::fanout_server::Fanout;
+use crate::proto::subscribe_request::Kind;
+use crate::proto::{Disposition, SubscribeRequest, SubscribeResponse};
+use crate::subscriptions::{SessionId, SessionMessage};
+
+/// The Subscribe service. Holds only the dispatcher's command channel: all state is there.
+#[derive(Clone)]
+pub struct FanoutService {
+    commands: mpsc::Sender<Command>,
+}
+
+impl FanoutService {
+    pub fn new(commands: mpsc::Sender<Command>) -> Self {
+        Self { commands }
+    }
+}
+
+fn dispatcher_gone() -> Status {
+    Status::unavailable("the gateway is shutting down; reconnect with backoff")
+}
+
+#[tonic::async_trait]
+impl Fanout for FanoutService {
+    type SubscribeStream = SessionStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first"))?;
+        let hello = match first.kind {
+            Some(Kind::Hello(hello)) => hello,
+            Some(_) | None => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello (SubscribeRequest.hello with the route name); acks, nacks, credits and drain come after it",
+                ))
+            }
+        };
+        let name = if hello.pod_name.is_empty() {
+            peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+        } else {
+            format!("{}/{}", if hello.namespace.is_empty() { "-" } else { &hello.namespace }, hello.pod_name)
+        };
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Register { route: hello.route, max_in_flight: hello.max_in_flight, name, peer, reply })
+            .await
+            .map_err(|_| dispatcher_gone())?;
+        let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(|e| super::register_status(&e))?;
+        let session = registered.session;
+
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            read_client(session, inbound, &commands).await;
+            let _ = commands.send(Command::Unregister { session }).await;
+        });
+
+        Ok(Response::new(SessionStream {
+            session,
+            outbox: registered.outbox,
+            commands: self.commands.clone(),
+            finished: false,
+        }))
+    }
+}
+
+/// Forwards the client's messages until its side of the stream ends or fails.
+async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest>, commands: &mpsc::Sender<Command>) {
+    loop {
+        let message = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                debug!(session, "client closed its side of the stream");
+                return;
+            }
+            Err(status) => {
+                debug!(session, %status, "client stream failed");
+                return;
+            }
+        };
+        let command = match message.kind {
+            Some(Kind::Ack(ack)) => Command::Ack { session, delivery_ids: ack.delivery_ids },
+            Some(Kind::Nack(nack)) => {
+                // Dead-lettering and retry delays come with the retry policy; until then
+                // every nack is a retry.
+                if nack.disposition() == Disposition::DeadLetter {
+                    debug!(session, id = nack.delivery_id, "dead-letter nack treated as retry: no dead-letter topic configured");
+                }
+                Command::Nack { session, delivery_id: nack.delivery_id }
+            }
+            Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
+            Some(Kind::Drain(_)) => Command::Drain { session },
+            Some(Kind::Hello(_)) => {
+                warn!(session, "second hello on one stream ignored");
+                continue;
+            }
+            None => continue,
+        };
+        if commands.send(command).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The response stream of one session. Dropping it (the client went away) unregisters the
+/// session, so its in-flight deliveries are redelivered.
+pub struct SessionStream {
+    session: SessionId,
+    outbox: mpsc::UnboundedReceiver<SessionMessage>,
+    commands: mpsc::Sender<Command>,
+    finished: bool,
+}
+
+impl Stream for SessionStream {
+    type Item = Result<SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.outbox.poll_recv(cx) {
+            Poll::Ready(Some(SessionMessage::Deliveries(deliveries))) => {
+                Poll::Ready(Some(Ok(SubscribeResponse { deliveries })))
+            }
+            Poll::Ready(Some(SessionMessage::Closed(reason))) => {
+                self.finished = true;
+                Poll::Ready(super::close_status(reason).map(Err))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SessionStream {
+    fn drop(&mut self) {
+        let commands = self.commands.clone();
+        let session = self.session;
+        // Unregister is idempotent; the reader task sends one too when the client side ends.
+        if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(Command::Unregister { session }) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
+}

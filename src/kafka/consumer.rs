@@ -1,0 +1,411 @@
+//! The gateway's consumer: one rdkafka `BaseConsumer` on a dedicated thread.
+//!
+//! A thread of its own because librdkafka runs rebalance callbacks inside `poll`, and the
+//! revoke callback must wait for the dispatcher to say what to commit: blocking there is only
+//! safe on a thread that does nothing else. Records go to the dispatcher in batches over a
+//! bounded channel (the thread blocks when the dispatcher is behind, and librdkafka's own
+//! prefetch limits then stop fetching); commands come back over an unbounded channel that the
+//! thread drains between polls.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
+use crate::config::Config;
+use crate::offsets::{decode_acked, CommitPoint};
+use crate::stats::Stats;
+
+/// Records handed over per event: large enough to amortise the channel, small enough that
+/// one batch is little memory.
+const BATCH: usize = 512;
+/// Batches in flight between the thread and the dispatcher; when full the thread waits.
+const EVENT_CHANNEL: usize = 16;
+/// How long a revoke waits for the dispatcher's commit points. Below the default
+/// `max.poll.interval.ms` by far; past it the partitions go without a final commit and the
+/// next owner redelivers from the last periodic commit (at-least-once still holds).
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("cannot subscribe to topics {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot start the consumer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The dispatcher's end of the consumer.
+pub struct ConsumerHandle {
+    pub events: mpsc::Receiver<KafkaEvent>,
+    pub commands: std_mpsc::Sender<KafkaCommand>,
+    /// Resolves when the thread has closed the consumer (left the group) and ended.
+    pub exited: oneshot::Receiver<()>,
+}
+
+struct GatewayContext {
+    events: mpsc::Sender<KafkaEvent>,
+    stats: Arc<Stats>,
+    bootstrap: String,
+    topics: parking_lot::Mutex<TopicNames>,
+}
+
+/// Interned topic names, so every record of a topic shares one `Arc<str>`.
+#[derive(Default)]
+struct TopicNames(HashMap<String, Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.0.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.0.insert(name.to_string(), t.clone());
+        t
+    }
+}
+
+impl GatewayContext {
+    fn tp(&self, topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition { topic: self.topics.lock().get(topic), partition }
+    }
+
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+        tpl.elements().iter().map(|e| self.tp(e.topic(), e.partition())).collect()
+    }
+}
+
+impl ClientContext for GatewayContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Stats::bump(&self.stats.kafka_errors, 1);
+        let message = format!("kafka client error ({error}): {reason}");
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            self.stats.kafka_reachable.store(false, Ordering::Relaxed);
+            warn!(bootstrap = %self.bootstrap, %error, reason, "kafka unreachable; the client keeps retrying");
+        } else {
+            warn!(%error, reason, "kafka client error");
+        }
+        *self.stats.last_kafka_error.write() = Some(message);
+    }
+}
+
+impl ConsumerContext for GatewayContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                Stats::bump(&self.stats.rebalances, 1);
+                let partitions = self.partitions(tpl);
+                info!(partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
+                let (reply, answer) = std_mpsc::sync_channel(1);
+                if self.events.blocking_send(KafkaEvent::Revoked { partitions, reply }).is_err() {
+                    return; // dispatcher gone: nothing to commit
+                }
+                match answer.recv_timeout(REVOKE_TIMEOUT) {
+                    Ok(points) if !points.is_empty() => {
+                        if let Err(error) = commit(consumer, &points, CommitMode::Sync) {
+                            Stats::bump(&self.stats.commit_failures, 1);
+                            warn!(%error, "commit on revoke failed; the next owner redelivers from the last commit");
+                        } else {
+                            Stats::bump(&self.stats.commits, 1);
+                            self.record_committed(&points);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => warn!("dispatcher did not answer the revoke in time; nothing committed"),
+                }
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else { return };
+        Stats::bump(&self.stats.rebalances, 1);
+        // Where the group left each partition, and what its last owner acked beyond that.
+        let committed = match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(%error, "cannot read committed offsets; starting without commit metadata");
+                (*tpl).clone()
+            }
+        };
+        let assignments: Vec<Assignment> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let committed = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                let acked_above = committed.map(|c| decode_acked(c, e.metadata())).unwrap_or_default();
+                Assignment { tp: self.tp(e.topic(), e.partition()), committed, acked_above }
+            })
+            .collect();
+        info!(
+            partitions = ?assignments.iter().map(|a| format!("{}@{:?}", a.tp, a.committed)).collect::<Vec<_>>(),
+            "partitions assigned"
+        );
+        let _ = self.events.blocking_send(KafkaEvent::Assigned(assignments));
+    }
+}
+
+impl GatewayContext {
+    fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
+        let mut committed = self.stats.committed.write();
+        for (tp, point) in points {
+            committed.insert((tp.topic.to_string(), tp.partition), point.offset);
+        }
+    }
+}
+
+fn commit(
+    consumer: &BaseConsumer<GatewayContext>,
+    points: &[(TopicPartition, CommitPoint)],
+    mode: CommitMode,
+) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::with_capacity(points.len());
+    for (tp, point) in points {
+        let mut elem = tpl.add_partition(&tp.topic, tp.partition);
+        elem.set_offset(Offset::Offset(point.offset))?;
+        elem.set_metadata(point.metadata.clone());
+    }
+    consumer.commit(&tpl, mode)
+}
+
+fn tpl_of(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
+}
+
+/// librdkafka consumer properties for the gateway.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let k = &config.kafka;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("group.id", &k.group_id)
+        .set("client.id", "fanout-gateway")
+        // Commits happen only for acked offsets, explicitly.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", k.auto_offset_reset.as_librdkafka())
+        // Incremental rebalances: a gateway replica joining or leaving moves only the
+        // partitions that change owner; the others keep flowing.
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    if let Some(id) = &k.group_instance_id {
+        cc.set("group.instance.id", id);
+    }
+    for (key, value) in &k.properties {
+        cc.set(key, value);
+    }
+    cc
+}
+
+/// Creates the consumer, subscribes to every routed topic and starts the thread.
+pub fn spawn(config: &Config, stats: Arc<Stats>) -> Result<ConsumerHandle, ConsumerError> {
+    let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
+    let (commands, commands_rx) = std_mpsc::channel();
+    let (exited_tx, exited) = oneshot::channel();
+    let context = GatewayContext {
+        events: events_tx.clone(),
+        stats: stats.clone(),
+        bootstrap: config.kafka.bootstrap_servers.clone(),
+        topics: parking_lot::Mutex::new(TopicNames::default()),
+    };
+    let consumer: BaseConsumer<GatewayContext> =
+        client_config(config).create_with_context(context).map_err(ConsumerError::Create)?;
+    let topics = config.topics();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
+    info!(?topics, group = %config.kafka.group_id, "consumer subscribed");
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || {
+            run(consumer, events_tx, commands_rx, stats, bootstrap);
+            let _ = exited_tx.send(());
+        })
+        .map_err(ConsumerError::Thread)?;
+    Ok(ConsumerHandle { events, commands, exited })
+}
+
+fn run(
+    consumer: BaseConsumer<GatewayContext>,
+    events: mpsc::Sender<KafkaEvent>,
+    commands: std_mpsc::Receiver<KafkaCommand>,
+    stats: Arc<Stats>,
+    bootstrap: String,
+) {
+    let mut fetching = true;
+    let mut probe = Probe::new();
+    loop {
+        loop {
+            let command = match commands.try_recv() {
+                Ok(c) => c,
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => KafkaCommand::Close,
+            };
+            match command {
+                KafkaCommand::Commit { points, done } => {
+                    // Synchronous: librdkafka reports async commit results only through a
+                    // callback rust-rdkafka does not install, and a commit a second costs one
+                    // round trip on this thread while librdkafka keeps prefetching.
+                    debug!(partitions = points.len(), "committing");
+                    let result = commit(&consumer, &points, CommitMode::Sync);
+                    match &result {
+                        Ok(()) => {
+                            Stats::bump(&stats.commits, 1);
+                            consumer.context().record_committed(&points);
+                        }
+                        Err(error) => {
+                            Stats::bump(&stats.commit_failures, 1);
+                            warn!(%error, "offset commit failed; the next commit retries it");
+                        }
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(result.map_err(|e| e.to_string()));
+                    }
+                }
+                KafkaCommand::Pause(partitions) => {
+                    if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
+                        warn!(%error, "pause failed");
+                    }
+                }
+                KafkaCommand::Resume(partitions) => {
+                    if let Err(error) = consumer.resume(&tpl_of(&partitions)) {
+                        warn!(%error, "resume failed");
+                    }
+                }
+                KafkaCommand::StopFetching => {
+                    fetching = false;
+                    if let Ok(assigned) = consumer.assignment() {
+                        let _ = consumer.pause(&assigned);
+                    }
+                }
+                KafkaCommand::Close => {
+                    info!("closing the consumer: leaving the group");
+                    drop(consumer);
+                    info!("consumer closed");
+                    return;
+                }
+            }
+        }
+
+        if !stats.kafka_reachable.load(Ordering::Relaxed) {
+            probe.check(&consumer, &stats, &bootstrap);
+        }
+
+        let Some(first) = consumer.poll(POLL) else { continue };
+        let mut batch = Vec::with_capacity(BATCH);
+        let handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
+            Ok(m) => batch.push(to_record(consumer.context(), &m)),
+            Err(error) => {
+                Stats::bump(&stats.kafka_errors, 1);
+                warn!(%error, "consumer error");
+            }
+        };
+        handle(first, &mut batch);
+        while batch.len() < BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(m) => handle(m, &mut batch),
+                None => break,
+            }
+        }
+        if !fetching || batch.is_empty() {
+            continue;
+        }
+        stats.kafka_reachable.store(true, Ordering::Relaxed);
+        Stats::bump(&stats.received, batch.len() as u64);
+        if events.blocking_send(KafkaEvent::Records(batch)).is_err() {
+            info!("dispatcher gone; closing the consumer");
+            return;
+        }
+    }
+}
+
+/// Checks, with backoff, whether the cluster answers, so that an unreachable Kafka at start
+/// is reported once per attempt in plain words instead of only as librdkafka's noise.
+struct Probe {
+    next: Instant,
+    backoff: Duration,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self { next: Instant::now(), backoff: Duration::from_millis(500) }
+    }
+
+    fn check(&mut self, consumer: &BaseConsumer<GatewayContext>, stats: &Stats, bootstrap: &str) {
+        if Instant::now() < self.next {
+            return;
+        }
+        match consumer.fetch_metadata(None, Duration::from_secs(2)) {
+            Ok(_) => {
+                stats.kafka_reachable.store(true, Ordering::Relaxed);
+                info!(bootstrap, "kafka reachable");
+                self.backoff = Duration::from_millis(500);
+            }
+            Err(error) => {
+                warn!(bootstrap, %error, retry_in_ms = self.backoff.as_millis() as u64,
+                    "kafka unreachable: check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying");
+                *stats.last_kafka_error.write() = Some(format!("kafka unreachable at {bootstrap}: {error}"));
+                self.next = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
+    Record {
+        tp: context.tp(m.topic(), m.partition()),
+        offset: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}

@@ -1,0 +1,170 @@
+//! `fanout-gateway`: serve the gateway, run the embedded demo, or subscribe by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use fanout_gateway::{client, config::Config, demo, gateway};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "fanout-gateway", version, about = "Kafka to gRPC fan-out gateway")]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "FANOUT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Serve {
+        #[arg(long, short, env = "FANOUT_CONFIG", default_value = "fanout.toml")]
+        config: PathBuf,
+    },
+    /// Run everything in one process: embedded Kafka (mock cluster), producer, gateway,
+    /// subscribers. Ends with one `demo: ...` line.
+    Demo {
+        /// How long to produce, in seconds.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        subscribers: usize,
+        /// Messages produced per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// gRPC address of the demo gateway (attach `fanout-gateway subscribe` to it).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+    },
+    /// Subscribe to a route, print deliveries, ack them.
+    Subscribe {
+        /// Gateway endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        gateway: String,
+        #[arg(long)]
+        route: String,
+        /// Name this subscriber reports (pod name in Kubernetes).
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        max_in_flight: u32,
+        /// Print every delivery instead of a line per second.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+fn init_tracing(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            init_tracing(cli.log_format, "info");
+            let config = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            let gw = gateway::start(config).await?;
+            terminated().await;
+            gw.shutdown().await;
+        }
+        Command::Demo { duration, subscribers, rate, partitions, listen } => {
+            init_tracing(cli.log_format, "warn");
+            let options = demo::DemoOptions {
+                duration: Duration::from_secs(duration),
+                subscribers,
+                rate,
+                partitions,
+                listen,
+            };
+            println!(
+                "demo: embedded kafka, {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}",
+                options.listen
+            );
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                terminated().await;
+                let _ = stop_tx.send(true);
+            });
+            let report = demo::run(options, stop, |line| println!("{line}")).await?;
+            println!("{report}");
+        }
+        Command::Subscribe { gateway, route, name, max_in_flight, verbose } => {
+            init_tracing(cli.log_format, "warn");
+            subscribe(&gateway, &route, &name, max_in_flight, verbose).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn subscribe(endpoint: &str, route: &str, name: &str, window: u32, verbose: bool) -> anyhow::Result<()> {
+    let mut sub = client::Subscription::connect(endpoint, client::hello(route, name, window)).await?;
+    println!("subscribed to route {route} at {endpoint} (window {window}); Ctrl-C to stop");
+    let mut count = 0u64;
+    let mut last = tokio::time::Instant::now();
+    let stop = terminated();
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => break,
+            batch = sub.next() => batch,
+        };
+        let Some(batch) = batch.context("stream ended by the gateway")? else { break };
+        let mut ids = Vec::with_capacity(batch.len());
+        for d in batch {
+            if verbose {
+                println!(
+                    "{} attempt={} key={} value={}",
+                    d.delivery_id,
+                    d.attempt,
+                    String::from_utf8_lossy(&d.key),
+                    String::from_utf8_lossy(&d.value)
+                );
+            }
+            ids.push(d.delivery_id);
+        }
+        count += ids.len() as u64;
+        sub.ack(ids).await?;
+        if !verbose && last.elapsed() >= Duration::from_secs(1) {
+            println!("acked {count} deliveries");
+            last = tokio::time::Instant::now();
+        }
+    }
+    println!("acked {count} deliveries in total");
+    Ok(())
+}

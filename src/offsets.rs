@@ -1,0 +1,461 @@
+//! Offset tracking per partition: which received offsets are still owed an ack, and therefore
+//! which offset may be committed.
+//!
+//! Pure state, no I/O. The dispatcher records every offset it receives from Kafka and every
+//! ack it gets back; the commit loop asks [`PartitionTracker::commit_point`] what to commit.
+//! The committed offset is the lowest offset still owed an ack (or one past the last received
+//! offset when nothing is owed), so acks may arrive in any order and a commit never passes an
+//! un-acked message. Offsets need not be contiguous (compaction, transaction markers): only
+//! offsets actually received count.
+//!
+//! Acked offsets above the commit point are written into the commit's metadata
+//! ([`encode_acked`]); a gateway that takes the partition over reads them back and skips those
+//! messages instead of redelivering them.
+
+use std::collections::VecDeque;
+
+use base64::Engine;
+
+/// Largest commit metadata we write: Kafka's default `offset.metadata.max.bytes` is 4096.
+pub const MAX_METADATA_LEN: usize = 3_500;
+const METADATA_PREFIX: &str = "fanout1:";
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: i64,
+    /// Acks still owed for this offset (one per route that delivers it).
+    owed: u16,
+}
+
+/// What happened to a received offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// New: deliver it.
+    New,
+    /// Recorded as acked by a previous owner of the partition (commit metadata): do not deliver.
+    AlreadyAcked,
+    /// At or below an offset already received: Kafka re-sent it, ignore.
+    Stale,
+}
+
+/// Outcome of one ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The offset's last owed ack: it now counts as done.
+    Done,
+    /// One of several routes acked; others still owe.
+    Partial,
+    /// Not a pending offset (never received, or already fully acked).
+    Unknown,
+}
+
+/// Tracks one partition from the moment it is assigned until it is revoked.
+#[derive(Debug, Clone)]
+pub struct PartitionTracker {
+    /// Received offsets at or above the commit point, ascending.
+    pending: VecDeque<Entry>,
+    /// Commit point when `pending` is empty; `None` until the first offset is known.
+    next: Option<i64>,
+    /// Number of entries in `pending` that still owe acks.
+    owed: usize,
+    /// Offsets acked by a previous owner above its commit point, ascending ranges.
+    skip: Vec<(i64, i64)>,
+}
+
+/// What to commit for a partition: the offset and the metadata that records acks above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPoint {
+    pub offset: i64,
+    pub metadata: String,
+}
+
+impl PartitionTracker {
+    /// `start` is the group's committed offset if there is one; `skip` the acked ranges decoded
+    /// from its metadata.
+    pub fn new(start: Option<i64>, skip: Vec<(i64, i64)>) -> Self {
+        Self { pending: VecDeque::new(), next: start, owed: 0, skip }
+    }
+
+    /// Records a received offset that `routes` routes must each ack.
+    pub fn track(&mut self, offset: i64, routes: u16) -> Track {
+        // Everything below `floor` has been received already (or committed before we started).
+        let floor = self.pending.back().map(|e| e.offset + 1).or(self.next);
+        if floor.is_some_and(|floor| offset < floor) {
+            return Track::Stale;
+        }
+        if self.next.is_none() {
+            self.next = Some(offset);
+        }
+        if routes == 0 || self.skipped(offset) {
+            self.pending.push_back(Entry { offset, owed: 0 });
+            self.advance();
+            return Track::AlreadyAcked;
+        }
+        self.pending.push_back(Entry { offset, owed: routes });
+        self.owed += 1;
+        Track::New
+    }
+
+    fn skipped(&mut self, offset: i64) -> bool {
+        // Ranges below `offset` can never match again: offsets only grow.
+        while let Some(&(_, end)) = self.skip.first() {
+            if end < offset {
+                self.skip.remove(0);
+            } else {
+                break;
+            }
+        }
+        self.skip.first().is_some_and(|&(start, _)| start <= offset)
+    }
+
+    /// Records one route's ack of `offset`.
+    pub fn ack(&mut self, offset: i64) -> AckOutcome {
+        let Ok(i) = self.pending.binary_search_by_key(&offset, |e| e.offset) else {
+            return AckOutcome::Unknown;
+        };
+        let entry = &mut self.pending[i];
+        if entry.owed == 0 {
+            return AckOutcome::Unknown;
+        }
+        entry.owed -= 1;
+        if entry.owed > 0 {
+            return AckOutcome::Partial;
+        }
+        self.owed -= 1;
+        if i == 0 {
+            self.advance();
+        }
+        AckOutcome::Done
+    }
+
+    fn advance(&mut self) {
+        while let Some(front) = self.pending.front() {
+            if front.owed > 0 {
+                break;
+            }
+            self.next = Some(front.offset + 1);
+            self.pending.pop_front();
+        }
+    }
+
+    /// The offset to commit: every received offset below it has been acked.
+    pub fn committable(&self) -> Option<i64> {
+        self.pending.front().map(|e| e.offset).or(self.next)
+    }
+
+    /// Offsets held but not yet committable (owed or acked above a gap): what the partition
+    /// holds in memory, the number flow control bounds.
+    pub fn uncommitted(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Offsets still owed at least one ack.
+    pub fn owed(&self) -> usize {
+        self.owed
+    }
+
+    /// Ranges of acked offsets above the commit point, ascending and merged. Two acked
+    /// entries next to each other among *received* offsets share a range even when Kafka's
+    /// offsets have a gap between them: nothing in the gap exists to be delivered.
+    pub fn acked_above(&self) -> Vec<(i64, i64)> {
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        let mut previous_acked = false;
+        for e in &self.pending {
+            let acked = e.owed == 0;
+            if acked {
+                match ranges.last_mut() {
+                    Some((_, end)) if previous_acked => *end = e.offset,
+                    _ => ranges.push((e.offset, e.offset)),
+                }
+            }
+            previous_acked = acked;
+        }
+        ranges
+    }
+
+    /// Commit point with metadata, or `None` before any offset is known.
+    pub fn commit_point(&self) -> Option<CommitPoint> {
+        let offset = self.committable()?;
+        Some(CommitPoint { offset, metadata: encode_acked(offset, &self.acked_above()) })
+    }
+}
+
+/// Encodes acked ranges above `base` as `fanout1:` + base64 of varints (gap, length) pairs.
+/// Ranges that do not fit in [`MAX_METADATA_LEN`] are left out: those messages are then
+/// redelivered after a takeover, which is safe (at-least-once), just not as thrifty.
+pub fn encode_acked(base: i64, ranges: &[(i64, i64)]) -> String {
+    if ranges.is_empty() {
+        return String::new();
+    }
+    let max_raw = (MAX_METADATA_LEN - METADATA_PREFIX.len()) / 4 * 3;
+    let mut raw = Vec::new();
+    let mut cursor = base;
+    for &(start, end) in ranges {
+        if start < cursor || end < start {
+            break;
+        }
+        let mut item = Vec::with_capacity(20);
+        put_varint(&mut item, (start - cursor) as u64);
+        put_varint(&mut item, (end - start) as u64);
+        if raw.len() + item.len() > max_raw {
+            break;
+        }
+        raw.extend_from_slice(&item);
+        cursor = end + 1;
+    }
+    format!("{METADATA_PREFIX}{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw))
+}
+
+/// Decodes what [`encode_acked`] wrote for commit point `base`. Metadata written by anyone
+/// else (or garbage) decodes to nothing: the messages are simply redelivered.
+pub fn decode_acked(base: i64, metadata: &str) -> Vec<(i64, i64)> {
+    let Some(body) = metadata.strip_prefix(METADATA_PREFIX) else {
+        return Vec::new();
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(body) else {
+        return Vec::new();
+    };
+    let mut ranges = Vec::new();
+    let mut cursor = base;
+    let mut input = raw.as_slice();
+    while !input.is_empty() {
+        let (Some(gap), Some(len)) = (take_varint(&mut input), take_varint(&mut input)) else {
+            return Vec::new();
+        };
+        let (Ok(gap), Ok(len)) = (i64::try_from(gap), i64::try_from(len)) else {
+            return Vec::new();
+        };
+        let Some(start) = cursor.checked_add(gap) else { return Vec::new() };
+        let Some(end) = start.checked_add(len) else { return Vec::new() };
+        ranges.push((start, end));
+        cursor = end + 1;
+    }
+    ranges
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = input.split_first()?;
+        *input = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commits_lowest_unacked_offset() {
+        let mut t = PartitionTracker::new(None, vec![]);
+        for o in 10..15 {
+            assert_eq!(t.track(o, 1), Track::New);
+        }
+        assert_eq!(t.committable(), Some(10));
+        assert_eq!(t.ack(12), AckOutcome::Done);
+        assert_eq!(t.ack(11), AckOutcome::Done);
+        assert_eq!(t.committable(), Some(10), "10 is still owed");
+        assert_eq!(t.ack(10), AckOutcome::Done);
+        assert_eq!(t.committable(), Some(13));
+        assert_eq!(t.ack(14), AckOutcome::Done);
+        assert_eq!(t.ack(13), AckOutcome::Done);
+        assert_eq!(t.committable(), Some(15));
+        assert_eq!(t.uncommitted(), 0);
+    }
+
+    #[test]
+    fn gaps_in_kafka_offsets_do_not_block_commits() {
+        let mut t = PartitionTracker::new(Some(0), vec![]);
+        t.track(3, 1);
+        t.track(7, 1);
+        assert_eq!(t.committable(), Some(3));
+        t.ack(3);
+        assert_eq!(t.committable(), Some(7));
+        t.ack(7);
+        assert_eq!(t.committable(), Some(8));
+    }
+
+    #[test]
+    fn unknown_and_repeated_acks_are_reported() {
+        let mut t = PartitionTracker::new(None, vec![]);
+        t.track(5, 1);
+        t.track(6, 1);
+        assert_eq!(t.ack(99), AckOutcome::Unknown);
+        assert_eq!(t.ack(6), AckOutcome::Done);
+        assert_eq!(t.ack(6), AckOutcome::Unknown, "already acked above the commit point");
+        assert_eq!(t.ack(5), AckOutcome::Done);
+        assert_eq!(t.ack(5), AckOutcome::Unknown, "already committed");
+    }
+
+    #[test]
+    fn every_route_must_ack() {
+        let mut t = PartitionTracker::new(None, vec![]);
+        t.track(1, 2);
+        assert_eq!(t.ack(1), AckOutcome::Partial);
+        assert_eq!(t.committable(), Some(1));
+        assert_eq!(t.ack(1), AckOutcome::Done);
+        assert_eq!(t.committable(), Some(2));
+    }
+
+    #[test]
+    fn resent_offsets_are_stale() {
+        let mut t = PartitionTracker::new(Some(10), vec![]);
+        assert_eq!(t.track(9, 1), Track::Stale);
+        assert_eq!(t.track(10, 1), Track::New);
+        assert_eq!(t.track(10, 1), Track::Stale);
+        t.ack(10);
+        assert_eq!(t.track(10, 1), Track::Stale);
+        assert_eq!(t.track(11, 1), Track::New);
+    }
+
+    #[test]
+    fn skip_ranges_from_metadata_count_as_acked() {
+        let mut t = PartitionTracker::new(Some(100), vec![(102, 103), (105, 105)]);
+        assert_eq!(t.track(100, 1), Track::New);
+        assert_eq!(t.track(101, 1), Track::New);
+        assert_eq!(t.track(102, 1), Track::AlreadyAcked);
+        assert_eq!(t.track(103, 1), Track::AlreadyAcked);
+        assert_eq!(t.track(104, 1), Track::New);
+        assert_eq!(t.track(105, 1), Track::AlreadyAcked);
+        assert_eq!(t.track(106, 1), Track::New);
+        t.ack(100);
+        t.ack(101);
+        assert_eq!(t.committable(), Some(104));
+    }
+
+    #[test]
+    fn commit_point_carries_acked_ranges() {
+        let mut t = PartitionTracker::new(Some(0), vec![]);
+        for o in [0, 1, 2, 3, 5, 6, 9] {
+            t.track(o, 1);
+        }
+        for o in [1, 2, 5, 6, 9] {
+            t.ack(o);
+        }
+        assert_eq!(t.acked_above(), vec![(1, 2), (5, 9)], "3 is owed; 5,6,9 are adjacent received");
+        let point = t.commit_point().expect("known");
+        assert_eq!(point.offset, 0);
+        assert_eq!(decode_acked(0, &point.metadata), vec![(1, 2), (5, 9)]);
+    }
+
+    #[test]
+    fn metadata_is_bounded() {
+        let ranges: Vec<(i64, i64)> = (0..10_000).map(|i| (i * 3 + 1, i * 3 + 1)).collect();
+        let text = encode_acked(0, &ranges);
+        assert!(text.len() <= MAX_METADATA_LEN, "{}", text.len());
+        let decoded = decode_acked(0, &text);
+        assert!(!decoded.is_empty());
+        assert_eq!(decoded[..], ranges[..decoded.len()], "a prefix survives");
+    }
+
+    #[test]
+    fn foreign_or_garbage_metadata_decodes_to_nothing() {
+        assert!(decode_acked(0, "").is_empty());
+        assert!(decode_acked(0, "written by another tool").is_empty());
+        assert!(decode_acked(0, "fanout1:!!!").is_empty());
+        assert!(decode_acked(0, "fanout1:gA").is_empty(), "truncated varint");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Receive,
+        Ack(usize),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![1 => Just(Op::Receive), 1 => (0usize..1000).prop_map(Op::Ack)],
+            0..400,
+        )
+    }
+
+    proptest! {
+        /// For any interleaving of receives (with gaps) and out-of-order acks, the commit point
+        /// never passes an offset that is still owed an ack, and it reaches one past the last
+        /// received offset once everything is acked.
+        #[test]
+        fn commit_never_passes_an_unacked_offset(ops in ops(), gaps in prop::collection::vec(1i64..4, 400)) {
+            let mut t = PartitionTracker::new(None, vec![]);
+            let mut next_offset = 1_000i64;
+            let mut received: Vec<i64> = Vec::new();
+            let mut acked = std::collections::BTreeSet::new();
+            for (i, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Receive => {
+                        next_offset += gaps[i % gaps.len()];
+                        prop_assert_eq!(t.track(next_offset, 1), Track::New);
+                        received.push(next_offset);
+                    }
+                    Op::Ack(pick) => {
+                        if received.is_empty() { continue; }
+                        let o = received[pick % received.len()];
+                        let outcome = t.ack(o);
+                        if acked.insert(o) {
+                            prop_assert_eq!(outcome, AckOutcome::Done);
+                        } else {
+                            prop_assert_eq!(outcome, AckOutcome::Unknown);
+                        }
+                    }
+                }
+                if let Some(c) = t.committable() {
+                    for o in &received {
+                        if *o < c {
+                            prop_assert!(acked.contains(o), "committed {} past un-acked {}", c, o);
+                        }
+                    }
+                    // And it is as far as it may go: the commit point itself is owed.
+                    if received.iter().any(|o| !acked.contains(o)) {
+                        prop_assert!(received.contains(&c) && !acked.contains(&c));
+                    }
+                }
+                // Metadata round-trips to exactly the acked offsets above the commit point.
+                if let Some(point) = t.commit_point() {
+                    let ranges = decode_acked(point.offset, &point.metadata);
+                    let above: Vec<i64> = received.iter().copied()
+                        .filter(|o| *o >= point.offset && acked.contains(o)).collect();
+                    for o in &above {
+                        prop_assert!(ranges.iter().any(|(s, e)| s <= o && o <= e));
+                    }
+                    for o in received.iter().filter(|o| !acked.contains(o)) {
+                        prop_assert!(!ranges.iter().any(|(s, e)| s <= o && o <= e));
+                    }
+                }
+            }
+            for o in &received {
+                if acked.insert(*o) { t.ack(*o); }
+            }
+            if let Some(last) = received.last() {
+                prop_assert_eq!(t.committable(), Some(last + 1));
+                prop_assert_eq!(t.uncommitted(), 0);
+            }
+        }
+
+        /// A takeover that reads the metadata skips exactly the acked offsets.
+        #[test]
+        fn takeover_skips_exactly_what_was_acked(acks in prop::collection::vec(any::<bool>(), 1..300)) {
+            let mut old = PartitionTracker::new(Some(0), vec![]);
+            for o in 0..acks.len() as i64 { old.track(o, 1); }
+            for (o, a) in acks.iter().enumerate() { if *a { old.ack(o as i64); } }
+            let point = old.commit_point().expect("known");
+            let mut new = PartitionTracker::new(Some(point.offset), decode_acked(point.offset, &point.metadata));
+            for (o, a) in acks.iter().enumerate().skip(point.offset as usize) {
+                let expect = if *a { Track::AlreadyAcked } else { Track::New };
+                prop_assert_eq!(new.track(o as i64, 1), expect);
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Counters the gateway keeps about itself, shared read-only with the operator surface, the
+//! demo and tests (which assert on them). Writers are the tasks that own the events counted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+/// Monotonic counters and a few gauges. Cheap to bump from any task.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records received from Kafka.
+    pub received: AtomicU64,
+    /// Deliveries sent to subscribers, redeliveries included.
+    pub delivered: AtomicU64,
+    /// Deliveries whose attempt was above 1.
+    pub redelivered: AtomicU64,
+    /// Route acks that completed a message for that route.
+    pub acked: AtomicU64,
+    /// Ack ids that matched nothing in flight on their stream (unknown, already acked, or of
+    /// a revoked partition). Ignored, the stream stays up.
+    pub unknown_acks: AtomicU64,
+    pub nacked: AtomicU64,
+    /// Records skipped because a previous owner's commit metadata says they were acked.
+    pub skipped_already_acked: AtomicU64,
+    /// Records Kafka sent again at or below an offset already received.
+    pub stale_records: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_failures: AtomicU64,
+    /// Partition assignments and revocations seen by the gateway's consumer.
+    pub rebalances: AtomicU64,
+    pub partitions_paused: AtomicU64,
+    pub partitions_resumed: AtomicU64,
+    /// Errors reported by the Kafka client (unreachable brokers, failed requests).
+    pub kafka_errors: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_closed: AtomicU64,
+    /// Messages held by the dispatcher (queued or in flight), all partitions.
+    pub buffered: AtomicU64,
+    /// Largest value `buffered` has reached.
+    pub buffered_peak: AtomicU64,
+    /// True once the Kafka cluster has answered a metadata request.
+    pub kafka_reachable: AtomicBool,
+    /// Last error the Kafka client reported, for status pages and logs.
+    pub last_kafka_error: RwLock<Option<String>>,
+    /// Last successfully committed offset per (topic, partition).
+    pub committed: RwLock<HashMap<(String, i32), i64>>,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_buffered(&self, value: u64) {
+        self.buffered.store(value, Ordering::Relaxed);
+        self.buffered_peak.fetch_max(value, Ordering::Relaxed);
+    }
+
+    /// Sum of committed offsets across partitions.
+    pub fn committed_sum(&self) -> i64 {
+        self.committed.read().values().sum()
+    }
+}
