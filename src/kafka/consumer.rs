@@ -18,6 +18,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -37,6 +38,8 @@ const EVENT_CHANNEL: usize = 16;
 /// next owner redelivers from the last periodic commit (at-least-once still holds).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
+/// Least time between two warnings about the same kind of client error.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -65,6 +68,8 @@ struct GatewayContext {
     stats: Arc<Stats>,
     bootstrap: String,
     topics: parking_lot::Mutex<TopicNames>,
+    /// When the last client error was logged (they are rate-limited).
+    last_warning: parking_lot::Mutex<Option<Instant>>,
 }
 
 /// Interned topic names, so every record of a topic shares one `Arc<str>`.
@@ -106,15 +111,26 @@ impl ClientContext for GatewayContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         Stats::bump(&self.stats.kafka_errors, 1);
-        let message = format!("kafka client error ({error}): {reason}");
-        if matches!(
+        let unreachable = matches!(
             error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
-        ) {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        let message = if unreachable {
             self.stats.kafka_reachable.store(false, Ordering::Relaxed);
-            warn!(bootstrap = %self.bootstrap, %error, reason, "kafka unreachable; the client keeps retrying");
+            format!("kafka unreachable at {}: {reason}; retrying", self.bootstrap)
         } else {
-            warn!(%error, reason, "kafka client error");
+            format!("kafka client error ({error}): {reason}")
+        };
+        // librdkafka repeats these for every broker and every retry: say it at most every
+        // few seconds, the counter and the status keep the rest.
+        let mut last = self.last_warning.lock();
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            warn!(bootstrap = %self.bootstrap, %error, reason, "{}", if unreachable {
+                "kafka unreachable: check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; the client keeps retrying"
+            } else {
+                "kafka client error"
+            });
         }
         *self.stats.last_kafka_error.write() = Some(message);
     }
@@ -245,6 +261,7 @@ pub fn spawn(config: &Config, stats: Arc<Stats>) -> Result<ConsumerHandle, Consu
         stats: stats.clone(),
         bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
+        last_warning: parking_lot::Mutex::new(None),
     };
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config).create_with_context(context).map_err(ConsumerError::Create)?;
@@ -335,10 +352,9 @@ fn run(
         let mut batch = Vec::with_capacity(BATCH);
         let handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
             Ok(m) => batch.push(to_record(consumer.context(), &m)),
-            Err(error) => {
-                Stats::bump(&stats.kafka_errors, 1);
-                warn!(%error, "consumer error");
-            }
+            // Global errors (unreachable brokers) arrive here and through the context's
+            // error callback, which counts and reports them.
+            Err(error) => debug!(%error, "consumer error"),
         };
         handle(first, &mut batch);
         while batch.len() < BATCH {
@@ -384,7 +400,8 @@ impl Probe {
             Err(error) => {
                 warn!(bootstrap, %error, retry_in_ms = self.backoff.as_millis() as u64,
                     "kafka unreachable: check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying");
-                *stats.last_kafka_error.write() = Some(format!("kafka unreachable at {bootstrap}: {error}"));
+                Stats::bump(&stats.kafka_errors, 1);
+                *stats.last_kafka_error.write() = Some(format!("kafka unreachable at {bootstrap}: {error}; retrying"));
                 self.next = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
             }

@@ -1,0 +1,158 @@
+//! Bad input gets a clear answer and loses nothing: protocol misuse on the Subscribe stream,
+//! unknown routes and ack ids, a malformed config file, and Kafka out of reach at start.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fanout_gateway::client::{self, Subscription};
+use fanout_gateway::gateway;
+use fanout_gateway::proto::fanout_client::FanoutClient;
+use fanout_gateway::proto::subscribe_request::Kind;
+use fanout_gateway::proto::{Ack, SubscribeRequest};
+use fanout_gateway::stats::Stats;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_message_must_be_hello() {
+    let cluster = mock_cluster(1);
+    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("hello"))).await.expect("starts");
+    let mut raw = FanoutClient::connect(gw.endpoint()).await.expect("connects");
+    let ack_first = SubscribeRequest { kind: Some(Kind::Ack(Ack { delivery_ids: vec!["orders/0/0".into()] })) };
+    let status = raw
+        .subscribe(futures::stream::iter(vec![ack_first]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("hello"), "{}", status.message());
+
+    let status = raw.subscribe(futures::stream::iter(Vec::new())).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "a stream that ends before hello");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_route_is_not_found() {
+    let cluster = mock_cluster(1);
+    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("route"))).await.expect("starts");
+    let err = Subscription::connect(&gw.endpoint(), client::hello("billing", "pod-1", 10))
+        .await
+        .err()
+        .expect("refused");
+    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("billing") && status.message().contains("orders"), "{}", status.message());
+
+    let err = Subscription::connect(&gw.endpoint(), client::hello("", "pod-1", 10)).await.err().expect("refused");
+    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "empty route");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_repeated_acks_are_counted_and_the_stream_stays_up() {
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let ids = produce(&bootstrap, 10, 1).await;
+    let gw = gateway::start(config(&bootstrap, &unique_group("acks"))).await.expect("starts");
+    let stats = gw.stats();
+    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 5)).await.expect("subscribes");
+
+    let mut received = Vec::new();
+    while received.len() < 5 {
+        received.extend(sub.next().await.expect("stream").expect("open").into_iter().map(|d| d.delivery_id));
+    }
+    let first = received[0].clone();
+    sub.ack(vec!["not-an-id".into(), "orders/0/99999".into(), first.clone()]).await.expect("sent");
+    sub.ack(vec![first.clone()]).await.expect("sent");
+    sub.ack(received[1..].to_vec()).await.expect("sent");
+
+    while received.len() < 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("more deliveries");
+        let batch = batch.expect("stream stays up").expect("open");
+        let more: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+        sub.ack(more.clone()).await.expect("sent");
+        received.extend(more);
+    }
+    assert_eq!(received, ids, "every message delivered once, in partition order");
+    eventually(Duration::from_secs(10), "all acks applied", || Stats::get(&stats.acked) == 10).await;
+    assert_eq!(Stats::get(&stats.unknown_acks), 3, "bogus id, id never delivered, repeated ack");
+    assert_eq!(Stats::get(&stats.redelivered), 0);
+    gw.shutdown().await;
+}
+
+#[test]
+fn malformed_config_names_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fanout.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\nbootstrap_servers = \"k:9092\"\n[[routes]]\nname = \"orders\"\ntopics = [\"orders\"]\nmax_in_flight = \"many\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes[0].max_in_flight"), "{stderr}");
+
+    std::fs::write(&path, "[kafka]\nbootstrap_servers = \"k:9092\"\n[[routes]]\nname = \"orders\"\ntopics = []\n")
+        .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes[0].topics"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    for broker in 1..=3 {
+        cluster.broker_down(broker).expect("down");
+    }
+    let group = unique_group("unreachable");
+    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts without kafka");
+    let stats = gw.stats();
+    eventually(Duration::from_secs(30), "the gateway reports kafka unreachable", || {
+        stats.last_kafka_error.read().as_deref().is_some_and(|e| e.contains("unreachable"))
+            && Stats::get(&stats.kafka_errors) >= 2
+    })
+    .await;
+    assert!(!stats.kafka_reachable.load(Ordering::Relaxed));
+
+    // Subscribers can attach meanwhile; they simply get nothing yet.
+    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 50)).await.expect("subscribes");
+
+    for broker in 1..=3 {
+        cluster.broker_up(broker).expect("up");
+    }
+    let ids = produce(&bootstrap, 20, 4).await;
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.expect("deliveries after recovery");
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        sub.ack(batch.clone()).await.expect("sent");
+        got.extend(batch);
+    }
+    got.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(stats.kafka_reachable.load(Ordering::Relaxed));
+    eventually(Duration::from_secs(20), "commits reach the high watermarks", || {
+        fully_committed(&bootstrap, &group, 2)
+    })
+    .await;
+    gw.shutdown().await;
+}

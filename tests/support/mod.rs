@@ -1,0 +1,235 @@
+//! Test fixtures: librdkafka's mock cluster, a producer, committed offsets and watermarks as
+//! the broker holds them, and a scripted subscriber that records what it saw.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_gateway::client::{self, Subscription};
+use fanout_gateway::config::Config;
+use parking_lot::Mutex;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+pub const TOPIC: &str = "orders";
+pub const ROUTE: &str = "orders";
+
+/// A 3-broker mock cluster with `TOPIC` created with `partitions` partitions.
+pub fn mock_cluster(partitions: i32) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(3).expect("mock cluster");
+    cluster.create_topic(TOPIC, partitions, 3).expect("create topic");
+    cluster
+}
+
+/// A group id no other test uses.
+pub fn unique_group(prefix: &str) -> String {
+    format!("{prefix}-{}", rand::rng().random::<u64>())
+}
+
+/// One route over `TOPIC`, fast commits.
+pub fn config(bootstrap: &str, group: &str) -> Config {
+    let mut c = Config::single_route(bootstrap, group, ROUTE, &[TOPIC]);
+    c.kafka.commit_interval_ms = 100;
+    c.server.shutdown_grace_ms = 10_000;
+    // The mock's group coordinator waits session.timeout.ms - 1 s before it admits a member
+    // joining after the last one left (rdkafka_mock_cgrp.c); a short session keeps a gateway
+    // replacement quick.
+    c.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    c.kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
+    c
+}
+
+/// Produces `count` keyed messages (`count / keys` per key) and returns their delivery ids.
+pub async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut futures = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = format!("key-{}", i % keys);
+        let value = format!("message {i}");
+        let future = producer
+            .send_result(FutureRecord::to(TOPIC).key(&key).payload(&value))
+            .expect("enqueue");
+        futures.push(future);
+    }
+    let mut ids = Vec::with_capacity(count);
+    for f in futures {
+        let d = f.await.expect("delivered").expect("delivered");
+        ids.push(format!("{TOPIC}/{}/{}", d.partition, d.offset));
+    }
+    ids
+}
+
+fn admin_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The group's committed offset per partition, as the broker holds it.
+pub fn committed(bootstrap: &str, group: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer = admin_consumer(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(TOPIC, 0, partitions - 1);
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    c.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// High watermark per partition.
+pub fn high_watermarks(bootstrap: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer = admin_consumer(bootstrap, "watermarks");
+    (0..partitions)
+        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks").1))
+        .collect()
+}
+
+/// True when the group's committed offset equals the high watermark on every partition (a
+/// partition never written to counts as committed at 0).
+pub fn fully_committed(bootstrap: &str, group: &str, partitions: i32) -> bool {
+    let committed = committed(bootstrap, group, partitions);
+    high_watermarks(bootstrap, partitions)
+        .iter()
+        .all(|(p, hw)| committed.get(p).copied().unwrap_or(0) == *hw)
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What subscribers saw, shared by all of them.
+#[derive(Default)]
+pub struct Recorder {
+    /// Times each delivery id was received.
+    pub delivered: HashMap<String, u32>,
+    pub acked: HashSet<String>,
+    /// Ids that were in flight (received, not acked) when a stream ended or was dropped:
+    /// the only ones allowed to arrive twice.
+    pub in_flight_at_break: HashSet<String>,
+    /// Offsets received per key, in arrival order, per subscriber stream.
+    pub streams_ended: u32,
+}
+
+impl Recorder {
+    pub fn duplicates(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.delivered.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
+        d.sort();
+        d
+    }
+}
+
+/// How a scripted subscriber behaves.
+#[derive(Clone)]
+pub struct Script {
+    pub name: String,
+    pub window: u32,
+    /// After this many deliveries, stop acking, let in-flight acks land, then drop the stream
+    /// (once) and reconnect.
+    pub drop_after: Option<usize>,
+}
+
+/// Runs a subscriber that acks out of order (a random part of what it holds on every batch,
+/// the rest a moment later), reconnecting to whatever `endpoint` says, until `stop`.
+pub async fn subscriber(
+    script: Script,
+    endpoint: watch::Receiver<String>,
+    recorder: Arc<Mutex<Recorder>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut received = 0usize;
+    let mut dropped_once = false;
+    while !*stop.borrow() {
+        let target = endpoint.borrow().clone();
+        let mut sub = match Subscription::connect(&target, client::hello(ROUTE, &script.name, script.window)).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut holding: Vec<String> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(30));
+        loop {
+            let mut stop_rx = stop.clone();
+            tokio::select! {
+                batch = sub.next() => match batch {
+                    Ok(Some(batch)) => {
+                        received += batch.len();
+                        {
+                            let mut r = recorder.lock();
+                            for d in &batch {
+                                *r.delivered.entry(d.delivery_id.clone()).or_default() += 1;
+                            }
+                        }
+                        holding.extend(batch.into_iter().map(|d| d.delivery_id));
+                        holding.shuffle(&mut rand::rng());
+                        let keep = holding.len() * 3 / 10;
+                        let now: Vec<String> = holding.drain(keep..).collect();
+                        ack(&sub, now, &recorder).await;
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tick.tick() => {
+                    let now = std::mem::take(&mut holding);
+                    ack(&sub, now, &recorder).await;
+                }
+                _ = stop_rx.changed() => break,
+            }
+            if let Some(limit) = script.drop_after {
+                if !dropped_once && received >= limit {
+                    dropped_once = true;
+                    // Let acks already sent land, then vanish with the rest in flight.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    break;
+                }
+            }
+        }
+        let mut r = recorder.lock();
+        r.streams_ended += 1;
+        r.in_flight_at_break.extend(holding.drain(..));
+        drop(sub);
+    }
+}
+
+async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
+    if ids.is_empty() {
+        return;
+    }
+    recorder.lock().acked.extend(ids.iter().cloned());
+    let _ = sub.ack(ids).await;
+}
+
+/// Logs to the test's output (shown for failing tests); RUST_LOG filters.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fanout_gateway=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
