@@ -422,6 +422,13 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let config = Config::parse(include_str!("../examples/fanout.toml")).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.topics(), vec!["orders", "payments"]);
+    }
+
+    #[test]
     fn no_routes_is_a_problem() {
         let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
         assert_eq!(problems(text), vec!["routes"]);

@@ -113,7 +113,8 @@ async fn main() -> anyhow::Result<()> {
                 listen,
             };
             println!(
-                "demo: embedded kafka, {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}",
+                "embedded kafka (mock cluster, 3 brokers), topic {} with {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}",
+                demo::DEMO_TOPIC,
                 options.listen
             );
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -137,11 +138,19 @@ async fn subscribe(endpoint: &str, route: &str, name: &str, window: u32, verbose
     println!("subscribed to route {route} at {endpoint} (window {window}); Ctrl-C to stop");
     let mut count = 0u64;
     let mut last = tokio::time::Instant::now();
+    // The first Ctrl-C drains: nothing new is sent, what is in flight gets acked, and the
+    // gateway ends the stream, so leaving redelivers nothing.
     let stop = terminated();
     tokio::pin!(stop);
+    let mut draining = false;
     loop {
         let batch = tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop, if !draining => {
+                draining = true;
+                println!("draining: finishing in-flight deliveries");
+                sub.drain().await?;
+                continue;
+            }
             batch = sub.next() => batch,
         };
         let Some(batch) = batch.context("stream ended by the gateway")? else { break };
