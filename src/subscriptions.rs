@@ -20,6 +20,11 @@ use crate::routing;
 
 pub type SessionId = u64;
 
+/// Payload bytes per `SubscribeResponse`: well under gRPC's customary 4 MiB receive limit, so
+/// a client with default settings can read every batch (a single larger message still goes
+/// alone in its own response).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
 /// What the gRPC layer receives for a session.
 #[derive(Debug)]
 pub enum SessionMessage {
@@ -359,17 +364,24 @@ impl Registry {
                 continue;
             }
             let take = room.min(s.queue.len());
-            let mut batch = Vec::with_capacity(take);
+            let mut batch = Vec::with_capacity(take.min(256));
+            let mut bytes = 0;
             for p in s.queue.drain(..take) {
+                let size = p.record.size();
+                if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                    // A closed outbox means the stream is going away; its unregister redelivers.
+                    let _ = s.outbox.send(SessionMessage::Deliveries(std::mem::take(&mut batch)));
+                    bytes = 0;
+                }
+                bytes += size;
                 let delivery = to_delivery(&p);
                 if p.attempt > 1 {
                     self.redelivered += 1;
                 }
+                self.delivered += 1;
                 s.in_flight.insert(delivery.delivery_id.clone(), p);
                 batch.push(delivery);
             }
-            self.delivered += batch.len() as u64;
-            // A closed outbox means the stream is going away; its unregister redelivers.
             let _ = s.outbox.send(SessionMessage::Deliveries(batch));
         }
     }
@@ -534,6 +546,24 @@ mod tests {
             let offsets: Vec<i64> = to_a.iter().chain(&to_b).filter(|d| d.key == key).map(|d| d.offset).collect();
             assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
         }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let mut reg = Registry::new(&[route("r", 100)]);
+        let mut a = reg.register("r", 0, "a").expect("ok");
+        for o in 0..5 {
+            let mut r = (*record(0, o, "k")).clone();
+            r.value = Bytes::from(vec![0u8; 400 * 1024]);
+            reg.dispatch(Pending::new(Arc::new(r), 1, 0));
+        }
+        reg.flush();
+        let mut sizes = Vec::new();
+        while let Ok(SessionMessage::Deliveries(d)) = a.outbox.try_recv() {
+            assert!(d.iter().map(|d| d.value.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+            sizes.push(d.len());
+        }
+        assert_eq!(sizes, vec![2, 2, 1]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +16,10 @@ use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
 use crate::proto::{Disposition, SubscribeRequest, SubscribeResponse};
 use crate::subscriptions::{SessionId, SessionMessage};
+
+/// How long a new stream may take to send its hello; a stream that never does would hold a
+/// handler forever.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Subscribe service. Holds only the dispatcher's command channel: all state is there.
 #[derive(Clone)]
@@ -42,9 +47,9 @@ impl Fanout for FanoutService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::invalid_argument(format!("no hello within {} s: send SubscribeRequest.hello first", HELLO_TIMEOUT.as_secs())))??
             .ok_or_else(|| Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first"))?;
         let hello = match first.kind {
             Some(Kind::Hello(hello)) => hello,
