@@ -257,16 +257,11 @@ async fn subscriber(endpoint: String, name: String, stop: watch::Receiver<bool>)
             }
         };
         backoff = Duration::from_millis(100);
-        loop {
-            match sub.next().await {
-                Ok(Some(batch)) => {
-                    let mut ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
-                    ids.shuffle(&mut rand::rng());
-                    if sub.ack(ids).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(batch)) = sub.next().await {
+            let mut ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+            ids.shuffle(&mut rand::rng());
+            if sub.ack(ids).await.is_err() {
+                break;
             }
         }
     }

@@ -82,35 +82,31 @@ async fn unknown_and_repeated_acks_are_counted_and_the_stream_stays_up() {
     gw.shutdown().await;
 }
 
-#[test]
-fn malformed_config_names_the_field() {
+/// Runs `fanout-gateway serve` on a config file with `text`; returns its stderr.
+fn serve_with_config(text: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fanout.toml");
-    std::fs::write(
-        &path,
-        "[kafka]\nbootstrap_servers = \"k:9092\"\n[[routes]]\nname = \"orders\"\ntopics = [\"orders\"]\nmax_in_flight = \"many\"\n",
-    )
-    .expect("write");
+    std::fs::write(&path, text).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
         .args(["serve", "--config"])
         .arg(&path)
         .output()
         .expect("runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("routes[0].max_in_flight"), "{stderr}");
-
-    std::fs::write(&path, "[kafka]\nbootstrap_servers = \"k:9092\"\n[[routes]]\nname = \"orders\"\ntopics = []\n")
-        .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("routes[0].topics"), "{stderr}");
+    assert!(!out.status.success(), "a bad config must not start the gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn malformed_config_names_the_field() {
+    let routes = "[[routes]]\nname = \"orders\"\n";
+    let stderr = serve_with_config(&format!(
+        "[kafka]\nbootstrap_servers = \"k:9092\"\n{routes}topics = [\"orders\"]\nmax_in_flight = \"many\"\n"
+    ));
+    assert!(stderr.contains("routes[0].max_in_flight"), "{stderr}");
+    let stderr = serve_with_config(&format!("[kafka]\nbootstrap_servers = \"k:9092\"\n{routes}topics = []\n"));
+    assert!(stderr.contains("routes[0].topics"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
