@@ -24,12 +24,14 @@
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod dispatcher;
 pub mod gateway;
 pub mod grpc;
 pub mod kafka;
 pub mod offsets;
 pub mod routing;
+pub mod selector;
 pub mod stats;
 pub mod subscriptions;
 

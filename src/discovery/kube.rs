@@ -1,0 +1,1 @@
+//! Kubernetes pod discovery (being written).
