@@ -61,7 +61,55 @@ pub struct Config {
     pub server: ServerConfig,
     pub kafka: KafkaConfig,
     #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// Where subscribers' labels come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub mode: DiscoveryMode,
+    /// kube mode: namespace whose pods are watched; default the gateway's own (`POD_NAMESPACE`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// Labels come from each subscriber's Hello (no Kubernetes needed).
+    #[default]
+    Static,
+    /// Labels come from the subscriber's pod, watched through the Kubernetes API; the Hello's
+    /// pod and namespace are checked against the pod and the stream's peer address.
+    Kube,
+}
+
+/// Which messages must keep their order, and so which hash routes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Per key: a key's messages go to one subscriber, one after another across moves.
+    #[default]
+    Key,
+    /// Per partition: a partition's messages go to one subscriber.
+    Partition,
+    /// None: every message is routed on its own; spreads best.
+    None,
+}
+
+/// What happens to a cohort's share while that cohort has no subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyCohort {
+    /// Wait for a subscriber of that cohort: nothing goes to the wrong version.
+    #[default]
+    Hold,
+    /// Send it to the subscribers of the other cohorts.
+    Spill,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +217,47 @@ pub struct RouteConfig {
     /// Window given to a subscriber whose Hello asks for 0.
     #[serde(default = "default_window")]
     pub default_in_flight: u32,
+    /// Kubernetes label selector of the subscribers this route serves (`app=orders`,
+    /// `track in (blue,green)`); empty selects every subscriber that names the route.
+    #[serde(default)]
+    pub selector: String,
+    /// Label whose values name cohorts (`track`); unset: one cohort, every subscriber alike.
+    #[serde(default)]
+    pub split_label: Option<String>,
+    /// Share of messages per cohort (`blue = 0, green = 100`); need not sum to 100.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub empty_cohort: EmptyCohort,
+}
+
+impl RouteConfig {
+    /// A route over `topics` with every default: one cohort, key ordering.
+    pub fn new(name: &str, topics: &[&str]) -> Self {
+        Self {
+            name: name.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            max_in_flight: default_max_in_flight(),
+            default_in_flight: default_window(),
+            selector: String::new(),
+            split_label: None,
+            weights: BTreeMap::new(),
+            ordering: Ordering::Key,
+            empty_cohort: EmptyCohort::Hold,
+        }
+    }
+
+    /// The route's selector, parsed (validated at load, so an error here is a bug upstream).
+    pub fn parsed_selector(&self) -> Result<crate::selector::Selector, crate::selector::SelectorError> {
+        self.selector.parse()
+    }
+
+    /// Cohort weights in a stable order (by cohort name), as routing wants them.
+    pub fn weight_list(&self) -> Vec<(String, u32)> {
+        self.weights.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// 1 000 deliveries.
@@ -222,6 +311,7 @@ impl Config {
     /// Every problem at once, each with its field path.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        let mut problems_selector = Vec::new();
         let mut bad = |field: String, message: &str| {
             problems.push(Problem { field, message: message.to_string() })
         };
@@ -276,7 +366,23 @@ impl Config {
             if route.default_in_flight == 0 || route.default_in_flight > route.max_in_flight {
                 bad(at("default_in_flight"), "must be between 1 and max_in_flight");
             }
+            if let Err(error) = route.parsed_selector() {
+                problems_selector.push(Problem { field: at("selector"), message: error.to_string() });
+            }
+            match (&route.split_label, route.weights.is_empty()) {
+                (Some(label), _) if label.trim().is_empty() => bad(at("split_label"), "must name a label"),
+                (Some(_), true) => bad(at("weights"), "a split_label needs weights, e.g. { blue = 100, green = 0 }"),
+                (Some(_), false) if route.weights.values().all(|w| *w == 0) => {
+                    bad(at("weights"), "at least one cohort needs a weight above 0")
+                }
+                (None, false) => bad(at("weights"), "weights need a split_label naming the label whose values they weigh"),
+                _ => {}
+            }
         }
+        if self.discovery.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            problems.push(Problem { field: "discovery.namespace".into(), message: "must not be empty when set".into() });
+        }
+        problems.extend(problems_selector);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -306,12 +412,8 @@ impl Config {
                 max_uncommitted_per_partition: default_max_uncommitted(),
                 properties: BTreeMap::new(),
             },
-            routes: vec![RouteConfig {
-                name: route.to_string(),
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                max_in_flight: default_max_in_flight(),
-                default_in_flight: default_window(),
-            }],
+            discovery: DiscoveryConfig::default(),
+            routes: vec![RouteConfig::new(route, topics)],
         }
     }
 }

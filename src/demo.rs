@@ -180,7 +180,7 @@ pub async fn run(
     }
 
     // The truth is what the broker holds for the group.
-    let committed = committed_offsets(&bootstrap, options.partitions)?;
+    let committed = committed_offsets(&bootstrap, DEMO_GROUP, DEMO_TOPIC, options.partitions)?;
     let produced = produced.lock();
     let mut report = DemoReport { produced: produced_total, delivered, acked, duplicates, ..DemoReport::default() };
     for (p, offsets) in produced.iter() {
@@ -192,7 +192,7 @@ pub async fn run(
     Ok(report)
 }
 
-fn note_produced(
+pub(crate) fn note_produced(
     result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
     produced: &parking_lot::Mutex<HashMap<i32, Vec<i64>>>,
     count: &AtomicU64,
@@ -223,14 +223,14 @@ fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
 }
 
 /// The group's committed offsets as the broker holds them.
-fn committed_offsets(bootstrap: &str, partitions: i32) -> Result<HashMap<i32, i64>, KafkaError> {
+pub(crate) fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Result<HashMap<i32, i64>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", DEMO_GROUP)
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_range(DEMO_TOPIC, 0, partitions - 1);
+    tpl.add_partition_range(topic, 0, partitions - 1);
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
     Ok(committed
         .elements()

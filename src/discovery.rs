@@ -7,8 +7,10 @@
 
 pub mod kube;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::proto::Hello;
 
 /// What the gateway needs to know about one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +33,145 @@ pub enum PodEvent {
     Deleted { namespace: String, name: String },
     /// The watch (re)listed: this is the whole set; pods not in it are gone.
     Resynced(Vec<PodInfo>),
+}
+
+/// The pods one route's selector picks, by (namespace, name). Fed by [`PodEvent`]s.
+#[derive(Debug, Default, Clone)]
+pub struct PodIndex {
+    pods: HashMap<(String, String), PodInfo>,
+}
+
+impl PodIndex {
+    pub fn apply(&mut self, event: PodEvent) {
+        match event {
+            PodEvent::Applied(pod) => {
+                self.pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
+            }
+            PodEvent::Deleted { namespace, name } => {
+                self.pods.remove(&(namespace, name));
+            }
+            PodEvent::Resynced(pods) => {
+                self.pods = pods.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
+            }
+        }
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+}
+
+/// Kubernetes identity checks for a Hello: the pod it names must be one the route's selector
+/// picks, running, and the stream must come from that pod's IP. The error says which check
+/// failed and how to fix it.
+pub fn check_identity<'a>(
+    hello: &Hello,
+    peer: Option<SocketAddr>,
+    index: &'a PodIndex,
+    route: &str,
+    selector: &str,
+) -> Result<&'a PodInfo, String> {
+    if hello.pod_name.is_empty() || hello.namespace.is_empty() {
+        return Err("hello.pod_name and hello.namespace are required: set them from the downward API \
+                    (metadata.name, metadata.namespace)"
+            .to_string());
+    }
+    let who = format!("{}/{}", hello.namespace, hello.pod_name);
+    let Some(pod) = index.get(&hello.namespace, &hello.pod_name) else {
+        return Err(format!("pod {who} does not exist or is not selected by route `{route}` (selector `{selector}`)"));
+    };
+    if !pod.live {
+        return Err(format!("pod {who} is not running"));
+    }
+    let Some(peer) = peer else {
+        return Err(format!("cannot tell where the stream comes from, so it cannot be checked against pod {who}"));
+    };
+    match pod.ip {
+        Some(ip) if same_ip(ip, peer.ip()) => Ok(pod),
+        Some(ip) => Err(format!("the stream comes from {}, but pod {who} has IP {ip}", peer.ip())),
+        None => Err(format!("pod {who} has no IP yet")),
+    }
+}
+
+/// Equal addresses, treating an IPv4-mapped IPv6 peer (dual-stack listeners) as IPv4.
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    canon(a) == canon(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, live: bool, labels: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            ip: ip.parse().ok(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            live,
+        }
+    }
+
+    fn hello(name: &str) -> Hello {
+        Hello { route: "orders".into(), pod_name: name.into(), namespace: "shop".into(), ..Hello::default() }
+    }
+
+    fn index() -> PodIndex {
+        let mut i = PodIndex::default();
+        i.apply(PodEvent::Resynced(vec![
+            pod("orders-1", "10.0.0.1", true, &[("app", "orders"), ("track", "blue")]),
+            pod("orders-2", "10.0.0.2", false, &[("app", "orders")]),
+            pod("orders-3", "", true, &[("app", "orders")]),
+        ]));
+        i
+    }
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().expect("ip"), 40000))
+    }
+
+    #[test]
+    fn the_pod_from_its_own_ip_is_accepted_with_its_labels() {
+        let i = index();
+        let p = check_identity(&hello("orders-1"), peer("10.0.0.1"), &i, "orders", "app=orders").expect("ok");
+        assert_eq!(p.labels.get("track").map(String::as_str), Some("blue"));
+        let mapped = peer("::ffff:10.0.0.1");
+        assert!(check_identity(&hello("orders-1"), mapped, &i, "orders", "app=orders").is_ok());
+    }
+
+    #[test]
+    fn each_failed_check_says_which() {
+        let i = index();
+        let err = |h: Hello, p| check_identity(&h, p, &i, "orders", "app=orders").expect_err("refused");
+        assert!(err(hello("ghost"), peer("10.0.0.9")).contains("not selected by route `orders` (selector `app=orders`)"));
+        assert!(err(hello("orders-2"), peer("10.0.0.2")).contains("not running"));
+        assert!(err(hello("orders-3"), peer("10.0.0.3")).contains("no IP"));
+        assert!(err(hello("orders-1"), peer("10.0.0.7")).contains("comes from 10.0.0.7, but pod shop/orders-1 has IP 10.0.0.1"));
+        let mut anonymous = hello("orders-1");
+        anonymous.namespace.clear();
+        assert!(err(anonymous, peer("10.0.0.1")).contains("required"));
+    }
+
+    #[test]
+    fn index_follows_events() {
+        let mut i = index();
+        i.apply(PodEvent::Deleted { namespace: "shop".into(), name: "orders-1".into() });
+        assert!(i.get("shop", "orders-1").is_none());
+        i.apply(PodEvent::Applied(pod("orders-4", "10.0.0.4", true, &[])));
+        assert_eq!(i.len(), 3);
+        i.apply(PodEvent::Resynced(vec![]));
+        assert!(i.is_empty());
+    }
 }

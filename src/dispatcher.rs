@@ -16,11 +16,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
+use crate::config::{DiscoveryMode, RouteConfig};
+use crate::discovery::{self, PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
+use crate::proto::Hello;
 use crate::kafka::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
 use crate::stats::Stats;
-use crate::subscriptions::{CloseReason, Pending, RegisterError, Registered, Registry, SessionId};
+use crate::subscriptions::{CloseReason, RegisterError, Registered, Registry, SessionId, Subscriber};
 
 /// Capacity of the command channel from gRPC streams. A full channel makes stream readers
 /// wait, which slows clients' acks down to what the dispatcher can take.
@@ -30,11 +33,14 @@ pub const COMMAND_CHANNEL: usize = 1_024;
 #[derive(Debug)]
 pub enum Command {
     Register {
-        route: String,
-        max_in_flight: u32,
-        name: String,
+        hello: Hello,
         peer: Option<SocketAddr>,
         reply: oneshot::Sender<Result<Registered, RegisterError>>,
+    },
+    /// New route settings (hot reload, operator). Answers with the names it did not know.
+    UpdateRoutes {
+        routes: Vec<RouteConfig>,
+        reply: Option<oneshot::Sender<Vec<String>>>,
     },
     Ack {
         session: SessionId,
@@ -69,6 +75,7 @@ pub struct DispatcherSettings {
     pub commit_interval: Duration,
     pub max_uncommitted: usize,
     pub shutdown_grace: Duration,
+    pub discovery: DiscoveryMode,
 }
 
 /// The dispatcher's state; [`run`] drives it.
@@ -80,6 +87,8 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     settings: DispatcherSettings,
     stopping: bool,
+    /// Pods each route's selector picks (Kubernetes discovery), by route index.
+    pods: HashMap<usize, PodIndex>,
 }
 
 impl Dispatcher {
@@ -92,13 +101,18 @@ impl Dispatcher {
             stats,
             settings,
             stopping: false,
+            pods: HashMap::new(),
         }
     }
 
     fn handle_command(&mut self, command: Command) {
         match command {
-            Command::Register { route, max_in_flight, name, peer, reply } => {
-                let result = self.registry.register(&route, max_in_flight, &name);
+            Command::Register { hello, peer, reply } => {
+                let route = hello.route.clone();
+                let result = self.identify(&hello, peer).and_then(|subscriber| {
+                    self.registry.register(&hello.route, hello.max_in_flight, subscriber)
+                });
+                let name = subscriber_name(&hello, peer);
                 match &result {
                     Ok(r) => {
                         Stats::bump(&self.stats.sessions_opened, 1);
@@ -133,6 +147,16 @@ impl Dispatcher {
                 }
             }
             Command::Credit { session, additional } => self.registry.credit(session, additional),
+            Command::UpdateRoutes { routes, reply } => {
+                let unknown = self.registry.update_routes(&routes);
+                if !unknown.is_empty() {
+                    warn!(?unknown, "routes not known to the running gateway were ignored; adding routes needs a restart");
+                }
+                info!(routes = routes.len() - unknown.len(), "route settings updated");
+                if let Some(reply) = reply {
+                    let _ = reply.send(unknown);
+                }
+            }
             Command::Drain { session } => {
                 info!(session, "subscriber draining");
                 self.registry.drain(session);
@@ -146,8 +170,56 @@ impl Dispatcher {
         }
     }
 
+    /// Who a new subscriber is and which labels route it: from its pod (Kubernetes discovery,
+    /// after the identity checks) or from its Hello (static).
+    fn identify(&self, hello: &Hello, peer: Option<SocketAddr>) -> Result<Subscriber, RegisterError> {
+        let name = subscriber_name(hello, peer);
+        match self.settings.discovery {
+            DiscoveryMode::Static => Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None }),
+            DiscoveryMode::Kube => {
+                let Some(route) = self.registry.route_index(&hello.route) else {
+                    // Let the registry say which routes exist.
+                    return Ok(Subscriber { name, ..Subscriber::default() });
+                };
+                let empty = PodIndex::default();
+                let index = self.pods.get(&route).unwrap_or(&empty);
+                let selector = &self.registry.route_config(route).selector;
+                let pod = discovery::check_identity(hello, peer, index, &hello.route, selector)
+                    .map_err(RegisterError::Identity)?;
+                Ok(Subscriber { name, labels: pod.labels.clone(), pod: Some((pod.namespace.clone(), pod.name.clone())) })
+            }
+        }
+    }
+
+    /// Applies a change in the pods a route's selector picks: relabelled pods re-route their
+    /// sessions, gone or stopped pods have theirs drained and closed.
+    pub fn on_pod_event(&mut self, route: usize, event: PodEvent) {
+        let index = self.pods.entry(route).or_default();
+        index.apply(event);
+        let sessions: Vec<(SessionId, (String, String))> = self
+            .registry
+            .pod_sessions()
+            .into_iter()
+            .filter(|(_, r, _)| *r == route)
+            .map(|(id, _, pod)| (id, pod))
+            .collect();
+        for (id, (namespace, name)) in sessions {
+            match index.get(&namespace, &name) {
+                Some(pod) if pod.live => self.registry.update_labels(id, pod.labels.clone()),
+                Some(_) => {
+                    info!(session = id, namespace, name, "pod stopped running; draining its subscriber");
+                    self.registry.evict(id, format!("pod {namespace}/{name} is no longer running"));
+                }
+                None => {
+                    info!(session = id, namespace, name, "pod gone or no longer selected; draining its subscriber");
+                    self.registry.evict(id, format!("pod {namespace}/{name} was deleted or no longer matches the route's selector"));
+                }
+            }
+        }
+    }
+
     /// Records one route's ack of a delivery in its partition's tracker.
-    fn settle(&mut self, p: &Pending) {
+    fn settle(&mut self, p: &crate::subscriptions::Pending) {
         let Some(state) = self.partitions.get_mut(&p.record.tp) else {
             Stats::bump(&self.stats.unknown_acks, 1);
             return;
@@ -230,7 +302,7 @@ impl Dispatcher {
                     let epoch = state.epoch;
                     let record = Arc::new(record);
                     for r in routes {
-                        self.registry.dispatch(Pending::new(record.clone(), epoch, r));
+                        self.registry.dispatch(record.clone(), epoch, r);
                     }
                 }
                 Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
@@ -291,12 +363,23 @@ impl Dispatcher {
     }
 }
 
+fn subscriber_name(hello: &Hello, peer: Option<SocketAddr>) -> String {
+    if hello.pod_name.is_empty() {
+        peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+    } else if hello.namespace.is_empty() {
+        hello.pod_name.clone()
+    } else {
+        format!("{}/{}", hello.namespace, hello.pod_name)
+    }
+}
+
 /// Runs the dispatcher until shutdown completes: drain in-flight deliveries (up to the
 /// grace period), commit synchronously, close the consumer (leave the group), end sessions.
 pub async fn run(
     mut d: Dispatcher,
     mut commands: mpsc::Receiver<Command>,
     consumer: ConsumerHandle,
+    mut pod_events: mpsc::Receiver<(usize, PodEvent)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ConsumerHandle { mut events, commands: kafka, exited } = consumer;
@@ -309,6 +392,7 @@ pub async fn run(
         tokio::select! {
             biased;
             Some(command) = commands.recv() => d.handle_command(command),
+            Some((route, event)) = pod_events.recv() => d.on_pod_event(route, event),
             event = events.recv() => match event {
                 Some(event) => d.handle_event(event),
                 None => {

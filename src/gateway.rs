@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn, Instrument};
 
-use crate::config::Config;
-use crate::dispatcher::{self, Dispatcher, DispatcherSettings, COMMAND_CHANNEL};
+use crate::config::{Config, DiscoveryMode, RouteConfig};
+use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, COMMAND_CHANNEL};
 use crate::grpc::fanout::FanoutService;
 use crate::kafka::consumer::{self, ConsumerError};
 use crate::proto::fanout_server::FanoutServer;
@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    #[error("discovery.mode = \"kube\" needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
+    NoKubeClient,
 }
 
 /// A running gateway.
@@ -39,10 +41,22 @@ pub struct GatewayHandle {
     dispatcher: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     server_stop: oneshot::Sender<()>,
+    commands: mpsc::Sender<Command>,
+    watches: Vec<JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
 }
 
-/// Starts a gateway: binds the gRPC port, joins the consumer group, serves subscribers.
+/// Starts a gateway with static discovery (labels from each Hello).
 pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+    start_with(config, None).await
+}
+
+/// Starts a gateway: binds the gRPC port, joins the consumer group, watches the routes' pods
+/// when discovery is Kubernetes (through `kube`), serves subscribers.
+pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<GatewayHandle, StartError> {
+    if config.discovery.mode == DiscoveryMode::Kube && kube.is_none() {
+        return Err(StartError::NoKubeClient);
+    }
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
@@ -57,18 +71,49 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
         commit_interval: Duration::from_millis(config.kafka.commit_interval_ms),
         max_uncommitted: config.kafka.max_uncommitted_per_partition,
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        discovery: config.discovery.mode,
     };
+    // Pod events from the routes' watches; a full channel makes the watches wait (they resume
+    // from where they were, nothing is lost).
+    let (pod_tx, pod_rx) = mpsc::channel(256);
+    let mut watches = Vec::new();
+    if let (DiscoveryMode::Kube, Some(client)) = (config.discovery.mode, kube) {
+        let namespace = config.discovery.namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok());
+        for (r, route) in config.routes.iter().enumerate() {
+            let (tx, mut rx) = mpsc::channel(64);
+            watches.push(tokio::spawn(crate::discovery::kube::watch_pods(
+                client.clone(),
+                namespace.clone(),
+                route.selector.clone(),
+                tx,
+            )));
+            let pod_tx = pod_tx.clone();
+            watches.push(tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    if pod_tx.send((r, event)).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+    drop(pod_tx);
     let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(
-        dispatcher::run(d, commands_rx, consumer, shutdown_rx).instrument(tracing::info_span!("dispatcher")),
+        dispatcher::run(d, commands_rx, consumer, pod_rx, shutdown_rx).instrument(tracing::info_span!("dispatcher")),
     );
 
     let (server_stop, stop_rx) = oneshot::channel::<()>();
-    let service = FanoutServer::new(FanoutService::new(commands_tx));
+    let service = FanoutServer::new(FanoutService::new(commands_tx.clone()));
+    // grpc.health.v1 for probes: "" and fanout.v1.Fanout serve while the gateway runs and
+    // report NOT_SERVING once a graceful stop begins, so load balancers stop sending streams.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FanoutServer<FanoutService>>().await;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
             .add_service(service)
             // Deliveries are latency-sensitive small frames: no Nagle.
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
@@ -76,7 +121,7 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
             }),
     );
     info!(%addr, group = %config.kafka.group_id, routes = config.routes.len(), "gateway serving");
-    Ok(GatewayHandle { addr, stats, shutdown, dispatcher, server, server_stop })
+    Ok(GatewayHandle { addr, stats, shutdown, dispatcher, server, server_stop, commands: commands_tx, watches, health })
 }
 
 impl GatewayHandle {
@@ -94,10 +139,31 @@ impl GatewayHandle {
         self.stats.clone()
     }
 
+    /// Applies new settings to existing routes (weights, selector, windows, empty-cohort
+    /// policy) without touching Kafka. Returns the names of routes it did not know.
+    pub async fn update_routes(&self, routes: Vec<RouteConfig>) -> Vec<String> {
+        let (reply, answer) = oneshot::channel();
+        let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+        if self.commands.send(Command::UpdateRoutes { routes, reply: Some(reply) }).await.is_err() {
+            return names;
+        }
+        answer.await.unwrap_or(names)
+    }
+
+    /// A sender for dispatcher commands (config reload).
+    pub fn commands(&self) -> mpsc::Sender<Command> {
+        self.commands.clone()
+    }
+
     /// Graceful stop: no new deliveries, wait for in-flight acks (up to the grace period),
     /// commit, leave the group, end the streams, stop the server.
     pub async fn shutdown(self) {
+        self.health.set_not_serving::<FanoutServer<FanoutService>>().await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let _ = self.shutdown.send(true);
+        for w in &self.watches {
+            w.abort();
+        }
         if let Err(error) = self.dispatcher.await {
             warn!(%error, "dispatcher task failed");
         }
@@ -109,5 +175,34 @@ impl GatewayHandle {
             Err(_) => warn!("grpc server did not stop within 5 s"),
         }
         info!("gateway stopped");
+    }
+}
+
+/// Re-reads the config file when it changes and applies its routes' new settings; a file that
+/// does not load is refused with an error log and the running routes stay as they are.
+/// Polls the file's modification time (works on ConfigMap volumes, where the file is swapped
+/// through a symlink and inotify events are unreliable).
+pub async fn watch_config(path: std::path::PathBuf, commands: mpsc::Sender<Command>, every: Duration) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Config::load(&path) {
+            Ok(config) => {
+                info!(path = %path.display(), "config changed; applying route settings");
+                if commands.send(Command::UpdateRoutes { routes: config.routes, reply: None }).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "config change refused; the running routes stay as they are")
+            }
+        }
     }
 }

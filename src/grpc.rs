@@ -13,6 +13,7 @@ pub fn register_status(error: &RegisterError) -> Status {
     match error {
         RegisterError::UnknownRoute { .. } => Status::not_found(error.to_string()),
         RegisterError::MissingRoute => Status::invalid_argument(error.to_string()),
+        RegisterError::NotSelected { .. } | RegisterError::Identity(_) => Status::permission_denied(error.to_string()),
         RegisterError::ShuttingDown => {
             Status::unavailable("the gateway is shutting down; reconnect with backoff (another replica may serve you)")
         }
@@ -23,6 +24,9 @@ pub fn register_status(error: &RegisterError) -> Status {
 pub fn close_status(reason: CloseReason) -> Option<Status> {
     match reason {
         CloseReason::Drained => None,
+        CloseReason::NotSelected(why) => Some(Status::permission_denied(format!(
+            "subscription closed: {why}; in-flight deliveries were settled or will be redelivered"
+        ))),
         CloseReason::ShuttingDown => Some(Status::unavailable(
             "the gateway is shutting down; in-flight deliveries will be redelivered, reconnect with backoff",
         )),

@@ -17,7 +17,9 @@
 //! - [`subscriptions`]: sessions, windows, queues and in-flight deliveries.
 //! - [`dispatcher`]: the task that owns all of the above and moves messages between them.
 //! - [`grpc`]: the tonic `Fanout` service.
-//! - [`gateway`]: wiring; [`client`]: a subscriber client; [`demo`]: the embedded demo.
+//! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from Hello.
+//! - [`gateway`]: wiring; [`client`]: a subscriber client; [`demo`] and [`scenario`]: the
+//!   embedded demo and its blue-green and canary deploys.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ pub mod grpc;
 pub mod kafka;
 pub mod offsets;
 pub mod routing;
+pub mod scenario;
 pub mod selector;
 pub mod stats;
 pub mod subscriptions;

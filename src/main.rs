@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use fanout_gateway::{client, config::Config, demo, gateway};
+use fanout_gateway::config::{Config, DiscoveryMode};
+use fanout_gateway::{client, demo, gateway, scenario};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -47,6 +48,10 @@ enum Command {
         /// gRPC address of the demo gateway (attach `fanout-gateway subscribe` to it).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// Run a deploy scenario instead: subscribers in two cohorts, weights switched while
+        /// producing. Ends with one `scenario: ...` line.
+        #[arg(long, value_enum)]
+        scenario: Option<scenario::Scenario>,
     },
     /// Subscribe to a route, print deliveries, ack them.
     Subscribe {
@@ -96,14 +101,42 @@ async fn terminated() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config: path } => {
             init_tracing(cli.log_format, "info");
-            let config = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
-            let gw = gateway::start(config).await?;
+            let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+            let kube = match config.discovery.mode {
+                DiscoveryMode::Kube => Some(
+                    kube::Client::try_default()
+                        .await
+                        .context("connecting to the Kubernetes API for discovery.mode = \"kube\"")?,
+                ),
+                DiscoveryMode::Static => None,
+            };
+            let gw = gateway::start_with(config, kube).await?;
+            let reload = tokio::spawn(gateway::watch_config(path, gw.commands(), Duration::from_secs(2)));
             terminated().await;
+            reload.abort();
             gw.shutdown().await;
         }
-        Command::Demo { duration, subscribers, rate, partitions, listen } => {
+        Command::Demo { duration, subscribers, rate, partitions, listen, scenario: Some(which) } => {
+            init_tracing(cli.log_format, "warn");
+            let options = scenario::ScenarioOptions {
+                duration: Duration::from_secs(duration),
+                per_cohort: subscribers.div_ceil(2).max(1),
+                rate: rate.max(4_000),
+                partitions,
+                listen,
+            };
+            println!(
+                "scenario {}: embedded kafka, {partitions} partitions, {} msg/s for {duration}s, {} subscribers per cohort",
+                which.name(),
+                options.rate,
+                options.per_cohort
+            );
+            let report = scenario::run(which, options, |line| println!("{line}")).await?;
+            println!("{report}");
+        }
+        Command::Demo { duration, subscribers, rate, partitions, listen, scenario: None } => {
             init_tracing(cli.log_format, "warn");
             let options = demo::DemoOptions {
                 duration: Duration::from_secs(duration),

@@ -8,15 +8,16 @@
 //! Acked deliveries leave the registry and go back to the dispatcher, which records them in
 //! the offset trackers.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::RouteConfig;
+use crate::config::{EmptyCohort, Ordering, RouteConfig};
 use crate::kafka::{Record, TopicPartition};
 use crate::proto;
 use crate::routing;
+use crate::selector::Selector;
 
 pub type SessionId = u64;
 
@@ -33,12 +34,14 @@ pub enum SessionMessage {
     Closed(CloseReason),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// The subscriber asked to drain and everything in flight is settled.
     Drained,
     /// The gateway is shutting down; reconnect (to another replica) with backoff.
     ShuttingDown,
+    /// The subscriber's pod no longer qualifies (deleted, or its labels left the selector).
+    NotSelected(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +52,20 @@ pub enum RegisterError {
     MissingRoute,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("subscriber labels {labels} do not match route `{route}`'s selector `{selector}`")]
+    NotSelected { route: String, selector: String, labels: String },
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// Who a new session is.
+#[derive(Debug, Clone, Default)]
+pub struct Subscriber {
+    /// Pod name or peer address, for logs and status.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// (namespace, pod) when discovery is Kubernetes: pod events find the session by it.
+    pub pod: Option<(String, String)>,
 }
 
 /// A message waiting for, or out on, a delivery.
@@ -61,15 +78,11 @@ pub struct Pending {
     /// epoch (the partition was revoked meanwhile) do not count.
     pub epoch: u64,
     pub route: usize,
+    /// Routing hash: of the key, the partition or the position, per the route's ordering.
     hash: u64,
 }
 
 impl Pending {
-    pub fn new(record: Arc<Record>, epoch: u64, route: usize) -> Self {
-        let hash = routing::key_hash(record.key.as_deref(), record.tp.partition, record.offset);
-        Self { record, attempt: 1, epoch, route, hash }
-    }
-
     fn order(&self) -> (&TopicPartition, i64) {
         (&self.record.tp, self.record.offset)
     }
@@ -83,15 +96,133 @@ struct Session {
     outbox: mpsc::UnboundedSender<SessionMessage>,
     /// No new deliveries; closed when `in_flight` empties.
     draining: bool,
-    name: String,
+    /// Why the session will close once drained (None: the subscriber asked).
+    close_reason: Option<CloseReason>,
+    subscriber: Subscriber,
+    /// Value of the route's split label, if the route has one.
+    cohort: Option<String>,
+}
+
+/// Who holds a key's messages (ordering key or partition): one owner at a time, so a key
+/// moves only once its messages at the old owner are settled (drain before move).
+#[derive(Debug, Clone, Copy)]
+struct KeyState {
+    owner: SessionId,
+    /// Messages of the key queued at or in flight to `owner`.
+    outstanding: u32,
 }
 
 struct RouteState {
     config: RouteConfig,
+    weights: Vec<(String, u32)>,
+    /// Ok(None): every subscriber qualifies; Err: the selector did not parse, nobody does
+    /// (fail closed; config validation refuses such a route before it gets here).
+    selector: Result<Option<Selector>, String>,
     /// Members that take new messages, ascending.
     members: Vec<SessionId>,
-    /// Messages that have no member to go to yet.
+    /// Members per cohort, ascending.
+    cohorts: HashMap<String, Vec<SessionId>>,
+    /// Messages that have no member to go to yet (or whose cohort is held empty).
     unassigned: VecDeque<Pending>,
+    keys: HashMap<u64, KeyState>,
+    /// Messages waiting for their key's old owner to settle, per key, in order.
+    parked: HashMap<u64, VecDeque<Pending>>,
+}
+
+impl RouteState {
+    fn new(config: RouteConfig) -> Self {
+        let weights = config.weight_list();
+        let selector = config.parsed_selector().map(|s| Some(s).filter(|s| !s.is_empty())).map_err(|e| e.to_string());
+        Self {
+            config,
+            weights,
+            selector,
+            members: Vec::new(),
+            cohorts: HashMap::new(),
+            unassigned: VecDeque::new(),
+            keys: HashMap::new(),
+            parked: HashMap::new(),
+        }
+    }
+
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        match &self.selector {
+            Ok(selector) => selector.as_ref().is_none_or(|s| s.matches(labels)),
+            Err(_) => false,
+        }
+    }
+
+    fn selector_text(&self) -> String {
+        match &self.selector {
+            Ok(selector) => selector.as_ref().map(ToString::to_string).unwrap_or_default(),
+            Err(error) => format!("{} (invalid: {error})", self.config.selector),
+        }
+    }
+
+    fn hash_of(&self, record: &Record) -> u64 {
+        match self.config.ordering {
+            Ordering::Key => routing::key_hash(record.key.as_deref(), record.tp.partition, record.offset),
+            Ordering::Partition => routing::key_hash(Some(record.tp.topic.as_bytes()), record.tp.partition, 0)
+                ^ routing::key_hash(None, record.tp.partition, 0),
+            Ordering::None => routing::key_hash(None, record.tp.partition, record.offset),
+        }
+    }
+
+    fn ordered(&self) -> bool {
+        self.config.ordering != Ordering::None
+    }
+
+    /// The member a message with `hash` goes to now, if any.
+    fn target(&self, hash: u64) -> Option<SessionId> {
+        let pick = |ids: &[SessionId]| routing::instance_for(hash, ids).map(|i| ids[i]);
+        if self.config.split_label.is_none() {
+            return pick(&self.members);
+        }
+        let cohort = routing::cohort_for(hash, &self.weights)?;
+        match self.cohorts.get(cohort).filter(|m| !m.is_empty()) {
+            Some(members) => pick(members),
+            None => match self.config.empty_cohort {
+                EmptyCohort::Hold => None,
+                EmptyCohort::Spill => pick(&self.members),
+            },
+        }
+    }
+
+    /// Takes one settled or withdrawn message of `hash` off its owner's count. Returns true
+    /// when the key has nothing outstanding any more (its parked messages may go).
+    fn release_one(&mut self, hash: u64) -> bool {
+        if !self.ordered() {
+            return false;
+        }
+        let Some(state) = self.keys.get_mut(&hash) else { return false };
+        state.outstanding = state.outstanding.saturating_sub(1);
+        if state.outstanding == 0 {
+            self.keys.remove(&hash);
+            return true;
+        }
+        false
+    }
+
+    fn cohort_of(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+        self.config.split_label.as_ref().and_then(|l| labels.get(l).cloned())
+    }
+
+    fn add_member(&mut self, id: SessionId, cohort: Option<&String>) {
+        self.members.push(id);
+        self.members.sort_unstable();
+        if let Some(c) = cohort {
+            let m = self.cohorts.entry(c.clone()).or_default();
+            m.push(id);
+            m.sort_unstable();
+        }
+    }
+
+    fn remove_member(&mut self, id: SessionId) {
+        self.members.retain(|m| *m != id);
+        for m in self.cohorts.values_mut() {
+            m.retain(|x| *x != id);
+        }
+    }
 }
 
 /// A new session's handles.
@@ -127,10 +258,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Self {
-            routes: routes
-                .iter()
-                .map(|config| RouteState { config: config.clone(), members: Vec::new(), unassigned: VecDeque::new() })
-                .collect(),
+            routes: routes.iter().cloned().map(RouteState::new).collect(),
             sessions: HashMap::new(),
             next_id: 1,
             paused: false,
@@ -154,23 +282,41 @@ impl Registry {
         &self.routes[route].config.name
     }
 
+    pub fn route_index(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.config.name == name)
+    }
+
+    pub fn route_config(&self, route: usize) -> &RouteConfig {
+        &self.routes[route].config
+    }
+
     /// Opens a session on a route. `requested` is Hello.max_in_flight (0: route default).
-    pub fn register(&mut self, route: &str, requested: u32, name: &str) -> Result<Registered, RegisterError> {
+    pub fn register(&mut self, route: &str, requested: u32, subscriber: Subscriber) -> Result<Registered, RegisterError> {
         if self.paused {
             return Err(RegisterError::ShuttingDown);
         }
         if route.trim().is_empty() {
             return Err(RegisterError::MissingRoute);
         }
-        let Some(r) = self.routes.iter().position(|s| s.config.name == route) else {
+        let Some(r) = self.route_index(route) else {
             let known = self.routes.iter().map(|r| r.config.name.as_str()).collect::<Vec<_>>().join(", ");
             return Err(RegisterError::UnknownRoute { route: route.to_string(), known });
         };
-        let config = &self.routes[r].config;
+        let state = &self.routes[r];
+        if !state.selects(&subscriber.labels) {
+            return Err(RegisterError::NotSelected {
+                route: route.to_string(),
+                selector: state.selector_text(),
+                labels: format_labels(&subscriber.labels),
+            });
+        }
+        let config = &state.config;
         let window = if requested == 0 { config.default_in_flight } else { requested.min(config.max_in_flight) };
+        let cohort = state.cohort_of(&subscriber.labels);
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        self.routes[r].add_member(id, cohort.as_ref());
         self.sessions.insert(
             id,
             Session {
@@ -180,12 +326,11 @@ impl Registry {
                 in_flight: HashMap::new(),
                 outbox: tx,
                 draining: false,
-                name: name.to_string(),
+                close_reason: None,
+                subscriber,
+                cohort,
             },
         );
-        let members = &mut self.routes[r].members;
-        members.push(id);
-        members.sort_unstable();
         self.reroute(r, Vec::new());
         Ok(Registered { session: id, outbox: rx, window })
     }
@@ -196,7 +341,8 @@ impl Registry {
         let Some(session) = self.sessions.remove(&id) else { return false };
         self.dirty.remove(&id);
         let r = session.route;
-        self.routes[r].members.retain(|m| *m != id);
+        let route = &mut self.routes[r];
+        route.remove_member(id);
         let mut orphans: Vec<Pending> = session
             .in_flight
             .into_values()
@@ -206,17 +352,32 @@ impl Registry {
             })
             .collect();
         orphans.extend(session.queue);
+        for p in &orphans {
+            route.release_one(p.hash);
+        }
         self.reroute(r, orphans);
         true
     }
 
     /// Stop sending new messages to a session; it closes once its in-flight ones settle.
+    /// Its keys move to other members as their in-flight messages settle.
     pub fn drain(&mut self, id: SessionId) {
+        self.drain_with(id, None);
+    }
+
+    fn drain_with(&mut self, id: SessionId, reason: Option<CloseReason>) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         session.draining = true;
+        if reason.is_some() {
+            session.close_reason = reason;
+        }
         let r = session.route;
         let queued: Vec<Pending> = session.queue.drain(..).collect();
-        self.routes[r].members.retain(|m| *m != id);
+        let route = &mut self.routes[r];
+        route.remove_member(id);
+        for p in &queued {
+            route.release_one(p.hash);
+        }
         self.reroute(r, queued);
         self.close_if_drained(id);
     }
@@ -225,7 +386,8 @@ impl Registry {
         let done = self.sessions.get(&id).is_some_and(|s| s.draining && s.in_flight.is_empty());
         if done {
             if let Some(s) = self.sessions.remove(&id) {
-                let _ = s.outbox.send(SessionMessage::Closed(CloseReason::Drained));
+                let reason = s.close_reason.unwrap_or(CloseReason::Drained);
+                let _ = s.outbox.send(SessionMessage::Closed(reason));
             }
         }
         done
@@ -254,7 +416,17 @@ impl Registry {
                 None => out.unknown += 1,
             }
         }
+        let r = session.route;
         self.dirty.insert(id);
+        let mut freed = Vec::new();
+        for p in &out.settled {
+            if self.routes[r].release_one(p.hash) {
+                freed.push(p.hash);
+            }
+        }
+        for hash in freed {
+            self.unpark(r, hash);
+        }
         out.closed = self.close_if_drained(id);
         out
     }
@@ -267,20 +439,49 @@ impl Registry {
         p.attempt += 1;
         let r = session.route;
         self.dirty.insert(id);
-        // First in line again, so that later messages of its key stay behind it.
-        self.assign(r, p, true);
+        let route = &mut self.routes[r];
+        if route.target(p.hash) == Some(id) && !session.draining {
+            // Still this member's key: first in line again, ahead of the key's later messages.
+            session.queue.push_front(p);
+        } else if route.ordered() {
+            let hash = p.hash;
+            let free = route.release_one(hash);
+            route.parked.entry(hash).or_default().push_front(p);
+            if free {
+                self.unpark(r, hash);
+            }
+        } else {
+            self.assign(p, true);
+        }
         self.close_if_drained(id);
         true
     }
 
-    /// Routes a newly received message.
-    pub fn dispatch(&mut self, p: Pending) {
-        self.assign(p.route, p, false);
+    /// Routes a newly received record for route `route`.
+    pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64, route: usize) {
+        let hash = self.routes[route].hash_of(&record);
+        self.assign(Pending { record, attempt: 1, epoch, route, hash }, false);
     }
 
-    fn assign(&mut self, r: usize, p: Pending, front: bool) {
+    fn assign(&mut self, p: Pending, front: bool) {
+        let r = p.route;
         let route = &mut self.routes[r];
-        let Some(i) = routing::instance_for(p.hash, &route.members) else {
+        let target = route.target(p.hash);
+        if route.ordered() {
+            let behind_parked = route.parked.get(&p.hash).is_some_and(|q| !q.is_empty());
+            let owner_elsewhere = route.keys.get(&p.hash).is_some_and(|k| Some(k.owner) != target);
+            if behind_parked || owner_elsewhere {
+                // Drain before move: wait until the key's messages at its old owner settle.
+                let q = route.parked.entry(p.hash).or_default();
+                if front {
+                    q.push_front(p)
+                } else {
+                    q.push_back(p)
+                }
+                return;
+            }
+        }
+        let Some(id) = target else {
             if front {
                 route.unassigned.push_front(p)
             } else {
@@ -288,7 +489,9 @@ impl Registry {
             }
             return;
         };
-        let id = route.members[i];
+        if route.ordered() {
+            route.keys.entry(p.hash).or_insert(KeyState { owner: id, outstanding: 0 }).outstanding += 1;
+        }
         if let Some(s) = self.sessions.get_mut(&id) {
             if front {
                 s.queue.push_front(p)
@@ -299,24 +502,42 @@ impl Registry {
         }
     }
 
-    /// Routes again every queued message of a route plus `extra`, oldest first per partition,
-    /// after membership changed.
+    /// A key's old owner settled everything: its parked messages go to its new target.
+    fn unpark(&mut self, r: usize, hash: u64) {
+        if let Some(q) = self.routes[r].parked.remove(&hash) {
+            for p in q {
+                self.assign(p, false);
+            }
+        }
+    }
+
+    /// Routes again every queued, parked or unassigned message of a route plus `extra`,
+    /// oldest first per partition, after membership, labels or weights changed.
     fn reroute(&mut self, r: usize, extra: Vec<Pending>) {
         let mut all = extra;
-        all.extend(self.routes[r].unassigned.drain(..));
-        for id in &self.routes[r].members {
-            if let Some(s) = self.sessions.get_mut(id) {
-                all.extend(s.queue.drain(..));
+        let route = &mut self.routes[r];
+        all.extend(route.unassigned.drain(..));
+        for (_, q) in route.parked.drain() {
+            all.extend(q);
+        }
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.route == r).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                for p in s.queue.drain(..) {
+                    self.routes[r].release_one(p.hash);
+                    all.push(p);
+                }
             }
         }
         all.sort_by(|a, b| a.order().cmp(&b.order()));
         for p in all {
-            self.assign(r, p, false);
+            self.assign(p, false);
         }
     }
 
-    /// Drops every message of these partitions (revoked): queued, unassigned or in flight.
-    /// Acks that arrive later for them are unknown.
+    /// Drops every message of these partitions (revoked): queued, parked, unassigned or in
+    /// flight. Acks that arrive later for them are unknown.
     pub fn purge(&mut self, partitions: &[TopicPartition]) -> usize {
         let gone = |p: &Pending| partitions.contains(&p.record.tp);
         let mut dropped = 0;
@@ -324,19 +545,124 @@ impl Registry {
             let before = route.unassigned.len();
             route.unassigned.retain(|p| !gone(p));
             dropped += before - route.unassigned.len();
+            for q in route.parked.values_mut() {
+                let before = q.len();
+                q.retain(|p| !gone(p));
+                dropped += before - q.len();
+            }
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                let before = s.queue.len() + s.in_flight.len();
-                s.queue.retain(|p| !gone(p));
-                s.in_flight.retain(|_, p| !gone(p));
-                dropped += before - s.queue.len() - s.in_flight.len();
-                self.dirty.insert(id);
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let route = &mut self.routes[s.route];
+            let mut removed = Vec::new();
+            s.queue.retain(|p| if gone(p) { removed.push(p.hash); false } else { true });
+            s.in_flight.retain(|_, p| if gone(p) { removed.push(p.hash); false } else { true });
+            dropped += removed.len();
+            for hash in removed {
+                route.release_one(hash);
             }
+            self.dirty.insert(id);
             self.close_if_drained(id);
         }
+        for r in 0..self.routes.len() {
+            self.reroute(r, Vec::new());
+        }
         dropped
+    }
+
+    /// New settings for existing routes (weights, selector, windows, empty-cohort policy):
+    /// queued messages are routed again under them, keys move with drain before move.
+    /// Returns the names of routes that were not found (added routes need a restart).
+    pub fn update_routes(&mut self, configs: &[RouteConfig]) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for config in configs {
+            let Some(r) = self.route_index(&config.name) else {
+                unknown.push(config.name.clone());
+                continue;
+            };
+            let mut next = RouteState::new(config.clone());
+            // Ordering and topics are fixed for the gateway's lifetime (keys in flight were
+            // hashed under the old ordering; topics are the consumer's subscription).
+            next.config.ordering = self.routes[r].config.ordering;
+            next.config.topics = self.routes[r].config.topics.clone();
+            let old = std::mem::replace(&mut self.routes[r], next);
+            let route = &mut self.routes[r];
+            route.unassigned = old.unassigned;
+            route.keys = old.keys;
+            route.parked = old.parked;
+            let members: Vec<SessionId> = old.members;
+            let mut unselected = Vec::new();
+            for id in members {
+                let Some(s) = self.sessions.get_mut(&id) else { continue };
+                if !self.routes[r].selects(&s.subscriber.labels) {
+                    unselected.push(id);
+                    continue;
+                }
+                s.cohort = self.routes[r].cohort_of(&s.subscriber.labels);
+                let cohort = s.cohort.clone();
+                self.routes[r].add_member(id, cohort.as_ref());
+            }
+            self.reroute(r, Vec::new());
+            for id in unselected {
+                let reason = CloseReason::NotSelected("its labels no longer match the route's selector".into());
+                self.drain_with(id, Some(reason));
+            }
+        }
+        unknown
+    }
+
+    /// A subscriber's labels changed (its pod was relabelled): it may change cohort, or leave
+    /// the route's selector, in which case it is drained and closed.
+    pub fn update_labels(&mut self, id: SessionId, labels: BTreeMap<String, String>) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.subscriber.labels == labels {
+            return;
+        }
+        let r = s.route;
+        s.subscriber.labels = labels;
+        if s.draining {
+            return;
+        }
+        if !self.routes[r].selects(&s.subscriber.labels) {
+            let why = format!(
+                "its labels {} no longer match selector `{}`",
+                format_labels(&s.subscriber.labels),
+                self.routes[r].selector_text()
+            );
+            self.drain_with(id, Some(CloseReason::NotSelected(why)));
+            return;
+        }
+        let cohort = self.routes[r].cohort_of(&s.subscriber.labels);
+        if cohort != s.cohort {
+            s.cohort = cohort.clone();
+            let route = &mut self.routes[r];
+            route.remove_member(id);
+            route.add_member(id, cohort.as_ref());
+            self.reroute(r, Vec::new());
+        }
+    }
+
+    /// Drains and closes a session whose pod went away.
+    pub fn evict(&mut self, id: SessionId, why: String) {
+        self.drain_with(id, Some(CloseReason::NotSelected(why)));
+    }
+
+    /// Sessions bound to a pod (Kubernetes discovery).
+    pub fn sessions_of_pod(&self, namespace: &str, name: &str) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.subscriber.pod.as_ref().is_some_and(|(ns, n)| ns == namespace && n == name))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every session bound to a pod, with the pod.
+    pub fn pod_sessions(&self) -> Vec<(SessionId, usize, (String, String))> {
+        self.sessions
+            .iter()
+            .filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, s.route, p)))
+            .collect()
     }
 
     /// Stops (or restarts) all sending.
@@ -347,8 +673,8 @@ impl Registry {
         }
     }
 
-    /// Sends what the windows allow to every session that may have room. One batch per
-    /// session per call.
+    /// Sends what the windows allow to every session that may have room, in batches of at
+    /// most [`MAX_BATCH_BYTES`].
     pub fn flush(&mut self) {
         if self.paused {
             return;
@@ -366,6 +692,7 @@ impl Registry {
             let take = room.min(s.queue.len());
             let mut batch = Vec::with_capacity(take.min(256));
             let mut bytes = 0;
+            let cohort = s.cohort.clone().unwrap_or_default();
             for p in s.queue.drain(..take) {
                 let size = p.record.size();
                 if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
@@ -374,7 +701,8 @@ impl Registry {
                     bytes = 0;
                 }
                 bytes += size;
-                let delivery = to_delivery(&p);
+                let mut delivery = to_delivery(&p);
+                delivery.cohort.clone_from(&cohort);
                 if p.attempt > 1 {
                     self.redelivered += 1;
                 }
@@ -391,25 +719,35 @@ impl Registry {
         self.sessions.values().map(|s| s.in_flight.len()).sum()
     }
 
-    /// Live sessions per route name (for status).
+    /// Messages waiting for a subscriber of their cohort, or for their key to move.
+    pub fn held(&self) -> usize {
+        self.routes.iter().map(|r| r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()).sum()
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
 
-    /// Names of the sessions of a route (pod names or peers), for status and tests.
+    /// Names of the members of a route (pod names or peers), for status and tests.
     pub fn members(&self, route: usize) -> Vec<String> {
-        self.routes[route].members.iter().filter_map(|id| self.sessions.get(id)).map(|s| s.name.clone()).collect()
+        self.routes[route].members.iter().filter_map(|id| self.sessions.get(id)).map(|s| s.subscriber.name.clone()).collect()
     }
 
     /// Ends every session with `reason`.
     pub fn close_all(&mut self, reason: CloseReason) {
         for (_, s) in self.sessions.drain() {
-            let _ = s.outbox.send(SessionMessage::Closed(reason));
+            let _ = s.outbox.send(SessionMessage::Closed(reason.clone()));
         }
         for r in &mut self.routes {
             r.members.clear();
+            r.cohorts.clear();
         }
     }
+}
+
+fn format_labels(labels: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(","))
 }
 
 fn to_delivery(p: &Pending) -> proto::Delivery {
@@ -438,7 +776,14 @@ mod tests {
     use bytes::Bytes;
 
     fn route(name: &str, window: u32) -> RouteConfig {
-        RouteConfig { name: name.into(), topics: vec!["t".into()], max_in_flight: window * 2, default_in_flight: window }
+        let mut r = RouteConfig::new(name, &["t"]);
+        r.max_in_flight = window * 2;
+        r.default_in_flight = window;
+        r
+    }
+
+    fn sub(name: &str) -> Subscriber {
+        Subscriber { name: name.into(), ..Subscriber::default() }
     }
 
     fn record(partition: i32, offset: i64, key: &str) -> Arc<Record> {
@@ -465,18 +810,18 @@ mod tests {
     #[test]
     fn unknown_route_is_refused_with_the_known_ones() {
         let mut reg = Registry::new(&[route("orders", 10)]);
-        let err = reg.register("billing", 0, "x").expect_err("unknown");
+        let err = reg.register("billing", 0, sub("x")).expect_err("unknown");
         assert_eq!(err, RegisterError::UnknownRoute { route: "billing".into(), known: "orders".into() });
-        assert_eq!(reg.register("", 0, "x").expect_err("empty"), RegisterError::MissingRoute);
+        assert_eq!(reg.register("", 0, sub("x")).expect_err("empty"), RegisterError::MissingRoute);
     }
 
     #[test]
     fn window_limits_deliveries_and_acks_open_it() {
         let mut reg = Registry::new(&[route("r", 3)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
         assert_eq!(a.window, 3);
         for o in 0..10 {
-            reg.dispatch(Pending::new(record(0, o, "k"), 1, 0));
+            reg.dispatch(record(0, o, "k"), 1, 0);
         }
         reg.flush();
         let got = received(&mut a.outbox);
@@ -494,18 +839,18 @@ mod tests {
     #[test]
     fn requested_window_is_capped_by_the_route() {
         let mut reg = Registry::new(&[route("r", 5)]);
-        assert_eq!(reg.register("r", 1_000, "a").expect("ok").window, 10);
-        assert_eq!(reg.register("r", 2, "b").expect("ok").window, 2);
+        assert_eq!(reg.register("r", 1_000, sub("a")).expect("ok").window, 10);
+        assert_eq!(reg.register("r", 2, sub("b")).expect("ok").window, 2);
     }
 
     #[test]
     fn departed_sessions_deliveries_go_to_the_other_member_with_attempt_two() {
         let mut reg = Registry::new(&[route("r", 500)]);
-        let a = reg.register("r", 0, "a").expect("ok");
-        let mut b = reg.register("r", 0, "b").expect("ok");
+        let a = reg.register("r", 0, sub("a")).expect("ok");
+        let mut b = reg.register("r", 0, sub("b")).expect("ok");
         let mut a_rx = a.outbox;
         for o in 0..200 {
-            reg.dispatch(Pending::new(record(0, o, &format!("key-{o}")), 1, 0));
+            reg.dispatch(record(0, o, &format!("key-{o}")), 1, 0);
         }
         reg.flush();
         let to_a = received(&mut a_rx);
@@ -528,11 +873,11 @@ mod tests {
     fn messages_wait_for_a_member_and_keys_stick() {
         let mut reg = Registry::new(&[route("r", 100)]);
         for o in 0..50 {
-            reg.dispatch(Pending::new(record(0, o, &format!("k{}", o % 5)), 1, 0));
+            reg.dispatch(record(0, o, &format!("k{}", o % 5)), 1, 0);
         }
         reg.flush();
-        let mut a = reg.register("r", 0, "a").expect("ok");
-        let mut b = reg.register("r", 0, "b").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        let mut b = reg.register("r", 0, sub("b")).expect("ok");
         reg.flush();
         let to_a = received(&mut a.outbox);
         let to_b = received(&mut b.outbox);
@@ -551,11 +896,11 @@ mod tests {
     #[test]
     fn batches_are_bounded_in_bytes() {
         let mut reg = Registry::new(&[route("r", 100)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..5 {
             let mut r = (*record(0, o, "k")).clone();
             r.value = Bytes::from(vec![0u8; 400 * 1024]);
-            reg.dispatch(Pending::new(Arc::new(r), 1, 0));
+            reg.dispatch(Arc::new(r), 1, 0);
         }
         reg.flush();
         let mut sizes = Vec::new();
@@ -569,8 +914,8 @@ mod tests {
     #[test]
     fn nack_redelivers_with_next_attempt() {
         let mut reg = Registry::new(&[route("r", 10)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
-        reg.dispatch(Pending::new(record(0, 7, "k"), 1, 0));
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 7, "k"), 1, 0);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
         assert!(reg.nack(a.session, "t/0/7"));
@@ -583,28 +928,30 @@ mod tests {
     #[test]
     fn drain_closes_after_in_flight_settles_and_hands_queue_over() {
         let mut reg = Registry::new(&[route("r", 2)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..4 {
-            reg.dispatch(Pending::new(record(0, o, "same-key"), 1, 0));
+            reg.dispatch(record(0, o, "same-key"), 1, 0);
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
         reg.drain(a.session);
-        let mut b = reg.register("r", 0, "b").expect("ok");
+        let mut b = reg.register("r", 0, sub("b")).expect("ok");
         reg.flush();
-        assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(received(&mut b.outbox).is_empty(), "the key waits for a's in-flight messages");
         let acked = reg.ack(a.session, &["t/0/0".into(), "t/0/1".into()]);
         assert!(acked.closed);
+        reg.flush();
+        assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
         assert!(matches!(a.outbox.try_recv(), Ok(SessionMessage::Closed(CloseReason::Drained))));
     }
 
     #[test]
     fn purge_drops_revoked_partitions_everywhere() {
         let mut reg = Registry::new(&[route("r", 1)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..3 {
-            reg.dispatch(Pending::new(record(0, o, "k"), 1, 0));
-            reg.dispatch(Pending::new(record(1, o, "k"), 1, 0));
+            reg.dispatch(record(0, o, "k"), 1, 0);
+            reg.dispatch(record(1, o, "k"), 1, 0);
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox)[0].partition, 0);
@@ -617,14 +964,121 @@ mod tests {
         assert_eq!(reg.ack(a.session, &["t/0/0".into()]).unknown, 1);
     }
 
+    fn split_route(empty: EmptyCohort, blue: u32, green: u32) -> RouteConfig {
+        let mut r = route("r", 100);
+        r.split_label = Some("track".into());
+        r.weights = [("blue".to_string(), blue), ("green".to_string(), green)].into_iter().collect();
+        r.empty_cohort = empty;
+        r
+    }
+
+    fn labelled(name: &str, track: &str) -> Subscriber {
+        Subscriber {
+            name: name.into(),
+            labels: [("track".to_string(), track.to_string())].into_iter().collect(),
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn weights_send_each_cohort_its_share_only() {
+        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 0, 100)]);
+        let mut blue = reg.register("r", 100, labelled("b", "blue")).expect("ok");
+        let mut green = reg.register("r", 100, labelled("g", "green")).expect("ok");
+        for o in 0..100 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+        }
+        reg.flush();
+        assert!(received(&mut blue.outbox).is_empty(), "blue has weight 0");
+        let got = received(&mut green.outbox);
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().all(|d| d.cohort == "green"));
+    }
+
+    #[test]
+    fn empty_cohort_hold_keeps_its_share_until_a_member_comes() {
+        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 50, 50)]);
+        let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
+        for o in 0..200 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+        }
+        reg.flush();
+        let to_blue = received(&mut blue.outbox).len();
+        assert!(to_blue > 50 && to_blue < 150, "{to_blue}");
+        assert_eq!(reg.held(), 200 - to_blue, "green's share waits, nothing goes to blue");
+        let mut green = reg.register("r", 200, labelled("g", "green")).expect("ok");
+        reg.flush();
+        assert_eq!(received(&mut green.outbox).len(), 200 - to_blue);
+        assert_eq!(reg.held(), 0);
+    }
+
+    #[test]
+    fn empty_cohort_spill_sends_its_share_to_the_others() {
+        let mut reg = Registry::new(&[split_route(EmptyCohort::Spill, 50, 50)]);
+        let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
+        for o in 0..200 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+        }
+        reg.flush();
+        assert_eq!(received(&mut blue.outbox).len(), 200);
+    }
+
+    #[test]
+    fn a_relabelled_subscribers_keys_move_only_after_its_in_flight_messages_settle() {
+        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 100, 0)]);
+        let mut a = reg.register("r", 10, labelled("a", "blue")).expect("ok");
+        let mut b = reg.register("r", 10, labelled("b", "green")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 1, "k"), 1, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 2);
+        // The operator flips the weights: key k now belongs to green, but two of its messages
+        // are in flight at blue.
+        reg.update_routes(&[split_route(EmptyCohort::Hold, 0, 100)]);
+        reg.dispatch(record(0, 2, "k"), 1, 0);
+        reg.flush();
+        assert!(received(&mut b.outbox).is_empty(), "k waits for blue to settle");
+        reg.ack(a.session, &["t/0/0".into()]);
+        reg.flush();
+        assert!(received(&mut b.outbox).is_empty(), "one still in flight");
+        reg.ack(a.session, &["t/0/1".into()]);
+        reg.flush();
+        assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
+        // And a label change moves keys the same way.
+        reg.update_labels(b.session, [("track".to_string(), "blue".to_string())].into_iter().collect());
+        reg.dispatch(record(0, 3, "k"), 1, 0);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty() && received(&mut b.outbox).is_empty(), "green holds; nothing to blue");
+        assert_eq!(reg.held(), 1);
+    }
+
+    #[test]
+    fn labels_that_leave_the_selector_drain_and_close_the_session() {
+        let mut r = route("r", 10);
+        r.selector = "app=orders".into();
+        let mut reg = Registry::new(&[r]);
+        let err = reg.register("r", 0, sub("stranger")).expect_err("not selected");
+        assert!(matches!(err, RegisterError::NotSelected { .. }), "{err:?}");
+        let app = |v: &str| -> BTreeMap<String, String> { [("app".to_string(), v.to_string())].into_iter().collect() };
+        let mut a = reg
+            .register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), pod: None })
+            .expect("selected");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 1);
+        reg.update_labels(a.session, app("billing"));
+        reg.ack(a.session, &["t/0/0".into()]);
+        assert!(matches!(a.outbox.try_recv(), Ok(SessionMessage::Closed(CloseReason::NotSelected(_)))));
+    }
+
     #[test]
     fn paused_registry_sends_nothing_and_refuses_sessions() {
         let mut reg = Registry::new(&[route("r", 5)]);
-        let mut a = reg.register("r", 0, "a").expect("ok");
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
         reg.set_paused(true);
-        reg.dispatch(Pending::new(record(0, 0, "k"), 1, 0));
+        reg.dispatch(record(0, 0, "k"), 1, 0);
         reg.flush();
         assert!(received(&mut a.outbox).is_empty());
-        assert_eq!(reg.register("r", 0, "b").expect_err("closed"), RegisterError::ShuttingDown);
+        assert_eq!(reg.register("r", 0, sub("b")).expect_err("closed"), RegisterError::ShuttingDown);
     }
 }

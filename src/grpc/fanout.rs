@@ -59,14 +59,9 @@ impl Fanout for FanoutService {
                 ))
             }
         };
-        let name = if hello.pod_name.is_empty() {
-            peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
-        } else {
-            format!("{}/{}", if hello.namespace.is_empty() { "-" } else { &hello.namespace }, hello.pod_name)
-        };
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Register { route: hello.route, max_in_flight: hello.max_in_flight, name, peer, reply })
+            .send(Command::Register { hello, peer, reply })
             .await
             .map_err(|_| dispatcher_gone())?;
         let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(|e| super::register_status(&e))?;

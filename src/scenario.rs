@@ -1,0 +1,360 @@
+//! Deploy scenarios on the embedded demo: a blue-green cutover and a canary ramp, done by
+//! switching route weights while messages flow, with what an operator would check measured.
+//!
+//! Subscribers of two cohorts (labels `track=blue|green` or `track=stable|canary`, sent in
+//! their Hello: static discovery) ack everything. Each switch is a route update on the running
+//! gateway; the consumer group is never touched, and the report says so (`rebalances`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::client::Subscription;
+use crate::config::{Config, EmptyCohort, RouteConfig};
+use crate::demo::{committed_offsets, note_produced, DemoError};
+use crate::gateway;
+use crate::proto::Hello;
+use crate::stats::Stats;
+
+pub const TOPIC: &str = "deploy-events";
+pub const ROUTE: &str = "orders";
+pub const SPLIT_LABEL: &str = "track";
+const GROUP: &str = "fanout-scenario";
+/// Distinct keys: many, so that each phase's observed split measures the weights, not the
+/// luck of a few keys.
+const KEYS: u64 = 50_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// blue 100 / green 0, then blue 0 / green 100.
+    BlueGreen,
+    /// canary 0 → 10 → 50 → 100 (stable takes the rest).
+    Canary,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BlueGreen => "blue-green",
+            Self::Canary => "canary",
+        }
+    }
+
+    /// The two cohorts: (old, new).
+    pub fn cohorts(self) -> (&'static str, &'static str) {
+        match self {
+            Self::BlueGreen => ("blue", "green"),
+            Self::Canary => ("stable", "canary"),
+        }
+    }
+
+    /// Weight of the new cohort in each phase, in percent.
+    pub fn phases(self) -> &'static [u32] {
+        match self {
+            Self::BlueGreen => &[0, 100],
+            Self::Canary => &[0, 10, 50, 100],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScenarioOptions {
+    pub duration: Duration,
+    /// Subscribers per cohort.
+    pub per_cohort: usize,
+    pub rate: u32,
+    pub partitions: i32,
+    pub listen: String,
+}
+
+impl Default for ScenarioOptions {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(20),
+            per_cohort: 2,
+            rate: 4_000,
+            partitions: 8,
+            listen: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+/// What an operator checks after a deploy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScenarioReport {
+    pub name: String,
+    /// Consumer-group rebalances after the gateway's first assignment.
+    pub rebalances: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Deliveries of a key at a lower offset than one already delivered for it.
+    pub order_violations: u64,
+    /// Longest time without any delivery while producing.
+    pub max_gap_ms: u64,
+    /// Largest distance, in percentage points, between the new cohort's observed share and its
+    /// weight, over the phases.
+    pub split_error_pct: f64,
+    /// Observed share of the new cohort per phase, in percent.
+    pub phase_shares: Vec<f64>,
+    pub produced: u64,
+}
+
+impl std::fmt::Display for ScenarioReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "scenario: name={} rebalances={} lost={} duplicates={} order_violations={} max_gap_ms={} split_error_pct={:.2}",
+            self.name, self.rebalances, self.lost, self.duplicates, self.order_violations, self.max_gap_ms, self.split_error_pct
+        )
+    }
+}
+
+/// What the subscribers saw.
+#[derive(Default)]
+struct Observed {
+    seen: HashSet<String>,
+    duplicates: u64,
+    /// Highest offset delivered per key.
+    last_offset: HashMap<Vec<u8>, i64>,
+    order_violations: u64,
+    /// Deliveries per phase and cohort (first attempts only).
+    per_phase: HashMap<(usize, bool), u64>,
+    last_delivery: Option<Instant>,
+    max_gap: Duration,
+}
+
+/// The route under test with the new cohort at `new_weight` percent.
+fn route(scenario: Scenario, new_weight: u32) -> RouteConfig {
+    let (old, new) = scenario.cohorts();
+    let mut r = RouteConfig::new(ROUTE, &[TOPIC]);
+    r.split_label = Some(SPLIT_LABEL.into());
+    r.weights = [(old.to_string(), 100 - new_weight), (new.to_string(), new_weight)].into_iter().collect();
+    r.empty_cohort = EmptyCohort::Hold;
+    r.max_in_flight = 200;
+    r.default_in_flight = 100;
+    r
+}
+
+/// Runs a scenario; `live` receives a line per second.
+pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&str)) -> Result<ScenarioReport, DemoError> {
+    let cluster = MockCluster::new(3)?;
+    cluster.create_topic(TOPIC, options.partitions, 3)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = Config::single_route(&bootstrap, GROUP, ROUTE, &[TOPIC]);
+    config.routes = vec![route(scenario, scenario.phases()[0])];
+    config.server.listen = options.listen.clone();
+    let gw = gateway::start(config).await?;
+    let stats = gw.stats();
+
+    let phase = Arc::new(AtomicU64::new(0));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let (stop_tx, stop) = watch::channel(false);
+    let (old, new) = scenario.cohorts();
+    let mut subscribers = Vec::new();
+    for cohort in [old, new] {
+        for i in 0..options.per_cohort {
+            subscribers.push(tokio::spawn(subscriber(
+                gw.endpoint(),
+                format!("{cohort}-{i}"),
+                cohort.to_string(),
+                cohort == new,
+                phase.clone(),
+                observed.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+
+    // Wait for the group to assign the partitions, so that the count of rebalances that
+    // follows is the scenario's own.
+    let ready = Instant::now();
+    while Stats::get(&stats.rebalances) == 0 && ready.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rebalances_at_start = Stats::get(&stats.rebalances);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let produced: Arc<Mutex<HashMap<i32, Vec<i64>>>> = Arc::default();
+    let produced_count = Arc::new(AtomicU64::new(0));
+    let mut pending = FuturesUnordered::new();
+    let phases = scenario.phases();
+    let phase_len = options.duration / phases.len() as u32;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (options.rate / 100).max(1);
+    let mut seq: u64 = 0;
+    let mut current = 0usize;
+    let mut next_live = Duration::from_secs(1);
+    while started.elapsed() < options.duration {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(result) = pending.next(), if !pending.is_empty() => {
+                note_produced(result, &produced, &produced_count);
+                continue;
+            }
+        }
+        let due = ((started.elapsed().as_nanos() / phase_len.as_nanos().max(1)) as usize).min(phases.len() - 1);
+        if due != current {
+            current = due;
+            let unknown = gw.update_routes(vec![route(scenario, phases[current])]).await;
+            debug_assert!(unknown.is_empty());
+            // Deliveries received from here on were routed under the new weights.
+            phase.store(current as u64, Ordering::Relaxed);
+            info!(phase = current, new_weight = phases[current], "weights switched");
+        }
+        for _ in 0..per_tick {
+            let key = format!("customer-{}", seq % KEYS);
+            let value = format!("{{\"seq\":{seq}}}");
+            match producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)) {
+                Ok(delivery) => pending.push(delivery),
+                Err((error, _)) => debug!(%error, "produce queue full; skipping"),
+            }
+            seq += 1;
+        }
+        if started.elapsed() >= next_live {
+            next_live += Duration::from_secs(1);
+            live(&live_line(scenario, started.elapsed(), phases[current], &observed, current));
+        }
+    }
+    while let Some(result) = pending.next().await {
+        note_produced(result, &produced, &produced_count);
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    drop(producer);
+    let produced_total = produced_count.load(Ordering::Relaxed);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && (observed.lock().seen.len() as u64) < produced_total {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rebalances = Stats::get(&stats.rebalances) - rebalances_at_start;
+    // Let the last acks be committed, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.shutdown().await;
+    let _ = stop_tx.send(true);
+    for s in subscribers {
+        let _ = s.await;
+    }
+
+    let committed = committed_offsets(&bootstrap, GROUP, TOPIC, options.partitions)?;
+    let observed = observed.lock();
+    let produced = produced.lock();
+    let mut lost = 0;
+    for (p, offsets) in produced.iter() {
+        for o in offsets {
+            let id = format!("{TOPIC}/{p}/{o}");
+            let committed_past = committed.get(p).is_some_and(|c| c > o);
+            if !observed.seen.contains(&id) || !committed_past {
+                lost += 1;
+            }
+        }
+    }
+    let mut phase_shares = Vec::new();
+    let mut split_error: f64 = 0.0;
+    for (i, weight) in phases.iter().enumerate() {
+        let to_new = observed.per_phase.get(&(i, true)).copied().unwrap_or(0) as f64;
+        let to_old = observed.per_phase.get(&(i, false)).copied().unwrap_or(0) as f64;
+        let share = if to_new + to_old > 0.0 { 100.0 * to_new / (to_new + to_old) } else { 0.0 };
+        phase_shares.push(share);
+        split_error = split_error.max((share - f64::from(*weight)).abs());
+    }
+    drop(cluster);
+    Ok(ScenarioReport {
+        name: scenario.name().to_string(),
+        rebalances,
+        lost,
+        duplicates: observed.duplicates,
+        order_violations: observed.order_violations,
+        max_gap_ms: observed.max_gap.as_millis() as u64,
+        split_error_pct: split_error,
+        phase_shares,
+        produced: produced_total,
+    })
+}
+
+fn live_line(scenario: Scenario, elapsed: Duration, weight: u32, observed: &Mutex<Observed>, phase: usize) -> String {
+    let o = observed.lock();
+    let to_new = o.per_phase.get(&(phase, true)).copied().unwrap_or(0);
+    let to_old = o.per_phase.get(&(phase, false)).copied().unwrap_or(0);
+    let (old, new) = scenario.cohorts();
+    let share = if to_new + to_old > 0 { 100.0 * to_new as f64 / (to_new + to_old) as f64 } else { 0.0 };
+    format!(
+        "[{:>3}s] weights {old}={} {new}={weight}  this phase: {old}={to_old} {new}={to_new} ({new} {share:.1}%)  delivered={} duplicates={} order_violations={}",
+        elapsed.as_secs(),
+        100 - weight,
+        o.seen.len(),
+        o.duplicates,
+        o.order_violations,
+    )
+}
+
+/// A subscriber of one cohort: records every delivery, acks at once.
+async fn subscriber(
+    endpoint: String,
+    name: String,
+    cohort: String,
+    is_new: bool,
+    phase: Arc<AtomicU64>,
+    observed: Arc<Mutex<Observed>>,
+    stop: watch::Receiver<bool>,
+) {
+    let hello = Hello {
+        route: ROUTE.into(),
+        pod_name: name.clone(),
+        max_in_flight: 100,
+        labels: [(SPLIT_LABEL.to_string(), cohort)].into_iter().collect(),
+        ..Hello::default()
+    };
+    while !*stop.borrow() {
+        let mut sub = match Subscription::connect(&endpoint, hello.clone()).await {
+            Ok(s) => s,
+            Err(error) => {
+                debug!(%error, name, "subscribe failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(batch)) = sub.next().await {
+            let now = Instant::now();
+            let current = phase.load(Ordering::Relaxed) as usize;
+            let mut ids = Vec::with_capacity(batch.len());
+            {
+                let mut o = observed.lock();
+                if let Some(last) = o.last_delivery {
+                    o.max_gap = o.max_gap.max(now.duration_since(last));
+                }
+                o.last_delivery = Some(now);
+                for d in batch {
+                    if !o.seen.insert(d.delivery_id.clone()) {
+                        o.duplicates += 1;
+                    } else {
+                        *o.per_phase.entry((current, is_new)).or_default() += 1;
+                    }
+                    let last = o.last_offset.entry(d.key.to_vec()).or_insert(-1);
+                    if d.offset < *last {
+                        o.order_violations += 1;
+                    } else {
+                        *last = d.offset;
+                    }
+                    ids.push(d.delivery_id);
+                }
+            }
+            if sub.ack(ids).await.is_err() {
+                break;
+            }
+        }
+    }
+}
