@@ -530,6 +530,69 @@ mod tests {
         assert_eq!(config.topics(), vec!["orders", "payments"]);
     }
 
+    /// The config shipped in the Kubernetes ConfigMap loads (the block under `fanout.toml: |`).
+    #[test]
+    fn kubernetes_configmap_config_is_valid() {
+        let yaml = include_str!("../k8s/configmap.yaml");
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != "fanout.toml: |").skip(1);
+        let first = lines.next().expect("the block has content");
+        let indent = first.len() - first.trim_start().len();
+        let mut text = format!("{}\n", &first[indent..]);
+        for line in lines {
+            if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
+                break;
+            }
+            text.push_str(line.get(indent..).unwrap_or(""));
+            text.push('\n');
+        }
+        let config = Config::parse(&text).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.discovery.mode, DiscoveryMode::Kube);
+        assert!(config.routes.iter().any(|r| r.split_label.as_deref() == Some("track")));
+    }
+
+    #[test]
+    fn routing_fields_are_validated() {
+        let text = r#"
+            [kafka]
+            bootstrap_servers = "k:9092"
+            [discovery]
+            mode = "kube"
+            namespace = " "
+            [[routes]]
+            name = "a"
+            topics = ["t"]
+            selector = "app in (orders"
+            [[routes]]
+            name = "b"
+            topics = ["t"]
+            split_label = "track"
+            [[routes]]
+            name = "c"
+            topics = ["t"]
+            weights = { blue = 1 }
+            [[routes]]
+            name = "d"
+            topics = ["t"]
+            split_label = "track"
+            weights = { blue = 0, green = 0 }
+            [[routes]]
+            name = "e"
+            topics = ["t"]
+            selector = "app=orders,track in (blue,green)"
+            split_label = "track"
+            weights = { blue = 90, green = 10 }
+            ordering = "partition"
+            empty_cohort = "spill"
+        "#;
+        assert_eq!(
+            problems(text),
+            vec!["routes[1].weights", "routes[2].weights", "routes[3].weights", "discovery.namespace", "routes[0].selector"]
+        );
+        let bad = Config::parse(&text.replace("\"spill\"", "\"overflow\"")).expect_err("bad variant").to_string();
+        assert!(bad.contains("routes[4].empty_cohort"), "{bad}");
+    }
+
     #[test]
     fn no_routes_is_a_problem() {
         let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
