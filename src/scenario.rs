@@ -152,6 +152,10 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     let mut config = Config::single_route(&bootstrap, GROUP, ROUTE, &[TOPIC]);
     config.routes = vec![route(scenario, scenario.phases()[0])];
     config.server.listen = options.listen.clone();
+    // The mock broker answers a fetch with no new data only after fetch.wait.max.ms (a real
+    // broker answers as soon as data arrives); keep that wait short so that gaps measure the
+    // gateway, not the mock.
+    config.kafka.properties.insert("fetch.wait.max.ms".into(), "20".into());
     let gw = gateway::start(config).await?;
     let stats = gw.stats();
 
