@@ -32,6 +32,16 @@ const GROUP: &str = "fanout-scenario";
 /// Distinct keys: many, so that each phase's observed split measures the weights, not the
 /// luck of a few keys.
 const KEYS: u64 = 50_000;
+/// Keys of messages the split is measured on, and of the hot keys that come in bursts.
+const SPLIT_PREFIX: &str = "customer-";
+const HOT_PREFIX: &str = "hot-";
+const HOT_KEYS: u64 = 16;
+/// After a switch, how long deliveries are left out of the split: those already sent (in a
+/// window, or on the wire) were routed under the old weights.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Time a subscriber spends on a batch before it acks, in microseconds: it varies, as real
+/// work does, so a key served by two subscribers at once would show up as reordering.
+const PROCESSING_US: std::ops::Range<u64> = 1_000..10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -96,12 +106,12 @@ pub struct ScenarioReport {
     pub rebalances: u64,
     pub lost: u64,
     pub duplicates: u64,
-    /// Deliveries of a key at a lower offset than one already delivered for it.
+    /// Messages of a key processed after a later message of the same key.
     pub order_violations: u64,
     /// Longest time without any delivery while producing.
     pub max_gap_ms: u64,
     /// Largest distance, in percentage points, between the new cohort's observed share and its
-    /// weight, over the phases.
+    /// weight, over the phases (each measured from half a second after its switch).
     pub split_error_pct: f64,
     /// Observed share of the new cohort per phase, in percent.
     pub phase_shares: Vec<f64>,
@@ -118,15 +128,22 @@ impl std::fmt::Display for ScenarioReport {
     }
 }
 
+/// The phase in force and when it began.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    index: usize,
+    since: Instant,
+}
+
 /// What the subscribers saw.
 #[derive(Default)]
 struct Observed {
     seen: HashSet<String>,
     duplicates: u64,
-    /// Highest offset delivered per key.
+    /// Highest offset processed per key.
     last_offset: HashMap<Vec<u8>, i64>,
     order_violations: u64,
-    /// Deliveries per phase and cohort (first attempts only).
+    /// Deliveries per phase and cohort (first attempts, past the phase's settling time).
     per_phase: HashMap<(usize, bool), u64>,
     last_delivery: Option<Instant>,
     max_gap: Duration,
@@ -159,7 +176,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     let gw = gateway::start(config).await?;
     let stats = gw.stats();
 
-    let phase = Arc::new(AtomicU64::new(0));
+    let phase = Arc::new(Mutex::new(Phase { index: 0, since: Instant::now() - SETTLE }));
     let observed = Arc::new(Mutex::new(Observed::default()));
     let (stop_tx, stop) = watch::channel(false);
     let (old, new) = scenario.cohorts();
@@ -200,6 +217,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (options.rate / 100).max(1);
     let mut seq: u64 = 0;
+    let mut ticks: u64 = 0;
     let mut current = 0usize;
     let mut next_live = Duration::from_secs(1);
     while started.elapsed() < options.duration {
@@ -215,12 +233,22 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
             current = due;
             let unknown = gw.update_routes(vec![route(scenario, phases[current])]).await;
             debug_assert!(unknown.is_empty());
-            // Deliveries received from here on were routed under the new weights.
-            phase.store(current as u64, Ordering::Relaxed);
+            // Deliveries received from here on were routed under the new weights, but for those
+            // already on their way: the split is measured after SETTLE.
+            *phase.lock() = Phase { index: current, since: Instant::now() };
             info!(phase = current, new_weight = phases[current], "weights switched");
         }
-        for _ in 0..per_tick {
-            let key = format!("customer-{}", seq % KEYS);
+        ticks += 1;
+        for i in 0..per_tick {
+            // A quarter of the messages have one of a few hot keys, each with a message every
+            // few milliseconds, so that a key that moves has messages in flight when it does
+            // (the case drain-before-move exists for); the rest have keys of their own, and the
+            // split is measured on those.
+            let key = if i % 4 == 0 {
+                format!("{HOT_PREFIX}{}", (ticks + u64::from(i)) % HOT_KEYS)
+            } else {
+                format!("{SPLIT_PREFIX}{}", seq % KEYS)
+            };
             let value = format!("{{\"seq\":{seq}}}");
             match producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)) {
                 Ok(delivery) => pending.push(delivery),
@@ -305,13 +333,13 @@ fn live_line(scenario: Scenario, elapsed: Duration, weight: u32, observed: &Mute
     )
 }
 
-/// A subscriber of one cohort: records every delivery, acks at once.
+/// A subscriber of one cohort: records every delivery, works on the batch, then acks it.
 async fn subscriber(
     endpoint: String,
     name: String,
     cohort: String,
     is_new: bool,
-    phase: Arc<AtomicU64>,
+    phase: Arc<Mutex<Phase>>,
     observed: Arc<Mutex<Observed>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -331,9 +359,17 @@ async fn subscriber(
                 continue;
             }
         };
-        while let Ok(Some(batch)) = sub.next().await {
+        while let Ok(Some(mut batch)) = sub.next().await {
+            // Take whatever else has already arrived: one unit of work per wake-up, as a
+            // service reading its stream would.
+            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, sub.next()).await {
+                batch.extend(more);
+            }
             let now = Instant::now();
-            let current = phase.load(Ordering::Relaxed) as usize;
+            let (current, settled) = {
+                let p = phase.lock();
+                (p.index, p.since.elapsed() >= SETTLE)
+            };
             let mut ids = Vec::with_capacity(batch.len());
             {
                 let mut o = observed.lock();
@@ -341,12 +377,20 @@ async fn subscriber(
                     o.max_gap = o.max_gap.max(now.duration_since(last));
                 }
                 o.last_delivery = Some(now);
-                for d in batch {
+                for d in &batch {
                     if !o.seen.insert(d.delivery_id.clone()) {
                         o.duplicates += 1;
-                    } else {
+                    } else if settled && d.key.starts_with(SPLIT_PREFIX.as_bytes()) {
                         *o.per_phase.entry((current, is_new)).or_default() += 1;
                     }
+                }
+            }
+            // The work: a service takes a moment per batch. Order is checked when the work is
+            // done, which is what a key's later message must not overtake.
+            tokio::time::sleep(Duration::from_micros(rand::random_range(PROCESSING_US.clone()))).await;
+            {
+                let mut o = observed.lock();
+                for d in batch {
                     let last = o.last_offset.entry(d.key.to_vec()).or_insert(-1);
                     if d.offset < *last {
                         o.order_violations += 1;
