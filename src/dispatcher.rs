@@ -89,6 +89,9 @@ pub struct Dispatcher {
     stopping: bool,
     /// Pods each route's selector picks (Kubernetes discovery), by route index.
     pods: HashMap<usize, PodIndex>,
+    /// The selector each route's pod watch uses, by route index (Kubernetes discovery): a
+    /// reload that changes a selector restarts that watch with the new one.
+    watched_selectors: Vec<watch::Sender<String>>,
 }
 
 impl Dispatcher {
@@ -102,7 +105,14 @@ impl Dispatcher {
             settings,
             stopping: false,
             pods: HashMap::new(),
+            watched_selectors: Vec::new(),
         }
+    }
+
+    /// Hands over the senders that steer the routes' pod watches (Kubernetes discovery).
+    pub fn with_watched_selectors(mut self, selectors: Vec<watch::Sender<String>>) -> Self {
+        self.watched_selectors = selectors;
+        self
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -149,6 +159,19 @@ impl Dispatcher {
             Command::Credit { session, additional } => self.registry.credit(session, additional),
             Command::UpdateRoutes { routes, reply } => {
                 let unknown = self.registry.update_routes(&routes);
+                for route in &routes {
+                    let Some(r) = self.registry.route_index(&route.name) else { continue };
+                    if let Some(sender) = self.watched_selectors.get(r) {
+                        sender.send_if_modified(|current| {
+                            let changed = *current != route.selector;
+                            if changed {
+                                info!(route = route.name, selector = route.selector, "selector changed; watching its pods anew");
+                                current.clone_from(&route.selector);
+                            }
+                            changed
+                        });
+                    }
+                }
                 if !unknown.is_empty() {
                     warn!(?unknown, "routes not known to the running gateway were ignored; adding routes needs a restart");
                 }
@@ -207,12 +230,15 @@ impl Dispatcher {
             match index.get(&namespace, &name) {
                 Some(pod) if pod.live => self.registry.update_labels(id, pod.labels.clone()),
                 Some(_) => {
-                    info!(session = id, namespace, name, "pod stopped running; draining its subscriber");
-                    self.registry.evict(id, format!("pod {namespace}/{name} is no longer running"));
+                    if self.registry.evict(id, format!("pod {namespace}/{name} is no longer running")) {
+                        info!(session = id, namespace, name, "pod stopped running; draining its subscriber");
+                    }
                 }
                 None => {
-                    info!(session = id, namespace, name, "pod gone or no longer selected; draining its subscriber");
-                    self.registry.evict(id, format!("pod {namespace}/{name} was deleted or no longer matches the route's selector"));
+                    let why = format!("pod {namespace}/{name} was deleted or no longer matches the route's selector");
+                    if self.registry.evict(id, why) {
+                        info!(session = id, namespace, name, "pod gone or no longer selected; draining its subscriber");
+                    }
                 }
             }
         }

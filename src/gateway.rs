@@ -77,31 +77,20 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
     // from where they were, nothing is lost).
     let (pod_tx, pod_rx) = mpsc::channel(256);
     let mut watches = Vec::new();
+    let mut selectors = Vec::new();
     if let (DiscoveryMode::Kube, Some(client)) = (config.discovery.mode, kube) {
         let namespace = config.discovery.namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok());
         for (r, route) in config.routes.iter().enumerate() {
-            let (tx, mut rx) = mpsc::channel(64);
-            watches.push(tokio::spawn(crate::discovery::kube::watch_pods(
-                client.clone(),
-                namespace.clone(),
-                route.selector.clone(),
-                tx,
-            )));
-            let pod_tx = pod_tx.clone();
-            watches.push(tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    if pod_tx.send((r, event)).await.is_err() {
-                        break;
-                    }
-                }
-            }));
+            let (selector_tx, selector_rx) = watch::channel(route.selector.clone());
+            selectors.push(selector_tx);
+            watches.push(tokio::spawn(follow_pods(r, client.clone(), namespace.clone(), selector_rx, pod_tx.clone())));
         }
     }
     drop(pod_tx);
     let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(
-        dispatcher::run(d, commands_rx, consumer, pod_rx, shutdown_rx).instrument(tracing::info_span!("dispatcher")),
+        dispatcher::run(d.with_watched_selectors(selectors), commands_rx, consumer, pod_rx, shutdown_rx).instrument(tracing::info_span!("dispatcher")),
     );
 
     let (server_stop, stop_rx) = oneshot::channel::<()>();
@@ -202,6 +191,43 @@ pub async fn watch_config(path: std::path::PathBuf, commands: mpsc::Sender<Comma
             }
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "config change refused; the running routes stay as they are")
+            }
+        }
+    }
+}
+
+/// Watches the pods route `route` selects and forwards the events, restarting the watch when
+/// the route's selector changes (its first event is then a full resync under the new one).
+async fn follow_pods(
+    route: usize,
+    client: kube::Client,
+    namespace: Option<String>,
+    mut selector: watch::Receiver<String>,
+    pods: mpsc::Sender<(usize, crate::discovery::PodEvent)>,
+) {
+    loop {
+        let current = selector.borrow_and_update().clone();
+        // Bounded: a slow dispatcher makes the watch wait; it resumes where it was.
+        let (tx, mut rx) = mpsc::channel(64);
+        let watch = tokio::spawn(crate::discovery::kube::watch_pods(client.clone(), namespace.clone(), current, tx));
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => {
+                        if pods.send((route, event)).await.is_err() {
+                            watch.abort();
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                changed = selector.changed() => {
+                    watch.abort();
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
             }
         }
     }

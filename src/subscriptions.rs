@@ -643,9 +643,15 @@ impl Registry {
         }
     }
 
-    /// Drains and closes a session whose pod went away.
-    pub fn evict(&mut self, id: SessionId, why: String) {
+    /// Drains and closes a session whose pod went away. Returns false when it was already
+    /// on its way out for that reason (pod events repeat; the drain happens once).
+    pub fn evict(&mut self, id: SessionId, why: String) -> bool {
+        let already = self.sessions.get(&id).is_none_or(|s| s.draining && s.close_reason.is_some());
+        if already {
+            return false;
+        }
         self.drain_with(id, Some(CloseReason::NotSelected(why)));
+        true
     }
 
     /// Sessions bound to a pod (Kubernetes discovery).
