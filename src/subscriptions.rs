@@ -278,10 +278,6 @@ impl Registry {
             .collect()
     }
 
-    pub fn route_name(&self, route: usize) -> &str {
-        &self.routes[route].config.name
-    }
-
     pub fn route_index(&self, name: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.config.name == name)
     }
@@ -654,15 +650,6 @@ impl Registry {
         true
     }
 
-    /// Sessions bound to a pod (Kubernetes discovery).
-    pub fn sessions_of_pod(&self, namespace: &str, name: &str) -> Vec<SessionId> {
-        self.sessions
-            .iter()
-            .filter(|(_, s)| s.subscriber.pod.as_ref().is_some_and(|(ns, n)| ns == namespace && n == name))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     /// Every session bound to a pod, with the pod.
     pub fn pod_sessions(&self) -> Vec<(SessionId, usize, (String, String))> {
         self.sessions
@@ -728,15 +715,6 @@ impl Registry {
     /// Messages waiting for a subscriber of their cohort, or for their key to move.
     pub fn held(&self) -> usize {
         self.routes.iter().map(|r| r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()).sum()
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Names of the members of a route (pod names or peers), for status and tests.
-    pub fn members(&self, route: usize) -> Vec<String> {
-        self.routes[route].members.iter().filter_map(|id| self.sessions.get(id)).map(|s| s.subscriber.name.clone()).collect()
     }
 
     /// Ends every session with `reason`.
