@@ -218,7 +218,7 @@ fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
         stats.committed_sum(),
         Stats::get(&stats.buffered),
         Stats::get(&stats.partitions_paused).saturating_sub(Stats::get(&stats.partitions_resumed)),
-        Stats::get(&stats.sessions_opened).saturating_sub(Stats::get(&stats.sessions_closed)),
+        Stats::get(&stats.sessions),
     )
 }
 

@@ -145,7 +145,6 @@ impl Dispatcher {
                     self.settle(&p);
                 }
                 if acked.closed {
-                    Stats::bump(&self.stats.sessions_closed, 1);
                     info!(session, "subscriber drained and closed");
                 }
             }
@@ -186,7 +185,6 @@ impl Dispatcher {
             }
             Command::Unregister { session } => {
                 if self.registry.unregister(session) {
-                    Stats::bump(&self.stats.sessions_closed, 1);
                     info!(session, "subscriber left; its in-flight deliveries go to other subscribers");
                 }
             }
@@ -375,6 +373,8 @@ impl Dispatcher {
         self.registry.flush();
         self.stats.delivered.store(self.registry.delivered, std::sync::atomic::Ordering::Relaxed);
         self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
+        self.stats.sessions.store(self.registry.session_count() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats.sessions_closed.store(self.registry.closed, std::sync::atomic::Ordering::Relaxed);
         let (pause, resume) = self.flow_control();
         if !pause.is_empty() {
             Stats::bump(&self.stats.partitions_paused, pause.len() as u64);

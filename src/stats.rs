@@ -35,6 +35,8 @@ pub struct Stats {
     pub kafka_errors: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub sessions_closed: AtomicU64,
+    /// Sessions open now.
+    pub sessions: AtomicU64,
     /// Messages held by the dispatcher (queued or in flight), all partitions.
     pub buffered: AtomicU64,
     /// Largest value `buffered` has reached.

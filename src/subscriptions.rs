@@ -253,6 +253,8 @@ pub struct Registry {
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
     pub redelivered: u64,
+    /// Sessions ended, whatever the reason.
+    pub closed: u64,
 }
 
 impl Registry {
@@ -265,6 +267,7 @@ impl Registry {
             dirty: BTreeSet::new(),
             delivered: 0,
             redelivered: 0,
+            closed: 0,
         }
     }
 
@@ -335,6 +338,7 @@ impl Registry {
     /// Unknown ids are ignored (the stream may end twice: reader and writer side).
     pub fn unregister(&mut self, id: SessionId) -> bool {
         let Some(session) = self.sessions.remove(&id) else { return false };
+        self.closed += 1;
         self.dirty.remove(&id);
         let r = session.route;
         let route = &mut self.routes[r];
@@ -382,6 +386,7 @@ impl Registry {
         let done = self.sessions.get(&id).is_some_and(|s| s.draining && s.in_flight.is_empty());
         if done {
             if let Some(s) = self.sessions.remove(&id) {
+                self.closed += 1;
                 let reason = s.close_reason.unwrap_or(CloseReason::Drained);
                 let _ = s.outbox.send(SessionMessage::Closed(reason));
             }
@@ -712,6 +717,11 @@ impl Registry {
         self.sessions.values().map(|s| s.in_flight.len()).sum()
     }
 
+    /// Open sessions, draining ones included.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Messages waiting for a subscriber of their cohort, or for their key to move.
     pub fn held(&self) -> usize {
         self.routes.iter().map(|r| r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()).sum()
@@ -720,6 +730,7 @@ impl Registry {
     /// Ends every session with `reason`.
     pub fn close_all(&mut self, reason: CloseReason) {
         for (_, s) in self.sessions.drain() {
+            self.closed += 1;
             let _ = s.outbox.send(SessionMessage::Closed(reason.clone()));
         }
         for r in &mut self.routes {
@@ -924,6 +935,7 @@ mod tests {
         assert!(received(&mut b.outbox).is_empty(), "the key waits for a's in-flight messages");
         let acked = reg.ack(a.session, &["t/0/0".into(), "t/0/1".into()]);
         assert!(acked.closed);
+        assert_eq!((reg.closed, reg.session_count()), (1, 1), "a closed, b open");
         reg.flush();
         assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
         assert!(matches!(a.outbox.try_recv(), Ok(SessionMessage::Closed(CloseReason::Drained))));
