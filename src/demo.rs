@@ -5,8 +5,6 @@
 //! was lost, and how many deliveries were duplicates.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -15,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info};
@@ -104,28 +102,18 @@ pub async fn run(
         subscribers.push(tokio::spawn(subscriber(gw.endpoint(), format!("demo-subscriber-{i}"), subs_stop.clone())));
     }
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let produced: Arc<parking_lot::Mutex<HashMap<i32, Vec<i64>>>> = Arc::default();
-    let produced_count = Arc::new(AtomicU64::new(0));
-    let mut pending = FuturesUnordered::new();
+    let mut producer = Produced::new(&bootstrap)?;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (options.rate / 100).max(1);
     let mut next_live = Duration::from_secs(1);
     let mut seq: u64 = 0;
     while started.elapsed() < options.duration && !*stop.borrow() {
+        let waiting = producer.waiting();
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => break,
-            Some(result) = pending.next(), if !pending.is_empty() => {
-                note_produced(result, &produced, &produced_count);
-                continue;
-            }
+            _ = producer.next_report(), if waiting => continue,
         }
         for _ in 0..per_tick {
             let key = format!("customer-{}", seq % 500);
@@ -133,29 +121,20 @@ pub async fn run(
                 r#"{{"seq":{seq},"customer":"{key}","amount_cents":{},"kind":"order-placed","pad":"........................"}}"#,
                 (seq * 7919) % 100_000
             );
-            let record = FutureRecord::to(DEMO_TOPIC).key(&key).payload(&value);
-            match producer.send_result(record) {
-                Ok(delivery) => pending.push(delivery),
-                Err((error, _)) => debug!(%error, "produce queue full; skipping this message"),
-            }
+            producer.send(DEMO_TOPIC, &key, &value);
             seq += 1;
         }
         if started.elapsed() >= next_live {
             next_live += Duration::from_secs(1);
-            live(&live_line(started.elapsed(), produced_count.load(Ordering::Relaxed), &stats));
+            live(&live_line(started.elapsed(), producer.count, &stats));
         }
     }
-    while let Some(result) = pending.next().await {
-        note_produced(result, &produced, &produced_count);
-    }
-    let _ = producer.flush(Duration::from_secs(10));
-    drop(producer);
-    let produced_total = produced_count.load(Ordering::Relaxed);
+    let (produced, produced_total) = producer.finish().await;
     info!(produced = produced_total, "producing stopped; waiting for acks");
 
     // Wait for every produced message to be acked and committed (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let targets = produced_ends(&produced.lock());
+    let targets = produced_ends(&produced);
     while Instant::now() < deadline {
         let committed_all = targets.iter().all(|(p, end)| {
             stats.committed.read().get(&(DEMO_TOPIC.to_string(), *p)).is_some_and(|c| c >= end)
@@ -181,7 +160,6 @@ pub async fn run(
 
     // The truth is what the broker holds for the group.
     let committed = committed_offsets(&bootstrap, DEMO_GROUP, DEMO_TOPIC, options.partitions)?;
-    let produced = produced.lock();
     let mut report = DemoReport { produced: produced_total, delivered, acked, duplicates, ..DemoReport::default() };
     for (p, offsets) in produced.iter() {
         let c = committed.get(p).copied().unwrap_or(0);
@@ -192,14 +170,59 @@ pub async fn run(
     Ok(report)
 }
 
-pub(crate) fn note_produced(
-    result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    produced: &parking_lot::Mutex<HashMap<i32, Vec<i64>>>,
-    count: &AtomicU64,
-) {
-    if let Ok(Ok(delivery)) = result {
-        produced.lock().entry(delivery.partition).or_default().push(delivery.offset);
-        count.fetch_add(1, Ordering::Relaxed);
+/// The demo's producer and where each message it produced landed. Owned by the producing
+/// task; sends are not awaited one by one, their delivery reports are collected as they come.
+pub(crate) struct Produced {
+    producer: FutureProducer,
+    pending: FuturesUnordered<DeliveryFuture>,
+    /// Offsets per partition of the messages the broker acknowledged.
+    pub offsets: HashMap<i32, Vec<i64>>,
+    pub count: u64,
+}
+
+impl Produced {
+    pub(crate) fn new(bootstrap: &str) -> Result<Self, KafkaError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(Self { producer, pending: FuturesUnordered::new(), offsets: HashMap::new(), count: 0 })
+    }
+
+    /// Queues one message; a full local queue skips it (it is then never counted as produced).
+    pub(crate) fn send(&mut self, topic: &str, key: &str, value: &str) {
+        match self.producer.send_result(FutureRecord::to(topic).key(key).payload(value)) {
+            Ok(delivery) => self.pending.push(delivery),
+            Err((error, _)) => debug!(%error, "produce queue full; skipping this message"),
+        }
+    }
+
+    /// Whether delivery reports are outstanding.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Takes the next delivery report (pending forever when none is outstanding).
+    pub(crate) async fn next_report(&mut self) {
+        match self.pending.next().await {
+            Some(Ok(Ok(delivery))) => {
+                self.offsets.entry(delivery.partition).or_default().push(delivery.offset);
+                self.count += 1;
+            }
+            Some(_) => {}
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every report, flushes and closes the producer.
+    pub(crate) async fn finish(mut self) -> (HashMap<i32, Vec<i64>>, u64) {
+        while self.waiting() {
+            self.next_report().await;
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        (self.offsets, self.count)
     }
 }
 

@@ -6,21 +6,17 @@
 //! gateway; the consumer group is never touched, and the report says so (`rebalances`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
-use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::client::Subscription;
 use crate::config::{Config, EmptyCohort, RouteConfig};
-use crate::demo::{committed_offsets, note_produced, DemoError};
+use crate::demo::{committed_offsets, DemoError, Produced};
 use crate::gateway;
 use crate::proto::Hello;
 use crate::stats::Stats;
@@ -203,14 +199,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     }
     let rebalances_at_start = Stats::get(&stats.rebalances);
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()?;
-    let produced: Arc<Mutex<HashMap<i32, Vec<i64>>>> = Arc::default();
-    let produced_count = Arc::new(AtomicU64::new(0));
-    let mut pending = FuturesUnordered::new();
+    let mut producer = Produced::new(&bootstrap)?;
     let phases = scenario.phases();
     let phase_len = options.duration / phases.len() as u32;
     let started = Instant::now();
@@ -221,12 +210,10 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     let mut current = 0usize;
     let mut next_live = Duration::from_secs(1);
     while started.elapsed() < options.duration {
+        let waiting = producer.waiting();
         tokio::select! {
             _ = tick.tick() => {}
-            Some(result) = pending.next(), if !pending.is_empty() => {
-                note_produced(result, &produced, &produced_count);
-                continue;
-            }
+            _ = producer.next_report(), if waiting => continue,
         }
         let due = ((started.elapsed().as_nanos() / phase_len.as_nanos().max(1)) as usize).min(phases.len() - 1);
         if due != current {
@@ -249,11 +236,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
             } else {
                 format!("{SPLIT_PREFIX}{}", seq % KEYS)
             };
-            let value = format!("{{\"seq\":{seq}}}");
-            match producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)) {
-                Ok(delivery) => pending.push(delivery),
-                Err((error, _)) => debug!(%error, "produce queue full; skipping"),
-            }
+            producer.send(TOPIC, &key, &format!("{{\"seq\":{seq}}}"));
             seq += 1;
         }
         if started.elapsed() >= next_live {
@@ -261,12 +244,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
             live(&live_line(scenario, started.elapsed(), phases[current], &observed, current));
         }
     }
-    while let Some(result) = pending.next().await {
-        note_produced(result, &produced, &produced_count);
-    }
-    let _ = producer.flush(Duration::from_secs(10));
-    drop(producer);
-    let produced_total = produced_count.load(Ordering::Relaxed);
+    let (produced, produced_total) = producer.finish().await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && (observed.lock().seen.len() as u64) < produced_total {
@@ -283,7 +261,6 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
 
     let committed = committed_offsets(&bootstrap, GROUP, TOPIC, options.partitions)?;
     let observed = observed.lock();
-    let produced = produced.lock();
     let mut lost = 0;
     for (p, offsets) in produced.iter() {
         for o in offsets {
