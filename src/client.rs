@@ -68,12 +68,33 @@ impl Subscription {
         self.send(Kind::Ack(Ack { delivery_ids })).await
     }
 
+    /// Asks for another attempt after the route's backoff.
     pub async fn nack(&self, delivery_id: String, reason: &str) -> Result<(), ClientError> {
+        self.nack_with(delivery_id, reason, Disposition::Retry, None).await
+    }
+
+    /// Asks for another attempt after `retry_after`, not the route's backoff.
+    pub async fn nack_after(&self, delivery_id: String, reason: &str, retry_after: std::time::Duration) -> Result<(), ClientError> {
+        self.nack_with(delivery_id, reason, Disposition::Retry, Some(retry_after)).await
+    }
+
+    /// Gives up on a delivery: it goes to the route's dead-letter topic.
+    pub async fn dead_letter(&self, delivery_id: String, reason: &str) -> Result<(), ClientError> {
+        self.nack_with(delivery_id, reason, Disposition::DeadLetter, None).await
+    }
+
+    async fn nack_with(
+        &self,
+        delivery_id: String,
+        reason: &str,
+        disposition: Disposition,
+        retry_after: Option<std::time::Duration>,
+    ) -> Result<(), ClientError> {
         self.send(Kind::Nack(Nack {
             delivery_id,
             reason: reason.to_string(),
-            disposition: Disposition::Retry as i32,
-            retry_after: None,
+            disposition: disposition as i32,
+            retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
         }))
         .await
     }

@@ -231,6 +231,79 @@ pub struct RouteConfig {
     pub ordering: Ordering,
     #[serde(default)]
     pub empty_cohort: EmptyCohort,
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// How long a subscriber has to ack or nack a delivery before it is taken back and
+    /// redelivered (attempt + 1); 0 waits forever. Like Pub/Sub's ack deadline: a subscriber
+    /// that hangs must not hold its messages, and its partition's commits, hostage.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where messages go that exhausted `retry.max_attempts` or were nacked as DEAD_LETTER.
+    /// Unset: such messages keep being redelivered at the longest backoff, nothing is dropped.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// What a route promises about each message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Committed only after the subscriber acks; redelivered after failures.
+    #[default]
+    AtLeastOnce,
+    /// Committed before it is sent; never redelivered. A crash loses what was in flight.
+    AtMostOnce,
+    /// At-least-once, with duplicates (by idempotency key) acked without being delivered.
+    EffectivelyOnce,
+}
+
+/// Redelivery after a nack or an ack deadline: exponential backoff with jitter, then the
+/// dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Deliveries of one message before it is dead-lettered, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt up to `max_backoff_ms`.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// 30 s, as a Kafka consumer's default `max.poll.interval.ms` is 5 min and Pub/Sub's ack
+/// deadline defaults to 10 s: long enough for slow handlers, short enough that a hung one
+/// does not stall a partition's commits for long.
+const fn default_ack_timeout_ms() -> u64 {
+    30_000
+}
+
+/// 5 attempts: Pub/Sub's smallest dead-letter threshold.
+const fn default_max_attempts() -> u32 {
+    5
+}
+
+/// 500 ms.
+const fn default_initial_backoff_ms() -> u64 {
+    500
+}
+
+/// 60 s.
+const fn default_max_backoff_ms() -> u64 {
+    60_000
 }
 
 impl RouteConfig {
@@ -246,6 +319,10 @@ impl RouteConfig {
             weights: BTreeMap::new(),
             ordering: Ordering::Key,
             empty_cohort: EmptyCohort::Hold,
+            delivery: DeliveryMode::AtLeastOnce,
+            ack_timeout_ms: default_ack_timeout_ms(),
+            retry: RetryPolicy::default(),
+            dead_letter_topic: None,
         }
     }
 
@@ -377,6 +454,19 @@ impl Config {
                 }
                 (None, false) => bad(at("weights"), "weights need a split_label naming the label whose values they weigh"),
                 _ => {}
+            }
+            if route.retry.max_attempts == 0 {
+                bad(at("retry.max_attempts"), "must be at least 1 (the first delivery counts)");
+            }
+            if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
+                bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
+            }
+            if let Some(dlq) = &route.dead_letter_topic {
+                if dlq.trim().is_empty() || dlq.contains('/') {
+                    bad(at("dead_letter_topic"), "must be a Kafka topic name");
+                } else if route.topics.contains(dlq) {
+                    bad(at("dead_letter_topic"), "must not be one of the route's own topics: dead letters would be delivered again");
+                }
             }
         }
         if self.discovery.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {

@@ -13,17 +13,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::config::{DiscoveryMode, RouteConfig};
+use crate::deadletter::DeadLetterProducer;
 use crate::discovery::{self, PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
 use crate::proto::Hello;
 use crate::kafka::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
 use crate::stats::Stats;
-use crate::subscriptions::{CloseReason, RegisterError, Registered, Registry, SessionId, Subscriber};
+use crate::subscriptions::{CloseReason, DeadLetter, Failure, RegisterError, Registered, Registry, SessionId, Subscriber};
+
+/// How often failed messages whose backoff is over are put back in line.
+const RETRY_TICK: Duration = Duration::from_millis(10);
+/// How often in-flight deliveries are checked against their ack deadlines.
+const DEADLINE_SCAN: Duration = Duration::from_millis(100);
+/// Backoff between attempts to produce a dead letter that Kafka refused.
+const DEAD_LETTER_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
 /// Capacity of the command channel from gRPC streams. A full channel makes stream readers
 /// wait, which slows clients' acks down to what the dispatcher can take.
@@ -49,6 +58,7 @@ pub enum Command {
     Nack {
         session: SessionId,
         delivery_id: String,
+        failure: Failure,
     },
     Credit {
         session: SessionId,
@@ -67,6 +77,25 @@ struct PartitionState {
     epoch: u64,
     paused: bool,
     last_commit: Option<CommitPoint>,
+    /// Set when a record arrived with the partition's buffer full: that record and every later
+    /// one are dropped unseen, and the consumer seeks back here when it resumes. Records
+    /// already on their way when a pause takes effect must not push memory past the bound.
+    refetch_from: Option<i64>,
+}
+
+impl PartitionState {
+    fn new(tracker: PartitionTracker, epoch: u64) -> Self {
+        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None }
+    }
+}
+
+/// Work finished by tasks the dispatcher started.
+#[derive(Debug)]
+enum Internal {
+    /// Kafka acknowledged a dead letter: its origin offset is done.
+    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64 },
+    /// A periodic commit finished.
+    Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool },
 }
 
 /// Settings the dispatcher needs from the config.
@@ -92,6 +121,11 @@ pub struct Dispatcher {
     /// The selector each route's pod watch uses, by route index (Kubernetes discovery): a
     /// reload that changes a selector restarts that watch with the new one.
     watched_selectors: Vec<watch::Sender<String>>,
+    dead_letter_producer: Option<DeadLetterProducer>,
+    /// Dead-letter produces and commit outcomes under way.
+    tasks: JoinSet<Internal>,
+    /// Dead letters produced but not yet acknowledged by Kafka.
+    dead_letters_in_flight: usize,
 }
 
 impl Dispatcher {
@@ -106,7 +140,16 @@ impl Dispatcher {
             stopping: false,
             pods: HashMap::new(),
             watched_selectors: Vec::new(),
+            dead_letter_producer: None,
+            tasks: JoinSet::new(),
+            dead_letters_in_flight: 0,
         }
+    }
+
+    /// Hands over the producer for routes with a dead-letter topic.
+    pub fn with_dead_letter_producer(mut self, producer: Option<DeadLetterProducer>) -> Self {
+        self.dead_letter_producer = producer;
+        self
     }
 
     /// Hands over the senders that steer the routes' pod watches (Kubernetes discovery).
@@ -148,8 +191,8 @@ impl Dispatcher {
                     info!(session, "subscriber drained and closed");
                 }
             }
-            Command::Nack { session, delivery_id } => {
-                if self.registry.nack(session, &delivery_id) {
+            Command::Nack { session, delivery_id, failure } => {
+                if self.registry.nack(session, &delivery_id, failure) {
                     Stats::bump(&self.stats.nacked, 1);
                 } else {
                     Stats::bump(&self.stats.unknown_acks, 1);
@@ -258,6 +301,69 @@ impl Dispatcher {
         }
     }
 
+    /// Produces dead letters; each settles its origin offset once Kafka acknowledges it.
+    /// A refused produce is tried again with backoff until it succeeds or the gateway stops
+    /// (then the message is redelivered by whoever owns the partition next).
+    fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) {
+        for letter in letters {
+            let route = self.registry.route_config(letter.pending.route);
+            let (Some(topic), Some(producer)) = (route.dead_letter_topic.clone(), self.dead_letter_producer.clone()) else {
+                // Config validation and start-up make this unreachable; never drop silently.
+                warn!(route = route.name, "dead letter without a dead-letter topic or producer; it stays uncommitted");
+                continue;
+            };
+            let route = route.name.clone();
+            let tp = letter.pending.record.tp.clone();
+            let (offset, epoch) = (letter.pending.record.offset, letter.pending.epoch);
+            debug!(%tp, offset, attempts = letter.pending.attempt, reason = letter.reason, topic, "dead-lettering");
+            self.dead_letters_in_flight += 1;
+            let stats = self.stats.clone();
+            self.tasks.spawn(async move {
+                let mut backoff = DEAD_LETTER_RETRY.0;
+                loop {
+                    match producer.send(&topic, &route, &letter).await {
+                        Ok(()) => return Internal::DeadLettered { tp, offset, epoch },
+                        Err(error) => {
+                            Stats::bump(&stats.dead_letter_failures, 1);
+                            warn!(%error, topic, %tp, offset, retry_in_ms = backoff.as_millis() as u64,
+                                "cannot produce a dead letter; its offset stays uncommitted; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(DEAD_LETTER_RETRY.1);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn handle_internal(&mut self, done: Internal) {
+        match done {
+            Internal::DeadLettered { tp, offset, epoch } => {
+                self.dead_letters_in_flight = self.dead_letters_in_flight.saturating_sub(1);
+                Stats::bump(&self.stats.dead_lettered, 1);
+                let Some(state) = self.partitions.get_mut(&tp).filter(|s| s.epoch == epoch) else {
+                    // Revoked meanwhile: the next owner delivers it again (and may dead-letter it again).
+                    return;
+                };
+                state.tracker.ack(offset);
+            }
+            Internal::Committed { points, ok } => {
+                if ok {
+                    return;
+                }
+                // Forget that these points were sent, so the next tick sends them again even
+                // if no new ack moves them.
+                for (tp, point) in points {
+                    if let Some(state) = self.partitions.get_mut(&tp) {
+                        if state.last_commit.as_ref() == Some(&point) {
+                            state.last_commit = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn handle_event(&mut self, event: KafkaEvent) {
         match event {
             KafkaEvent::Records(records) => self.on_records(records),
@@ -273,15 +379,7 @@ impl Dispatcher {
         for a in assignments {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
-            self.partitions.insert(
-                a.tp,
-                PartitionState {
-                    tracker: PartitionTracker::new(a.committed, a.acked_above),
-                    epoch,
-                    paused: false,
-                    last_commit: None,
-                },
-            );
+            self.partitions.insert(a.tp, PartitionState::new(PartitionTracker::new(a.committed, a.acked_above), epoch));
         }
     }
 
@@ -319,8 +417,17 @@ impl Dispatcher {
             let state = self.partitions.entry(record.tp.clone()).or_insert_with(|| {
                 let epoch = self.next_epoch;
                 self.next_epoch += 1;
-                PartitionState { tracker: PartitionTracker::new(None, Vec::new()), epoch, paused: false, last_commit: None }
+                PartitionState::new(PartitionTracker::new(None, Vec::new()), epoch)
             });
+            if state.refetch_from.is_some() {
+                Stats::bump(&self.stats.refetched, 1);
+                continue;
+            }
+            if state.tracker.uncommitted() >= self.settings.max_uncommitted {
+                state.refetch_from = Some(record.offset);
+                Stats::bump(&self.stats.refetched, 1);
+                continue;
+            }
             match state.tracker.track(record.offset, routes.len() as u16) {
                 Track::New => {
                     let epoch = state.epoch;
@@ -349,23 +456,25 @@ impl Dispatcher {
         points
     }
 
-    /// Partitions to pause (too much un-committed) and to resume (back under half).
-    fn flow_control(&mut self) -> (Vec<TopicPartition>, Vec<TopicPartition>) {
+    /// Partitions to pause (buffer full) and to resume (back under half), the latter with the
+    /// offset to fetch again from if records were dropped at the bound.
+    fn flow_control(&mut self) -> (Vec<TopicPartition>, Vec<(TopicPartition, Option<i64>)>) {
         let max = self.settings.max_uncommitted;
         let (mut pause, mut resume) = (Vec::new(), Vec::new());
-        let mut owed = 0u64;
+        let mut held_total = 0u64;
         for (tp, state) in &mut self.partitions {
             let held = state.tracker.uncommitted();
-            owed += state.tracker.owed() as u64;
-            if !state.paused && held >= max {
+            held_total += held as u64;
+            let full = held >= max || state.refetch_from.is_some();
+            if !state.paused && full {
                 state.paused = true;
                 pause.push(tp.clone());
             } else if state.paused && held <= max / 2 {
                 state.paused = false;
-                resume.push(tp.clone());
+                resume.push((tp.clone(), state.refetch_from.take()));
             }
         }
-        self.stats.set_buffered(owed);
+        self.stats.set_buffered(held_total);
         (pause, resume)
     }
 
@@ -375,6 +484,13 @@ impl Dispatcher {
         self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
         self.stats.sessions.store(self.registry.session_count() as u64, std::sync::atomic::Ordering::Relaxed);
         self.stats.sessions_closed.store(self.registry.closed, std::sync::atomic::Ordering::Relaxed);
+        self.stats.expired.store(self.registry.expired, std::sync::atomic::Ordering::Relaxed);
+        self.stats.retries_scheduled.store(self.registry.retries_scheduled, std::sync::atomic::Ordering::Relaxed);
+        self.stats.exhausted_without_dlq.store(self.registry.exhausted_without_dlq, std::sync::atomic::Ordering::Relaxed);
+        let letters = self.registry.take_dead_letters();
+        if !letters.is_empty() {
+            self.send_dead_letters(letters);
+        }
         let (pause, resume) = self.flow_control();
         if !pause.is_empty() {
             Stats::bump(&self.stats.partitions_paused, pause.len() as u64);
@@ -413,11 +529,18 @@ pub async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut grace_deadline: Option<Instant> = None;
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut retry_tick = tokio::time::interval(RETRY_TICK);
+    retry_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_deadline_scan = Instant::now() + DEADLINE_SCAN;
 
     loop {
         tokio::select! {
             biased;
             Some(command) = commands.recv() => d.handle_command(command),
+            Some(done) = d.tasks.join_next(), if !d.tasks.is_empty() => match done {
+                Ok(done) => d.handle_internal(done),
+                Err(error) => warn!(%error, "a dispatcher task failed"),
+            },
             Some((route, event)) = pod_events.recv() => d.on_pod_event(route, event),
             event = events.recv() => match event {
                 Some(event) => d.handle_event(event),
@@ -429,7 +552,20 @@ pub async fn run(
             _ = tick.tick() => {
                 let points = d.commit_points();
                 if !points.is_empty() {
-                    let _ = kafka.send(KafkaCommand::Commit { points, done: None });
+                    let (done, result) = oneshot::channel();
+                    if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_ok() {
+                        d.tasks.spawn(async move {
+                            let ok = matches!(result.await, Ok(Ok(())));
+                            Internal::Committed { points, ok }
+                        });
+                    }
+                }
+            }
+            now = retry_tick.tick() => {
+                d.registry.release_due(now);
+                if now >= next_deadline_scan {
+                    d.registry.expire(now);
+                    next_deadline_scan = now + DEADLINE_SCAN;
                 }
             }
             _ = shutdown.changed(), if grace_deadline.is_none() => {
@@ -445,7 +581,7 @@ pub async fn run(
             }
         }
         d.after_each(&kafka);
-        if grace_deadline.is_some() && d.registry.in_flight() == 0 {
+        if grace_deadline.is_some() && d.registry.in_flight() == 0 && d.dead_letters_in_flight == 0 {
             break;
         }
     }

@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, DiscoveryMode, RouteConfig};
+use crate::deadletter::DeadLetterProducer;
 use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, COMMAND_CHANNEL};
 use crate::grpc::fanout::FanoutService;
 use crate::kafka::consumer::{self, ConsumerError};
@@ -29,6 +30,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    #[error("cannot create the dead-letter producer: {0}")]
+    DeadLetterProducer(#[source] rdkafka::error::KafkaError),
     #[error("discovery.mode = \"kube\" needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
     NoKubeClient,
 }
@@ -87,7 +90,12 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
         }
     }
     drop(pod_tx);
-    let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings);
+    let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some()) {
+        Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
+    } else {
+        None
+    };
+    let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings).with_dead_letter_producer(dead_letters);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(
         dispatcher::run(d.with_watched_selectors(selectors), commands_rx, consumer, pod_rx, shutdown_rx).instrument(tracing::info_span!("dispatcher")),

@@ -84,7 +84,9 @@ pub enum KafkaCommand {
         done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
     Pause(Vec<TopicPartition>),
-    Resume(Vec<TopicPartition>),
+    /// Resume fetching, first seeking to the offset given (records from there on were dropped
+    /// at the buffer bound and must be fetched again).
+    Resume(Vec<(TopicPartition, Option<i64>)>),
     /// Stop handing out records (shutdown has begun); keep serving the group.
     StopFetching,
     /// Leave the group and end the thread.

@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod config;
+pub mod deadletter;
 pub mod demo;
 pub mod discovery;
 pub mod dispatcher;
@@ -32,6 +33,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod kafka;
 pub mod offsets;
+pub mod retry;
 pub mod routing;
 pub mod scenario;
 pub mod selector;

@@ -21,6 +21,18 @@ pub struct Stats {
     /// a revoked partition). Ignored, the stream stays up.
     pub unknown_acks: AtomicU64,
     pub nacked: AtomicU64,
+    /// Deliveries whose ack deadline passed (taken back as failed attempts).
+    pub expired: AtomicU64,
+    /// Failed deliveries scheduled for another attempt after a backoff.
+    pub retries_scheduled: AtomicU64,
+    /// Messages produced to a dead-letter topic and acknowledged by Kafka.
+    pub dead_lettered: AtomicU64,
+    /// Dead-letter produces Kafka refused (each is retried).
+    pub dead_letter_failures: AtomicU64,
+    /// Messages that used up their attempts on a route without a dead-letter topic.
+    pub exhausted_without_dlq: AtomicU64,
+    /// Records dropped unseen because their partition's buffer was full; fetched again on resume.
+    pub refetched: AtomicU64,
     /// Records skipped because a previous owner's commit metadata says they were acked.
     pub skipped_already_acked: AtomicU64,
     /// Records Kafka sent again at or below an offset already received.
@@ -37,7 +49,8 @@ pub struct Stats {
     pub sessions_closed: AtomicU64,
     /// Sessions open now.
     pub sessions: AtomicU64,
-    /// Messages held by the dispatcher (queued or in flight), all partitions.
+    /// Records the dispatcher holds un-committed (queued, in flight, retrying, or acked above a
+    /// gap), all partitions: what `kafka.max_uncommitted_per_partition` bounds per partition.
     pub buffered: AtomicU64,
     /// Largest value `buffered` has reached.
     pub buffered_peak: AtomicU64,

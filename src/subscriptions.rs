@@ -8,12 +8,16 @@
 //! Acked deliveries leave the registry and go back to the dispatcher, which records them in
 //! the offset trackers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{EmptyCohort, Ordering, RouteConfig};
+use crate::retry::{self, Next};
 use crate::kafka::{Record, TopicPartition};
 use crate::proto;
 use crate::routing;
@@ -80,6 +84,39 @@ pub struct Pending {
     pub route: usize,
     /// Routing hash: of the key, the partition or the position, per the route's ordering.
     hash: u64,
+    /// When the subscriber's time to ack runs out (set when sent, if the route has one).
+    deadline: Option<Instant>,
+}
+
+/// A message to produce to its route's dead-letter topic; its offset is done once Kafka has
+/// the dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub pending: Pending,
+    pub reason: String,
+}
+
+/// Why a delivery failed, as the registry's retry decision needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    /// The subscriber's own delay before the next attempt (nack `retry_after`).
+    pub retry_after: Option<Duration>,
+    /// The subscriber gave up on the message (nack DEAD_LETTER).
+    pub dead_letter: bool,
+}
+
+impl Failure {
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), retry_after: None, dead_letter: false }
+    }
+}
+
+/// A failed message waiting out its backoff; `owner` is the session it failed on, which keeps
+/// the message's key meanwhile.
+struct Delayed {
+    owner: SessionId,
+    pending: Pending,
 }
 
 impl Pending {
@@ -108,8 +145,10 @@ struct Session {
 #[derive(Debug, Clone, Copy)]
 struct KeyState {
     owner: SessionId,
-    /// Messages of the key queued at or in flight to `owner`.
+    /// Messages of the key queued at or in flight to `owner`, or waiting out a backoff.
     outstanding: u32,
+    /// Messages of the key waiting out a retry backoff: the key's later messages wait behind them.
+    delayed: u32,
 }
 
 struct RouteState {
@@ -250,11 +289,24 @@ pub struct Registry {
     paused: bool,
     /// Sessions whose queue may be sendable.
     dirty: BTreeSet<SessionId>,
+    /// Failed messages waiting out their backoff, by due time (then sequence number).
+    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
+    delayed_items: HashMap<u64, Delayed>,
+    next_delayed: u64,
+    /// Messages that go to a dead-letter topic, for the dispatcher to take.
+    dead_letters: Vec<DeadLetter>,
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
     pub redelivered: u64,
     /// Sessions ended, whatever the reason.
     pub closed: u64,
+    /// Deliveries whose ack deadline passed.
+    pub expired: u64,
+    /// Failed deliveries scheduled for another attempt after a backoff.
+    pub retries_scheduled: u64,
+    /// Messages that used up their attempts on a route without a dead-letter topic (they keep
+    /// being retried at the longest backoff).
+    pub exhausted_without_dlq: u64,
 }
 
 impl Registry {
@@ -265,9 +317,16 @@ impl Registry {
             next_id: 1,
             paused: false,
             dirty: BTreeSet::new(),
+            delayed: BinaryHeap::new(),
+            delayed_items: HashMap::new(),
+            next_delayed: 0,
+            dead_letters: Vec::new(),
             delivered: 0,
             redelivered: 0,
             closed: 0,
+            expired: 0,
+            retries_scheduled: 0,
+            exhausted_without_dlq: 0,
         }
     }
 
@@ -343,18 +402,27 @@ impl Registry {
         let r = session.route;
         let route = &mut self.routes[r];
         route.remove_member(id);
-        let mut orphans: Vec<Pending> = session
-            .in_flight
-            .into_values()
-            .map(|mut p| {
-                p.attempt += 1;
-                p
-            })
-            .collect();
-        orphans.extend(session.queue);
-        for p in &orphans {
+        let max_attempts = route.config.retry.max_attempts;
+        let dead_letter_topic = route.config.dead_letter_topic.is_some();
+        let mut orphans = Vec::new();
+        for mut p in session.in_flight.into_values() {
+            route.release_one(p.hash);
+            // A message whose subscribers keep dying with it (a poison pill) must not loop
+            // for ever: its lost deliveries count as attempts.
+            if p.attempt >= max_attempts && dead_letter_topic {
+                let reason = format!("subscriber stream ended with the delivery in flight, attempt {}", p.attempt);
+                self.dead_letters.push(DeadLetter { pending: p, reason });
+                continue;
+            }
+            p.attempt += 1;
+            p.deadline = None;
+            orphans.push(p);
+        }
+        for p in &session.queue {
             route.release_one(p.hash);
         }
+        orphans.extend(session.queue);
+        // Rerouting takes the parked messages too, those of dead-lettered keys included.
         self.reroute(r, orphans);
         true
     }
@@ -432,36 +500,176 @@ impl Registry {
         out
     }
 
-    /// Takes a delivery back from a session for another attempt. Returns false if it was not
-    /// in flight there.
-    pub fn nack(&mut self, id: SessionId, delivery_id: &str) -> bool {
+    /// Takes a delivery back from a session: retried after a backoff, or dead-lettered. Returns
+    /// false if it was not in flight there.
+    pub fn nack(&mut self, id: SessionId, delivery_id: &str, failure: Failure) -> bool {
         let Some(session) = self.sessions.get_mut(&id) else { return false };
-        let Some(mut p) = session.in_flight.remove(delivery_id) else { return false };
-        p.attempt += 1;
-        let r = session.route;
+        let Some(p) = session.in_flight.remove(delivery_id) else { return false };
         self.dirty.insert(id);
-        let route = &mut self.routes[r];
-        if route.target(p.hash) == Some(id) && !session.draining {
-            // Still this member's key: first in line again, ahead of the key's later messages.
-            session.queue.push_front(p);
-        } else if route.ordered() {
-            let hash = p.hash;
-            let free = route.release_one(hash);
-            route.parked.entry(hash).or_default().push_front(p);
-            if free {
-                self.unpark(r, hash);
-            }
-        } else {
-            self.assign(p, true);
-        }
+        self.fail(id, p, failure);
         self.close_if_drained(id);
         true
+    }
+
+    /// Takes back every delivery whose ack deadline has passed, as failed attempts.
+    pub fn expire(&mut self, now: Instant) -> u64 {
+        let mut expired = Vec::new();
+        for (id, s) in &mut self.sessions {
+            if s.in_flight.values().any(|p| p.deadline.is_some_and(|d| d <= now)) {
+                let ids: Vec<String> = s
+                    .in_flight
+                    .iter()
+                    .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in ids {
+                    if let Some(p) = s.in_flight.remove(&k) {
+                        expired.push((*id, p));
+                    }
+                }
+            }
+        }
+        let count = expired.len() as u64;
+        let mut touched = BTreeSet::new();
+        for (id, p) in expired {
+            let timeout = self.routes[p.route].config.ack_timeout_ms;
+            self.fail(id, p, Failure::retry(format!("ack deadline of {timeout} ms passed")));
+            touched.insert(id);
+        }
+        for id in touched {
+            self.dirty.insert(id);
+            self.close_if_drained(id);
+        }
+        self.expired += count;
+        count
+    }
+
+    /// A delivery failed on session `id` (already out of its in-flight set): schedule the next
+    /// attempt after a backoff, or hand it to the dead-letter topic.
+    fn fail(&mut self, id: SessionId, mut p: Pending, failure: Failure) {
+        let r = p.route;
+        let config = &self.routes[r].config;
+        let next = if failure.dead_letter {
+            Next::Exhausted
+        } else {
+            retry::after_failure(&config.retry, p.attempt, failure.retry_after, rand::random::<f64>())
+        };
+        let next = match next {
+            Next::Exhausted if config.dead_letter_topic.is_some() => {
+                let hash = p.hash;
+                let free = self.routes[r].release_one(hash);
+                self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason });
+                if free {
+                    self.unpark(r, hash);
+                }
+                return;
+            }
+            Next::Exhausted => {
+                // Nowhere to put it: keep trying, as slowly as the policy allows.
+                self.exhausted_without_dlq += 1;
+                let slowest = retry::backoff(&config.retry, u32::MAX, rand::random::<f64>());
+                Next::Retry { delay: slowest, attempt: p.attempt.saturating_add(1) }
+            }
+            retry => retry,
+        };
+        let Next::Retry { delay, attempt } = next else { return };
+        p.attempt = attempt;
+        p.deadline = None;
+        self.schedule(id, p, delay);
+    }
+
+    /// Holds a failed message for `delay`, its key with it: the key's queued messages at the
+    /// owner step back into the parked line behind it, so they are not delivered before it.
+    fn schedule(&mut self, owner: SessionId, p: Pending, delay: Duration) {
+        let r = p.route;
+        let route = &mut self.routes[r];
+        if route.ordered() {
+            if let Some(k) = route.keys.get_mut(&p.hash) {
+                k.delayed += 1;
+            }
+            if let Some(s) = self.sessions.get_mut(&owner) {
+                let hash = p.hash;
+                let mut behind = Vec::new();
+                s.queue.retain(|q| {
+                    if q.hash == hash {
+                        behind.push(q.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if !behind.is_empty() {
+                    for _ in &behind {
+                        route.release_one(hash);
+                    }
+                    let parked = route.parked.entry(hash).or_default();
+                    for q in behind.into_iter().rev() {
+                        parked.push_front(q);
+                    }
+                }
+            }
+        }
+        let seq = self.next_delayed;
+        self.next_delayed += 1;
+        self.retries_scheduled += 1;
+        self.delayed.push(Reverse((Instant::now() + delay, seq)));
+        self.delayed_items.insert(seq, Delayed { owner, pending: p });
+    }
+
+    /// Puts failed messages whose backoff is over back in line: first in line at their
+    /// owner if it still has their key, else wherever their key goes now.
+    pub fn release_due(&mut self, now: Instant) {
+        while let Some(Reverse((due, seq))) = self.delayed.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop();
+            let Some(Delayed { owner, pending: p }) = self.delayed_items.remove(&seq) else { continue };
+            let r = p.route;
+            let hash = p.hash;
+            let route = &mut self.routes[r];
+            if route.ordered() {
+                if let Some(k) = route.keys.get_mut(&hash) {
+                    k.delayed = k.delayed.saturating_sub(1);
+                }
+            }
+            let owner_keeps = route.target(hash) == Some(owner)
+                && self.sessions.get(&owner).is_some_and(|s| !s.draining);
+            if owner_keeps {
+                if let Some(s) = self.sessions.get_mut(&owner) {
+                    s.queue.push_front(p);
+                    self.dirty.insert(owner);
+                }
+            } else if route.ordered() {
+                let free = route.release_one(hash);
+                route.parked.entry(hash).or_default().push_front(p);
+                if free {
+                    self.unpark(r, hash);
+                }
+            } else {
+                self.assign(p, true);
+            }
+            // The key may have been waiting only for this backoff.
+            if self.routes[r].keys.get(&hash).is_none_or(|k| k.outstanding == 0) {
+                self.unpark(r, hash);
+            }
+        }
+    }
+
+    /// Messages to dead-letter since the last call.
+    pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
+    }
+
+    /// Failed messages waiting out a backoff.
+    pub fn delayed(&self) -> usize {
+        self.delayed_items.len()
     }
 
     /// Routes a newly received record for route `route`.
     pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64, route: usize) {
         let hash = self.routes[route].hash_of(&record);
-        self.assign(Pending { record, attempt: 1, epoch, route, hash }, false);
+        self.assign(Pending { record, attempt: 1, epoch, route, hash, deadline: None }, false);
     }
 
     fn assign(&mut self, p: Pending, front: bool) {
@@ -470,8 +678,10 @@ impl Registry {
         let target = route.target(p.hash);
         if route.ordered() {
             let behind_parked = route.parked.get(&p.hash).is_some_and(|q| !q.is_empty());
-            let owner_elsewhere = route.keys.get(&p.hash).is_some_and(|k| Some(k.owner) != target);
-            if behind_parked || owner_elsewhere {
+            let key = route.keys.get(&p.hash);
+            let owner_elsewhere = key.is_some_and(|k| Some(k.owner) != target);
+            let waiting_on_retry = key.is_some_and(|k| k.delayed > 0);
+            if behind_parked || owner_elsewhere || waiting_on_retry {
                 // Drain before move: wait until the key's messages at its old owner settle.
                 let q = route.parked.entry(p.hash).or_default();
                 if front {
@@ -491,7 +701,7 @@ impl Registry {
             return;
         };
         if route.ordered() {
-            route.keys.entry(p.hash).or_insert(KeyState { owner: id, outstanding: 0 }).outstanding += 1;
+            route.keys.entry(p.hash).or_insert(KeyState { owner: id, outstanding: 0, delayed: 0 }).outstanding += 1;
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             if front {
@@ -542,6 +752,19 @@ impl Registry {
     pub fn purge(&mut self, partitions: &[TopicPartition]) -> usize {
         let gone = |p: &Pending| partitions.contains(&p.record.tp);
         let mut dropped = 0;
+        let waiting: Vec<u64> =
+            self.delayed_items.iter().filter(|(_, d)| gone(&d.pending)).map(|(seq, _)| *seq).collect();
+        for seq in waiting {
+            if let Some(Delayed { pending: p, .. }) = self.delayed_items.remove(&seq) {
+                let route = &mut self.routes[p.route];
+                if let Some(k) = route.keys.get_mut(&p.hash) {
+                    k.delayed = k.delayed.saturating_sub(1);
+                }
+                route.release_one(p.hash);
+                dropped += 1;
+            }
+        }
+        self.dead_letters.retain(|d| !gone(&d.pending));
         for route in &mut self.routes {
             let before = route.unassigned.len();
             route.unassigned.retain(|p| !gone(p));
@@ -691,7 +914,10 @@ impl Registry {
             let mut batch = Vec::with_capacity(take.min(256));
             let mut bytes = 0;
             let cohort = s.cohort.clone().unwrap_or_default();
-            for p in s.queue.drain(..take) {
+            let timeout = self.routes[s.route].config.ack_timeout_ms;
+            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
+            for mut p in s.queue.drain(..take) {
+                p.deadline = deadline;
                 let size = p.record.size();
                 if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
                     // A closed outbox means the stream is going away; its unregister redelivers.
@@ -737,6 +963,8 @@ impl Registry {
             r.members.clear();
             r.cohorts.clear();
         }
+        self.delayed.clear();
+        self.delayed_items.clear();
     }
 }
 
@@ -913,11 +1141,180 @@ mod tests {
         reg.dispatch(record(0, 7, "k"), 1, 0);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
-        assert!(reg.nack(a.session, "t/0/7"));
-        assert!(!reg.nack(a.session, "t/0/7"), "no longer in flight");
+        assert!(reg.nack(a.session, "t/0/7", Failure::retry("x")));
+        assert!(!reg.nack(a.session, "t/0/7", Failure::retry("x")), "no longer in flight");
+        reg.release_due(later(60));
         reg.flush();
         let again = received(&mut a.outbox);
         assert_eq!((again[0].offset, again[0].attempt), (7, 2));
+    }
+
+    fn later(secs: u64) -> Instant {
+        Instant::now() + Duration::from_secs(secs)
+    }
+
+    fn retrying(window: u32, max_attempts: u32, dlq: Option<&str>) -> RouteConfig {
+        let mut r = route("r", window);
+        r.retry = crate::config::RetryPolicy { max_attempts, initial_backoff_ms: 1_000, max_backoff_ms: 4_000 };
+        r.dead_letter_topic = dlq.map(str::to_string);
+        r
+    }
+
+    #[test]
+    fn a_nacked_delivery_waits_out_its_backoff_and_its_keys_later_messages_wait_behind_it() {
+        let mut reg = Registry::new(&[retrying(1, 5, None)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..3 {
+            reg.dispatch(record(0, o, "k"), 1, 0);
+        }
+        reg.dispatch(record(0, 3, "other"), 1, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![0]);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("busy")));
+        reg.release_due(Instant::now());
+        reg.flush();
+        // Backoff is at least half of 1 s: offset 0 is not back yet; key k's 1 and 2 must not
+        // overtake it, but the other key's message may go.
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(reg.delayed(), 1);
+        reg.ack(a.session, &["t/0/3".into()]);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "k waits for its retry");
+        reg.release_due(later(2));
+        reg.flush();
+        let again = received(&mut a.outbox);
+        assert_eq!(again.iter().map(|d| (d.offset, d.attempt)).collect::<Vec<_>>(), vec![(0, 2)]);
+        reg.ack(a.session, &["t/0/0".into()]);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(reg.retries_scheduled, 1);
+    }
+
+    #[test]
+    fn a_subscribers_retry_after_decides_the_delay() {
+        let mut reg = Registry::new(&[retrying(5, 5, None)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        let failure = Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(30)), dead_letter: false };
+        assert!(reg.nack(a.session, "t/0/0", failure));
+        reg.release_due(later(5));
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "the route's 1 s backoff does not apply");
+        reg.release_due(later(31));
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 1);
+    }
+
+    #[test]
+    fn the_last_attempt_goes_to_the_dead_letter_topic_and_frees_its_key() {
+        let mut reg = Registry::new(&[retrying(5, 2, Some("dlq"))]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 1, "k"), 1, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 2);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("bad")));
+        reg.release_due(later(2));
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("still bad")));
+        let letters = reg.take_dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!((letters[0].pending.record.offset, letters[0].pending.attempt), (0, 2));
+        assert_eq!(letters[0].reason, "still bad");
+        assert_eq!(reg.delayed(), 0);
+        // A dead-lettered message is settled as far as the subscriber goes: later messages of
+        // its key flow.
+        reg.dispatch(record(0, 2, "k"), 1, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_dead_letter_nack_skips_the_remaining_attempts() {
+        let mut reg = Registry::new(&[retrying(5, 5, Some("dlq"))]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        let failure = Failure { reason: "unparseable".into(), retry_after: None, dead_letter: true };
+        assert!(reg.nack(a.session, "t/0/0", failure));
+        let letters = reg.take_dead_letters();
+        assert_eq!((letters.len(), letters[0].pending.attempt), (1, 1));
+    }
+
+    #[test]
+    fn without_a_dead_letter_topic_exhausted_messages_keep_retrying_at_the_longest_backoff() {
+        let mut reg = Registry::new(&[retrying(5, 1, None)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("bad")));
+        assert!(reg.take_dead_letters().is_empty());
+        assert_eq!(reg.exhausted_without_dlq, 1);
+        reg.release_due(later(1));
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "at least half of the 4 s max backoff");
+        reg.release_due(later(5));
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn an_expired_ack_deadline_redelivers_with_the_next_attempt() {
+        let mut config = retrying(5, 5, None);
+        config.ack_timeout_ms = 10_000;
+        let mut reg = Registry::new(&[config]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        assert_eq!(reg.expire(later(5)), 0);
+        assert_eq!(reg.expire(later(11)), 1);
+        assert_eq!(reg.in_flight(), 0);
+        reg.release_due(later(20));
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
+        // The late ack of the first attempt finds nothing; the second attempt's ack settles it.
+        assert_eq!(reg.ack(a.session, &["t/0/0".into()]).settled.len(), 1);
+        assert_eq!(reg.expired, 1);
+    }
+
+    #[test]
+    fn a_poison_message_that_keeps_killing_its_subscribers_is_dead_lettered() {
+        let mut reg = Registry::new(&[retrying(5, 2, Some("dlq"))]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        reg.unregister(a.session);
+        let mut b = reg.register("r", 0, sub("b")).expect("ok");
+        reg.flush();
+        assert_eq!(received(&mut b.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
+        reg.unregister(b.session);
+        assert_eq!(reg.take_dead_letters().len(), 1);
+    }
+
+    #[test]
+    fn revoking_a_partition_drops_its_retrying_messages() {
+        let mut reg = Registry::new(&[retrying(5, 5, None)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("x")));
+        assert_eq!(reg.purge(&[record(0, 0, "k").tp.clone()]), 1);
+        assert_eq!(reg.delayed(), 0);
+        reg.release_due(later(60));
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty());
+        // The key is free for the partition's next owner's messages.
+        reg.dispatch(record(0, 0, "k"), 2, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 1);
     }
 
     #[test]

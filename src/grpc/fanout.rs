@@ -15,7 +15,7 @@ use crate::dispatcher::Command;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
 use crate::proto::{Disposition, SubscribeRequest, SubscribeResponse};
-use crate::subscriptions::{SessionId, SessionMessage};
+use crate::subscriptions::{Failure, SessionId, SessionMessage};
 
 /// How long a new stream may take to send its hello; a stream that never does would hold a
 /// handler forever.
@@ -99,12 +99,12 @@ async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest
         let command = match message.kind {
             Some(Kind::Ack(ack)) => Command::Ack { session, delivery_ids: ack.delivery_ids },
             Some(Kind::Nack(nack)) => {
-                // Dead-lettering and retry delays come with the retry policy; until then
-                // every nack is a retry.
-                if nack.disposition() == Disposition::DeadLetter {
-                    debug!(session, id = nack.delivery_id, "dead-letter nack treated as retry: no dead-letter topic configured");
-                }
-                Command::Nack { session, delivery_id: nack.delivery_id }
+                let failure = Failure {
+                    reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },
+                    retry_after: nack.retry_after.and_then(|d| Duration::try_from(d).ok()),
+                    dead_letter: nack.disposition() == Disposition::DeadLetter,
+                };
+                Command::Nack { session, delivery_id: nack.delivery_id, failure }
             }
             Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
             Some(Kind::Drain(_)) => Command::Drain { session },

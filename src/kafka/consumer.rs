@@ -220,6 +220,28 @@ fn commit(
     consumer.commit(&tpl, mode)
 }
 
+/// Moves a partition's fetch position back to `offset` (records from there on were dropped at
+/// the buffer bound). The caller resumes the partition only once this succeeded: resuming
+/// without it would skip those records.
+fn seek(consumer: &BaseConsumer<GatewayContext>, tp: &TopicPartition, offset: i64) -> bool {
+    match consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5)) {
+        Ok(()) => {
+            debug!(%tp, offset, "fetching again from the first record dropped at the buffer bound");
+            true
+        }
+        Err(error) => {
+            warn!(%error, %tp, offset, "seek back to records dropped at the buffer bound failed; the partition stays paused and the seek is retried");
+            false
+        }
+    }
+}
+
+fn resume(consumer: &BaseConsumer<GatewayContext>, partitions: &[TopicPartition]) {
+    if let Err(error) = consumer.resume(&tpl_of(partitions)) {
+        warn!(%error, "resume failed");
+    }
+}
+
 fn tpl_of(partitions: &[TopicPartition]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(partitions.len());
     for tp in partitions {
@@ -291,6 +313,9 @@ fn run(
 ) {
     let mut fetching = true;
     let mut probe = Probe::new();
+    // Partitions to resume once their seek back succeeds, and when to try again.
+    let mut unsought: Vec<(TopicPartition, i64)> = Vec::new();
+    let mut next_seek = Instant::now();
     loop {
         loop {
             let command = match commands.try_recv() {
@@ -325,8 +350,11 @@ fn run(
                     }
                 }
                 KafkaCommand::Resume(partitions) => {
-                    if let Err(error) = consumer.resume(&tpl_of(&partitions)) {
-                        warn!(%error, "resume failed");
+                    for (tp, from) in partitions {
+                        match from {
+                            Some(offset) => unsought.push((tp, offset)),
+                            None => resume(&consumer, &[tp]),
+                        }
                     }
                 }
                 KafkaCommand::StopFetching => {
@@ -341,6 +369,27 @@ fn run(
                     info!("consumer closed");
                     return;
                 }
+            }
+        }
+
+        if !unsought.is_empty() && Instant::now() >= next_seek {
+            let before = unsought.len();
+            // A partition revoked meanwhile restarts from its commit wherever it goes next.
+            if let Ok(assigned) = consumer.assignment() {
+                let owned = |tp: &TopicPartition| {
+                    assigned.elements().iter().any(|e| e.topic() == &*tp.topic && e.partition() == tp.partition)
+                };
+                unsought.retain(|(tp, _)| owned(tp));
+            }
+            unsought.retain(|(tp, offset)| {
+                let done = seek(&consumer, tp, *offset);
+                if done {
+                    resume(&consumer, std::slice::from_ref(tp));
+                }
+                !done
+            });
+            if unsought.len() == before {
+                next_seek = Instant::now() + Duration::from_millis(500);
             }
         }
 

@@ -1,0 +1,155 @@
+//! The dead-letter producer: messages that used up their attempts, or that a subscriber gave
+//! up on, are produced to the route's dead-letter topic before their offset counts as done.
+//!
+//! The producer is idempotent with `acks=all`: a dead letter acknowledged by Kafka is on every
+//! in-sync replica, and librdkafka's internal retries cannot write it twice. Only after that
+//! acknowledgement does the dispatcher settle the origin offset, so a crash at any point either
+//! redelivers the message or finds it in the dead-letter topic, never neither.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::config::Config;
+use crate::kafka::Record;
+use crate::subscriptions::DeadLetter;
+
+pub const HEADER_ORIGIN_TOPIC: &str = "fanout-origin-topic";
+pub const HEADER_ORIGIN_PARTITION: &str = "fanout-origin-partition";
+pub const HEADER_ORIGIN_OFFSET: &str = "fanout-origin-offset";
+pub const HEADER_ATTEMPTS: &str = "fanout-attempts";
+pub const HEADER_REASON: &str = "fanout-reason";
+pub const HEADER_ROUTE: &str = "fanout-route";
+
+/// librdkafka properties that are the consumer's business and make no sense on the producer
+/// (it warns about each); everything else in `kafka.properties` (security, timeouts) applies
+/// to both.
+const CONSUMER_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "isolation.level",
+    "check.crcs",
+    "group.protocol",
+    "group.remote.assignor",
+    "allow.auto.create.topics",
+];
+
+/// Longest a reason header gets: reasons come from subscribers.
+const MAX_REASON_BYTES: usize = 1_024;
+
+#[derive(Clone)]
+pub struct DeadLetterProducer {
+    producer: FutureProducer,
+}
+
+impl DeadLetterProducer {
+    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+        let mut cc = ClientConfig::new();
+        for (key, value) in &config.kafka.properties {
+            if !CONSUMER_ONLY.contains(&key.as_str()) {
+                cc.set(key, value);
+            }
+        }
+        cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+            .set("client.id", "fanout-gateway-dead-letters")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Dead letters are rare: send each at once rather than wait to batch.
+            .set("linger.ms", "5");
+        Ok(Self { producer: cc.create()? })
+    }
+
+    /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement.
+    pub async fn send(&self, topic: &str, route: &str, letter: &DeadLetter) -> Result<(), KafkaError> {
+        let record = &letter.pending.record;
+        let headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in &headers {
+            owned = owned.insert(Header { key, value: Some(value.as_slice()) });
+        }
+        let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value[..]).headers(owned);
+        if let Some(key) = &record.key {
+            out = out.key(&key[..]);
+        }
+        if let Some(ts) = record.timestamp_ms {
+            out = out.timestamp(ts);
+        }
+        self.producer.send(out, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
+    }
+}
+
+/// The dead letter's headers: the original ones (without earlier `fanout-*` ones, so a
+/// message dead-lettered twice carries one set), then where it came from and why it failed.
+pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: &str) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("fanout-"))
+        .map(|(k, v)| (k.clone(), v.to_vec()))
+        .collect();
+    let mut reason = reason.to_string();
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    headers.extend([
+        (HEADER_ORIGIN_TOPIC.to_string(), record.tp.topic.as_bytes().to_vec()),
+        (HEADER_ORIGIN_PARTITION.to_string(), record.tp.partition.to_string().into_bytes()),
+        (HEADER_ORIGIN_OFFSET.to_string(), record.offset.to_string().into_bytes()),
+        (HEADER_ATTEMPTS.to_string(), attempts.to_string().into_bytes()),
+        (HEADER_REASON.to_string(), reason.into_bytes()),
+        (HEADER_ROUTE.to_string(), route.as_bytes().to_vec()),
+    ]);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::TopicPartition;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    #[test]
+    fn headers_say_where_it_came_from_and_why_and_replace_earlier_ones() {
+        let record = Record {
+            tp: TopicPartition { topic: Arc::from("orders"), partition: 3 },
+            offset: 42,
+            key: None,
+            value: Bytes::new(),
+            headers: vec![
+                ("trace-id".into(), Bytes::from_static(b"abc")),
+                (HEADER_ATTEMPTS.into(), Bytes::from_static(b"9")),
+            ],
+            timestamp_ms: None,
+        };
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let h = dead_letter_headers(&record, 5, &long, "orders-route");
+        let get = |k: &str| -> Vec<String> {
+            h.iter().filter(|(n, _)| n == k).map(|(_, v)| String::from_utf8(v.clone()).expect("utf-8")).collect()
+        };
+        assert_eq!(get("trace-id"), vec!["abc"]);
+        assert_eq!(get(HEADER_ORIGIN_TOPIC), vec!["orders"]);
+        assert_eq!(get(HEADER_ORIGIN_PARTITION), vec!["3"]);
+        assert_eq!(get(HEADER_ORIGIN_OFFSET), vec!["42"]);
+        assert_eq!(get(HEADER_ATTEMPTS), vec!["5"], "the earlier attempts header is replaced");
+        assert_eq!(get(HEADER_ROUTE), vec!["orders-route"]);
+        let reason = &get(HEADER_REASON)[0];
+        assert!(reason.len() <= MAX_REASON_BYTES && reason.starts_with('é'), "cut on a char boundary");
+    }
+}
