@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod discovery;
 pub mod dispatcher;
