@@ -58,6 +58,7 @@ pub enum StoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
+    /// Memory for one replica; Redis when several replicas (or restarts) must share claims.
     #[serde(default)]
     pub store: StoreKind,
     /// Where the Redis store connects; ignored by the memory store.
@@ -67,6 +68,7 @@ pub struct DedupConfig {
     /// Unset: `fanout:dedup:{route}:`, so routes never share keys.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// Where each record's idempotency key comes from.
     #[serde(default)]
     pub key: KeySource,
     /// Header that carries the idempotency key when `key = "header"`.
