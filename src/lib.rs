@@ -26,6 +26,7 @@
 pub mod client;
 pub mod config;
 pub mod deadletter;
+pub mod dedup;
 pub mod demo;
 pub mod discovery;
 pub mod dispatcher;

@@ -1,0 +1,865 @@
+//! The dedup store: which idempotency keys have been claimed, and by which record.
+//!
+//! A route in `effectively-once` mode asks the store, before delivering a batch of records,
+//! to claim each record's idempotency key for that record's origin (`topic/partition/offset`).
+//! The verdicts go back to the dispatcher: [`Verdict::First`] and [`Verdict::Again`] are
+//! delivered, [`Verdict::Duplicate`] is acked to Kafka without delivery.
+//!
+//! `Again` exists because Kafka redelivers: after a crash or a rebalance between claim and ack,
+//! the same record comes back and finds its key held by itself. Treating that as a duplicate
+//! would ack a record nobody processed, so the store remembers the first holder of each key and
+//! only a *different* origin is a duplicate.
+//!
+//! Two stores sit behind [`DedupStore`]: [`MemoryStore`] (one gateway process; bounded, lazily
+//! expired) and [`RedisStore`] (shared by every replica; one pipelined round trip per batch).
+//! [`open`] picks one from a route's [`DedupConfig`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use serde::Deserialize;
+use tokio::time::Instant;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::kafka::Record;
+
+/// Longest TTL accepted: a year. Longer windows only grow the store, and a bound keeps
+/// `Instant + ttl` from overflowing.
+pub const MAX_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// Where a route's idempotency key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// The value of the record header named by [`DedupConfig::header`]; records without it
+    /// are never deduplicated.
+    #[default]
+    Header,
+    /// A hash of the record's key and value: identical payloads are duplicates.
+    Content,
+}
+
+/// Which store keeps the claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process: lost on restart and not shared between replicas.
+    #[default]
+    Memory,
+    /// In Redis (>= 7.0): survives gateway restarts and is shared by every replica.
+    Redis,
+}
+
+/// A route's `dedup` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Memory for one replica; Redis when several replicas (or restarts) must share claims.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// Where the Redis store connects; ignored by the memory store.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// Prefix of every Redis key of this route; `{route}` in it is replaced by the route's name.
+    /// Unset: `fanout:dedup:{route}:`, so routes never share keys.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Where each record's idempotency key comes from.
+    #[serde(default)]
+    pub key: KeySource,
+    /// Header that carries the idempotency key when `key = "header"`.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// How long a claim holds its key.
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Most keys the memory store holds; past it the oldest claim is forgotten early (counted
+    /// in [`DedupStore::evictions`]).
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+/// `redis://127.0.0.1:6379`: a Redis beside the gateway (a sidecar or the local host).
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".to_string()
+}
+
+/// `idempotency-key`: the header name most HTTP APIs use for the same purpose.
+fn default_header() -> String {
+    "idempotency-key".to_string()
+}
+
+/// 24 hours. Duplicates come from producer retries (seconds), replays after a producer's
+/// crash (minutes) and re-runs of an upstream job (within the day); a longer window costs
+/// memory in proportion to rate × TTL and rarely catches more.
+const fn default_ttl_ms() -> u64 {
+    24 * 60 * 60 * 1000
+}
+
+/// 1 000 000 keys: about 200 MB in the memory store (key, origin and bookkeeping, ~200 B each).
+/// At the default TTL that covers ~11 distinct keys per second for a full day; faster routes
+/// should use Redis or accept a shorter effective window (see `evictions`).
+const fn default_capacity() -> usize {
+    1_000_000
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::default(),
+            redis_url: default_redis_url(),
+            key_prefix: None,
+            key: KeySource::default(),
+            header: default_header(),
+            ttl_ms: default_ttl_ms(),
+            capacity: default_capacity(),
+        }
+    }
+}
+
+impl DedupConfig {
+    /// Every problem as (field suffix, message), e.g. `("ttl_ms", "must be > 0")`; the caller
+    /// prefixes the route's path (`routes[0].dedup.ttl_ms`).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, message: String| problems.push((field.to_string(), message));
+        if self.ttl_ms == 0 {
+            bad("ttl_ms", "must be > 0".into());
+        } else if self.ttl_ms > MAX_TTL_MS {
+            bad("ttl_ms", format!("must be at most {MAX_TTL_MS} (365 days)"));
+        }
+        if self.capacity == 0 {
+            bad("capacity", "must be > 0".into());
+        }
+        if self.key == KeySource::Header && self.header.trim().is_empty() {
+            bad("header", "must name a header when key = \"header\"".into());
+        }
+        if self.key_prefix.as_deref().is_some_and(str::is_empty) {
+            bad("key_prefix", "must not be empty when set (keys would mix with other data)".into());
+        }
+        if self.store == StoreKind::Redis {
+            if let Some(message) = redis_url_problem(&self.redis_url) {
+                bad("redis_url", message);
+            }
+        }
+        problems
+    }
+
+    /// The Redis key prefix of `route`'s claims.
+    pub fn prefix_for(&self, route: &str) -> String {
+        match &self.key_prefix {
+            Some(prefix) => prefix.replace("{route}", route),
+            None => format!("fanout:dedup:{route}:"),
+        }
+    }
+
+    /// The idempotency key of `record` under this config (see [`idempotency_key`]).
+    pub fn key_of(&self, record: &Record) -> Option<String> {
+        idempotency_key(&self.key, &self.header, record.key.as_deref(), &record.value, &record.headers)
+    }
+}
+
+/// Why `url` cannot be used for the Redis store, if it cannot.
+fn redis_url_problem(url: &str) -> Option<String> {
+    let Some(parsed) = redis::parse_redis_url(url) else {
+        return Some("must be a redis URL like redis://host:6379[/db]".into());
+    };
+    if matches!(parsed.scheme(), "rediss" | "valkeys") {
+        return Some("TLS (rediss://) is not built into this gateway; use redis:// (a TLS sidecar can add it)".into());
+    }
+    match redis::Client::open(url) {
+        Ok(_) => None,
+        Err(error) => Some(format!("must be a redis URL like redis://host:6379[/db] ({error})")),
+    }
+}
+
+/// The idempotency key of a record, or `None` when it has none.
+///
+/// Header mode: the value of header `header` (the last one if the producer sent several, as
+/// Kafka's own `lastHeader` does). An absent or empty value gives `None`: such records are never
+/// deduplicated, because an empty key would make every keyless record a duplicate of the first.
+/// A value that is not UTF-8 is written as `hex:` and its bytes in hex, so distinct values stay
+/// distinct.
+///
+/// Content mode: a stable 128-bit hash (xxh3-128, seed 0) of key and value, as 32 hex digits.
+/// The key is tagged (absent vs present) and both parts are length-prefixed, so
+/// (key "ab", value "c") and (key "a", value "bc") differ. The encoding must never change: keys
+/// already in Redis would stop matching after an upgrade.
+pub fn idempotency_key(
+    source: &KeySource,
+    header: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(String, Bytes)],
+) -> Option<String> {
+    match source {
+        KeySource::Header => {
+            let (_, raw) = headers.iter().rev().find(|(name, _)| name == header)?;
+            if raw.is_empty() {
+                return None;
+            }
+            Some(match std::str::from_utf8(raw) {
+                Ok(text) => text.to_string(),
+                Err(_) => format!("hex:{}", hex(raw)),
+            })
+        }
+        KeySource::Content => {
+            let mut hasher = Xxh3::new();
+            match key {
+                None => hasher.update(&[0]),
+                Some(key) => {
+                    hasher.update(&[1]);
+                    hasher.update(&(key.len() as u64).to_le_bytes());
+                    hasher.update(key);
+                }
+            }
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value);
+            Some(format!("{:032x}", hasher.digest128()))
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// One record's request to hold an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    /// The record's `topic/partition/offset` ([`Record::delivery_id`]): stable across redeliveries.
+    pub origin: String,
+}
+
+impl Claim {
+    pub fn new(key: impl Into<String>, origin: impl Into<String>) -> Self {
+        Self { key: key.into(), origin: origin.into() }
+    }
+
+    /// The claim of `record` for `key`.
+    pub fn for_record(key: String, record: &Record) -> Self {
+        Self { key, origin: record.delivery_id() }
+    }
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nobody held the key; now this origin does. Deliver.
+    First,
+    /// This same origin already holds the key: a redelivery. Deliver again.
+    Again,
+    /// Another origin holds the key. Ack without delivering.
+    Duplicate { holder: String },
+}
+
+impl Verdict {
+    /// The verdict for `origin` when the key was held by `holder` (`None`: free, now claimed).
+    fn of(origin: &str, holder: Option<String>) -> Self {
+        match holder {
+            None => Self::First,
+            Some(holder) if holder == origin => Self::Again,
+            Some(holder) => Self::Duplicate { holder },
+        }
+    }
+
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::Duplicate { .. })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("invalid dedup config: {}", .0.iter().map(|(f, m)| format!("`{f}`: {m}")).collect::<Vec<_>>().join("; "))]
+    InvalidConfig(Vec<(String, String)>),
+    #[error("dedup redis_url `{url}` is not usable: {source}")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot reach redis at {url} (is it running, and is dedup.redis_url right?): {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis at {url} is version {version}; the dedup store needs redis >= 7.0 (SET .. NX GET)")]
+    Unsupported { url: String, version: String },
+    #[error("redis at {url} refused a dedup claim: {source}")]
+    Command {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis at {url} answered {got} replies to {expected} claims")]
+    Protocol { url: String, expected: usize, got: usize },
+}
+
+/// Holds idempotency keys for a TTL, per origin.
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims each key for its origin for the TTL, in order; one verdict per claim, same order.
+    /// Claims of the same key inside one batch: the first wins, later ones with another origin
+    /// are `Duplicate`. A holder keeps its key for the TTL from its first claim: `Again` and
+    /// `Duplicate` do not extend it.
+    ///
+    /// The future owns what it needs, so the dispatcher can run it outside its loop. Two batches
+    /// in flight at once may be applied in either order; a caller that needs one applied before
+    /// the other awaits the first.
+    fn claim(&self, claims: Vec<Claim>) -> BoxFuture<'static, Result<Vec<Verdict>, DedupError>>;
+    /// Keys evicted for capacity before their TTL (memory store; Redis returns 0 — Redis evicts
+    /// by its own policy).
+    fn evictions(&self) -> u64;
+    fn kind(&self) -> &'static str;
+}
+
+/// Opens the store `config` asks for, for the route named `route`.
+pub async fn open(config: &DedupConfig, route: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(DedupError::InvalidConfig(problems));
+    }
+    let ttl = Duration::from_millis(config.ttl_ms);
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(ttl, config.capacity)),
+        StoreKind::Redis => Arc::new(RedisStore::connect(&config.redis_url, &config.prefix_for(route), ttl).await?),
+    })
+}
+
+// === impl MemoryStore ===
+
+/// Claims in this process: a map from key to holder plus the keys in claim order.
+///
+/// Every claim lives for the same TTL, so claim order is also expiry order: expired keys are
+/// always at the front of `order` and are dropped lazily, at the start of each batch. Past
+/// `capacity` the front (oldest) key is forgotten early and counted. Each key is in `order`
+/// exactly once while it is in `holders` (a key re-enters only after it left), so every claim
+/// costs O(1) amortised.
+///
+/// Time is tokio's clock, so tests can run TTLs with paused time.
+pub struct MemoryStore {
+    ttl: Duration,
+    capacity: usize,
+    inner: parking_lot::Mutex<MemoryInner>,
+    /// Read without the lock by metrics.
+    evictions: AtomicU64,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    holders: HashMap<Arc<str>, Held>,
+    order: VecDeque<Arc<str>>,
+}
+
+struct Held {
+    origin: String,
+    expires: Instant,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .field("evictions", &self.evictions())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store whose claims last `ttl` (at most [`MAX_TTL_MS`]) and that holds at most
+    /// `capacity` keys (at least 1).
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl: ttl.min(Duration::from_millis(MAX_TTL_MS)),
+            capacity: capacity.max(1),
+            inner: parking_lot::Mutex::new(MemoryInner::default()),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Keys currently held (expired ones may still count until the next claim).
+    pub fn len(&self) -> usize {
+        self.inner.lock().holders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn claim_now(&self, claims: Vec<Claim>) -> Vec<Verdict> {
+        let mut inner = self.inner.lock();
+        // Read the clock under the lock so claim order and expiry order agree.
+        let now = Instant::now();
+        while let Some(front) = inner.order.front() {
+            if inner.holders.get(front).is_some_and(|held| held.expires > now) {
+                break;
+            }
+            if let Some(key) = inner.order.pop_front() {
+                inner.holders.remove(&key);
+            }
+        }
+        let expires = now + self.ttl;
+        let mut evicted = 0;
+        let verdicts = claims
+            .into_iter()
+            .map(|claim| {
+                if let Some(held) = inner.holders.get(claim.key.as_str()) {
+                    return Verdict::of(&claim.origin, Some(held.origin.clone()));
+                }
+                let key: Arc<str> = Arc::from(claim.key);
+                inner.holders.insert(key.clone(), Held { origin: claim.origin, expires });
+                inner.order.push_back(key);
+                if inner.holders.len() > self.capacity {
+                    if let Some(oldest) = inner.order.pop_front() {
+                        inner.holders.remove(&oldest);
+                        evicted += 1;
+                    }
+                }
+                Verdict::First
+            })
+            .collect();
+        drop(inner);
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        verdicts
+    }
+}
+
+impl DedupStore for MemoryStore {
+    /// Decided when called (the future is already complete), so batches apply in call order.
+    fn claim(&self, claims: Vec<Claim>) -> BoxFuture<'static, Result<Vec<Verdict>, DedupError>> {
+        futures::future::ready(Ok(self.claim_now(claims))).boxed()
+    }
+
+    fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+// === impl RedisStore ===
+
+/// Each connection attempt gives up after this long (an unroutable host would otherwise hang).
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A batch's round trip gives up after this long; the caller may retry the batch, and a claim
+/// that did land meanwhile comes back as `Again`.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect attempts per outage before a claim fails; the next claim starts a new round.
+/// Backoff 100 ms doubling, capped at 1 s, so a claim fails within a few seconds while Redis is down.
+const REDIS_RECONNECT_RETRIES: usize = 3;
+
+/// Claims in Redis, one key per claim: `SET <prefix><key> <origin> NX GET PX <ttl_ms>`.
+///
+/// `NX GET` (Redis >= 7.0) sets the key only when absent and returns the previous holder in
+/// the same step, so there is no window between "is it held?" and "hold it". A batch is one
+/// pipelined round trip; Redis runs its commands in order, so a key repeated in a batch sees
+/// the earlier claim. The connection manager reconnects after Redis restarts.
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    ttl_ms: u64,
+    /// The URL with any password masked, for errors and logs.
+    url: Arc<str>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects (failing if Redis is unreachable now, so a bad URL shows at startup) and checks
+    /// that the server supports `SET .. NX GET`.
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, DedupError> {
+        let shown: Arc<str> = Arc::from(redact(url));
+        let client =
+            redis::Client::open(url).map_err(|source| DedupError::InvalidUrl { url: shown.to_string(), source })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_number_of_retries(REDIS_RECONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|source| error_for(&shown, source))?;
+        match redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await {
+            Ok(info) => {
+                if let Some(version) = redis_version(&info) {
+                    if version.0 < 7 {
+                        return Err(DedupError::Unsupported {
+                            url: shown.to_string(),
+                            version: format!("{}.{}", version.0, version.1),
+                        });
+                    }
+                }
+            }
+            // INFO may be forbidden by ACLs; the first claim will tell if SET .. GET is missing.
+            Err(error) if error.code() == Some("NOPERM") => {
+                tracing::warn!(%error, url = %shown, "cannot read the redis version; assuming >= 7.0");
+            }
+            Err(source) => return Err(error_for(&shown, source)),
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(MAX_TTL_MS).clamp(1, MAX_TTL_MS);
+        tracing::info!(url = %shown, prefix, ttl_ms, "dedup store connected to redis");
+        Ok(Self { conn, prefix: prefix.to_string(), ttl_ms, url: shown })
+    }
+
+    /// The prefix every key of this store starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl DedupStore for RedisStore {
+    fn claim(&self, claims: Vec<Claim>) -> BoxFuture<'static, Result<Vec<Verdict>, DedupError>> {
+        if claims.is_empty() {
+            return futures::future::ready(Ok(Vec::new())).boxed();
+        }
+        let mut pipe = redis::pipe();
+        for claim in &claims {
+            pipe.cmd("SET")
+                .arg(format!("{}{}", self.prefix, claim.key))
+                .arg(&claim.origin)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(self.ttl_ms);
+        }
+        let mut conn = self.conn.clone();
+        let url = self.url.clone();
+        async move {
+            let holders: Vec<Option<Vec<u8>>> =
+                pipe.query_async(&mut conn).await.map_err(|source| error_for(&url, source))?;
+            if holders.len() != claims.len() {
+                return Err(DedupError::Protocol { url: url.to_string(), expected: claims.len(), got: holders.len() });
+            }
+            Ok(claims
+                .iter()
+                .zip(holders)
+                .map(|(claim, holder)| {
+                    Verdict::of(&claim.origin, holder.map(|h| String::from_utf8_lossy(&h).into_owned()))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn evictions(&self) -> u64 {
+        0
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Connection trouble reads as "unreachable"; anything Redis itself refused as a command error.
+fn error_for(url: &str, source: redis::RedisError) -> DedupError {
+    let url = url.to_string();
+    if source.is_io_error() || source.is_connection_refusal() || source.is_timeout() || source.is_connection_dropped() {
+        DedupError::Unreachable { url, source }
+    } else {
+        DedupError::Command { url, source }
+    }
+}
+
+/// `redis_version` (major, minor) from `INFO server`.
+fn redis_version(info: &str) -> Option<(u32, u32)> {
+    let value = info.lines().find_map(|line| line.strip_prefix("redis_version:"))?;
+    let mut parts = value.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some((major, minor))
+}
+
+/// `url` with its user-info masked, so errors and logs never carry a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn claims(list: &[(&str, &str)]) -> Vec<Claim> {
+        list.iter().map(|(k, o)| Claim::new(*k, *o)).collect()
+    }
+
+    fn dup(holder: &str) -> Verdict {
+        Verdict::Duplicate { holder: holder.to_string() }
+    }
+
+    /// The memory store decides when called; its future is already complete.
+    fn claim(store: &MemoryStore, list: &[(&str, &str)]) -> Vec<Verdict> {
+        store
+            .claim(claims(list))
+            .now_or_never()
+            .expect("the memory store answers at once")
+            .expect("the memory store does not fail")
+    }
+
+    #[test]
+    fn first_claim_wins_redelivery_is_again_other_origin_is_duplicate() {
+        let store = MemoryStore::new(TTL, 100);
+        assert_eq!(claim(&store, &[("k", "t/0/1")]), vec![Verdict::First]);
+        assert_eq!(claim(&store, &[("k", "t/0/1")]), vec![Verdict::Again]);
+        assert_eq!(claim(&store, &[("k", "t/1/7")]), vec![dup("t/0/1")]);
+        // Neither Again nor Duplicate took the key over.
+        assert_eq!(claim(&store, &[("k", "t/0/1")]), vec![Verdict::Again]);
+        assert_eq!(store.kind(), "memory");
+        assert_eq!(store.evictions(), 0);
+    }
+
+    #[test]
+    fn same_key_twice_in_one_batch_the_first_wins() {
+        let store = MemoryStore::new(TTL, 100);
+        let verdicts = claim(&store, &[("k", "t/0/1"), ("k", "t/0/2"), ("j", "t/0/3"), ("k", "t/0/1")]);
+        assert_eq!(verdicts, vec![Verdict::First, dup("t/0/1"), Verdict::First, Verdict::Again]);
+    }
+
+    #[test]
+    fn an_empty_batch_gets_no_verdicts() {
+        let store = MemoryStore::new(TTL, 100);
+        assert_eq!(claim(&store, &[]), Vec::<Verdict>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_claimable_again_once_its_ttl_has_passed() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let store = MemoryStore::new(TTL, 100);
+            assert_eq!(claim(&store, &[("k", "a/0/1")]), vec![Verdict::First]);
+            tokio::time::advance(TTL - Duration::from_millis(1)).await;
+            assert_eq!(claim(&store, &[("k", "b/0/1")]), vec![dup("a/0/1")], "held until the TTL ends");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert_eq!(claim(&store, &[("k", "b/0/1")]), vec![Verdict::First], "free once the TTL ends");
+            assert_eq!(claim(&store, &[("k", "a/0/1")]), vec![dup("b/0/1")]);
+            assert_eq!(store.len(), 1, "the expired claim was dropped, not kept beside the new one");
+            assert_eq!(store.evictions(), 0, "expiry is not eviction");
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicates_do_not_extend_the_holders_ttl() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let store = MemoryStore::new(TTL, 100);
+            assert_eq!(claim(&store, &[("k", "a/0/1")]), vec![Verdict::First]);
+            tokio::time::advance(TTL / 2).await;
+            assert_eq!(claim(&store, &[("k", "a/0/1"), ("k", "b/0/1")]), vec![Verdict::Again, dup("a/0/1")]);
+            tokio::time::advance(TTL / 2).await;
+            assert_eq!(claim(&store, &[("k", "b/0/1")]), vec![Verdict::First]);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[test]
+    fn past_capacity_the_oldest_key_is_evicted_and_counted() {
+        let store = MemoryStore::new(TTL, 2);
+        assert_eq!(claim(&store, &[("a", "t/0/1"), ("b", "t/0/2"), ("c", "t/0/3")]), vec![Verdict::First; 3]);
+        assert_eq!(store.evictions(), 1);
+        assert_eq!(store.len(), 2);
+        // b and c are still held; a was forgotten, so another origin gets it first.
+        assert_eq!(claim(&store, &[("b", "x/0/1"), ("c", "x/0/2")]), vec![dup("t/0/2"), dup("t/0/3")]);
+        assert_eq!(claim(&store, &[("a", "x/0/3")]), vec![Verdict::First]);
+        // Taking a back pushed out b, now the oldest.
+        assert_eq!(store.evictions(), 2);
+        assert_eq!(claim(&store, &[("b", "x/0/4")]), vec![Verdict::First]);
+        assert_eq!(store.evictions(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_make_room_without_counting_as_evictions() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let store = MemoryStore::new(TTL, 2);
+            claim(&store, &[("a", "t/0/1"), ("b", "t/0/2")]);
+            tokio::time::advance(TTL).await;
+            assert_eq!(claim(&store, &[("c", "t/0/3"), ("d", "t/0/4")]), vec![Verdict::First; 2]);
+            assert_eq!(store.evictions(), 0);
+            assert_eq!(store.len(), 2);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[test]
+    fn capacity_holds_under_many_distinct_keys() {
+        let store = MemoryStore::new(TTL, 1_000);
+        let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+        let batch: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "t/0/1")).collect();
+        claim(&store, &batch);
+        assert_eq!(store.len(), 1_000);
+        assert_eq!(store.evictions(), 9_000);
+        // The newest thousand survive.
+        assert_eq!(claim(&store, &[("k9000", "o/0/1")]), vec![dup("t/0/1")]);
+        assert_eq!(claim(&store, &[("k8999", "o/0/1")]), vec![Verdict::First]);
+    }
+
+    fn headers(list: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
+        list.iter().map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v))).collect()
+    }
+
+    fn header_key(list: &[(&str, &[u8])]) -> Option<String> {
+        idempotency_key(&KeySource::Header, "idempotency-key", Some(b"k"), b"v", &headers(list))
+    }
+
+    #[test]
+    fn header_mode_uses_the_named_header() {
+        assert_eq!(header_key(&[("other", b"x"), ("idempotency-key", b"order-42")]), Some("order-42".into()));
+        assert_eq!(header_key(&[("other", b"x")]), None, "absent: never deduplicated");
+        assert_eq!(header_key(&[]), None);
+        assert_eq!(header_key(&[("idempotency-key", b"")]), None, "empty: never deduplicated");
+        assert_eq!(header_key(&[("Idempotency-Key", b"x")]), None, "Kafka header names are case-sensitive");
+        assert_eq!(
+            header_key(&[("idempotency-key", b"first"), ("idempotency-key", b"last")]),
+            Some("last".into()),
+            "the last header of that name wins, as Kafka's lastHeader"
+        );
+        assert_eq!(header_key(&[("idempotency-key", &[0xff, 0x00])]), Some("hex:ff00".into()));
+    }
+
+    fn content_key(key: Option<&[u8]>, value: &[u8]) -> String {
+        idempotency_key(&KeySource::Content, "ignored", key, value, &headers(&[("ignored", b"x")]))
+            .expect("content mode always has a key")
+    }
+
+    #[test]
+    fn content_mode_hashes_key_and_value_unambiguously() {
+        let k = content_key(Some(b"ab"), b"c");
+        assert_eq!(k.len(), 32);
+        assert!(k.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(k, content_key(Some(b"ab"), b"c"), "deterministic");
+        assert_ne!(k, content_key(Some(b"a"), b"bc"), "length-prefixed");
+        assert_ne!(content_key(None, b"v"), content_key(Some(b""), b"v"), "no key differs from an empty key");
+        assert_ne!(content_key(Some(b"k"), b"v1"), content_key(Some(b"k"), b"v2"));
+        // Keys already stored in Redis must keep matching after an upgrade: the encoding is fixed.
+        assert_eq!(content_key(Some(b"ab"), b"c"), GOLDEN_AB_C);
+    }
+
+    /// xxh3-128 (seed 0) of `[1] ++ 2u64le ++ "ab" ++ 1u64le ++ "c"`, computed with the Python
+    /// `xxhash` package, independently of this crate.
+    const GOLDEN_AB_C: &str = "c7bad18300bfb1f993ebd0e60c2a192b";
+
+    #[test]
+    fn defaults_apply_to_an_empty_section() {
+        let config: DedupConfig = toml::from_str("").expect("an empty section is valid");
+        assert_eq!(config, DedupConfig::default());
+        assert_eq!(config.store, StoreKind::Memory);
+        assert_eq!(config.key, KeySource::Header);
+        assert_eq!(config.header, "idempotency-key");
+        assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(config.ttl_ms, 86_400_000);
+        assert!(config.problems().is_empty());
+    }
+
+    #[test]
+    fn config_parses_every_field_and_refuses_unknown_ones() {
+        let config: DedupConfig = toml::from_str(
+            r#"store = "redis"
+               redis_url = "redis://cache:6380/2"
+               key_prefix = "orders:{route}:"
+               key = "content"
+               header = ""
+               ttl_ms = 5000
+               capacity = 10"#,
+        )
+        .expect("valid section");
+        assert_eq!(config.store, StoreKind::Redis);
+        assert_eq!(config.key, KeySource::Content);
+        assert!(config.problems().is_empty(), "an empty header is fine in content mode: {:?}", config.problems());
+        assert_eq!(config.prefix_for("billing"), "orders:billing:");
+        assert!(toml::from_str::<DedupConfig>("ttl = 5").is_err());
+        assert!(toml::from_str::<DedupConfig>(r#"store = "etcd""#).is_err());
+    }
+
+    #[test]
+    fn default_prefix_separates_routes() {
+        let config = DedupConfig::default();
+        assert_eq!(config.prefix_for("orders"), "fanout:dedup:orders:");
+        assert_ne!(config.prefix_for("a"), config.prefix_for("b"));
+    }
+
+    fn fields(config: &DedupConfig) -> Vec<String> {
+        config.problems().into_iter().map(|(field, _)| field).collect()
+    }
+
+    #[test]
+    fn problems_name_the_field_at_fault() {
+        let base = DedupConfig::default;
+        assert_eq!(fields(&DedupConfig { ttl_ms: 0, ..base() }), vec!["ttl_ms"]);
+        assert_eq!(fields(&DedupConfig { ttl_ms: MAX_TTL_MS + 1, ..base() }), vec!["ttl_ms"]);
+        assert_eq!(fields(&DedupConfig { capacity: 0, ..base() }), vec!["capacity"]);
+        assert_eq!(fields(&DedupConfig { header: " ".into(), ..base() }), vec!["header"]);
+        assert_eq!(fields(&DedupConfig { key_prefix: Some(String::new()), ..base() }), vec!["key_prefix"]);
+        let redis = |url: &str| DedupConfig { store: StoreKind::Redis, redis_url: url.into(), ..base() };
+        assert_eq!(fields(&redis("http://cache:6379")), vec!["redis_url"]);
+        assert_eq!(fields(&redis("cache:6379")), vec!["redis_url"]);
+        assert_eq!(fields(&redis("rediss://cache:6379")), vec!["redis_url"], "no TLS built in");
+        assert!(fields(&redis("redis://:secret@cache:6379/1")).is_empty());
+        // The memory store never uses the URL.
+        assert!(fields(&DedupConfig { redis_url: "nonsense".into(), ..base() }).is_empty());
+        // Every problem at once.
+        let all = DedupConfig { ttl_ms: 0, capacity: 0, header: String::new(), ..redis("x") };
+        assert_eq!(fields(&all), vec!["ttl_ms", "capacity", "header", "redis_url"]);
+        let (_, message) = &DedupConfig { ttl_ms: 0, ..base() }.problems()[0];
+        assert_eq!(message, "must be > 0");
+    }
+
+    #[tokio::test]
+    async fn open_refuses_a_config_with_problems_and_opens_memory_by_default() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let bad = DedupConfig { ttl_ms: 0, ..DedupConfig::default() };
+            let error = open(&bad, "orders").await.err().expect("a zero TTL is refused");
+            assert!(error.to_string().contains("`ttl_ms`: must be > 0"), "{error}");
+            let store = open(&DedupConfig::default(), "orders").await.expect("memory store opens");
+            assert_eq!(store.kind(), "memory");
+            let verdicts = store.claim(claims(&[("k", "t/0/1"), ("k", "t/0/2")])).await.expect("claims");
+            assert_eq!(verdicts, vec![Verdict::First, dup("t/0/1")]);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[test]
+    fn passwords_never_reach_errors() {
+        assert_eq!(redact("redis://:hunter2@cache:6379/0"), "redis://***@cache:6379/0");
+        assert_eq!(redact("redis://user:hunter2@cache:6379"), "redis://***@cache:6379");
+        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+    }
+
+    #[test]
+    fn redis_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(redis_version(info), Some((7, 0)));
+        assert_eq!(redis_version("redis_version:6.2.14\r\n"), Some((6, 2)));
+        assert_eq!(redis_version("# Server\r\n"), None);
+    }
+}
