@@ -244,6 +244,9 @@ pub struct RouteConfig {
     /// Unset: such messages keep being redelivered at the longest backoff, nothing is dropped.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Duplicate detection for `delivery = "effectively-once"` (in-memory store by default).
+    #[serde(default)]
+    pub dedup: Option<crate::dedup::DedupConfig>,
 }
 
 /// What a route promises about each message.
@@ -323,12 +326,18 @@ impl RouteConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
+            dedup: None,
         }
     }
 
     /// The route's selector, parsed (validated at load, so an error here is a bug upstream).
     pub fn parsed_selector(&self) -> Result<crate::selector::Selector, crate::selector::SelectorError> {
         self.selector.parse()
+    }
+
+    /// The dedup settings of an effectively-once route (its own or the defaults), else None.
+    pub fn dedup_settings(&self) -> Option<crate::dedup::DedupConfig> {
+        (self.delivery == DeliveryMode::EffectivelyOnce).then(|| self.dedup.clone().unwrap_or_default())
     }
 
     /// Cohort weights in a stable order (by cohort name), as routing wants them.
@@ -460,6 +469,15 @@ impl Config {
             }
             if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
                 bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
+            }
+            match (&route.dedup, route.delivery) {
+                (Some(dedup), DeliveryMode::EffectivelyOnce) => {
+                    for (field, message) in dedup.problems() {
+                        bad(at(&format!("dedup.{field}")), &message);
+                    }
+                }
+                (Some(_), _) => bad(at("dedup"), "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]"),
+                (None, _) => {}
             }
             if let Some(dlq) = &route.dead_letter_topic {
                 if dlq.trim().is_empty() || dlq.contains('/') {

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
+use crate::dedup::{Claim, DedupConfig, DedupStore, Verdict};
 use crate::discovery::{self, PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
 use crate::proto::Hello;
@@ -96,6 +97,24 @@ enum Internal {
     DeadLettered { tp: TopicPartition, offset: i64, epoch: u64 },
     /// A periodic commit finished.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool },
+    /// The dedup store answered a route's claims: `batch[i].2` indexes `verdicts` for records
+    /// that have an idempotency key.
+    Claimed { route: usize, batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, String> },
+}
+
+/// An effectively-once route's duplicate filter. Records wait here, in order, for the store's
+/// verdict; one claim batch is out at a time, so verdicts (and deliveries) keep Kafka's order.
+pub struct RouteDedup {
+    pub store: Arc<dyn DedupStore>,
+    pub config: DedupConfig,
+    waiting: Vec<(Arc<Record>, u64)>,
+    claiming: bool,
+}
+
+impl RouteDedup {
+    pub fn new(store: Arc<dyn DedupStore>, config: DedupConfig) -> Self {
+        Self { store, config, waiting: Vec::new(), claiming: false }
+    }
 }
 
 /// Settings the dispatcher needs from the config.
@@ -126,6 +145,8 @@ pub struct Dispatcher {
     tasks: JoinSet<Internal>,
     /// Dead letters produced but not yet acknowledged by Kafka.
     dead_letters_in_flight: usize,
+    /// Duplicate filters of effectively-once routes, by route index.
+    dedup: HashMap<usize, RouteDedup>,
 }
 
 impl Dispatcher {
@@ -143,6 +164,73 @@ impl Dispatcher {
             dead_letter_producer: None,
             tasks: JoinSet::new(),
             dead_letters_in_flight: 0,
+            dedup: HashMap::new(),
+        }
+    }
+
+    /// Hands over the duplicate filters of effectively-once routes, by route index.
+    pub fn with_dedup(mut self, dedup: HashMap<usize, RouteDedup>) -> Self {
+        self.dedup = dedup;
+        self
+    }
+
+    /// Sends each effectively-once route's waiting records to its store, unless a batch of
+    /// that route is still out.
+    fn start_claims(&mut self) {
+        for (&route, d) in &mut self.dedup {
+            if d.claiming || d.waiting.is_empty() {
+                continue;
+            }
+            let waiting = std::mem::take(&mut d.waiting);
+            let mut claims = Vec::new();
+            let batch: Vec<(Arc<Record>, u64, Option<usize>)> = waiting
+                .into_iter()
+                .map(|(record, epoch)| {
+                    let index = d.config.key_of(&record).map(|key| {
+                        claims.push(Claim::for_record(key, &record));
+                        claims.len() - 1
+                    });
+                    (record, epoch, index)
+                })
+                .collect();
+            d.claiming = true;
+            let claim = d.store.claim(claims);
+            self.tasks.spawn(async move {
+                let verdicts = claim.await.map_err(|e| e.to_string());
+                Internal::Claimed { route, batch, verdicts }
+            });
+        }
+    }
+
+    /// Delivers what the store says is new (or a redelivery of the same record); acks
+    /// duplicates to Kafka without delivering them. If the store failed, delivers everything:
+    /// a duplicate is better than a loss.
+    fn on_claimed(&mut self, route: usize, batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, String>) {
+        if let Some(d) = self.dedup.get_mut(&route) {
+            d.claiming = false;
+        }
+        let verdicts = match verdicts {
+            Ok(v) => Some(v),
+            Err(error) => {
+                Stats::bump(&self.stats.dedup_errors, 1);
+                warn!(%error, records = batch.len(), "dedup store failed; delivering without duplicate checks");
+                None
+            }
+        };
+        for (record, epoch, index) in batch {
+            let current = self.partitions.get(&record.tp).is_some_and(|s| s.epoch == epoch);
+            if !current || self.stopping {
+                continue; // revoked meanwhile (or stopping): the next owner has it
+            }
+            let verdict = index.and_then(|i| verdicts.as_ref().and_then(|v| v.get(i)));
+            if verdict.is_some_and(Verdict::is_duplicate) {
+                Stats::bump(&self.stats.dedup_duplicates, 1);
+                if let Some(state) = self.partitions.get_mut(&record.tp) {
+                    state.tracker.ack(record.offset);
+                }
+                continue;
+            }
+            self.registry.dispatch(record, epoch, route);
         }
     }
 
@@ -347,6 +435,7 @@ impl Dispatcher {
                 };
                 state.tracker.ack(offset);
             }
+            Internal::Claimed { route, batch, verdicts } => self.on_claimed(route, batch, verdicts),
             Internal::Committed { points, ok } => {
                 if ok {
                     return;
@@ -433,7 +522,10 @@ impl Dispatcher {
                     let epoch = state.epoch;
                     let record = Arc::new(record);
                     for r in routes {
-                        self.registry.dispatch(record.clone(), epoch, r);
+                        match self.dedup.get_mut(&r) {
+                            Some(d) => d.waiting.push((record.clone(), epoch)),
+                            None => self.registry.dispatch(record.clone(), epoch, r),
+                        }
                     }
                 }
                 Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
@@ -479,6 +571,7 @@ impl Dispatcher {
     }
 
     fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
+        self.start_claims();
         self.registry.flush();
         self.stats.delivered.store(self.registry.delivered, std::sync::atomic::Ordering::Relaxed);
         self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
@@ -487,6 +580,10 @@ impl Dispatcher {
         self.stats.expired.store(self.registry.expired, std::sync::atomic::Ordering::Relaxed);
         self.stats.retries_scheduled.store(self.registry.retries_scheduled, std::sync::atomic::Ordering::Relaxed);
         self.stats.exhausted_without_dlq.store(self.registry.exhausted_without_dlq, std::sync::atomic::Ordering::Relaxed);
+        if !self.dedup.is_empty() {
+            let evicted = self.dedup.values().map(|d| d.store.evictions()).sum();
+            self.stats.dedup_evictions.store(evicted, std::sync::atomic::Ordering::Relaxed);
+        }
         let letters = self.registry.take_dead_letters();
         if !letters.is_empty() {
             self.send_dead_letters(letters);

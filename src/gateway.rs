@@ -13,7 +13,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
-use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, COMMAND_CHANNEL};
+use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, RouteDedup, COMMAND_CHANNEL};
 use crate::grpc::fanout::FanoutService;
 use crate::kafka::consumer::{self, ConsumerError};
 use crate::proto::fanout_server::FanoutServer;
@@ -30,6 +30,12 @@ pub enum StartError {
     },
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    #[error("route `{route}`: {source}")]
+    Dedup {
+        route: String,
+        #[source]
+        source: crate::dedup::DedupError,
+    },
     #[error("cannot create the dead-letter producer: {0}")]
     DeadLetterProducer(#[source] rdkafka::error::KafkaError),
     #[error("discovery.mode = \"kube\" needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
@@ -95,7 +101,19 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
     } else {
         None
     };
-    let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings).with_dead_letter_producer(dead_letters);
+    let mut dedup = std::collections::HashMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(settings) = route.dedup_settings() {
+            let store = crate::dedup::open(&settings, &route.name)
+                .await
+                .map_err(|source| StartError::Dedup { route: route.name.clone(), source })?;
+            info!(route = route.name, store = store.kind(), "effectively-once: duplicates are acked without delivery");
+            dedup.insert(i, RouteDedup::new(store, settings));
+        }
+    }
+    let d = Dispatcher::new(Registry::new(&config.routes), stats.clone(), settings)
+        .with_dead_letter_producer(dead_letters)
+        .with_dedup(dedup);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(
         dispatcher::run(d.with_watched_selectors(selectors), commands_rx, consumer, pod_rx, shutdown_rx).instrument(tracing::info_span!("dispatcher")),

@@ -31,6 +31,13 @@ pub struct Stats {
     pub dead_letter_failures: AtomicU64,
     /// Messages that used up their attempts on a route without a dead-letter topic.
     pub exhausted_without_dlq: AtomicU64,
+    /// Records of effectively-once routes acked without delivery: another record with the same
+    /// idempotency key came first within the dedup TTL.
+    pub dedup_duplicates: AtomicU64,
+    /// Claim batches the dedup store failed (their records were delivered unchecked).
+    pub dedup_errors: AtomicU64,
+    /// Keys the dedup stores forgot early to stay within their capacity.
+    pub dedup_evictions: AtomicU64,
     /// Records dropped unseen because their partition's buffer was full; fetched again on resume.
     pub refetched: AtomicU64,
     /// Records skipped because a previous owner's commit metadata says they were acked.
