@@ -27,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod dedup;
 pub mod demo;
+pub mod devkafka;
 pub mod discovery;
 pub mod dispatcher;
 pub mod gateway;
