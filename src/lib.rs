@@ -28,6 +28,7 @@ pub mod config;
 pub mod deadletter;
 pub mod dedup;
 pub mod demo;
+pub mod devkafka;
 pub mod discovery;
 pub mod dispatcher;
 pub mod gateway;

@@ -1,11 +1,14 @@
-//! `fanout-gateway`: serve the gateway, run the embedded demo, or subscribe by hand.
+//! `fanout-gateway`: serve the gateway, run the embedded demo, subscribe by hand, or run a
+//! standalone mock Kafka to point gateways at.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fanout_gateway::config::{Config, DiscoveryMode};
+use fanout_gateway::devkafka::{DevKafka, TopicSpec};
 use fanout_gateway::{client, demo, gateway, scenario};
 use tracing_subscriber::EnvFilter;
 
@@ -68,6 +71,31 @@ enum Command {
         /// Print every delivery instead of a line per second.
         #[arg(long)]
         verbose: bool,
+    },
+    /// Run a standalone Kafka (librdkafka's mock cluster) for development and crash tests.
+    ///
+    /// Prints one line, `BROKERS=host:port,...`, on stdout once the topics exist, then runs
+    /// until stdin reaches end of file or it gets SIGTERM / Ctrl-C (exit 0). Everything lives
+    /// in memory: topics, messages, committed offsets.
+    ///
+    /// Known limits of the mock: each partition keeps at most 5 MiB (older messages are
+    /// deleted); after the last member of a consumer group has left (or was killed), the
+    /// group coordinator waits session.timeout.ms - 1 s before it admits a joiner, and it
+    /// does not replace a static member (group.instance.id) that comes back with a new
+    /// process: the old member is dropped only when its session times out. Give gateways a
+    /// short session.timeout.ms (e.g. 6000) in [kafka.properties] when restarting them.
+    #[command(name = "dev-kafka", verbatim_doc_comment)]
+    DevKafka {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=32))]
+        brokers: i32,
+        /// A topic to create, NAME:PARTITIONS (repeat for more); replication factor is
+        /// min(3, brokers). Topics not created here are created on first use with 4 partitions.
+        #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
+        topics: Vec<TopicSpec>,
+        /// Ignore stdin and run until a signal (for `dev-kafka &` in a script, where stdin
+        /// is /dev/null and would end it at once).
+        #[arg(long)]
+        ignore_stdin: bool,
     },
 }
 
@@ -158,11 +186,51 @@ async fn main() -> anyhow::Result<()> {
             let report = demo::run(options, stop, |line| println!("{line}")).await?;
             println!("{report}");
         }
+        Command::DevKafka { brokers, topics, ignore_stdin } => {
+            init_tracing(cli.log_format, "warn");
+            dev_kafka(brokers, &topics, !ignore_stdin).await?;
+        }
         Command::Subscribe { gateway, route, name, max_in_flight, verbose } => {
             init_tracing(cli.log_format, "warn");
             subscribe(&gateway, &route, &name, max_in_flight, verbose).await?;
         }
     }
+    Ok(())
+}
+
+/// Runs `dev-kafka`. The mock cluster is not `Send`: it stays in this future, which the
+/// runtime polls on the main thread.
+async fn dev_kafka(brokers: i32, topics: &[TopicSpec], watch_stdin: bool) -> anyhow::Result<()> {
+    let kafka = DevKafka::start(brokers, topics)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "BROKERS={}", kafka.bootstrap_servers()).context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+    }
+    // Stdin is read on a plain thread: tokio's stdin reads on a blocking-pool thread that
+    // cannot be cancelled, which would hold the runtime (and so the exit) after a SIGTERM until
+    // the parent closed the pipe. This thread is simply left behind when main returns.
+    let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
+    if watch_stdin {
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                let _ = eof_tx.send(());
+            })
+            .context("starting the stdin thread")?;
+    } else {
+        // A dropped sender disables the stdin branch below: only a signal ends the process.
+        drop(eof_tx);
+    }
+    kafka
+        .run(async {
+            tokio::select! {
+                Ok(()) = eof => tracing::info!("stdin closed"),
+                _ = terminated() => tracing::info!("signal received"),
+            }
+        })
+        .await;
     Ok(())
 }
 

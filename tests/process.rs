@@ -1,0 +1,723 @@
+//! The gateway as operators run it: separate processes. A `dev-kafka` process holds the
+//! brokers (librdkafka's mock cluster), `serve` processes are killed with SIGKILL or stopped
+//! with SIGTERM, and subscribers in this test process reconnect to whichever gateway is up.
+//!
+//! What a crash may cost is bounded by design: the deliveries in flight at the crash plus the
+//! acks that arrived after the last commit. Nothing may be lost.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_gateway::client::{self, Subscription};
+use parking_lot::Mutex;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout-gateway");
+const TOPIC: &str = "orders";
+const ROUTE: &str = "orders";
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_then_restart_loses_nothing() {
+    const MESSAGES: usize = 20_000;
+    const PARTITIONS: i32 = 8;
+    const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+    const WINDOWS: [u32; 3] = [40, 80, 120];
+
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
+        let settings = GatewaySettings {
+            commit_interval_ms: COMMIT_INTERVAL.as_millis() as u64,
+            ..GatewaySettings::new(&kafka.bootstrap, "crash")
+        };
+        let config = settings.write(dir.path());
+        let mut gw1 = Gateway::start(&config, dir.path().join("serve-1.log"));
+
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (stop_tx, stop) = watch::channel(false);
+        let subscribers: Vec<_> = WINDOWS
+            .iter()
+            .enumerate()
+            .map(|(i, window)| {
+                tokio::spawn(slow_acker(format!("sub-{i}"), *window, settings.endpoint(), ledger.clone(), stop.clone()))
+            })
+            .collect();
+
+        wait_until(Duration::from_secs(60), "40% of the messages acked", &mut [&mut gw1], || {
+            ledger.lock().acked.len() >= MESSAGES * 2 / 5
+        })
+        .await;
+        // The kill happens with the ledger locked, so the snapshot of what subscribers hold
+        // is exact: no receipt or ack can be recorded between the signal and the snapshot.
+        let kill_at = {
+            let mut l = ledger.lock();
+            gw1.child.kill().expect("SIGKILL the gateway");
+            let at = Instant::now();
+            l.killed = Some(Kill { at, holding: l.holding.len() });
+            at
+        };
+        let status = gw1.child.wait().expect("reap the killed gateway");
+        assert!(!status.success(), "a SIGKILLed process does not exit 0: {status:?}");
+
+        let mut gw2 = Gateway::start(&config, dir.path().join("serve-2.log"));
+        wait_until(Duration::from_secs(120), "every produced message acked", &mut [&mut gw2], || {
+            let l = ledger.lock();
+            ids.iter().all(|id| l.acked.contains(id))
+        })
+        .await;
+        let takeover = ledger.lock().first_delivery_after_kill.map(|t| t - kill_at);
+        let bootstrap = kafka.bootstrap.clone();
+        let group = settings.group.clone();
+        let mut last = HashMap::new();
+        wait_until(Duration::from_secs(30), "committed offsets at the high watermarks", &mut [&mut gw2], || {
+            let (committed, ends) = (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
+            last = committed.clone();
+            ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        for s in subscribers {
+            let _ = s.await;
+        }
+
+        let l = ledger.lock();
+        let kill = l.killed.as_ref().expect("the kill was recorded");
+        // Lost = produced and never acked to a live gateway. (An ack sent just before the kill
+        // may not have reached the gateway; then the message is redelivered and acked again,
+        // unless the killed gateway recorded it as acked without its ack, which the SIGTERM
+        // test rules out by checking the committed offset against the acks exactly.)
+        let lost: Vec<&String> = ids.iter().filter(|id| !l.acked.contains(*id)).collect();
+        assert!(lost.is_empty(), "{} messages never acked, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+        assert_eq!(l.received.len(), MESSAGES, "subscribers received exactly the produced messages");
+
+        let duplicates: u64 = l.received.values().map(|n| u64::from(n - 1)).sum();
+        let in_flight_at_kill = (kill.holding + l.received_late_on_dead_streams) as u64;
+        let acked_last_interval = l.acks_sent_within(kill.at, COMMIT_INTERVAL);
+        let acked_two_intervals = l.acks_sent_within(kill.at, COMMIT_INTERVAL * 2);
+        eprintln!(
+            "sigkill: messages={MESSAGES} windows={WINDOWS:?} sum_of_windows={} acked_before_kill={} \
+             in_flight_at_kill={in_flight_at_kill} (held={} + arrived after the kill on dead streams={}) \
+             acked_in_last_commit_interval={acked_last_interval} acked_in_last_two_intervals={acked_two_intervals} \
+             acks_sent_to_the_dead_process={} duplicates={duplicates} duplicated_ids={} takeover={takeover:?} committed={last:?}",
+            WINDOWS.iter().sum::<u32>(),
+            l.acked_before_kill,
+            kill.holding,
+            l.received_late_on_dead_streams,
+            l.acked_on_dead_streams,
+            l.received.values().filter(|n| **n > 1).count(),
+        );
+        assert_eq!(l.duplicates_before_kill, 0, "nothing is redelivered while the gateway and its subscribers stay up");
+        assert!(in_flight_at_kill > 0, "the kill happened with deliveries in flight");
+        // After a crash the next owner redelivers what was in flight plus what was acked since
+        // the last commit landed. A commit taken at a tick contains the acks the dispatcher had
+        // by then and lands a round trip later, so the acks not covered by a landed commit were
+        // sent at most one interval plus one round trip (plus the ack's own way to the
+        // dispatcher) before the kill: one more interval of acks is that margin.
+        assert!(
+            duplicates <= in_flight_at_kill + acked_two_intervals,
+            "duplicates {duplicates} exceed in-flight-at-kill {in_flight_at_kill} + acks in the last two commit intervals {acked_two_intervals}"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(240), run).await.expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_exits_zero_within_grace_with_acked_offsets_committed() {
+    const MESSAGES: usize = 8_000;
+    const PARTITIONS: i32 = 4;
+    const GRACE: Duration = Duration::from_millis(3_000);
+    const HELD: usize = 3;
+
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 200).await;
+        let settings = GatewaySettings {
+            shutdown_grace_ms: GRACE.as_millis() as u64,
+            // No periodic commit fires during the test (the first tick, at start, has nothing
+            // to commit): whatever is committed at the end, the graceful stop committed.
+            commit_interval_ms: 600_000,
+            ..GatewaySettings::new(&kafka.bootstrap, "sigterm")
+        };
+        let config = settings.write(dir.path());
+        let mut gw = Gateway::start(&config, dir.path().join("serve.log"));
+
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        let eager = tokio::spawn(holding_acker("eager".into(), 100, 0, settings.endpoint(), acked.clone(), held.clone(), stop.clone()));
+        let holder =
+            tokio::spawn(holding_acker("holder".into(), 10, HELD, settings.endpoint(), acked.clone(), held.clone(), stop.clone()));
+
+        wait_until(Duration::from_secs(60), "acks flowing and a few deliveries held", &mut [&mut gw], || {
+            acked.lock().len() >= 2_000 && held.lock().len() == HELD
+        })
+        .await;
+        let acked_at_signal = acked.lock().len();
+        let signalled = Instant::now();
+        gw.sigterm();
+        let status = gw.wait_exit(GRACE + Duration::from_secs(10)).await.unwrap_or_else(|| {
+            panic!("serve did not exit within grace {GRACE:?} + 10 s after SIGTERM")
+        });
+        let took = signalled.elapsed();
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(eager, holder);
+
+        assert!(status.success(), "serve exits 0 on SIGTERM, got {status:?}");
+        // The holder never acks its held deliveries and keeps its stream open, so the gateway
+        // has deliveries in flight until the grace period runs out: it must not leave earlier.
+        assert!(took >= GRACE, "serve exited {took:?} after SIGTERM, before the {GRACE:?} grace period ran out");
+
+        let acked = acked.lock().clone();
+        let held = held.lock().clone();
+        assert!(held.iter().all(|id| !acked.contains(id)), "held deliveries stayed un-acked");
+        let committed = committed(&kafka.bootstrap, &settings.group, PARTITIONS);
+        let mut produced: HashMap<i32, Vec<i64>> = HashMap::new();
+        for id in &ids {
+            let (p, o) = partition_offset(id);
+            produced.entry(p).or_default().push(o);
+        }
+        for (p, offsets) in &mut produced {
+            offsets.sort_unstable();
+            // One past the contiguous acked prefix: the first produced offset nobody acked.
+            let first_unacked = offsets
+                .iter()
+                .copied()
+                .find(|o| !acked.contains(&format!("{TOPIC}/{p}/{o}")))
+                .unwrap_or(offsets.last().map_or(0, |o| o + 1));
+            let c = committed.get(p).copied().unwrap_or(0);
+            assert!(c >= first_unacked, "partition {p}: committed {c} is behind the acked prefix, which ends at {first_unacked}");
+            // And never past an offset nobody acked: that message would be lost.
+            assert!(c <= first_unacked, "partition {p}: committed {c} passes un-acked offset {first_unacked}");
+        }
+        eprintln!(
+            "sigterm: exited {took:?} after the signal (grace {GRACE:?}), produced={MESSAGES} acked_at_signal={acked_at_signal} acked={} held={held:?} committed={committed:?}",
+            acked.len()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}
+
+#[test]
+fn dev_kafka_rejects_a_bad_topic_argument() {
+    for bad in ["events:x", "events", "bad/name:4", "events:0"] {
+        let out = Command::new(BIN)
+            .args(["dev-kafka", "--topic", "good:2", "--topic", bad])
+            .stdin(Stdio::null())
+            .output()
+            .expect("dev-kafka runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: exit {:?}", out.status);
+        assert!(stderr.contains(bad), "{bad}: the message names the argument: {stderr}");
+        assert!(out.stdout.is_empty(), "{bad}: no BROKERS= line: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_kafka_serves_its_topics_until_stdin_closes_or_sigterm() {
+    let dir = scratch();
+    let run = async {
+        let mut kafka = DevKafka::start(dir.path(), &[("events", 8), ("other", 2)]).await;
+        let bootstrap = kafka.bootstrap.clone();
+        assert_eq!(bootstrap.split(',').count(), 3, "three brokers by default: {bootstrap}");
+        let partitions = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("consumer");
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+            metadata.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect::<HashMap<_, _>>()
+        })
+        .await
+        .expect("metadata task");
+        assert_eq!(partitions.get("events"), Some(&8), "{partitions:?}");
+        assert_eq!(partitions.get("other"), Some(&2), "{partitions:?}");
+
+        drop(kafka.stdin.take());
+        let status = kafka.process.wait_exit(Duration::from_secs(10)).await.expect("exits when stdin closes");
+        assert!(status.success(), "{status:?}");
+
+        let mut kafka = DevKafka::start(dir.path(), &[("events", 1)]).await;
+        kafka.process.sigterm();
+        let status = kafka.process.wait_exit(Duration::from_secs(10)).await.expect("exits on SIGTERM");
+        assert!(status.success(), "{status:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
+}
+
+// === subscribers ===
+
+/// What the sigkill test's subscribers saw, shared by all of them.
+#[derive(Default)]
+struct Ledger {
+    /// Times each delivery id was received.
+    received: HashMap<String, u32>,
+    /// Ids acked on a stream whose gateway was alive when the ack was sent.
+    acked: HashSet<String>,
+    /// Received and not yet acked, on live streams.
+    holding: HashSet<String>,
+    /// When acks were sent, and how many ids each carried.
+    ack_log: Vec<(Instant, usize)>,
+    killed: Option<Kill>,
+    acked_before_kill: usize,
+    /// Deliveries the killed gateway had written before it died that arrived afterwards.
+    received_late_on_dead_streams: usize,
+    /// Acks sent after the kill on streams of the killed gateway: nobody got them.
+    acked_on_dead_streams: usize,
+    duplicates_before_kill: usize,
+    first_delivery_after_kill: Option<Instant>,
+}
+
+struct Kill {
+    at: Instant,
+    /// Deliveries subscribers held un-acked at that instant.
+    holding: usize,
+}
+
+impl Ledger {
+    /// Whether a stream opened at `opened` belongs to the killed gateway.
+    fn dead(&self, opened: Instant) -> bool {
+        self.killed.as_ref().is_some_and(|k| opened < k.at)
+    }
+
+    fn receive(&mut self, opened: Instant, ids: &[String]) {
+        let now = Instant::now();
+        for id in ids {
+            let n = self.received.entry(id.clone()).or_default();
+            *n += 1;
+            if *n > 1 && self.killed.is_none() {
+                self.duplicates_before_kill += 1;
+            }
+        }
+        if self.dead(opened) {
+            self.received_late_on_dead_streams += ids.len();
+            return;
+        }
+        if self.killed.is_some() && self.first_delivery_after_kill.is_none() {
+            self.first_delivery_after_kill = Some(now);
+        }
+        self.holding.extend(ids.iter().cloned());
+    }
+
+    fn ack(&mut self, opened: Instant, ids: &[String]) {
+        if self.dead(opened) {
+            self.acked_on_dead_streams += ids.len();
+            return;
+        }
+        for id in ids {
+            self.holding.remove(id);
+        }
+        self.acked.extend(ids.iter().cloned());
+        self.ack_log.push((Instant::now(), ids.len()));
+        if self.killed.is_none() {
+            self.acked_before_kill += ids.len();
+        }
+    }
+
+    /// Ids acked in the `window` before `at`.
+    fn acks_sent_within(&self, at: Instant, window: Duration) -> u64 {
+        self.ack_log.iter().filter(|(t, _)| *t <= at && at - *t <= window).map(|(_, n)| *n as u64).sum()
+    }
+}
+
+/// A subscriber with `window` deliveries in flight that acks a bit slowly and out of order:
+/// each delivery takes 20 to 150 ms to "process", acks go out every 10 ms for whatever is
+/// done. Reconnects (to whichever gateway listens on `endpoint`) when its stream ends.
+async fn slow_acker(name: String, window: u32, endpoint: String, ledger: Arc<Mutex<Ledger>>, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        let Ok(mut sub) = Subscription::connect(&endpoint, client::hello(ROUTE, &name, window)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let opened = Instant::now();
+        let mut holding: Vec<(Instant, String)> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                batch = sub.next() => match batch {
+                    Ok(Some(batch)) => {
+                        let ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+                        ledger.lock().receive(opened, &ids);
+                        let mut rng = rand::rng();
+                        let now = Instant::now();
+                        holding.extend(ids.into_iter().map(|id| (now + Duration::from_millis(rng.random_range(20..150)), id)));
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let (done, rest): (Vec<_>, Vec<_>) = holding.drain(..).partition(|(due, _)| *due <= now);
+                    holding = rest;
+                    let mut done: Vec<String> = done.into_iter().map(|(_, id)| id).collect();
+                    done.shuffle(&mut rand::rng());
+                    if !ack(&sub, opened, done, &ledger).await {
+                        break;
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        // The rest is abandoned with the stream: the gateway redelivers it.
+        let mut l = ledger.lock();
+        for (_, id) in holding {
+            l.holding.remove(&id);
+        }
+    }
+}
+
+/// Records, then sends, an ack; false when the stream is gone.
+async fn ack(sub: &Subscription, opened: Instant, ids: Vec<String>, ledger: &Mutex<Ledger>) -> bool {
+    if ids.is_empty() {
+        return true;
+    }
+    ledger.lock().ack(opened, &ids);
+    sub.ack(ids).await.is_ok()
+}
+
+/// A subscriber that never acks the first `hold` deliveries it gets and acks every other one
+/// after a short pause per batch (its "processing").
+async fn holding_acker(
+    name: String,
+    window: u32,
+    hold: usize,
+    endpoint: String,
+    acked: Arc<Mutex<HashSet<String>>>,
+    held: Arc<Mutex<Vec<String>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut holding = 0;
+    while !*stop.borrow() {
+        let Ok(mut sub) = Subscription::connect(&endpoint, client::hello(ROUTE, &name, window)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let batch = tokio::select! {
+                batch = sub.next() => batch,
+                _ = stop.changed() => return,
+            };
+            let Ok(Some(batch)) = batch else { break };
+            let mut now = Vec::new();
+            for d in batch {
+                if holding < hold {
+                    holding += 1;
+                    held.lock().push(d.delivery_id);
+                } else {
+                    now.push(d.delivery_id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            acked.lock().extend(now.iter().cloned());
+            if !now.is_empty() && sub.ack(now).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+// === processes ===
+
+/// A child process that is killed and reaped when the guard drops, on every path. When the
+/// test is failing, the tail of the child's log is printed.
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> Self {
+        let file = File::create(&log).expect("log file");
+        let child = command
+            .stderr(file.try_clone().expect("log file handle"))
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("FANOUT_LOG_FORMAT", "pretty")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name, child, log }
+    }
+
+    /// SIGTERM through `kill(1)`: libc is not a dependency of this crate.
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("{} exited unexpectedly with {status:?}:\n{}", self.name, tail(&self.log, 40));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ({}) ---\n{}", self.name, self.log.display(), tail(&self.log, 60));
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let _ = f.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `fanout-gateway dev-kafka` as a child: its stdin is ours, so it also ends if this test
+/// process dies without running destructors.
+struct DevKafka {
+    /// Dropped first: closing it asks the broker process to exit.
+    stdin: Option<ChildStdin>,
+    process: Process,
+    _stdout: BufReader<ChildStdout>,
+    bootstrap: String,
+}
+
+impl DevKafka {
+    async fn start(dir: &Path, topics: &[(&str, i32)]) -> Self {
+        let mut command = Command::new(BIN);
+        command.arg("dev-kafka").stdin(Stdio::piped()).stdout(Stdio::piped());
+        for (name, partitions) in topics {
+            command.args(["--topic", &format!("{name}:{partitions}")]);
+        }
+        let log = dir.join(format!("dev-kafka-{}.log", rand::rng().random::<u32>()));
+        let mut process = Process::spawn("dev-kafka", &mut command, log);
+        let stdin = process.child.stdin.take();
+        let stdout = BufReader::new(process.child.stdout.take().expect("piped stdout"));
+        let read = tokio::task::spawn_blocking(move || {
+            let mut stdout = stdout;
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            (stdout, line)
+        });
+        let (stdout, line) = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("dev-kafka printed its brokers within 30 s")
+            .expect("reader task");
+        let bootstrap = line
+            .trim_end()
+            .strip_prefix("BROKERS=")
+            .unwrap_or_else(|| panic!("first line is BROKERS=...: {line:?}\n{}", tail(&process.log, 20)))
+            .to_string();
+        Self { stdin, process, _stdout: stdout, bootstrap }
+    }
+}
+
+/// One `serve` process.
+struct Gateway(Process);
+
+impl Gateway {
+    fn start(config: &Path, log: PathBuf) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--config"]).arg(config).stdin(Stdio::null()).stdout(Stdio::null());
+        Self(Process::spawn("serve", &mut command, log))
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.0
+    }
+}
+
+/// What goes into a test's `fanout.toml`.
+#[derive(Clone)]
+struct GatewaySettings {
+    bootstrap: String,
+    group: String,
+    port: u16,
+    commit_interval_ms: u64,
+    shutdown_grace_ms: u64,
+}
+
+impl GatewaySettings {
+    fn new(bootstrap: &str, prefix: &str) -> Self {
+        // A port the kernel just handed out and released: every gateway of the test binds it,
+        // so subscribers find the restarted one where the killed one was.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self {
+            bootstrap: bootstrap.to_string(),
+            group: format!("{prefix}-{}", rand::rng().random::<u64>()),
+            port,
+            commit_interval_ms: 200,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn write(&self, dir: &Path) -> PathBuf {
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace_ms = {grace}
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+# Every process of a test is the same replica: a restart takes its predecessor's place.
+group_instance_id = "{group}-0"
+commit_interval_ms = {commit}
+
+[kafka.properties]
+# The mock coordinator waits session.timeout.ms - 1 s for a departed member; keep it short.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[[routes]]
+name = "{ROUTE}"
+topics = ["{TOPIC}"]
+max_in_flight = 1000
+"#,
+            port = self.port,
+            grace = self.shutdown_grace_ms,
+            bootstrap = self.bootstrap,
+            group = self.group,
+            commit = self.commit_interval_ms,
+        );
+        let path = dir.join(format!("{}.toml", self.group));
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+/// Where a test keeps its configs and its processes' logs. Kept after the test when
+/// `FANOUT_TEST_KEEP` is set, to read the logs.
+fn scratch() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("FANOUT_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("logs and configs kept in {}", dir.path().display());
+    }
+    dir
+}
+
+// === kafka ===
+
+/// Produces `count` keyed messages and returns their delivery ids (`topic/partition/offset`).
+async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut futures = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = format!("key-{}", i % keys);
+        let value = format!("message {i}");
+        futures.push(producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)).expect("enqueue"));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for f in futures {
+        let d = f.await.expect("delivery report").expect("delivered");
+        ids.push(format!("{TOPIC}/{}/{}", d.partition, d.offset));
+    }
+    ids
+}
+
+fn partition_offset(id: &str) -> (i32, i64) {
+    let mut parts = id.rsplitn(3, '/');
+    let offset = parts.next().and_then(|o| o.parse().ok()).expect("offset in the id");
+    let partition = parts.next().and_then(|p| p.parse().ok()).expect("partition in the id");
+    (partition, offset)
+}
+
+fn admin_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The group's committed offset per partition, as the broker holds it.
+fn committed(bootstrap: &str, group: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer = admin_consumer(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(TOPIC, 0, partitions - 1);
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    c.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn high_watermarks(bootstrap: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer = admin_consumer(bootstrap, "watermarks");
+    (0..partitions)
+        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks").1))
+        .collect()
+}
+
+/// Polls `check` until it holds, failing after `limit` or as soon as a gateway exits.
+async fn wait_until(limit: Duration, what: &str, gateways: &mut [&mut Gateway], mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if tokio::task::block_in_place(&mut check) {
+            return;
+        }
+        for gw in gateways.iter_mut() {
+            gw.assert_running();
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
