@@ -470,6 +470,23 @@ impl Config {
             if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
                 bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
             }
+            if route.delivery == DeliveryMode::AtMostOnce {
+                if route.dead_letter_topic.is_some() {
+                    bad(at("dead_letter_topic"), "at-most-once routes never redeliver or dead-letter (a failed delivery is dropped); remove it or use at-least-once");
+                }
+                let shared: Vec<&str> = route
+                    .topics
+                    .iter()
+                    .filter(|t| self.routes.iter().enumerate().any(|(j, other)| j != i && other.topics.contains(t)))
+                    .map(String::as_str)
+                    .collect();
+                if !shared.is_empty() {
+                    bad(at("topics"), &format!(
+                        "an at-most-once route needs its topics to itself (offsets are committed per partition, before sending); also consumed by other routes: {}",
+                        shared.join(", ")
+                    ));
+                }
+            }
             match (&route.dedup, route.delivery) {
                 (Some(dedup), DeliveryMode::EffectivelyOnce) => {
                     for (field, message) in dedup.problems() {

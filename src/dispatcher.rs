@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use crate::config::{DiscoveryMode, RouteConfig};
+use crate::config::{DeliveryMode, DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
 use crate::dedup::{Claim, DedupConfig, DedupStore, Verdict};
 use crate::discovery::{self, PodEvent, PodIndex};
@@ -26,7 +26,9 @@ use crate::proto::Hello;
 use crate::kafka::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
 use crate::stats::Stats;
-use crate::subscriptions::{CloseReason, DeadLetter, Failure, RegisterError, Registered, Registry, SessionId, Subscriber};
+use crate::subscriptions::{
+    CloseReason, DeadLetter, Failure, RegisterError, Registered, Registry, SessionId, StagedSend, Subscriber,
+};
 
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
@@ -88,6 +90,11 @@ impl PartitionState {
     fn new(tracker: PartitionTracker, epoch: u64) -> Self {
         Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None }
     }
+
+    /// Messages of this partition the gateway holds: what the buffer bound limits.
+    fn buffered(&self) -> usize {
+        self.tracker.uncommitted()
+    }
 }
 
 /// Work finished by tasks the dispatcher started.
@@ -97,6 +104,8 @@ enum Internal {
     DeadLettered { tp: TopicPartition, offset: i64, epoch: u64 },
     /// A periodic commit finished.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool },
+    /// The commit that covers these at-most-once records finished: if it succeeded they may go.
+    CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend> },
     /// The dedup store answered a route's claims: `batch[i].2` indexes `verdicts` for records
     /// that have an idempotency key.
     Claimed { route: usize, batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, String> },
@@ -147,6 +156,10 @@ pub struct Dispatcher {
     dead_letters_in_flight: usize,
     /// Duplicate filters of effectively-once routes, by route index.
     dedup: HashMap<usize, RouteDedup>,
+    /// At-most-once batches taken from the registry, waiting for the commit that covers them.
+    staged: Vec<StagedSend>,
+    /// A commit for at-most-once batches is under way.
+    committing_before_send: bool,
 }
 
 impl Dispatcher {
@@ -165,6 +178,64 @@ impl Dispatcher {
             tasks: JoinSet::new(),
             dead_letters_in_flight: 0,
             dedup: HashMap::new(),
+            staged: Vec::new(),
+            committing_before_send: false,
+        }
+    }
+
+    /// Marks the at-most-once batches the registry is about to send as done and commits
+    /// them, unless such a commit is already out; the batches go to their streams only when it
+    /// succeeds. Committing at send time, not at receipt, means a crash loses what was being
+    /// sent (at most the windows), not everything buffered.
+    fn commit_before_send(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
+        for send in self.registry.take_staged() {
+            for p in &send.pending {
+                if let Some(state) = self.partitions.get_mut(&p.record.tp).filter(|s| s.epoch == p.epoch) {
+                    state.tracker.ack(p.record.offset);
+                }
+            }
+            self.staged.push(send);
+        }
+        if self.committing_before_send || self.staged.is_empty() {
+            return;
+        }
+        let sends = std::mem::take(&mut self.staged);
+        // The points of their partitions (acked ranges above the commit point ride in the
+        // metadata, so a takeover skips them too), sent even if a periodic commit already sent
+        // the same: that commit's outcome is not known here, and nothing goes before one is.
+        let mut points: Vec<(TopicPartition, CommitPoint)> = Vec::new();
+        for p in sends.iter().flat_map(|s| s.pending.iter()) {
+            if points.iter().any(|(tp, _)| *tp == p.record.tp) {
+                continue;
+            }
+            if let Some(state) = self.partitions.get_mut(&p.record.tp).filter(|s| s.epoch == p.epoch) {
+                if let Some(point) = state.tracker.commit_point() {
+                    state.last_commit = Some(point.clone());
+                    points.push((p.record.tp.clone(), point));
+                }
+            }
+        }
+        if points.is_empty() {
+            // Their partitions were revoked meanwhile: the next owner has them.
+            self.drop_staged(sends);
+            return;
+        }
+        let (done, result) = oneshot::channel();
+        if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_err() {
+            return; // consumer gone: the gateway is stopping
+        }
+        self.committing_before_send = true;
+        self.tasks.spawn(async move {
+            let ok = matches!(result.await, Ok(Ok(())));
+            Internal::CommittedBeforeSend { points, ok, sends }
+        });
+    }
+
+    fn drop_staged(&mut self, sends: Vec<StagedSend>) {
+        let n: usize = sends.iter().map(|s| s.pending.len()).sum();
+        Stats::bump(&self.stats.dropped_at_most_once, n as u64);
+        for send in sends {
+            self.registry.abandon_staged(send);
         }
     }
 
@@ -375,6 +446,11 @@ impl Dispatcher {
 
     /// Records one route's ack of a delivery in its partition's tracker.
     fn settle(&mut self, p: &crate::subscriptions::Pending) {
+        if self.registry.route_config(p.route).delivery == DeliveryMode::AtMostOnce {
+            // Its offset was committed before it was sent.
+            Stats::bump(&self.stats.acked, 1);
+            return;
+        }
         let Some(state) = self.partitions.get_mut(&p.record.tp) else {
             Stats::bump(&self.stats.unknown_acks, 1);
             return;
@@ -436,6 +512,20 @@ impl Dispatcher {
                 state.tracker.ack(offset);
             }
             Internal::Claimed { route, batch, verdicts } => self.on_claimed(route, batch, verdicts),
+            Internal::CommittedBeforeSend { points, ok, sends } => {
+                self.committing_before_send = false;
+                if ok {
+                    for send in sends {
+                        self.registry.release_staged(send);
+                    }
+                } else {
+                    self.handle_internal(Internal::Committed { points, ok });
+                    // Not sent yet, so nothing is lost: try again with the next commit.
+                    let later = std::mem::take(&mut self.staged);
+                    self.staged = sends;
+                    self.staged.extend(later);
+                }
+            }
             Internal::Committed { points, ok } => {
                 if ok {
                     return;
@@ -512,7 +602,7 @@ impl Dispatcher {
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
             }
-            if state.tracker.uncommitted() >= self.settings.max_uncommitted {
+            if state.buffered() >= self.settings.max_uncommitted {
                 state.refetch_from = Some(record.offset);
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
@@ -555,7 +645,7 @@ impl Dispatcher {
         let (mut pause, mut resume) = (Vec::new(), Vec::new());
         let mut held_total = 0u64;
         for (tp, state) in &mut self.partitions {
-            let held = state.tracker.uncommitted();
+            let held = state.buffered();
             held_total += held as u64;
             let full = held >= max || state.refetch_from.is_some();
             if !state.paused && full {
@@ -573,6 +663,9 @@ impl Dispatcher {
     fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
         self.start_claims();
         self.registry.flush();
+        self.commit_before_send(kafka);
+        let dropped = self.registry.take_dropped().len();
+        Stats::bump(&self.stats.dropped_at_most_once, dropped as u64);
         self.stats.delivered.store(self.registry.delivered, std::sync::atomic::Ordering::Relaxed);
         self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
         self.stats.sessions.store(self.registry.session_count() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -38,6 +38,9 @@ pub struct Stats {
     pub dedup_errors: AtomicU64,
     /// Keys the dedup stores forgot early to stay within their capacity.
     pub dedup_evictions: AtomicU64,
+    /// At-most-once messages committed but never acked: failed, timed out, lost with their
+    /// stream, or revoked before they were sent. Never redelivered.
+    pub dropped_at_most_once: AtomicU64,
     /// Records dropped unseen because their partition's buffer was full; fetched again on resume.
     pub refetched: AtomicU64,
     /// Records skipped because a previous owner's commit metadata says they were acked.

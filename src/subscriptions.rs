@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{EmptyCohort, Ordering, RouteConfig};
+use crate::config::{DeliveryMode, EmptyCohort, Ordering, RouteConfig};
 use crate::retry::{self, Next};
 use crate::kafka::{Record, TopicPartition};
 use crate::proto;
@@ -94,6 +94,14 @@ pub struct Pending {
 pub struct DeadLetter {
     pub pending: Pending,
     pub reason: String,
+}
+
+/// A batch for an at-most-once session, held back until its offsets are committed.
+#[derive(Debug)]
+pub struct StagedSend {
+    session: SessionId,
+    deliveries: Vec<proto::Delivery>,
+    pub pending: Vec<Pending>,
 }
 
 /// Why a delivery failed, as the registry's retry decision needs it.
@@ -295,6 +303,11 @@ pub struct Registry {
     next_delayed: u64,
     /// Messages that go to a dead-letter topic, for the dispatcher to take.
     dead_letters: Vec<DeadLetter>,
+    /// At-most-once deliveries that failed or were lost with their stream: never redelivered;
+    /// the dispatcher takes them to count them and free their partition's buffer.
+    dropped: Vec<Pending>,
+    /// At-most-once batches taken out of the queues, to be sent once committed.
+    staged: Vec<StagedSend>,
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
     pub redelivered: u64,
@@ -321,6 +334,8 @@ impl Registry {
             delayed_items: HashMap::new(),
             next_delayed: 0,
             dead_letters: Vec::new(),
+            dropped: Vec::new(),
+            staged: Vec::new(),
             delivered: 0,
             redelivered: 0,
             closed: 0,
@@ -404,9 +419,14 @@ impl Registry {
         route.remove_member(id);
         let max_attempts = route.config.retry.max_attempts;
         let dead_letter_topic = route.config.dead_letter_topic.is_some();
+        let at_most_once = route.config.delivery == DeliveryMode::AtMostOnce;
         let mut orphans = Vec::new();
         for mut p in session.in_flight.into_values() {
             route.release_one(p.hash);
+            if at_most_once {
+                self.dropped.push(p);
+                continue;
+            }
             // A message whose subscribers keep dying with it (a poison pill) must not loop
             // for ever: its lost deliveries count as attempts.
             if p.attempt >= max_attempts && dead_letter_topic {
@@ -549,6 +569,15 @@ impl Registry {
     fn fail(&mut self, id: SessionId, mut p: Pending, failure: Failure) {
         let r = p.route;
         let config = &self.routes[r].config;
+        if config.delivery == DeliveryMode::AtMostOnce {
+            // Already committed: it is not delivered again, whatever happened to it.
+            let hash = p.hash;
+            self.dropped.push(p);
+            if self.routes[r].release_one(hash) {
+                self.unpark(r, hash);
+            }
+            return;
+        }
         let next = if failure.dead_letter {
             Next::Exhausted
         } else {
@@ -654,6 +683,41 @@ impl Registry {
                 self.unpark(r, hash);
             }
         }
+    }
+
+    /// At-most-once batches to commit before they are sent.
+    pub fn take_staged(&mut self) -> Vec<StagedSend> {
+        std::mem::take(&mut self.staged)
+    }
+
+    /// Sends a staged batch whose offsets are now committed, if its stream is still there.
+    pub fn release_staged(&mut self, send: StagedSend) {
+        // A session that ended meanwhile counted these among its dropped deliveries.
+        if let Some(s) = self.sessions.get(&send.session) {
+            let _ = s.outbox.send(SessionMessage::Deliveries(send.deliveries));
+        }
+    }
+
+    /// Gives up on a staged batch whose partition went away before it was committed: its
+    /// in-flight places are freed, nothing is sent.
+    pub fn abandon_staged(&mut self, send: StagedSend) {
+        let Some(s) = self.sessions.get_mut(&send.session) else { return };
+        for d in &send.deliveries {
+            s.in_flight.remove(&d.delivery_id);
+        }
+        let r = s.route;
+        for p in &send.pending {
+            if self.routes[r].release_one(p.hash) {
+                self.unpark(r, p.hash);
+            }
+        }
+        self.dirty.insert(send.session);
+        self.close_if_drained(send.session);
+    }
+
+    /// At-most-once deliveries dropped since the last call.
+    pub fn take_dropped(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Messages to dead-letter since the last call.
@@ -916,12 +980,20 @@ impl Registry {
             let cohort = s.cohort.clone().unwrap_or_default();
             let timeout = self.routes[s.route].config.ack_timeout_ms;
             let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
+            let at_most_once = self.routes[s.route].config.delivery == DeliveryMode::AtMostOnce;
+            let mut staged_pending = Vec::new();
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
                 let size = p.record.size();
                 if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
-                    // A closed outbox means the stream is going away; its unregister redelivers.
-                    let _ = s.outbox.send(SessionMessage::Deliveries(std::mem::take(&mut batch)));
+                    let deliveries = std::mem::take(&mut batch);
+                    if at_most_once {
+                        let pending = std::mem::take(&mut staged_pending);
+                        self.staged.push(StagedSend { session: id, deliveries, pending });
+                    } else {
+                        // A closed outbox means the stream is going away; its unregister redelivers.
+                        let _ = s.outbox.send(SessionMessage::Deliveries(deliveries));
+                    }
                     bytes = 0;
                 }
                 bytes += size;
@@ -931,10 +1003,17 @@ impl Registry {
                     self.redelivered += 1;
                 }
                 self.delivered += 1;
+                if at_most_once {
+                    staged_pending.push(p.clone());
+                }
                 s.in_flight.insert(delivery.delivery_id.clone(), p);
                 batch.push(delivery);
             }
-            let _ = s.outbox.send(SessionMessage::Deliveries(batch));
+            if at_most_once {
+                self.staged.push(StagedSend { session: id, deliveries: batch, pending: staged_pending });
+            } else {
+                let _ = s.outbox.send(SessionMessage::Deliveries(batch));
+            }
         }
     }
 
@@ -1296,6 +1375,32 @@ mod tests {
         assert_eq!(received(&mut b.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
         reg.unregister(b.session);
         assert_eq!(reg.take_dead_letters().len(), 1);
+    }
+
+    #[test]
+    fn at_most_once_batches_wait_for_their_commit_and_failures_are_never_redelivered() {
+        let mut config = retrying(5, 5, None);
+        config.delivery = DeliveryMode::AtMostOnce;
+        let mut reg = Registry::new(&[config]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..3 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+        }
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "nothing goes before its commit");
+        let staged = reg.take_staged();
+        assert_eq!(staged.iter().map(|s| s.pending.len()).sum::<usize>(), 3);
+        for send in staged {
+            reg.release_staged(send);
+        }
+        assert_eq!(received(&mut a.outbox).len(), 3);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("x")));
+        assert_eq!(reg.expire(later(3_600)), 2);
+        reg.release_due(later(7_200));
+        reg.flush();
+        assert!(reg.take_staged().is_empty() && received(&mut a.outbox).is_empty(), "never redelivered");
+        assert_eq!(reg.take_dropped().len(), 3);
+        assert_eq!(reg.delayed(), 0);
     }
 
     #[test]
