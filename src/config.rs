@@ -719,6 +719,43 @@ mod tests {
     }
 
     #[test]
+    fn delivery_retry_and_dead_letter_settings_are_checked() {
+        let text = format!(
+            "{GOOD}{}",
+            r#"
+        delivery = "at-most-once"
+        dead_letter_topic = "orders"
+        [routes.retry]
+        max_attempts = 0
+        initial_backoff_ms = 1000
+        max_backoff_ms = 10
+        [routes.dedup]
+        ttl_ms = 0
+
+        [[routes]]
+        name = "audit"
+        topics = ["orders"]
+        "#
+        );
+        let fields = problems(&text);
+        for field in [
+            "routes[0].retry.max_attempts",
+            "routes[0].retry.max_backoff_ms",
+            "routes[0].dead_letter_topic",
+            "routes[0].topics",
+            "routes[0].dedup",
+        ] {
+            assert!(fields.contains(&field.to_string()), "{field} not in {fields:?}");
+        }
+        // Dedup settings are checked, by their own field names, on an effectively-once route.
+        let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"\n[routes.dedup]\nttl_ms = 0");
+        assert_eq!(problems(&text), vec!["routes[0].dedup.ttl_ms"]);
+        let config = Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"")).expect("parses");
+        config.validate().expect("an effectively-once route without a dedup section uses the defaults");
+        assert_eq!(config.routes[0].dedup_settings(), Some(crate::dedup::DedupConfig::default()));
+    }
+
+    #[test]
     fn no_routes_is_a_problem() {
         let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
         assert_eq!(problems(text), vec!["routes"]);
