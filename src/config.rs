@@ -244,6 +244,13 @@ pub struct RouteConfig {
     /// Unset: such messages keep being redelivered at the longest backoff, nothing is dropped.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// An acked delivery keeps its place in the subscriber's window until its ack is
+    /// committed, and commits go out as soon as the previous one lands. A gateway crash then
+    /// redelivers at most the subscribers' windows, at the cost of a commit round trip per
+    /// window's worth of messages. Off: commits every `kafka.commit_interval_ms`, and a crash
+    /// also redelivers what was acked since the last commit.
+    #[serde(default)]
+    pub window_until_commit: bool,
     /// Duplicate detection for `delivery = "effectively-once"` (in-memory store by default).
     #[serde(default)]
     pub dedup: Option<crate::dedup::DedupConfig>,
@@ -326,6 +333,7 @@ impl RouteConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
+            window_until_commit: false,
             dedup: None,
         }
     }

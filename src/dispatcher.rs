@@ -102,8 +102,8 @@ impl PartitionState {
 enum Internal {
     /// Kafka acknowledged a dead letter: its origin offset is done.
     DeadLettered { tp: TopicPartition, offset: i64, epoch: u64 },
-    /// A periodic commit finished.
-    Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool },
+    /// A commit finished; `generation` is the registry's commit generation it covers.
+    Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.
     CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend> },
     /// The dedup store answered a route's claims: `batch[i].2` indexes `verdicts` for records
@@ -160,6 +160,8 @@ pub struct Dispatcher {
     staged: Vec<StagedSend>,
     /// A commit for at-most-once batches is under way.
     committing_before_send: bool,
+    /// A commit of acked offsets is under way (one at a time).
+    committing: bool,
 }
 
 impl Dispatcher {
@@ -180,7 +182,33 @@ impl Dispatcher {
             dedup: HashMap::new(),
             staged: Vec::new(),
             committing_before_send: false,
+            committing: false,
         }
+    }
+
+    /// Commits the offsets whose commit points moved, unless a commit is still under way
+    /// (the next tick, or the next ack, sends what moved meanwhile). Subscribers' windows that
+    /// hold acks until they are committed are freed when it lands.
+    fn commit(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
+        if self.committing {
+            return;
+        }
+        let generation = self.registry.commit_started();
+        let points = self.commit_points();
+        if points.is_empty() {
+            // Every ack so far is in what was committed already.
+            self.registry.commit_landed(generation);
+            return;
+        }
+        let (done, result) = oneshot::channel();
+        if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_err() {
+            return;
+        }
+        self.committing = true;
+        self.tasks.spawn(async move {
+            let ok = matches!(result.await, Ok(Ok(())));
+            Internal::Committed { points, ok, generation: Some(generation) }
+        });
     }
 
     /// Marks the at-most-once batches the registry is about to send as done and commits
@@ -519,15 +547,19 @@ impl Dispatcher {
                         self.registry.release_staged(send);
                     }
                 } else {
-                    self.handle_internal(Internal::Committed { points, ok });
+                    self.handle_internal(Internal::Committed { points, ok, generation: None });
                     // Not sent yet, so nothing is lost: try again with the next commit.
                     let later = std::mem::take(&mut self.staged);
                     self.staged = sends;
                     self.staged.extend(later);
                 }
             }
-            Internal::Committed { points, ok } => {
+            Internal::Committed { points, ok, generation } => {
+                self.committing = false;
                 if ok {
+                    if let Some(generation) = generation {
+                        self.registry.commit_landed(generation);
+                    }
                     return;
                 }
                 // Forget that these points were sent, so the next tick sends them again even
@@ -662,6 +694,9 @@ impl Dispatcher {
 
     fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
         self.start_claims();
+        if self.registry.awaiting_commit() {
+            self.commit(kafka);
+        }
         self.registry.flush();
         self.commit_before_send(kafka);
         let dropped = self.registry.take_dropped().len();
@@ -739,18 +774,7 @@ pub async fn run(
                     break;
                 }
             },
-            _ = tick.tick() => {
-                let points = d.commit_points();
-                if !points.is_empty() {
-                    let (done, result) = oneshot::channel();
-                    if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_ok() {
-                        d.tasks.spawn(async move {
-                            let ok = matches!(result.await, Ok(Ok(())));
-                            Internal::Committed { points, ok }
-                        });
-                    }
-                }
-            }
+            _ = tick.tick() => d.commit(&kafka),
             now = retry_tick.tick() => {
                 d.registry.release_due(now);
                 if now >= next_deadline_scan {

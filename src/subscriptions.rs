@@ -146,6 +146,10 @@ struct Session {
     subscriber: Subscriber,
     /// Value of the route's split label, if the route has one.
     cohort: Option<String>,
+    /// Acks not yet covered by a landed commit, by the commit generation they arrived in
+    /// (routes with `window_until_commit`: they keep their places in the window).
+    unconfirmed: VecDeque<(u64, u32)>,
+    unconfirmed_total: u32,
 }
 
 /// Who holds a key's messages (ordering key or partition): one owner at a time, so a key
@@ -320,6 +324,9 @@ pub struct Registry {
     /// Messages that used up their attempts on a route without a dead-letter topic (they keep
     /// being retried at the longest backoff).
     pub exhausted_without_dlq: u64,
+    /// Generation of the next commit: acks are stamped with it, a landed commit confirms the
+    /// acks stamped at or before its own generation.
+    commit_generation: u64,
 }
 
 impl Registry {
@@ -342,6 +349,7 @@ impl Registry {
             expired: 0,
             retries_scheduled: 0,
             exhausted_without_dlq: 0,
+            commit_generation: 0,
         }
     }
 
@@ -402,6 +410,8 @@ impl Registry {
                 close_reason: None,
                 subscriber,
                 cohort,
+                unconfirmed: VecDeque::new(),
+                unconfirmed_total: 0,
             },
         );
         self.reroute(r, Vec::new());
@@ -507,6 +517,14 @@ impl Registry {
         }
         let r = session.route;
         self.dirty.insert(id);
+        if self.routes[r].config.window_until_commit && !out.settled.is_empty() {
+            let n = out.settled.len() as u32;
+            match session.unconfirmed.back_mut() {
+                Some((generation, count)) if *generation == self.commit_generation => *count += n,
+                _ => session.unconfirmed.push_back((self.commit_generation, n)),
+            }
+            session.unconfirmed_total += n;
+        }
         let mut freed = Vec::new();
         for p in &out.settled {
             if self.routes[r].release_one(p.hash) {
@@ -518,6 +536,36 @@ impl Registry {
         }
         out.closed = self.close_if_drained(id);
         out
+    }
+
+    /// A commit is being computed now: returns its generation, which covers every ack so far.
+    pub fn commit_started(&mut self) -> u64 {
+        let generation = self.commit_generation;
+        self.commit_generation += 1;
+        generation
+    }
+
+    /// The commit of `generation` landed: the acks it covers free their window places.
+    pub fn commit_landed(&mut self, generation: u64) {
+        for (id, s) in &mut self.sessions {
+            let mut freed = false;
+            while let Some(&(g, n)) = s.unconfirmed.front() {
+                if g > generation {
+                    break;
+                }
+                s.unconfirmed.pop_front();
+                s.unconfirmed_total -= n;
+                freed = true;
+            }
+            if freed {
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    /// Whether some subscriber's window holds acks waiting for a commit.
+    pub fn awaiting_commit(&self) -> bool {
+        self.sessions.values().any(|s| s.unconfirmed_total > 0)
     }
 
     /// Takes a delivery back from a session: retried after a backoff, or dead-lettered. Returns
@@ -970,7 +1018,7 @@ impl Registry {
             if s.draining {
                 continue;
             }
-            let room = (s.window as usize).saturating_sub(s.in_flight.len());
+            let room = (s.window as usize).saturating_sub(s.in_flight.len() + s.unconfirmed_total as usize);
             if room == 0 || s.queue.is_empty() {
                 continue;
             }
@@ -1401,6 +1449,38 @@ mod tests {
         assert!(reg.take_staged().is_empty() && received(&mut a.outbox).is_empty(), "never redelivered");
         assert_eq!(reg.take_dropped().len(), 3);
         assert_eq!(reg.delayed(), 0);
+    }
+
+    #[test]
+    fn with_window_until_commit_acked_deliveries_hold_their_places_until_the_commit_lands() {
+        let mut config = route("r", 2);
+        config.window_until_commit = true;
+        let mut reg = Registry::new(&[config]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..6 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+        }
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 2);
+        reg.ack(a.session, &["t/0/0".into(), "t/0/1".into()]);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "acked but not committed: still in the window");
+        assert!(reg.awaiting_commit());
+        let generation = reg.commit_started();
+        // An ack after the commit was computed is not covered by it.
+        reg.commit_landed(generation);
+        reg.flush();
+        let next = received(&mut a.outbox);
+        assert_eq!(next.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
+        reg.ack(a.session, &["t/0/2".into()]);
+        reg.commit_landed(generation);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "offset 2's ack came after that commit");
+        let later = reg.commit_started();
+        reg.commit_landed(later);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![4]);
+        assert!(!reg.awaiting_commit());
     }
 
     #[test]

@@ -29,12 +29,49 @@ const ROUTE: &str = "orders";
 
 // === tests ===
 
+const SIGKILL_WINDOWS: [u32; 3] = [40, 80, 120];
+const SIGKILL_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What one SIGKILL-and-restart run measured.
+struct CrashCounts {
+    duplicates: u64,
+    in_flight_at_kill: u64,
+    acked_two_intervals: u64,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let c = sigkill_and_restart(false).await;
+    // After a crash the next owner redelivers what was in flight plus what was acked since
+    // the last commit landed. A commit taken at a tick contains the acks the dispatcher had
+    // by then and lands a round trip later, so the acks not covered by a landed commit were
+    // sent at most one interval plus one round trip (plus the ack's own way to the
+    // dispatcher) before the kill: one more interval of acks is that margin.
+    assert!(
+        c.duplicates <= c.in_flight_at_kill + c.acked_two_intervals,
+        "duplicates {} exceed in-flight-at-kill {} + acks in the last two commit intervals {}",
+        c.duplicates,
+        c.in_flight_at_kill,
+        c.acked_two_intervals
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_with_window_until_commit_redelivers_at_most_the_windows() {
+    let c = sigkill_and_restart(true).await;
+    // Acked deliveries keep their window places until their commit lands, so what a crash can
+    // redeliver (in flight, or acked and not yet committed) never exceeds the windows.
+    let windows: u32 = SIGKILL_WINDOWS.iter().sum();
+    assert!(c.duplicates <= u64::from(windows), "duplicates {} exceed the sum of the windows {windows}", c.duplicates);
+}
+
+/// Runs subscribers against a `serve` process, SIGKILLs it mid-stream, starts another and
+/// checks that nothing was lost; returns what it measured about duplicates.
+async fn sigkill_and_restart(window_until_commit: bool) -> CrashCounts {
     const MESSAGES: usize = 20_000;
     const PARTITIONS: i32 = 8;
-    const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-    const WINDOWS: [u32; 3] = [40, 80, 120];
+    const COMMIT_INTERVAL: Duration = SIGKILL_COMMIT_INTERVAL;
+    const WINDOWS: [u32; 3] = SIGKILL_WINDOWS;
 
     let dir = scratch();
     let run = async {
@@ -42,6 +79,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
         let settings = GatewaySettings {
             commit_interval_ms: COMMIT_INTERVAL.as_millis() as u64,
+            window_until_commit,
             ..GatewaySettings::new(&kafka.bootstrap, "crash")
         };
         let config = settings.write(dir.path());
@@ -109,7 +147,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         let acked_last_interval = l.acks_sent_within(kill.at, COMMIT_INTERVAL);
         let acked_two_intervals = l.acks_sent_within(kill.at, COMMIT_INTERVAL * 2);
         eprintln!(
-            "sigkill: messages={MESSAGES} windows={WINDOWS:?} sum_of_windows={} acked_before_kill={} \
+            "sigkill: window_until_commit={window_until_commit} messages={MESSAGES} windows={WINDOWS:?} sum_of_windows={} acked_before_kill={} \
              in_flight_at_kill={in_flight_at_kill} (held={} + arrived after the kill on dead streams={}) \
              acked_in_last_commit_interval={acked_last_interval} acked_in_last_two_intervals={acked_two_intervals} \
              acks_sent_to_the_dead_process={} duplicates={duplicates} duplicated_ids={} takeover={takeover:?} committed={last:?}",
@@ -122,17 +160,9 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         );
         assert_eq!(l.duplicates_before_kill, 0, "nothing is redelivered while the gateway and its subscribers stay up");
         assert!(in_flight_at_kill > 0, "the kill happened with deliveries in flight");
-        // After a crash the next owner redelivers what was in flight plus what was acked since
-        // the last commit landed. A commit taken at a tick contains the acks the dispatcher had
-        // by then and lands a round trip later, so the acks not covered by a landed commit were
-        // sent at most one interval plus one round trip (plus the ack's own way to the
-        // dispatcher) before the kill: one more interval of acks is that margin.
-        assert!(
-            duplicates <= in_flight_at_kill + acked_two_intervals,
-            "duplicates {duplicates} exceed in-flight-at-kill {in_flight_at_kill} + acks in the last two commit intervals {acked_two_intervals}"
-        );
+        CrashCounts { duplicates, in_flight_at_kill, acked_two_intervals }
     };
-    tokio::time::timeout(Duration::from_secs(240), run).await.expect("test finished in time");
+    tokio::time::timeout(Duration::from_secs(240), run).await.expect("test finished in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -652,6 +682,7 @@ struct GatewaySettings {
     commit_interval_ms: u64,
     shutdown_grace_ms: u64,
     delivery: &'static str,
+    window_until_commit: bool,
 }
 
 impl GatewaySettings {
@@ -669,6 +700,7 @@ impl GatewaySettings {
             commit_interval_ms: 200,
             shutdown_grace_ms: 10_000,
             delivery: "at-least-once",
+            window_until_commit: false,
         }
     }
 
@@ -700,6 +732,7 @@ name = "{ROUTE}"
 topics = ["{TOPIC}"]
 max_in_flight = 1000
 delivery = "{delivery}"
+window_until_commit = {window_until_commit}
 "#,
             port = self.port,
             grace = self.shutdown_grace_ms,
@@ -707,6 +740,7 @@ delivery = "{delivery}"
             group = self.group,
             commit = self.commit_interval_ms,
             delivery = self.delivery,
+            window_until_commit = self.window_until_commit,
         );
         let path = dir.join(format!("{}.toml", self.group));
         std::fs::write(&path, text).expect("write config");

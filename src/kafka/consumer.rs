@@ -37,7 +37,10 @@ const EVENT_CHANNEL: usize = 16;
 /// `max.poll.interval.ms` by far; past it the partitions go without a final commit and the
 /// next owner redelivers from the last periodic commit (at-least-once still holds).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(50);
+/// Longest the thread waits in `poll` before it looks at the dispatcher's commands again: a
+/// commit (which frees windows under `window_until_commit`) waits at most this long for the
+/// thread. 200 wake-ups a second cost next to nothing.
+const POLL: Duration = Duration::from_millis(5);
 /// Least time between two warnings about the same kind of client error.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -317,59 +320,9 @@ fn run(
     let mut unsought: Vec<(TopicPartition, i64)> = Vec::new();
     let mut next_seek = Instant::now();
     loop {
-        loop {
-            let command = match commands.try_recv() {
-                Ok(c) => c,
-                Err(std_mpsc::TryRecvError::Empty) => break,
-                Err(std_mpsc::TryRecvError::Disconnected) => KafkaCommand::Close,
-            };
-            match command {
-                KafkaCommand::Commit { points, done } => {
-                    // Synchronous: librdkafka reports async commit results only through a
-                    // callback rust-rdkafka does not install, and a commit a second costs one
-                    // round trip on this thread while librdkafka keeps prefetching.
-                    debug!(partitions = points.len(), "committing");
-                    let result = commit(&consumer, &points, CommitMode::Sync);
-                    match &result {
-                        Ok(()) => {
-                            Stats::bump(&stats.commits, 1);
-                            consumer.context().record_committed(&points);
-                        }
-                        Err(error) => {
-                            Stats::bump(&stats.commit_failures, 1);
-                            warn!(%error, "offset commit failed; the next commit retries it");
-                        }
-                    }
-                    if let Some(done) = done {
-                        let _ = done.send(result.map_err(|e| e.to_string()));
-                    }
-                }
-                KafkaCommand::Pause(partitions) => {
-                    if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
-                        warn!(%error, "pause failed");
-                    }
-                }
-                KafkaCommand::Resume(partitions) => {
-                    for (tp, from) in partitions {
-                        match from {
-                            Some(offset) => unsought.push((tp, offset)),
-                            None => resume(&consumer, &[tp]),
-                        }
-                    }
-                }
-                KafkaCommand::StopFetching => {
-                    fetching = false;
-                    if let Ok(assigned) = consumer.assignment() {
-                        let _ = consumer.pause(&assigned);
-                    }
-                }
-                KafkaCommand::Close => {
-                    info!("closing the consumer: leaving the group");
-                    drop(consumer);
-                    info!("consumer closed");
-                    return;
-                }
-            }
+        if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
+            close(consumer);
+            return;
         }
 
         if !unsought.is_empty() && Instant::now() >= next_seek {
@@ -417,11 +370,99 @@ fn run(
         }
         stats.kafka_reachable.store(true, Ordering::Relaxed);
         Stats::bump(&stats.received, batch.len() as u64);
-        if events.blocking_send(KafkaEvent::Records(batch)).is_err() {
-            info!("dispatcher gone; closing the consumer");
-            return;
+        // While the dispatcher is behind, keep serving its commands: a commit must not wait
+        // for the record channel to have room.
+        let mut event = KafkaEvent::Records(batch);
+        loop {
+            match events.try_send(event) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    info!("dispatcher gone; closing the consumer");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    event = back;
+                    if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
+                        close(consumer);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
         }
     }
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+fn close(consumer: BaseConsumer<GatewayContext>) {
+    info!("closing the consumer: leaving the group");
+    drop(consumer);
+    info!("consumer closed");
+}
+
+/// Carries out the dispatcher's commands queued so far.
+fn take_commands(
+    consumer: &BaseConsumer<GatewayContext>,
+    commands: &std_mpsc::Receiver<KafkaCommand>,
+    stats: &Stats,
+    fetching: &mut bool,
+    unsought: &mut Vec<(TopicPartition, i64)>,
+) -> Flow {
+    loop {
+        let command = match commands.try_recv() {
+            Ok(c) => c,
+            Err(std_mpsc::TryRecvError::Empty) => break,
+            Err(std_mpsc::TryRecvError::Disconnected) => KafkaCommand::Close,
+        };
+        match command {
+            KafkaCommand::Commit { points, done } => {
+                // Synchronous: librdkafka reports async commit results only through a
+                // callback rust-rdkafka does not install, and a commit a second costs one
+                // round trip on this thread while librdkafka keeps prefetching.
+                debug!(partitions = points.len(), "committing");
+                let result = commit(consumer, &points, CommitMode::Sync);
+                match &result {
+                    Ok(()) => {
+                        Stats::bump(&stats.commits, 1);
+                        consumer.context().record_committed(&points);
+                    }
+                    Err(error) => {
+                        Stats::bump(&stats.commit_failures, 1);
+                        warn!(%error, "offset commit failed; the next commit retries it");
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result.map_err(|e| e.to_string()));
+                }
+            }
+            KafkaCommand::Pause(partitions) => {
+                if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
+                    warn!(%error, "pause failed");
+                }
+            }
+            KafkaCommand::Resume(partitions) => {
+                for (tp, from) in partitions {
+                    match from {
+                        Some(offset) => unsought.push((tp, offset)),
+                        None => resume(consumer, &[tp]),
+                    }
+                }
+            }
+            KafkaCommand::StopFetching => {
+                *fetching = false;
+                if let Ok(assigned) = consumer.assignment() {
+                    let _ = consumer.pause(&assigned);
+                }
+            }
+            KafkaCommand::Close => return Flow::Close,
+        }
+    }
+
+    Flow::Continue
 }
 
 /// Checks, with backoff, whether the cluster answers, so that an unreachable Kafka at start
