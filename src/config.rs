@@ -282,6 +282,13 @@ pub struct RetryPolicy {
     pub initial_backoff_ms: u64,
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Retries go through this topic instead of the gateway's memory: the failed message is
+    /// produced there (with its origin, attempts and when it may go again in headers), its
+    /// origin offset commits once Kafka has it, and the gateway delivers it from the retry topic
+    /// when its backoff is over. The partition is not held up by a slow retry, and retries
+    /// survive a gateway restart; a key's order is not kept across a retry.
+    #[serde(default)]
+    pub retry_topic: Option<String>,
 }
 
 impl Default for RetryPolicy {
@@ -290,6 +297,7 @@ impl Default for RetryPolicy {
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            retry_topic: None,
         }
     }
 }
@@ -504,6 +512,20 @@ impl Config {
                 (Some(_), _) => bad(at("dedup"), "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]"),
                 (None, _) => {}
             }
+            if let Some(retry) = &route.retry.retry_topic {
+                let elsewhere = self.routes.iter().enumerate().any(|(j, other)| {
+                    other.topics.contains(retry)
+                        || (j != i && other.retry.retry_topic.as_ref() == Some(retry))
+                        || other.dead_letter_topic.as_ref() == Some(retry)
+                });
+                if retry.trim().is_empty() || retry.contains('/') {
+                    bad(at("retry.retry_topic"), "must be a Kafka topic name");
+                } else if elsewhere {
+                    bad(at("retry.retry_topic"), "must be the route's own: not a topic, retry topic or dead-letter topic of any route");
+                } else if route.delivery == DeliveryMode::AtMostOnce {
+                    bad(at("retry.retry_topic"), "at-most-once routes never retry; remove it or use at-least-once");
+                }
+            }
             if let Some(dlq) = &route.dead_letter_topic {
                 if dlq.trim().is_empty() || dlq.contains('/') {
                     bad(at("dead_letter_topic"), "must be a Kafka topic name");
@@ -525,8 +547,11 @@ impl Config {
 
     /// Every topic some route consumes, sorted and deduplicated.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> =
-            self.routes.iter().flat_map(|r| r.topics.iter().cloned()).collect();
+        let mut topics: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.topics.iter().cloned().chain(r.retry.retry_topic.clone()))
+            .collect();
         topics.sort();
         topics.dedup();
         topics
@@ -755,6 +780,12 @@ mod tests {
         ] {
             assert!(fields.contains(&field.to_string()), "{field} not in {fields:?}");
         }
+        let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-retry\"");
+        assert_eq!(problems(&text), vec!["routes[0].retry.retry_topic"], "a retry topic the route already consumes");
+        let ok = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-later\"");
+        let config = Config::parse(&ok).expect("parses");
+        config.validate().expect("a retry topic of its own is fine");
+        assert_eq!(config.topics(), vec!["orders", "orders-later", "orders-retry"], "the consumer subscribes to it");
         // Dedup settings are checked, by their own field names, on an effectively-once route.
         let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"\n[routes.dedup]\nttl_ms = 0");
         assert_eq!(problems(&text), vec!["routes[0].dedup.ttl_ms"]);

@@ -74,7 +74,10 @@ impl DeadLetterProducer {
     /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement.
     pub async fn send(&self, topic: &str, route: &str, letter: &DeadLetter) -> Result<(), KafkaError> {
         let record = &letter.pending.record;
-        let headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
+        let mut headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
+        if let Some(at) = letter.retry_at {
+            headers.push((crate::subscriptions::HEADER_RETRY_AT.to_string(), at.to_string().into_bytes()));
+        }
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (key, value) in &headers {
             owned = owned.insert(Header { key, value: Some(value.as_slice()) });
@@ -92,7 +95,17 @@ impl DeadLetterProducer {
 
 /// The dead letter's headers: the original ones (without earlier `fanout-*` ones, so a
 /// message dead-lettered twice carries one set), then where it came from and why it failed.
+/// A message that comes from a retry topic keeps the origin its headers name.
 pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: &str) -> Vec<(String, Vec<u8>)> {
+    let earlier = |name: &str| record.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.to_vec());
+    let origin = match (earlier(HEADER_ORIGIN_TOPIC), earlier(HEADER_ORIGIN_PARTITION), earlier(HEADER_ORIGIN_OFFSET)) {
+        (Some(topic), Some(partition), Some(offset)) => (topic, partition, offset),
+        _ => (
+            record.tp.topic.as_bytes().to_vec(),
+            record.tp.partition.to_string().into_bytes(),
+            record.offset.to_string().into_bytes(),
+        ),
+    };
     let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
@@ -108,9 +121,9 @@ pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: 
         reason.truncate(cut);
     }
     headers.extend([
-        (HEADER_ORIGIN_TOPIC.to_string(), record.tp.topic.as_bytes().to_vec()),
-        (HEADER_ORIGIN_PARTITION.to_string(), record.tp.partition.to_string().into_bytes()),
-        (HEADER_ORIGIN_OFFSET.to_string(), record.offset.to_string().into_bytes()),
+        (HEADER_ORIGIN_TOPIC.to_string(), origin.0),
+        (HEADER_ORIGIN_PARTITION.to_string(), origin.1),
+        (HEADER_ORIGIN_OFFSET.to_string(), origin.2),
         (HEADER_ATTEMPTS.to_string(), attempts.to_string().into_bytes()),
         (HEADER_REASON.to_string(), reason.into_bytes()),
         (HEADER_ROUTE.to_string(), route.as_bytes().to_vec()),

@@ -101,7 +101,7 @@ impl PartitionState {
 #[derive(Debug)]
 enum Internal {
     /// Kafka acknowledged a dead letter: its origin offset is done.
-    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64 },
+    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64, retry: bool },
     /// A commit finished; `generation` is the registry's commit generation it covers.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.
@@ -499,7 +499,9 @@ impl Dispatcher {
     fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) {
         for letter in letters {
             let route = self.registry.route_config(letter.pending.route);
-            let (Some(topic), Some(producer)) = (route.dead_letter_topic.clone(), self.dead_letter_producer.clone()) else {
+            let retry = letter.retry_at.is_some();
+            let topic = if retry { route.retry.retry_topic.clone() } else { route.dead_letter_topic.clone() };
+            let (Some(topic), Some(producer)) = (topic, self.dead_letter_producer.clone()) else {
                 // Config validation and start-up make this unreachable; never drop silently.
                 warn!(route = route.name, "dead letter without a dead-letter topic or producer; it stays uncommitted");
                 continue;
@@ -514,7 +516,7 @@ impl Dispatcher {
                 let mut backoff = DEAD_LETTER_RETRY.0;
                 loop {
                     match producer.send(&topic, &route, &letter).await {
-                        Ok(()) => return Internal::DeadLettered { tp, offset, epoch },
+                        Ok(()) => return Internal::DeadLettered { tp, offset, epoch, retry },
                         Err(error) => {
                             Stats::bump(&stats.dead_letter_failures, 1);
                             warn!(%error, topic, %tp, offset, retry_in_ms = backoff.as_millis() as u64,
@@ -530,9 +532,9 @@ impl Dispatcher {
 
     fn handle_internal(&mut self, done: Internal) {
         match done {
-            Internal::DeadLettered { tp, offset, epoch } => {
+            Internal::DeadLettered { tp, offset, epoch, retry } => {
                 self.dead_letters_in_flight = self.dead_letters_in_flight.saturating_sub(1);
-                Stats::bump(&self.stats.dead_lettered, 1);
+                Stats::bump(if retry { &self.stats.retried_via_topic } else { &self.stats.dead_lettered }, 1);
                 let Some(state) = self.partitions.get_mut(&tp).filter(|s| s.epoch == epoch) else {
                     // Revoked meanwhile: the next owner delivers it again (and may dead-letter it again).
                     return;
@@ -644,7 +646,9 @@ impl Dispatcher {
                     let epoch = state.epoch;
                     let record = Arc::new(record);
                     for r in routes {
-                        match self.dedup.get_mut(&r) {
+                        // A retry is the same message again, not a duplicate: it skips the filter.
+                        let retry = self.registry.route_config(r).retry.retry_topic.as_deref() == Some(&*record.tp.topic);
+                        match self.dedup.get_mut(&r).filter(|_| !retry) {
                             Some(d) => d.waiting.push((record.clone(), epoch)),
                             None => self.registry.dispatch(record.clone(), epoch, r),
                         }

@@ -96,7 +96,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
         }
     }
     drop(pod_tx);
-    let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some()) {
+    let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some() || r.retry.retry_topic.is_some()) {
         Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
     } else {
         None

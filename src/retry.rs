@@ -53,7 +53,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy(max_attempts: u32, initial: u64, max: u64) -> RetryPolicy {
-        RetryPolicy { max_attempts, initial_backoff_ms: initial, max_backoff_ms: max }
+        RetryPolicy { max_attempts, initial_backoff_ms: initial, max_backoff_ms: max, retry_topic: None }
     }
 
     #[test]

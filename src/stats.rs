@@ -27,7 +27,9 @@ pub struct Stats {
     pub retries_scheduled: AtomicU64,
     /// Messages produced to a dead-letter topic and acknowledged by Kafka.
     pub dead_lettered: AtomicU64,
-    /// Dead-letter produces Kafka refused (each is retried).
+    /// Failed messages produced to their route's retry topic and acknowledged by Kafka.
+    pub retried_via_topic: AtomicU64,
+    /// Dead-letter and retry-topic produces Kafka refused (each is retried).
     pub dead_letter_failures: AtomicU64,
     /// Messages that used up their attempts on a route without a dead-letter topic.
     pub exhausted_without_dlq: AtomicU64,

@@ -25,6 +25,17 @@ use crate::selector::Selector;
 
 pub type SessionId = u64;
 
+/// Never a session's id (they start at 1): the owner of a retry-topic message waiting for its time.
+const NO_SESSION: SessionId = 0;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
+    record.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 /// Payload bytes per `SubscribeResponse`: well under gRPC's customary 4 MiB receive limit, so
 /// a client with default settings can read every batch (a single larger message still goes
 /// alone in its own response).
@@ -88,13 +99,20 @@ pub struct Pending {
     deadline: Option<Instant>,
 }
 
-/// A message to produce to its route's dead-letter topic; its offset is done once Kafka has
-/// the dead letter.
+/// A message to produce to its route's dead-letter topic, or to its retry topic when
+/// `retry_at` is set; its offset is done once Kafka has it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub pending: Pending,
     pub reason: String,
+    /// Retry topic: when (ms since the epoch) the message may be delivered again.
+    pub retry_at: Option<i64>,
 }
+
+/// Header of a retry-topic record: the attempts made so far.
+pub const HEADER_ATTEMPTS: &str = "fanout-attempts";
+/// Header of a retry-topic record: when it may be delivered again (ms since the epoch).
+pub const HEADER_RETRY_AT: &str = "fanout-retry-at";
 
 /// A batch for an at-most-once session, held back until its offsets are committed.
 #[derive(Debug)]
@@ -358,7 +376,9 @@ impl Registry {
         self.routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.config.topics.iter().any(|t| t == topic))
+            .filter(|(_, r)| {
+                r.config.topics.iter().any(|t| t == topic) || r.config.retry.retry_topic.as_deref() == Some(topic)
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -441,7 +461,7 @@ impl Registry {
             // for ever: its lost deliveries count as attempts.
             if p.attempt >= max_attempts && dead_letter_topic {
                 let reason = format!("subscriber stream ended with the delivery in flight, attempt {}", p.attempt);
-                self.dead_letters.push(DeadLetter { pending: p, reason });
+                self.dead_letters.push(DeadLetter { pending: p, reason, retry_at: None });
                 continue;
             }
             p.attempt += 1;
@@ -635,7 +655,7 @@ impl Registry {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
                 let hash = p.hash;
                 let free = self.routes[r].release_one(hash);
-                self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason });
+                self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: None });
                 if free {
                     self.unpark(r, hash);
                 }
@@ -650,6 +670,16 @@ impl Registry {
             retry => retry,
         };
         let Next::Retry { delay, attempt } = next else { return };
+        if self.routes[r].config.retry.retry_topic.is_some() {
+            // Through the retry topic: this attempt is done once Kafka has the retry.
+            let hash = p.hash;
+            let retry_at = now_ms().saturating_add(delay.as_millis() as i64);
+            self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: Some(retry_at) });
+            if self.routes[r].release_one(hash) {
+                self.unpark(r, hash);
+            }
+            return;
+        }
         p.attempt = attempt;
         p.deadline = None;
         self.schedule(id, p, delay);
@@ -781,7 +811,21 @@ impl Registry {
     /// Routes a newly received record for route `route`.
     pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64, route: usize) {
         let hash = self.routes[route].hash_of(&record);
-        self.assign(Pending { record, attempt: 1, epoch, route, hash, deadline: None }, false);
+        let from_retry_topic = self.routes[route].config.retry.retry_topic.as_deref() == Some(&*record.tp.topic);
+        if !from_retry_topic {
+            self.assign(Pending { record, attempt: 1, epoch, route, hash, deadline: None }, false);
+            return;
+        }
+        // A retry: the attempt after those its headers count, not before its time.
+        let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
+        let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
+        let p = Pending { record, attempt: made.saturating_add(1), epoch, route, hash, deadline: None };
+        let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
+        match wait {
+            // No owner holds a retried message's key: it waits on its own.
+            Some(ms) => self.schedule(NO_SESSION, p, Duration::from_millis(ms as u64)),
+            None => self.assign(p, false),
+        }
     }
 
     fn assign(&mut self, p: Pending, front: bool) {
@@ -1282,7 +1326,7 @@ mod tests {
 
     fn retrying(window: u32, max_attempts: u32, dlq: Option<&str>) -> RouteConfig {
         let mut r = route("r", window);
-        r.retry = crate::config::RetryPolicy { max_attempts, initial_backoff_ms: 1_000, max_backoff_ms: 4_000 };
+        r.retry = crate::config::RetryPolicy { max_attempts, initial_backoff_ms: 1_000, max_backoff_ms: 4_000, retry_topic: None };
         r.dead_letter_topic = dlq.map(str::to_string);
         r
     }

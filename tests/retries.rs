@@ -112,7 +112,7 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
 
     let mut config = config(&bootstrap, &group);
     let route = &mut config.routes[0];
-    route.retry = RetryPolicy { max_attempts: 3, initial_backoff_ms: INITIAL_BACKOFF_MS, max_backoff_ms: 2_000 };
+    route.retry = RetryPolicy { max_attempts: 3, initial_backoff_ms: INITIAL_BACKOFF_MS, max_backoff_ms: 2_000, retry_topic: None };
     route.dead_letter_topic = Some(DLQ.into());
     route.ack_timeout_ms = 1_500;
 
@@ -219,6 +219,98 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
             }
             other => panic!("{value} ({other}) should not be in the dead-letter topic"),
         }
+    }
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
+    const RETRY: &str = "orders-retry";
+    init_logs();
+    let cluster = mock_cluster(PARTITIONS);
+    cluster.create_topic(DLQ, 2, 3).expect("dlq topic");
+    cluster.create_topic(RETRY, 2, 3).expect("retry topic");
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("retry-topic");
+    let (ok, flaky, poison) = (20, 10, 4);
+    produce_kinds(&bootstrap, &[("ok", ok), ("flaky", flaky), ("poison", poison)]).await;
+
+    let mut config = config(&bootstrap, &group);
+    let route = &mut config.routes[0];
+    route.retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff_ms: INITIAL_BACKOFF_MS,
+        max_backoff_ms: 1_000,
+        retry_topic: Some(RETRY.into()),
+    };
+    route.dead_letter_topic = Some(DLQ.into());
+    config.validate().expect("valid");
+
+    let run = async {
+        let gw = gateway::start(config.clone()).await.expect("gateway starts");
+        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
+        let mut seen = Seen::default();
+        // (value, attempt) -> (topic, origin topic header) of deliveries from the retry topic.
+        let mut retried: HashMap<(String, u32), (String, String)> = HashMap::new();
+        let done = |seen: &Seen| {
+            (0..ok).all(|i| !seen.attempts(&format!("ok-{i}")).is_empty())
+                && (0..flaky).all(|i| seen.attempts(&format!("flaky-{i}")).len() >= 2)
+                && (0..poison).all(|i| seen.attempts(&format!("poison-{i}")).len() >= 3)
+        };
+        while !done(&seen) {
+            let batch = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("deliveries keep coming")
+                .expect("stream healthy")
+                .expect("stream open");
+            for d in batch {
+                let value = String::from_utf8_lossy(&d.value).into_owned();
+                seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
+                if d.attempt > 1 {
+                    let origin = d.headers.get(deadletter::HEADER_ORIGIN_TOPIC).map(|v| String::from_utf8_lossy(v).into_owned());
+                    retried.insert((value.clone(), d.attempt), (d.topic.clone(), origin.unwrap_or_default()));
+                }
+                match (kind(&d.value), d.attempt) {
+                    ("flaky", 1) => sub.nack(d.delivery_id, "try again").await.expect("nack"),
+                    ("poison", _) => sub.nack(d.delivery_id, "cannot parse").await.expect("nack"),
+                    _ => sub.ack(vec![d.delivery_id]).await.expect("ack"),
+                }
+            }
+        }
+        eventually(Duration::from_secs(30), "the origin topic and the retry topic committed", || {
+            fully_committed(&bootstrap, &group, PARTITIONS) && topic_fully_committed(&bootstrap, &group, RETRY, 2)
+        })
+        .await;
+        let stats = gw.stats();
+        gw.shutdown().await;
+        (seen, retried, stats)
+    };
+    let (seen, retried, stats) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
+
+    for i in 0..flaky {
+        let value = format!("flaky-{i}");
+        let a = seen.attempts(&value);
+        assert_eq!(a.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2], "{value}");
+        assert!(a[1].1 - a[0].1 >= Duration::from_millis(INITIAL_BACKOFF_MS / 2), "{value} waited out its backoff");
+        assert_eq!(retried[&(value.clone(), 2)], (RETRY.to_string(), TOPIC.to_string()), "{value} came from the retry topic");
+    }
+    for i in 0..poison {
+        let a: Vec<u32> = seen.attempts(&format!("poison-{i}")).iter().map(|(n, _)| *n).collect();
+        assert_eq!(a, vec![1, 2, 3], "poison-{i}");
+    }
+    // Every failed attempt but the last went through the retry topic.
+    assert_eq!(Stats::get(&stats.retried_via_topic), (flaky + 2 * poison) as u64);
+    assert_eq!(Stats::get(&stats.dead_lettered), poison as u64);
+    let letters = read_dead_letters(&bootstrap, poison);
+    assert_eq!(letters.len(), poison);
+    let ends = high_watermarks(&bootstrap, PARTITIONS);
+    for (value, h) in &letters {
+        assert_eq!(h[deadletter::HEADER_ORIGIN_TOPIC], TOPIC, "{value}: the origin, not the retry topic");
+        let partition: i32 = h[deadletter::HEADER_ORIGIN_PARTITION].parse().expect("partition");
+        let offset: i64 = h[deadletter::HEADER_ORIGIN_OFFSET].parse().expect("offset");
+        assert!(offset < ends[&partition], "{value}: origin offset {offset} is in {TOPIC}/{partition}");
+        assert_eq!(h[deadletter::HEADER_ATTEMPTS], "3");
+        assert_eq!(h["trace-id"], *value);
     }
     drop(cluster);
 }

@@ -112,6 +112,22 @@ pub fn fully_committed(bootstrap: &str, group: &str, partitions: i32) -> bool {
         .all(|(p, hw)| committed.get(p).copied().unwrap_or(0) == *hw)
 }
 
+/// `fully_committed` for any topic.
+pub fn topic_fully_committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> bool {
+    let consumer = admin_consumer(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    (0..partitions).all(|p| {
+        let hw = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1;
+        let committed = c.find_partition(topic, p).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        committed.unwrap_or(0) == hw
+    })
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
