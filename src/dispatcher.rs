@@ -602,10 +602,9 @@ impl Dispatcher {
         let mut points = Vec::new();
         for tp in partitions {
             if let Some(state) = self.partitions.remove(tp) {
+                // Even if the same point was sent before: that commit may not have landed.
                 if let Some(point) = state.tracker.commit_point() {
-                    if state.last_commit.as_ref() != Some(&point) {
-                        points.push((tp.clone(), point));
-                    }
+                    points.push((tp.clone(), point));
                 }
             }
         }
@@ -627,11 +626,12 @@ impl Dispatcher {
                     r
                 }
             };
-            let state = self.partitions.entry(record.tp.clone()).or_insert_with(|| {
-                let epoch = self.next_epoch;
-                self.next_epoch += 1;
-                PartitionState::new(PartitionTracker::new(None, Vec::new()), epoch)
-            });
+            let Some(state) = self.partitions.get_mut(&record.tp) else {
+                // Not (or no longer) ours: a batch put together while its partition was being
+                // revoked. The partition's next owner delivers it.
+                Stats::bump(&self.stats.stale_records, 1);
+                continue;
+            };
             if state.refetch_from.is_some() {
                 Stats::bump(&self.stats.refetched, 1);
                 continue;

@@ -47,7 +47,8 @@ pub struct Stats {
     pub refetched: AtomicU64,
     /// Records skipped because a previous owner's commit metadata says they were acked.
     pub skipped_already_acked: AtomicU64,
-    /// Records Kafka sent again at or below an offset already received.
+    /// Records Kafka sent again at or below an offset already received, or of a partition no
+    /// longer assigned (fetched just before its revoke).
     pub stale_records: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,

@@ -48,11 +48,7 @@ fn effectively_once(bootstrap: &str, group: &str, dedup: DedupConfig) -> Config 
 /// Acks everything and counts deliveries per value until `until` holds for the counts.
 async fn consume(sub: &mut Subscription, counts: &mut HashMap<String, u32>, until: impl Fn(&HashMap<String, u32>) -> bool) {
     while !until(counts) {
-        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .expect("deliveries keep coming")
-            .expect("stream healthy")
-            .expect("stream open");
+        let batch = next_batch(sub).await;
         let ids: Vec<String> = batch
             .into_iter()
             .map(|d| {

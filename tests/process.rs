@@ -19,13 +19,13 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+mod support;
+
+use support::{committed, high_watermarks, produce, ROUTE, TOPIC};
+
 const BIN: &str = env!("CARGO_BIN_EXE_fanout-gateway");
-const TOPIC: &str = "orders";
-const ROUTE: &str = "orders";
 
 // === tests ===
 
@@ -87,13 +87,7 @@ async fn sigkill_and_restart(window_until_commit: bool) -> CrashCounts {
 
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let (stop_tx, stop) = watch::channel(false);
-        let subscribers: Vec<_> = WINDOWS
-            .iter()
-            .enumerate()
-            .map(|(i, window)| {
-                tokio::spawn(slow_acker(format!("sub-{i}"), *window, settings.endpoint(), ledger.clone(), stop.clone()))
-            })
-            .collect();
+        let subscribers = slow_ackers(&WINDOWS, &settings.endpoint(), &ledger, &stop);
 
         wait_until(Duration::from_secs(60), "40% of the messages acked", &mut [&mut gw1], || {
             ledger.lock().acked.len() >= MESSAGES * 2 / 5
@@ -180,13 +174,7 @@ async fn at_most_once_never_delivers_twice_across_a_crash() {
         let mut gw1 = Gateway::start(&config, dir.path().join("serve-1.log"));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let (stop_tx, stop) = watch::channel(false);
-        let subscribers: Vec<_> = WINDOWS
-            .iter()
-            .enumerate()
-            .map(|(i, window)| {
-                tokio::spawn(slow_acker(format!("sub-{i}"), *window, settings.endpoint(), ledger.clone(), stop.clone()))
-            })
-            .collect();
+        let subscribers = slow_ackers(&WINDOWS, &settings.endpoint(), &ledger, &stop);
         wait_until(Duration::from_secs(60), "40% of the messages acked", &mut [&mut gw1], || {
             ledger.lock().acked.len() >= MESSAGES * 2 / 5
         })
@@ -487,6 +475,20 @@ async fn slow_acker(name: String, window: u32, endpoint: String, ledger: Arc<Mut
     }
 }
 
+/// One [`slow_acker`] per window, all recording into `ledger`.
+fn slow_ackers(
+    windows: &[u32],
+    endpoint: &str,
+    ledger: &Arc<Mutex<Ledger>>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, window)| tokio::spawn(slow_acker(format!("sub-{i}"), *window, endpoint.to_string(), ledger.clone(), stop.clone())))
+        .collect()
+}
+
 /// Records, then sends, an ack; false when the stream is gone.
 async fn ack(sub: &Subscription, opened: Instant, ids: Vec<String>, ledger: &Mutex<Ledger>) -> bool {
     if ids.is_empty() {
@@ -765,64 +767,11 @@ fn scratch() -> tempfile::TempDir {
 
 // === kafka ===
 
-/// Produces `count` keyed messages and returns their delivery ids (`topic/partition/offset`).
-async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut futures = Vec::with_capacity(count);
-    for i in 0..count {
-        let key = format!("key-{}", i % keys);
-        let value = format!("message {i}");
-        futures.push(producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)).expect("enqueue"));
-    }
-    let mut ids = Vec::with_capacity(count);
-    for f in futures {
-        let d = f.await.expect("delivery report").expect("delivered");
-        ids.push(format!("{TOPIC}/{}/{}", d.partition, d.offset));
-    }
-    ids
-}
-
 fn partition_offset(id: &str) -> (i32, i64) {
     let mut parts = id.rsplitn(3, '/');
     let offset = parts.next().and_then(|o| o.parse().ok()).expect("offset in the id");
     let partition = parts.next().and_then(|p| p.parse().ok()).expect("partition in the id");
     (partition, offset)
-}
-
-fn admin_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer")
-}
-
-/// The group's committed offset per partition, as the broker holds it.
-fn committed(bootstrap: &str, group: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer = admin_consumer(bootstrap, group);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_range(TOPIC, 0, partitions - 1);
-    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    c.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn high_watermarks(bootstrap: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer = admin_consumer(bootstrap, "watermarks");
-    (0..partitions)
-        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks").1))
-        .collect()
 }
 
 /// Polls `check` until it holds, failing after `limit` or as soon as a gateway exits.

@@ -131,11 +131,7 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
                 && settled("silent", silent, 2)
         };
         while !done(&seen) {
-            let batch = tokio::time::timeout(Duration::from_secs(20), sub.next())
-                .await
-                .expect("deliveries keep coming")
-                .expect("stream healthy")
-                .expect("stream open");
+            let batch = next_batch(&mut sub).await;
             for d in batch {
                 let value = String::from_utf8_lossy(&d.value).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
@@ -258,11 +254,7 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
                 && (0..poison).all(|i| seen.attempts(&format!("poison-{i}")).len() >= 3)
         };
         while !done(&seen) {
-            let batch = tokio::time::timeout(Duration::from_secs(20), sub.next())
-                .await
-                .expect("deliveries keep coming")
-                .expect("stream healthy")
-                .expect("stream open");
+            let batch = next_batch(&mut sub).await;
             for d in batch {
                 let value = String::from_utf8_lossy(&d.value).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));

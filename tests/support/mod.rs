@@ -128,6 +128,15 @@ pub fn topic_fully_committed(bootstrap: &str, group: &str, topic: &str, partitio
     })
 }
 
+/// The next batch of deliveries; panics if none comes within 20 s or the stream ends.
+pub async fn next_batch(sub: &mut Subscription) -> Vec<fanout_gateway::proto::Delivery> {
+    tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("deliveries keep coming")
+        .expect("stream healthy")
+        .expect("stream open")
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
