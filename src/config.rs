@@ -351,6 +351,11 @@ impl RouteConfig {
         self.selector.parse()
     }
 
+    /// Whether `topic` is this route's retry topic.
+    pub fn retries_through(&self, topic: &str) -> bool {
+        self.retry.retry_topic.as_deref() == Some(topic)
+    }
+
     /// The dedup settings of an effectively-once route (its own or the defaults), else None.
     pub fn dedup_settings(&self) -> Option<crate::dedup::DedupConfig> {
         (self.delivery == DeliveryMode::EffectivelyOnce).then(|| self.dedup.clone().unwrap_or_default())

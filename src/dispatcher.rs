@@ -90,11 +90,6 @@ impl PartitionState {
     fn new(tracker: PartitionTracker, epoch: u64) -> Self {
         Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None }
     }
-
-    /// Messages of this partition the gateway holds: what the buffer bound limits.
-    fn buffered(&self) -> usize {
-        self.tracker.uncommitted()
-    }
 }
 
 /// Work finished by tasks the dispatcher started.
@@ -186,6 +181,11 @@ impl Dispatcher {
         }
     }
 
+    /// The partition's state if it is still the assignment `epoch` names (not revoked since).
+    fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
+        self.partitions.get_mut(tp).filter(|s| s.epoch == epoch)
+    }
+
     /// Commits the offsets whose commit points moved, unless a commit is still under way
     /// (the next tick, or the next ack, sends what moved meanwhile). Subscribers' windows that
     /// hold acks until they are committed are freed when it lands.
@@ -200,10 +200,7 @@ impl Dispatcher {
             self.registry.commit_landed(generation);
             return;
         }
-        let (done, result) = oneshot::channel();
-        if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_err() {
-            return;
-        }
+        let Some(result) = request_commit(kafka, points.clone()) else { return };
         self.committing = true;
         self.tasks.spawn(async move {
             let ok = matches!(result.await, Ok(Ok(())));
@@ -218,7 +215,7 @@ impl Dispatcher {
     fn commit_before_send(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
         for send in self.registry.take_staged() {
             for p in &send.pending {
-                if let Some(state) = self.partitions.get_mut(&p.record.tp).filter(|s| s.epoch == p.epoch) {
+                if let Some(state) = self.current(&p.record.tp, p.epoch) {
                     state.tracker.ack(p.record.offset);
                 }
             }
@@ -236,7 +233,7 @@ impl Dispatcher {
             if points.iter().any(|(tp, _)| *tp == p.record.tp) {
                 continue;
             }
-            if let Some(state) = self.partitions.get_mut(&p.record.tp).filter(|s| s.epoch == p.epoch) {
+            if let Some(state) = self.current(&p.record.tp, p.epoch) {
                 if let Some(point) = state.tracker.commit_point() {
                     state.last_commit = Some(point.clone());
                     points.push((p.record.tp.clone(), point));
@@ -248,10 +245,9 @@ impl Dispatcher {
             self.drop_staged(sends);
             return;
         }
-        let (done, result) = oneshot::channel();
-        if kafka.send(KafkaCommand::Commit { points: points.clone(), done: Some(done) }).is_err() {
+        let Some(result) = request_commit(kafka, points.clone()) else {
             return; // consumer gone: the gateway is stopping
-        }
+        };
         self.committing_before_send = true;
         self.tasks.spawn(async move {
             let ok = matches!(result.await, Ok(Ok(())));
@@ -317,16 +313,16 @@ impl Dispatcher {
             }
         };
         for (record, epoch, index) in batch {
-            let current = self.partitions.get(&record.tp).is_some_and(|s| s.epoch == epoch);
-            if !current || self.stopping {
-                continue; // revoked meanwhile (or stopping): the next owner has it
+            if self.stopping {
+                break; // the next owner has them
             }
+            let Some(state) = self.current(&record.tp, epoch) else {
+                continue; // revoked meanwhile: the next owner has it
+            };
             let verdict = index.and_then(|i| verdicts.as_ref().and_then(|v| v.get(i)));
             if verdict.is_some_and(Verdict::is_duplicate) {
+                state.tracker.ack(record.offset);
                 Stats::bump(&self.stats.dedup_duplicates, 1);
-                if let Some(state) = self.partitions.get_mut(&record.tp) {
-                    state.tracker.ack(record.offset);
-                }
                 continue;
             }
             self.registry.dispatch(record, epoch, route);
@@ -535,11 +531,10 @@ impl Dispatcher {
             Internal::DeadLettered { tp, offset, epoch, retry } => {
                 self.dead_letters_in_flight = self.dead_letters_in_flight.saturating_sub(1);
                 Stats::bump(if retry { &self.stats.retried_via_topic } else { &self.stats.dead_lettered }, 1);
-                let Some(state) = self.partitions.get_mut(&tp).filter(|s| s.epoch == epoch) else {
-                    // Revoked meanwhile: the next owner delivers it again (and may dead-letter it again).
-                    return;
-                };
-                state.tracker.ack(offset);
+                // If revoked meanwhile, the next owner delivers it again (and may dead-letter it again).
+                if let Some(state) = self.current(&tp, epoch) {
+                    state.tracker.ack(offset);
+                }
             }
             Internal::Claimed { route, batch, verdicts } => self.on_claimed(route, batch, verdicts),
             Internal::CommittedBeforeSend { points, ok, sends } => {
@@ -636,7 +631,7 @@ impl Dispatcher {
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
             }
-            if state.buffered() >= self.settings.max_uncommitted {
+            if state.tracker.uncommitted() >= self.settings.max_uncommitted {
                 state.refetch_from = Some(record.offset);
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
@@ -647,10 +642,11 @@ impl Dispatcher {
                     let record = Arc::new(record);
                     for r in routes {
                         // A retry is the same message again, not a duplicate: it skips the filter.
-                        let retry = self.registry.route_config(r).retry.retry_topic.as_deref() == Some(&*record.tp.topic);
-                        match self.dedup.get_mut(&r).filter(|_| !retry) {
-                            Some(d) => d.waiting.push((record.clone(), epoch)),
-                            None => self.registry.dispatch(record.clone(), epoch, r),
+                        match self.dedup.get_mut(&r) {
+                            Some(d) if !self.registry.route_config(r).retries_through(&record.tp.topic) => {
+                                d.waiting.push((record.clone(), epoch))
+                            }
+                            _ => self.registry.dispatch(record.clone(), epoch, r),
                         }
                     }
                 }
@@ -681,7 +677,7 @@ impl Dispatcher {
         let (mut pause, mut resume) = (Vec::new(), Vec::new());
         let mut held_total = 0u64;
         for (tp, state) in &mut self.partitions {
-            let held = state.buffered();
+            let held = state.tracker.uncommitted();
             held_total += held as u64;
             let full = held >= max || state.refetch_from.is_some();
             if !state.paused && full {
@@ -732,6 +728,17 @@ impl Dispatcher {
             let _ = kafka.send(KafkaCommand::Resume(resume));
         }
     }
+}
+
+/// Asks the consumer thread to commit `points`; the receiver hears the outcome. None when the
+/// consumer is gone (the gateway is stopping).
+fn request_commit(
+    kafka: &std::sync::mpsc::Sender<KafkaCommand>,
+    points: Vec<(TopicPartition, CommitPoint)>,
+) -> Option<oneshot::Receiver<Result<(), String>>> {
+    let (done, result) = oneshot::channel();
+    kafka.send(KafkaCommand::Commit { points, done: Some(done) }).ok()?;
+    Some(result)
 }
 
 fn subscriber_name(hello: &Hello, peer: Option<SocketAddr>) -> String {
@@ -807,9 +814,8 @@ pub async fn run(
     // Final commit, synchronous, then leave the group.
     let points = d.commit_points();
     if !points.is_empty() {
-        let (done, result) = oneshot::channel();
         let count = points.len();
-        if kafka.send(KafkaCommand::Commit { points, done: Some(done) }).is_ok() {
+        if let Some(result) = request_commit(&kafka, points) {
             match tokio::time::timeout(Duration::from_secs(10), result).await {
                 Ok(Ok(Ok(()))) => info!(partitions = count, "final commit done"),
                 Ok(Ok(Err(error))) => warn!(%error, "final commit failed"),

@@ -376,9 +376,7 @@ impl Registry {
         self.routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                r.config.topics.iter().any(|t| t == topic) || r.config.retry.retry_topic.as_deref() == Some(topic)
-            })
+            .filter(|(_, r)| r.config.topics.iter().any(|t| t == topic) || r.config.retries_through(topic))
             .map(|(i, _)| i)
             .collect()
     }
@@ -603,19 +601,8 @@ impl Registry {
     pub fn expire(&mut self, now: Instant) -> u64 {
         let mut expired = Vec::new();
         for (id, s) in &mut self.sessions {
-            if s.in_flight.values().any(|p| p.deadline.is_some_and(|d| d <= now)) {
-                let ids: Vec<String> = s
-                    .in_flight
-                    .iter()
-                    .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in ids {
-                    if let Some(p) = s.in_flight.remove(&k) {
-                        expired.push((*id, p));
-                    }
-                }
-            }
+            let passed = s.in_flight.extract_if(|_, p| p.deadline.is_some_and(|d| d <= now));
+            expired.extend(passed.map(|(_, p)| (*id, p)));
         }
         let count = expired.len() as u64;
         let mut touched = BTreeSet::new();
@@ -639,11 +626,8 @@ impl Registry {
         let config = &self.routes[r].config;
         if config.delivery == DeliveryMode::AtMostOnce {
             // Already committed: it is not delivered again, whatever happened to it.
-            let hash = p.hash;
+            self.release_key(r, p.hash);
             self.dropped.push(p);
-            if self.routes[r].release_one(hash) {
-                self.unpark(r, hash);
-            }
             return;
         }
         let next = if failure.dead_letter {
@@ -653,12 +637,8 @@ impl Registry {
         };
         let next = match next {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
-                let hash = p.hash;
-                let free = self.routes[r].release_one(hash);
+                self.release_key(r, p.hash);
                 self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: None });
-                if free {
-                    self.unpark(r, hash);
-                }
                 return;
             }
             Next::Exhausted => {
@@ -672,12 +652,9 @@ impl Registry {
         let Next::Retry { delay, attempt } = next else { return };
         if self.routes[r].config.retry.retry_topic.is_some() {
             // Through the retry topic: this attempt is done once Kafka has the retry.
-            let hash = p.hash;
+            self.release_key(r, p.hash);
             let retry_at = now_ms().saturating_add(delay.as_millis() as i64);
             self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: Some(retry_at) });
-            if self.routes[r].release_one(hash) {
-                self.unpark(r, hash);
-            }
             return;
         }
         p.attempt = attempt;
@@ -785,9 +762,7 @@ impl Registry {
         }
         let r = s.route;
         for p in &send.pending {
-            if self.routes[r].release_one(p.hash) {
-                self.unpark(r, p.hash);
-            }
+            self.release_key(r, p.hash);
         }
         self.dirty.insert(send.session);
         self.close_if_drained(send.session);
@@ -811,8 +786,7 @@ impl Registry {
     /// Routes a newly received record for route `route`.
     pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64, route: usize) {
         let hash = self.routes[route].hash_of(&record);
-        let from_retry_topic = self.routes[route].config.retry.retry_topic.as_deref() == Some(&*record.tp.topic);
-        if !from_retry_topic {
+        if !self.routes[route].config.retries_through(&record.tp.topic) {
             self.assign(Pending { record, attempt: 1, epoch, route, hash, deadline: None }, false);
             return;
         }
@@ -866,6 +840,14 @@ impl Registry {
                 s.queue.push_back(p)
             }
             self.dirty.insert(id);
+        }
+    }
+
+    /// Takes one settled or withdrawn message of `hash` off its key's count; once the key has
+    /// nothing outstanding, its parked messages go.
+    fn release_key(&mut self, r: usize, hash: u64) {
+        if self.routes[r].release_one(hash) {
+            self.unpark(r, hash);
         }
     }
 
