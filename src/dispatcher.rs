@@ -544,7 +544,7 @@ impl Dispatcher {
                         self.registry.release_staged(send);
                     }
                 } else {
-                    self.handle_internal(Internal::Committed { points, ok, generation: None });
+                    self.forget_sent(points);
                     // Not sent yet, so nothing is lost: try again with the next commit.
                     let later = std::mem::take(&mut self.staged);
                     self.staged = sends;
@@ -559,14 +559,18 @@ impl Dispatcher {
                     }
                     return;
                 }
-                // Forget that these points were sent, so the next tick sends them again even
-                // if no new ack moves them.
-                for (tp, point) in points {
-                    if let Some(state) = self.partitions.get_mut(&tp) {
-                        if state.last_commit.as_ref() == Some(&point) {
-                            state.last_commit = None;
-                        }
-                    }
+                self.forget_sent(points);
+            }
+        }
+    }
+
+    /// Forgets that these points were sent (their commit failed), so the next commit sends
+    /// them again even if no new ack moves them.
+    fn forget_sent(&mut self, points: Vec<(TopicPartition, CommitPoint)>) {
+        for (tp, point) in points {
+            if let Some(state) = self.partitions.get_mut(&tp) {
+                if state.last_commit.as_ref() == Some(&point) {
+                    state.last_commit = None;
                 }
             }
         }
