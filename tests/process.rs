@@ -83,27 +83,10 @@ async fn sigkill_and_restart(window_until_commit: bool) -> CrashCounts {
             ..GatewaySettings::new(&kafka.bootstrap, "crash")
         };
         let config = settings.write(dir.path());
-        let mut gw1 = Gateway::start(&config, dir.path().join("serve-1.log"));
-
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let (stop_tx, stop) = watch::channel(false);
         let subscribers = slow_ackers(&WINDOWS, &settings.endpoint(), &ledger, &stop);
-
-        wait_until(Duration::from_secs(60), "40% of the messages acked", &mut [&mut gw1], || {
-            ledger.lock().acked.len() >= MESSAGES * 2 / 5
-        })
-        .await;
-        // The kill happens with the ledger locked, so the snapshot of what subscribers hold
-        // is exact: no receipt or ack can be recorded between the signal and the snapshot.
-        let kill_at = {
-            let mut l = ledger.lock();
-            gw1.child.kill().expect("SIGKILL the gateway");
-            let at = Instant::now();
-            l.killed = Some(Kill { at, holding: l.holding.len() });
-            at
-        };
-        let status = gw1.child.wait().expect("reap the killed gateway");
-        assert!(!status.success(), "a SIGKILLed process does not exit 0: {status:?}");
+        let (kill_at, _) = kill_once_acked(&config, dir.path(), &ledger, MESSAGES * 2 / 5).await;
 
         let mut gw2 = Gateway::start(&config, dir.path().join("serve-2.log"));
         wait_until(Duration::from_secs(120), "every produced message acked", &mut [&mut gw2], || {
@@ -171,21 +154,10 @@ async fn at_most_once_never_delivers_twice_across_a_crash() {
         let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
         let settings = GatewaySettings { delivery: "at-most-once", ..GatewaySettings::new(&kafka.bootstrap, "amo") };
         let config = settings.write(dir.path());
-        let mut gw1 = Gateway::start(&config, dir.path().join("serve-1.log"));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let (stop_tx, stop) = watch::channel(false);
         let subscribers = slow_ackers(&WINDOWS, &settings.endpoint(), &ledger, &stop);
-        wait_until(Duration::from_secs(60), "40% of the messages acked", &mut [&mut gw1], || {
-            ledger.lock().acked.len() >= MESSAGES * 2 / 5
-        })
-        .await;
-        let in_flight_at_kill: HashSet<String> = {
-            let mut l = ledger.lock();
-            gw1.child.kill().expect("SIGKILL the gateway");
-            l.killed = Some(Kill { at: Instant::now(), holding: l.holding.len() });
-            l.holding.clone()
-        };
-        let _ = gw1.child.wait();
+        let (_, in_flight_at_kill) = kill_once_acked(&config, dir.path(), &ledger, MESSAGES * 2 / 5).await;
         let received_before_restart = ledger.lock().received.len();
 
         let mut gw2 = Gateway::start(&config, dir.path().join("serve-2.log"));
@@ -473,6 +445,28 @@ async fn slow_acker(name: String, window: u32, endpoint: String, ledger: Arc<Mut
             l.holding.remove(&id);
         }
     }
+}
+
+/// Runs a first `serve` process until the subscribers have acked `acked` messages, then
+/// SIGKILLs it. The kill happens with the ledger locked, so the snapshot of what subscribers
+/// hold is exact: no receipt or ack can be recorded between the signal and the snapshot.
+/// Returns when it was killed and the ids held un-acked at that moment.
+async fn kill_once_acked(config: &Path, dir: &Path, ledger: &Arc<Mutex<Ledger>>, acked: usize) -> (Instant, HashSet<String>) {
+    let mut gw1 = Gateway::start(config, dir.join("serve-1.log"));
+    wait_until(Duration::from_secs(60), "enough messages acked before the kill", &mut [&mut gw1], || {
+        ledger.lock().acked.len() >= acked
+    })
+    .await;
+    let killed = {
+        let mut l = ledger.lock();
+        gw1.child.kill().expect("SIGKILL the gateway");
+        let at = Instant::now();
+        l.killed = Some(Kill { at, holding: l.holding.len() });
+        (at, l.holding.clone())
+    };
+    let status = gw1.child.wait().expect("reap the killed gateway");
+    assert!(!status.success(), "a SIGKILLed process does not exit 0: {status:?}");
+    killed
 }
 
 /// One [`slow_acker`] per window, all recording into `ledger`.
