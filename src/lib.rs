@@ -23,6 +23,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod deadletter;
