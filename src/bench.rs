@@ -1,4 +1,394 @@
 //! `fanout-gateway bench`: what the gateway costs against a plain consumer, and what a deploy
 //! costs with and without it, measured in one run on the same embedded Kafka.
+//!
+//! Every figure comes from this process's own run: a plain rdkafka consumer and the gateway
+//! read the same backlog on the same mock cluster, one after the other, so their ratio holds
+//! on this machine even where the absolute numbers would not carry to another. The report is
+//! a table for people and `bench: name=value` lines for scripts.
 
 pub mod handover;
+pub mod latency;
+pub mod load;
+pub mod memory;
+pub mod throughput;
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+use crate::scenario::{self, Scenario, ScenarioOptions};
+use handover::{HandoverOptions, HandoverReport, Strategy};
+use latency::Percentiles;
+use memory::Memory;
+use throughput::Rate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Start(#[from] crate::gateway::StartError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    #[error("gateway: {0}")]
+    Gateway(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a benchmark task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A part of the benchmark, for `--only` while profiling one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Throughput,
+    Latency,
+    Memory,
+    Switch,
+}
+
+/// How much of everything to run. [`BenchOptions::default`] is the published run;
+/// [`BenchOptions::smoke`] checks that every part works, in far less time.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Parts to run; empty runs them all.
+    pub only: Vec<Part>,
+    pub sizes: Vec<usize>,
+    /// Partitions of a throughput backlog of messages below 512 bytes; larger messages get
+    /// four times as many, so that both backlogs take long enough to read to be measured.
+    pub partitions: i32,
+    /// Backlog per partition for throughput: under the mock's 5 MiB retention.
+    pub backlog_per_partition: usize,
+    pub subscriber_counts: Vec<usize>,
+    /// Window of each throughput subscriber.
+    pub window: u32,
+    pub latency_rates: Vec<u32>,
+    pub latency_duration: Duration,
+    /// Subscribers of the gateway in the latency runs.
+    pub latency_subscribers: usize,
+    pub memory_partitions: i32,
+    pub memory_bounds: Vec<usize>,
+    pub memory_duration: Duration,
+    pub switch_duration: Duration,
+    pub switch_rate: u32,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            only: Vec::new(),
+            sizes: vec![100, 1024],
+            partitions: 16,
+            backlog_per_partition: 4 << 20,
+            subscriber_counts: vec![1, 4, 16],
+            window: 1_000,
+            latency_rates: vec![5_000, 20_000],
+            latency_duration: Duration::from_secs(5),
+            latency_subscribers: 4,
+            memory_partitions: 32,
+            memory_bounds: vec![10_000, 1_000],
+            memory_duration: Duration::from_secs(8),
+            switch_duration: Duration::from_secs(9),
+            switch_rate: 4_000,
+        }
+    }
+}
+
+impl BenchOptions {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+
+    /// Every part, small: for the test that keeps the command working.
+    pub fn smoke() -> Self {
+        Self {
+            only: Vec::new(),
+            sizes: vec![100],
+            partitions: 4,
+            backlog_per_partition: 256 << 10,
+            subscriber_counts: vec![2],
+            window: 200,
+            latency_rates: vec![1_000],
+            latency_duration: Duration::from_secs(2),
+            latency_subscribers: 2,
+            memory_partitions: 4,
+            memory_bounds: vec![500],
+            memory_duration: Duration::from_secs(2),
+            switch_duration: Duration::from_secs(6),
+            switch_rate: 2_000,
+        }
+    }
+}
+
+/// Consumer properties both sides of every comparison get. The mock broker holds a fetch that
+/// finds no new data for the whole `fetch.wait.max.ms` (a real broker answers as soon as data
+/// arrives), so a short wait keeps latency about the consumers, not the mock.
+fn consumer_properties() -> BTreeMap<String, String> {
+    [("fetch.wait.max.ms".to_string(), "5".to_string())].into_iter().collect()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ThroughputRow {
+    pub size: usize,
+    pub raw: Rate,
+    /// (subscribers, rate)
+    pub gateway: Vec<(usize, Rate)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LatencyRow {
+    pub size: usize,
+    pub rate: u32,
+    pub raw: Percentiles,
+    pub gateway: Percentiles,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MemoryRow {
+    pub bound: usize,
+    pub backlog_bytes: u64,
+    pub partitions: i32,
+    pub memory: Memory,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SwitchRow {
+    pub name: &'static str,
+    pub report: HandoverReport,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    pub throughput: Vec<ThroughputRow>,
+    pub latency: Vec<LatencyRow>,
+    pub memory: Vec<MemoryRow>,
+    pub switch: Vec<SwitchRow>,
+}
+
+/// Runs every benchmark; `progress` gets a line as each one starts.
+pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
+    let cluster = MockCluster::new(3)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let properties = consumer_properties();
+    let mut report = BenchReport::default();
+
+    for &size in options.sizes.iter().filter(|_| options.runs(Part::Throughput)) {
+        let topic = format!("throughput-{size}b");
+        let partitions = if size < 512 { options.partitions } else { options.partitions * 4 };
+        cluster.create_topic(&topic, partitions, 1)?;
+        progress(&format!("throughput {size} B: producing the backlog"));
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        let per_partition = options.backlog_per_partition;
+        let backlog = tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition)).await??;
+        progress(&format!("throughput {size} B: raw consumer, {} messages", backlog.messages));
+        let raw = throughput::raw(&bootstrap, &backlog, 3, &properties).await?;
+        let mut row = ThroughputRow { size, raw, gateway: Vec::new() };
+        for &n in &options.subscriber_counts {
+            progress(&format!("throughput {size} B: gateway, {n} subscribers"));
+            let rate = throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), n, options.window, &properties).await?;
+            row.gateway.push((n, rate));
+        }
+        report.throughput.push(row);
+    }
+
+    for &size in options.sizes.iter().filter(|_| options.runs(Part::Latency)) {
+        for &rate in &options.latency_rates {
+            progress(&format!("latency {size} B at {rate} msg/s"));
+            let topic = format!("latency-{size}b-{rate}");
+            cluster.create_topic(&format!("{topic}-raw"), options.partitions, 1)?;
+            cluster.create_topic(&format!("{topic}-gw"), options.partitions, 1)?;
+            let d = options.latency_duration;
+            let raw = latency::raw(&bootstrap, &format!("{topic}-raw"), rate, size, d, &properties).await?;
+            let gateway =
+                latency::gateway(&bootstrap, &format!("{topic}-gw"), rate, size, d, options.latency_subscribers, &properties).await?;
+            report.latency.push(LatencyRow { size, rate, raw, gateway });
+        }
+    }
+
+    if options.runs(Part::Memory) {
+        memory_part(&cluster, options, &mut report, &progress).await?;
+    }
+    if options.runs(Part::Switch) {
+        switch_part(cluster, options, &mut report, &progress).await?;
+    }
+    Ok(report)
+}
+
+async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options: &BenchOptions, report: &mut BenchReport, progress: impl Fn(&str)) -> Result<(), BenchError> {
+    let bootstrap = cluster.bootstrap_servers();
+    let size = options.sizes.iter().copied().max().unwrap_or(1024);
+    let topic = "memory";
+    cluster.create_topic(topic, options.memory_partitions, 1)?;
+    progress(&format!("memory: producing a backlog of {} partitions", options.memory_partitions));
+    let (b, partitions, per_partition) = (bootstrap.clone(), options.memory_partitions, options.backlog_per_partition);
+    let backlog = tokio::task::spawn_blocking(move || load::fill(&b, topic, partitions, size, per_partition)).await??;
+    for &bound in &options.memory_bounds {
+        progress(&format!("memory: gateway process, bound {bound} per partition, slow subscriber"));
+        let memory = memory::slow_subscriber(&bootstrap, &backlog, &format!("memory-{bound}"), bound, options.memory_duration).await?;
+        report.memory.push(MemoryRow { bound, backlog_bytes: backlog.bytes, partitions, memory });
+    }
+    Ok(())
+}
+
+/// The deploy switch: two status-quo handovers on this cluster, then the gateway's blue-green
+/// scenario, which brings its own cluster (this one is dropped first, to free its threads).
+async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: &BenchOptions, report: &mut BenchReport, progress: impl Fn(&str)) -> Result<(), BenchError> {
+    let bootstrap = cluster.bootstrap_servers();
+
+    for (name, strategy) in [("consumer group, eager", Strategy::Eager), ("consumer group, cooperative", Strategy::Cooperative)] {
+        progress(&format!("deploy switch: {name} handover"));
+        let topic = format!("handover-{strategy:?}").to_lowercase();
+        cluster.create_topic(&topic, 8, 1)?;
+        let handover = HandoverOptions {
+            rate: options.switch_rate,
+            duration: options.switch_duration,
+            per_cohort: 2,
+            partitions: 8,
+            strategy,
+        };
+        let report_row = handover::status_quo(&bootstrap, &topic, &handover).await?;
+        report.switch.push(SwitchRow { name, report: report_row });
+    }
+    drop(cluster);
+    progress("deploy switch: gateway weights blue -> green");
+    let scenario = scenario::run(
+        Scenario::BlueGreen,
+        ScenarioOptions {
+            duration: options.switch_duration,
+            per_cohort: 2,
+            rate: options.switch_rate,
+            partitions: 8,
+            listen: "127.0.0.1:0".into(),
+        },
+        |_| {},
+    )
+    .await?;
+    report.switch.push(SwitchRow {
+        name: "gateway weights",
+        report: HandoverReport {
+            rebalances: scenario.rebalances,
+            max_gap_ms: scenario.max_gap_ms,
+            duplicates: scenario.duplicates,
+            lost: scenario.lost,
+            produced: scenario.produced,
+        },
+    });
+    Ok(())
+}
+
+/// `100b`, `1k`: how sizes read in figure names.
+fn size_name(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{}k", size / 1024)
+    } else {
+        format!("{size}b")
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl BenchReport {
+    /// The `bench: name=value` figures, in order.
+    pub fn figures(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut put = |name: String, value: String| out.push((name, value));
+        for row in &self.throughput {
+            let s = size_name(row.size);
+            put(format!("raw_msgs_per_sec_{s}"), format!("{:.0}", row.raw.per_sec()));
+            put(format!("raw_mib_per_sec_{s}"), format!("{:.1}", row.raw.mib_per_sec()));
+            for (n, rate) in &row.gateway {
+                put(format!("gateway_msgs_per_sec_{s}_{n}subs"), format!("{:.0}", rate.per_sec()));
+                put(format!("gateway_mib_per_sec_{s}_{n}subs"), format!("{:.1}", rate.mib_per_sec()));
+                put(format!("throughput_ratio_{s}_{n}subs"), format!("{:.2}", rate.per_sec() / row.raw.per_sec().max(1e-9)));
+            }
+        }
+        for row in &self.latency {
+            let at = format!("{}_{}", size_name(row.size), row.rate);
+            for (side, p) in [("raw", row.raw), ("gateway", row.gateway)] {
+                put(format!("latency_{side}_p50_us_{at}"), p.p50.to_string());
+                put(format!("latency_{side}_p99_us_{at}"), p.p99.to_string());
+                put(format!("latency_{side}_p999_us_{at}"), p.p999.to_string());
+            }
+            put(format!("latency_added_p99_us_{at}"), (row.gateway.p99 as i64 - row.raw.p99 as i64).to_string());
+        }
+        for row in &self.memory {
+            put(format!("backlog_mib_bound_{}", row.bound), format!("{:.0}", mib(row.backlog_bytes)));
+            put(format!("peak_rss_mib_bound_{}", row.bound), format!("{:.0}", row.memory.peak_rss_kib as f64 / 1024.0));
+        }
+        for row in &self.switch {
+            let name = match row.name {
+                "gateway weights" => "gateway".to_string(),
+                other => other.replace("consumer group, ", "group_"),
+            };
+            put(format!("switch_{name}_rebalances"), row.report.rebalances.to_string());
+            put(format!("switch_{name}_max_gap_ms"), row.report.max_gap_ms.to_string());
+            put(format!("switch_{name}_duplicates"), row.report.duplicates.to_string());
+            put(format!("switch_{name}_lost"), row.report.lost.to_string());
+        }
+        out
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut t = String::new();
+        let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
+        let _ = writeln!(t, "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}", "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores");
+        for row in &self.throughput {
+            let s = size_name(row.size);
+            let r = row.raw;
+            let _ = writeln!(t, "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}", s, "raw consumer", r.per_sec(), r.mib_per_sec(), "1.00", r.cores);
+            for (n, rate) in &row.gateway {
+                let ratio = rate.per_sec() / row.raw.per_sec().max(1e-9);
+                let reader = format!("gateway, {n} subscriber{}", if *n == 1 { "" } else { "s" });
+                let (ps, mibs) = (rate.per_sec(), rate.mib_per_sec());
+                let _ = writeln!(t, "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}", s, reader, ps, mibs, ratio, rate.cores);
+            }
+        }
+        let _ = writeln!(t, "latency (produce to receive, µs)");
+        let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", "size", "msg/s", "reader", "p50", "p99", "p99.9", "added p99");
+        for row in &self.latency {
+            let s = size_name(row.size);
+            let p = row.raw;
+            let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", s, row.rate, "raw", p.p50, p.p99, p.p999, "");
+            let g = row.gateway;
+            let added = g.p99 as i64 - p.p99 as i64;
+            let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", s, row.rate, "gateway", g.p50, g.p99, g.p999, added);
+        }
+        let _ = writeln!(t, "memory (gateway process, slow subscriber, backlog ahead)");
+        let _ = writeln!(t, "  {:<22} {:>12} {:>10} {:>10} {:>10}", "bound per partition", "backlog MiB", "start MiB", "peak MiB", "delivered");
+        for row in &self.memory {
+            let m = row.memory;
+            let _ = writeln!(
+                t,
+                "  {:<22} {:>12.0} {:>10.0} {:>10.0} {:>10}",
+                format!("{} x {} partitions", row.bound, row.partitions),
+                mib(row.backlog_bytes),
+                m.start_rss_kib as f64 / 1024.0,
+                m.peak_rss_kib as f64 / 1024.0,
+                m.delivered
+            );
+        }
+        let _ = writeln!(t, "deploy switch (blue -> green while producing)");
+        let _ = writeln!(t, "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}", "how", "rebalances", "max gap ms", "duplicates", "lost", "produced");
+        for row in &self.switch {
+            let r = &row.report;
+            let _ = writeln!(
+                t,
+                "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}",
+                row.name, r.rebalances, r.max_gap_ms, r.duplicates, r.lost, r.produced
+            );
+        }
+        for (name, value) in self.figures() {
+            let _ = writeln!(t, "bench: {name}={value}");
+        }
+        f.write_str(t.trim_end())
+    }
+}

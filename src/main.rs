@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fanout_gateway::config::{Config, DiscoveryMode};
 use fanout_gateway::devkafka::{DevKafka, TopicSpec};
-use fanout_gateway::{client, demo, gateway, scenario};
+use fanout_gateway::{bench, client, demo, gateway, scenario};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -56,6 +56,20 @@ enum Command {
         #[arg(long, value_enum)]
         scenario: Option<scenario::Scenario>,
     },
+    /// Measure the gateway against a plain consumer (throughput, latency), its memory with a
+    /// slow subscriber, and a blue-green switch against a consumer-group handover, all on an
+    /// embedded Kafka in one run. Prints a table, then one `bench: name=value` line per figure.
+    Bench {
+        /// Run every part at a tiny scale (checks the command works; the figures mean little).
+        #[arg(long)]
+        smoke: bool,
+        /// Run only these parts (comma-separated), e.g. to profile one.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
+        /// Message sizes in bytes (comma-separated); default 100,1024.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+    },
     /// Subscribe to a route, print deliveries, ack them.
     Subscribe {
         /// Gateway endpoint.
@@ -98,6 +112,12 @@ enum Command {
         ignore_stdin: bool,
     },
 }
+
+/// mimalloc instead of glibc's malloc: every message allocates and frees a few buffers on
+/// different threads (Kafka poll thread, dispatcher, gRPC encoder), which glibc's arenas
+/// handle with consolidation and lock traffic that showed in `bench` profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn init_tracing(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -186,6 +206,19 @@ async fn main() -> anyhow::Result<()> {
             let report = demo::run(options, stop, |line| println!("{line}")).await?;
             println!("{report}");
         }
+        Command::Bench { smoke, only, sizes } => {
+            init_tracing(cli.log_format, "error");
+            let mut options = if smoke { bench::BenchOptions::smoke() } else { bench::BenchOptions::default() };
+            options.only = only;
+            if !sizes.is_empty() {
+                options.sizes = sizes;
+            }
+            println!("{}", machine_line());
+            let started = std::time::Instant::now();
+            let report = bench::run(&options, |line| eprintln!("[{:>4}s] {line}", started.elapsed().as_secs())).await?;
+            println!("{report}");
+            println!("bench: elapsed_s={}", started.elapsed().as_secs());
+        }
         Command::DevKafka { brokers, topics, ignore_stdin } => {
             init_tracing(cli.log_format, "warn");
             dev_kafka(brokers, &topics, !ignore_stdin).await?;
@@ -196,6 +229,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where the benchmark ran: cores, memory and the CPU's name, from /proc.
+fn machine_line() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    format!("machine: {cores} cores ({model}), {mem_gib:.0} GiB memory; embedded Kafka: librdkafka mock cluster, 3 brokers")
 }
 
 /// Runs `dev-kafka`. The mock cluster is not `Send`: it stays in this future, which the

@@ -155,7 +155,9 @@ struct Session {
     route: usize,
     window: u32,
     queue: VecDeque<Pending>,
-    in_flight: HashMap<String, Pending>,
+    /// Keyed by delivery id. xxh3 rather than SipHash: the ids come from our own records, a
+    /// flooding attacker has nothing to aim at, and this map is touched twice per message.
+    in_flight: HashMap<String, Pending, xxhash_rust::xxh3::Xxh3Builder>,
     outbox: mpsc::UnboundedSender<SessionMessage>,
     /// No new deliveries; closed when `in_flight` empties.
     draining: bool,
@@ -422,7 +424,7 @@ impl Registry {
                 route: r,
                 window,
                 queue: VecDeque::new(),
-                in_flight: HashMap::new(),
+                in_flight: HashMap::default(),
                 outbox: tx,
                 draining: false,
                 close_reason: None,

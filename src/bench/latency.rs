@@ -1,0 +1,180 @@
+//! Latency at a fixed produce rate: from the producer's send to the moment the consumer (raw)
+//! or the subscriber (gateway) has the message, as an HDR histogram in microseconds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use tokio::sync::watch;
+
+use super::load::{self, age};
+use super::throughput::consumer_config;
+use super::BenchError;
+use crate::client::{self, Subscription};
+use crate::config::Config;
+use crate::gateway;
+use crate::stats::Stats;
+
+/// Messages sent in the first second are left out: connections and fetch sessions warm up.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Longest wait, once producing is over, for the last messages to arrive.
+const TAIL: Duration = Duration::from_secs(10);
+
+/// Percentiles of one run, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub count: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    Percentiles { p50: h.value_at_quantile(0.5), p99: h.value_at_quantile(0.99), p999: h.value_at_quantile(0.999), count: h.len() }
+}
+
+/// Records one message's age unless it was sent during the warm-up.
+fn record(h: &mut Histogram<u64>, payload: &[u8], run_started: Instant) {
+    let Some(age) = age(payload) else { return };
+    if Instant::now().saturating_duration_since(run_started) < WARMUP + age {
+        return;
+    }
+    h.saturating_record(age.as_micros().max(1) as u64);
+}
+
+/// One paced run: what a plain consumer sees.
+pub async fn raw(
+    bootstrap: &str,
+    topic: &str,
+    rate: u32,
+    size: usize,
+    duration: Duration,
+    properties: &BTreeMap<String, String>,
+) -> Result<Percentiles, BenchError> {
+    let consumer: BaseConsumer = consumer_config(bootstrap, &format!("{topic}-raw"), properties).create()?;
+    consumer.subscribe(&[topic])?;
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    // The number of messages sent, once producing is over: the reader stops when it has them
+    // all (or after TAIL), so the slowest messages are in the histogram too.
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<u64>();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut h = histogram();
+        let mut ready_tx = Some(ready_tx);
+        let mut started = Instant::now();
+        let mut received = 0u64;
+        let mut until: Option<(u64, Instant)> = None;
+        loop {
+            if let Some(tx) = ready_tx.take_if(|_| consumer.assignment().is_ok_and(|a| a.count() > 0)) {
+                started = Instant::now();
+                let _ = tx.send(());
+            }
+            if let Ok(sent) = sent_rx.try_recv() {
+                until = Some((sent, Instant::now() + TAIL));
+            }
+            if until.is_some_and(|(sent, by)| received >= sent || Instant::now() > by) {
+                break;
+            }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                received += 1;
+                if let Some(p) = m.payload() {
+                    record(&mut h, p, started);
+                }
+            }
+        }
+        consumer.unsubscribe();
+        h
+    });
+    let _ = ready.await;
+    let sent = produce(bootstrap, topic, rate, size, duration).await?;
+    let _ = sent_tx.send(sent);
+    Ok(percentiles(&reader.await?))
+}
+
+/// One paced run through the gateway to `subscribers` subscribers that ack at once.
+pub async fn gateway(
+    bootstrap: &str,
+    topic: &str,
+    rate: u32,
+    size: usize,
+    duration: Duration,
+    subscribers: usize,
+    properties: &BTreeMap<String, String>,
+) -> Result<Percentiles, BenchError> {
+    let route = "latency";
+    let mut config = Config::single_route(bootstrap, &format!("{topic}-gw"), route, &[topic]);
+    config.kafka.commit_interval_ms = 1_000;
+    config.kafka.properties = properties.clone();
+    let gw = gateway::start(config).await?;
+    let stats = gw.stats();
+    let h = Arc::new(Mutex::new(histogram()));
+    let started = Arc::new(Mutex::new(Instant::now()));
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
+        let hello = client::hello(route, &format!("latency-{i}"), 1_000);
+        let seen = (h.clone(), started.clone(), received.clone());
+        tasks.push(tokio::spawn(subscriber(gw.endpoint(), hello, seen, stop.clone())));
+    }
+    let assigned_by = Instant::now() + Duration::from_secs(30);
+    while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64) && Instant::now() < assigned_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    *started.lock() = Instant::now();
+    let sent = produce(bootstrap, topic, rate, size, duration).await?;
+    let tail = Instant::now() + TAIL;
+    while received.load(Ordering::Relaxed) < sent && Instant::now() < tail {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.shutdown().await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let h = h.lock();
+    Ok(percentiles(&h))
+}
+
+/// Produces at `rate` for `duration` on a blocking thread; returns how many were sent.
+async fn produce(bootstrap: &str, topic: &str, rate: u32, size: usize, duration: Duration) -> Result<u64, BenchError> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    Ok(tokio::task::spawn_blocking(move || load::paced(&bootstrap, &topic, rate, size, duration)).await??)
+}
+
+async fn subscriber(
+    endpoint: String,
+    hello: crate::proto::Hello,
+    (h, started, received): (Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Instant>>, Arc<AtomicU64>),
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
+    loop {
+        let batch = tokio::select! {
+            _ = stop.changed() => return,
+            batch = sub.next() => batch,
+        };
+        let Ok(Some(batch)) = batch else { return };
+        {
+            let since = *started.lock();
+            let mut h = h.lock();
+            for d in &batch {
+                record(&mut h, &d.value, since);
+            }
+            received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        let ids = batch.into_iter().map(|d| d.delivery_id).collect();
+        if sub.ack(ids).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Throughput: how fast a backlog is read by a plain consumer, and how fast it goes through
+//! the gateway to subscribers that ack it, from the first message to the last.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::load::Backlog;
+use super::BenchError;
+use crate::client::{self, Subscription};
+use crate::config::Config;
+use crate::gateway;
+use crate::stats::Stats;
+
+/// Longest a measurement may take before it is reported as incomplete.
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Messages and payload bytes read, and the time from the first to the last.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rate {
+    pub messages: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// CPU time this process used over the run (all threads: broker, gateway, subscribers),
+    /// in cores: 2.0 on two cores means the run was bound by the CPU.
+    pub cores: f64,
+}
+
+/// CPU time used by this process so far (user + system), from /proc/self/stat.
+pub(crate) fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; Linux
+    // counts them in USER_HZ, 100 per second.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+impl Rate {
+    pub fn per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A consumer with the properties both sides of a comparison share.
+pub(crate) fn consumer_config(bootstrap: &str, group: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap).set("group.id", group).set("auto.offset.reset", "earliest");
+    for (k, v) in properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// A plain rdkafka consumer reads the whole backlog, `passes` times over, and the median pass
+/// is reported. It takes the partitions by assignment, not through a group: joining is not
+/// what is measured (each gateway run is timed from its first delivery for the same reason).
+/// It touches nothing but the payload length, the least a consumer can do.
+pub async fn raw(bootstrap: &str, backlog: &Backlog, passes: usize, properties: &BTreeMap<String, String>) -> Result<Rate, BenchError> {
+    let mut rates = Vec::new();
+    for pass in 0..passes.max(1) {
+        let consumer: BaseConsumer = consumer_config(bootstrap, &format!("{}-raw-{pass}", backlog.topic), properties).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..backlog.ends.len() as i32 {
+            tpl.add_partition_offset(&backlog.topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let ends = backlog.ends.clone();
+        let cpu = process_cpu();
+        let mut rate = tokio::task::spawn_blocking(move || read_to_ends(&consumer, &ends)).await?;
+        rate.cores = (process_cpu() - cpu).as_secs_f64() / rate.elapsed.as_secs_f64().max(1e-9);
+        rates.push(rate);
+    }
+    rates.sort_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
+    Ok(rates[rates.len() / 2])
+}
+
+/// Polls until every partition has been read to its end.
+fn read_to_ends(consumer: &BaseConsumer, ends: &[i64]) -> Rate {
+    let mut next = vec![0i64; ends.len()];
+    let mut remaining = ends.iter().filter(|e| **e > 0).count();
+    let mut rate = Rate::default();
+    let mut first = None;
+    let started = Instant::now();
+    while remaining > 0 && started.elapsed() < LIMIT {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let now = Instant::now();
+        let first = *first.get_or_insert(now);
+        rate.messages += 1;
+        rate.bytes += m.payload_len() as u64;
+        rate.elapsed = now - first;
+        let Some(n) = usize::try_from(m.partition()).ok().and_then(|p| next.get_mut(p)) else { continue };
+        let end = ends[m.partition() as usize];
+        if *n < end && m.offset() + 1 >= end {
+            remaining -= 1;
+        }
+        *n = (*n).max(m.offset() + 1);
+    }
+    rate
+}
+
+/// What the subscribers of a gateway run saw.
+#[derive(Default)]
+struct Seen {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    first: Mutex<Option<Instant>>,
+}
+
+/// The gateway reads the backlog and delivers it over loopback gRPC to `subscribers`
+/// subscribers, each with a window of `window`, that ack every batch as it arrives. Timed from
+/// the first delivery to the last ack the gateway took; the commits that follow are waited
+/// for but not timed.
+pub async fn gateway(
+    bootstrap: &str,
+    backlog: &Backlog,
+    group: &str,
+    subscribers: usize,
+    window: u32,
+    properties: &BTreeMap<String, String>,
+) -> Result<Rate, BenchError> {
+    let route = "bench";
+    let mut config = Config::single_route(bootstrap, group, route, &[&backlog.topic]);
+    config.kafka.commit_interval_ms = 1_000;
+    config.kafka.properties = properties.clone();
+    config.routes[0].max_in_flight = window;
+    let gw = gateway::start(config).await?;
+    let stats = gw.stats();
+    let seen = Arc::new(Seen::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
+        let hello = client::hello(route, &format!("bench-{i}"), window);
+        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, seen.clone(), stop.clone())));
+    }
+    let started = Instant::now();
+    let mut last = (0, Instant::now());
+    let mut cpu_at_first = None;
+    while started.elapsed() < LIMIT {
+        let acked = Stats::get(&stats.acked);
+        if acked != last.0 {
+            last = (acked, Instant::now());
+        }
+        if cpu_at_first.is_none() && seen.first.lock().is_some() {
+            cpu_at_first = Some(process_cpu());
+        }
+        if acked >= backlog.messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = *seen.first.lock();
+    let elapsed = first.map_or(Duration::ZERO, |f| last.1.saturating_duration_since(f));
+    let cpu = cpu_at_first.map_or(Duration::ZERO, |c| process_cpu().saturating_sub(c));
+    let rate = Rate {
+        messages: Stats::get(&stats.acked),
+        bytes: seen.bytes.load(Ordering::Relaxed),
+        elapsed,
+        cores: cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+    };
+    // Let the last acks be committed, as a real run would, before the next measurement.
+    let committed_by = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < committed_by && stats.committed_sum() < backlog.ends.iter().sum::<i64>() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(rate)
+}
+
+/// Acks every batch as soon as it arrives: the subscriber side costs as little as it can, so
+/// the measurement is of the gateway.
+async fn acking_subscriber(endpoint: String, hello: crate::proto::Hello, seen: Arc<Seen>, mut stop: watch::Receiver<bool>) {
+    let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
+    loop {
+        let batch = tokio::select! {
+            _ = stop.changed() => return,
+            batch = sub.next() => batch,
+        };
+        let Ok(Some(batch)) = batch else { return };
+        {
+            let mut first = seen.first.lock();
+            first.get_or_insert_with(Instant::now);
+        }
+        let bytes: usize = batch.iter().map(|d| d.value.len()).sum();
+        seen.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        seen.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let ids = batch.into_iter().map(|d| d.delivery_id).collect();
+        if sub.ack(ids).await.is_err() {
+            return;
+        }
+    }
+}
