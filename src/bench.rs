@@ -57,6 +57,8 @@ pub enum Part {
 pub struct BenchOptions {
     /// Parts to run; empty runs them all.
     pub only: Vec<Part>,
+    /// librdkafka properties added to both consumers of each comparison (for experiments).
+    pub properties: Vec<(String, String)>,
     pub sizes: Vec<usize>,
     /// Partitions of a throughput backlog of messages below 512 bytes; larger messages get
     /// four times as many, so that both backlogs take long enough to read to be measured.
@@ -73,6 +75,8 @@ pub struct BenchOptions {
     pub memory_partitions: i32,
     pub memory_bounds: Vec<usize>,
     pub memory_duration: Duration,
+    /// The `fanout-gateway` executable the memory part runs; `None` is this process's own.
+    pub gateway_exe: Option<std::path::PathBuf>,
     pub switch_duration: Duration,
     pub switch_rate: u32,
 }
@@ -81,6 +85,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             only: Vec::new(),
+            properties: Vec::new(),
             sizes: vec![100, 1024],
             partitions: 16,
             backlog_per_partition: 4 << 20,
@@ -92,7 +97,11 @@ impl Default for BenchOptions {
             memory_partitions: 32,
             memory_bounds: vec![10_000, 1_000],
             memory_duration: Duration::from_secs(8),
-            switch_duration: Duration::from_secs(9),
+            gateway_exe: None,
+            // Green joins at a third and blue leaves at two thirds: each third must outlast the
+            // mock coordinator's join wait (session timeout - 1 s = 5 s), or the join and the
+            // leave fall into one rebalance.
+            switch_duration: Duration::from_secs(20),
             switch_rate: 4_000,
         }
     }
@@ -107,6 +116,7 @@ impl BenchOptions {
     pub fn smoke() -> Self {
         Self {
             only: Vec::new(),
+            properties: Vec::new(),
             sizes: vec![100],
             partitions: 4,
             backlog_per_partition: 256 << 10,
@@ -118,16 +128,27 @@ impl BenchOptions {
             memory_partitions: 4,
             memory_bounds: vec![500],
             memory_duration: Duration::from_secs(2),
+            gateway_exe: None,
             switch_duration: Duration::from_secs(6),
             switch_rate: 2_000,
         }
     }
 }
 
+/// Partitions of the latency topics: few, so that the paced producer's batches stay large
+/// enough for the mock broker, whose one I/O thread serves every broker's requests.
+const LATENCY_PARTITIONS: i32 = 4;
+
 /// Consumer properties both sides of every comparison get. The mock broker holds a fetch that
 /// finds no new data for the whole `fetch.wait.max.ms` (a real broker answers as soon as data
 /// arrives), so a short wait keeps latency about the consumers, not the mock.
-fn consumer_properties() -> BTreeMap<String, String> {
+fn consumer_properties(extra: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut properties = base_properties();
+    properties.extend(extra.iter().cloned());
+    properties
+}
+
+fn base_properties() -> BTreeMap<String, String> {
     [("fetch.wait.max.ms".to_string(), "5".to_string())].into_iter().collect()
 }
 
@@ -174,7 +195,7 @@ pub struct BenchReport {
 pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
     let cluster = MockCluster::new(3)?;
     let bootstrap = cluster.bootstrap_servers();
-    let properties = consumer_properties();
+    let properties = consumer_properties(&options.properties);
     let mut report = BenchReport::default();
 
     for &size in options.sizes.iter().filter(|_| options.runs(Part::Throughput)) {
@@ -200,8 +221,8 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         for &rate in &options.latency_rates {
             progress(&format!("latency {size} B at {rate} msg/s"));
             let topic = format!("latency-{size}b-{rate}");
-            cluster.create_topic(&format!("{topic}-raw"), options.partitions, 1)?;
-            cluster.create_topic(&format!("{topic}-gw"), options.partitions, 1)?;
+            cluster.create_topic(&format!("{topic}-raw"), LATENCY_PARTITIONS, 1)?;
+            cluster.create_topic(&format!("{topic}-gw"), LATENCY_PARTITIONS, 1)?;
             let d = options.latency_duration;
             let raw = latency::raw(&bootstrap, &format!("{topic}-raw"), rate, size, d, &properties).await?;
             let gateway =
@@ -229,7 +250,11 @@ async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options:
     let backlog = tokio::task::spawn_blocking(move || load::fill(&b, topic, partitions, size, per_partition)).await??;
     for &bound in &options.memory_bounds {
         progress(&format!("memory: gateway process, bound {bound} per partition, slow subscriber"));
-        let memory = memory::slow_subscriber(&bootstrap, &backlog, &format!("memory-{bound}"), bound, options.memory_duration).await?;
+        let exe = match &options.gateway_exe {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?,
+        };
+        let memory = memory::slow_subscriber(&exe, &bootstrap, &backlog, &format!("memory-{bound}"), bound, options.memory_duration).await?;
         report.memory.push(MemoryRow { bound, backlog_bytes: backlog.bytes, partitions, memory });
     }
     Ok(())
@@ -276,6 +301,8 @@ async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: 
             duplicates: scenario.duplicates,
             lost: scenario.lost,
             produced: scenario.produced,
+            // The scenario's `lost` already counts what the group's commits do not cover.
+            uncommitted: 0,
         },
     });
     Ok(())
@@ -330,7 +357,7 @@ impl BenchReport {
             put(format!("switch_{name}_rebalances"), row.report.rebalances.to_string());
             put(format!("switch_{name}_max_gap_ms"), row.report.max_gap_ms.to_string());
             put(format!("switch_{name}_duplicates"), row.report.duplicates.to_string());
-            put(format!("switch_{name}_lost"), row.report.lost.to_string());
+            put(format!("switch_{name}_lost"), (row.report.lost + row.report.uncommitted).to_string());
         }
         out
     }
@@ -377,15 +404,16 @@ impl fmt::Display for BenchReport {
             );
         }
         let _ = writeln!(t, "deploy switch (blue -> green while producing)");
-        let _ = writeln!(t, "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}", "how", "rebalances", "max gap ms", "duplicates", "lost", "produced");
+        let _ = writeln!(t, "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}", "how", "rebalances", "max gap ms", "duplicates", "lost*", "produced");
         for row in &self.switch {
             let r = &row.report;
             let _ = writeln!(
                 t,
                 "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}",
-                row.name, r.rebalances, r.max_gap_ms, r.duplicates, r.lost, r.produced
+                row.name, r.rebalances, r.max_gap_ms, r.duplicates, r.lost + r.uncommitted, r.produced
             );
         }
+        let _ = writeln!(t, "  * lost: never processed, or processed but not covered by the group's committed offsets");
         for (name, value) in self.figures() {
             let _ = writeln!(t, "bench: {name}={value}");
         }

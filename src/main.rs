@@ -66,6 +66,10 @@ enum Command {
         /// Run only these parts (comma-separated), e.g. to profile one.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Part>,
+        /// A librdkafka property for both the plain consumer and the gateway, KEY=VALUE
+        /// (repeat for more): to see what a setting changes.
+        #[arg(long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
         /// Message sizes in bytes (comma-separated); default 100,1024.
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
@@ -206,10 +210,11 @@ async fn main() -> anyhow::Result<()> {
             let report = demo::run(options, stop, |line| println!("{line}")).await?;
             println!("{report}");
         }
-        Command::Bench { smoke, only, sizes } => {
+        Command::Bench { smoke, only, properties, sizes } => {
             init_tracing(cli.log_format, "error");
             let mut options = if smoke { bench::BenchOptions::smoke() } else { bench::BenchOptions::default() };
             options.only = only;
+            options.properties = properties;
             if !sizes.is_empty() {
                 options.sizes = sizes;
             }
@@ -229,6 +234,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE (a librdkafka property), got {s:?}")),
+    }
 }
 
 /// Where the benchmark ran: cores, memory and the CPU's name, from /proc.

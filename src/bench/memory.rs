@@ -47,10 +47,11 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
-/// Runs `fanout-gateway serve` (this executable) against `bootstrap` with
+/// Runs `fanout-gateway serve` (`exe`) against `bootstrap` with
 /// `max_uncommitted_per_partition = bound`, attaches one slow subscriber for `duration`, and
 /// reports the process's memory.
 pub async fn slow_subscriber(
+    exe: &std::path::Path,
     bootstrap: &str,
     backlog: &Backlog,
     group: &str,
@@ -80,7 +81,7 @@ topics = ["{topic}"]
             topic = backlog.topic
         ),
     )?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = Command::new(exe)
         .args(["serve", "--config"])
         .arg(&config_path)
         .env("RUST_LOG", "error")
