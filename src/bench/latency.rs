@@ -151,10 +151,14 @@ async fn produce(bootstrap: &str, topic: &str, rate: u32, size: usize, duration:
     Ok(tokio::task::spawn_blocking(move || load::paced(&bootstrap, &topic, rate, size, duration)).await??)
 }
 
+/// What a gateway run's subscribers share: the histogram, when the run began, and how many
+/// messages arrived.
+type Shared = (Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Instant>>, Arc<AtomicU64>);
+
 async fn subscriber(
     endpoint: String,
     hello: crate::proto::Hello,
-    (h, started, received): (Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Instant>>, Arc<AtomicU64>),
+    (h, started, received): Shared,
     mut stop: watch::Receiver<bool>,
 ) {
     let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
