@@ -182,6 +182,8 @@ pub struct MemoryRow {
 #[derive(Debug, Clone, Default)]
 pub struct SwitchRow {
     pub name: &'static str,
+    /// How the row's figures are named: `switch_<key>_...`.
+    pub key: &'static str,
     pub report: HandoverReport,
 }
 
@@ -268,7 +270,10 @@ async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options:
 async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: &BenchOptions, report: &mut BenchReport, progress: impl Fn(&str)) -> Result<(), BenchError> {
     let bootstrap = cluster.bootstrap_servers();
 
-    for (name, strategy) in [("consumer group, eager", Strategy::Eager), ("consumer group, cooperative", Strategy::Cooperative)] {
+    for (name, key, strategy) in [
+        ("consumer group, eager", "group_eager", Strategy::Eager),
+        ("consumer group, cooperative", "group_cooperative", Strategy::Cooperative),
+    ] {
         progress(&format!("deploy switch: {name} handover"));
         let topic = format!("handover-{strategy:?}").to_lowercase();
         cluster.create_topic(&topic, 8, 1)?;
@@ -280,7 +285,7 @@ async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: 
             strategy,
         };
         let report_row = handover::status_quo(&bootstrap, &topic, &handover).await?;
-        report.switch.push(SwitchRow { name, report: report_row });
+        report.switch.push(SwitchRow { name, key, report: report_row });
     }
     drop(cluster);
     progress("deploy switch: gateway weights blue -> green");
@@ -298,6 +303,7 @@ async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: 
     .await?;
     report.switch.push(SwitchRow {
         name: "gateway weights",
+        key: "gateway",
         report: HandoverReport {
             rebalances: scenario.rebalances,
             max_gap_ms: scenario.max_gap_ms,
@@ -353,10 +359,7 @@ impl BenchReport {
             put(format!("peak_rss_mib_bound_{}", row.bound), format!("{:.0}", row.memory.peak_rss_kib as f64 / 1024.0));
         }
         for row in &self.switch {
-            let name = match row.name {
-                "gateway weights" => "gateway".to_string(),
-                other => other.replace("consumer group, ", "group_"),
-            };
+            let name = row.key;
             put(format!("switch_{name}_rebalances"), row.report.rebalances.to_string());
             put(format!("switch_{name}_max_gap_ms"), row.report.max_gap_ms.to_string());
             put(format!("switch_{name}_duplicates"), row.report.duplicates.to_string());

@@ -13,9 +13,9 @@ use rdkafka::Message;
 use tokio::sync::watch;
 
 use super::load::{self, age};
-use super::throughput::consumer_config;
+use super::throughput::{acking_subscriber, consumer_config};
 use super::BenchError;
-use crate::client::{self, Subscription};
+use crate::client;
 use crate::config::Config;
 use crate::gateway;
 use crate::stats::Stats;
@@ -123,8 +123,15 @@ pub async fn gateway(
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let hello = client::hello(route, &format!("latency-{i}"), 1_000);
-        let seen = (h.clone(), started.clone(), received.clone());
-        tasks.push(tokio::spawn(subscriber(gw.endpoint(), hello, seen, stop.clone())));
+        let (h, started, received) = (h.clone(), started.clone(), received.clone());
+        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, stop.clone(), move |batch| {
+            let since = *started.lock();
+            let mut h = h.lock();
+            for d in batch {
+                record(&mut h, &d.value, since);
+            }
+            received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        })));
     }
     let assigned_by = Instant::now() + Duration::from_secs(30);
     while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64) && Instant::now() < assigned_by {
@@ -149,36 +156,4 @@ pub async fn gateway(
 async fn produce(bootstrap: &str, topic: &str, rate: u32, size: usize, duration: Duration) -> Result<u64, BenchError> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     Ok(tokio::task::spawn_blocking(move || load::paced(&bootstrap, &topic, rate, size, duration)).await??)
-}
-
-/// What a gateway run's subscribers share: the histogram, when the run began, and how many
-/// messages arrived.
-type Shared = (Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Instant>>, Arc<AtomicU64>);
-
-async fn subscriber(
-    endpoint: String,
-    hello: crate::proto::Hello,
-    (h, started, received): Shared,
-    mut stop: watch::Receiver<bool>,
-) {
-    let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
-    loop {
-        let batch = tokio::select! {
-            _ = stop.changed() => return,
-            batch = sub.next() => batch,
-        };
-        let Ok(Some(batch)) = batch else { return };
-        {
-            let since = *started.lock();
-            let mut h = h.lock();
-            for d in &batch {
-                record(&mut h, &d.value, since);
-            }
-            received.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        let ids = batch.into_iter().map(|d| d.delivery_id).collect();
-        if sub.ack(ids).await.is_err() {
-            return;
-        }
-    }
 }

@@ -16,6 +16,7 @@ use super::load::Backlog;
 use super::BenchError;
 use crate::client::{self, Subscription};
 use crate::config::Config;
+use crate::proto::Delivery;
 use crate::gateway;
 use crate::stats::Stats;
 
@@ -114,7 +115,6 @@ fn read_to_ends(consumer: &BaseConsumer, ends: &[i64]) -> Rate {
 /// What the subscribers of a gateway run saw.
 #[derive(Default)]
 struct Seen {
-    messages: AtomicU64,
     bytes: AtomicU64,
     first: Mutex<Option<Instant>>,
 }
@@ -143,7 +143,12 @@ pub async fn gateway(
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let hello = client::hello(route, &format!("bench-{i}"), window);
-        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, seen.clone(), stop.clone())));
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, stop.clone(), move |batch| {
+            seen.first.lock().get_or_insert_with(Instant::now);
+            let bytes: usize = batch.iter().map(|d| d.value.len()).sum();
+            seen.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        })));
     }
     let started = Instant::now();
     let mut last = (0, Instant::now());
@@ -183,9 +188,15 @@ pub async fn gateway(
     Ok(rate)
 }
 
-/// Acks every batch as soon as it arrives: the subscriber side costs as little as it can, so
-/// the measurement is of the gateway.
-async fn acking_subscriber(endpoint: String, hello: crate::proto::Hello, seen: Arc<Seen>, mut stop: watch::Receiver<bool>) {
+/// A subscriber that hands each batch to `look`, then acks all of it at once: the subscriber
+/// side costs as little as it can, so what is measured is the gateway. Ends when `stop`
+/// changes or the stream does.
+pub(crate) async fn acking_subscriber(
+    endpoint: String,
+    hello: crate::proto::Hello,
+    mut stop: watch::Receiver<bool>,
+    mut look: impl FnMut(&[Delivery]),
+) {
     let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
     loop {
         let batch = tokio::select! {
@@ -193,13 +204,7 @@ async fn acking_subscriber(endpoint: String, hello: crate::proto::Hello, seen: A
             batch = sub.next() => batch,
         };
         let Ok(Some(batch)) = batch else { return };
-        {
-            let mut first = seen.first.lock();
-            first.get_or_insert_with(Instant::now);
-        }
-        let bytes: usize = batch.iter().map(|d| d.value.len()).sum();
-        seen.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        seen.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        look(&batch);
         let ids = batch.into_iter().map(|d| d.delivery_id).collect();
         if sub.ack(ids).await.is_err() {
             return;
