@@ -144,13 +144,21 @@ const fn default_shutdown_grace_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
-    /// The gateway's one long-lived consumer group.
+    /// Prefix of the routes' consumer groups: route `orders` consumes as `<group_id>.orders`
+    /// unless it names its own (`routes[].group_id`). Also the group of the former layout, in
+    /// which all routes shared this one group: a route whose group has no offsets yet starts
+    /// where this group left its topics (see [`crate::kafka::upgrade`]).
     #[serde(default = "default_group_id")]
     pub group_id: String,
     /// Static membership: a restart with the same id within `session.timeout.ms` does not
-    /// rebalance the group.
+    /// rebalance the routes' groups. Each route's consumer uses `<group_instance_id>.<route>`.
     #[serde(default)]
     pub group_instance_id: Option<String>,
+    /// How long a revoked partition may wait for its in-flight deliveries' acks before its
+    /// commit and release. Like Vector's Kafka source, well below `session.timeout.ms`
+    /// (librdkafka's default 45 s): the group's next generation waits for the release.
+    #[serde(default = "default_revoke_drain_ms")]
+    pub revoke_drain_ms: u64,
     #[serde(default)]
     pub auto_offset_reset: AutoOffsetReset,
     /// How often acked offsets are committed (also on revoke and on shutdown).
@@ -168,6 +176,12 @@ pub struct KafkaConfig {
 /// `fanout-gateway`.
 fn default_group_id() -> String {
     "fanout-gateway".to_string()
+}
+
+/// 5 s: a prompt subscriber acks well within it; a rebalance waits at most this long for a
+/// slow one.
+const fn default_revoke_drain_ms() -> u64 {
+    5_000
 }
 
 /// 1 s: a restart redelivers at most about a second of acked work beyond what commit
@@ -209,6 +223,10 @@ impl AutoOffsetReset {
 pub struct RouteConfig {
     /// Name subscribers put in `Hello.route`.
     pub name: String,
+    /// The route's own consumer group; default `<kafka.group_id>.<name>`. Every route is a
+    /// subscription of its own: its commits, lag and pauses never touch another route's.
+    #[serde(default)]
+    pub group_id: Option<String>,
     /// Topics whose messages this route delivers.
     pub topics: Vec<String>,
     /// Cap on a subscriber's in-flight window (`Hello.max_in_flight` and credits).
@@ -329,6 +347,7 @@ impl RouteConfig {
     pub fn new(name: &str, topics: &[&str]) -> Self {
         Self {
             name: name.to_string(),
+            group_id: None,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             max_in_flight: default_max_in_flight(),
             default_in_flight: default_window(),
@@ -349,6 +368,25 @@ impl RouteConfig {
     /// The route's selector, parsed (validated at load, so an error here is a bug upstream).
     pub fn parsed_selector(&self) -> Result<crate::selector::Selector, crate::selector::SelectorError> {
         self.selector.parse()
+    }
+
+    /// The route's consumer group: its own `group_id`, else `<kafka.group_id>.<name>`.
+    pub fn group(&self, kafka: &KafkaConfig) -> String {
+        self.group_id.clone().unwrap_or_else(|| format!("{}.{}", kafka.group_id, self.name))
+    }
+
+    /// The route consumer's static membership id, derived from the gateway's: one process is
+    /// a member of every route's group, under one id per group.
+    pub fn group_instance_id(&self, kafka: &KafkaConfig) -> Option<String> {
+        kafka.group_instance_id.as_ref().map(|id| format!("{id}.{}", self.name))
+    }
+
+    /// Topics the route's consumer subscribes to: its own and its retry topic.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.topics.iter().cloned().chain(self.retry.retry_topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        topics
     }
 
     /// Whether `topic` is this route's retry topic.
@@ -434,6 +472,9 @@ impl Config {
         if self.kafka.group_instance_id.as_deref().is_some_and(|v| v.trim().is_empty()) {
             bad("kafka.group_instance_id".into(), "must not be empty when set");
         }
+        if self.kafka.revoke_drain_ms == 0 {
+            bad("kafka.revoke_drain_ms".into(), "must be at least 1");
+        }
         if self.kafka.commit_interval_ms == 0 {
             bad("kafka.commit_interval_ms".into(), "must be at least 1");
         }
@@ -452,12 +493,27 @@ impl Config {
             bad("routes".into(), "at least one [[routes]] entry is needed");
         }
         let mut names = HashSet::new();
+        let mut groups = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = |f: &str| format!("routes[{i}].{f}");
+            let mut fresh_name = false;
             if route.name.trim().is_empty() {
                 bad(at("name"), "must not be empty");
             } else if !names.insert(route.name.as_str()) {
                 bad(at("name"), "is used by another route; route names must be unique");
+            } else if !route.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                // It names the route's consumer group and static member id.
+                bad(at("name"), "may hold only letters, digits, '.', '_' and '-' (it names the route's consumer group)");
+            } else {
+                fresh_name = true;
+            }
+            if route.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
+                bad(at("group_id"), "must not be empty when set");
+            }
+            let group = route.group(&self.kafka);
+            // A duplicate name is reported as such; its default group clashes by consequence.
+            if !groups.insert(group.clone()) && fresh_name {
+                bad(at("group_id"), &format!("consumer group `{group}` is another route's: each route needs a group of its own"));
             }
             if route.topics.is_empty() {
                 bad(at("topics"), "must list at least one topic");
@@ -494,18 +550,6 @@ impl Config {
             if route.delivery == DeliveryMode::AtMostOnce {
                 if route.dead_letter_topic.is_some() {
                     bad(at("dead_letter_topic"), "at-most-once routes never redeliver or dead-letter (a failed delivery is dropped); remove it or use at-least-once");
-                }
-                let shared: Vec<&str> = route
-                    .topics
-                    .iter()
-                    .filter(|t| self.routes.iter().enumerate().any(|(j, other)| j != i && other.topics.contains(t)))
-                    .map(String::as_str)
-                    .collect();
-                if !shared.is_empty() {
-                    bad(at("topics"), &format!(
-                        "an at-most-once route needs its topics to itself (offsets are committed per partition, before sending); also consumed by other routes: {}",
-                        shared.join(", ")
-                    ));
                 }
             }
             match (&route.dedup, route.delivery) {
@@ -562,21 +606,25 @@ impl Config {
         topics
     }
 
-    /// A ready configuration for one route over the given topics (demo and tests).
+    /// A ready configuration for one route over the given topics (demo and tests), consuming
+    /// as group `group_id` itself.
     pub fn single_route(bootstrap: &str, group_id: &str, route: &str, topics: &[&str]) -> Self {
+        let mut route = RouteConfig::new(route, topics);
+        route.group_id = Some(group_id.to_string());
         Self {
             server: ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() },
             kafka: KafkaConfig {
                 bootstrap_servers: bootstrap.to_string(),
                 group_id: group_id.to_string(),
                 group_instance_id: None,
+                revoke_drain_ms: default_revoke_drain_ms(),
                 auto_offset_reset: AutoOffsetReset::Earliest,
                 commit_interval_ms: 200,
                 max_uncommitted_per_partition: default_max_uncommitted(),
                 properties: BTreeMap::new(),
             },
             discovery: DiscoveryConfig::default(),
-            routes: vec![RouteConfig::new(route, topics)],
+            routes: vec![route],
         }
     }
 }
@@ -780,11 +828,12 @@ mod tests {
             "routes[0].retry.max_attempts",
             "routes[0].retry.max_backoff_ms",
             "routes[0].dead_letter_topic",
-            "routes[0].topics",
             "routes[0].dedup",
         ] {
             assert!(fields.contains(&field.to_string()), "{field} not in {fields:?}");
         }
+        // Each route commits in its own group: an at-most-once route may share its topics.
+        assert!(!fields.contains(&"routes[0].topics".to_string()), "{fields:?}");
         let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-retry\"");
         assert_eq!(problems(&text), vec!["routes[0].retry.retry_topic"], "a retry topic the route already consumes");
         let ok = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-later\"");
@@ -797,6 +846,24 @@ mod tests {
         let config = Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"")).expect("parses");
         config.validate().expect("an effectively-once route without a dedup section uses the defaults");
         assert_eq!(config.routes[0].dedup_settings(), Some(crate::dedup::DedupConfig::default()));
+    }
+
+    #[test]
+    fn each_route_gets_a_consumer_group_and_member_id_of_its_own() {
+        let text = format!("{GOOD}\n[[routes]]\nname = \"audit\"\ntopics = [\"orders\"]\ngroup_id = \"audit-readers\"\n");
+        let mut config = Config::parse(&text).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.routes[0].group(&config.kafka), "gw.orders");
+        assert_eq!(config.routes[1].group(&config.kafka), "audit-readers");
+        assert_eq!(config.routes[0].group_instance_id(&config.kafka), None);
+        config.kafka.group_instance_id = Some("fanout-gateway-0".into());
+        assert_eq!(config.routes[0].group_instance_id(&config.kafka).as_deref(), Some("fanout-gateway-0.orders"));
+        assert_eq!(config.routes[1].group_instance_id(&config.kafka).as_deref(), Some("fanout-gateway-0.audit"));
+
+        let clash = text.replace("group_id = \"audit-readers\"", "group_id = \"gw.orders\"");
+        assert_eq!(problems(&clash), vec!["routes[1].group_id"]);
+        let bad_name = text.replace("name = \"audit\"", "name = \"audit log\"");
+        assert_eq!(problems(&bad_name), vec!["routes[1].name"]);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub async fn run(
     let targets = produced_ends(&produced);
     while Instant::now() < deadline {
         let committed_all = targets.iter().all(|(p, end)| {
-            stats.committed.read().get(&(DEMO_TOPIC.to_string(), *p)).is_some_and(|c| c >= end)
+            stats.committed_of(DEMO_GROUP, DEMO_TOPIC, *p).is_some_and(|c| c >= *end)
         });
         if Stats::get(&stats.acked) >= produced_total && committed_all {
             break;

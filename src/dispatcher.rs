@@ -127,7 +127,33 @@ pub struct DispatcherSettings {
     pub commit_interval: Duration,
     pub max_uncommitted: usize,
     pub shutdown_grace: Duration,
+    /// How long revoked partitions wait for their in-flight acks before they are released.
+    pub revoke_drain: Duration,
     pub discovery: DiscoveryMode,
+}
+
+/// Partitions being taken away: nothing new of theirs is sent, and the consumer thread waits
+/// in its revoke callback for `reply` until their in-flight deliveries are settled or
+/// `deadline` passes.
+struct Revoking {
+    partitions: Vec<TopicPartition>,
+    reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
+    deadline: Instant,
+}
+
+/// What this pipeline last added to the gateway-wide counters that it reports as totals or
+/// gauges: the next report adds only the difference, so routes' parts add up.
+#[derive(Debug, Default)]
+struct Reported {
+    delivered: u64,
+    redelivered: u64,
+    sessions: u64,
+    sessions_closed: u64,
+    expired: u64,
+    retries_scheduled: u64,
+    exhausted_without_dlq: u64,
+    dedup_evictions: u64,
+    buffered: u64,
 }
 
 /// The dispatcher's state; [`run`] drives it.
@@ -157,6 +183,9 @@ pub struct Dispatcher {
     committing_before_send: bool,
     /// A commit of acked offsets is under way (one at a time).
     committing: bool,
+    /// Revokes waiting for their partitions' in-flight deliveries, oldest first.
+    revoking: Vec<Revoking>,
+    reported: Reported,
 }
 
 impl Dispatcher {
@@ -178,6 +207,8 @@ impl Dispatcher {
             staged: Vec::new(),
             committing_before_send: false,
             committing: false,
+            revoking: Vec::new(),
+            reported: Reported::default(),
         }
     }
 
@@ -580,10 +611,7 @@ impl Dispatcher {
         match event {
             KafkaEvent::Records(records) => self.on_records(records),
             KafkaEvent::Assigned(assignments) => self.on_assigned(assignments),
-            KafkaEvent::Revoked { partitions, reply } => {
-                let points = self.on_revoked(&partitions);
-                let _ = reply.send(points);
-            }
+            KafkaEvent::Revoked { partitions, reply } => self.start_revoke(partitions, reply),
         }
     }
 
@@ -593,6 +621,51 @@ impl Dispatcher {
             self.next_epoch += 1;
             self.partitions.insert(a.tp, PartitionState::new(PartitionTracker::new(a.committed, a.acked_above), epoch));
         }
+    }
+
+    /// Partitions are being taken away. At-most-once routes release them at once (their
+    /// offsets were committed before sending, acks move nothing). Others drain: nothing new of
+    /// theirs is sent, their waiting messages are dropped (the next owner delivers them), and
+    /// the answer waits until their in-flight deliveries are settled or the drain deadline
+    /// passes, so a rebalance redelivers only what missed the deadline.
+    fn start_revoke(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
+    ) {
+        if self.registry.route_config(0).delivery == DeliveryMode::AtMostOnce || self.stopping {
+            let _ = reply.send(self.on_revoked(&partitions));
+            return;
+        }
+        let dropped = self.registry.withhold(&partitions);
+        let in_flight = self.registry.in_flight_of(&partitions);
+        info!(partitions = partitions.len(), in_flight, dropped, "partitions revoked: draining their in-flight deliveries");
+        let deadline = Instant::now() + self.settings.revoke_drain;
+        self.revoking.push(Revoking { partitions, reply, deadline });
+    }
+
+    /// Answers the revokes whose partitions have drained or whose deadline passed.
+    fn finish_revokes(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.revoking.len() {
+            let r = &self.revoking[i];
+            let left = self.registry.in_flight_of(&r.partitions);
+            if left > 0 && now < r.deadline {
+                i += 1;
+                continue;
+            }
+            let r = self.revoking.remove(i);
+            if left > 0 {
+                Stats::bump(&self.stats.revoke_abandoned, left as u64);
+                warn!(partitions = r.partitions.len(), in_flight = left, "drain deadline passed: releasing partitions with deliveries in flight; their next owner redelivers them");
+            }
+            let _ = r.reply.send(self.on_revoked(&r.partitions));
+        }
+    }
+
+    /// The earliest drain deadline of the revokes under way.
+    fn next_revoke_deadline(&self) -> Option<Instant> {
+        self.revoking.iter().map(|r| r.deadline).min()
     }
 
     /// Drops the partitions' buffered messages and returns their final commit points.
@@ -692,11 +765,42 @@ impl Dispatcher {
                 resume.push((tp.clone(), state.refetch_from.take()));
             }
         }
-        self.stats.set_buffered(held_total);
+        self.stats.shift_buffered(self.reported.buffered, held_total);
+        self.reported.buffered = held_total;
         (pause, resume)
     }
 
+    /// Adds what moved in the registry's totals and gauges since the last report.
+    fn report(&mut self) {
+        let r = &self.registry;
+        let evictions = self.dedup.values().map(|d| d.store.evictions()).sum();
+        let now = Reported {
+            delivered: r.delivered,
+            redelivered: r.redelivered,
+            sessions: r.session_count() as u64,
+            sessions_closed: r.closed,
+            expired: r.expired,
+            retries_scheduled: r.retries_scheduled,
+            exhausted_without_dlq: r.exhausted_without_dlq,
+            dedup_evictions: evictions,
+            buffered: self.reported.buffered,
+        };
+        let (s, before) = (&self.stats, &self.reported);
+        Stats::shift(&s.delivered, before.delivered, now.delivered);
+        Stats::shift(&s.redelivered, before.redelivered, now.redelivered);
+        Stats::shift(&s.sessions, before.sessions, now.sessions);
+        Stats::shift(&s.sessions_closed, before.sessions_closed, now.sessions_closed);
+        Stats::shift(&s.expired, before.expired, now.expired);
+        Stats::shift(&s.retries_scheduled, before.retries_scheduled, now.retries_scheduled);
+        Stats::shift(&s.exhausted_without_dlq, before.exhausted_without_dlq, now.exhausted_without_dlq);
+        Stats::shift(&s.dedup_evictions, before.dedup_evictions, now.dedup_evictions);
+        self.reported = now;
+    }
+
     fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
+        if !self.revoking.is_empty() {
+            self.finish_revokes(Instant::now());
+        }
         self.start_claims();
         if self.registry.awaiting_commit() {
             self.commit(kafka);
@@ -705,17 +809,7 @@ impl Dispatcher {
         self.commit_before_send(kafka);
         let dropped = self.registry.take_dropped().len();
         Stats::bump(&self.stats.dropped_at_most_once, dropped as u64);
-        self.stats.delivered.store(self.registry.delivered, std::sync::atomic::Ordering::Relaxed);
-        self.stats.redelivered.store(self.registry.redelivered, std::sync::atomic::Ordering::Relaxed);
-        self.stats.sessions.store(self.registry.session_count() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.stats.sessions_closed.store(self.registry.closed, std::sync::atomic::Ordering::Relaxed);
-        self.stats.expired.store(self.registry.expired, std::sync::atomic::Ordering::Relaxed);
-        self.stats.retries_scheduled.store(self.registry.retries_scheduled, std::sync::atomic::Ordering::Relaxed);
-        self.stats.exhausted_without_dlq.store(self.registry.exhausted_without_dlq, std::sync::atomic::Ordering::Relaxed);
-        if !self.dedup.is_empty() {
-            let evicted = self.dedup.values().map(|d| d.store.evictions()).sum();
-            self.stats.dedup_evictions.store(evicted, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.report();
         let letters = self.registry.take_dead_letters();
         if !letters.is_empty() {
             self.send_dead_letters(letters);
@@ -774,6 +868,7 @@ pub async fn run(
     let mut next_deadline_scan = Instant::now() + DEADLINE_SCAN;
 
     loop {
+        let revoke_deadline = d.next_revoke_deadline();
         tokio::select! {
             biased;
             Some(command) = commands.recv() => d.handle_command(command),
@@ -790,6 +885,8 @@ pub async fn run(
                 }
             },
             _ = tick.tick() => d.commit(&kafka),
+            // after_each answers the revokes whose deadline this is.
+            _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far)), if revoke_deadline.is_some() => {}
             now = retry_tick.tick() => {
                 d.registry.release_due(now);
                 if now >= next_deadline_scan {
@@ -815,6 +912,10 @@ pub async fn run(
         }
     }
 
+    // Revokes still draining are answered now: what they hold goes to their next owner.
+    for r in std::mem::take(&mut d.revoking) {
+        let _ = r.reply.send(d.on_revoked(&r.partitions));
+    }
     // Final commit, synchronous, then leave the group.
     let points = d.commit_points();
     if !points.is_empty() {

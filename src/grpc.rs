@@ -9,7 +9,7 @@ use tonic::Status;
 use crate::subscriptions::{CloseReason, RegisterError};
 
 /// The status a refused subscription gets, with a message that says what to fix.
-pub fn register_status(error: &RegisterError) -> Status {
+pub fn register_status(error: RegisterError) -> Status {
     match error {
         RegisterError::UnknownRoute { .. } => Status::not_found(error.to_string()),
         RegisterError::MissingRoute => Status::invalid_argument(error.to_string()),

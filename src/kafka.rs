@@ -6,6 +6,7 @@
 //! [`KafkaCommand`]s back (commit, pause, resume, stop, close).
 
 pub mod consumer;
+pub mod upgrade;
 
 use std::sync::Arc;
 

@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod kafka;
 pub mod offsets;
+pub mod pipeline;
 pub mod retry;
 pub mod routing;
 pub mod scenario;

@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
                 DiscoveryMode::Static => None,
             };
             let gw = gateway::start_with(config, kube).await?;
-            let reload = tokio::spawn(gateway::watch_config(path, gw.commands(), Duration::from_secs(2)));
+            let reload = tokio::spawn(gateway::watch_config(path, gw.routes(), Duration::from_secs(2)));
             terminated().await;
             reload.abort();
             gw.shutdown().await;

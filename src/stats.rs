@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -50,6 +51,9 @@ pub struct Stats {
     /// Records Kafka sent again at or below an offset already received, or of a partition no
     /// longer assigned (fetched just before its revoke).
     pub stale_records: AtomicU64,
+    /// Deliveries still in flight when a revoked partition's drain deadline passed: the
+    /// partition's next owner delivers them again.
+    pub revoke_abandoned: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     /// Partition assignments and revocations seen by the gateway's consumer.
@@ -71,8 +75,9 @@ pub struct Stats {
     pub kafka_reachable: AtomicBool,
     /// Last error the Kafka client reported, for status pages and logs.
     pub last_kafka_error: RwLock<Option<String>>,
-    /// Last successfully committed offset per (topic, partition).
-    pub committed: RwLock<HashMap<(String, i32), i64>>,
+    /// Last successfully committed offset per (consumer group, topic, partition): each route
+    /// commits in a group of its own.
+    pub committed: RwLock<HashMap<(Arc<str>, String, i32), i64>>,
 }
 
 impl Stats {
@@ -84,13 +89,32 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn set_buffered(&self, value: u64) {
-        self.buffered.store(value, Ordering::Relaxed);
-        self.buffered_peak.fetch_max(value, Ordering::Relaxed);
+    /// Moves a gauge that several routes add to from `before` to `now` (this route's part).
+    pub fn shift(gauge: &AtomicU64, before: u64, now: u64) {
+        if now >= before {
+            gauge.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(before - now, Ordering::Relaxed);
+        }
     }
 
-    /// Sum of committed offsets across partitions.
+    /// Moves one route's part of `buffered` from `before` to `now`, and the peak with it.
+    pub fn shift_buffered(&self, before: u64, now: u64) {
+        Self::shift(&self.buffered, before, now);
+        self.buffered_peak.fetch_max(self.buffered.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Sum of committed offsets across groups and partitions.
     pub fn committed_sum(&self) -> i64 {
         self.committed.read().values().sum()
+    }
+
+    /// The last offset `group` committed for a partition, if this gateway committed one.
+    pub fn committed_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        self.committed
+            .read()
+            .iter()
+            .find(|((g, t, p), _)| &**g == group && t == topic && *p == partition)
+            .map(|(_, o)| *o)
     }
 }

@@ -347,6 +347,9 @@ pub struct Registry {
     /// Generation of the next commit: acks are stamped with it, a landed commit confirms the
     /// acks stamped at or before its own generation.
     commit_generation: u64,
+    /// Partitions being revoked (draining): nothing of theirs is sent any more; their
+    /// in-flight deliveries may still be acked until the partitions are purged.
+    revoked: BTreeSet<TopicPartition>,
 }
 
 impl Registry {
@@ -370,6 +373,7 @@ impl Registry {
             retries_scheduled: 0,
             exhausted_without_dlq: 0,
             commit_generation: 0,
+            revoked: BTreeSet::new(),
         }
     }
 
@@ -632,6 +636,11 @@ impl Registry {
             self.dropped.push(p);
             return;
         }
+        if self.revoked.contains(&p.record.tp) {
+            // Its partition is going to another owner, which delivers it again.
+            self.release_key(r, p.hash);
+            return;
+        }
         let next = if failure.dead_letter {
             Next::Exhausted
         } else {
@@ -805,6 +814,9 @@ impl Registry {
     }
 
     fn assign(&mut self, p: Pending, front: bool) {
+        if self.revoked.contains(&p.record.tp) {
+            return; // its partition's next owner delivers it
+        }
         let r = p.route;
         let route = &mut self.routes[r];
         let target = route.target(p.hash);
@@ -890,6 +902,32 @@ impl Registry {
     /// Drops every message of these partitions (revoked): queued, parked, unassigned or in
     /// flight. Acks that arrive later for them are unknown.
     pub fn purge(&mut self, partitions: &[TopicPartition]) -> usize {
+        let dropped = self.remove_of(partitions, true);
+        for tp in partitions {
+            self.revoked.remove(tp);
+        }
+        dropped
+    }
+
+    /// Starts the drain of partitions being revoked: their messages not yet sent are dropped
+    /// (the next owner delivers them), nothing of theirs is sent from now on, and their
+    /// in-flight deliveries stay until acked, failed or purged. Returns how many were dropped.
+    pub fn withhold(&mut self, partitions: &[TopicPartition]) -> usize {
+        self.revoked.extend(partitions.iter().cloned());
+        self.remove_of(partitions, false)
+    }
+
+    /// Deliveries of these partitions out and not yet settled.
+    pub fn in_flight_of(&self, partitions: &[TopicPartition]) -> usize {
+        self.sessions
+            .values()
+            .map(|s| s.in_flight.values().filter(|p| partitions.contains(&p.record.tp)).count())
+            .sum()
+    }
+
+    /// Removes the messages of `partitions` waiting anywhere, and with `in_flight` those out
+    /// on streams too; their keys are released and what is left is routed again.
+    fn remove_of(&mut self, partitions: &[TopicPartition], in_flight: bool) -> usize {
         let gone = |p: &Pending| partitions.contains(&p.record.tp);
         let mut dropped = 0;
         let waiting: Vec<u64> =
@@ -921,7 +959,9 @@ impl Registry {
             let route = &mut self.routes[s.route];
             let mut removed = Vec::new();
             s.queue.retain(|p| if gone(p) { removed.push(p.hash); false } else { true });
-            s.in_flight.retain(|_, p| if gone(p) { removed.push(p.hash); false } else { true });
+            if in_flight {
+                s.in_flight.retain(|_, p| if gone(p) { removed.push(p.hash); false } else { true });
+            }
             dropped += removed.len();
             for hash in removed {
                 route.release_one(hash);

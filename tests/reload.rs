@@ -79,7 +79,7 @@ async fn weights_follow_the_file_and_a_bad_file_is_refused() {
 
     let run = async {
         let gw = gateway::start(Config::load(&path).expect("loads")).await.expect("starts");
-        let reload = tokio::spawn(gateway::watch_config(path.clone(), gw.commands(), Duration::from_millis(100)));
+        let reload = tokio::spawn(gateway::watch_config(path.clone(), gw.routes(), Duration::from_millis(100)));
         let mut blue = subscribe(&gw.endpoint(), "blue").await;
         let mut green = subscribe(&gw.endpoint(), "green").await;
         let mut seen = HashSet::new();

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::dispatcher::Command;
+use crate::pipeline::Routes;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
 use crate::proto::{Disposition, SubscribeRequest, SubscribeResponse};
@@ -21,15 +22,16 @@ use crate::subscriptions::{Failure, SessionId, SessionMessage};
 /// handler forever.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The Subscribe service. Holds only the dispatcher's command channel: all state is there.
+/// The Subscribe service. Holds only the routes' front door: all state is in the routes'
+/// dispatchers, and a stream talks to its own route's dispatcher only.
 #[derive(Clone)]
 pub struct FanoutService {
-    commands: mpsc::Sender<Command>,
+    routes: Routes,
 }
 
 impl FanoutService {
-    pub fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
+    pub fn new(routes: Routes) -> Self {
+        Self { routes }
     }
 }
 
@@ -59,26 +61,22 @@ impl Fanout for FanoutService {
                 ))
             }
         };
+        let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
         let (reply, answer) = oneshot::channel();
-        self.commands
+        commands
             .send(Command::Register { hello, peer, reply })
             .await
             .map_err(|_| dispatcher_gone())?;
-        let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(|e| super::register_status(&e))?;
+        let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(super::register_status)?;
         let session = registered.session;
 
-        let commands = self.commands.clone();
+        let reader = commands.clone();
         tokio::spawn(async move {
-            read_client(session, inbound, &commands).await;
-            let _ = commands.send(Command::Unregister { session }).await;
+            read_client(session, inbound, &reader).await;
+            let _ = reader.send(Command::Unregister { session }).await;
         });
 
-        Ok(Response::new(SessionStream {
-            session,
-            outbox: registered.outbox,
-            commands: self.commands.clone(),
-            finished: false,
-        }))
+        Ok(Response::new(SessionStream { session, outbox: registered.outbox, commands, finished: false }))
     }
 }
 

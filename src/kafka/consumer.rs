@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
 use crate::stats::Stats;
 
@@ -33,10 +33,10 @@ use crate::stats::Stats;
 const BATCH: usize = 512;
 /// Batches in flight between the thread and the dispatcher; when full the thread waits.
 const EVENT_CHANNEL: usize = 16;
-/// How long a revoke waits for the dispatcher's commit points. Below the default
-/// `max.poll.interval.ms` by far; past it the partitions go without a final commit and the
-/// next owner redelivers from the last periodic commit (at-least-once still holds).
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its drain deadline a revoke waits for the dispatcher's commit points.
+/// Below the default `max.poll.interval.ms` by far; past it the partitions go without a final
+/// commit and the next owner redelivers from the last periodic commit (at-least-once holds).
+const REVOKE_ANSWER_SLACK: Duration = Duration::from_secs(5);
 /// Longest the thread waits in `poll` before it looks at the dispatcher's commands again: a
 /// commit (which frees windows under `window_until_commit`) waits at most this long for the
 /// thread. 200 wake-ups a second cost next to nothing.
@@ -69,6 +69,11 @@ pub struct ConsumerHandle {
 struct GatewayContext {
     events: mpsc::Sender<KafkaEvent>,
     stats: Arc<Stats>,
+    /// The route's consumer group, which the committed offsets in `stats` are filed under.
+    group: Arc<str>,
+    /// How long a revoke waits for the dispatcher's commit points (its drain deadline and
+    /// some room for the answer).
+    revoke_timeout: Duration,
     bootstrap: String,
     topics: parking_lot::Mutex<TopicNames>,
     /// When the last client error was logged (they are rate-limited).
@@ -150,7 +155,7 @@ impl ConsumerContext for GatewayContext {
                 if self.events.blocking_send(KafkaEvent::Revoked { partitions, reply }).is_err() {
                     return; // dispatcher gone: nothing to commit
                 }
-                match answer.recv_timeout(REVOKE_TIMEOUT) {
+                match answer.recv_timeout(self.revoke_timeout) {
                     Ok(points) if !points.is_empty() => {
                         if let Err(error) = commit(consumer, &points, CommitMode::Sync) {
                             Stats::bump(&self.stats.commit_failures, 1);
@@ -204,7 +209,7 @@ impl GatewayContext {
     fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
         let mut committed = self.stats.committed.write();
         for (tp, point) in points {
-            committed.insert((tp.topic.to_string(), tp.partition), point.offset);
+            committed.insert((self.group.clone(), tp.topic.to_string(), tp.partition), point.offset);
         }
     }
 }
@@ -253,13 +258,13 @@ fn tpl_of(partitions: &[TopicPartition]) -> TopicPartitionList {
     tpl
 }
 
-/// librdkafka consumer properties for the gateway.
-pub fn client_config(config: &Config) -> ClientConfig {
+/// librdkafka consumer properties for one route's consumer.
+pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
     let k = &config.kafka;
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &k.bootstrap_servers)
-        .set("group.id", &k.group_id)
-        .set("client.id", "fanout-gateway")
+        .set("group.id", route.group(k))
+        .set("client.id", format!("fanout-gateway.{}", route.name))
         // Commits happen only for acked offsets, explicitly.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -273,7 +278,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
         // second brake only leaves the pipeline empty: `bench` measured 1 KiB throughput at
         // half with the default, with half a second of empty polls after every burst.
         .set("fetch.queue.backoff.ms", "10");
-    if let Some(id) = &k.group_instance_id {
+    if let Some(id) = route.group_instance_id(k) {
         cc.set("group.instance.id", id);
     }
     for (key, value) in &k.properties {
@@ -282,29 +287,32 @@ pub fn client_config(config: &Config) -> ClientConfig {
     cc
 }
 
-/// Creates the consumer, subscribes to every routed topic and starts the thread.
-pub fn spawn(config: &Config, stats: Arc<Stats>) -> Result<ConsumerHandle, ConsumerError> {
+/// Creates route `route`'s consumer, subscribes to its topics and starts its thread.
+pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let (commands, commands_rx) = std_mpsc::channel();
     let (exited_tx, exited) = oneshot::channel();
     let context = GatewayContext {
         events: events_tx.clone(),
         stats: stats.clone(),
+        group: Arc::from(route.group(&config.kafka)),
+        revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
         bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
         last_warning: parking_lot::Mutex::new(None),
     };
     let consumer: BaseConsumer<GatewayContext> =
-        client_config(config).create_with_context(context).map_err(ConsumerError::Create)?;
-    let topics = config.topics();
+        client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
+    let topics = route.consumed_topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topic_refs)
         .map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
-    info!(?topics, group = %config.kafka.group_id, "consumer subscribed");
+    info!(route = route.name, ?topics, group = %route.group(&config.kafka), "consumer subscribed");
     let bootstrap = config.kafka.bootstrap_servers.clone();
     std::thread::Builder::new()
-        .name("kafka-consumer".into())
+        // Linux keeps 15 bytes of a thread's name.
+        .name(format!("kafka-{}", route.name).chars().take(15).collect())
         .spawn(move || {
             run(consumer, events_tx, commands_rx, stats, bootstrap);
             let _ = exited_tx.send(());

@@ -1,0 +1,178 @@
+//! One route's pipeline: its consumer (own group, own thread), its dispatcher task and, in
+//! Kubernetes mode, the watch of the pods it selects. Pipelines share nothing that moves: a
+//! route with no subscribers, a paused route or an at-most-once route holds back no other
+//! route, whatever topics they share. [`Routes`] is the front door the gRPC layer uses to reach
+//! a route's dispatcher.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, Instrument};
+
+use crate::config::{Config, RouteConfig};
+use crate::deadletter::DeadLetterProducer;
+use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, RouteDedup, COMMAND_CHANNEL};
+use crate::kafka::consumer::{self, ConsumerError};
+use crate::stats::Stats;
+use crate::subscriptions::{RegisterError, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error("dedup store: {0}")]
+    Dedup(#[source] crate::dedup::DedupError),
+}
+
+/// What every pipeline of a gateway shares: nothing that one route could hold up for another.
+#[derive(Clone)]
+pub struct Shared {
+    /// Gateway-wide counters; each pipeline adds its part.
+    pub stats: Arc<Stats>,
+    /// Produces dead letters and retry-topic records for every route (an idempotent producer
+    /// has no per-route state that could block).
+    pub dead_letters: Option<DeadLetterProducer>,
+    /// Kubernetes discovery: the client and the namespace whose pods are watched.
+    pub kube: Option<(kube::Client, Option<String>)>,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    pub route: String,
+    pub commands: mpsc::Sender<Command>,
+    pub dispatcher: JoinHandle<()>,
+    pub watch: Option<JoinHandle<()>>,
+}
+
+/// Starts route `route`'s pipeline: opens its dedup store, starts its consumer and its
+/// dispatcher, and its pod watch in Kubernetes mode. It stops once `shutdown` turns true.
+pub async fn start(
+    config: &Config,
+    route: &RouteConfig,
+    shared: &Shared,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Pipeline, PipelineError> {
+    let dedup = match route.dedup_settings() {
+        Some(settings) => {
+            let store = crate::dedup::open(&settings, &route.name).await.map_err(PipelineError::Dedup)?;
+            info!(route = route.name, store = store.kind(), "effectively-once: duplicates are acked without delivery");
+            Some(RouteDedup::new(store, settings))
+        }
+        None => None,
+    };
+    crate::kafka::upgrade::seed_from_shared_group(config, route).await;
+    let consumer = consumer::spawn(config, route, shared.stats.clone())?;
+
+    // Pod events from the route's watch; a full channel makes the watch wait (it resumes from
+    // where it was, nothing is lost).
+    let (pod_tx, pod_rx) = mpsc::channel(256);
+    let mut selectors = Vec::new();
+    let watch = shared.kube.clone().map(|(client, namespace)| {
+        let (selector_tx, selector_rx) = watch::channel(route.selector.clone());
+        selectors.push(selector_tx);
+        tokio::spawn(follow_pods(client, namespace, selector_rx, pod_tx.clone()))
+    });
+    drop(pod_tx);
+
+    let settings = DispatcherSettings {
+        commit_interval: Duration::from_millis(config.kafka.commit_interval_ms),
+        max_uncommitted: config.kafka.max_uncommitted_per_partition,
+        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        revoke_drain: Duration::from_millis(config.kafka.revoke_drain_ms),
+        discovery: config.discovery.mode,
+    };
+    let d = Dispatcher::new(Registry::new(std::slice::from_ref(route)), shared.stats.clone(), settings)
+        .with_dead_letter_producer(shared.dead_letters.clone())
+        .with_dedup(dedup.into_iter().map(|d| (0, d)).collect())
+        .with_watched_selectors(selectors);
+    // Commands from streams: bounded, a full channel slows the streams' readers (see
+    // dispatcher::COMMAND_CHANNEL).
+    let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL);
+    let span = tracing::info_span!("route", route = route.name);
+    let dispatcher = tokio::spawn(dispatcher::run(d, commands_rx, consumer, pod_rx, shutdown).instrument(span));
+    Ok(Pipeline { route: route.name.clone(), commands, dispatcher, watch })
+}
+
+/// Route name to its dispatcher: how a Hello finds its pipeline, and how new route settings
+/// reach theirs. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Routes {
+    by_name: Arc<BTreeMap<String, mpsc::Sender<Command>>>,
+}
+
+impl Routes {
+    pub fn new(pipelines: &[Pipeline]) -> Self {
+        Self { by_name: Arc::new(pipelines.iter().map(|p| (p.route.clone(), p.commands.clone())).collect()) }
+    }
+
+    /// The dispatcher of the route a subscriber names.
+    pub fn find(&self, route: &str) -> Result<&mpsc::Sender<Command>, RegisterError> {
+        if route.trim().is_empty() {
+            return Err(RegisterError::MissingRoute);
+        }
+        self.by_name.get(route).ok_or_else(|| RegisterError::UnknownRoute {
+            route: route.to_string(),
+            known: self.by_name.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Applies new settings to existing routes (weights, selector, windows, empty-cohort
+    /// policy) without touching Kafka. Returns the names of routes it does not know (adding a
+    /// route needs a restart) or whose pipeline has stopped.
+    pub async fn update(&self, routes: Vec<RouteConfig>) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for route in routes {
+            let name = route.name.clone();
+            let Some(commands) = self.by_name.get(&name) else {
+                unknown.push(name);
+                continue;
+            };
+            let (reply, answer) = oneshot::channel();
+            let sent = commands.send(Command::UpdateRoutes { routes: vec![route], reply: Some(reply) }).await;
+            if sent.is_err() || answer.await.map_or(true, |u| !u.is_empty()) {
+                unknown.push(name);
+            }
+        }
+        unknown
+    }
+}
+
+/// Watches the pods the route selects and forwards the events, restarting the watch when
+/// the route's selector changes (its first event is then a full resync under the new one).
+async fn follow_pods(
+    client: kube::Client,
+    namespace: Option<String>,
+    mut selector: watch::Receiver<String>,
+    pods: mpsc::Sender<(usize, crate::discovery::PodEvent)>,
+) {
+    loop {
+        let current = selector.borrow_and_update().clone();
+        // Bounded: a slow dispatcher makes the watch wait; it resumes where it was.
+        let (tx, mut rx) = mpsc::channel(64);
+        let watch = tokio::spawn(crate::discovery::kube::watch_pods(client.clone(), namespace.clone(), current, tx));
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => {
+                        // The pipeline has one route: index 0 of its registry.
+                        if pods.send((0, event)).await.is_err() {
+                            watch.abort();
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                changed = selector.changed() => {
+                    watch.abort();
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
