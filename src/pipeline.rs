@@ -69,10 +69,10 @@ pub async fn start(
     // Pod events from the route's watch; a full channel makes the watch wait (it resumes from
     // where it was, nothing is lost).
     let (pod_tx, pod_rx) = mpsc::channel(256);
-    let mut selectors = Vec::new();
+    let mut selector = None;
     let watch = shared.kube.clone().map(|(client, namespace)| {
         let (selector_tx, selector_rx) = watch::channel(route.selector.clone());
-        selectors.push(selector_tx);
+        selector = Some(selector_tx);
         tokio::spawn(follow_pods(client, namespace, selector_rx, pod_tx.clone()))
     });
     drop(pod_tx);
@@ -86,8 +86,8 @@ pub async fn start(
     };
     let d = Dispatcher::new(Registry::new(std::slice::from_ref(route)), shared.stats.clone(), settings)
         .with_dead_letter_producer(shared.dead_letters.clone())
-        .with_dedup(dedup.into_iter().map(|d| (0, d)).collect())
-        .with_watched_selectors(selectors);
+        .with_dedup(dedup)
+        .with_watched_selector(selector);
     // Commands from streams: bounded, a full channel slows the streams' readers (see
     // dispatcher::COMMAND_CHANNEL).
     let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL);
@@ -146,7 +146,7 @@ async fn follow_pods(
     client: kube::Client,
     namespace: Option<String>,
     mut selector: watch::Receiver<String>,
-    pods: mpsc::Sender<(usize, crate::discovery::PodEvent)>,
+    pods: mpsc::Sender<crate::discovery::PodEvent>,
 ) {
     loop {
         let current = selector.borrow_and_update().clone();
@@ -157,8 +157,7 @@ async fn follow_pods(
             tokio::select! {
                 event = rx.recv() => match event {
                     Some(event) => {
-                        // The pipeline has one route: index 0 of its registry.
-                        if pods.send((0, event)).await.is_err() {
+                        if pods.send(event).await.is_err() {
                             watch.abort();
                             return;
                         }

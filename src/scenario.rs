@@ -165,6 +165,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
     let mut config = Config::single_route(&bootstrap, GROUP, ROUTE, &[TOPIC]);
     config.routes = vec![route(scenario, scenario.phases()[0])];
     config.server.listen = options.listen.clone();
+    let group = config.routes[0].group(&config.kafka);
     // The mock broker answers a fetch with no new data only after fetch.wait.max.ms (a real
     // broker answers as soon as data arrives); keep that wait short so that gaps measure the
     // gateway, not the mock.
@@ -259,7 +260,7 @@ pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&st
         let _ = s.await;
     }
 
-    let committed = committed_offsets(&bootstrap, GROUP, TOPIC, options.partitions)?;
+    let committed = committed_offsets(&bootstrap, &group, TOPIC, options.partitions)?;
     let observed = observed.lock();
     let mut lost = 0;
     for (p, offsets) in produced.iter() {

@@ -54,6 +54,9 @@ pub struct Stats {
     /// Deliveries still in flight when a revoked partition's drain deadline passed: the
     /// partition's next owner delivers them again.
     pub revoke_abandoned: AtomicU64,
+    /// Deliveries still in flight when a graceful stop's grace period ran out: redelivered by
+    /// whoever owns their partitions next.
+    pub shutdown_abandoned: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     /// Partition assignments and revocations seen by the gateway's consumer.

@@ -328,6 +328,8 @@ fn kube_config(bootstrap: &str, group: &str) -> Config {
     config.discovery.mode = DiscoveryMode::Kube;
     config.discovery.namespace = Some(NAMESPACE.into());
     config.routes = vec![orders_route(50, 50)];
+    // The route consumes as `group` itself, the group the tests read commits of.
+    config.routes[0].group_id = Some(group.to_string());
     config.validate().expect("a valid config");
     config
 }

@@ -96,7 +96,7 @@ async fn sigkill_and_restart(window_until_commit: bool) -> CrashCounts {
         .await;
         let takeover = ledger.lock().first_delivery_after_kill.map(|t| t - kill_at);
         let bootstrap = kafka.bootstrap.clone();
-        let group = settings.group.clone();
+        let group = settings.route_group();
         let mut last = HashMap::new();
         wait_until(Duration::from_secs(30), "committed offsets at the high watermarks", &mut [&mut gw2], || {
             let (committed, ends) = (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
@@ -161,7 +161,7 @@ async fn at_most_once_never_delivers_twice_across_a_crash() {
         let received_before_restart = ledger.lock().received.len();
 
         let mut gw2 = Gateway::start(&config, dir.path().join("serve-2.log"));
-        let (bootstrap, group) = (kafka.bootstrap.clone(), settings.group.clone());
+        let (bootstrap, group) = (kafka.bootstrap.clone(), settings.route_group());
         wait_until(Duration::from_secs(120), "committed offsets at the high watermarks", &mut [&mut gw2], || {
             let (committed, ends) = (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
             ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
@@ -255,7 +255,7 @@ async fn sigterm_exits_zero_within_grace_with_acked_offsets_committed() {
         let acked = acked.lock().clone();
         let held = held.lock().clone();
         assert!(held.iter().all(|id| !acked.contains(id)), "held deliveries stayed un-acked");
-        let committed = committed(&kafka.bootstrap, &settings.group, PARTITIONS);
+        let committed = committed(&kafka.bootstrap, &settings.route_group(), PARTITIONS);
         let mut produced: HashMap<i32, Vec<i64>> = HashMap::new();
         for id in &ids {
             let (p, o) = partition_offset(id);
@@ -706,6 +706,11 @@ impl GatewaySettings {
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The consumer group the route commits in: `<kafka.group_id>.<route>`.
+    fn route_group(&self) -> String {
+        format!("{}.{ROUTE}", self.group)
     }
 
     fn write(&self, dir: &Path) -> PathBuf {

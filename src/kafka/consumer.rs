@@ -244,6 +244,23 @@ fn seek(consumer: &BaseConsumer<GatewayContext>, tp: &TopicPartition, offset: i6
     }
 }
 
+/// The points of partitions the consumer holds now.
+fn still_assigned(
+    consumer: &BaseConsumer<GatewayContext>,
+    mut points: Vec<(TopicPartition, CommitPoint)>,
+) -> Vec<(TopicPartition, CommitPoint)> {
+    match consumer.assignment() {
+        Ok(assigned) => {
+            let elements = assigned.elements();
+            points.retain(|(tp, _)| elements.iter().any(|e| e.topic() == &*tp.topic && e.partition() == tp.partition));
+            points
+        }
+        // Unknown: commit them all, as before the check (at worst a late commit of a revoked
+        // partition redelivers more).
+        Err(_) => points,
+    }
+}
+
 fn resume(consumer: &BaseConsumer<GatewayContext>, partitions: &[TopicPartition]) {
     if let Err(error) = consumer.resume(&tpl_of(partitions)) {
         warn!(%error, "resume failed");
@@ -310,10 +327,13 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         .map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
     info!(route = route.name, ?topics, group = %route.group(&config.kafka), "consumer subscribed");
     let bootstrap = config.kafka.bootstrap_servers.clone();
+    // The thread's logs say which route they are about.
+    let span = tracing::info_span!("route", route = route.name);
     std::thread::Builder::new()
         // Linux keeps 15 bytes of a thread's name.
         .name(format!("kafka-{}", route.name).chars().take(15).collect())
         .spawn(move || {
+            let _route = span.enter();
             run(consumer, events_tx, commands_rx, stats, bootstrap);
             let _ = exited_tx.send(());
         })
@@ -437,8 +457,12 @@ fn take_commands(
                 // Synchronous: librdkafka reports async commit results only through a
                 // callback rust-rdkafka does not install, and a commit a second costs one
                 // round trip on this thread while librdkafka keeps prefetching.
+                // Only partitions still assigned: a commit asked for before a revoke but taken
+                // up after it would move the revoked partitions back behind the revoke's own
+                // commit, and their next owner would redeliver what was acked in between.
+                let points = still_assigned(consumer, points);
                 debug!(partitions = points.len(), "committing");
-                let result = commit(consumer, &points, CommitMode::Sync);
+                let result = if points.is_empty() { Ok(()) } else { commit(consumer, &points, CommitMode::Sync) };
                 match &result {
                     Ok(()) => {
                         Stats::bump(&stats.commits, 1);

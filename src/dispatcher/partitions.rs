@@ -1,0 +1,213 @@
+//! Partition state and flow control: what the route holds of each assigned partition (its
+//! offset tracker, pause state, last commit), records coming in, revokes that drain before they
+//! release, and the pause/resume decisions that bound memory. Acks land here; commit points
+//! go on to [`super::commits`].
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Dispatcher, ROUTE};
+use crate::config::DeliveryMode;
+use crate::kafka::{Assignment, Record, TopicPartition};
+use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
+use crate::stats::Stats;
+
+pub(super) struct PartitionState {
+    pub(super) tracker: PartitionTracker,
+    pub(super) epoch: u64,
+    pub(super) paused: bool,
+    pub(super) last_commit: Option<CommitPoint>,
+    /// Set when a record arrived with the partition's buffer full: that record and every later
+    /// one are dropped unseen, and the consumer seeks back here when it resumes. Records
+    /// already on their way when a pause takes effect must not push memory past the bound.
+    pub(super) refetch_from: Option<i64>,
+}
+
+impl PartitionState {
+    pub(super) fn new(tracker: PartitionTracker, epoch: u64) -> Self {
+        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None }
+    }
+}
+
+/// Partitions being taken away: nothing new of theirs is sent, and the consumer thread waits
+/// in its revoke callback for `reply` until their in-flight deliveries are settled or
+/// `deadline` passes.
+pub(super) struct Revoking {
+    pub(super) partitions: Vec<TopicPartition>,
+    pub(super) reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
+    pub(super) deadline: Instant,
+}
+
+impl Dispatcher {
+    /// The partition's state if it is still the assignment `epoch` names (not revoked since).
+    pub(super) fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
+        self.partitions.get_mut(tp).filter(|s| s.epoch == epoch)
+    }
+
+    pub(super) fn on_assigned(&mut self, assignments: Vec<Assignment>) {
+        for a in assignments {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            self.partitions.insert(a.tp, PartitionState::new(PartitionTracker::new(a.committed, a.acked_above), epoch));
+        }
+    }
+
+    /// Partitions are being taken away. At-most-once routes release them at once (their
+    /// offsets were committed before sending, acks move nothing). Others drain: nothing new of
+    /// theirs is sent, their waiting messages are dropped (the next owner delivers them), and
+    /// the answer waits until their in-flight deliveries are settled or the drain deadline
+    /// passes, so a rebalance redelivers only what missed the deadline.
+    pub(super) fn start_revoke(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
+    ) {
+        if self.registry.route_config(0).delivery == DeliveryMode::AtMostOnce || self.stopping {
+            let _ = reply.send(self.on_revoked(&partitions));
+            return;
+        }
+        let dropped = self.registry.withhold(&partitions);
+        let in_flight = self.registry.in_flight_of(&partitions);
+        info!(partitions = partitions.len(), in_flight, dropped, "partitions revoked: draining their in-flight deliveries");
+        let deadline = Instant::now() + self.settings.revoke_drain;
+        self.revoking.push(Revoking { partitions, reply, deadline });
+    }
+
+    /// Answers the revokes whose partitions have drained or whose deadline passed.
+    pub(super) fn finish_revokes(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.revoking.len() {
+            let r = &self.revoking[i];
+            let left = self.registry.in_flight_of(&r.partitions);
+            if left > 0 && now < r.deadline {
+                i += 1;
+                continue;
+            }
+            let r = self.revoking.remove(i);
+            if left > 0 {
+                Stats::bump(&self.stats.revoke_abandoned, left as u64);
+                warn!(partitions = r.partitions.len(), in_flight = left, "drain deadline passed: releasing partitions with deliveries in flight; their next owner redelivers them");
+            }
+            let _ = r.reply.send(self.on_revoked(&r.partitions));
+        }
+    }
+
+    /// The earliest drain deadline of the revokes under way.
+    pub(super) fn next_revoke_deadline(&self) -> Option<Instant> {
+        self.revoking.iter().map(|r| r.deadline).min()
+    }
+
+    /// Drops the partitions' buffered messages and returns their final commit points.
+    pub fn on_revoked(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, CommitPoint)> {
+        let dropped = self.registry.purge(partitions);
+        let mut points = Vec::new();
+        for tp in partitions {
+            if let Some(state) = self.partitions.remove(tp) {
+                // Even if the same point was sent before: that commit may not have landed.
+                if let Some(point) = state.tracker.commit_point() {
+                    points.push((tp.clone(), point));
+                }
+            }
+        }
+        info!(partitions = partitions.len(), dropped, "revoked partitions released");
+        points
+    }
+
+    pub(super) fn on_records(&mut self, records: Vec<Record>) {
+        if self.stopping {
+            // Not tracked, so never committed: the next owner delivers them.
+            return;
+        }
+        for record in records {
+            let Some(state) = self.partitions.get_mut(&record.tp) else {
+                // Not (or no longer) ours: a batch put together while its partition was being
+                // revoked. The partition's next owner delivers it.
+                Stats::bump(&self.stats.stale_records, 1);
+                continue;
+            };
+            if state.refetch_from.is_some() {
+                Stats::bump(&self.stats.refetched, 1);
+                continue;
+            }
+            if state.tracker.uncommitted() >= self.settings.max_uncommitted {
+                state.refetch_from = Some(record.offset);
+                Stats::bump(&self.stats.refetched, 1);
+                continue;
+            }
+            match state.tracker.track(record.offset, 1) {
+                Track::New => {
+                    let epoch = state.epoch;
+                    let record = Arc::new(record);
+                    // A retry is the same message again, not a duplicate: it skips the filter.
+                    let retry = self.registry.route_config(ROUTE).retries_through(&record.tp.topic);
+                    match &mut self.dedup {
+                        Some(d) if !retry => d.waiting.push((record, epoch)),
+                        _ => self.registry.dispatch(record, epoch, ROUTE),
+                    }
+                }
+                Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
+                Track::Stale => Stats::bump(&self.stats.stale_records, 1),
+            }
+        }
+    }
+
+    /// Commit points that moved since the last commit.
+    pub fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
+        let mut points = Vec::new();
+        for (tp, state) in &mut self.partitions {
+            if let Some(point) = state.tracker.commit_point() {
+                if state.last_commit.as_ref() != Some(&point) {
+                    state.last_commit = Some(point.clone());
+                    points.push((tp.clone(), point));
+                }
+            }
+        }
+        points
+    }
+
+    /// Partitions to pause (buffer full) and to resume (back under half), the latter with the
+    /// offset to fetch again from if records were dropped at the bound.
+    pub(super) fn flow_control(&mut self) -> (Vec<TopicPartition>, Vec<(TopicPartition, Option<i64>)>) {
+        let max = self.settings.max_uncommitted;
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        let mut held_total = 0u64;
+        for (tp, state) in &mut self.partitions {
+            let held = state.tracker.uncommitted();
+            held_total += held as u64;
+            let full = held >= max || state.refetch_from.is_some();
+            if !state.paused && full {
+                state.paused = true;
+                pause.push(tp.clone());
+            } else if state.paused && held <= max / 2 {
+                state.paused = false;
+                resume.push((tp.clone(), state.refetch_from.take()));
+            }
+        }
+        self.stats.shift_buffered(self.reported.buffered, held_total);
+        self.reported.buffered = held_total;
+        (pause, resume)
+    }
+
+    /// Records one route's ack of a delivery in its partition's tracker.
+    pub(super) fn settle(&mut self, p: &crate::subscriptions::Pending) {
+        if self.registry.route_config(p.route).delivery == DeliveryMode::AtMostOnce {
+            // Its offset was committed before it was sent.
+            Stats::bump(&self.stats.acked, 1);
+            return;
+        }
+        let Some(state) = self.partitions.get_mut(&p.record.tp) else {
+            Stats::bump(&self.stats.unknown_acks, 1);
+            return;
+        };
+        if state.epoch != p.epoch {
+            Stats::bump(&self.stats.unknown_acks, 1);
+            return;
+        }
+        match state.tracker.ack(p.record.offset) {
+            AckOutcome::Done | AckOutcome::Partial => Stats::bump(&self.stats.acked, 1),
+            AckOutcome::Unknown => Stats::bump(&self.stats.unknown_acks, 1),
+        }
+    }
+}
