@@ -23,11 +23,55 @@ pub(super) struct PartitionState {
     /// one are dropped unseen, and the consumer seeks back here when it resumes. Records
     /// already on their way when a pause takes effect must not push memory past the bound.
     pub(super) refetch_from: Option<i64>,
+    /// Set when the partition resumed with a seek back to this offset: records above it that
+    /// the consumer fetched before the seek may still be on their way, and taking one would
+    /// make the tracker see the offsets in between as a gap (committed, never delivered).
+    /// They are dropped until the sought record itself arrives.
+    pub(super) refetching: Option<i64>,
+}
+
+/// What to do with a record that arrives for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Track it and route it.
+    Take,
+    /// Drop it unseen: it is fetched again later (the buffer is full, or it was fetched before
+    /// a seek back and its turn has not come yet).
+    Refetch,
 }
 
 impl PartitionState {
     pub(super) fn new(tracker: PartitionTracker, epoch: u64) -> Self {
-        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None }
+        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None, refetching: None }
+    }
+
+    /// Whether the record at `offset` may be taken with at most `max` offsets held.
+    pub(super) fn admit(&mut self, offset: i64, max: usize) -> Admit {
+        if let Some(sought) = self.refetching {
+            if offset > sought {
+                return Admit::Refetch;
+            }
+            self.refetching = None;
+        }
+        if self.refetch_from.is_some() {
+            return Admit::Refetch;
+        }
+        if self.tracker.uncommitted() >= max {
+            self.refetch_from = Some(offset);
+            return Admit::Refetch;
+        }
+        Admit::Take
+    }
+
+    /// The partition resumes; returns where the consumer must seek back to, if records were
+    /// dropped at the bound.
+    pub(super) fn resume(&mut self) -> Option<i64> {
+        self.paused = false;
+        let from = self.refetch_from.take();
+        if from.is_some() {
+            self.refetching = from;
+        }
+        from
     }
 }
 
@@ -127,12 +171,7 @@ impl Dispatcher {
                 Stats::bump(&self.stats.stale_records, 1);
                 continue;
             };
-            if state.refetch_from.is_some() {
-                Stats::bump(&self.stats.refetched, 1);
-                continue;
-            }
-            if state.tracker.uncommitted() >= self.settings.max_uncommitted {
-                state.refetch_from = Some(record.offset);
+            if state.admit(record.offset, self.settings.max_uncommitted) == Admit::Refetch {
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
             }
@@ -181,8 +220,7 @@ impl Dispatcher {
                 state.paused = true;
                 pause.push(tp.clone());
             } else if state.paused && held <= max / 2 {
-                state.paused = false;
-                resume.push((tp.clone(), state.refetch_from.take()));
+                resume.push((tp.clone(), state.resume()));
             }
         }
         self.stats.shift_buffered(self.reported.buffered, held_total);
@@ -209,5 +247,50 @@ impl Dispatcher {
             AckOutcome::Done | AckOutcome::Partial => Stats::bump(&self.stats.acked, 1),
             AckOutcome::Unknown => Stats::bump(&self.stats.unknown_acks, 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_holding(offsets: std::ops::Range<i64>) -> PartitionState {
+        let mut state = PartitionState::new(PartitionTracker::new(None, Vec::new()), 1);
+        for o in offsets {
+            assert_eq!(state.admit(o, 10), Admit::Take);
+            state.tracker.track(o, 1);
+        }
+        state
+    }
+
+    #[test]
+    fn a_record_over_the_bound_and_all_after_it_are_fetched_again() {
+        let mut state = state_holding(0..10);
+        assert_eq!(state.admit(10, 10), Admit::Refetch);
+        assert_eq!(state.admit(11, 10), Admit::Refetch);
+        assert_eq!(state.refetch_from, Some(10));
+    }
+
+    #[test]
+    fn after_a_seek_back_records_fetched_before_it_wait_for_the_sought_one() {
+        let mut state = state_holding(0..10);
+        assert_eq!(state.admit(10, 10), Admit::Refetch);
+        for o in 0..10 {
+            state.tracker.ack(o);
+        }
+        assert_eq!(state.resume(), Some(10));
+        // Fetched before the seek, still on the way: taking it would leave 10..=40 a gap.
+        assert_eq!(state.admit(41, 10), Admit::Refetch);
+        assert_eq!(state.refetch_from, None, "not a new bound: no second seek");
+        assert_eq!(state.admit(10, 10), Admit::Take);
+        assert_eq!(state.admit(11, 10), Admit::Take);
+    }
+
+    #[test]
+    fn a_resume_without_drops_seeks_nowhere_and_takes_what_comes() {
+        let mut state = state_holding(0..5);
+        assert_eq!(state.resume(), None);
+        assert_eq!(state.admit(5, 10), Admit::Take);
+        assert_eq!(state.admit(7, 10), Admit::Take, "offset gaps (compaction) are Kafka's, not ours");
     }
 }
