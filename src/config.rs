@@ -428,10 +428,8 @@ impl Config {
 
     /// Parses TOML text; an error names the path of the field that failed.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
-            path: "<document>".to_string(),
-            message: e.message().to_string(),
-        })?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Parse { path: "<document>".to_string(), message: e.message().to_string() })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -457,9 +455,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut problems_selector = Vec::new();
-        let mut bad = |field: String, message: &str| {
-            problems.push(Problem { field, message: message.to_string() })
-        };
+        let mut bad = |field: String, message: &str| problems.push(Problem { field, message: message.to_string() });
         if self.server.listen.parse::<SocketAddr>().is_err() {
             bad("server.listen".into(), "must be an address like 0.0.0.0:50051");
         }
@@ -503,7 +499,10 @@ impl Config {
                 bad(at("name"), "is used by another route; route names must be unique");
             } else if !route.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
                 // It names the route's consumer group and static member id.
-                bad(at("name"), "may hold only letters, digits, '.', '_' and '-' (it names the route's consumer group)");
+                bad(
+                    at("name"),
+                    "may hold only letters, digits, '.', '_' and '-' (it names the route's consumer group)",
+                );
             } else {
                 fresh_name = true;
             }
@@ -513,7 +512,10 @@ impl Config {
             let group = route.group(&self.kafka);
             // A duplicate name is reported as such; its default group clashes by consequence.
             if !groups.insert(group.clone()) && fresh_name {
-                bad(at("group_id"), &format!("consumer group `{group}` is another route's: each route needs a group of its own"));
+                bad(
+                    at("group_id"),
+                    &format!("consumer group `{group}` is another route's: each route needs a group of its own"),
+                );
             }
             if route.topics.is_empty() {
                 bad(at("topics"), "must list at least one topic");
@@ -538,7 +540,9 @@ impl Config {
                 (Some(_), false) if route.weights.values().all(|w| *w == 0) => {
                     bad(at("weights"), "at least one cohort needs a weight above 0")
                 }
-                (None, false) => bad(at("weights"), "weights need a split_label naming the label whose values they weigh"),
+                (None, false) => {
+                    bad(at("weights"), "weights need a split_label naming the label whose values they weigh")
+                }
                 _ => {}
             }
             if route.retry.max_attempts == 0 {
@@ -547,10 +551,8 @@ impl Config {
             if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
                 bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
             }
-            if route.delivery == DeliveryMode::AtMostOnce {
-                if route.dead_letter_topic.is_some() {
-                    bad(at("dead_letter_topic"), "at-most-once routes never redeliver or dead-letter (a failed delivery is dropped); remove it or use at-least-once");
-                }
+            if route.delivery == DeliveryMode::AtMostOnce && route.dead_letter_topic.is_some() {
+                bad(at("dead_letter_topic"), "at-most-once routes never redeliver or dead-letter (a failed delivery is dropped); remove it or use at-least-once");
             }
             match (&route.dedup, route.delivery) {
                 (Some(dedup), DeliveryMode::EffectivelyOnce) => {
@@ -558,7 +560,10 @@ impl Config {
                         bad(at(&format!("dedup.{field}")), &message);
                     }
                 }
-                (Some(_), _) => bad(at("dedup"), "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]"),
+                (Some(_), _) => bad(
+                    at("dedup"),
+                    "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]",
+                ),
                 (None, _) => {}
             }
             if let Some(retry) = &route.retry.retry_topic {
@@ -570,7 +575,10 @@ impl Config {
                 if retry.trim().is_empty() || retry.contains('/') {
                     bad(at("retry.retry_topic"), "must be a Kafka topic name");
                 } else if elsewhere {
-                    bad(at("retry.retry_topic"), "must be the route's own: not a topic, retry topic or dead-letter topic of any route");
+                    bad(
+                        at("retry.retry_topic"),
+                        "must be the route's own: not a topic, retry topic or dead-letter topic of any route",
+                    );
                 } else if route.delivery == DeliveryMode::AtMostOnce {
                     bad(at("retry.retry_topic"), "at-most-once routes never retry; remove it or use at-least-once");
                 }
@@ -579,12 +587,16 @@ impl Config {
                 if dlq.trim().is_empty() || dlq.contains('/') {
                     bad(at("dead_letter_topic"), "must be a Kafka topic name");
                 } else if route.topics.contains(dlq) {
-                    bad(at("dead_letter_topic"), "must not be one of the route's own topics: dead letters would be delivered again");
+                    bad(
+                        at("dead_letter_topic"),
+                        "must not be one of the route's own topics: dead letters would be delivered again",
+                    );
                 }
             }
         }
         if self.discovery.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            problems.push(Problem { field: "discovery.namespace".into(), message: "must not be empty when set".into() });
+            problems
+                .push(Problem { field: "discovery.namespace".into(), message: "must not be empty when set".into() });
         }
         problems.extend(problems_selector);
         if problems.is_empty() {
@@ -596,11 +608,8 @@ impl Config {
 
     /// Every topic some route consumes, sorted and deduplicated.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self
-            .routes
-            .iter()
-            .flat_map(|r| r.topics.iter().cloned().chain(r.retry.retry_topic.clone()))
-            .collect();
+        let mut topics: Vec<String> =
+            self.routes.iter().flat_map(|r| r.topics.iter().cloned().chain(r.retry.retry_topic.clone())).collect();
         topics.sort();
         topics.dedup();
         topics
@@ -798,7 +807,13 @@ mod tests {
         "#;
         assert_eq!(
             problems(text),
-            vec!["routes[1].weights", "routes[2].weights", "routes[3].weights", "discovery.namespace", "routes[0].selector"]
+            vec![
+                "routes[1].weights",
+                "routes[2].weights",
+                "routes[3].weights",
+                "discovery.namespace",
+                "routes[0].selector"
+            ]
         );
         let bad = Config::parse(&text.replace("\"spill\"", "\"overflow\"")).expect_err("bad variant").to_string();
         assert!(bad.contains("routes[4].empty_cohort"), "{bad}");
@@ -834,23 +849,31 @@ mod tests {
         }
         // Each route commits in its own group: an at-most-once route may share its topics.
         assert!(!fields.contains(&"routes[0].topics".to_string()), "{fields:?}");
-        let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-retry\"");
+        let text =
+            GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-retry\"");
         assert_eq!(problems(&text), vec!["routes[0].retry.retry_topic"], "a retry topic the route already consumes");
-        let ok = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-later\"");
+        let ok =
+            GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-later\"");
         let config = Config::parse(&ok).expect("parses");
         config.validate().expect("a retry topic of its own is fine");
         assert_eq!(config.topics(), vec!["orders", "orders-later", "orders-retry"], "the consumer subscribes to it");
         // Dedup settings are checked, by their own field names, on an effectively-once route.
-        let text = GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"\n[routes.dedup]\nttl_ms = 0");
+        let text = GOOD.replace(
+            "max_in_flight = 500",
+            "max_in_flight = 500\ndelivery = \"effectively-once\"\n[routes.dedup]\nttl_ms = 0",
+        );
         assert_eq!(problems(&text), vec!["routes[0].dedup.ttl_ms"]);
-        let config = Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\"")).expect("parses");
+        let config =
+            Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\""))
+                .expect("parses");
         config.validate().expect("an effectively-once route without a dedup section uses the defaults");
         assert_eq!(config.routes[0].dedup_settings(), Some(crate::dedup::DedupConfig::default()));
     }
 
     #[test]
     fn each_route_gets_a_consumer_group_and_member_id_of_its_own() {
-        let text = format!("{GOOD}\n[[routes]]\nname = \"audit\"\ntopics = [\"orders\"]\ngroup_id = \"audit-readers\"\n");
+        let text =
+            format!("{GOOD}\n[[routes]]\nname = \"audit\"\ntopics = [\"orders\"]\ngroup_id = \"audit-readers\"\n");
         let mut config = Config::parse(&text).expect("parses");
         config.validate().expect("valid");
         assert_eq!(config.routes[0].group(&config.kafka), "gw.orders");

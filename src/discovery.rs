@@ -155,10 +155,13 @@ mod tests {
     fn each_failed_check_says_which() {
         let i = index();
         let err = |h: Hello, p| check_identity(&h, p, &i, "orders", "app=orders").expect_err("refused");
-        assert!(err(hello("ghost"), peer("10.0.0.9")).contains("not selected by route `orders` (selector `app=orders`)"));
+        assert!(
+            err(hello("ghost"), peer("10.0.0.9")).contains("not selected by route `orders` (selector `app=orders`)")
+        );
         assert!(err(hello("orders-2"), peer("10.0.0.2")).contains("not running"));
         assert!(err(hello("orders-3"), peer("10.0.0.3")).contains("no IP"));
-        assert!(err(hello("orders-1"), peer("10.0.0.7")).contains("comes from 10.0.0.7, but pod shop/orders-1 has IP 10.0.0.1"));
+        assert!(err(hello("orders-1"), peer("10.0.0.7"))
+            .contains("comes from 10.0.0.7, but pod shop/orders-1 has IP 10.0.0.1"));
         let mut anonymous = hello("orders-1");
         anonymous.namespace.clear();
         assert!(err(anonymous, peer("10.0.0.1")).contains("required"));

@@ -200,9 +200,9 @@ impl Dispatcher {
         match command {
             Command::Register { hello, peer, reply } => {
                 let route = hello.route.clone();
-                let result = self.identify(&hello, peer).and_then(|subscriber| {
-                    self.registry.register(&hello.route, hello.max_in_flight, subscriber)
-                });
+                let result = self
+                    .identify(&hello, peer)
+                    .and_then(|subscriber| self.registry.register(&hello.route, hello.max_in_flight, subscriber));
                 let name = subscriber_name(&hello, peer);
                 match &result {
                     Ok(r) => {
@@ -247,7 +247,11 @@ impl Dispatcher {
                         sender.send_if_modified(|current| {
                             let changed = *current != route.selector;
                             if changed {
-                                info!(route = route.name, selector = route.selector, "selector changed; watching its pods anew");
+                                info!(
+                                    route = route.name,
+                                    selector = route.selector,
+                                    "selector changed; watching its pods anew"
+                                );
                                 current.clone_from(&route.selector);
                             }
                             changed
@@ -255,7 +259,10 @@ impl Dispatcher {
                     }
                 }
                 if !unknown.is_empty() {
-                    warn!(?unknown, "routes not known to the running gateway were ignored; adding routes needs a restart");
+                    warn!(
+                        ?unknown,
+                        "routes not known to the running gateway were ignored; adding routes needs a restart"
+                    );
                 }
                 info!(routes = routes.len() - unknown.len(), "route settings updated");
                 if let Some(reply) = reply {

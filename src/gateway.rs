@@ -65,7 +65,8 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
+    let addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
     let stats = Arc::new(Stats::default());
     let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some() || r.retry.retry_topic.is_some()) {
         Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
@@ -193,7 +194,10 @@ pub async fn watch_config(path: std::path::PathBuf, routes: Routes, every: Durat
                 info!(path = %path.display(), "config changed; applying route settings");
                 let unknown = routes.update(config.routes).await;
                 if !unknown.is_empty() {
-                    warn!(?unknown, "routes not known to the running gateway were ignored; adding routes needs a restart");
+                    warn!(
+                        ?unknown,
+                        "routes not known to the running gateway were ignored; adding routes needs a restart"
+                    );
                 }
             }
             Err(error) => {

@@ -23,13 +23,9 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod client;
 pub mod config;
 pub mod deadletter;
 pub mod dedup;
-pub mod demo;
-pub mod devkafka;
 pub mod discovery;
 pub mod dispatcher;
 pub mod gateway;
@@ -39,10 +35,10 @@ pub mod offsets;
 pub mod pipeline;
 pub mod retry;
 pub mod routing;
-pub mod scenario;
 pub mod selector;
 pub mod stats;
 pub mod subscriptions;
+pub mod tools;
 
 /// Generated from `proto/fanout/v1/fanout.proto`.
 pub mod proto {

@@ -377,10 +377,7 @@ mod tests {
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
-        prop::collection::vec(
-            prop_oneof![1 => Just(Op::Receive), 1 => (0usize..1000).prop_map(Op::Ack)],
-            0..400,
-        )
+        prop::collection::vec(prop_oneof![1 => Just(Op::Receive), 1 => (0usize..1000).prop_map(Op::Ack)], 0..400)
     }
 
     proptest! {

@@ -80,8 +80,11 @@ pub struct Stats {
     pub last_kafka_error: RwLock<Option<String>>,
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
-    pub committed: RwLock<HashMap<(Arc<str>, String, i32), i64>>,
+    pub committed: RwLock<HashMap<GroupPartition, i64>>,
 }
+
+/// (consumer group, topic, partition).
+pub type GroupPartition = (Arc<str>, String, i32);
 
 impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {

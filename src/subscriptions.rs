@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, EmptyCohort, Ordering, RouteConfig};
-use crate::retry::{self, Next};
 use crate::kafka::{Record, TopicPartition};
 use crate::proto;
+use crate::retry::{self, Next};
 use crate::routing;
 use crate::selector::Selector;
 
@@ -233,8 +233,10 @@ impl RouteState {
     fn hash_of(&self, record: &Record) -> u64 {
         match self.config.ordering {
             Ordering::Key => routing::key_hash(record.key.as_deref(), record.tp.partition, record.offset),
-            Ordering::Partition => routing::key_hash(Some(record.tp.topic.as_bytes()), record.tp.partition, 0)
-                ^ routing::key_hash(None, record.tp.partition, 0),
+            Ordering::Partition => {
+                routing::key_hash(Some(record.tp.topic.as_bytes()), record.tp.partition, 0)
+                    ^ routing::key_hash(None, record.tp.partition, 0)
+            }
             Ordering::None => routing::key_hash(None, record.tp.partition, record.offset),
         }
     }
@@ -396,7 +398,12 @@ impl Registry {
     }
 
     /// Opens a session on a route. `requested` is Hello.max_in_flight (0: route default).
-    pub fn register(&mut self, route: &str, requested: u32, subscriber: Subscriber) -> Result<Registered, RegisterError> {
+    pub fn register(
+        &mut self,
+        route: &str,
+        requested: u32,
+        subscriber: Subscriber,
+    ) -> Result<Registered, RegisterError> {
         if self.paused {
             return Err(RegisterError::ShuttingDown);
         }
@@ -728,8 +735,8 @@ impl Registry {
                     k.delayed = k.delayed.saturating_sub(1);
                 }
             }
-            let owner_keeps = route.target(hash) == Some(owner)
-                && self.sessions.get(&owner).is_some_and(|s| !s.draining);
+            let owner_keeps =
+                route.target(hash) == Some(owner) && self.sessions.get(&owner).is_some_and(|s| !s.draining);
             if owner_keeps {
                 if let Some(s) = self.sessions.get_mut(&owner) {
                     s.queue.push_front(p);
@@ -883,8 +890,7 @@ impl Registry {
         for (_, q) in route.parked.drain() {
             all.extend(q);
         }
-        let ids: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.route == r).map(|(id, _)| *id).collect();
+        let ids: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.route == r).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 for p in s.queue.drain(..) {
@@ -919,10 +925,7 @@ impl Registry {
 
     /// Deliveries of these partitions out and not yet settled.
     pub fn in_flight_of(&self, partitions: &[TopicPartition]) -> usize {
-        self.sessions
-            .values()
-            .map(|s| s.in_flight.values().filter(|p| partitions.contains(&p.record.tp)).count())
-            .sum()
+        self.sessions.values().map(|s| s.in_flight.values().filter(|p| partitions.contains(&p.record.tp)).count()).sum()
     }
 
     /// Removes the messages of `partitions` waiting anywhere, and with `in_flight` those out
@@ -958,9 +961,23 @@ impl Registry {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let route = &mut self.routes[s.route];
             let mut removed = Vec::new();
-            s.queue.retain(|p| if gone(p) { removed.push(p.hash); false } else { true });
+            s.queue.retain(|p| {
+                if gone(p) {
+                    removed.push(p.hash);
+                    false
+                } else {
+                    true
+                }
+            });
             if in_flight {
-                s.in_flight.retain(|_, p| if gone(p) { removed.push(p.hash); false } else { true });
+                s.in_flight.retain(|_, p| {
+                    if gone(p) {
+                        removed.push(p.hash);
+                        false
+                    } else {
+                        true
+                    }
+                });
             }
             dropped += removed.len();
             for hash in removed {
@@ -1060,10 +1077,7 @@ impl Registry {
 
     /// Every session bound to a pod, with the pod.
     pub fn pod_sessions(&self) -> Vec<(SessionId, usize, (String, String))> {
-        self.sessions
-            .iter()
-            .filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, s.route, p)))
-            .collect()
+        self.sessions.iter().filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, s.route, p))).collect()
     }
 
     /// Stops (or restarts) all sending.
@@ -1350,7 +1364,12 @@ mod tests {
 
     fn retrying(window: u32, max_attempts: u32, dlq: Option<&str>) -> RouteConfig {
         let mut r = route("r", window);
-        r.retry = crate::config::RetryPolicy { max_attempts, initial_backoff_ms: 1_000, max_backoff_ms: 4_000, retry_topic: None };
+        r.retry = crate::config::RetryPolicy {
+            max_attempts,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 4_000,
+            retry_topic: None,
+        };
         r.dead_letter_topic = dlq.map(str::to_string);
         r
     }
@@ -1392,7 +1411,8 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1, 0);
         reg.flush();
         received(&mut a.outbox);
-        let failure = Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(30)), dead_letter: false };
+        let failure =
+            Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(30)), dead_letter: false };
         assert!(reg.nack(a.session, "t/0/0", failure));
         reg.release_due(later(5));
         reg.flush();
@@ -1694,7 +1714,10 @@ mod tests {
         reg.update_labels(b.session, [("track".to_string(), "blue".to_string())].into_iter().collect());
         reg.dispatch(record(0, 3, "k"), 1, 0);
         reg.flush();
-        assert!(received(&mut a.outbox).is_empty() && received(&mut b.outbox).is_empty(), "green holds; nothing to blue");
+        assert!(
+            received(&mut a.outbox).is_empty() && received(&mut b.outbox).is_empty(),
+            "green holds; nothing to blue"
+        );
         assert_eq!(reg.held(), 1);
     }
 
@@ -1706,9 +1729,8 @@ mod tests {
         let err = reg.register("r", 0, sub("stranger")).expect_err("not selected");
         assert!(matches!(err, RegisterError::NotSelected { .. }), "{err:?}");
         let app = |v: &str| -> BTreeMap<String, String> { [("app".to_string(), v.to_string())].into_iter().collect() };
-        let mut a = reg
-            .register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), pod: None })
-            .expect("selected");
+        let mut a =
+            reg.register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), pod: None }).expect("selected");
         reg.dispatch(record(0, 0, "k"), 1, 0);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);

@@ -7,9 +7,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 const MESSAGES: usize = 100_000;
@@ -45,7 +45,8 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
     let run = async {
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
         let stats = gw.stats();
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "slow", WINDOW)).await.expect("subscribes");
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "slow", WINDOW)).await.expect("subscribes");
         let mut acked: HashSet<String> = HashSet::with_capacity(MESSAGES);
         let mut most_before_credit = 0usize;
         let mut held_at_cap = None;

@@ -6,12 +6,12 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::fanout_client::FanoutClient;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, SubscribeRequest};
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,10 +20,7 @@ async fn first_message_must_be_hello() {
     let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("hello"))).await.expect("starts");
     let mut raw = FanoutClient::connect(gw.endpoint()).await.expect("connects");
     let ack_first = SubscribeRequest { kind: Some(Kind::Ack(Ack { delivery_ids: vec!["orders/0/0".into()] })) };
-    let status = raw
-        .subscribe(futures::stream::iter(vec![ack_first]))
-        .await
-        .expect_err("refused");
+    let status = raw.subscribe(futures::stream::iter(vec![ack_first])).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("hello"), "{}", status.message());
 
@@ -36,10 +33,8 @@ async fn first_message_must_be_hello() {
 async fn unknown_route_is_not_found() {
     let cluster = mock_cluster(1);
     let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("route"))).await.expect("starts");
-    let err = Subscription::connect(&gw.endpoint(), client::hello("billing", "pod-1", 10))
-        .await
-        .err()
-        .expect("refused");
+    let err =
+        Subscription::connect(&gw.endpoint(), client::hello("billing", "pod-1", 10)).await.err().expect("refused");
     let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().contains("billing") && status.message().contains("orders"), "{}", status.message());
@@ -146,9 +141,7 @@ async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
     expected.sort();
     assert_eq!(got, expected);
     assert!(stats.kafka_reachable.load(Ordering::Relaxed));
-    eventually(Duration::from_secs(20), "commits reach the high watermarks", || {
-        fully_committed(&bootstrap, &group, 2)
-    })
-    .await;
+    eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
+        .await;
     gw.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! `fanout-gateway bench` at its smallest scale: every part runs and reports, and the deploy
 //! switch shows what the gateway promises. Figures of speed are printed, never asserted.
 
-use fanout_gateway::bench::{self, BenchOptions};
+use fanout_gateway::tools::bench::{self, BenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_part_reports_and_the_gateway_switch_costs_nothing() {

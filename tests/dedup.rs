@@ -8,11 +8,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode};
 use fanout_gateway::dedup::{DedupConfig, StoreKind};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,7 +46,11 @@ fn effectively_once(bootstrap: &str, group: &str, dedup: DedupConfig) -> Config 
 }
 
 /// Acks everything and counts deliveries per value until `until` holds for the counts.
-async fn consume(sub: &mut Subscription, counts: &mut HashMap<String, u32>, until: impl Fn(&HashMap<String, u32>) -> bool) {
+async fn consume(
+    sub: &mut Subscription,
+    counts: &mut HashMap<String, u32>,
+    until: impl Fn(&HashMap<String, u32>) -> bool,
+) {
     while !until(counts) {
         let batch = next_batch(sub).await;
         let ids: Vec<String> = batch
@@ -80,7 +84,10 @@ async fn each_sent_twice_is_delivered_once(store: StoreKind, prefix: Option<Stri
         let mut counts = HashMap::new();
         consume(&mut sub, &mut counts, |c| c.len() == unique).await;
         // Everything, copies included, is committed: the duplicates were acked to Kafka.
-        eventually(Duration::from_secs(30), "all offsets committed", || fully_committed(&bootstrap, &group, PARTITIONS)).await;
+        eventually(Duration::from_secs(30), "all offsets committed", || {
+            fully_committed(&bootstrap, &group, PARTITIONS)
+        })
+        .await;
         // Nothing more arrives: the second copies are not on their way.
         let more = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
         assert!(more.is_err(), "no further deliveries expected, got {more:?}");

@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::gateway;
+use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,7 +21,8 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
 
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
-        let mut leaving = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "leaving", 5)).await.expect("subscribes");
+        let mut leaving =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "leaving", 5)).await.expect("subscribes");
         let mut held: Vec<String> = Vec::new();
         while held.len() < 5 {
             let batch = next_batch(&mut leaving).await;
@@ -32,7 +33,8 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
         let staying = tokio::spawn({
             let endpoint = gw.endpoint();
             async move {
-                let mut sub = Subscription::connect(&endpoint, client::hello(ROUTE, "staying", 100)).await.expect("subscribes");
+                let mut sub =
+                    Subscription::connect(&endpoint, client::hello(ROUTE, "staying", 100)).await.expect("subscribes");
                 let mut got = HashSet::new();
                 while got.len() < 2_000 - 5 {
                     let batch = next_batch(&mut sub).await;
@@ -50,7 +52,8 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
         leaving.ack(held.clone()).await.expect("acks of in-flight deliveries are taken while draining");
         let end = tokio::time::timeout(Duration::from_secs(10), leaving.next()).await.expect("the stream ends");
         assert!(matches!(end, Ok(None)), "drained stream ends cleanly once its deliveries are acked: {end:?}");
-        let (others, _staying) = tokio::time::timeout(Duration::from_secs(60), staying).await.expect("the rest is delivered").expect("task");
+        let (others, _staying) =
+            tokio::time::timeout(Duration::from_secs(60), staying).await.expect("the rest is delivered").expect("task");
         assert!(held.iter().all(|id| !others.contains(id)), "acked in-flight deliveries are not sent again");
         assert!(ids.iter().all(|id| others.contains(id) || held.contains(id)));
         eventually(Duration::from_secs(30), "all committed", || fully_committed(&bootstrap, &group, 4)).await;

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use fanout_gateway::bench::handover::{status_quo, HandoverOptions, HandoverReport, Strategy};
+use fanout_gateway::tools::bench::handover::{status_quo, HandoverOptions, HandoverReport, Strategy};
 
 /// Long enough that green's join rebalance (the mock's join phase is session.timeout.ms − 1 s
 /// = 5 s) has completed before blue leaves at two thirds, so the two are separate rebalances.

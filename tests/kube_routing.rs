@@ -4,19 +4,19 @@
 //! `PERMISSION_DENIED` saying which check failed, deliveries by cohort, and streams that end with
 //! `PERMISSION_DENIED` once their pod is gone and their deliveries are settled.
 
-mod support;
 #[path = "support/kube.rs"]
 mod kube_support;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::client::{ClientError, Subscription};
 use fanout_gateway::config::{Config, DiscoveryMode, RouteConfig};
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::{Delivery, Hello};
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{ClientError, Subscription};
 use kube_support::{pod, query_param, running_orders, FakeApiServer, LOCAL_IP, NAMESPACE};
 use parking_lot::Mutex;
 use support::{eventually, fully_committed, init_logs, mock_cluster, produce, unique_group, ROUTE, TOPIC};
@@ -85,7 +85,11 @@ async fn identity_checks_refuse_with_permission_denied() {
         all_acked(&[&blue, &green], &ids).await;
         let to_green = green.received();
         assert!(!to_green.is_empty() && to_green.iter().all(|d| d.cohort == "green"), "{to_green:?}");
-        assert_eq!(blue.received().len() + to_green.len(), ids.len(), "each message once: green's share waited for green");
+        assert_eq!(
+            blue.received().len() + to_green.len(),
+            ids.len(),
+            "each message once: green's share waited for green"
+        );
 
         // The watch asked the apiserver for the route's pods only, LIST and WATCH alike, and
         // each WATCH resumed where the last answer left off.
@@ -161,11 +165,8 @@ async fn a_label_change_reroutes_and_a_deleted_pods_keys_move_after_drain() {
         let key_of = keys_by_id(&before_delete, &after_delete);
         let moved_now: Vec<String> = later.iter().filter(|id| !held_keys.contains(&key_of[*id])).cloned().collect();
         let held_ids: HashSet<&String> = held.iter().map(|d| &d.id).collect();
-        let waiting: Vec<String> = later
-            .iter()
-            .filter(|id| held_keys.contains(&key_of[*id]) && !held_ids.contains(id))
-            .cloned()
-            .collect();
+        let waiting: Vec<String> =
+            later.iter().filter(|id| held_keys.contains(&key_of[*id]) && !held_ids.contains(id)).cloned().collect();
         assert!(!waiting.is_empty(), "the held keys have later messages");
 
         // Keys it does not hold go to the blue pod at once; the held keys wait for its acks
@@ -179,7 +180,10 @@ async fn a_label_change_reroutes_and_a_deleted_pods_keys_move_after_drain() {
 
         green.set_acking(true);
         eventually(STEP, "the deleted pod's stream ends once it has acked", || green.ended().is_some()).await;
-        expect_ended_denied(green.ended(), "pod shop/orders-green was deleted or no longer matches the route's selector");
+        expect_ended_denied(
+            green.ended(),
+            "pod shop/orders-green was deleted or no longer matches the route's selector",
+        );
         all_acked(&[&blue], &waiting).await;
         // Per key, the blue pod's offsets all come after the ones the deleted pod held.
         let moved = blue.received_of(&waiting);
@@ -251,7 +255,10 @@ async fn a_pod_that_stops_matching_the_selector_is_drained_and_closed() {
         assert_eq!(green.ended(), None, "closed with deliveries un-acked");
         green.set_acking(true);
         eventually(STEP, "the deleted pod's stream ends once it has acked", || green.ended().is_some()).await;
-        expect_ended_denied(green.ended(), "pod shop/orders-green was deleted or no longer matches the route's selector");
+        expect_ended_denied(
+            green.ended(),
+            "pod shop/orders-green was deleted or no longer matches the route's selector",
+        );
         assert_eq!(green.received().len(), 5, "nothing new while draining");
 
         // Neither can come back while it does not match.

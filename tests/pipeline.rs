@@ -74,8 +74,7 @@ async fn nothing_is_lost_across_a_dropped_stream_and_a_gateway_restart() {
 
         let r = recorder.lock();
         let duplicates = r.duplicates();
-        let unexpected: Vec<&String> =
-            duplicates.iter().filter(|id| !r.in_flight_at_break.contains(*id)).collect();
+        let unexpected: Vec<&String> = duplicates.iter().filter(|id| !r.in_flight_at_break.contains(*id)).collect();
         assert!(
             unexpected.is_empty(),
             "{} duplicates were not in flight at the drop or the stop, e.g. {:?}",

@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_gateway::client::{self, Subscription};
+use fanout_gateway::tools::client::{self, Subscription};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -99,7 +99,8 @@ async fn sigkill_and_restart(window_until_commit: bool) -> CrashCounts {
         let group = settings.route_group();
         let mut last = HashMap::new();
         wait_until(Duration::from_secs(30), "committed offsets at the high watermarks", &mut [&mut gw2], || {
-            let (committed, ends) = (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
+            let (committed, ends) =
+                (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
             last = committed.clone();
             ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
         })
@@ -163,7 +164,8 @@ async fn at_most_once_never_delivers_twice_across_a_crash() {
         let mut gw2 = Gateway::start(&config, dir.path().join("serve-2.log"));
         let (bootstrap, group) = (kafka.bootstrap.clone(), settings.route_group());
         wait_until(Duration::from_secs(120), "committed offsets at the high watermarks", &mut [&mut gw2], || {
-            let (committed, ends) = (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
+            let (committed, ends) =
+                (committed(&bootstrap, &group, PARTITIONS), high_watermarks(&bootstrap, PARTITIONS));
             ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
         })
         .await;
@@ -177,19 +179,33 @@ async fn at_most_once_never_delivers_twice_across_a_crash() {
 
         let l = ledger.lock();
         let twice: Vec<(&String, &u32)> = l.received.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "at-most-once delivered {} messages more than once, e.g. {:?}", twice.len(), &twice[..twice.len().min(5)]);
+        assert!(
+            twice.is_empty(),
+            "at-most-once delivered {} messages more than once, e.g. {:?}",
+            twice.len(),
+            &twice[..twice.len().min(5)]
+        );
         // What may be lost: the deliveries the dead gateway had committed and was sending, and
         // nothing else. Its sessions' windows bound them: committed at send time, not at
         // receipt, so what it had buffered but not sent is delivered by the next gateway.
         let never_received: Vec<&String> = ids.iter().filter(|id| !l.received.contains_key(*id)).collect();
-        let unacked: Vec<&String> = ids.iter().filter(|id| l.received.contains_key(*id) && !l.acked.contains(*id)).collect();
+        let unacked: Vec<&String> =
+            ids.iter().filter(|id| l.received.contains_key(*id) && !l.acked.contains(*id)).collect();
         // Delivered and never acked: held at the kill, or written by the dead gateway just
         // before it died and read afterwards (its ack then went nowhere).
         let late = l.received_late_on_dead_streams;
         for id in &unacked {
-            assert!(in_flight_at_kill.contains(*id) || late > 0, "{id} was delivered, never acked, yet not in flight at the kill");
+            assert!(
+                in_flight_at_kill.contains(*id) || late > 0,
+                "{id} was delivered, never acked, yet not in flight at the kill"
+            );
         }
-        assert!(unacked.len() <= in_flight_at_kill.len() + late, "{} un-acked > {} held + {late} late", unacked.len(), in_flight_at_kill.len());
+        assert!(
+            unacked.len() <= in_flight_at_kill.len() + late,
+            "{} un-acked > {} held + {late} late",
+            unacked.len(),
+            in_flight_at_kill.len()
+        );
         let lost = never_received.len() + unacked.len();
         let windows: u32 = WINDOWS.iter().sum();
         eprintln!(
@@ -229,9 +245,24 @@ async fn sigterm_exits_zero_within_grace_with_acked_offsets_committed() {
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let held = Arc::new(Mutex::new(Vec::new()));
         let (stop_tx, stop) = watch::channel(false);
-        let eager = tokio::spawn(holding_acker("eager".into(), 100, 0, settings.endpoint(), acked.clone(), held.clone(), stop.clone()));
-        let holder =
-            tokio::spawn(holding_acker("holder".into(), 10, HELD, settings.endpoint(), acked.clone(), held.clone(), stop.clone()));
+        let eager = tokio::spawn(holding_acker(
+            "eager".into(),
+            100,
+            0,
+            settings.endpoint(),
+            acked.clone(),
+            held.clone(),
+            stop.clone(),
+        ));
+        let holder = tokio::spawn(holding_acker(
+            "holder".into(),
+            10,
+            HELD,
+            settings.endpoint(),
+            acked.clone(),
+            held.clone(),
+            stop.clone(),
+        ));
 
         wait_until(Duration::from_secs(60), "acks flowing and a few deliveries held", &mut [&mut gw], || {
             acked.lock().len() >= 2_000 && held.lock().len() == HELD
@@ -240,9 +271,10 @@ async fn sigterm_exits_zero_within_grace_with_acked_offsets_committed() {
         let acked_at_signal = acked.lock().len();
         let signalled = Instant::now();
         gw.sigterm();
-        let status = gw.wait_exit(GRACE + Duration::from_secs(10)).await.unwrap_or_else(|| {
-            panic!("serve did not exit within grace {GRACE:?} + 10 s after SIGTERM")
-        });
+        let status = gw
+            .wait_exit(GRACE + Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("serve did not exit within grace {GRACE:?} + 10 s after SIGTERM"));
         let took = signalled.elapsed();
         let _ = stop_tx.send(true);
         let _ = tokio::join!(eager, holder);
@@ -270,7 +302,10 @@ async fn sigterm_exits_zero_within_grace_with_acked_offsets_committed() {
                 .find(|o| !acked.contains(&format!("{TOPIC}/{p}/{o}")))
                 .unwrap_or(offsets.last().map_or(0, |o| o + 1));
             let c = committed.get(p).copied().unwrap_or(0);
-            assert!(c >= first_unacked, "partition {p}: committed {c} is behind the acked prefix, which ends at {first_unacked}");
+            assert!(
+                c >= first_unacked,
+                "partition {p}: committed {c} is behind the acked prefix, which ends at {first_unacked}"
+            );
             // And never past an offset nobody acked: that message would be lost.
             assert!(c <= first_unacked, "partition {p}: committed {c} passes un-acked offset {first_unacked}");
         }
@@ -405,7 +440,13 @@ impl Ledger {
 /// A subscriber with `window` deliveries in flight that acks a bit slowly and out of order:
 /// each delivery takes 20 to 150 ms to "process", acks go out every 10 ms for whatever is
 /// done. Reconnects (to whichever gateway listens on `endpoint`) when its stream ends.
-async fn slow_acker(name: String, window: u32, endpoint: String, ledger: Arc<Mutex<Ledger>>, mut stop: watch::Receiver<bool>) {
+async fn slow_acker(
+    name: String,
+    window: u32,
+    endpoint: String,
+    ledger: Arc<Mutex<Ledger>>,
+    mut stop: watch::Receiver<bool>,
+) {
     while !*stop.borrow() {
         let Ok(mut sub) = Subscription::connect(&endpoint, client::hello(ROUTE, &name, window)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -451,7 +492,12 @@ async fn slow_acker(name: String, window: u32, endpoint: String, ledger: Arc<Mut
 /// SIGKILLs it. The kill happens with the ledger locked, so the snapshot of what subscribers
 /// hold is exact: no receipt or ack can be recorded between the signal and the snapshot.
 /// Returns when it was killed and the ids held un-acked at that moment.
-async fn kill_once_acked(config: &Path, dir: &Path, ledger: &Arc<Mutex<Ledger>>, acked: usize) -> (Instant, HashSet<String>) {
+async fn kill_once_acked(
+    config: &Path,
+    dir: &Path,
+    ledger: &Arc<Mutex<Ledger>>,
+    acked: usize,
+) -> (Instant, HashSet<String>) {
     let mut gw1 = Gateway::start(config, dir.join("serve-1.log"));
     wait_until(Duration::from_secs(60), "enough messages acked before the kill", &mut [&mut gw1], || {
         ledger.lock().acked.len() >= acked
@@ -479,7 +525,9 @@ fn slow_ackers(
     windows
         .iter()
         .enumerate()
-        .map(|(i, window)| tokio::spawn(slow_acker(format!("sub-{i}"), *window, endpoint.to_string(), ledger.clone(), stop.clone())))
+        .map(|(i, window)| {
+            tokio::spawn(slow_acker(format!("sub-{i}"), *window, endpoint.to_string(), ledger.clone(), stop.clone()))
+        })
         .collect()
 }
 
@@ -558,10 +606,7 @@ impl Process {
 
     /// SIGTERM through `kill(1)`: libc is not a dependency of this crate.
     fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill(1) runs");
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill(1) runs");
         assert!(status.success(), "kill -TERM {} failed", self.child.id());
     }
 
@@ -689,10 +734,7 @@ impl GatewaySettings {
     fn new(bootstrap: &str, prefix: &str) -> Self {
         // A port the kernel just handed out and released: every gateway of the test binds it,
         // so subscribers find the restarted one where the killed one was.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         Self {
             bootstrap: bootstrap.to_string(),
             group: format!("{prefix}-{}", rand::rng().random::<u64>()),

@@ -128,7 +128,10 @@ async fn join_then_leave(name: &str, processing: Processing) -> Outcome {
 
         let ids = feed.finish().await;
         assert_eq!(ids.len(), MESSAGES, "the feed produced everything");
-        assert!(produced_when_b_left < MESSAGES, "B came and went mid-stream ({produced_when_b_left} of {MESSAGES} produced)");
+        assert!(
+            produced_when_b_left < MESSAGES,
+            "B came and went mid-stream ({produced_when_b_left} of {MESSAGES} produced)"
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !ids.iter().all(|id| ledger.lock().acked.contains(id)) {
             if tokio::time::Instant::now() >= deadline {

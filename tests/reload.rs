@@ -6,10 +6,10 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fanout_gateway::client::Subscription;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
+use fanout_gateway::tools::client::Subscription;
 use support::*;
 
 fn config_text(bootstrap: &str, group: &str, blue: u32, green: u32) -> String {
@@ -45,7 +45,12 @@ async fn subscribe(endpoint: &str, track: &str) -> Subscription {
 
 /// Receives and acks until `count` deliveries arrived across both subscribers; returns how many
 /// each got.
-async fn take(blue: &mut Subscription, green: &mut Subscription, count: usize, seen: &mut HashSet<String>) -> (usize, usize) {
+async fn take(
+    blue: &mut Subscription,
+    green: &mut Subscription,
+    count: usize,
+    seen: &mut HashSet<String>,
+) -> (usize, usize) {
     let (mut b, mut g) = (0, 0);
     while b + g < count {
         let batch = tokio::select! {
@@ -93,7 +98,8 @@ async fn weights_follow_the_file_and_a_bad_file_is_refused() {
         assert_eq!(take(&mut blue, &mut green, 200, &mut seen).await, (0, 200), "all to green after the reload");
 
         // A broken file: refused, green keeps everything.
-        std::fs::write(&path, config_text(&bootstrap, &group, 0, 100).replace("split_label", "split_lable")).expect("write");
+        std::fs::write(&path, config_text(&bootstrap, &group, 0, 100).replace("split_label", "split_lable"))
+            .expect("write");
         tokio::time::sleep(Duration::from_millis(500)).await;
         produce(&bootstrap, 200, 50).await;
         assert_eq!(take(&mut blue, &mut green, 200, &mut seen).await, (0, 200), "the broken file changed nothing");

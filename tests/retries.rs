@@ -8,11 +8,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::config::RetryPolicy;
 use fanout_gateway::deadletter;
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -38,12 +38,13 @@ async fn produce_kinds(bootstrap: &str, kinds: &[(&str, usize)]) -> usize {
             let key = format!("{kind}-key-{i}");
             let value = format!("{kind}-{i}");
             producer
-                .send(FutureRecord::to(TOPIC).key(&key).payload(&value).headers(
-                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                        key: "trace-id",
-                        value: Some(value.as_bytes()),
-                    }),
-                ), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(TOPIC).key(&key).payload(&value).headers(
+                        rdkafka::message::OwnedHeaders::new()
+                            .insert(rdkafka::message::Header { key: "trace-id", value: Some(value.as_bytes()) }),
+                    ),
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("produced");
             n += 1;
@@ -75,7 +76,8 @@ fn read_dead_letters(bootstrap: &str, expected: usize) -> Vec<(String, HashMap<S
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
                 for h in h.iter() {
-                    headers.insert(h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+                    headers
+                        .insert(h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
                 }
             }
             out.push((String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(), headers));
@@ -112,13 +114,19 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
 
     let mut config = config(&bootstrap, &group);
     let route = &mut config.routes[0];
-    route.retry = RetryPolicy { max_attempts: 3, initial_backoff_ms: INITIAL_BACKOFF_MS, max_backoff_ms: 2_000, retry_topic: None };
+    route.retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff_ms: INITIAL_BACKOFF_MS,
+        max_backoff_ms: 2_000,
+        retry_topic: None,
+    };
     route.dead_letter_topic = Some(DLQ.into());
     route.ack_timeout_ms = 1_500;
 
     let run = async {
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();
         let done = |seen: &Seen| {
             let settled = |prefix: &str, n: usize, attempts: u32| {
@@ -244,7 +252,8 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
 
     let run = async {
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();
         // (value, attempt) -> (topic, origin topic header) of deliveries from the retry topic.
         let mut retried: HashMap<(String, u32), (String, String)> = HashMap::new();
@@ -259,7 +268,8 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
                 let value = String::from_utf8_lossy(&d.value).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
                 if d.attempt > 1 {
-                    let origin = d.headers.get(deadletter::HEADER_ORIGIN_TOPIC).map(|v| String::from_utf8_lossy(v).into_owned());
+                    let origin =
+                        d.headers.get(deadletter::HEADER_ORIGIN_TOPIC).map(|v| String::from_utf8_lossy(v).into_owned());
                     retried.insert((value.clone(), d.attempt), (d.topic.clone(), origin.unwrap_or_default()));
                 }
                 match (kind(&d.value), d.attempt) {
@@ -277,14 +287,19 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
         gw.shutdown().await;
         (seen, retried, stats)
     };
-    let (seen, retried, stats) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
+    let (seen, retried, stats) =
+        tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
 
     for i in 0..flaky {
         let value = format!("flaky-{i}");
         let a = seen.attempts(&value);
         assert_eq!(a.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2], "{value}");
         assert!(a[1].1 - a[0].1 >= Duration::from_millis(INITIAL_BACKOFF_MS / 2), "{value} waited out its backoff");
-        assert_eq!(retried[&(value.clone(), 2)], (RETRY.to_string(), TOPIC.to_string()), "{value} came from the retry topic");
+        assert_eq!(
+            retried[&(value.clone(), 2)],
+            (RETRY.to_string(), TOPIC.to_string()),
+            "{value} came from the retry topic"
+        );
     }
     for i in 0..poison {
         let a: Vec<u32> = seen.attempts(&format!("poison-{i}")).iter().map(|(n, _)| *n).collect();

@@ -6,10 +6,10 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode, RouteConfig};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
+use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -46,7 +46,11 @@ fn commit_everywhere(bootstrap: &str, group: &str, offset: i64) {
 
 /// Receives on `sub` and acks what `keep` accepts until `ids` have all arrived; returns how
 /// often each id arrived.
-async fn receive_all(sub: &mut Subscription, ids: &HashSet<String>, keep: impl Fn(usize) -> bool) -> HashMap<String, u32> {
+async fn receive_all(
+    sub: &mut Subscription,
+    ids: &HashSet<String>,
+    keep: impl Fn(usize) -> bool,
+) -> HashMap<String, u32> {
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut n = 0;
     while !ids.iter().all(|id| seen.contains_key(id)) {
@@ -55,7 +59,12 @@ async fn receive_all(sub: &mut Subscription, ids: &HashSet<String>, keep: impl F
             Err(_) => {
                 let mut missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
                 missing.sort();
-                panic!("no delivery for 20 s with {} of {} still missing, e.g. {:?}", missing.len(), ids.len(), &missing[..missing.len().min(8)]);
+                panic!(
+                    "no delivery for 20 s with {} of {} still missing, e.g. {:?}",
+                    missing.len(),
+                    ids.len(),
+                    &missing[..missing.len().min(8)]
+                );
             }
         };
         let mut acks = Vec::new();
@@ -88,7 +97,8 @@ async fn a_route_nobody_subscribes_to_holds_back_no_other_route_on_its_topic() {
 
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
         let seen = receive_all(&mut sub, &ids, |_| true).await;
         assert_eq!(seen.len(), MESSAGES, "every message reached the subscribed route");
         eventually(Duration::from_secs(30), "orders committed to the high watermarks", || {
@@ -102,7 +112,9 @@ async fn a_route_nobody_subscribes_to_holds_back_no_other_route_on_its_topic() {
     };
     let paused = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
     let audit = committed(&bootstrap, &audit_group, PARTITIONS);
-    eprintln!("orders delivered and committed all {MESSAGES}; audit committed {audit:?}; partitions paused {paused} times");
+    eprintln!(
+        "orders delivered and committed all {MESSAGES}; audit committed {audit:?}; partitions paused {paused} times"
+    );
     assert_eq!(audit, (0..PARTITIONS).map(|p| (p, 10)).collect(), "the idle route's commits stay where they were");
     assert!(paused > 0, "the idle route's buffers filled and paused its own partitions only");
 }
@@ -128,7 +140,10 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
         let firehose = tokio::spawn({
             let (endpoint, ids) = (endpoint.clone(), ids.clone());
             async move {
-                let mut sub = Subscription::connect(&endpoint, client::hello("firehose", "firehose-0", FIREHOSE_WINDOW)).await.expect("subscribes");
+                let mut sub =
+                    Subscription::connect(&endpoint, client::hello("firehose", "firehose-0", FIREHOSE_WINDOW))
+                        .await
+                        .expect("subscribes");
                 let mut seen: HashMap<String, u32> = HashMap::new();
                 let mut n = 0usize;
                 // Until every message was either acked or dropped at its deadline.
@@ -139,7 +154,7 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
                     let mut acks = Vec::new();
                     for d in batch {
                         *seen.entry(d.delivery_id.clone()).or_default() += 1;
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             acks.push(d.delivery_id);
                         }
                         n += 1;
@@ -150,15 +165,18 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
             }
         });
         // The at-least-once subscriber loses its stream once with deliveries in flight.
-        let mut orders = Subscription::connect(&endpoint, client::hello(ROUTE, "orders-0", 50)).await.expect("subscribes");
+        let mut orders =
+            Subscription::connect(&endpoint, client::hello(ROUTE, "orders-0", 50)).await.expect("subscribes");
         let first = next_batch(&mut orders).await;
         let lost_with_stream: HashSet<String> = first.into_iter().map(|d| d.delivery_id).collect();
         drop(orders);
-        let mut orders = Subscription::connect(&endpoint, client::hello(ROUTE, "orders-1", 50)).await.expect("resubscribes");
+        let mut orders =
+            Subscription::connect(&endpoint, client::hello(ROUTE, "orders-1", 50)).await.expect("resubscribes");
         let seen = receive_all(&mut orders, &ids, |_| true).await;
         let (firehose_seen, _firehose_sub) = firehose.await.expect("firehose task");
         eventually(Duration::from_secs(30), "both routes committed to the high watermarks", || {
-            fully_committed(&bootstrap, &orders_group, PARTITIONS) && fully_committed(&bootstrap, &firehose_group, PARTITIONS)
+            fully_committed(&bootstrap, &orders_group, PARTITIONS)
+                && fully_committed(&bootstrap, &firehose_group, PARTITIONS)
         })
         .await;
         let dropped = Stats::get(&gw.stats().dropped_at_most_once);
@@ -170,8 +188,14 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
 
     assert!(ids.iter().all(|id| seen.contains_key(id)), "at-least-once: every message delivered");
     let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
-    assert!(twice.iter().all(|id| lost_with_stream.contains(*id)), "at-least-once: only what the lost stream held came again");
-    assert!(!lost_with_stream.is_empty() && lost_with_stream.iter().all(|id| seen.contains_key(id)), "and it did come again");
+    assert!(
+        twice.iter().all(|id| lost_with_stream.contains(*id)),
+        "at-least-once: only what the lost stream held came again"
+    );
+    assert!(
+        !lost_with_stream.is_empty() && lost_with_stream.iter().all(|id| seen.contains_key(id)),
+        "and it did come again"
+    );
 
     let again: Vec<&String> = firehose_seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
     eprintln!(
@@ -187,5 +211,8 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
     // The unacked half is dropped at its deadline, not retried; the last window's worth may
     // still have been in flight when the subscriber stopped.
     let unacked = (MESSAGES / 2) as u64;
-    assert!(dropped <= unacked && dropped + FIREHOSE_WINDOW as u64 >= unacked, "{dropped} of {unacked} unacked dropped");
+    assert!(
+        dropped <= unacked && dropped + FIREHOSE_WINDOW as u64 >= unacked,
+        "{dropped} of {unacked} unacked dropped"
+    );
 }

@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::gateway;
+use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 const PARTITIONS: i32 = 4;
@@ -58,7 +58,8 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         assert_eq!(route_group, format!("{shared}.{ROUTE}"));
         assert!(committed(&bootstrap, &route_group, PARTITIONS).is_empty(), "the route's own group is new");
         let gw = gateway::start(new_layout).await.expect("new-layout gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "new-layout", 100)).await.expect("subscribes");
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "new-layout", 100)).await.expect("subscribes");
         let rest: HashSet<String> = ids.difference(&before).cloned().collect();
         let mut after: Vec<String> = Vec::new();
         let mut got: HashSet<String> = HashSet::new();
@@ -80,7 +81,8 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         gw.shutdown().await;
         (before, after, left_at)
     };
-    let (before, after, left_at) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
+    let (before, after, left_at) =
+        tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
     let replayed: Vec<&String> = after.iter().filter(|id| before.contains(*id)).collect();
     let mut unique = HashSet::new();
     let twice: Vec<&String> = after.iter().filter(|id| !unique.insert(*id)).collect();
@@ -91,7 +93,11 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         replayed.len(),
         twice.len()
     );
-    assert!(replayed.is_empty(), "nothing acked under the shared group is delivered again, e.g. {:?}", &replayed[..replayed.len().min(5)]);
+    assert!(
+        replayed.is_empty(),
+        "nothing acked under the shared group is delivered again, e.g. {:?}",
+        &replayed[..replayed.len().min(5)]
+    );
     assert!(twice.is_empty(), "nothing is delivered twice after the upgrade");
     assert_eq!(before.len() + after.len(), MESSAGES, "nothing is skipped");
 }

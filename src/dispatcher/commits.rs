@@ -101,7 +101,12 @@ impl Dispatcher {
 
     /// A commit of acked offsets finished: windows held for it are freed, or its points are
     /// sent again next time.
-    pub(super) fn on_committed(&mut self, points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64>) {
+    pub(super) fn on_committed(
+        &mut self,
+        points: Vec<(TopicPartition, CommitPoint)>,
+        ok: bool,
+        generation: Option<u64>,
+    ) {
         self.committing = false;
         if ok {
             if let Some(generation) = generation {
@@ -114,7 +119,12 @@ impl Dispatcher {
 
     /// The commit covering staged at-most-once batches finished: on success they go to their
     /// streams; on failure nothing was sent, so nothing is lost: they wait for the next commit.
-    pub(super) fn on_committed_before_send(&mut self, points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend>) {
+    pub(super) fn on_committed_before_send(
+        &mut self,
+        points: Vec<(TopicPartition, CommitPoint)>,
+        ok: bool,
+        sends: Vec<StagedSend>,
+    ) {
         self.committing_before_send = false;
         if ok {
             for send in sends {

@@ -62,7 +62,11 @@ impl Dispatcher {
     /// Delivers what the store says is new (or a redelivery of the same record); acks
     /// duplicates to Kafka without delivering them. If the store failed, delivers everything:
     /// a duplicate is better than a loss.
-    pub(super) fn on_claimed(&mut self, batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, String>) {
+    pub(super) fn on_claimed(
+        &mut self,
+        batch: Vec<(Arc<Record>, u64, Option<usize>)>,
+        verdicts: Result<Vec<Verdict>, String>,
+    ) {
         if let Some(d) = &mut self.dedup {
             d.claiming = false;
         }

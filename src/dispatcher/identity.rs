@@ -17,12 +17,18 @@ impl Dispatcher {
     pub(super) fn identify(&self, hello: &Hello, peer: Option<SocketAddr>) -> Result<Subscriber, RegisterError> {
         let name = subscriber_name(hello, peer);
         match self.settings.discovery {
-            DiscoveryMode::Static => Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None }),
+            DiscoveryMode::Static => {
+                Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None })
+            }
             DiscoveryMode::Kube => {
                 let selector = &self.registry.route_config(ROUTE).selector;
                 let pod = discovery::check_identity(hello, peer, &self.pods, &hello.route, selector)
                     .map_err(RegisterError::Identity)?;
-                Ok(Subscriber { name, labels: pod.labels.clone(), pod: Some((pod.namespace.clone(), pod.name.clone())) })
+                Ok(Subscriber {
+                    name,
+                    labels: pod.labels.clone(),
+                    pod: Some((pod.namespace.clone(), pod.name.clone())),
+                })
             }
         }
     }

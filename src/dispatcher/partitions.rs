@@ -114,7 +114,10 @@ impl Dispatcher {
         }
         let dropped = self.registry.withhold(&partitions);
         let in_flight = self.registry.in_flight_of(&partitions);
-        info!(partitions = partitions.len(), in_flight, dropped, "partitions revoked: draining their in-flight deliveries");
+        info!(
+            partitions = partitions.len(),
+            in_flight, dropped, "partitions revoked: draining their in-flight deliveries"
+        );
         let deadline = Instant::now() + self.settings.revoke_drain;
         self.revoking.push(Revoking { partitions, reply, deadline });
     }

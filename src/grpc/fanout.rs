@@ -51,8 +51,15 @@ impl Fanout for FanoutService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::invalid_argument(format!("no hello within {} s: send SubscribeRequest.hello first", HELLO_TIMEOUT.as_secs())))??
-            .ok_or_else(|| Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first"))?;
+            .map_err(|_| {
+                Status::invalid_argument(format!(
+                    "no hello within {} s: send SubscribeRequest.hello first",
+                    HELLO_TIMEOUT.as_secs()
+                ))
+            })??
+            .ok_or_else(|| {
+                Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first")
+            })?;
         let hello = match first.kind {
             Some(Kind::Hello(hello)) => hello,
             Some(_) | None => {
@@ -63,10 +70,7 @@ impl Fanout for FanoutService {
         };
         let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
         let (reply, answer) = oneshot::channel();
-        commands
-            .send(Command::Register { hello, peer, reply })
-            .await
-            .map_err(|_| dispatcher_gone())?;
+        commands.send(Command::Register { hello, peer, reply }).await.map_err(|_| dispatcher_gone())?;
         let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(super::register_status)?;
         let session = registered.session;
 

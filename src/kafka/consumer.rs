@@ -322,9 +322,7 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
     let topics = route.consumed_topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
+    consumer.subscribe(&topic_refs).map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
     info!(route = route.name, ?topics, group = %route.group(&config.kafka), "consumer subscribed");
     let bootstrap = config.kafka.bootstrap_servers.clone();
     // The thread's logs say which route they are about.
@@ -546,9 +544,7 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
         headers: m
             .headers()
             .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default()))
-                    .collect()
+                h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default())).collect()
             })
             .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis(),

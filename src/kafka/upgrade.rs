@@ -47,7 +47,13 @@ pub async fn seed_from_shared_group(config: &Config, route: &RouteConfig) -> See
     match outcome {
         Ok(Ok(seeded)) => {
             if let Seeded::Copied(partitions) = seeded {
-                info!(route = name, group, from = shared, partitions, "route group had no offsets: starting where the shared group left its topics");
+                info!(
+                    route = name,
+                    group,
+                    from = shared,
+                    partitions,
+                    "route group had no offsets: starting where the shared group left its topics"
+                );
             }
             seeded
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
+use fanout_gateway::tools::client::{self, Subscription};
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::client::{self, Subscription};
 use fanout_gateway::config::Config;
+use fanout_gateway::tools::client::{self, Subscription};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -58,9 +58,7 @@ pub async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> 
     for i in 0..count {
         let key = format!("key-{}", i % keys);
         let value = format!("message {i}");
-        let future = producer
-            .send_result(FutureRecord::to(TOPIC).key(&key).payload(&value))
-            .expect("enqueue");
+        let future = producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)).expect("enqueue");
         futures.push(future);
     }
     let mut ids = Vec::with_capacity(count);
@@ -107,9 +105,7 @@ pub fn high_watermarks(bootstrap: &str, partitions: i32) -> HashMap<i32, i64> {
 /// partition never written to counts as committed at 0).
 pub fn fully_committed(bootstrap: &str, group: &str, partitions: i32) -> bool {
     let committed = committed(bootstrap, group, partitions);
-    high_watermarks(bootstrap, partitions)
-        .iter()
-        .all(|(p, hw)| committed.get(p).copied().unwrap_or(0) == *hw)
+    high_watermarks(bootstrap, partitions).iter().all(|(p, hw)| committed.get(p).copied().unwrap_or(0) == *hw)
 }
 
 /// `fully_committed` for any topic.

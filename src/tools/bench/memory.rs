@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::load::Backlog;
 use super::BenchError;
-use crate::client::{self, Subscription};
+use crate::tools::client::{self, Subscription};
 
 /// The slow subscriber's window and time per batch: about 1 000 messages a second, far below
 /// what the gateway can fetch, so partitions fill their buffers and pause.

@@ -18,10 +18,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::client::{self, Subscription};
 use crate::config::Config;
 use crate::gateway;
 use crate::stats::Stats;
+use crate::tools::client::{self, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -136,9 +136,8 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(30);
     let targets = produced_ends(&produced);
     while Instant::now() < deadline {
-        let committed_all = targets.iter().all(|(p, end)| {
-            stats.committed_of(DEMO_GROUP, DEMO_TOPIC, *p).is_some_and(|c| c >= *end)
-        });
+        let committed_all =
+            targets.iter().all(|(p, end)| stats.committed_of(DEMO_GROUP, DEMO_TOPIC, *p).is_some_and(|c| c >= *end));
         if Stats::get(&stats.acked) >= produced_total && committed_all {
             break;
         }
@@ -246,7 +245,12 @@ fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
 }
 
 /// The group's committed offsets as the broker holds them.
-pub(crate) fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Result<HashMap<i32, i64>, KafkaError> {
+pub(crate) fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<HashMap<i32, i64>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)

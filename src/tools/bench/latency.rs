@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use super::load::{self, age};
 use super::throughput::{acking_subscriber, consumer_config};
 use super::BenchError;
-use crate::client;
 use crate::config::Config;
 use crate::gateway;
 use crate::stats::Stats;
+use crate::tools::client;
 
 /// Messages sent in the first second are left out: connections and fetch sessions warm up.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -40,7 +40,12 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    Percentiles { p50: h.value_at_quantile(0.5), p99: h.value_at_quantile(0.99), p999: h.value_at_quantile(0.999), count: h.len() }
+    Percentiles {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        count: h.len(),
+    }
 }
 
 /// Records one message's age unless it was sent during the warm-up.
@@ -134,7 +139,9 @@ pub async fn gateway(
         })));
     }
     let assigned_by = Instant::now() + Duration::from_secs(30);
-    while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64) && Instant::now() < assigned_by {
+    while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64)
+        && Instant::now() < assigned_by
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     *started.lock() = Instant::now();

@@ -40,16 +40,10 @@ impl Subscription {
     }
 
     /// Opens a subscription on an existing channel.
-    pub async fn open(
-        client: &mut FanoutClient<tonic::transport::Channel>,
-        hello: Hello,
-    ) -> Result<Self, ClientError> {
+    pub async fn open(client: &mut FanoutClient<tonic::transport::Channel>, hello: Hello) -> Result<Self, ClientError> {
         // Acks are small; 1024 queued requests is far more than a window's worth of batches.
         let (requests, rx) = mpsc::channel(1_024);
-        requests
-            .send(SubscribeRequest { kind: Some(Kind::Hello(hello)) })
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        requests.send(SubscribeRequest { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| ClientError::Closed)?;
         let deliveries = client.subscribe(ReceiverStream::new(rx)).await.map_err(ClientError::Refused)?.into_inner();
         Ok(Self { deliveries, requests })
     }
@@ -74,7 +68,12 @@ impl Subscription {
     }
 
     /// Asks for another attempt after `retry_after`, not the route's backoff.
-    pub async fn nack_after(&self, delivery_id: String, reason: &str, retry_after: std::time::Duration) -> Result<(), ClientError> {
+    pub async fn nack_after(
+        &self,
+        delivery_id: String,
+        reason: &str,
+        retry_after: std::time::Duration,
+    ) -> Result<(), ClientError> {
         self.nack_with(delivery_id, reason, Disposition::Retry, Some(retry_after)).await
     }
 

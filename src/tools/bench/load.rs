@@ -65,7 +65,13 @@ fn producer(bootstrap: &str, linger_ms: u32) -> Result<BaseProducer, KafkaError>
 /// Produces `per_partition_bytes` of `size`-byte messages into every partition of `topic`
 /// (round robin, so partitions are even) and waits until the broker has them all. Stays under
 /// the mock broker's retention of 5 MiB per partition when `per_partition_bytes` does.
-pub fn fill(bootstrap: &str, topic: &str, partitions: i32, size: usize, per_partition_bytes: usize) -> Result<Backlog, KafkaError> {
+pub fn fill(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    size: usize,
+    per_partition_bytes: usize,
+) -> Result<Backlog, KafkaError> {
     let producer = producer(bootstrap, 20)?;
     // A record costs about 40 bytes beyond its payload in the log (key, headers, framing):
     // counted, so that the partition stays under the bytes asked for.

@@ -20,7 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use crate::scenario::{self, Scenario, ScenarioOptions};
+use crate::tools::scenario::{self, Scenario, ScenarioOptions};
 use handover::{HandoverOptions, HandoverReport, Strategy};
 use latency::Percentiles;
 use memory::Memory;
@@ -33,7 +33,7 @@ pub enum BenchError {
     #[error(transparent)]
     Start(#[from] crate::gateway::StartError),
     #[error(transparent)]
-    Demo(#[from] crate::demo::DemoError),
+    Demo(#[from] crate::tools::demo::DemoError),
     #[error("gateway: {0}")]
     Gateway(String),
     #[error("io: {0}")]
@@ -152,7 +152,10 @@ fn base_properties() -> BTreeMap<String, String> {
     // fetch.queue.backoff.ms: the gateway's own default (see kafka::consumer); the plain
     // consumer gets it too, or librdkafka's 1 s default idles it after every burst (149k
     // instead of 200k+ msg/s of 100 B on the machine of docs/benchmarks.md).
-    [("fetch.wait.max.ms", "5"), ("fetch.queue.backoff.ms", "10")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    [("fetch.wait.max.ms", "5"), ("fetch.queue.backoff.ms", "10")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -210,13 +213,16 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         progress(&format!("throughput {size} B: producing the backlog"));
         let (b, t) = (bootstrap.clone(), topic.clone());
         let per_partition = options.backlog_per_partition;
-        let backlog = tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition)).await??;
+        let backlog =
+            tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition)).await??;
         progress(&format!("throughput {size} B: raw consumer, {} messages", backlog.messages));
         let raw = throughput::raw(&bootstrap, &backlog, 3, &properties).await?;
         let mut row = ThroughputRow { size, raw, gateway: Vec::new() };
         for &n in &options.subscriber_counts {
             progress(&format!("throughput {size} B: gateway, {n} subscribers"));
-            let rate = throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), n, options.window, &properties).await?;
+            let rate =
+                throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), n, options.window, &properties)
+                    .await?;
             row.gateway.push((n, rate));
         }
         report.throughput.push(row);
@@ -230,8 +236,16 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
             cluster.create_topic(&format!("{topic}-gw"), LATENCY_PARTITIONS, 1)?;
             let d = options.latency_duration;
             let raw = latency::raw(&bootstrap, &format!("{topic}-raw"), rate, size, d, &properties).await?;
-            let gateway =
-                latency::gateway(&bootstrap, &format!("{topic}-gw"), rate, size, d, options.latency_subscribers, &properties).await?;
+            let gateway = latency::gateway(
+                &bootstrap,
+                &format!("{topic}-gw"),
+                rate,
+                size,
+                d,
+                options.latency_subscribers,
+                &properties,
+            )
+            .await?;
             report.latency.push(LatencyRow { size, rate, raw, gateway });
         }
     }
@@ -245,7 +259,12 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
     Ok(report)
 }
 
-async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options: &BenchOptions, report: &mut BenchReport, progress: impl Fn(&str)) -> Result<(), BenchError> {
+async fn memory_part(
+    cluster: &MockCluster<'_, DefaultProducerContext>,
+    options: &BenchOptions,
+    report: &mut BenchReport,
+    progress: impl Fn(&str),
+) -> Result<(), BenchError> {
     let bootstrap = cluster.bootstrap_servers();
     let size = options.sizes.iter().copied().max().unwrap_or(1024);
     let topic = "memory";
@@ -259,7 +278,15 @@ async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options:
             Some(path) => path.clone(),
             None => std::env::current_exe()?,
         };
-        let memory = memory::slow_subscriber(&exe, &bootstrap, &backlog, &format!("memory-{bound}"), bound, options.memory_duration).await?;
+        let memory = memory::slow_subscriber(
+            &exe,
+            &bootstrap,
+            &backlog,
+            &format!("memory-{bound}"),
+            bound,
+            options.memory_duration,
+        )
+        .await?;
         report.memory.push(MemoryRow { bound, backlog_bytes: backlog.bytes, partitions, memory });
     }
     Ok(())
@@ -267,7 +294,12 @@ async fn memory_part(cluster: &MockCluster<'_, DefaultProducerContext>, options:
 
 /// The deploy switch: two status-quo handovers on this cluster, then the gateway's blue-green
 /// scenario, which brings its own cluster (this one is dropped first, to free its threads).
-async fn switch_part(cluster: MockCluster<'_, DefaultProducerContext>, options: &BenchOptions, report: &mut BenchReport, progress: impl Fn(&str)) -> Result<(), BenchError> {
+async fn switch_part(
+    cluster: MockCluster<'_, DefaultProducerContext>,
+    options: &BenchOptions,
+    report: &mut BenchReport,
+    progress: impl Fn(&str),
+) -> Result<(), BenchError> {
     let bootstrap = cluster.bootstrap_servers();
 
     for (name, key, strategy) in [
@@ -342,7 +374,10 @@ impl BenchReport {
             for (n, rate) in &row.gateway {
                 put(format!("gateway_msgs_per_sec_{s}_{n}subs"), format!("{:.0}", rate.per_sec()));
                 put(format!("gateway_mib_per_sec_{s}_{n}subs"), format!("{:.1}", rate.mib_per_sec()));
-                put(format!("throughput_ratio_{s}_{n}subs"), format!("{:.2}", rate.per_sec() / row.raw.per_sec().max(1e-9)));
+                put(
+                    format!("throughput_ratio_{s}_{n}subs"),
+                    format!("{:.2}", rate.per_sec() / row.raw.per_sec().max(1e-9)),
+                );
             }
         }
         for row in &self.latency {
@@ -373,30 +408,63 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut t = String::new();
         let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
-        let _ = writeln!(t, "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}", "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores");
+        let _ = writeln!(
+            t,
+            "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}",
+            "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores"
+        );
         for row in &self.throughput {
             let s = size_name(row.size);
             let r = row.raw;
-            let _ = writeln!(t, "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}", s, "raw consumer", r.per_sec(), r.mib_per_sec(), "1.00", r.cores);
+            let _ = writeln!(
+                t,
+                "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}",
+                s,
+                "raw consumer",
+                r.per_sec(),
+                r.mib_per_sec(),
+                "1.00",
+                r.cores
+            );
             for (n, rate) in &row.gateway {
                 let ratio = rate.per_sec() / row.raw.per_sec().max(1e-9);
                 let reader = format!("gateway, {n} subscriber{}", if *n == 1 { "" } else { "s" });
                 let (ps, mibs) = (rate.per_sec(), rate.mib_per_sec());
-                let _ = writeln!(t, "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}", s, reader, ps, mibs, ratio, rate.cores);
+                let _ = writeln!(
+                    t,
+                    "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}",
+                    s, reader, ps, mibs, ratio, rate.cores
+                );
             }
         }
         let _ = writeln!(t, "latency (produce to receive, µs)");
-        let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", "size", "msg/s", "reader", "p50", "p99", "p99.9", "added p99");
+        let _ = writeln!(
+            t,
+            "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}",
+            "size", "msg/s", "reader", "p50", "p99", "p99.9", "added p99"
+        );
         for row in &self.latency {
             let s = size_name(row.size);
             let p = row.raw;
-            let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", s, row.rate, "raw", p.p50, p.p99, p.p999, "");
+            let _ = writeln!(
+                t,
+                "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}",
+                s, row.rate, "raw", p.p50, p.p99, p.p999, ""
+            );
             let g = row.gateway;
             let added = g.p99 as i64 - p.p99 as i64;
-            let _ = writeln!(t, "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}", s, row.rate, "gateway", g.p50, g.p99, g.p999, added);
+            let _ = writeln!(
+                t,
+                "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}",
+                s, row.rate, "gateway", g.p50, g.p99, g.p999, added
+            );
         }
         let _ = writeln!(t, "memory (gateway process, slow subscriber, backlog ahead)");
-        let _ = writeln!(t, "  {:<22} {:>12} {:>10} {:>10} {:>10}", "bound per partition", "backlog MiB", "start MiB", "peak MiB", "delivered");
+        let _ = writeln!(
+            t,
+            "  {:<22} {:>12} {:>10} {:>10} {:>10}",
+            "bound per partition", "backlog MiB", "start MiB", "peak MiB", "delivered"
+        );
         for row in &self.memory {
             let m = row.memory;
             let _ = writeln!(
@@ -410,13 +478,22 @@ impl fmt::Display for BenchReport {
             );
         }
         let _ = writeln!(t, "deploy switch (blue -> green while producing)");
-        let _ = writeln!(t, "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}", "how", "rebalances", "max gap ms", "duplicates", "lost*", "produced");
+        let _ = writeln!(
+            t,
+            "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}",
+            "how", "rebalances", "max gap ms", "duplicates", "lost*", "produced"
+        );
         for row in &self.switch {
             let r = &row.report;
             let _ = writeln!(
                 t,
                 "  {:<28} {:>10} {:>11} {:>10} {:>6} {:>9}",
-                row.name, r.rebalances, r.max_gap_ms, r.duplicates, r.lost + r.uncommitted, r.produced
+                row.name,
+                r.rebalances,
+                r.max_gap_ms,
+                r.duplicates,
+                r.lost + r.uncommitted,
+                r.produced
             );
         }
         let _ = writeln!(t, "  * lost: never processed, or processed but not covered by the group's committed offsets");

@@ -14,12 +14,12 @@ use rdkafka::mocking::MockCluster;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::client::Subscription;
 use crate::config::{Config, EmptyCohort, RouteConfig};
-use crate::demo::{committed_offsets, DemoError, Produced};
 use crate::gateway;
 use crate::proto::Hello;
 use crate::stats::Stats;
+use crate::tools::client::Subscription;
+use crate::tools::demo::{committed_offsets, DemoError, Produced};
 
 pub const TOPIC: &str = "deploy-events";
 pub const ROUTE: &str = "orders";
@@ -158,7 +158,11 @@ fn route(scenario: Scenario, new_weight: u32) -> RouteConfig {
 }
 
 /// Runs a scenario; `live` receives a line per second.
-pub async fn run(scenario: Scenario, options: ScenarioOptions, live: impl Fn(&str)) -> Result<ScenarioReport, DemoError> {
+pub async fn run(
+    scenario: Scenario,
+    options: ScenarioOptions,
+    live: impl Fn(&str),
+) -> Result<ScenarioReport, DemoError> {
     let cluster = MockCluster::new(3)?;
     cluster.create_topic(TOPIC, options.partitions, 3)?;
     let bootstrap = cluster.bootstrap_servers();

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 
 use super::load::Backlog;
 use super::BenchError;
-use crate::client::{self, Subscription};
 use crate::config::Config;
-use crate::proto::Delivery;
 use crate::gateway;
+use crate::proto::Delivery;
 use crate::stats::Stats;
+use crate::tools::client::{self, Subscription};
 
 /// Longest a measurement may take before it is reported as incomplete.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -69,10 +69,16 @@ pub(crate) fn consumer_config(bootstrap: &str, group: &str, properties: &BTreeMa
 /// is reported. It takes the partitions by assignment, not through a group: joining is not
 /// what is measured (each gateway run is timed from its first delivery for the same reason).
 /// It touches nothing but the payload length, the least a consumer can do.
-pub async fn raw(bootstrap: &str, backlog: &Backlog, passes: usize, properties: &BTreeMap<String, String>) -> Result<Rate, BenchError> {
+pub async fn raw(
+    bootstrap: &str,
+    backlog: &Backlog,
+    passes: usize,
+    properties: &BTreeMap<String, String>,
+) -> Result<Rate, BenchError> {
     let mut rates = Vec::new();
     for pass in 0..passes.max(1) {
-        let consumer: BaseConsumer = consumer_config(bootstrap, &format!("{}-raw-{pass}", backlog.topic), properties).create()?;
+        let consumer: BaseConsumer =
+            consumer_config(bootstrap, &format!("{}-raw-{pass}", backlog.topic), properties).create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..backlog.ends.len() as i32 {
             tpl.add_partition_offset(&backlog.topic, p, Offset::Beginning)?;

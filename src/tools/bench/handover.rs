@@ -4,7 +4,7 @@
 //! rebalance that stops consumption.
 //!
 //! [`status_quo`] runs that handover on a topic the caller created and measures what
-//! [`crate::scenario`] measures for the gateway's blue-green deploy, the same way: the same
+//! [`crate::tools::scenario`] measures for the gateway's blue-green deploy, the same way: the same
 //! producer ([`Produced`], which knows the offset of every message the broker took), the same
 //! work per batch (a random 1–10 ms), the same `fetch.wait.max.ms`, and the same definitions of
 //! gap, duplicates and lost. The report goes to the `bench` subcommand, next to the
@@ -63,7 +63,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::demo::{committed_offsets, Produced};
+use crate::tools::demo::{committed_offsets, Produced};
 
 /// The consumers' `session.timeout.ms`: the smallest a real broker accepts by default
 /// (`group.min.session.timeout.ms`), and it keeps the mock's join phase (this − 1 s) short.
@@ -303,12 +303,7 @@ fn unprocessed(produced: &HashMap<i32, Vec<i64>>, seen: &HashSet<(i32, i64)>) ->
 /// after the first instant at or after `from` and begins before `until`.
 fn max_gap(times: &[Instant], from: Instant, until: Instant) -> Duration {
     let first = times.partition_point(|t| *t < from);
-    times[first..]
-        .windows(2)
-        .take_while(|w| w[0] < until)
-        .map(|w| w[1].duration_since(w[0]))
-        .max()
-        .unwrap_or_default()
+    times[first..].windows(2).take_while(|w| w[0] < until).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default()
 }
 
 /// What the consumers processed, shared by all of them.
