@@ -1,0 +1,114 @@
+//! Batching: what each session's window lets out of its queue goes to its stream in batches
+//! bounded in bytes, each delivery stamped with its ack deadline.
+
+use super::*;
+
+/// Payload bytes per `SubscribeResponse`: well under gRPC's customary 4 MiB receive limit, so
+/// a client with default settings can read every batch (a single larger message still goes
+/// alone in its own response).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+pub(super) fn to_delivery(p: &Pending) -> proto::Delivery {
+    let r = &p.record;
+    proto::Delivery {
+        delivery_id: r.delivery_id(),
+        topic: r.tp.topic.to_string(),
+        partition: r.tp.partition,
+        offset: r.offset,
+        key: r.key.clone().unwrap_or_default(),
+        value: r.value.clone(),
+        headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        timestamp: r.timestamp_ms.map(|ms| prost_types::Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        attempt: p.attempt,
+        cohort: String::new(),
+        idempotency_key: String::new(),
+    }
+}
+
+impl Registry {
+    /// Sends what the windows allow to every session that may have room, in batches of at
+    /// most [`MAX_BATCH_BYTES`].
+    pub fn flush(&mut self) {
+        if self.paused {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if s.draining {
+                continue;
+            }
+            let room = (s.window as usize).saturating_sub(s.in_flight.len() + s.unconfirmed_total as usize);
+            if room == 0 || s.queue.is_empty() {
+                continue;
+            }
+            let take = room.min(s.queue.len());
+            let mut batch = Vec::with_capacity(take.min(256));
+            let mut bytes = 0;
+            let cohort = s.cohort.clone().unwrap_or_default();
+            let timeout = self.routes[s.route].config.ack_timeout_ms;
+            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
+            let at_most_once = self.routes[s.route].config.delivery == DeliveryMode::AtMostOnce;
+            let mut staged_pending = Vec::new();
+            for mut p in s.queue.drain(..take) {
+                p.deadline = deadline;
+                let size = p.record.size();
+                if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                    let deliveries = std::mem::take(&mut batch);
+                    if at_most_once {
+                        let pending = std::mem::take(&mut staged_pending);
+                        self.staged.push(StagedSend { session: id, deliveries, pending });
+                    } else {
+                        // A closed outbox means the stream is going away; its unregister redelivers.
+                        let _ = s.outbox.send(SessionMessage::Deliveries(deliveries));
+                    }
+                    bytes = 0;
+                }
+                bytes += size;
+                let mut delivery = to_delivery(&p);
+                delivery.cohort.clone_from(&cohort);
+                if p.attempt > 1 {
+                    self.redelivered += 1;
+                }
+                self.delivered += 1;
+                if at_most_once {
+                    staged_pending.push(p.clone());
+                }
+                s.in_flight.insert(delivery.delivery_id.clone(), p);
+                batch.push(delivery);
+            }
+            if at_most_once {
+                self.staged.push(StagedSend { session: id, deliveries: batch, pending: staged_pending });
+            } else {
+                let _ = s.outbox.send(SessionMessage::Deliveries(batch));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let mut reg = Registry::new(&[route("r", 100)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..5 {
+            let mut r = (*record(0, o, "k")).clone();
+            r.value = Bytes::from(vec![0u8; 400 * 1024]);
+            reg.dispatch(Arc::new(r), 1, 0);
+        }
+        reg.flush();
+        let mut sizes = Vec::new();
+        while let Ok(SessionMessage::Deliveries(d)) = a.outbox.try_recv() {
+            assert!(d.iter().map(|d| d.value.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+            sizes.push(d.len());
+        }
+        assert_eq!(sizes, vec![2, 2, 1]);
+    }
+}

@@ -1,0 +1,137 @@
+//! Revoked partitions: withheld while they drain (nothing new of theirs is sent, in-flight
+//! acks still count), then purged everywhere when they are released.
+
+use super::*;
+
+impl Registry {
+    /// Drops every message of these partitions (revoked): queued, parked, unassigned or in
+    /// flight. Acks that arrive later for them are unknown.
+    pub fn purge(&mut self, partitions: &[TopicPartition]) -> usize {
+        let dropped = self.remove_of(partitions, true);
+        for tp in partitions {
+            self.revoked.remove(tp);
+        }
+        dropped
+    }
+
+    /// Starts the drain of partitions being revoked: their messages not yet sent are dropped
+    /// (the next owner delivers them), nothing of theirs is sent from now on, and their
+    /// in-flight deliveries stay until acked, failed or purged. Returns how many were dropped.
+    pub fn withhold(&mut self, partitions: &[TopicPartition]) -> usize {
+        self.revoked.extend(partitions.iter().cloned());
+        self.remove_of(partitions, false)
+    }
+
+    /// Deliveries of these partitions out and not yet settled.
+    pub fn in_flight_of(&self, partitions: &[TopicPartition]) -> usize {
+        self.sessions.values().map(|s| s.in_flight.values().filter(|p| partitions.contains(&p.record.tp)).count()).sum()
+    }
+
+    /// Removes the messages of `partitions` waiting anywhere, and with `in_flight` those out
+    /// on streams too; their keys are released and what is left is routed again.
+    pub(super) fn remove_of(&mut self, partitions: &[TopicPartition], in_flight: bool) -> usize {
+        let gone = |p: &Pending| partitions.contains(&p.record.tp);
+        let mut dropped = 0;
+        let waiting: Vec<u64> =
+            self.delayed_items.iter().filter(|(_, d)| gone(&d.pending)).map(|(seq, _)| *seq).collect();
+        for seq in waiting {
+            if let Some(Delayed { pending: p, .. }) = self.delayed_items.remove(&seq) {
+                let route = &mut self.routes[p.route];
+                if let Some(k) = route.keys.get_mut(&p.hash) {
+                    k.delayed = k.delayed.saturating_sub(1);
+                }
+                route.release_one(p.hash);
+                dropped += 1;
+            }
+        }
+        self.dead_letters.retain(|d| !gone(&d.pending));
+        for route in &mut self.routes {
+            let before = route.unassigned.len();
+            route.unassigned.retain(|p| !gone(p));
+            dropped += before - route.unassigned.len();
+            for q in route.parked.values_mut() {
+                let before = q.len();
+                q.retain(|p| !gone(p));
+                dropped += before - q.len();
+            }
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let route = &mut self.routes[s.route];
+            let mut removed = Vec::new();
+            s.queue.retain(|p| {
+                if gone(p) {
+                    removed.push(p.hash);
+                    false
+                } else {
+                    true
+                }
+            });
+            if in_flight {
+                s.in_flight.retain(|_, p| {
+                    if gone(p) {
+                        removed.push(p.hash);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            dropped += removed.len();
+            for hash in removed {
+                route.release_one(hash);
+            }
+            self.dirty.insert(id);
+            self.close_if_drained(id);
+        }
+        for r in 0..self.routes.len() {
+            self.reroute(r, Vec::new());
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn revoking_a_partition_drops_its_retrying_messages() {
+        let mut reg = Registry::new(&[retrying_route(5, 5, None)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.flush();
+        received(&mut a.outbox);
+        assert!(reg.nack(a.session, "t/0/0", Failure::retry("x")));
+        assert_eq!(reg.purge(&[record(0, 0, "k").tp.clone()]), 1);
+        assert_eq!(reg.delayed(), 0);
+        reg.release_due(later(60));
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty());
+        // The key is free for the partition's next owner's messages.
+        reg.dispatch(record(0, 0, "k"), 2, 0);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 1);
+    }
+
+    #[test]
+    fn purge_drops_revoked_partitions_everywhere() {
+        let mut reg = Registry::new(&[route("r", 1)]);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..3 {
+            reg.dispatch(record(0, o, "k"), 1, 0);
+            reg.dispatch(record(1, o, "k"), 1, 0);
+        }
+        reg.flush();
+        assert_eq!(received(&mut a.outbox)[0].partition, 0);
+        let dropped = reg.purge(&[TopicPartition { topic: Arc::from("t"), partition: 0 }]);
+        assert_eq!(dropped, 3);
+        reg.flush();
+        let next = received(&mut a.outbox);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].partition, 1);
+        assert_eq!(reg.ack(a.session, &["t/0/0".into()]).unknown, 1);
+    }
+}
