@@ -10,7 +10,18 @@ pub mod kube;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::proto::Hello;
+/// What a subscriber says about itself when its stream opens (the contract's `Hello`, as the
+/// gRPC layer hands it in): the route, its pod, the window it asks for, and labels (static
+/// discovery only; in Kubernetes mode labels come from the pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Introduction {
+    pub route: String,
+    pub pod_name: String,
+    pub namespace: String,
+    /// 0: the route's default window.
+    pub max_in_flight: u32,
+    pub labels: BTreeMap<String, String>,
+}
 
 /// What the gateway needs to know about one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +84,7 @@ impl PodIndex {
 /// picks, running, and the stream must come from that pod's IP. The error says which check
 /// failed and how to fix it.
 pub fn check_identity<'a>(
-    hello: &Hello,
+    hello: &Introduction,
     peer: Option<SocketAddr>,
     index: &'a PodIndex,
     route: &str,
@@ -124,8 +135,13 @@ mod tests {
         }
     }
 
-    fn hello(name: &str) -> Hello {
-        Hello { route: "orders".into(), pod_name: name.into(), namespace: "shop".into(), ..Hello::default() }
+    fn hello(name: &str) -> Introduction {
+        Introduction {
+            route: "orders".into(),
+            pod_name: name.into(),
+            namespace: "shop".into(),
+            ..Introduction::default()
+        }
     }
 
     fn index() -> PodIndex {
@@ -154,7 +170,7 @@ mod tests {
     #[test]
     fn each_failed_check_says_which() {
         let i = index();
-        let err = |h: Hello, p| check_identity(&h, p, &i, "orders", "app=orders").expect_err("refused");
+        let err = |h: Introduction, p| check_identity(&h, p, &i, "orders", "app=orders").expect_err("refused");
         assert!(
             err(hello("ghost"), peer("10.0.0.9")).contains("not selected by route `orders` (selector `app=orders`)")
         );

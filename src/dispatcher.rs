@@ -36,12 +36,12 @@ use partitions::{PartitionState, Revoking};
 
 use crate::config::{DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
-use crate::dedup::Verdict;
+use crate::dedup::{DedupError, Verdict};
+use crate::discovery::Introduction;
 use crate::discovery::{PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
-use crate::kafka::{KafkaCommand, KafkaEvent, Record, TopicPartition};
+use crate::kafka::{DeliveryId, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::CommitPoint;
-use crate::proto::Hello;
 use crate::stats::Stats;
 use crate::subscriptions::{CloseReason, Failure, RegisterError, Registered, Registry, SessionId, StagedSend};
 
@@ -60,7 +60,7 @@ pub const COMMAND_CHANNEL: usize = 1_024;
 #[derive(Debug)]
 pub enum Command {
     Register {
-        hello: Hello,
+        hello: Introduction,
         peer: Option<SocketAddr>,
         reply: oneshot::Sender<Result<Registered, RegisterError>>,
     },
@@ -69,13 +69,16 @@ pub enum Command {
         routes: Vec<RouteConfig>,
         reply: Option<oneshot::Sender<Vec<String>>>,
     },
+    /// Acks of a session; `malformed` counts ids the gRPC layer could not read (they are
+    /// counted with the unknown ones).
     Ack {
         session: SessionId,
-        delivery_ids: Vec<String>,
+        delivery_ids: Vec<DeliveryId>,
+        malformed: u64,
     },
     Nack {
         session: SessionId,
-        delivery_id: String,
+        delivery_id: DeliveryId,
         failure: Failure,
     },
     Credit {
@@ -101,7 +104,7 @@ enum Internal {
     CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend> },
     /// The dedup store answered the route's claims: `batch[i].2` indexes `verdicts` for
     /// records that have an idempotency key.
-    Claimed { batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, String> },
+    Claimed { batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, DedupError> },
 }
 
 /// Settings the dispatcher needs from the config.
@@ -216,11 +219,12 @@ impl Dispatcher {
                     self.registry.unregister(r.session);
                 }
             }
-            Command::Ack { session, delivery_ids } => {
+            Command::Ack { session, delivery_ids, malformed } => {
                 let acked = self.registry.ack(session, &delivery_ids);
-                if acked.unknown > 0 {
-                    Stats::bump(&self.stats.unknown_acks, acked.unknown);
-                    debug!(session, unknown = acked.unknown, "ignored acks of ids not in flight on this stream");
+                let unknown = acked.unknown + malformed;
+                if unknown > 0 {
+                    Stats::bump(&self.stats.unknown_acks, unknown);
+                    debug!(session, unknown, malformed, "ignored acks of ids not in flight on this stream");
                 }
                 for p in acked.settled {
                     self.settle(&p);

@@ -39,10 +39,45 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Which record a delivery carries, and what a subscriber acks: stable across redeliveries.
+/// Inside the gateway it stays a value (hashed and compared, never formatted); the wire form
+/// `topic/partition/offset` exists only at the gRPC edge and in dedup origins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId {
+    pub tp: TopicPartition,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tp.topic, self.tp.partition, self.offset)
+    }
+}
+
+/// A delivery id that is not `topic/partition/offset`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("delivery id {0:?} is not topic/partition/offset (send back the id of a delivery as received)")]
+pub struct MalformedDeliveryId(pub String);
+
+impl std::str::FromStr for DeliveryId {
+    type Err = MalformedDeliveryId;
+
+    /// Topic names cannot contain `/` (Kafka allows `[a-zA-Z0-9._-]`), so the last two `/`
+    /// separate partition and offset.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || MalformedDeliveryId(s.chars().take(200).collect());
+        let mut parts = s.rsplitn(3, '/');
+        let offset = parts.next().and_then(|o| o.parse::<i64>().ok()).filter(|o| *o >= 0).ok_or_else(malformed)?;
+        let partition = parts.next().and_then(|p| p.parse::<i32>().ok()).filter(|p| *p >= 0).ok_or_else(malformed)?;
+        let topic = parts.next().filter(|t| !t.is_empty()).ok_or_else(malformed)?;
+        Ok(DeliveryId { tp: TopicPartition { topic: Arc::from(topic), partition }, offset })
+    }
+}
+
 impl Record {
     /// The id a subscriber acks: stable across redeliveries.
-    pub fn delivery_id(&self) -> String {
-        format!("{}/{}/{}", self.tp.topic, self.tp.partition, self.offset)
+    pub fn delivery_id(&self) -> DeliveryId {
+        DeliveryId { tp: self.tp.clone(), offset: self.offset }
     }
 
     /// Approximate bytes held for this record.
@@ -76,13 +111,18 @@ pub enum KafkaEvent {
     },
 }
 
+/// Why a commit did not land. The next commit (a tick later) carries the same points again.
+#[derive(Debug, thiserror::Error)]
+#[error("offset commit failed")]
+pub struct CommitError(#[source] pub rdkafka::error::KafkaError);
+
 /// What the dispatcher asks of the consumer thread.
 #[derive(Debug)]
 pub enum KafkaCommand {
     /// Commit these points; `done`, if given, hears the outcome.
     Commit {
         points: Vec<(TopicPartition, CommitPoint)>,
-        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), CommitError>>>,
     },
     Pause(Vec<TopicPartition>),
     /// Resume fetching, first seeking to the offset given (records from there on were dropped
@@ -92,4 +132,25 @@ pub enum KafkaCommand {
     StopFetching,
     /// Leave the group and end the thread.
     Close,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_go_to_text_and_back() {
+        let id = DeliveryId { tp: TopicPartition { topic: Arc::from("orders.v1-eu_2"), partition: 7 }, offset: 12_345 };
+        assert_eq!(id.to_string(), "orders.v1-eu_2/7/12345");
+        assert_eq!("orders.v1-eu_2/7/12345".parse::<DeliveryId>(), Ok(id));
+    }
+
+    #[test]
+    fn malformed_delivery_ids_are_refused() {
+        for bad in
+            ["", "orders", "orders/1", "/1/2", "orders/x/2", "orders/1/y", "orders/-1/2", "orders/1/-2", "orders/1/2/"]
+        {
+            assert!(bad.parse::<DeliveryId>().is_err(), "{bad:?} parsed");
+        }
+    }
 }

@@ -1,25 +1,38 @@
-//! fanout-gateway: one long-lived Kafka consumer group in front of many services, which
-//! subscribe over gRPC and ack what they process.
+//! fanout-gateway: long-lived Kafka consumer groups in front of many services, which subscribe
+//! over gRPC and ack what they process.
 //!
-//! Data flows one way:
+//! Each route is a pipeline of its own (its consumer group, consumer thread and dispatcher
+//! task), so one route's idle, slow or at-most-once subscribers never hold back another's.
+//! Data flows one way through a pipeline:
 //!
 //! ```text
-//! kafka::consumer ──► dispatcher ──► subscriptions (routing, windows) ──► grpc::fanout ──► subscriber
-//!       ▲                 │  ▲                                                  │
-//!       └─ commit/pause ◄─┘  └──────────── acks / nacks / credits ◄────────────┘
+//! kafka::consumer ──► dispatcher ──► subscriptions (keys, windows) ──► grpc::fanout ──► subscriber
+//!       ▲                 │  ▲                                                 │
+//!       └─ commit/pause ◄─┘  └─────────── acks / nacks / credits ◄────────────┘
 //!                     (offsets: highest contiguous acked offset per partition)
 //! ```
 //!
-//! - [`config`]: the TOML config, validated once.
-//! - [`kafka`]: the consumer thread (rdkafka), rebalance callbacks, commits, pause/resume.
-//! - [`offsets`]: per-partition tracking of acked offsets; what may be committed. Pure.
-//! - [`routing`]: which subscriber gets a message. Pure.
-//! - [`subscriptions`]: sessions, windows, queues and in-flight deliveries.
-//! - [`dispatcher`]: the task that owns all of the above and moves messages between them.
-//! - [`grpc`]: the tonic `Fanout` service.
-//! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from Hello.
-//! - [`gateway`]: wiring; [`client`]: a subscriber client; [`demo`] and [`scenario`]: the
-//!   embedded demo and its blue-green and canary deploys.
+//! The rooms, each owning one concern:
+//! - [`config`]: the TOML config, validated once, every problem with its field's path.
+//! - [`gateway`]: wiring: a pipeline per route, the gRPC server, hot reload.
+//! - [`pipeline`]: one route's consumer, dispatcher and pod watch; [`pipeline::Routes`] is the
+//!   front door the gRPC layer reaches them through.
+//! - [`kafka`]: the consumer thread (rdkafka), rebalance callbacks, commits, pause/resume, and
+//!   the upgrade from a shared group.
+//! - [`dispatcher`]: the task that owns a route's moving state: partitions and flow control,
+//!   commits, the dedup gate, the dead-letter loop, subscriber identity.
+//! - [`subscriptions`]: the session registry: sessions, key ownership and parking, retries,
+//!   commit windows, at-most-once staging, batching, revokes, membership.
+//! - [`offsets`], [`routing`], [`retry`], [`selector`]: pure decisions (what may be committed,
+//!   which cohort and subscriber, when to retry, which labels match).
+//! - [`deadletter`]: the producer for dead-letter and retry topics; [`dedup`]: idempotency-key
+//!   stores for effectively-once routes.
+//! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from their Hello.
+//! - [`grpc`]: the tonic `Fanout` service; the only room that builds the contract's types
+//!   ([`proto`]) or maps errors to a `tonic::Status`.
+//! - [`stats`]: counters the pipelines add to.
+//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
+//!   and the command line, which drive the service through its public surface.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 

@@ -57,6 +57,10 @@ pub struct Stats {
     /// Deliveries still in flight when a graceful stop's grace period ran out: redelivered by
     /// whoever owns their partitions next.
     pub shutdown_abandoned: AtomicU64,
+    /// Commits of revoked partitions' final points that the group coordinator refused (a
+    /// coordinator that refuses commits during a rebalance): their next owner starts from the
+    /// last commit that landed and redelivers what was acked since.
+    pub revoke_commits_refused: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     /// Partition assignments and revocations seen by the gateway's consumer.

@@ -24,8 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, EmptyCohort, Ordering, RouteConfig};
-use crate::kafka::{Record, TopicPartition};
-use crate::proto;
+use crate::kafka::{DeliveryId, Record, TopicPartition};
 use crate::retry::{self, Next};
 use crate::routing;
 use crate::selector::Selector;
@@ -55,9 +54,20 @@ pub type SessionId = u64;
 /// What the gRPC layer receives for a session.
 #[derive(Debug)]
 pub enum SessionMessage {
-    Deliveries(Vec<proto::Delivery>),
+    Deliveries(Vec<Outgoing>),
     /// The session is over; the stream ends with this reason.
     Closed(CloseReason),
+}
+
+/// A delivery on its way to a subscriber's stream. The gRPC layer turns it into the contract's
+/// `Delivery`: the registry never builds wire types.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub record: Arc<Record>,
+    /// Delivery attempt, from 1.
+    pub attempt: u32,
+    /// The subscriber's cohort (its value of the route's split label); empty without a split.
+    pub cohort: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +132,7 @@ struct Session {
     queue: VecDeque<Pending>,
     /// Keyed by delivery id. xxh3 rather than SipHash: the ids come from our own records, a
     /// flooding attacker has nothing to aim at, and this map is touched twice per message.
-    in_flight: HashMap<String, Pending, xxhash_rust::xxh3::Xxh3Builder>,
+    in_flight: HashMap<DeliveryId, Pending, xxhash_rust::xxh3::Xxh3Builder>,
     outbox: mpsc::UnboundedSender<SessionMessage>,
     /// No new deliveries; closed when `in_flight` empties.
     draining: bool,
@@ -372,14 +382,14 @@ impl Registry {
 
     /// Settles acked deliveries of a session. Ids not in flight on this session are counted
     /// as unknown and otherwise ignored.
-    pub fn ack(&mut self, id: SessionId, delivery_ids: &[String]) -> Acked {
+    pub fn ack(&mut self, id: SessionId, delivery_ids: &[DeliveryId]) -> Acked {
         let mut out = Acked::default();
         let Some(session) = self.sessions.get_mut(&id) else {
             out.unknown = delivery_ids.len() as u64;
             return out;
         };
         for d in delivery_ids {
-            match session.in_flight.remove(d.as_str()) {
+            match session.in_flight.remove(d) {
                 Some(p) => out.settled.push(p),
                 None => out.unknown += 1,
             }
@@ -472,7 +482,7 @@ mod tests {
         assert_eq!(got[0].delivery_id, "t/0/0");
         assert_eq!(got[0].attempt, 1);
         assert_eq!(reg.in_flight(), 3);
-        let acked = reg.ack(a.session, &["t/0/1".into(), "nope".into(), "t/0/1".into()]);
+        let acked = reg.ack(a.session, &[id("t/0/1"), id("t/9/9"), id("t/0/1")]);
         assert_eq!(acked.settled.len(), 1);
         assert_eq!(acked.unknown, 2, "unknown and repeated ids are counted");
         reg.flush();
@@ -525,7 +535,7 @@ mod tests {
         let mut b = reg.register("r", 0, sub("b")).expect("ok");
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "the key waits for a's in-flight messages");
-        let acked = reg.ack(a.session, &["t/0/0".into(), "t/0/1".into()]);
+        let acked = reg.ack(a.session, &[id("t/0/0"), id("t/0/1")]);
         assert!(acked.closed);
         assert_eq!((reg.closed, reg.session_count()), (1, 1), "a closed, b open");
         reg.flush();

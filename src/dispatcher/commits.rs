@@ -4,7 +4,7 @@
 use tokio::sync::oneshot;
 
 use super::{Dispatcher, Internal};
-use crate::kafka::{KafkaCommand, TopicPartition};
+use crate::kafka::{CommitError, KafkaCommand, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
 use crate::subscriptions::StagedSend;
@@ -144,7 +144,7 @@ impl Dispatcher {
 pub(super) fn request_commit(
     kafka: &std::sync::mpsc::Sender<KafkaCommand>,
     points: Vec<(TopicPartition, CommitPoint)>,
-) -> Option<oneshot::Receiver<Result<(), String>>> {
+) -> Option<oneshot::Receiver<Result<(), CommitError>>> {
     let (done, result) = oneshot::channel();
     kafka.send(KafkaCommand::Commit { points, done: Some(done) }).ok()?;
     Some(result)

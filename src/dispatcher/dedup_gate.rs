@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::{Dispatcher, Internal, ROUTE};
-use crate::dedup::{Claim, DedupConfig, DedupStore, Verdict};
+use crate::dedup::{Claim, DedupConfig, DedupError, DedupStore, Verdict};
 use crate::kafka::Record;
 use crate::stats::Stats;
 
@@ -53,7 +53,7 @@ impl Dispatcher {
             d.claiming = true;
             let claim = d.store.claim(claims);
             self.tasks.spawn(async move {
-                let verdicts = claim.await.map_err(|e| e.to_string());
+                let verdicts = claim.await;
                 Internal::Claimed { batch, verdicts }
             });
         }
@@ -65,7 +65,7 @@ impl Dispatcher {
     pub(super) fn on_claimed(
         &mut self,
         batch: Vec<(Arc<Record>, u64, Option<usize>)>,
-        verdicts: Result<Vec<Verdict>, String>,
+        verdicts: Result<Vec<Verdict>, DedupError>,
     ) {
         if let Some(d) = &mut self.dedup {
             d.claiming = false;

@@ -7,14 +7,14 @@ use tracing::info;
 
 use super::{Dispatcher, ROUTE};
 use crate::config::DiscoveryMode;
+use crate::discovery::Introduction;
 use crate::discovery::{self, PodEvent};
-use crate::proto::Hello;
 use crate::subscriptions::{RegisterError, SessionId, Subscriber};
 
 impl Dispatcher {
     /// Who a new subscriber is and which labels route it: from its pod (Kubernetes discovery,
     /// after the identity checks) or from its Hello (static).
-    pub(super) fn identify(&self, hello: &Hello, peer: Option<SocketAddr>) -> Result<Subscriber, RegisterError> {
+    pub(super) fn identify(&self, hello: &Introduction, peer: Option<SocketAddr>) -> Result<Subscriber, RegisterError> {
         let name = subscriber_name(hello, peer);
         match self.settings.discovery {
             DiscoveryMode::Static => {
@@ -58,7 +58,7 @@ impl Dispatcher {
     }
 }
 
-pub(super) fn subscriber_name(hello: &Hello, peer: Option<SocketAddr>) -> String {
+pub(super) fn subscriber_name(hello: &Introduction, peer: Option<SocketAddr>) -> String {
     if hello.pod_name.is_empty() {
         peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
     } else if hello.namespace.is_empty() {

@@ -11,12 +11,14 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::discovery::Introduction;
 use crate::dispatcher::Command;
+use crate::kafka::DeliveryId;
 use crate::pipeline::Routes;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
-use crate::proto::{Disposition, SubscribeRequest, SubscribeResponse};
-use crate::subscriptions::{Failure, SessionId, SessionMessage};
+use crate::proto::{self, Disposition, SubscribeRequest, SubscribeResponse};
+use crate::subscriptions::{Failure, Outgoing, SessionId, SessionMessage};
 
 /// How long a new stream may take to send its hello; a stream that never does would hold a
 /// handler forever.
@@ -68,6 +70,7 @@ impl Fanout for FanoutService {
                 ))
             }
         };
+        let hello = introduction(hello);
         let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
         let (reply, answer) = oneshot::channel();
         commands.send(Command::Register { hello, peer, reply }).await.map_err(|_| dispatcher_gone())?;
@@ -99,14 +102,21 @@ async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest
             }
         };
         let command = match message.kind {
-            Some(Kind::Ack(ack)) => Command::Ack { session, delivery_ids: ack.delivery_ids },
+            Some(Kind::Ack(ack)) => {
+                let mut malformed = 0;
+                let delivery_ids = ack
+                    .delivery_ids
+                    .iter()
+                    .filter_map(|id| id.parse::<DeliveryId>().inspect_err(|_| malformed += 1).ok())
+                    .collect();
+                Command::Ack { session, delivery_ids, malformed }
+            }
             Some(Kind::Nack(nack)) => {
-                let failure = Failure {
-                    reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },
-                    retry_after: nack.retry_after.and_then(|d| Duration::try_from(d).ok()),
-                    dead_letter: nack.disposition() == Disposition::DeadLetter,
-                };
-                Command::Nack { session, delivery_id: nack.delivery_id, failure }
+                match nack.delivery_id.parse::<DeliveryId>() {
+                    Ok(delivery_id) => Command::Nack { session, delivery_id, failure: failure_of(&nack) },
+                    // Counted like an ack of an id not in flight: nothing to retry.
+                    Err(_) => Command::Ack { session, delivery_ids: Vec::new(), malformed: 1 },
+                }
             }
             Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
             Some(Kind::Drain(_)) => Command::Drain { session },
@@ -140,7 +150,7 @@ impl Stream for SessionStream {
         }
         match self.outbox.poll_recv(cx) {
             Poll::Ready(Some(SessionMessage::Deliveries(deliveries))) => {
-                Poll::Ready(Some(Ok(SubscribeResponse { deliveries })))
+                Poll::Ready(Some(Ok(SubscribeResponse { deliveries: deliveries.iter().map(to_delivery).collect() })))
             }
             Poll::Ready(Some(SessionMessage::Closed(reason))) => {
                 self.finished = true;
@@ -167,5 +177,46 @@ impl Drop for SessionStream {
                 });
             }
         }
+    }
+}
+
+/// The contract's Hello as the dispatcher takes it.
+fn introduction(hello: proto::Hello) -> Introduction {
+    Introduction {
+        route: hello.route,
+        pod_name: hello.pod_name,
+        namespace: hello.namespace,
+        max_in_flight: hello.max_in_flight,
+        labels: hello.labels.into_iter().collect(),
+    }
+}
+
+/// A delivery in the contract's form. Runs on the stream's task, not the dispatcher's.
+fn to_delivery(d: &Outgoing) -> proto::Delivery {
+    let r = &d.record;
+    proto::Delivery {
+        delivery_id: r.delivery_id().to_string(),
+        topic: r.tp.topic.to_string(),
+        partition: r.tp.partition,
+        offset: r.offset,
+        key: r.key.clone().unwrap_or_default(),
+        value: r.value.clone(),
+        headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        timestamp: r.timestamp_ms.map(|ms| prost_types::Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        attempt: d.attempt,
+        cohort: d.cohort.to_string(),
+        idempotency_key: String::new(),
+    }
+}
+
+/// What a nack says about the failure, as the retry decision needs it.
+fn failure_of(nack: &proto::Nack) -> Failure {
+    Failure {
+        reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },
+        retry_after: nack.retry_after.and_then(|d| Duration::try_from(d).ok()),
+        dead_letter: nack.disposition() == Disposition::DeadLetter,
     }
 }

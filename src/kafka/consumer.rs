@@ -159,6 +159,7 @@ impl ConsumerContext for GatewayContext {
                     Ok(points) if !points.is_empty() => {
                         if let Err(error) = commit(consumer, &points, CommitMode::Sync) {
                             Stats::bump(&self.stats.commit_failures, 1);
+                            Stats::bump(&self.stats.revoke_commits_refused, 1);
                             warn!(%error, "commit on revoke failed; the next owner redelivers from the last commit");
                         } else {
                             Stats::bump(&self.stats.commits, 1);
@@ -472,7 +473,7 @@ fn take_commands(
                     }
                 }
                 if let Some(done) = done {
-                    let _ = done.send(result.map_err(|e| e.to_string()));
+                    let _ = done.send(result.map_err(super::CommitError));
                 }
             }
             KafkaCommand::Pause(partitions) => {

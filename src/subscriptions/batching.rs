@@ -8,26 +8,6 @@ use super::*;
 /// alone in its own response).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-pub(super) fn to_delivery(p: &Pending) -> proto::Delivery {
-    let r = &p.record;
-    proto::Delivery {
-        delivery_id: r.delivery_id(),
-        topic: r.tp.topic.to_string(),
-        partition: r.tp.partition,
-        offset: r.offset,
-        key: r.key.clone().unwrap_or_default(),
-        value: r.value.clone(),
-        headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        timestamp: r.timestamp_ms.map(|ms| prost_types::Timestamp {
-            seconds: ms.div_euclid(1000),
-            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
-        attempt: p.attempt,
-        cohort: String::new(),
-        idempotency_key: String::new(),
-    }
-}
-
 impl Registry {
     /// Sends what the windows allow to every session that may have room, in batches of at
     /// most [`MAX_BATCH_BYTES`].
@@ -48,7 +28,8 @@ impl Registry {
             let take = room.min(s.queue.len());
             let mut batch = Vec::with_capacity(take.min(256));
             let mut bytes = 0;
-            let cohort = s.cohort.clone().unwrap_or_default();
+            // One string per batch, shared by its deliveries.
+            let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
             let timeout = self.routes[s.route].config.ack_timeout_ms;
             let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
             let at_most_once = self.routes[s.route].config.delivery == DeliveryMode::AtMostOnce;
@@ -68,8 +49,7 @@ impl Registry {
                     bytes = 0;
                 }
                 bytes += size;
-                let mut delivery = to_delivery(&p);
-                delivery.cohort.clone_from(&cohort);
+                let delivery = Outgoing { record: p.record.clone(), attempt: p.attempt, cohort: cohort.clone() };
                 if p.attempt > 1 {
                     self.redelivered += 1;
                 }
@@ -77,7 +57,7 @@ impl Registry {
                 if at_most_once {
                     staged_pending.push(p.clone());
                 }
-                s.in_flight.insert(delivery.delivery_id.clone(), p);
+                s.in_flight.insert(p.record.delivery_id(), p);
                 batch.push(delivery);
             }
             if at_most_once {
@@ -106,7 +86,7 @@ mod tests {
         reg.flush();
         let mut sizes = Vec::new();
         while let Ok(SessionMessage::Deliveries(d)) = a.outbox.try_recv() {
-            assert!(d.iter().map(|d| d.value.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+            assert!(d.iter().map(|d| d.record.value.len()).sum::<usize>() <= MAX_BATCH_BYTES);
             sizes.push(d.len());
         }
         assert_eq!(sizes, vec![2, 2, 1]);

@@ -167,10 +167,10 @@ mod tests {
         reg.dispatch(record(0, 2, "k"), 1, 0);
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "k waits for blue to settle");
-        reg.ack(a.session, &["t/0/0".into()]);
+        reg.ack(a.session, &[id("t/0/0")]);
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "one still in flight");
-        reg.ack(a.session, &["t/0/1".into()]);
+        reg.ack(a.session, &[id("t/0/1")]);
         reg.flush();
         assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
         // And a label change moves keys the same way.

@@ -23,15 +23,34 @@ pub(super) fn record(partition: i32, offset: i64, key: &str) -> Arc<Record> {
         timestamp_ms: Some(1_700_000_000_123),
     })
 }
-pub(super) fn received(rx: &mut mpsc::UnboundedReceiver<SessionMessage>) -> Vec<proto::Delivery> {
+/// A delivery as a subscriber would read it, for assertions.
+#[derive(Debug)]
+pub(super) struct Got {
+    pub(super) delivery_id: String,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: Bytes,
+    pub(super) attempt: u32,
+    pub(super) cohort: String,
+}
+
+pub(super) fn received(rx: &mut mpsc::UnboundedReceiver<SessionMessage>) -> Vec<Got> {
     let mut out = Vec::new();
     while let Ok(m) = rx.try_recv() {
-        if let SessionMessage::Deliveries(d) = m {
-            out.extend(d);
+        if let SessionMessage::Deliveries(batch) = m {
+            out.extend(batch.into_iter().map(|d| Got {
+                delivery_id: d.record.delivery_id().to_string(),
+                partition: d.record.tp.partition,
+                offset: d.record.offset,
+                key: d.record.key.clone().unwrap_or_default(),
+                attempt: d.attempt,
+                cohort: d.cohort.to_string(),
+            }));
         }
     }
     out
 }
+
 pub(super) fn split_route(empty: EmptyCohort, blue: u32, green: u32) -> RouteConfig {
     let mut r = route("r", 100);
     r.split_label = Some("track".into());
@@ -61,4 +80,9 @@ pub(super) fn retrying_route(window: u32, max_attempts: u32, dlq: Option<&str>) 
     };
     r.dead_letter_topic = dlq.map(str::to_string);
     r
+}
+
+/// A delivery id from its wire form.
+pub(super) fn id(text: &str) -> DeliveryId {
+    text.parse().expect("a well-formed delivery id")
 }
