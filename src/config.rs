@@ -4,28 +4,18 @@
 //! already-validated [`Config`]; a bad file is refused here with every problem named by its
 //! field path (`routes[1].topics`), so nothing starts half-configured.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
+
+mod validate;
 
 /// Environment variable that overrides `kafka.bootstrap_servers`.
 pub const ENV_BOOTSTRAP_SERVERS: &str = "FANOUT_BOOTSTRAP_SERVERS";
 /// Environment variable that overrides `kafka.group_instance_id` (a StatefulSet sets it to the
 /// pod name for static membership).
 pub const ENV_GROUP_INSTANCE_ID: &str = "FANOUT_GROUP_INSTANCE_ID";
-
-/// librdkafka properties the gateway owns: setting them would break at-least-once commits.
-const MANAGED_PROPERTIES: &[&str] = &[
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
-    "bootstrap.servers",
-    "auto.offset.reset",
-    "partition.assignment.strategy",
-    "group.instance.id",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -451,161 +441,6 @@ impl Config {
         }
     }
 
-    /// Every problem at once, each with its field path.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut problems_selector = Vec::new();
-        let mut bad = |field: String, message: &str| problems.push(Problem { field, message: message.to_string() });
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            bad("server.listen".into(), "must be an address like 0.0.0.0:50051");
-        }
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            bad("kafka.bootstrap_servers".into(), "must name at least one broker (host:port)");
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            bad("kafka.group_id".into(), "must not be empty");
-        }
-        if self.kafka.group_instance_id.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            bad("kafka.group_instance_id".into(), "must not be empty when set");
-        }
-        if self.kafka.revoke_drain_ms == 0 {
-            bad("kafka.revoke_drain_ms".into(), "must be at least 1");
-        }
-        if self.kafka.commit_interval_ms == 0 {
-            bad("kafka.commit_interval_ms".into(), "must be at least 1");
-        }
-        if self.kafka.max_uncommitted_per_partition == 0 {
-            bad("kafka.max_uncommitted_per_partition".into(), "must be at least 1");
-        }
-        for key in self.kafka.properties.keys() {
-            if MANAGED_PROPERTIES.contains(&key.as_str()) {
-                bad(
-                    format!("kafka.properties.\"{key}\""),
-                    "is managed by the gateway; use the matching `kafka.*` field or leave it out",
-                );
-            }
-        }
-        if self.routes.is_empty() {
-            bad("routes".into(), "at least one [[routes]] entry is needed");
-        }
-        let mut names = HashSet::new();
-        let mut groups = HashSet::new();
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = |f: &str| format!("routes[{i}].{f}");
-            let mut fresh_name = false;
-            if route.name.trim().is_empty() {
-                bad(at("name"), "must not be empty");
-            } else if !names.insert(route.name.as_str()) {
-                bad(at("name"), "is used by another route; route names must be unique");
-            } else if !route.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-                // It names the route's consumer group and static member id.
-                bad(
-                    at("name"),
-                    "may hold only letters, digits, '.', '_' and '-' (it names the route's consumer group)",
-                );
-            } else {
-                fresh_name = true;
-            }
-            if route.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
-                bad(at("group_id"), "must not be empty when set");
-            }
-            let group = route.group(&self.kafka);
-            // A duplicate name is reported as such; its default group clashes by consequence.
-            if !groups.insert(group.clone()) && fresh_name {
-                bad(
-                    at("group_id"),
-                    &format!("consumer group `{group}` is another route's: each route needs a group of its own"),
-                );
-            }
-            if route.topics.is_empty() {
-                bad(at("topics"), "must list at least one topic");
-            }
-            for (j, topic) in route.topics.iter().enumerate() {
-                if topic.trim().is_empty() || topic.contains('/') {
-                    bad(format!("routes[{i}].topics[{j}]"), "must be a Kafka topic name");
-                }
-            }
-            if route.max_in_flight == 0 {
-                bad(at("max_in_flight"), "must be at least 1");
-            }
-            if route.default_in_flight == 0 || route.default_in_flight > route.max_in_flight {
-                bad(at("default_in_flight"), "must be between 1 and max_in_flight");
-            }
-            if let Err(error) = route.parsed_selector() {
-                problems_selector.push(Problem { field: at("selector"), message: error.to_string() });
-            }
-            match (&route.split_label, route.weights.is_empty()) {
-                (Some(label), _) if label.trim().is_empty() => bad(at("split_label"), "must name a label"),
-                (Some(_), true) => bad(at("weights"), "a split_label needs weights, e.g. { blue = 100, green = 0 }"),
-                (Some(_), false) if route.weights.values().all(|w| *w == 0) => {
-                    bad(at("weights"), "at least one cohort needs a weight above 0")
-                }
-                (None, false) => {
-                    bad(at("weights"), "weights need a split_label naming the label whose values they weigh")
-                }
-                _ => {}
-            }
-            if route.retry.max_attempts == 0 {
-                bad(at("retry.max_attempts"), "must be at least 1 (the first delivery counts)");
-            }
-            if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
-                bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
-            }
-            if route.delivery == DeliveryMode::AtMostOnce && route.dead_letter_topic.is_some() {
-                bad(at("dead_letter_topic"), "at-most-once routes never redeliver or dead-letter (a failed delivery is dropped); remove it or use at-least-once");
-            }
-            match (&route.dedup, route.delivery) {
-                (Some(dedup), DeliveryMode::EffectivelyOnce) => {
-                    for (field, message) in dedup.problems() {
-                        bad(at(&format!("dedup.{field}")), &message);
-                    }
-                }
-                (Some(_), _) => bad(
-                    at("dedup"),
-                    "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]",
-                ),
-                (None, _) => {}
-            }
-            if let Some(retry) = &route.retry.retry_topic {
-                let elsewhere = self.routes.iter().enumerate().any(|(j, other)| {
-                    other.topics.contains(retry)
-                        || (j != i && other.retry.retry_topic.as_ref() == Some(retry))
-                        || other.dead_letter_topic.as_ref() == Some(retry)
-                });
-                if retry.trim().is_empty() || retry.contains('/') {
-                    bad(at("retry.retry_topic"), "must be a Kafka topic name");
-                } else if elsewhere {
-                    bad(
-                        at("retry.retry_topic"),
-                        "must be the route's own: not a topic, retry topic or dead-letter topic of any route",
-                    );
-                } else if route.delivery == DeliveryMode::AtMostOnce {
-                    bad(at("retry.retry_topic"), "at-most-once routes never retry; remove it or use at-least-once");
-                }
-            }
-            if let Some(dlq) = &route.dead_letter_topic {
-                if dlq.trim().is_empty() || dlq.contains('/') {
-                    bad(at("dead_letter_topic"), "must be a Kafka topic name");
-                } else if route.topics.contains(dlq) {
-                    bad(
-                        at("dead_letter_topic"),
-                        "must not be one of the route's own topics: dead letters would be delivered again",
-                    );
-                }
-            }
-        }
-        if self.discovery.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            problems
-                .push(Problem { field: "discovery.namespace".into(), message: "must not be empty when set".into() });
-        }
-        problems.extend(problems_selector);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
-    }
-
     /// Every topic some route consumes, sorted and deduplicated.
     pub fn topics(&self) -> Vec<String> {
         let mut topics: Vec<String> =
@@ -642,7 +477,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
         [server]
         listen = "127.0.0.1:50051"
 
@@ -659,7 +494,7 @@ mod tests {
         max_in_flight = 500
     "#;
 
-    fn problems(text: &str) -> Vec<String> {
+    pub(super) fn problems(text: &str) -> Vec<String> {
         let config = Config::parse(text).expect("parses");
         match config.validate() {
             Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.field).collect(),
@@ -711,39 +546,6 @@ mod tests {
     }
 
     #[test]
-    fn validation_names_every_bad_field() {
-        let text = r#"
-            [server]
-            listen = "nowhere"
-            [kafka]
-            bootstrap_servers = " "
-            commit_interval_ms = 0
-            [kafka.properties]
-            "enable.auto.commit" = "true"
-            [[routes]]
-            name = "a"
-            topics = []
-            [[routes]]
-            name = "a"
-            topics = ["x/y"]
-            max_in_flight = 10
-        "#;
-        assert_eq!(
-            problems(text),
-            vec![
-                "server.listen",
-                "kafka.bootstrap_servers",
-                "kafka.commit_interval_ms",
-                "kafka.properties.\"enable.auto.commit\"",
-                "routes[0].topics",
-                "routes[1].name",
-                "routes[1].topics[0]",
-                "routes[1].default_in_flight",
-            ]
-        );
-    }
-
-    #[test]
     fn example_config_is_valid() {
         let config = Config::parse(include_str!("../examples/fanout.toml")).expect("parses");
         config.validate().expect("valid");
@@ -772,105 +574,6 @@ mod tests {
     }
 
     #[test]
-    fn routing_fields_are_validated() {
-        let text = r#"
-            [kafka]
-            bootstrap_servers = "k:9092"
-            [discovery]
-            mode = "kube"
-            namespace = " "
-            [[routes]]
-            name = "a"
-            topics = ["t"]
-            selector = "app in (orders"
-            [[routes]]
-            name = "b"
-            topics = ["t"]
-            split_label = "track"
-            [[routes]]
-            name = "c"
-            topics = ["t"]
-            weights = { blue = 1 }
-            [[routes]]
-            name = "d"
-            topics = ["t"]
-            split_label = "track"
-            weights = { blue = 0, green = 0 }
-            [[routes]]
-            name = "e"
-            topics = ["t"]
-            selector = "app=orders,track in (blue,green)"
-            split_label = "track"
-            weights = { blue = 90, green = 10 }
-            ordering = "partition"
-            empty_cohort = "spill"
-        "#;
-        assert_eq!(
-            problems(text),
-            vec![
-                "routes[1].weights",
-                "routes[2].weights",
-                "routes[3].weights",
-                "discovery.namespace",
-                "routes[0].selector"
-            ]
-        );
-        let bad = Config::parse(&text.replace("\"spill\"", "\"overflow\"")).expect_err("bad variant").to_string();
-        assert!(bad.contains("routes[4].empty_cohort"), "{bad}");
-    }
-
-    #[test]
-    fn delivery_retry_and_dead_letter_settings_are_checked() {
-        let text = format!(
-            "{GOOD}{}",
-            r#"
-        delivery = "at-most-once"
-        dead_letter_topic = "orders"
-        [routes.retry]
-        max_attempts = 0
-        initial_backoff_ms = 1000
-        max_backoff_ms = 10
-        [routes.dedup]
-        ttl_ms = 0
-
-        [[routes]]
-        name = "audit"
-        topics = ["orders"]
-        "#
-        );
-        let fields = problems(&text);
-        for field in [
-            "routes[0].retry.max_attempts",
-            "routes[0].retry.max_backoff_ms",
-            "routes[0].dead_letter_topic",
-            "routes[0].dedup",
-        ] {
-            assert!(fields.contains(&field.to_string()), "{field} not in {fields:?}");
-        }
-        // Each route commits in its own group: an at-most-once route may share its topics.
-        assert!(!fields.contains(&"routes[0].topics".to_string()), "{fields:?}");
-        let text =
-            GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-retry\"");
-        assert_eq!(problems(&text), vec!["routes[0].retry.retry_topic"], "a retry topic the route already consumes");
-        let ok =
-            GOOD.replace("max_in_flight = 500", "max_in_flight = 500\n[routes.retry]\nretry_topic = \"orders-later\"");
-        let config = Config::parse(&ok).expect("parses");
-        config.validate().expect("a retry topic of its own is fine");
-        assert_eq!(config.topics(), vec!["orders", "orders-later", "orders-retry"], "the consumer subscribes to it");
-        // Dedup settings are checked, by their own field names, on an effectively-once route.
-        let text = GOOD.replace(
-            "max_in_flight = 500",
-            "max_in_flight = 500\ndelivery = \"effectively-once\"\n[routes.dedup]\nttl_ms = 0",
-        );
-        assert_eq!(problems(&text), vec!["routes[0].dedup.ttl_ms"]);
-        let config =
-            Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\""))
-                .expect("parses");
-        config.validate().expect("an effectively-once route without a dedup section uses the defaults");
-        assert_eq!(config.routes[0].dedup_settings(), Some(crate::dedup::DedupConfig::default()));
-    }
-
-    #[test]
     fn each_route_gets_a_consumer_group_and_member_id_of_its_own() {
         let text =
             format!("{GOOD}\n[[routes]]\nname = \"audit\"\ntopics = [\"orders\"]\ngroup_id = \"audit-readers\"\n");
@@ -887,12 +590,6 @@ mod tests {
         assert_eq!(problems(&clash), vec!["routes[1].group_id"]);
         let bad_name = text.replace("name = \"audit\"", "name = \"audit log\"");
         assert_eq!(problems(&bad_name), vec!["routes[1].name"]);
-    }
-
-    #[test]
-    fn no_routes_is_a_problem() {
-        let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
-        assert_eq!(problems(text), vec!["routes"]);
     }
 
     #[test]
