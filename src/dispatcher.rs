@@ -45,8 +45,6 @@ use crate::offsets::CommitPoint;
 use crate::stats::Stats;
 use crate::subscriptions::{CloseReason, Failure, RegisterError, Registered, Registry, SessionId, StagedSend};
 
-/// The pipeline's one route, as the registry indexes it.
-const ROUTE: usize = 0;
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
 /// How often in-flight deliveries are checked against their ack deadlines.
@@ -64,10 +62,11 @@ pub enum Command {
         peer: Option<SocketAddr>,
         reply: oneshot::Sender<Result<Registered, RegisterError>>,
     },
-    /// New route settings (hot reload, operator). Answers with the names it did not know.
-    UpdateRoutes {
-        routes: Vec<RouteConfig>,
-        reply: Option<oneshot::Sender<Vec<String>>>,
+    /// New settings for the route (hot reload, operator). Answers whether they were applied
+    /// (not when they name another route).
+    UpdateRoute {
+        route: Box<RouteConfig>,
+        reply: Option<oneshot::Sender<bool>>,
     },
     /// Acks of a session; `malformed` counts ids the gRPC layer could not read (they are
     /// counted with the unknown ones).
@@ -241,36 +240,25 @@ impl Dispatcher {
                 }
             }
             Command::Credit { session, additional } => self.registry.credit(session, additional),
-            Command::UpdateRoutes { routes, reply } => {
-                let unknown = self.registry.update_routes(&routes);
-                for route in &routes {
-                    if self.registry.route_index(&route.name).is_none() {
-                        continue;
-                    }
+            Command::UpdateRoute { route, reply } => {
+                let applied = self.registry.update_route(&route);
+                if applied {
                     if let Some(sender) = &self.watched_selector {
                         sender.send_if_modified(|current| {
                             let changed = *current != route.selector;
                             if changed {
-                                info!(
-                                    route = route.name,
-                                    selector = route.selector,
-                                    "selector changed; watching its pods anew"
-                                );
+                                info!(selector = route.selector, "selector changed; watching its pods anew");
                                 current.clone_from(&route.selector);
                             }
                             changed
                         });
                     }
+                    info!("route settings updated");
+                } else {
+                    warn!(other = route.name, "settings for another route were ignored");
                 }
-                if !unknown.is_empty() {
-                    warn!(
-                        ?unknown,
-                        "routes not known to the running gateway were ignored; adding routes needs a restart"
-                    );
-                }
-                info!(routes = routes.len() - unknown.len(), "route settings updated");
                 if let Some(reply) = reply {
-                    let _ = reply.send(unknown);
+                    let _ = reply.send(applied);
                 }
             }
             Command::Drain { session } => {

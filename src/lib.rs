@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The rooms, each owning one concern:
-//! - [`config`]: the TOML config, validated once, every problem with its field's path.
+//! - [`config`]: the TOML config; `config/validate.rs` checks it once, every problem with its
+//!   field's path.
 //! - [`gateway`]: wiring: a pipeline per route, the gRPC server, hot reload.
 //! - [`pipeline`]: one route's consumer, dispatcher and pod watch; [`pipeline::Routes`] is the
 //!   front door the gRPC layer reaches them through.
@@ -21,10 +22,11 @@
 //!   the upgrade from a shared group.
 //! - [`dispatcher`]: the task that owns a route's moving state: partitions and flow control,
 //!   commits, the dedup gate, the dead-letter loop, subscriber identity.
-//! - [`subscriptions`]: the session registry: sessions, key ownership and parking, retries,
+//! - [`subscriptions`]: the route's session registry: sessions, key ownership and parking, retries,
 //!   commit windows, at-most-once staging, batching, revokes, membership.
 //! - [`offsets`], [`routing`], [`retry`], [`selector`]: pure decisions (what may be committed,
-//!   which cohort and subscriber, when to retry, which labels match).
+//!   which cohort and subscriber, when to retry, which labels match; `selector/parse.rs` holds the
+//!   selector grammar).
 //! - [`deadletter`]: the producer for dead-letter and retry topics; [`dedup`]: idempotency-key
 //!   stores for effectively-once routes.
 //! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from their Hello.

@@ -23,8 +23,8 @@ const METADATA_PREFIX: &str = "fanout1:";
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     offset: i64,
-    /// Acks still owed for this offset (one per route that delivers it).
-    owed: u16,
+    /// Whether the route's subscriber acked it (or it needs no ack).
+    acked: bool,
 }
 
 /// What happened to a received offset.
@@ -41,10 +41,8 @@ pub enum Track {
 /// Outcome of one ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
-    /// The offset's last owed ack: it now counts as done.
+    /// The offset was owed an ack: it now counts as done.
     Done,
-    /// One of several routes acked; others still owe.
-    Partial,
     /// Not a pending offset (never received, or already fully acked).
     Unknown,
 }
@@ -76,8 +74,8 @@ impl PartitionTracker {
         Self { pending: VecDeque::new(), next: start, owed: 0, skip }
     }
 
-    /// Records a received offset that `routes` routes must each ack.
-    pub fn track(&mut self, offset: i64, routes: u16) -> Track {
+    /// Records a received offset, owed an ack unless a previous owner recorded it as acked.
+    pub fn track(&mut self, offset: i64) -> Track {
         // Everything below `floor` has been received already (or committed before we started).
         let floor = self.pending.back().map(|e| e.offset + 1).or(self.next);
         if floor.is_some_and(|floor| offset < floor) {
@@ -86,12 +84,12 @@ impl PartitionTracker {
         if self.next.is_none() {
             self.next = Some(offset);
         }
-        if routes == 0 || self.skipped(offset) {
-            self.pending.push_back(Entry { offset, owed: 0 });
+        if self.skipped(offset) {
+            self.pending.push_back(Entry { offset, acked: true });
             self.advance();
             return Track::AlreadyAcked;
         }
-        self.pending.push_back(Entry { offset, owed: routes });
+        self.pending.push_back(Entry { offset, acked: false });
         self.owed += 1;
         Track::New
     }
@@ -108,19 +106,16 @@ impl PartitionTracker {
         self.skip.first().is_some_and(|&(start, _)| start <= offset)
     }
 
-    /// Records one route's ack of `offset`.
+    /// Records the ack of `offset`.
     pub fn ack(&mut self, offset: i64) -> AckOutcome {
         let Ok(i) = self.pending.binary_search_by_key(&offset, |e| e.offset) else {
             return AckOutcome::Unknown;
         };
         let entry = &mut self.pending[i];
-        if entry.owed == 0 {
+        if entry.acked {
             return AckOutcome::Unknown;
         }
-        entry.owed -= 1;
-        if entry.owed > 0 {
-            return AckOutcome::Partial;
-        }
+        entry.acked = true;
         self.owed -= 1;
         if i == 0 {
             self.advance();
@@ -130,7 +125,7 @@ impl PartitionTracker {
 
     fn advance(&mut self) {
         while let Some(front) = self.pending.front() {
-            if front.owed > 0 {
+            if !front.acked {
                 break;
             }
             self.next = Some(front.offset + 1);
@@ -161,7 +156,7 @@ impl PartitionTracker {
         let mut ranges: Vec<(i64, i64)> = Vec::new();
         let mut previous_acked = false;
         for e in &self.pending {
-            let acked = e.owed == 0;
+            let acked = e.acked;
             if acked {
                 match ranges.last_mut() {
                     Some((_, end)) if previous_acked => *end = e.offset,
@@ -263,7 +258,7 @@ mod tests {
     fn commits_lowest_unacked_offset() {
         let mut t = PartitionTracker::new(None, vec![]);
         for o in 10..15 {
-            assert_eq!(t.track(o, 1), Track::New);
+            assert_eq!(t.track(o), Track::New);
         }
         assert_eq!(t.committable(), Some(10));
         assert_eq!(t.ack(12), AckOutcome::Done);
@@ -280,8 +275,8 @@ mod tests {
     #[test]
     fn gaps_in_kafka_offsets_do_not_block_commits() {
         let mut t = PartitionTracker::new(Some(0), vec![]);
-        t.track(3, 1);
-        t.track(7, 1);
+        t.track(3);
+        t.track(7);
         assert_eq!(t.committable(), Some(3));
         t.ack(3);
         assert_eq!(t.committable(), Some(7));
@@ -292,8 +287,8 @@ mod tests {
     #[test]
     fn unknown_and_repeated_acks_are_reported() {
         let mut t = PartitionTracker::new(None, vec![]);
-        t.track(5, 1);
-        t.track(6, 1);
+        t.track(5);
+        t.track(6);
         assert_eq!(t.ack(99), AckOutcome::Unknown);
         assert_eq!(t.ack(6), AckOutcome::Done);
         assert_eq!(t.ack(6), AckOutcome::Unknown, "already acked above the commit point");
@@ -302,36 +297,26 @@ mod tests {
     }
 
     #[test]
-    fn every_route_must_ack() {
-        let mut t = PartitionTracker::new(None, vec![]);
-        t.track(1, 2);
-        assert_eq!(t.ack(1), AckOutcome::Partial);
-        assert_eq!(t.committable(), Some(1));
-        assert_eq!(t.ack(1), AckOutcome::Done);
-        assert_eq!(t.committable(), Some(2));
-    }
-
-    #[test]
     fn resent_offsets_are_stale() {
         let mut t = PartitionTracker::new(Some(10), vec![]);
-        assert_eq!(t.track(9, 1), Track::Stale);
-        assert_eq!(t.track(10, 1), Track::New);
-        assert_eq!(t.track(10, 1), Track::Stale);
+        assert_eq!(t.track(9), Track::Stale);
+        assert_eq!(t.track(10), Track::New);
+        assert_eq!(t.track(10), Track::Stale);
         t.ack(10);
-        assert_eq!(t.track(10, 1), Track::Stale);
-        assert_eq!(t.track(11, 1), Track::New);
+        assert_eq!(t.track(10), Track::Stale);
+        assert_eq!(t.track(11), Track::New);
     }
 
     #[test]
     fn skip_ranges_from_metadata_count_as_acked() {
         let mut t = PartitionTracker::new(Some(100), vec![(102, 103), (105, 105)]);
-        assert_eq!(t.track(100, 1), Track::New);
-        assert_eq!(t.track(101, 1), Track::New);
-        assert_eq!(t.track(102, 1), Track::AlreadyAcked);
-        assert_eq!(t.track(103, 1), Track::AlreadyAcked);
-        assert_eq!(t.track(104, 1), Track::New);
-        assert_eq!(t.track(105, 1), Track::AlreadyAcked);
-        assert_eq!(t.track(106, 1), Track::New);
+        assert_eq!(t.track(100), Track::New);
+        assert_eq!(t.track(101), Track::New);
+        assert_eq!(t.track(102), Track::AlreadyAcked);
+        assert_eq!(t.track(103), Track::AlreadyAcked);
+        assert_eq!(t.track(104), Track::New);
+        assert_eq!(t.track(105), Track::AlreadyAcked);
+        assert_eq!(t.track(106), Track::New);
         t.ack(100);
         t.ack(101);
         assert_eq!(t.committable(), Some(104));
@@ -341,7 +326,7 @@ mod tests {
     fn commit_point_carries_acked_ranges() {
         let mut t = PartitionTracker::new(Some(0), vec![]);
         for o in [0, 1, 2, 3, 5, 6, 9] {
-            t.track(o, 1);
+            t.track(o);
         }
         for o in [1, 2, 5, 6, 9] {
             t.ack(o);
@@ -394,7 +379,7 @@ mod tests {
                 match op {
                     Op::Receive => {
                         next_offset += gaps[i % gaps.len()];
-                        prop_assert_eq!(t.track(next_offset, 1), Track::New);
+                        prop_assert_eq!(t.track(next_offset), Track::New);
                         received.push(next_offset);
                     }
                     Op::Ack(pick) => {
@@ -445,13 +430,13 @@ mod tests {
         #[test]
         fn takeover_skips_exactly_what_was_acked(acks in prop::collection::vec(any::<bool>(), 1..300)) {
             let mut old = PartitionTracker::new(Some(0), vec![]);
-            for o in 0..acks.len() as i64 { old.track(o, 1); }
+            for o in 0..acks.len() as i64 { old.track(o); }
             for (o, a) in acks.iter().enumerate() { if *a { old.ack(o as i64); } }
             let point = old.commit_point().expect("known");
             let mut new = PartitionTracker::new(Some(point.offset), decode_acked(point.offset, &point.metadata));
             for (o, a) in acks.iter().enumerate().skip(point.offset as usize) {
                 let expect = if *a { Track::AlreadyAcked } else { Track::New };
-                prop_assert_eq!(new.track(o as i64, 1), expect);
+                prop_assert_eq!(new.track(o as i64), expect);
             }
         }
     }

@@ -84,7 +84,7 @@ pub async fn start(
         revoke_drain: Duration::from_millis(config.kafka.revoke_drain_ms),
         discovery: config.discovery.mode,
     };
-    let d = Dispatcher::new(Registry::new(std::slice::from_ref(route)), shared.stats.clone(), settings)
+    let d = Dispatcher::new(Registry::new(route.clone()), shared.stats.clone(), settings)
         .with_dead_letter_producer(shared.dead_letters.clone())
         .with_dedup(dedup)
         .with_watched_selector(selector);
@@ -131,8 +131,8 @@ impl Routes {
                 continue;
             };
             let (reply, answer) = oneshot::channel();
-            let sent = commands.send(Command::UpdateRoutes { routes: vec![route], reply: Some(reply) }).await;
-            if sent.is_err() || answer.await.map_or(true, |u| !u.is_empty()) {
+            let sent = commands.send(Command::UpdateRoute { route: Box::new(route), reply: Some(reply) }).await;
+            if sent.is_err() || !answer.await.unwrap_or(false) {
                 unknown.push(name);
             }
         }

@@ -113,7 +113,6 @@ pub struct Pending {
     /// Assignment epoch of the partition when the record was received; acks from an older
     /// epoch (the partition was revoked meanwhile) do not count.
     pub epoch: u64,
-    pub route: usize,
     /// Routing hash: of the key, the partition or the position, per the route's ordering.
     hash: u64,
     /// When the subscriber's time to ack runs out (set when sent, if the route has one).
@@ -127,7 +126,6 @@ impl Pending {
 }
 
 struct Session {
-    route: usize,
     window: u32,
     queue: VecDeque<Pending>,
     /// Keyed by delivery id. xxh3 rather than SipHash: the ids come from our own records, a
@@ -165,7 +163,7 @@ pub struct Acked {
 }
 
 pub struct Registry {
-    routes: Vec<RouteState>,
+    route: RouteState,
     sessions: HashMap<SessionId, Session>,
     next_id: SessionId,
     /// While set, nothing new is sent (graceful shutdown).
@@ -203,9 +201,9 @@ pub struct Registry {
     revoked: BTreeSet<TopicPartition>,
 }
 impl Registry {
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub fn new(route: RouteConfig) -> Self {
         Self {
-            routes: routes.iter().cloned().map(RouteState::new).collect(),
+            route: RouteState::new(route),
             sessions: HashMap::new(),
             next_id: 1,
             paused: false,
@@ -227,22 +225,9 @@ impl Registry {
         }
     }
 
-    /// Index of each route that consumes `topic`.
-    pub fn routes_for_topic(&self, topic: &str) -> Vec<usize> {
-        self.routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.config.topics.iter().any(|t| t == topic) || r.config.retries_through(topic))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    pub fn route_index(&self, name: &str) -> Option<usize> {
-        self.routes.iter().position(|r| r.config.name == name)
-    }
-
-    pub fn route_config(&self, route: usize) -> &RouteConfig {
-        &self.routes[route].config
+    /// The route's settings as last applied.
+    pub fn route_config(&self) -> &RouteConfig {
+        &self.route.config
     }
 
     /// Opens a session on a route. `requested` is Hello.max_in_flight (0: route default).
@@ -258,11 +243,10 @@ impl Registry {
         if route.trim().is_empty() {
             return Err(RegisterError::MissingRoute);
         }
-        let Some(r) = self.route_index(route) else {
-            let known = self.routes.iter().map(|r| r.config.name.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(RegisterError::UnknownRoute { route: route.to_string(), known });
-        };
-        let state = &self.routes[r];
+        let state = &self.route;
+        if state.config.name != route {
+            return Err(RegisterError::UnknownRoute { route: route.to_string(), known: state.config.name.clone() });
+        }
         if !state.selects(&subscriber.labels) {
             return Err(RegisterError::NotSelected {
                 route: route.to_string(),
@@ -276,11 +260,10 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.routes[r].add_member(id, cohort.as_ref());
+        self.route.add_member(id, cohort.as_ref());
         self.sessions.insert(
             id,
             Session {
-                route: r,
                 window,
                 queue: VecDeque::new(),
                 in_flight: HashMap::default(),
@@ -293,7 +276,7 @@ impl Registry {
                 unconfirmed_total: 0,
             },
         );
-        self.reroute(r, Vec::new());
+        self.reroute(Vec::new());
         Ok(Registered { session: id, outbox: rx, window })
     }
 
@@ -303,8 +286,7 @@ impl Registry {
         let Some(session) = self.sessions.remove(&id) else { return false };
         self.closed += 1;
         self.dirty.remove(&id);
-        let r = session.route;
-        let route = &mut self.routes[r];
+        let route = &mut self.route;
         route.remove_member(id);
         let max_attempts = route.config.retry.max_attempts;
         let dead_letter_topic = route.config.dead_letter_topic.is_some();
@@ -332,7 +314,7 @@ impl Registry {
         }
         orphans.extend(session.queue);
         // Rerouting takes the parked messages too, those of dead-lettered keys included.
-        self.reroute(r, orphans);
+        self.reroute(orphans);
         true
     }
 
@@ -348,14 +330,13 @@ impl Registry {
         if reason.is_some() {
             session.close_reason = reason;
         }
-        let r = session.route;
         let queued: Vec<Pending> = session.queue.drain(..).collect();
-        let route = &mut self.routes[r];
+        let route = &mut self.route;
         route.remove_member(id);
         for p in &queued {
             route.release_one(p.hash);
         }
-        self.reroute(r, queued);
+        self.reroute(queued);
         self.close_if_drained(id);
     }
 
@@ -374,7 +355,7 @@ impl Registry {
     /// Raises a session's window by `additional`, up to its route's cap.
     pub fn credit(&mut self, id: SessionId, additional: u32) {
         if let Some(s) = self.sessions.get_mut(&id) {
-            let cap = self.routes[s.route].config.max_in_flight;
+            let cap = self.route.config.max_in_flight;
             s.window = s.window.saturating_add(additional).min(cap);
             self.dirty.insert(id);
         }
@@ -394,9 +375,8 @@ impl Registry {
                 None => out.unknown += 1,
             }
         }
-        let r = session.route;
         self.dirty.insert(id);
-        if self.routes[r].config.window_until_commit && !out.settled.is_empty() {
+        if self.route.config.window_until_commit && !out.settled.is_empty() {
             let n = out.settled.len() as u32;
             match session.unconfirmed.back_mut() {
                 Some((generation, count)) if *generation == self.commit_generation => *count += n,
@@ -406,12 +386,12 @@ impl Registry {
         }
         let mut freed = Vec::new();
         for p in &out.settled {
-            if self.routes[r].release_one(p.hash) {
+            if self.route.release_one(p.hash) {
                 freed.push(p.hash);
             }
         }
         for hash in freed {
-            self.unpark(r, hash);
+            self.unpark(hash);
         }
         out.closed = self.close_if_drained(id);
         out
@@ -437,7 +417,8 @@ impl Registry {
 
     /// Messages waiting for a subscriber of their cohort, or for their key to move.
     pub fn held(&self) -> usize {
-        self.routes.iter().map(|r| r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()).sum()
+        let r = &self.route;
+        r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// Ends every session with `reason`.
@@ -446,10 +427,8 @@ impl Registry {
             self.closed += 1;
             let _ = s.outbox.send(SessionMessage::Closed(reason.clone()));
         }
-        for r in &mut self.routes {
-            r.members.clear();
-            r.cohorts.clear();
-        }
+        self.route.members.clear();
+        self.route.cohorts.clear();
         self.delayed.clear();
         self.delayed_items.clear();
     }
@@ -462,7 +441,7 @@ mod tests {
 
     #[test]
     fn unknown_route_is_refused_with_the_known_ones() {
-        let mut reg = Registry::new(&[route("orders", 10)]);
+        let mut reg = Registry::new(route("orders", 10));
         let err = reg.register("billing", 0, sub("x")).expect_err("unknown");
         assert_eq!(err, RegisterError::UnknownRoute { route: "billing".into(), known: "orders".into() });
         assert_eq!(reg.register("", 0, sub("x")).expect_err("empty"), RegisterError::MissingRoute);
@@ -470,11 +449,11 @@ mod tests {
 
     #[test]
     fn window_limits_deliveries_and_acks_open_it() {
-        let mut reg = Registry::new(&[route("r", 3)]);
+        let mut reg = Registry::new(route("r", 3));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         assert_eq!(a.window, 3);
         for o in 0..10 {
-            reg.dispatch(record(0, o, "k"), 1, 0);
+            reg.dispatch(record(0, o, "k"), 1);
         }
         reg.flush();
         let got = received(&mut a.outbox);
@@ -491,19 +470,19 @@ mod tests {
 
     #[test]
     fn requested_window_is_capped_by_the_route() {
-        let mut reg = Registry::new(&[route("r", 5)]);
+        let mut reg = Registry::new(route("r", 5));
         assert_eq!(reg.register("r", 1_000, sub("a")).expect("ok").window, 10);
         assert_eq!(reg.register("r", 2, sub("b")).expect("ok").window, 2);
     }
 
     #[test]
     fn departed_sessions_deliveries_go_to_the_other_member_with_attempt_two() {
-        let mut reg = Registry::new(&[route("r", 500)]);
+        let mut reg = Registry::new(route("r", 500));
         let a = reg.register("r", 0, sub("a")).expect("ok");
         let mut b = reg.register("r", 0, sub("b")).expect("ok");
         let mut a_rx = a.outbox;
         for o in 0..200 {
-            reg.dispatch(record(0, o, &format!("key-{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("key-{o}")), 1);
         }
         reg.flush();
         let to_a = received(&mut a_rx);
@@ -524,10 +503,10 @@ mod tests {
 
     #[test]
     fn drain_closes_after_in_flight_settles_and_hands_queue_over() {
-        let mut reg = Registry::new(&[route("r", 2)]);
+        let mut reg = Registry::new(route("r", 2));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..4 {
-            reg.dispatch(record(0, o, "same-key"), 1, 0);
+            reg.dispatch(record(0, o, "same-key"), 1);
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
@@ -545,10 +524,10 @@ mod tests {
 
     #[test]
     fn paused_registry_sends_nothing_and_refuses_sessions() {
-        let mut reg = Registry::new(&[route("r", 5)]);
+        let mut reg = Registry::new(route("r", 5));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         reg.set_paused(true);
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         assert!(received(&mut a.outbox).is_empty());
         assert_eq!(reg.register("r", 0, sub("b")).expect_err("closed"), RegisterError::ShuttingDown);

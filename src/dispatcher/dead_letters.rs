@@ -19,7 +19,7 @@ impl Dispatcher {
     /// (then the message is redelivered by whoever owns the partition next).
     pub(super) fn send_dead_letters(&mut self, letters: Vec<DeadLetter>) {
         for letter in letters {
-            let route = self.registry.route_config(letter.pending.route);
+            let route = self.registry.route_config();
             let retry = letter.retry_at.is_some();
             let topic = if retry { route.retry.retry_topic.clone() } else { route.dead_letter_topic.clone() };
             let (Some(topic), Some(producer)) = (topic, self.dead_letter_producer.clone()) else {

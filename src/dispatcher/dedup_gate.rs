@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::{Dispatcher, Internal, ROUTE};
+use super::{Dispatcher, Internal};
 use crate::dedup::{Claim, DedupConfig, DedupError, DedupStore, Verdict};
 use crate::kafka::Record;
 use crate::stats::Stats;
@@ -91,7 +91,7 @@ impl Dispatcher {
                 Stats::bump(&self.stats.dedup_duplicates, 1);
                 continue;
             }
-            self.registry.dispatch(record, epoch, ROUTE);
+            self.registry.dispatch(record, epoch);
         }
     }
 }

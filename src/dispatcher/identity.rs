@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tracing::info;
 
-use super::{Dispatcher, ROUTE};
+use super::Dispatcher;
 use crate::config::DiscoveryMode;
 use crate::discovery::Introduction;
 use crate::discovery::{self, PodEvent};
@@ -21,7 +21,7 @@ impl Dispatcher {
                 Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None })
             }
             DiscoveryMode::Kube => {
-                let selector = &self.registry.route_config(ROUTE).selector;
+                let selector = &self.registry.route_config().selector;
                 let pod = discovery::check_identity(hello, peer, &self.pods, &hello.route, selector)
                     .map_err(RegisterError::Identity)?;
                 Ok(Subscriber {
@@ -37,8 +37,7 @@ impl Dispatcher {
     /// their sessions, gone or stopped pods have theirs drained and closed.
     pub fn on_pod_event(&mut self, event: PodEvent) {
         self.pods.apply(event);
-        let sessions: Vec<(SessionId, (String, String))> =
-            self.registry.pod_sessions().into_iter().map(|(id, _, pod)| (id, pod)).collect();
+        let sessions: Vec<(SessionId, (String, String))> = self.registry.pod_sessions().into_iter().collect();
         for (id, (namespace, name)) in sessions {
             match self.pods.get(&namespace, &name) {
                 Some(pod) if pod.live => self.registry.update_labels(id, pod.labels.clone()),

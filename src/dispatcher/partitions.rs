@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Dispatcher, ROUTE};
+use super::Dispatcher;
 use crate::config::DeliveryMode;
 use crate::kafka::{Assignment, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
@@ -108,7 +108,7 @@ impl Dispatcher {
         partitions: Vec<TopicPartition>,
         reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
     ) {
-        if self.registry.route_config(0).delivery == DeliveryMode::AtMostOnce || self.stopping {
+        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce || self.stopping {
             let _ = reply.send(self.on_revoked(&partitions));
             return;
         }
@@ -178,15 +178,15 @@ impl Dispatcher {
                 Stats::bump(&self.stats.refetched, 1);
                 continue;
             }
-            match state.tracker.track(record.offset, 1) {
+            match state.tracker.track(record.offset) {
                 Track::New => {
                     let epoch = state.epoch;
                     let record = Arc::new(record);
                     // A retry is the same message again, not a duplicate: it skips the filter.
-                    let retry = self.registry.route_config(ROUTE).retries_through(&record.tp.topic);
+                    let retry = self.registry.route_config().retries_through(&record.tp.topic);
                     match &mut self.dedup {
                         Some(d) if !retry => d.waiting.push((record, epoch)),
-                        _ => self.registry.dispatch(record, epoch, ROUTE),
+                        _ => self.registry.dispatch(record, epoch),
                     }
                 }
                 Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
@@ -233,7 +233,7 @@ impl Dispatcher {
 
     /// Records one route's ack of a delivery in its partition's tracker.
     pub(super) fn settle(&mut self, p: &crate::subscriptions::Pending) {
-        if self.registry.route_config(p.route).delivery == DeliveryMode::AtMostOnce {
+        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
             // Its offset was committed before it was sent.
             Stats::bump(&self.stats.acked, 1);
             return;
@@ -247,7 +247,7 @@ impl Dispatcher {
             return;
         }
         match state.tracker.ack(p.record.offset) {
-            AckOutcome::Done | AckOutcome::Partial => Stats::bump(&self.stats.acked, 1),
+            AckOutcome::Done => Stats::bump(&self.stats.acked, 1),
             AckOutcome::Unknown => Stats::bump(&self.stats.unknown_acks, 1),
         }
     }
@@ -261,7 +261,7 @@ mod tests {
         let mut state = PartitionState::new(PartitionTracker::new(None, Vec::new()), 1);
         for o in offsets {
             assert_eq!(state.admit(o, 10), Admit::Take);
-            state.tracker.track(o, 1);
+            state.tracker.track(o);
         }
         state
     }

@@ -30,9 +30,9 @@ impl Registry {
             let mut bytes = 0;
             // One string per batch, shared by its deliveries.
             let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
-            let timeout = self.routes[s.route].config.ack_timeout_ms;
+            let timeout = self.route.config.ack_timeout_ms;
             let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
-            let at_most_once = self.routes[s.route].config.delivery == DeliveryMode::AtMostOnce;
+            let at_most_once = self.route.config.delivery == DeliveryMode::AtMostOnce;
             let mut staged_pending = Vec::new();
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
@@ -76,12 +76,12 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_in_bytes() {
-        let mut reg = Registry::new(&[route("r", 100)]);
+        let mut reg = Registry::new(route("r", 100));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..5 {
             let mut r = (*record(0, o, "k")).clone();
             r.value = Bytes::from(vec![0u8; 400 * 1024]);
-            reg.dispatch(Arc::new(r), 1, 0);
+            reg.dispatch(Arc::new(r), 1);
         }
         reg.flush();
         let mut sizes = Vec::new();

@@ -45,10 +45,10 @@ mod tests {
     fn with_window_until_commit_acked_deliveries_hold_their_places_until_the_commit_lands() {
         let mut config = route("r", 2);
         config.window_until_commit = true;
-        let mut reg = Registry::new(&[config]);
+        let mut reg = Registry::new(config);
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..6 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);

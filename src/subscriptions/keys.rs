@@ -18,17 +18,17 @@ pub(super) struct KeyState {
 }
 
 impl Registry {
-    /// Routes a newly received record for route `route`.
-    pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64, route: usize) {
-        let hash = self.routes[route].hash_of(&record);
-        if !self.routes[route].config.retries_through(&record.tp.topic) {
-            self.assign(Pending { record, attempt: 1, epoch, route, hash, deadline: None }, false);
+    /// Routes a newly received record.
+    pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64) {
+        let hash = self.route.hash_of(&record);
+        if !self.route.config.retries_through(&record.tp.topic) {
+            self.assign(Pending { record, attempt: 1, epoch, hash, deadline: None }, false);
             return;
         }
         // A retry: the attempt after those its headers count, not before its time.
         let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
         let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending { record, attempt: made.saturating_add(1), epoch, route, hash, deadline: None };
+        let p = Pending { record, attempt: made.saturating_add(1), epoch, hash, deadline: None };
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
             // No owner holds a retried message's key: it waits on its own.
@@ -41,8 +41,7 @@ impl Registry {
         if self.revoked.contains(&p.record.tp) {
             return; // its partition's next owner delivers it
         }
-        let r = p.route;
-        let route = &mut self.routes[r];
+        let route = &mut self.route;
         let target = route.target(p.hash);
         if route.ordered() {
             let behind_parked = route.parked.get(&p.hash).is_some_and(|q| !q.is_empty());
@@ -83,37 +82,34 @@ impl Registry {
 
     /// Takes one settled or withdrawn message of `hash` off its key's count; once the key has
     /// nothing outstanding, its parked messages go.
-    pub(super) fn release_key(&mut self, r: usize, hash: u64) {
-        if self.routes[r].release_one(hash) {
-            self.unpark(r, hash);
+    pub(super) fn release_key(&mut self, hash: u64) {
+        if self.route.release_one(hash) {
+            self.unpark(hash);
         }
     }
 
     /// A key's old owner settled everything: its parked messages go to its new target.
-    pub(super) fn unpark(&mut self, r: usize, hash: u64) {
-        if let Some(q) = self.routes[r].parked.remove(&hash) {
+    pub(super) fn unpark(&mut self, hash: u64) {
+        if let Some(q) = self.route.parked.remove(&hash) {
             for p in q {
                 self.assign(p, false);
             }
         }
     }
 
-    /// Routes again every queued, parked or unassigned message of a route plus `extra`,
-    /// oldest first per partition, after membership, labels or weights changed.
-    pub(super) fn reroute(&mut self, r: usize, extra: Vec<Pending>) {
+    /// Routes again every queued, parked or unassigned message plus `extra`, oldest first per
+    /// partition, after membership, labels or weights changed.
+    pub(super) fn reroute(&mut self, extra: Vec<Pending>) {
         let mut all = extra;
-        let route = &mut self.routes[r];
+        let route = &mut self.route;
         all.extend(route.unassigned.drain(..));
         for (_, q) in route.parked.drain() {
             all.extend(q);
         }
-        let ids: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.route == r).map(|(id, _)| *id).collect();
-        for id in ids {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                for p in s.queue.drain(..) {
-                    self.routes[r].release_one(p.hash);
-                    all.push(p);
-                }
+        for s in self.sessions.values_mut() {
+            for p in s.queue.drain(..) {
+                route.release_one(p.hash);
+                all.push(p);
             }
         }
         all.sort_by(|a, b| a.order().cmp(&b.order()));
@@ -130,9 +126,9 @@ mod tests {
 
     #[test]
     fn messages_wait_for_a_member_and_keys_stick() {
-        let mut reg = Registry::new(&[route("r", 100)]);
+        let mut reg = Registry::new(route("r", 100));
         for o in 0..50 {
-            reg.dispatch(record(0, o, &format!("k{}", o % 5)), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{}", o % 5)), 1);
         }
         reg.flush();
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
@@ -154,17 +150,17 @@ mod tests {
 
     #[test]
     fn a_relabelled_subscribers_keys_move_only_after_its_in_flight_messages_settle() {
-        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 100, 0)]);
+        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 100, 0));
         let mut a = reg.register("r", 10, labelled("a", "blue")).expect("ok");
         let mut b = reg.register("r", 10, labelled("b", "green")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
-        reg.dispatch(record(0, 1, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
+        reg.dispatch(record(0, 1, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
         // The operator flips the weights: key k now belongs to green, but two of its messages
         // are in flight at blue.
-        reg.update_routes(&[split_route(EmptyCohort::Hold, 0, 100)]);
-        reg.dispatch(record(0, 2, "k"), 1, 0);
+        reg.update_route(&split_route(EmptyCohort::Hold, 0, 100));
+        reg.dispatch(record(0, 2, "k"), 1);
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "k waits for blue to settle");
         reg.ack(a.session, &[id("t/0/0")]);
@@ -175,7 +171,7 @@ mod tests {
         assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
         // And a label change moves keys the same way.
         reg.update_labels(b.session, [("track".to_string(), "blue".to_string())].into_iter().collect());
-        reg.dispatch(record(0, 3, "k"), 1, 0);
+        reg.dispatch(record(0, 3, "k"), 1);
         reg.flush();
         assert!(
             received(&mut a.outbox).is_empty() && received(&mut b.outbox).is_empty(),

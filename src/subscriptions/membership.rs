@@ -10,45 +10,40 @@ pub(super) fn format_labels(labels: &BTreeMap<String, String>) -> String {
 }
 
 impl Registry {
-    /// New settings for existing routes (weights, selector, windows, empty-cohort policy):
-    /// queued messages are routed again under them, keys move with drain before move.
-    /// Returns the names of routes that were not found (added routes need a restart).
-    pub fn update_routes(&mut self, configs: &[RouteConfig]) -> Vec<String> {
-        let mut unknown = Vec::new();
-        for config in configs {
-            let Some(r) = self.route_index(&config.name) else {
-                unknown.push(config.name.clone());
-                continue;
-            };
-            let mut next = RouteState::new(config.clone());
-            // Ordering and topics are fixed for the gateway's lifetime (keys in flight were
-            // hashed under the old ordering; topics are the consumer's subscription).
-            next.config.ordering = self.routes[r].config.ordering;
-            next.config.topics = self.routes[r].config.topics.clone();
-            let old = std::mem::replace(&mut self.routes[r], next);
-            let route = &mut self.routes[r];
-            route.unassigned = old.unassigned;
-            route.keys = old.keys;
-            route.parked = old.parked;
-            let members: Vec<SessionId> = old.members;
-            let mut unselected = Vec::new();
-            for id in members {
-                let Some(s) = self.sessions.get_mut(&id) else { continue };
-                if !self.routes[r].selects(&s.subscriber.labels) {
-                    unselected.push(id);
-                    continue;
-                }
-                s.cohort = self.routes[r].cohort_of(&s.subscriber.labels);
-                let cohort = s.cohort.clone();
-                self.routes[r].add_member(id, cohort.as_ref());
-            }
-            self.reroute(r, Vec::new());
-            for id in unselected {
-                let reason = CloseReason::NotSelected("its labels no longer match the route's selector".into());
-                self.drain_with(id, Some(reason));
-            }
+    /// New settings for the route (weights, selector, windows, empty-cohort policy): queued
+    /// messages are routed again under them, keys move with drain before move. False (and
+    /// nothing changed) when `config` names another route.
+    pub fn update_route(&mut self, config: &RouteConfig) -> bool {
+        if config.name != self.route.config.name {
+            return false;
         }
-        unknown
+        let mut next = RouteState::new(config.clone());
+        // Ordering and topics are fixed for the gateway's lifetime (keys in flight were
+        // hashed under the old ordering; topics are the consumer's subscription).
+        next.config.ordering = self.route.config.ordering;
+        next.config.topics = self.route.config.topics.clone();
+        let old = std::mem::replace(&mut self.route, next);
+        let route = &mut self.route;
+        route.unassigned = old.unassigned;
+        route.keys = old.keys;
+        route.parked = old.parked;
+        let mut unselected = Vec::new();
+        for id in old.members {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if !self.route.selects(&s.subscriber.labels) {
+                unselected.push(id);
+                continue;
+            }
+            s.cohort = self.route.cohort_of(&s.subscriber.labels);
+            let cohort = s.cohort.clone();
+            self.route.add_member(id, cohort.as_ref());
+        }
+        self.reroute(Vec::new());
+        for id in unselected {
+            let reason = CloseReason::NotSelected("its labels no longer match the route's selector".into());
+            self.drain_with(id, Some(reason));
+        }
+        true
     }
 
     /// A subscriber's labels changed (its pod was relabelled): it may change cohort, or leave
@@ -58,27 +53,26 @@ impl Registry {
         if s.subscriber.labels == labels {
             return;
         }
-        let r = s.route;
         s.subscriber.labels = labels;
         if s.draining {
             return;
         }
-        if !self.routes[r].selects(&s.subscriber.labels) {
+        if !self.route.selects(&s.subscriber.labels) {
             let why = format!(
                 "its labels {} no longer match selector `{}`",
                 format_labels(&s.subscriber.labels),
-                self.routes[r].selector_text()
+                self.route.selector_text()
             );
             self.drain_with(id, Some(CloseReason::NotSelected(why)));
             return;
         }
-        let cohort = self.routes[r].cohort_of(&s.subscriber.labels);
+        let cohort = self.route.cohort_of(&s.subscriber.labels);
         if cohort != s.cohort {
             s.cohort = cohort.clone();
-            let route = &mut self.routes[r];
+            let route = &mut self.route;
             route.remove_member(id);
             route.add_member(id, cohort.as_ref());
-            self.reroute(r, Vec::new());
+            self.reroute(Vec::new());
         }
     }
 
@@ -94,8 +88,8 @@ impl Registry {
     }
 
     /// Every session bound to a pod, with the pod.
-    pub fn pod_sessions(&self) -> Vec<(SessionId, usize, (String, String))> {
-        self.sessions.iter().filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, s.route, p))).collect()
+    pub fn pod_sessions(&self) -> Vec<(SessionId, (String, String))> {
+        self.sessions.iter().filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, p))).collect()
     }
 }
 
@@ -108,13 +102,13 @@ mod tests {
     fn labels_that_leave_the_selector_drain_and_close_the_session() {
         let mut r = route("r", 10);
         r.selector = "app=orders".into();
-        let mut reg = Registry::new(&[r]);
+        let mut reg = Registry::new(r);
         let err = reg.register("r", 0, sub("stranger")).expect_err("not selected");
         assert!(matches!(err, RegisterError::NotSelected { .. }), "{err:?}");
         let app = |v: &str| -> BTreeMap<String, String> { [("app".to_string(), v.to_string())].into_iter().collect() };
         let mut a =
             reg.register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), pod: None }).expect("selected");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
         reg.update_labels(a.session, app("billing"));

@@ -76,7 +76,7 @@ impl Registry {
         let count = expired.len() as u64;
         let mut touched = BTreeSet::new();
         for (id, p) in expired {
-            let timeout = self.routes[p.route].config.ack_timeout_ms;
+            let timeout = self.route.config.ack_timeout_ms;
             self.fail(id, p, Failure::retry(format!("ack deadline of {timeout} ms passed")));
             touched.insert(id);
         }
@@ -91,17 +91,16 @@ impl Registry {
     /// A delivery failed on session `id` (already out of its in-flight set): schedule the next
     /// attempt after a backoff, or hand it to the dead-letter topic.
     pub(super) fn fail(&mut self, id: SessionId, mut p: Pending, failure: Failure) {
-        let r = p.route;
-        let config = &self.routes[r].config;
+        let config = &self.route.config;
         if config.delivery == DeliveryMode::AtMostOnce {
             // Already committed: it is not delivered again, whatever happened to it.
-            self.release_key(r, p.hash);
+            self.release_key(p.hash);
             self.dropped.push(p);
             return;
         }
         if self.revoked.contains(&p.record.tp) {
             // Its partition is going to another owner, which delivers it again.
-            self.release_key(r, p.hash);
+            self.release_key(p.hash);
             return;
         }
         let next = if failure.dead_letter {
@@ -111,7 +110,7 @@ impl Registry {
         };
         let next = match next {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
-                self.release_key(r, p.hash);
+                self.release_key(p.hash);
                 self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: None });
                 return;
             }
@@ -124,9 +123,9 @@ impl Registry {
             retry => retry,
         };
         let Next::Retry { delay, attempt } = next else { return };
-        if self.routes[r].config.retry.retry_topic.is_some() {
+        if self.route.config.retry.retry_topic.is_some() {
             // Through the retry topic: this attempt is done once Kafka has the retry.
-            self.release_key(r, p.hash);
+            self.release_key(p.hash);
             let retry_at = now_ms().saturating_add(delay.as_millis() as i64);
             self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: Some(retry_at) });
             return;
@@ -139,8 +138,7 @@ impl Registry {
     /// Holds a failed message for `delay`, its key with it: the key's queued messages at the
     /// owner step back into the parked line behind it, so they are not delivered before it.
     pub(super) fn schedule(&mut self, owner: SessionId, p: Pending, delay: Duration) {
-        let r = p.route;
-        let route = &mut self.routes[r];
+        let route = &mut self.route;
         if route.ordered() {
             if let Some(k) = route.keys.get_mut(&p.hash) {
                 k.delayed += 1;
@@ -183,9 +181,8 @@ impl Registry {
             }
             self.delayed.pop();
             let Some(Delayed { owner, pending: p }) = self.delayed_items.remove(&seq) else { continue };
-            let r = p.route;
             let hash = p.hash;
-            let route = &mut self.routes[r];
+            let route = &mut self.route;
             if route.ordered() {
                 if let Some(k) = route.keys.get_mut(&hash) {
                     k.delayed = k.delayed.saturating_sub(1);
@@ -202,14 +199,14 @@ impl Registry {
                 let free = route.release_one(hash);
                 route.parked.entry(hash).or_default().push_front(p);
                 if free {
-                    self.unpark(r, hash);
+                    self.unpark(hash);
                 }
             } else {
                 self.assign(p, true);
             }
             // The key may have been waiting only for this backoff.
-            if self.routes[r].keys.get(&hash).is_none_or(|k| k.outstanding == 0) {
-                self.unpark(r, hash);
+            if self.route.keys.get(&hash).is_none_or(|k| k.outstanding == 0) {
+                self.unpark(hash);
             }
         }
     }
@@ -232,9 +229,9 @@ mod tests {
 
     #[test]
     fn nack_redelivers_with_next_attempt() {
-        let mut reg = Registry::new(&[route("r", 10)]);
+        let mut reg = Registry::new(route("r", 10));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 7, "k"), 1, 0);
+        reg.dispatch(record(0, 7, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
         assert!(reg.nack(a.session, &id("t/0/7"), Failure::retry("x")));
@@ -247,12 +244,12 @@ mod tests {
 
     #[test]
     fn a_nacked_delivery_waits_out_its_backoff_and_its_keys_later_messages_wait_behind_it() {
-        let mut reg = Registry::new(&[retrying_route(1, 5, None)]);
+        let mut reg = Registry::new(retrying_route(1, 5, None));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..3 {
-            reg.dispatch(record(0, o, "k"), 1, 0);
+            reg.dispatch(record(0, o, "k"), 1);
         }
-        reg.dispatch(record(0, 3, "other"), 1, 0);
+        reg.dispatch(record(0, 3, "other"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![0]);
         assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("busy")));
@@ -277,9 +274,9 @@ mod tests {
 
     #[test]
     fn a_subscribers_retry_after_decides_the_delay() {
-        let mut reg = Registry::new(&[retrying_route(5, 5, None)]);
+        let mut reg = Registry::new(retrying_route(5, 5, None));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         let failure =
@@ -295,10 +292,10 @@ mod tests {
 
     #[test]
     fn the_last_attempt_goes_to_the_dead_letter_topic_and_frees_its_key() {
-        let mut reg = Registry::new(&[retrying_route(5, 2, Some("dlq"))]);
+        let mut reg = Registry::new(retrying_route(5, 2, Some("dlq")));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
-        reg.dispatch(record(0, 1, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
+        reg.dispatch(record(0, 1, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
         assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("bad")));
@@ -313,16 +310,16 @@ mod tests {
         assert_eq!(reg.delayed(), 0);
         // A dead-lettered message is settled as far as the subscriber goes: later messages of
         // its key flow.
-        reg.dispatch(record(0, 2, "k"), 1, 0);
+        reg.dispatch(record(0, 2, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
     fn a_dead_letter_nack_skips_the_remaining_attempts() {
-        let mut reg = Registry::new(&[retrying_route(5, 5, Some("dlq"))]);
+        let mut reg = Registry::new(retrying_route(5, 5, Some("dlq")));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         let failure = Failure { reason: "unparseable".into(), retry_after: None, dead_letter: true };
@@ -333,9 +330,9 @@ mod tests {
 
     #[test]
     fn without_a_dead_letter_topic_exhausted_messages_keep_retrying_at_the_longest_backoff() {
-        let mut reg = Registry::new(&[retrying_route(5, 1, None)]);
+        let mut reg = Registry::new(retrying_route(5, 1, None));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("bad")));
@@ -353,9 +350,9 @@ mod tests {
     fn an_expired_ack_deadline_redelivers_with_the_next_attempt() {
         let mut config = retrying_route(5, 5, None);
         config.ack_timeout_ms = 10_000;
-        let mut reg = Registry::new(&[config]);
+        let mut reg = Registry::new(config);
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         assert_eq!(reg.expire(later(5)), 0);
@@ -371,9 +368,9 @@ mod tests {
 
     #[test]
     fn a_poison_message_that_keeps_killing_its_subscribers_is_dead_lettered() {
-        let mut reg = Registry::new(&[retrying_route(5, 2, Some("dlq"))]);
+        let mut reg = Registry::new(retrying_route(5, 2, Some("dlq")));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         reg.unregister(a.session);

@@ -36,7 +36,7 @@ impl Registry {
             self.delayed_items.iter().filter(|(_, d)| gone(&d.pending)).map(|(seq, _)| *seq).collect();
         for seq in waiting {
             if let Some(Delayed { pending: p, .. }) = self.delayed_items.remove(&seq) {
-                let route = &mut self.routes[p.route];
+                let route = &mut self.route;
                 if let Some(k) = route.keys.get_mut(&p.hash) {
                     k.delayed = k.delayed.saturating_sub(1);
                 }
@@ -45,20 +45,19 @@ impl Registry {
             }
         }
         self.dead_letters.retain(|d| !gone(&d.pending));
-        for route in &mut self.routes {
-            let before = route.unassigned.len();
-            route.unassigned.retain(|p| !gone(p));
-            dropped += before - route.unassigned.len();
-            for q in route.parked.values_mut() {
-                let before = q.len();
-                q.retain(|p| !gone(p));
-                dropped += before - q.len();
-            }
+        let route = &mut self.route;
+        let before = route.unassigned.len();
+        route.unassigned.retain(|p| !gone(p));
+        dropped += before - route.unassigned.len();
+        for q in route.parked.values_mut() {
+            let before = q.len();
+            q.retain(|p| !gone(p));
+            dropped += before - q.len();
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
-            let route = &mut self.routes[s.route];
+            let route = &mut self.route;
             let mut removed = Vec::new();
             s.queue.retain(|p| {
                 if gone(p) {
@@ -85,9 +84,7 @@ impl Registry {
             self.dirty.insert(id);
             self.close_if_drained(id);
         }
-        for r in 0..self.routes.len() {
-            self.reroute(r, Vec::new());
-        }
+        self.reroute(Vec::new());
         dropped
     }
 }
@@ -99,9 +96,9 @@ mod tests {
 
     #[test]
     fn revoking_a_partition_drops_its_retrying_messages() {
-        let mut reg = Registry::new(&[retrying_route(5, 5, None)]);
+        let mut reg = Registry::new(retrying_route(5, 5, None));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1, 0);
+        reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
         assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("x")));
@@ -111,18 +108,18 @@ mod tests {
         reg.flush();
         assert!(received(&mut a.outbox).is_empty());
         // The key is free for the partition's next owner's messages.
-        reg.dispatch(record(0, 0, "k"), 2, 0);
+        reg.dispatch(record(0, 0, "k"), 2);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
     }
 
     #[test]
     fn purge_drops_revoked_partitions_everywhere() {
-        let mut reg = Registry::new(&[route("r", 1)]);
+        let mut reg = Registry::new(route("r", 1));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..3 {
-            reg.dispatch(record(0, o, "k"), 1, 0);
-            reg.dispatch(record(1, o, "k"), 1, 0);
+            reg.dispatch(record(0, o, "k"), 1);
+            reg.dispatch(record(1, o, "k"), 1);
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox)[0].partition, 0);

@@ -126,11 +126,11 @@ mod tests {
 
     #[test]
     pub(super) fn weights_send_each_cohort_its_share_only() {
-        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 0, 100)]);
+        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 0, 100));
         let mut blue = reg.register("r", 100, labelled("b", "blue")).expect("ok");
         let mut green = reg.register("r", 100, labelled("g", "green")).expect("ok");
         for o in 0..100 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
         }
         reg.flush();
         assert!(received(&mut blue.outbox).is_empty(), "blue has weight 0");
@@ -141,10 +141,10 @@ mod tests {
 
     #[test]
     pub(super) fn empty_cohort_hold_keeps_its_share_until_a_member_comes() {
-        let mut reg = Registry::new(&[split_route(EmptyCohort::Hold, 50, 50)]);
+        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 50, 50));
         let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
         for o in 0..200 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
         }
         reg.flush();
         let to_blue = received(&mut blue.outbox).len();
@@ -158,10 +158,10 @@ mod tests {
 
     #[test]
     pub(super) fn empty_cohort_spill_sends_its_share_to_the_others() {
-        let mut reg = Registry::new(&[split_route(EmptyCohort::Spill, 50, 50)]);
+        let mut reg = Registry::new(split_route(EmptyCohort::Spill, 50, 50));
         let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
         for o in 0..200 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
         }
         reg.flush();
         assert_eq!(received(&mut blue.outbox).len(), 200);

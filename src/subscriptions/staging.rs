@@ -33,9 +33,8 @@ impl Registry {
         for d in &send.deliveries {
             s.in_flight.remove(&d.record.delivery_id());
         }
-        let r = s.route;
         for p in &send.pending {
-            self.release_key(r, p.hash);
+            self.release_key(p.hash);
         }
         self.dirty.insert(send.session);
         self.close_if_drained(send.session);
@@ -56,10 +55,10 @@ mod tests {
     fn at_most_once_batches_wait_for_their_commit_and_failures_are_never_redelivered() {
         let mut config = retrying_route(5, 5, None);
         config.delivery = DeliveryMode::AtMostOnce;
-        let mut reg = Registry::new(&[config]);
+        let mut reg = Registry::new(config);
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..3 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1, 0);
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
         }
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "nothing goes before its commit");
