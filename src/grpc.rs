@@ -8,12 +8,36 @@ use tonic::Status;
 
 use crate::subscriptions::{CloseReason, RegisterError};
 
+/// Longest status message the gateway sends. Messages echo what the client sent (a route name,
+/// labels); a client that sends 100 KB must still get its status, not a RESOURCE_EXHAUSTED
+/// from its own metadata limit (16 KiB by default in most gRPC stacks).
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes on a character boundary, marked as cut.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    const MARK: &str = "… (truncated)";
+    let mut end = MAX_STATUS_MESSAGE - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end])
+}
+
+/// `status` with its message bounded (see [`bounded`]).
+pub fn bounded_status(status: Status) -> Status {
+    Status::new(status.code(), bounded(status.message().to_string()))
+}
+
 /// The status a refused subscription gets, with a message that says what to fix.
 pub fn register_status(error: RegisterError) -> Status {
+    let message = bounded(error.to_string());
     match error {
-        RegisterError::UnknownRoute { .. } => Status::not_found(error.to_string()),
-        RegisterError::MissingRoute => Status::invalid_argument(error.to_string()),
-        RegisterError::NotSelected { .. } | RegisterError::Identity(_) => Status::permission_denied(error.to_string()),
+        RegisterError::UnknownRoute { .. } => Status::not_found(message),
+        RegisterError::MissingRoute => Status::invalid_argument(message),
+        RegisterError::NotSelected { .. } | RegisterError::Identity(_) => Status::permission_denied(message),
         RegisterError::ShuttingDown => {
             Status::unavailable("the gateway is shutting down; reconnect with backoff (another replica may serve you)")
         }
@@ -24,11 +48,27 @@ pub fn register_status(error: RegisterError) -> Status {
 pub fn close_status(reason: CloseReason) -> Option<Status> {
     match reason {
         CloseReason::Drained => None,
-        CloseReason::NotSelected(why) => Some(Status::permission_denied(format!(
+        CloseReason::NotSelected(why) => Some(Status::permission_denied(bounded(format!(
             "subscription closed: {why}; in-flight deliveries were settled or will be redelivered"
-        ))),
+        )))),
         CloseReason::ShuttingDown => Some(Status::unavailable(
             "the gateway is shutting down; in-flight deliveries will be redelivered, reconnect with backoff",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(2 * MAX_STATUS_MESSAGE);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_STATUS_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with("(truncated)"));
+        let exact = "x".repeat(MAX_STATUS_MESSAGE);
+        assert_eq!(bounded(exact.clone()), exact, "at the limit nothing is cut");
     }
 }

@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use crate::config::RetryPolicy;
 
-/// Longest `retry_after` a subscriber may ask for; longer requests are cut to this. A message
-/// held longer would hold its partition's commit point (and its key's later messages) that long.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 /// What happens to a delivery that failed (nack RETRY, ack deadline passed, subscriber gone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -23,13 +19,15 @@ pub enum Next {
 
 /// Decides what follows failed attempt `attempt` (1 for the first delivery). `jitter` is a
 /// uniform draw in [0, 1). `retry_after` is the subscriber's own delay, which replaces the
-/// backoff (capped at [`MAX_RETRY_AFTER`]).
+/// backoff but is capped at the route's `max_backoff_ms`: a message held longer holds its
+/// partition's commit point (and its key's later messages) that long, so the operator, not
+/// one client, decides how long that may be.
 pub fn after_failure(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Next {
     if attempt >= policy.max_attempts {
         return Next::Exhausted;
     }
     let delay = match retry_after {
-        Some(d) => d.min(MAX_RETRY_AFTER),
+        Some(d) => d.min(Duration::from_millis(policy.max_backoff_ms)),
         None => backoff(policy, attempt, jitter),
     };
     Next::Retry { delay, attempt: attempt + 1 }
@@ -78,11 +76,14 @@ mod tests {
 
     #[test]
     fn a_subscribers_retry_after_replaces_the_backoff_up_to_the_cap() {
-        let p = policy(5, 100, 1_000);
+        let p = policy(5, 100, 10_000);
         let asked = Duration::from_secs(7);
         assert_eq!(after_failure(&p, 1, Some(asked), 0.9), Next::Retry { delay: asked, attempt: 2 });
-        let huge = Duration::from_secs(24 * 3600);
-        assert_eq!(after_failure(&p, 1, Some(huge), 0.9), Next::Retry { delay: MAX_RETRY_AFTER, attempt: 2 });
+        let short = Duration::from_millis(20);
+        assert_eq!(after_failure(&p, 1, Some(short), 0.9), Next::Retry { delay: short, attempt: 2 }, "not raised");
+        let huge = Duration::from_secs(i64::MAX as u64);
+        let cap = Duration::from_secs(10);
+        assert_eq!(after_failure(&p, 1, Some(huge), 0.9), Next::Retry { delay: cap, attempt: 2 }, "the route's max");
         // It does not buy attempts past the limit.
         assert_eq!(after_failure(&p, 5, Some(asked), 0.9), Next::Exhausted);
     }

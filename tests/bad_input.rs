@@ -77,6 +77,81 @@ async fn unknown_and_repeated_acks_are_counted_and_the_stream_stays_up() {
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_route_name_is_cut_in_the_status_and_the_status_still_arrives() {
+    let cluster = mock_cluster(1);
+    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("echo"))).await.expect("starts");
+    let huge = "b".repeat(100_000);
+    let err = Subscription::connect(&gw.endpoint(), client::hello(&huge, "pod-1", 10)).await.err().expect("refused");
+    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    assert_eq!(status.code(), tonic::Code::NotFound, "not the client's metadata limit: {}", &status.message()[..80]);
+    let message = status.message();
+    assert!(message.len() <= fanout_gateway::grpc::MAX_STATUS_MESSAGE, "{} bytes echoed", message.len());
+    assert!(message.starts_with("route `bbb") && message.ends_with("(truncated)"), "{message}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("retry-after");
+    let ids = produce(&bootstrap, 1, 1).await;
+    let mut config = config(&bootstrap, &group);
+    config.routes[0].retry.initial_backoff_ms = 100;
+    config.routes[0].retry.max_backoff_ms = 1_000;
+    let gw = gateway::start(config).await.expect("starts");
+    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
+    let first = sub.next().await.expect("stream").expect("open").remove(0);
+    assert_eq!((first.delivery_id.as_str(), first.attempt), (ids[0].as_str(), 1));
+    sub.nack_after(first.delivery_id.clone(), "come back never", Duration::from_secs(i64::MAX as u64))
+        .await
+        .expect("sent");
+    // Uncapped, the message would wait 292 billion years and its partition's commit with it.
+    let again = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("redelivered after the route's max backoff")
+        .expect("stream")
+        .expect("open")
+        .remove(0);
+    assert_eq!((again.delivery_id.as_str(), again.attempt), (ids[0].as_str(), 2));
+    sub.ack(vec![again.delivery_id]).await.expect("sent");
+    eventually(Duration::from_secs(20), "the partition commits past it", || fully_committed(&bootstrap, &group, 1))
+        .await;
+    gw.shutdown().await;
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fanout.toml");
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n\
+                [[routes]]\nname = \"orders\"\ntopics = [\"orders\"]\n";
+    std::fs::write(&path, text).expect("write");
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("FANOUT_LOG_FORMAT")
+        .stderr(file)
+        .spawn()
+        .expect("runs");
+    // Against an unreachable broker the first lines come after the start's Kafka timeouts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut written = String::new();
+    while std::time::Instant::now() < deadline && !written.contains("INFO") {
+        std::thread::sleep(Duration::from_millis(100));
+        written = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(written.contains("INFO"), "the gateway logged at INFO: {written}");
+    assert!(!written.contains('\x1b'), "escape codes in a log file: {written:?}");
+}
+
 /// Runs `fanout-gateway serve` on a config file with `text`; returns its stderr.
 fn serve_with_config(text: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");

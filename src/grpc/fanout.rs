@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Future, Stream};
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::discovery::Introduction;
@@ -78,28 +78,39 @@ impl Fanout for FanoutService {
         let session = registered.session;
 
         let reader = commands.clone();
+        let (end_tx, end) = oneshot::channel();
         tokio::spawn(async move {
-            read_client(session, inbound, &reader).await;
+            if let Some(status) = read_client(session, inbound, &reader).await {
+                // Before the unregister: the response stream ends with this status, not OK.
+                let _ = end_tx.send(status);
+            }
             let _ = reader.send(Command::Unregister { session }).await;
         });
 
-        Ok(Response::new(SessionStream { session, outbox: registered.outbox, commands, finished: false }))
+        Ok(Response::new(SessionStream { session, outbox: registered.outbox, end, commands, finished: false }))
     }
 }
 
-/// Forwards the client's messages until its side of the stream ends or fails.
-async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest>, commands: &mpsc::Sender<Command>) {
+/// Forwards the client's messages until its side of the stream ends or fails. Returns the
+/// status the response stream ends with when the client broke the contract or left early
+/// (None: the client's transport is gone, nobody is left to tell).
+async fn read_client(
+    session: SessionId,
+    mut inbound: Streaming<SubscribeRequest>,
+    commands: &mpsc::Sender<Command>,
+) -> Option<Status> {
     loop {
         let message = match inbound.message().await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 debug!(session, "client closed its side of the stream");
-                return;
+                return Some(Status::cancelled(
+                    "the client closed its side of the stream: nothing more can be acked, so the session ended \
+                     and its in-flight deliveries will be redelivered (send Drain and keep the stream open to \
+                     leave without redeliveries)",
+                ));
             }
-            Err(status) => {
-                debug!(session, %status, "client stream failed");
-                return;
-            }
+            Err(status) => return bad_frame(session, status),
         };
         let command = match message.kind {
             Some(Kind::Ack(ack)) => {
@@ -121,15 +132,49 @@ async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest
             Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
             Some(Kind::Drain(_)) => Command::Drain { session },
             Some(Kind::Hello(_)) => {
-                warn!(session, "second hello on one stream ignored");
+                let status = Status::invalid_argument(
+                    "SubscribeRequest.hello may be sent only once, first; the stream ended and its in-flight \
+                     deliveries will be redelivered (open a new stream to subscribe again)",
+                );
+                warn!(session, message = status.message(), "subscriber broke the contract; stream ended");
+                return Some(status);
+            }
+            // A kind this gateway does not know (a newer client): ignored, like unknown fields.
+            None => {
+                debug!(session, "SubscribeRequest without a known kind ignored");
                 continue;
             }
-            None => continue,
         };
         if commands.send(command).await.is_err() {
-            return;
+            return None;
         }
     }
+}
+
+/// What a failed read of the client's stream means. Frames over the size limit and frames that
+/// do not decode end the stream with a status naming the problem (logged at WARN: a client
+/// with a bug, or a hostile one); a reset or a broken connection has nobody left to tell.
+fn bad_frame(session: SessionId, read: Status) -> Option<Status> {
+    let status = match read.code() {
+        Code::OutOfRange | Code::ResourceExhausted => Status::resource_exhausted(format!(
+            "a SubscribeRequest was over the gateway's limit ({}); the stream ended and its in-flight deliveries \
+             will be redelivered: send acks in smaller batches",
+            read.message()
+        )),
+        // tonic reports undecodable protobuf (invalid UTF-8 in a string, a bad wire type) and a
+        // bad gRPC frame header as INTERNAL: both are the client's.
+        Code::Internal => Status::invalid_argument(format!(
+            "a SubscribeRequest could not be decoded ({}); the stream ended and its in-flight deliveries will be \
+             redelivered",
+            read.message()
+        )),
+        _ => {
+            debug!(session, status = %read, "client stream failed");
+            return None;
+        }
+    };
+    warn!(session, code = ?status.code(), message = status.message(), "subscriber sent a bad frame; stream ended");
+    Some(super::bounded_status(status))
 }
 
 /// The response stream of one session. Dropping it (the client went away) unregisters the
@@ -137,6 +182,8 @@ async fn read_client(session: SessionId, mut inbound: Streaming<SubscribeRequest
 pub struct SessionStream {
     session: SessionId,
     outbox: mpsc::UnboundedReceiver<SessionMessage>,
+    /// Set by the reader when the client's side ended the session: the status to end with.
+    end: oneshot::Receiver<Status>,
     commands: mpsc::Sender<Command>,
     finished: bool,
 }
@@ -147,6 +194,10 @@ impl Stream for SessionStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.finished {
             return Poll::Ready(None);
+        }
+        if let Poll::Ready(Ok(status)) = Pin::new(&mut self.end).poll(cx) {
+            self.finished = true;
+            return Poll::Ready(Some(Err(status)));
         }
         match self.outbox.poll_recv(cx) {
             Poll::Ready(Some(SessionMessage::Deliveries(deliveries))) => {

@@ -279,13 +279,12 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
-        let failure =
-            Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(30)), dead_letter: false };
+        let failure = Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(3)), dead_letter: false };
         assert!(reg.nack(a.session, &id("t/0/0"), failure));
-        reg.release_due(later(5));
+        reg.release_due(later(2));
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "the route's 1 s backoff does not apply");
-        reg.release_due(later(31));
+        reg.release_due(later(4));
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
     }

@@ -1,0 +1,225 @@
+//! A client that breaks the Subscribe contract gets a status that names the problem, its
+//! in-flight deliveries are redelivered, and the gateway goes on serving everyone else.
+//!
+//! Frames are built by hand here (a pass-through codec sends the bytes as given), so the tests
+//! can send what no generated client would: protobuf that does not decode, strings that are
+//! not UTF-8, frames over the size limit.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use fanout_gateway::gateway;
+use fanout_gateway::proto::subscribe_request::Kind;
+use fanout_gateway::proto::{Ack, Hello, SubscribeRequest, SubscribeResponse};
+use fanout_gateway::tools::client::{self, Subscription};
+use prost::Message;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Sends request bytes as given; decodes responses as the contract's.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = SubscribeResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = SubscribeResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SubscribeResponse>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        SubscribeResponse::decode(bytes).map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// A Subscribe stream whose request frames the test writes byte by byte.
+struct RawStream {
+    requests: mpsc::Sender<Bytes>,
+    responses: tonic::Streaming<SubscribeResponse>,
+}
+
+impl RawStream {
+    /// Opens the stream with a well-formed hello for `ROUTE`.
+    async fn open(endpoint: &str, window: u32) -> Self {
+        let channel = Channel::from_shared(endpoint.to_string()).expect("endpoint").connect().await.expect("connects");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("ready");
+        let (requests, rx) = mpsc::channel(16);
+        let hello = client::hello(ROUTE, "raw", window);
+        requests.send(encode(Kind::Hello(hello))).await.expect("queued");
+        let path = http::uri::PathAndQuery::from_static("/fanout.v1.Fanout/Subscribe");
+        let responses = grpc
+            .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec)
+            .await
+            .expect("subscribed")
+            .into_inner();
+        Self { requests, responses }
+    }
+
+    async fn send(&self, frame: Bytes) {
+        self.requests.send(frame).await.expect("the request stream is open");
+    }
+
+    /// Deliveries until `count` have arrived.
+    async fn receive(&mut self, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        while ids.len() < count {
+            let batch = tokio::time::timeout(Duration::from_secs(20), self.responses.message())
+                .await
+                .expect("deliveries in time")
+                .expect("stream open")
+                .expect("not ended");
+            ids.extend(batch.deliveries.into_iter().map(|d| d.delivery_id));
+        }
+        ids
+    }
+
+    /// How the server ended the stream: the status (OK when it ended cleanly).
+    async fn end(mut self) -> Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.responses.message()).await {
+                Err(_) => panic!("the stream did not end"),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return Status::ok(""),
+                Ok(Err(status)) => return status,
+            }
+        }
+    }
+}
+
+fn encode(kind: Kind) -> Bytes {
+    SubscribeRequest { kind: Some(kind) }.encode_to_vec().into()
+}
+
+/// A SubscribeRequest whose Ack holds one delivery id of these (not necessarily UTF-8) bytes.
+fn ack_of_raw_id(id: &[u8]) -> Bytes {
+    let mut ack = Vec::new();
+    ack.put_u8(0x0a); // Ack.delivery_ids: field 1, length-delimited
+    ack.put_u8(id.len() as u8);
+    ack.extend_from_slice(id);
+    let mut request = Vec::new();
+    request.put_u8(0x12); // SubscribeRequest.ack: field 2, length-delimited
+    request.put_u8(ack.len() as u8);
+    request.extend_from_slice(&ack);
+    request.into()
+}
+
+/// Each way of breaking the contract after hello: the stream ends with the status `code`,
+/// whose message contains `names`.
+struct Case {
+    name: &'static str,
+    frame: fn() -> Vec<Bytes>,
+    code: Code,
+    names: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "protobuf that does not decode",
+        frame: || vec![Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])],
+        code: Code::InvalidArgument,
+        names: "could not be decoded",
+    },
+    Case {
+        name: "an ack id that is not UTF-8",
+        frame: || vec![ack_of_raw_id(&[0x6f, 0xff, 0xfe])],
+        code: Code::InvalidArgument,
+        names: "UTF-8",
+    },
+    Case {
+        name: "a frame over the size limit",
+        frame: || {
+            let ids = (0..600_000).map(|i| format!("orders/0/{i}")).collect();
+            vec![encode(Kind::Ack(Ack { delivery_ids: ids }))]
+        },
+        code: Code::ResourceExhausted,
+        names: "the limit is",
+    },
+    Case {
+        name: "a second hello",
+        frame: || vec![encode(Kind::Hello(Hello { route: ROUTE.into(), ..Hello::default() }))],
+        code: Code::InvalidArgument,
+        names: "hello may be sent only once",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothing() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("hostile");
+    let ids = produce(&bootstrap, 40, 8).await;
+    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
+
+    for case in CASES {
+        // Each bad stream holds deliveries in flight when it breaks: they must come back.
+        let mut raw = RawStream::open(&gw.endpoint(), 5).await;
+        raw.receive(5).await;
+        for frame in (case.frame)() {
+            raw.send(frame).await;
+        }
+        let status = raw.end().await;
+        assert_eq!(status.code(), case.code, "{}: {status:?}", case.name);
+        assert!(status.message().contains(case.names), "{}: {:?}", case.name, status.message());
+        assert!(status.message().contains("redelivered"), "{}: says what happens to in-flight", case.name);
+    }
+
+    // A client that half-closes after hello can ack nothing more: told so, not OK.
+    let mut raw = RawStream::open(&gw.endpoint(), 5).await;
+    raw.receive(5).await;
+    let RawStream { requests, responses } = raw;
+    drop(requests);
+    let status = RawStream { requests: mpsc::channel(1).0, responses }.end().await;
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("closed its side"), "{:?}", status.message());
+
+    // The gateway is still up, and everything the broken streams held is delivered again.
+    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 50)).await.expect("subscribes");
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        sub.ack(batch.clone()).await.expect("sent");
+        got.extend(batch);
+    }
+    got.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(got, expected, "every message reached the good subscriber");
+    eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
+        .await;
+    gw.shutdown().await;
+}
