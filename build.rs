@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     let include = protoc_bin_vendored::include_path()?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Served by reflection, so generic gRPC tools can discover the contract.
+        .file_descriptor_set_path(out_dir.join("fanout_descriptor.bin"))
         // Payloads are passed through without copying: Kafka record -> Bytes -> gRPC frame.
         .bytes(".fanout.v1.Delivery")
         .compile_protos(&["proto/fanout/v1/fanout.proto"], &["proto", include.to_str().unwrap_or("")])?;

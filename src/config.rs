@@ -112,11 +112,36 @@ pub struct ServerConfig {
     /// commits and leaves the group.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// The server pings every HTTP/2 connection this often (a live peer answers); a peer that
+    /// does not answer within `keepalive_timeout_ms` is dropped.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// A connection from which nothing arrives this long is closed: a socket that never spoke
+    /// HTTP/2, or a peer that is gone. Longer than `keepalive_interval_ms`, so live peers,
+    /// which answer the pings, are never cut.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Open connections at most; past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), shutdown_grace_ms: default_shutdown_grace_ms() }
+        Self {
+            listen: default_listen(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+        }
     }
 }
 
@@ -128,6 +153,29 @@ fn default_listen() -> String {
 /// 10 s: well below Kubernetes' default 30 s termination grace period.
 const fn default_shutdown_grace_ms() -> u64 {
     10_000
+}
+
+const fn default_keepalive_interval_ms() -> u64 {
+    30_000
+}
+
+const fn default_keepalive_timeout_ms() -> u64 {
+    20_000
+}
+
+/// Two pings' worth: a live peer answers at least every `keepalive_interval_ms`.
+const fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+/// Far above any sane number of subscribers per replica, far below a default fd limit.
+const fn default_max_connections() -> usize {
+    10_000
+}
+
+/// A subscriber needs one stream per route; a hundred leaves room for health checks.
+const fn default_max_streams_per_connection() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]

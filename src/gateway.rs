@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::config::{Config, DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
+use crate::grpc::connections;
 use crate::grpc::fanout::FanoutService;
+use crate::grpc::health::{self, HealthReporter};
 use crate::pipeline::{self, Pipeline, PipelineError, Routes, Shared};
 use crate::proto::fanout_server::FanoutServer;
 use crate::stats::Stats;
@@ -34,9 +35,14 @@ pub enum StartError {
     },
     #[error("cannot create the dead-letter producer: {0}")]
     DeadLetterProducer(#[source] rdkafka::error::KafkaError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("discovery.mode = \"kube\" needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
     NoKubeClient,
 }
+
+/// The Subscribe service's full name, as health checks and reflection know it.
+const FANOUT_SERVICE: &str = "fanout.v1.Fanout";
 
 /// A running gateway.
 pub struct GatewayHandle {
@@ -47,7 +53,7 @@ pub struct GatewayHandle {
     routes: Routes,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     server_stop: oneshot::Sender<()>,
-    health: tonic_health::server::HealthReporter,
+    health: HealthReporter,
 }
 
 /// Starts a gateway with static discovery (labels from each Hello).
@@ -96,19 +102,30 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
     }
     let routes = Routes::new(&pipelines);
 
+    let limits = connections::Limits {
+        idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+        max_connections: config.server.max_connections,
+    };
     let (server_stop, stop_rx) = oneshot::channel::<()>();
     let service = FanoutServer::new(FanoutService::new(routes.clone()));
     // grpc.health.v1 for probes: "" and fanout.v1.Fanout serve while the gateway runs and
     // report NOT_SERVING once a graceful stop begins, so load balancers stop sending streams.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<FanoutServer<FanoutService>>().await;
+    let (health, health_service) = health::health();
+    health.set("", true);
+    health.set(FANOUT_SERVICE, true);
+    let reflection_v1 = crate::grpc::reflection().build_v1().map_err(StartError::Reflection)?;
+    let reflection_v1alpha = crate::grpc::reflection().build_v1alpha().map_err(StartError::Reflection)?;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(Duration::from_millis(config.server.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(config.server.keepalive_timeout_ms)))
+            .max_concurrent_streams(config.server.max_streams_per_connection)
             .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(service)
-            // Deliveries are latency-sensitive small frames: no Nagle.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+            // Deliveries are latency-sensitive small frames: no Nagle (set per connection).
+            .serve_with_incoming_shutdown(connections::incoming(listener, limits), async {
                 let _ = stop_rx.await;
             }),
     );
@@ -159,16 +176,21 @@ impl GatewayHandle {
     /// Graceful stop: no new deliveries, wait for in-flight acks (up to the grace period),
     /// commit, leave the groups, end the streams, stop the server.
     pub async fn shutdown(self) {
-        self.health.set_not_serving::<FanoutServer<FanoutService>>().await;
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health.set(FANOUT_SERVICE, false);
+        self.health.set("", false);
         let _ = self.shutdown.send(true);
         stop_pipelines(self.pipelines).await;
+        // Open health watches end here, or the server would wait for them.
+        self.health.stop();
         let _ = self.server_stop.send(());
         match tokio::time::timeout(Duration::from_secs(5), self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => warn!(%error, "grpc server ended with an error"),
             Ok(Err(error)) => warn!(%error, "grpc server task failed"),
-            Err(_) => warn!("grpc server did not stop within 5 s"),
+            Err(_) => {
+                Stats::bump(&self.stats.server_stop_overruns, 1);
+                warn!("grpc server did not stop within 5 s")
+            }
         }
         info!("gateway stopped");
     }

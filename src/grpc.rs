@@ -2,11 +2,22 @@
 //!
 //! Conversion of the gateway's errors into `tonic::Status` happens here and only here.
 
+pub mod connections;
 pub mod fanout;
+pub mod health;
 
 use tonic::Status;
 
 use crate::subscriptions::{CloseReason, RegisterError};
+
+/// Server reflection over the contract and the health service, so `grpcurl list` and friends
+/// work unmodified. The gateway serves it in both versions generic tools speak (grpcurl 1.8
+/// knows only v1alpha).
+pub fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
 
 /// Longest status message the gateway sends. Messages echo what the client sent (a route name,
 /// labels); a client that sends 100 KB must still get its status, not a RESOURCE_EXHAUSTED

@@ -59,4 +59,7 @@ pub mod tools;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("fanout.v1");
+
+    /// The contract's descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_descriptor");
 }

@@ -61,6 +61,9 @@ pub struct Stats {
     /// coordinator that refuses commits during a rebalance): their next owner starts from the
     /// last commit that landed and redelivers what was acked since.
     pub revoke_commits_refused: AtomicU64,
+    /// Graceful stops in which the gRPC server did not finish within its 5 s bound (a stream
+    /// that did not end held it).
+    pub server_stop_overruns: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     /// Partition assignments and revocations seen by the gateway's consumer.

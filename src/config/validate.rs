@@ -81,6 +81,24 @@ impl Config {
         if self.server.listen.parse::<SocketAddr>().is_err() {
             problems.bad("server.listen", "must be an address like 0.0.0.0:50051");
         }
+        let server = &self.server;
+        if server.keepalive_interval_ms == 0 || server.keepalive_timeout_ms == 0 {
+            let field = if server.keepalive_interval_ms == 0 { "interval" } else { "timeout" };
+            problems.bad(format!("server.keepalive_{field}_ms"), "must be at least 1");
+        }
+        if server.idle_timeout_ms <= server.keepalive_interval_ms {
+            problems.bad(
+                "server.idle_timeout_ms",
+                "must be longer than server.keepalive_interval_ms (live peers answer the pings; a shorter idle \
+                 timeout would cut them)",
+            );
+        }
+        if server.max_connections == 0 {
+            problems.bad("server.max_connections", "must be at least 1");
+        }
+        if server.max_streams_per_connection == 0 {
+            problems.bad("server.max_streams_per_connection", "must be at least 1");
+        }
         let kafka = &self.kafka;
         if kafka.bootstrap_servers.trim().is_empty() {
             problems.bad("kafka.bootstrap_servers", "must name at least one broker (host:port)");
@@ -227,6 +245,15 @@ fn is_topic_name(topic: &str) -> bool {
 mod tests {
     use super::super::tests::{problems, GOOD};
     use super::super::*;
+
+    #[test]
+    fn connection_bounds_are_checked() {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:50051\"",
+            "listen = \"127.0.0.1:50051\"\nkeepalive_interval_ms = 30000\nidle_timeout_ms = 30000\nmax_connections = 0",
+        );
+        assert_eq!(problems(&text), vec!["server.idle_timeout_ms", "server.max_connections"]);
+    }
 
     #[test]
     fn validation_names_every_bad_field() {
