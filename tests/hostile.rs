@@ -13,6 +13,7 @@ use bytes::{Buf, BufMut, Bytes};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, Hello, SubscribeRequest, SubscribeResponse};
+use fanout_gateway::stats::Stats;
 use fanout_gateway::tools::client::{self, Subscription};
 use prost::Message;
 use support::*;
@@ -219,6 +220,86 @@ async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothin
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(got, expected, "every message reached the good subscriber");
+    eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
+        .await;
+    gw.shutdown().await;
+}
+
+/// A gRPC message frame: compression flag, length, message.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.extend_from_slice(message);
+    frame.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
+    const STREAMS: usize = 2_000;
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("flood");
+    let ids = produce(&bootstrap, 100, 10).await;
+    let mut config = config(&bootstrap, &group);
+    config.server.max_streams_per_connection = 50;
+    let gw = gateway::start(config).await.expect("starts");
+    let stats = gw.stats();
+
+    // Raw HTTP/2: open Subscribe streams with a hello and reset each at once ("rapid reset"),
+    // far more of them than the connection may hold at a time.
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connects");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("http/2");
+    let driver = tokio::spawn(connection);
+    let hello = encode(Kind::Hello(client::hello(ROUTE, "flood", 10)));
+    let subscribe = || {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/fanout.v1.Fanout/Subscribe", gw.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request")
+    };
+    // One stream answered first: by then the server's SETTINGS (its stream limit) are known.
+    let (response, mut body) = h2.send_request(subscribe(), false).expect("first stream");
+    body.send_data(grpc_frame(&hello), false).expect("hello sent");
+    assert_eq!(response.await.expect("response headers").status(), http::StatusCode::OK);
+    body.send_reset(h2::Reason::CANCEL);
+    let mut opened = 0;
+    for _ in 0..STREAMS {
+        let Ok(ready) = h2.clone().ready().await else { break }; // the server may end the connection
+        h2 = ready;
+        let Ok((_response, mut body)) = h2.send_request(subscribe(), false) else { break };
+        let _ = body.send_data(grpc_frame(&hello), false);
+        body.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    let max_streams = h2.current_max_send_streams();
+    eprintln!(
+        "flood: {opened} of {STREAMS} streams opened and reset before the server ended the connection; it allowed \
+         {max_streams} at a time"
+    );
+    assert!(opened > 50, "the flood got going ({opened} streams)");
+    assert!(max_streams <= 50, "the server's stream limit reached the client: {max_streams}");
+    drop(h2);
+    driver.abort();
+
+    // The gateway is up, no flooded session lingers, and a real subscriber gets everything.
+    eventually(Duration::from_secs(20), "flooded sessions are gone", || Stats::get(&stats.sessions) == 0).await;
+    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 100)).await.expect("subscribes");
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        sub.ack(batch.clone()).await.expect("sent");
+        got.extend(batch);
+    }
+    got.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(got, expected, "every message reached the good subscriber, once");
     eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
         .await;
     gw.shutdown().await;
