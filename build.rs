@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("fanout_descriptor.bin"))
         // Payloads are passed through without copying: Kafka record -> Bytes -> gRPC frame.
         .bytes(".fanout.v1.Delivery")
+        .bytes(".fanout.v1.Header")
         .compile_protos(&["proto/fanout/v1/fanout.proto"], &["proto", include.to_str().unwrap_or("")])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -129,6 +129,10 @@ pub struct ServerConfig {
     /// Concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     #[serde(default = "default_max_streams_per_connection")]
     pub max_streams_per_connection: u32,
+    /// Open Subscribe streams at most, all connections together; past it a new one gets
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections: default_max_connections(),
             max_streams_per_connection: default_max_streams_per_connection(),
+            max_streams: default_max_streams(),
         }
     }
 }
@@ -176,6 +181,11 @@ const fn default_max_connections() -> usize {
 /// A subscriber needs one stream per route; a hundred leaves room for health checks.
 const fn default_max_streams_per_connection() -> u32 {
     100
+}
+
+/// Each stream costs a session (its queue and in-flight set): thousands per replica is plenty.
+const fn default_max_streams() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,13 +76,17 @@ impl DeadLetterProducer {
         let record = &letter.pending.record;
         let mut headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
         if let Some(at) = letter.retry_at {
-            headers.push((crate::subscriptions::HEADER_RETRY_AT.to_string(), at.to_string().into_bytes()));
+            headers.push((crate::subscriptions::HEADER_RETRY_AT.to_string(), Some(at.to_string().into_bytes())));
         }
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (key, value) in &headers {
-            owned = owned.insert(Header { key, value: Some(value.as_slice()) });
+            owned = owned.insert(Header { key, value: value.as_deref() });
         }
-        let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value[..]).headers(owned);
+        let mut out = FutureRecord::<[u8], [u8]>::to(topic).headers(owned);
+        // A tombstone stays a tombstone.
+        if let Some(value) = &record.value {
+            out = out.payload(&value[..]);
+        }
         if let Some(key) = &record.key {
             out = out.key(&key[..]);
         }
@@ -96,8 +100,15 @@ impl DeadLetterProducer {
 /// The dead letter's headers: the original ones (without earlier `fanout-*` ones, so a
 /// message dead-lettered twice carries one set), then where it came from and why it failed.
 /// A message that comes from a retry topic keeps the origin its headers name.
-pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: &str) -> Vec<(String, Vec<u8>)> {
-    let earlier = |name: &str| record.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.to_vec());
+pub fn dead_letter_headers(
+    record: &Record,
+    attempts: u32,
+    reason: &str,
+    route: &str,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let earlier = |name: &str| {
+        record.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref().map(<[u8]>::to_vec))
+    };
     let origin = match (earlier(HEADER_ORIGIN_TOPIC), earlier(HEADER_ORIGIN_PARTITION), earlier(HEADER_ORIGIN_OFFSET)) {
         (Some(topic), Some(partition), Some(offset)) => (topic, partition, offset),
         _ => (
@@ -106,11 +117,11 @@ pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: 
             record.offset.to_string().into_bytes(),
         ),
     };
-    let mut headers: Vec<(String, Vec<u8>)> = record
+    let mut headers: Vec<(String, Option<Vec<u8>>)> = record
         .headers
         .iter()
         .filter(|(k, _)| !k.starts_with("fanout-"))
-        .map(|(k, v)| (k.clone(), v.to_vec()))
+        .map(|(k, v)| (k.clone(), v.as_deref().map(<[u8]>::to_vec)))
         .collect();
     let mut reason = reason.to_string();
     if reason.len() > MAX_REASON_BYTES {
@@ -121,12 +132,12 @@ pub fn dead_letter_headers(record: &Record, attempts: u32, reason: &str, route: 
         reason.truncate(cut);
     }
     headers.extend([
-        (HEADER_ORIGIN_TOPIC.to_string(), origin.0),
-        (HEADER_ORIGIN_PARTITION.to_string(), origin.1),
-        (HEADER_ORIGIN_OFFSET.to_string(), origin.2),
-        (HEADER_ATTEMPTS.to_string(), attempts.to_string().into_bytes()),
-        (HEADER_REASON.to_string(), reason.into_bytes()),
-        (HEADER_ROUTE.to_string(), route.as_bytes().to_vec()),
+        (HEADER_ORIGIN_TOPIC.to_string(), Some(origin.0)),
+        (HEADER_ORIGIN_PARTITION.to_string(), Some(origin.1)),
+        (HEADER_ORIGIN_OFFSET.to_string(), Some(origin.2)),
+        (HEADER_ATTEMPTS.to_string(), Some(attempts.to_string().into_bytes())),
+        (HEADER_REASON.to_string(), Some(reason.into_bytes())),
+        (HEADER_ROUTE.to_string(), Some(route.as_bytes().to_vec())),
     ]);
     headers
 }
@@ -144,19 +155,24 @@ mod tests {
             tp: TopicPartition { topic: Arc::from("orders"), partition: 3 },
             offset: 42,
             key: None,
-            value: Bytes::new(),
+            value: None,
             headers: vec![
-                ("trace-id".into(), Bytes::from_static(b"abc")),
-                (HEADER_ATTEMPTS.into(), Bytes::from_static(b"9")),
+                ("trace-id".into(), Some(Bytes::from_static(b"abc"))),
+                ("no-value".into(), None),
+                (HEADER_ATTEMPTS.into(), Some(Bytes::from_static(b"9"))),
             ],
             timestamp_ms: None,
         };
         let long = "é".repeat(MAX_REASON_BYTES);
         let h = dead_letter_headers(&record, 5, &long, "orders-route");
         let get = |k: &str| -> Vec<String> {
-            h.iter().filter(|(n, _)| n == k).map(|(_, v)| String::from_utf8(v.clone()).expect("utf-8")).collect()
+            h.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8(v.clone().expect("a value")).expect("utf-8"))
+                .collect()
         };
         assert_eq!(get("trace-id"), vec!["abc"]);
+        assert!(h.iter().any(|(n, v)| n == "no-value" && v.is_none()), "a header without a value keeps none");
         assert_eq!(get(HEADER_ORIGIN_TOPIC), vec!["orders"]);
         assert_eq!(get(HEADER_ORIGIN_PARTITION), vec!["3"]);
         assert_eq!(get(HEADER_ORIGIN_OFFSET), vec!["42"]);

@@ -165,7 +165,9 @@ impl DedupConfig {
 
     /// The idempotency key of `record` under this config (see [`idempotency_key`]).
     pub fn key_of(&self, record: &Record) -> Option<String> {
-        idempotency_key(&self.key, &self.header, record.key.as_deref(), &record.value, &record.headers)
+        // A tombstone hashes like an empty value: the content key's encoding predates nulls.
+        let value = record.value.as_deref().unwrap_or_default();
+        idempotency_key(&self.key, &self.header, record.key.as_deref(), value, &record.headers)
     }
 }
 
@@ -200,11 +202,12 @@ pub fn idempotency_key(
     header: &str,
     key: Option<&[u8]>,
     value: &[u8],
-    headers: &[(String, Bytes)],
+    headers: &[(String, Option<Bytes>)],
 ) -> Option<String> {
     match source {
         KeySource::Header => {
             let (_, raw) = headers.iter().rev().find(|(name, _)| name == header)?;
+            let raw = raw.as_deref()?;
             if raw.is_empty() {
                 return None;
             }
@@ -353,8 +356,8 @@ mod tests {
         Verdict::Duplicate { holder: holder.to_string() }
     }
 
-    fn headers(list: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
-        list.iter().map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v))).collect()
+    fn headers(list: &[(&str, &[u8])]) -> Vec<(String, Option<Bytes>)> {
+        list.iter().map(|(k, v)| (k.to_string(), Some(Bytes::copy_from_slice(v)))).collect()
     }
 
     fn header_key(list: &[(&str, &[u8])]) -> Option<String> {

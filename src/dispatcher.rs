@@ -40,10 +40,10 @@ use crate::dedup::{DedupError, Verdict};
 use crate::discovery::Introduction;
 use crate::discovery::{PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
-use crate::kafka::{DeliveryId, KafkaCommand, KafkaEvent, Record, TopicPartition};
+use crate::kafka::{KafkaCommand, KafkaEvent, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
-use crate::subscriptions::{CloseReason, Failure, RegisterError, Registered, Registry, SessionId, StagedSend};
+use crate::subscriptions::{AckId, CloseReason, Failure, RegisterError, Registered, Registry, SessionId, StagedSend};
 
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
@@ -68,16 +68,14 @@ pub enum Command {
         route: Box<RouteConfig>,
         reply: Option<oneshot::Sender<bool>>,
     },
-    /// Acks of a session; `malformed` counts ids the gRPC layer could not read (they are
-    /// counted with the unknown ones).
+    /// Acks of a session, by the deliveries' ack ids.
     Ack {
         session: SessionId,
-        delivery_ids: Vec<DeliveryId>,
-        malformed: u64,
+        ack_ids: Vec<AckId>,
     },
     Nack {
         session: SessionId,
-        delivery_id: DeliveryId,
+        ack_id: AckId,
         failure: Failure,
     },
     Credit {
@@ -103,7 +101,7 @@ enum Internal {
     CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend> },
     /// The dedup store answered the route's claims: `batch[i].2` indexes `verdicts` for
     /// records that have an idempotency key.
-    Claimed { batch: Vec<(Arc<Record>, u64, Option<usize>)>, verdicts: Result<Vec<Verdict>, DedupError> },
+    Claimed { batch: Vec<dedup_gate::Keyed>, verdicts: Result<Vec<Verdict>, DedupError> },
 }
 
 /// Settings the dispatcher needs from the config.
@@ -218,12 +216,11 @@ impl Dispatcher {
                     self.registry.unregister(r.session);
                 }
             }
-            Command::Ack { session, delivery_ids, malformed } => {
-                let acked = self.registry.ack(session, &delivery_ids);
-                let unknown = acked.unknown + malformed;
-                if unknown > 0 {
-                    Stats::bump(&self.stats.unknown_acks, unknown);
-                    debug!(session, unknown, malformed, "ignored acks of ids not in flight on this stream");
+            Command::Ack { session, ack_ids } => {
+                let acked = self.registry.ack(session, &ack_ids);
+                if acked.unknown > 0 {
+                    Stats::bump(&self.stats.unknown_acks, acked.unknown);
+                    debug!(session, unknown = acked.unknown, "ignored acks of ids not in flight on this stream");
                 }
                 for p in acked.settled {
                     self.settle(&p);
@@ -232,8 +229,8 @@ impl Dispatcher {
                     info!(session, "subscriber drained and closed");
                 }
             }
-            Command::Nack { session, delivery_id, failure } => {
-                if self.registry.nack(session, &delivery_id, failure) {
+            Command::Nack { session, ack_id, failure } => {
+                if self.registry.nack(session, ack_id, failure) {
                     Stats::bump(&self.stats.nacked, 1);
                 } else {
                     Stats::bump(&self.stats.unknown_acks, 1);

@@ -107,7 +107,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
         max_connections: config.server.max_connections,
     };
     let (server_stop, stop_rx) = oneshot::channel::<()>();
-    let service = FanoutServer::new(FanoutService::new(routes.clone()));
+    let service = FanoutServer::new(FanoutService::new(routes.clone(), config.server.max_streams));
     // grpc.health.v1 for probes: "" and fanout.v1.Fanout serve while the gateway runs and
     // report NOT_SERVING once a graceful stop begins, so load balancers stop sending streams.
     let (health, health_service) = health::health();

@@ -32,16 +32,19 @@ impl std::fmt::Display for TopicPartition {
 pub struct Record {
     pub tp: TopicPartition,
     pub offset: i64,
+    /// None for a record without a key.
     pub key: Option<Bytes>,
-    pub value: Bytes,
-    pub headers: Vec<(String, Bytes)>,
+    /// None for a tombstone (a null value, as compacted topics use to delete a key).
+    pub value: Option<Bytes>,
+    /// In the record's order; a name may repeat; None for a header without a value.
+    pub headers: Vec<(String, Option<Bytes>)>,
     /// Producer or log-append time, milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
 }
 
-/// Which record a delivery carries, and what a subscriber acks: stable across redeliveries.
-/// Inside the gateway it stays a value (hashed and compared, never formatted); the wire form
-/// `topic/partition/offset` exists only at the gRPC edge and in dedup origins.
+/// Which record a delivery carries: stable across redeliveries. Subscribers ack by the
+/// delivery's per-stream handle (`subscriptions::AckId`), not by this; its text form
+/// `topic/partition/offset` names a record in dedup origins and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryId {
     pub tp: TopicPartition,
@@ -54,37 +57,17 @@ impl std::fmt::Display for DeliveryId {
     }
 }
 
-/// A delivery id that is not `topic/partition/offset`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("delivery id {0:?} is not topic/partition/offset (send back the id of a delivery as received)")]
-pub struct MalformedDeliveryId(pub String);
-
-impl std::str::FromStr for DeliveryId {
-    type Err = MalformedDeliveryId;
-
-    /// Topic names cannot contain `/` (Kafka allows `[a-zA-Z0-9._-]`), so the last two `/`
-    /// separate partition and offset.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let malformed = || MalformedDeliveryId(s.chars().take(200).collect());
-        let mut parts = s.rsplitn(3, '/');
-        let offset = parts.next().and_then(|o| o.parse::<i64>().ok()).filter(|o| *o >= 0).ok_or_else(malformed)?;
-        let partition = parts.next().and_then(|p| p.parse::<i32>().ok()).filter(|p| *p >= 0).ok_or_else(malformed)?;
-        let topic = parts.next().filter(|t| !t.is_empty()).ok_or_else(malformed)?;
-        Ok(DeliveryId { tp: TopicPartition { topic: Arc::from(topic), partition }, offset })
-    }
-}
-
 impl Record {
-    /// The id a subscriber acks: stable across redeliveries.
+    /// The record's id: stable across redeliveries.
     pub fn delivery_id(&self) -> DeliveryId {
         DeliveryId { tp: self.tp.clone(), offset: self.offset }
     }
 
     /// Approximate bytes held for this record.
     pub fn size(&self) -> usize {
-        self.value.len()
+        self.value.as_ref().map_or(0, Bytes::len)
             + self.key.as_ref().map_or(0, Bytes::len)
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum::<usize>()
     }
 }
 
@@ -139,18 +122,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivery_ids_go_to_text_and_back() {
+    fn delivery_ids_read_as_topic_partition_offset() {
         let id = DeliveryId { tp: TopicPartition { topic: Arc::from("orders.v1-eu_2"), partition: 7 }, offset: 12_345 };
         assert_eq!(id.to_string(), "orders.v1-eu_2/7/12345");
-        assert_eq!("orders.v1-eu_2/7/12345".parse::<DeliveryId>(), Ok(id));
-    }
-
-    #[test]
-    fn malformed_delivery_ids_are_refused() {
-        for bad in
-            ["", "orders", "orders/1", "/1/2", "orders/x/2", "orders/1/y", "orders/-1/2", "orders/1/-2", "orders/1/2/"]
-        {
-            assert!(bad.parse::<DeliveryId>().is_err(), "{bad:?} parsed");
-        }
     }
 }

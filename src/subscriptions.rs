@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, EmptyCohort, Ordering, RouteConfig};
-use crate::kafka::{DeliveryId, Record, TopicPartition};
+use crate::kafka::{Record, TopicPartition};
 use crate::retry::{self, Next};
 use crate::routing;
 use crate::selector::Selector;
@@ -68,7 +68,16 @@ pub struct Outgoing {
     pub attempt: u32,
     /// The subscriber's cohort (its value of the route's split label); empty without a split.
     pub cohort: Arc<str>,
+    /// What the subscriber acks or nacks this delivery by: unique on its stream.
+    pub ack_id: AckId,
+    /// The message's idempotency key on effectively-once routes (empty elsewhere).
+    pub idempotency_key: Option<Arc<str>>,
 }
+
+/// A delivery's handle on its stream (`Delivery.ack_id`): a per-session sequence number, so
+/// an ack is resolved by one hash lookup, with no text to format or parse. Starts at 1 (0 is
+/// protobuf's "unset").
+pub type AckId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -113,6 +122,8 @@ pub struct Pending {
     /// Assignment epoch of the partition when the record was received; acks from an older
     /// epoch (the partition was revoked meanwhile) do not count.
     pub epoch: u64,
+    /// From the route's dedup key source, on effectively-once routes.
+    pub idempotency_key: Option<Arc<str>>,
     /// Routing hash: of the key, the partition or the position, per the route's ordering.
     hash: u64,
     /// When the subscriber's time to ack runs out (set when sent, if the route has one).
@@ -128,9 +139,11 @@ impl Pending {
 struct Session {
     window: u32,
     queue: VecDeque<Pending>,
-    /// Keyed by delivery id. xxh3 rather than SipHash: the ids come from our own records, a
+    /// Keyed by ack id. xxh3 rather than SipHash: the ids are our own sequence numbers, a
     /// flooding attacker has nothing to aim at, and this map is touched twice per message.
-    in_flight: HashMap<DeliveryId, Pending, xxhash_rust::xxh3::Xxh3Builder>,
+    in_flight: HashMap<AckId, Pending, xxhash_rust::xxh3::Xxh3Builder>,
+    /// The ack id of the next delivery sent on this session.
+    next_ack_id: AckId,
     outbox: mpsc::UnboundedSender<SessionMessage>,
     /// No new deliveries; closed when `in_flight` empties.
     draining: bool,
@@ -267,6 +280,7 @@ impl Registry {
                 window,
                 queue: VecDeque::new(),
                 in_flight: HashMap::default(),
+                next_ack_id: 1,
                 outbox: tx,
                 draining: false,
                 close_reason: None,
@@ -363,13 +377,13 @@ impl Registry {
 
     /// Settles acked deliveries of a session. Ids not in flight on this session are counted
     /// as unknown and otherwise ignored.
-    pub fn ack(&mut self, id: SessionId, delivery_ids: &[DeliveryId]) -> Acked {
+    pub fn ack(&mut self, id: SessionId, ack_ids: &[AckId]) -> Acked {
         let mut out = Acked::default();
         let Some(session) = self.sessions.get_mut(&id) else {
-            out.unknown = delivery_ids.len() as u64;
+            out.unknown = ack_ids.len() as u64;
             return out;
         };
-        for d in delivery_ids {
+        for d in ack_ids {
             match session.in_flight.remove(d) {
                 Some(p) => out.settled.push(p),
                 None => out.unknown += 1,
@@ -461,7 +475,10 @@ mod tests {
         assert_eq!(got[0].delivery_id, "t/0/0");
         assert_eq!(got[0].attempt, 1);
         assert_eq!(reg.in_flight(), 3);
-        let acked = reg.ack(a.session, &[id("t/0/1"), id("t/9/9"), id("t/0/1")]);
+        let acked = reg.ack(
+            a.session,
+            &[reg.handle(a.session, "t/0/1"), reg.handle(a.session, "t/9/9"), reg.handle(a.session, "t/0/1")],
+        );
         assert_eq!(acked.settled.len(), 1);
         assert_eq!(acked.unknown, 2, "unknown and repeated ids are counted");
         reg.flush();
@@ -514,7 +531,7 @@ mod tests {
         let mut b = reg.register("r", 0, sub("b")).expect("ok");
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "the key waits for a's in-flight messages");
-        let acked = reg.ack(a.session, &[id("t/0/0"), id("t/0/1")]);
+        let acked = reg.ack(a.session, &[reg.handle(a.session, "t/0/0"), reg.handle(a.session, "t/0/1")]);
         assert!(acked.closed);
         assert_eq!((reg.closed, reg.session_count()), (1, 1), "a closed, b open");
         reg.flush();

@@ -52,7 +52,7 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
         let mut held_at_cap = None;
         while acked.len() < MESSAGES {
             let batch = next(&mut sub, Duration::from_secs(30)).await.expect("deliveries keep coming");
-            let mut out: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+            let mut out: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
             if held_at_cap.is_none() {
                 most_before_credit = most_before_credit.max(out.len());
                 if acked.len() >= MESSAGES / 2 {
@@ -60,7 +60,7 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
                     // gateway stops sending: what is out then is the window it grants.
                     sub.credit(1_000).await.expect("credit");
                     while let Some(more) = next(&mut sub, Duration::from_millis(500)).await {
-                        out.extend(more.into_iter().map(|d| d.delivery_id));
+                        out.extend(more.into_iter().map(|d| client::id_of(&d)));
                     }
                     held_at_cap = Some(out.len());
                 }

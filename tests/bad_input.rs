@@ -19,7 +19,7 @@ async fn first_message_must_be_hello() {
     let cluster = mock_cluster(1);
     let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("hello"))).await.expect("starts");
     let mut raw = FanoutClient::connect(gw.endpoint()).await.expect("connects");
-    let ack_first = SubscribeRequest { kind: Some(Kind::Ack(Ack { delivery_ids: vec!["orders/0/0".into()] })) };
+    let ack_first = SubscribeRequest { kind: Some(Kind::Ack(Ack { ack_ids: vec![1] })) };
     let status = raw.subscribe(futures::stream::iter(vec![ack_first])).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("hello"), "{}", status.message());
@@ -46,34 +46,42 @@ async fn unknown_route_is_not_found() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_and_repeated_acks_are_counted_and_the_stream_stays_up() {
+async fn acks_by_handle_work_out_of_order_and_across_batches_and_unknown_ones_are_counted() {
     let cluster = mock_cluster(1);
     let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("acks");
     let ids = produce(&bootstrap, 10, 1).await;
-    let gw = gateway::start(config(&bootstrap, &unique_group("acks"))).await.expect("starts");
+    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
     let stats = gw.stats();
     let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 5)).await.expect("subscribes");
 
-    let mut received = Vec::new();
+    let (mut received, mut handles) = (Vec::new(), Vec::new());
     while received.len() < 5 {
-        received.extend(sub.next().await.expect("stream").expect("open").into_iter().map(|d| d.delivery_id));
+        for d in sub.next_raw().await.expect("stream").expect("open") {
+            received.push(client::id_of(&d));
+            handles.push(d.ack_id);
+        }
     }
-    let first = received[0].clone();
-    sub.ack(vec!["not-an-id".into(), "orders/0/99999".into(), first.clone()]).await.expect("sent");
-    sub.ack(vec![first.clone()]).await.expect("sent");
-    sub.ack(received[1..].to_vec()).await.expect("sent");
+    assert!(handles.iter().all(|h| *h != 0), "0 is protobuf's unset: never a handle");
+    // Out of order, over two messages, with a handle never issued and one acked twice.
+    sub.ack_ids(vec![handles[4], 999_999, handles[2]]).await.expect("sent");
+    sub.ack_ids(vec![handles[2], handles[3], handles[1], handles[0]]).await.expect("sent");
 
     while received.len() < 10 {
-        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("more deliveries");
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next_raw()).await.expect("more deliveries");
         let batch = batch.expect("stream stays up").expect("open");
-        let more: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
-        sub.ack(more.clone()).await.expect("sent");
-        received.extend(more);
+        let more: Vec<u64> = batch.iter().map(|d| d.ack_id).collect();
+        assert!(more.iter().all(|h| !handles.contains(h)), "a handle is never reused on a stream");
+        received.extend(batch.iter().map(client::id_of));
+        handles.extend(&more);
+        sub.ack_ids(more.into_iter().rev().collect()).await.expect("sent");
     }
     assert_eq!(received, ids, "every message delivered once, in partition order");
     eventually(Duration::from_secs(10), "all acks applied", || Stats::get(&stats.acked) == 10).await;
-    assert_eq!(Stats::get(&stats.unknown_acks), 3, "bogus id, id never delivered, repeated ack");
+    assert_eq!(Stats::get(&stats.unknown_acks), 2, "a handle never issued, a repeated ack");
     assert_eq!(Stats::get(&stats.redelivered), 0);
+    eventually(Duration::from_secs(20), "commits reach the high watermark", || fully_committed(&bootstrap, &group, 1))
+        .await;
     gw.shutdown().await;
 }
 
@@ -103,10 +111,8 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
     let gw = gateway::start(config).await.expect("starts");
     let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let first = sub.next().await.expect("stream").expect("open").remove(0);
-    assert_eq!((first.delivery_id.as_str(), first.attempt), (ids[0].as_str(), 1));
-    sub.nack_after(first.delivery_id.clone(), "come back never", Duration::from_secs(i64::MAX as u64))
-        .await
-        .expect("sent");
+    assert_eq!((client::id_of(&first).as_str(), first.attempt), (ids[0].as_str(), 1));
+    sub.nack_after(client::id_of(&first), "come back never", Duration::from_secs(i64::MAX as u64)).await.expect("sent");
     // Uncapped, the message would wait 292 billion years and its partition's commit with it.
     let again = tokio::time::timeout(Duration::from_secs(30), sub.next())
         .await
@@ -114,8 +120,8 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
         .expect("stream")
         .expect("open")
         .remove(0);
-    assert_eq!((again.delivery_id.as_str(), again.attempt), (ids[0].as_str(), 2));
-    sub.ack(vec![again.delivery_id]).await.expect("sent");
+    assert_eq!((client::id_of(&again).as_str(), again.attempt), (ids[0].as_str(), 2));
+    sub.ack(vec![client::id_of(&again)]).await.expect("sent");
     eventually(Duration::from_secs(20), "the partition commits past it", || fully_committed(&bootstrap, &group, 1))
         .await;
     gw.shutdown().await;
@@ -207,7 +213,7 @@ async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
     let mut got = Vec::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.expect("deliveries after recovery");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         got.extend(batch);
     }

@@ -56,8 +56,10 @@ async fn consume(
         let ids: Vec<String> = batch
             .into_iter()
             .map(|d| {
-                *counts.entry(String::from_utf8_lossy(&d.value).into_owned()).or_default() += 1;
-                d.delivery_id
+                *counts
+                    .entry(String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned())
+                    .or_default() += 1;
+                client::id_of(&d)
             })
             .collect();
         sub.ack(ids).await.expect("ack");

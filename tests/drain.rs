@@ -26,7 +26,7 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
         let mut held: Vec<String> = Vec::new();
         while held.len() < 5 {
             let batch = next_batch(&mut leaving).await;
-            held.extend(batch.into_iter().map(|d| d.delivery_id));
+            held.extend(batch.into_iter().map(|d| client::id_of(&d)));
         }
         assert_eq!(held.len(), 5, "the window is 5");
         leaving.drain().await.expect("drain sent");
@@ -38,7 +38,7 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
                 let mut got = HashSet::new();
                 while got.len() < 2_000 - 5 {
                     let batch = next_batch(&mut sub).await;
-                    let ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+                    let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
                     got.extend(ids.iter().cloned());
                     sub.ack(ids).await.expect("ack");
                 }

@@ -102,7 +102,7 @@ impl RawStream {
                 .expect("deliveries in time")
                 .expect("stream open")
                 .expect("not ended");
-            ids.extend(batch.deliveries.into_iter().map(|d| d.delivery_id));
+            ids.extend(batch.deliveries.into_iter().map(|d| client::id_of(&d)));
         }
         ids
     }
@@ -124,16 +124,17 @@ fn encode(kind: Kind) -> Bytes {
     SubscribeRequest { kind: Some(kind) }.encode_to_vec().into()
 }
 
-/// A SubscribeRequest whose Ack holds one delivery id of these (not necessarily UTF-8) bytes.
-fn ack_of_raw_id(id: &[u8]) -> Bytes {
-    let mut ack = Vec::new();
-    ack.put_u8(0x0a); // Ack.delivery_ids: field 1, length-delimited
-    ack.put_u8(id.len() as u8);
-    ack.extend_from_slice(id);
+/// A SubscribeRequest whose Nack (of handle 1) gives these (not necessarily UTF-8) bytes as
+/// its reason.
+fn nack_with_raw_reason(reason: &[u8]) -> Bytes {
+    let mut nack = vec![0x08, 0x01]; // Nack.ack_id: field 1, varint, 1
+    nack.put_u8(0x12); // Nack.reason: field 2, length-delimited
+    nack.put_u8(reason.len() as u8);
+    nack.extend_from_slice(reason);
     let mut request = Vec::new();
-    request.put_u8(0x12); // SubscribeRequest.ack: field 2, length-delimited
-    request.put_u8(ack.len() as u8);
-    request.extend_from_slice(&ack);
+    request.put_u8(0x1a); // SubscribeRequest.nack: field 3, length-delimited
+    request.put_u8(nack.len() as u8);
+    request.extend_from_slice(&nack);
     request.into()
 }
 
@@ -154,17 +155,15 @@ const CASES: &[Case] = &[
         names: "could not be decoded",
     },
     Case {
-        name: "an ack id that is not UTF-8",
-        frame: || vec![ack_of_raw_id(&[0x6f, 0xff, 0xfe])],
+        name: "a nack reason that is not UTF-8",
+        frame: || vec![nack_with_raw_reason(&[0x6f, 0xff, 0xfe])],
         code: Code::InvalidArgument,
         names: "UTF-8",
     },
     Case {
         name: "a frame over the size limit",
-        frame: || {
-            let ids = (0..600_000).map(|i| format!("orders/0/{i}")).collect();
-            vec![encode(Kind::Ack(Ack { delivery_ids: ids }))]
-        },
+        // 500 000 handles of 10 bytes each: 5 MB, over the 4 MiB limit.
+        frame: || vec![encode(Kind::Ack(Ack { ack_ids: vec![u64::MAX; 500_000] }))],
         code: Code::ResourceExhausted,
         names: "the limit is",
     },
@@ -212,7 +211,7 @@ async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothin
     let mut got = Vec::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         got.extend(batch);
     }
@@ -292,7 +291,7 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
     let mut got = Vec::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         got.extend(batch);
     }

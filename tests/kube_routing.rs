@@ -424,8 +424,8 @@ struct Got {
 impl From<&Delivery> for Got {
     fn from(d: &Delivery) -> Self {
         Self {
-            id: d.delivery_id.clone(),
-            key: String::from_utf8_lossy(&d.key).into_owned(),
+            id: fanout_gateway::tools::client::id_of(d),
+            key: String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned(),
             cohort: d.cohort.clone(),
             partition: d.partition,
             offset: d.offset,

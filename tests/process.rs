@@ -459,7 +459,7 @@ async fn slow_acker(
             tokio::select! {
                 batch = sub.next() => match batch {
                     Ok(Some(batch)) => {
-                        let ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+                        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
                         ledger.lock().receive(opened, &ids);
                         let mut rng = rand::rng();
                         let now = Instant::now();
@@ -567,9 +567,9 @@ async fn holding_acker(
             for d in batch {
                 if holding < hold {
                     holding += 1;
-                    held.lock().push(d.delivery_id);
+                    held.lock().push(client::id_of(&d));
                 } else {
-                    now.push(d.delivery_id);
+                    now.push(client::id_of(&d));
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::Subscription;
+use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 fn config_text(bootstrap: &str, group: &str, blue: u32, green: u32) -> String {
@@ -59,7 +59,7 @@ async fn take(
         };
         let (is_blue, batch) = batch;
         let batch = batch.expect("stream").expect("open");
-        let ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
         seen.extend(ids.iter().cloned());
         if is_blue {
             b += ids.len();

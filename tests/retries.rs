@@ -141,14 +141,14 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
         while !done(&seen) {
             let batch = next_batch(&mut sub).await;
             for d in batch {
-                let value = String::from_utf8_lossy(&d.value).into_owned();
+                let value = String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
-                match (kind(&d.value), d.attempt) {
-                    ("flaky", 1) => sub.nack(d.delivery_id, "try again").await.expect("nack"),
-                    ("poison", _) => sub.nack(d.delivery_id, &format!("cannot parse {value}")).await.expect("nack"),
-                    ("rejected", _) => sub.dead_letter(d.delivery_id, "schema rejected").await.expect("nack"),
+                match (kind(d.value.as_deref().unwrap_or_default()), d.attempt) {
+                    ("flaky", 1) => sub.nack(client::id_of(&d), "try again").await.expect("nack"),
+                    ("poison", _) => sub.nack(client::id_of(&d), &format!("cannot parse {value}")).await.expect("nack"),
+                    ("rejected", _) => sub.dead_letter(client::id_of(&d), "schema rejected").await.expect("nack"),
                     ("silent", 1) => {} // never answered: the ack deadline takes it back
-                    _ => sub.ack(vec![d.delivery_id]).await.expect("ack"),
+                    _ => sub.ack(vec![client::id_of(&d)]).await.expect("ack"),
                 }
             }
         }
@@ -265,17 +265,22 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
         while !done(&seen) {
             let batch = next_batch(&mut sub).await;
             for d in batch {
-                let value = String::from_utf8_lossy(&d.value).into_owned();
+                let value = String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
                 if d.attempt > 1 {
-                    let origin =
-                        d.headers.get(deadletter::HEADER_ORIGIN_TOPIC).map(|v| String::from_utf8_lossy(v).into_owned());
+                    let origin = d
+                        .headers
+                        .iter()
+                        .rev()
+                        .find(|h| h.name == deadletter::HEADER_ORIGIN_TOPIC)
+                        .and_then(|h| h.value.as_deref())
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
                     retried.insert((value.clone(), d.attempt), (d.topic.clone(), origin.unwrap_or_default()));
                 }
-                match (kind(&d.value), d.attempt) {
-                    ("flaky", 1) => sub.nack(d.delivery_id, "try again").await.expect("nack"),
-                    ("poison", _) => sub.nack(d.delivery_id, "cannot parse").await.expect("nack"),
-                    _ => sub.ack(vec![d.delivery_id]).await.expect("ack"),
+                match (kind(d.value.as_deref().unwrap_or_default()), d.attempt) {
+                    ("flaky", 1) => sub.nack(client::id_of(&d), "try again").await.expect("nack"),
+                    ("poison", _) => sub.nack(client::id_of(&d), "cannot parse").await.expect("nack"),
+                    _ => sub.ack(vec![client::id_of(&d)]).await.expect("ack"),
                 }
             }
         }

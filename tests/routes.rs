@@ -69,9 +69,9 @@ async fn receive_all(
         };
         let mut acks = Vec::new();
         for d in batch {
-            *seen.entry(d.delivery_id.clone()).or_default() += 1;
+            *seen.entry(client::id_of(&d)).or_default() += 1;
             if keep(n) {
-                acks.push(d.delivery_id);
+                acks.push(client::id_of(&d));
             }
             n += 1;
         }
@@ -153,9 +153,9 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
                     let batch = batch.expect("stream healthy").expect("stream open");
                     let mut acks = Vec::new();
                     for d in batch {
-                        *seen.entry(d.delivery_id.clone()).or_default() += 1;
+                        *seen.entry(client::id_of(&d)).or_default() += 1;
                         if n.is_multiple_of(2) {
-                            acks.push(d.delivery_id);
+                            acks.push(client::id_of(&d));
                         }
                         n += 1;
                     }
@@ -168,7 +168,7 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
         let mut orders =
             Subscription::connect(&endpoint, client::hello(ROUTE, "orders-0", 50)).await.expect("subscribes");
         let first = next_batch(&mut orders).await;
-        let lost_with_stream: HashSet<String> = first.into_iter().map(|d| d.delivery_id).collect();
+        let lost_with_stream: HashSet<String> = first.into_iter().map(|d| client::id_of(&d)).collect();
         drop(orders);
         let mut orders =
             Subscription::connect(&endpoint, client::hello(ROUTE, "orders-1", 50)).await.expect("resubscribes");

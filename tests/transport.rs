@@ -141,7 +141,7 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     let mut got = Vec::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         got.extend(batch);
     }
@@ -155,7 +155,7 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     let mut again = Vec::new();
     while again.len() < more.len() {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| d.delivery_id).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         again.extend(batch);
     }
@@ -181,5 +181,30 @@ async fn past_the_connection_limit_new_connections_are_closed_until_places_free_
     let closed = futures::future::join_all(held.into_iter().map(|s| closed_within(s, Duration::from_secs(30)))).await;
     assert!(closed.iter().all(|c| *c));
     Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("served again");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_stream_limit_a_subscribe_gets_resource_exhausted_until_one_ends() {
+    let cluster = mock_cluster(1);
+    let mut config = config(&cluster.bootstrap_servers(), &unique_group("streams"));
+    config.server.max_streams = 2;
+    let gw = gateway::start(config).await.expect("starts");
+    let first = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("first");
+    let _second = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-2", 10)).await.expect("second");
+    let err = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-3", 10)).await.err().expect("refused");
+    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("server.max_streams"), "{}", status.message());
+    drop(first);
+    let mut third = None;
+    for _ in 0..50 {
+        if let Ok(sub) = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-3", 10)).await {
+            third = Some(sub);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(third.is_some(), "the place the first stream left is taken");
     gw.shutdown().await;
 }

@@ -22,7 +22,7 @@ async fn ack_then_drain(endpoint: &str, at_least: usize) -> HashSet<String> {
     loop {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("the stream moves");
         let Some(batch) = batch.expect("stream healthy") else { break };
-        let ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
         acked.extend(ids.iter().cloned());
         sub.ack(ids).await.expect("ack");
         if !draining && acked.len() >= at_least {
@@ -65,14 +65,14 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         let mut got: HashSet<String> = HashSet::new();
         while !rest.iter().all(|id| got.contains(id)) {
             let batch = next_batch(&mut sub).await;
-            let batch_ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+            let batch_ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
             after.extend(batch_ids.iter().cloned());
             got.extend(batch_ids.iter().cloned());
             sub.ack(batch_ids).await.expect("ack");
         }
         // Anything delivered once the rest is in would be a replay: give it a moment to show.
         if let Ok(Ok(Some(extra))) = tokio::time::timeout(Duration::from_millis(1_000), sub.next()).await {
-            after.extend(extra.into_iter().map(|d| d.delivery_id));
+            after.extend(extra.into_iter().map(|d| client::id_of(&d)));
         }
         eventually(Duration::from_secs(30), "the route's group committed to the high watermarks", || {
             fully_committed(&bootstrap, &route_group, PARTITIONS)

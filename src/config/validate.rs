@@ -96,6 +96,9 @@ impl Config {
         if server.max_connections == 0 {
             problems.bad("server.max_connections", "must be at least 1");
         }
+        if server.max_streams == 0 {
+            problems.bad("server.max_streams", "must be at least 1");
+        }
         if server.max_streams_per_connection == 0 {
             problems.bad("server.max_streams_per_connection", "must be at least 1");
         }

@@ -10,6 +10,10 @@ use crate::dedup::{Claim, DedupConfig, DedupError, DedupStore, Verdict};
 use crate::kafka::Record;
 use crate::stats::Stats;
 
+/// A record on its way through the gate: its epoch, and its idempotency key with the index of
+/// its claim (None: the record has no key and is never deduplicated).
+pub(super) type Keyed = (Arc<Record>, u64, Option<(usize, Arc<str>)>);
+
 /// An effectively-once route's duplicate filter. Records wait here, in order, for the store's
 /// verdict; one claim batch is out at a time, so verdicts (and deliveries) keep Kafka's order.
 pub struct RouteDedup {
@@ -40,14 +44,15 @@ impl Dispatcher {
             }
             let waiting = std::mem::take(&mut d.waiting);
             let mut claims = Vec::new();
-            let batch: Vec<(Arc<Record>, u64, Option<usize>)> = waiting
+            let batch: Vec<Keyed> = waiting
                 .into_iter()
                 .map(|(record, epoch)| {
-                    let index = d.config.key_of(&record).map(|key| {
+                    let key = d.config.key_of(&record).map(|key| {
+                        let shared: Arc<str> = Arc::from(key.as_str());
                         claims.push(Claim::for_record(key, &record));
-                        claims.len() - 1
+                        (claims.len() - 1, shared)
                     });
-                    (record, epoch, index)
+                    (record, epoch, key)
                 })
                 .collect();
             d.claiming = true;
@@ -62,11 +67,7 @@ impl Dispatcher {
     /// Delivers what the store says is new (or a redelivery of the same record); acks
     /// duplicates to Kafka without delivering them. If the store failed, delivers everything:
     /// a duplicate is better than a loss.
-    pub(super) fn on_claimed(
-        &mut self,
-        batch: Vec<(Arc<Record>, u64, Option<usize>)>,
-        verdicts: Result<Vec<Verdict>, DedupError>,
-    ) {
+    pub(super) fn on_claimed(&mut self, batch: Vec<Keyed>, verdicts: Result<Vec<Verdict>, DedupError>) {
         if let Some(d) = &mut self.dedup {
             d.claiming = false;
         }
@@ -78,20 +79,20 @@ impl Dispatcher {
                 None
             }
         };
-        for (record, epoch, index) in batch {
+        for (record, epoch, key) in batch {
             if self.stopping {
                 break; // the next owner has them
             }
             let Some(state) = self.current(&record.tp, epoch) else {
                 continue; // revoked meanwhile: the next owner has it
             };
-            let verdict = index.and_then(|i| verdicts.as_ref().and_then(|v| v.get(i)));
+            let verdict = key.as_ref().and_then(|(i, _)| verdicts.as_ref().and_then(|v| v.get(*i)));
             if verdict.is_some_and(Verdict::is_duplicate) {
                 state.tracker.ack(record.offset);
                 Stats::bump(&self.stats.dedup_duplicates, 1);
                 continue;
             }
-            self.registry.dispatch(record, epoch);
+            self.registry.dispatch_keyed(record, epoch, key.map(|(_, key)| key));
         }
     }
 }

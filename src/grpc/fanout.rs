@@ -7,13 +7,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Future, Stream};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::discovery::Introduction;
 use crate::dispatcher::Command;
-use crate::kafka::DeliveryId;
 use crate::pipeline::Routes;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
@@ -29,11 +30,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct FanoutService {
     routes: Routes,
+    /// One permit per open Subscribe stream, all connections together (`server.max_streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
 }
 
 impl FanoutService {
-    pub fn new(routes: Routes) -> Self {
-        Self { routes }
+    pub fn new(routes: Routes, max_streams: usize) -> Self {
+        Self { routes, streams: Arc::new(Semaphore::new(max_streams)), max_streams }
     }
 }
 
@@ -49,6 +53,15 @@ impl Fanout for FanoutService {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Before reading anything: a stream over the limit costs no hello wait and no session.
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            warn!(limit = self.max_streams, "Subscribe stream limit reached; stream refused");
+            return Err(Status::resource_exhausted(format!(
+                "this gateway replica holds its limit of {} Subscribe streams (server.max_streams); retry with \
+                 backoff or on another replica",
+                self.max_streams
+            )));
+        };
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -87,7 +100,14 @@ impl Fanout for FanoutService {
             let _ = reader.send(Command::Unregister { session }).await;
         });
 
-        Ok(Response::new(SessionStream { session, outbox: registered.outbox, end, commands, finished: false }))
+        Ok(Response::new(SessionStream {
+            session,
+            outbox: registered.outbox,
+            end,
+            commands,
+            finished: false,
+            _permit: permit,
+        }))
     }
 }
 
@@ -113,22 +133,8 @@ async fn read_client(
             Err(status) => return bad_frame(session, status),
         };
         let command = match message.kind {
-            Some(Kind::Ack(ack)) => {
-                let mut malformed = 0;
-                let delivery_ids = ack
-                    .delivery_ids
-                    .iter()
-                    .filter_map(|id| id.parse::<DeliveryId>().inspect_err(|_| malformed += 1).ok())
-                    .collect();
-                Command::Ack { session, delivery_ids, malformed }
-            }
-            Some(Kind::Nack(nack)) => {
-                match nack.delivery_id.parse::<DeliveryId>() {
-                    Ok(delivery_id) => Command::Nack { session, delivery_id, failure: failure_of(&nack) },
-                    // Counted like an ack of an id not in flight: nothing to retry.
-                    Err(_) => Command::Ack { session, delivery_ids: Vec::new(), malformed: 1 },
-                }
-            }
+            Some(Kind::Ack(ack)) => Command::Ack { session, ack_ids: ack.ack_ids },
+            Some(Kind::Nack(nack)) => Command::Nack { session, ack_id: nack.ack_id, failure: failure_of(&nack) },
             Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
             Some(Kind::Drain(_)) => Command::Drain { session },
             Some(Kind::Hello(_)) => {
@@ -184,6 +190,8 @@ pub struct SessionStream {
     outbox: mpsc::UnboundedReceiver<SessionMessage>,
     /// Set by the reader when the client's side ended the session: the status to end with.
     end: oneshot::Receiver<Status>,
+    /// The stream's place under `server.max_streams`, given back when the stream goes.
+    _permit: OwnedSemaphorePermit,
     commands: mpsc::Sender<Command>,
     finished: bool,
 }
@@ -246,20 +254,24 @@ fn introduction(hello: proto::Hello) -> Introduction {
 fn to_delivery(d: &Outgoing) -> proto::Delivery {
     let r = &d.record;
     proto::Delivery {
-        delivery_id: r.delivery_id().to_string(),
+        ack_id: d.ack_id,
         topic: r.tp.topic.to_string(),
         partition: r.tp.partition,
         offset: r.offset,
-        key: r.key.clone().unwrap_or_default(),
+        key: r.key.clone(),
         value: r.value.clone(),
-        headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(name, value)| proto::Header { name: name.clone(), value: value.clone() })
+            .collect(),
         timestamp: r.timestamp_ms.map(|ms| prost_types::Timestamp {
             seconds: ms.div_euclid(1000),
             nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
         }),
         attempt: d.attempt,
         cohort: d.cohort.to_string(),
-        idempotency_key: String::new(),
+        idempotency_key: d.idempotency_key.as_deref().unwrap_or_default().to_string(),
     }
 }
 

@@ -541,12 +541,10 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
         tp: context.tp(m.topic(), m.partition()),
         offset: m.offset(),
         key: m.key().map(Bytes::copy_from_slice),
-        value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        value: m.payload().map(Bytes::copy_from_slice),
         headers: m
             .headers()
-            .map(|h| {
-                h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default())).collect()
-            })
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect())
             .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis(),
     }

@@ -49,7 +49,15 @@ impl Registry {
                     bytes = 0;
                 }
                 bytes += size;
-                let delivery = Outgoing { record: p.record.clone(), attempt: p.attempt, cohort: cohort.clone() };
+                let ack_id = s.next_ack_id;
+                s.next_ack_id += 1;
+                let delivery = Outgoing {
+                    record: p.record.clone(),
+                    attempt: p.attempt,
+                    cohort: cohort.clone(),
+                    ack_id,
+                    idempotency_key: p.idempotency_key.clone(),
+                };
                 if p.attempt > 1 {
                     self.redelivered += 1;
                 }
@@ -57,7 +65,7 @@ impl Registry {
                 if at_most_once {
                     staged_pending.push(p.clone());
                 }
-                s.in_flight.insert(p.record.delivery_id(), p);
+                s.in_flight.insert(ack_id, p);
                 batch.push(delivery);
             }
             if at_most_once {
@@ -80,13 +88,13 @@ mod tests {
         let mut a = reg.register("r", 0, sub("a")).expect("ok");
         for o in 0..5 {
             let mut r = (*record(0, o, "k")).clone();
-            r.value = Bytes::from(vec![0u8; 400 * 1024]);
+            r.value = Some(Bytes::from(vec![0u8; 400 * 1024]));
             reg.dispatch(Arc::new(r), 1);
         }
         reg.flush();
         let mut sizes = Vec::new();
         while let Ok(SessionMessage::Deliveries(d)) = a.outbox.try_recv() {
-            assert!(d.iter().map(|d| d.record.value.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+            assert!(d.iter().map(|d| d.record.size()).sum::<usize>() <= MAX_BATCH_BYTES);
             sizes.push(d.len());
         }
         assert_eq!(sizes, vec![2, 2, 1]);

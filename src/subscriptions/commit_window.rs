@@ -52,7 +52,7 @@ mod tests {
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
-        reg.ack(a.session, &[id("t/0/0"), id("t/0/1")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0"), reg.handle(a.session, "t/0/1")]);
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "acked but not committed: still in the window");
         assert!(reg.awaiting_commit());
@@ -62,7 +62,7 @@ mod tests {
         reg.flush();
         let next = received(&mut a.outbox);
         assert_eq!(next.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
-        reg.ack(a.session, &[id("t/0/2")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/2")]);
         reg.commit_landed(generation);
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "offset 2's ack came after that commit");

@@ -20,15 +20,20 @@ pub(super) struct KeyState {
 impl Registry {
     /// Routes a newly received record.
     pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64) {
+        self.dispatch_keyed(record, epoch, None);
+    }
+
+    /// Routes a newly received record of an effectively-once route, with its idempotency key.
+    pub fn dispatch_keyed(&mut self, record: Arc<Record>, epoch: u64, idempotency_key: Option<Arc<str>>) {
         let hash = self.route.hash_of(&record);
         if !self.route.config.retries_through(&record.tp.topic) {
-            self.assign(Pending { record, attempt: 1, epoch, hash, deadline: None }, false);
+            self.assign(Pending { record, attempt: 1, epoch, idempotency_key, hash, deadline: None }, false);
             return;
         }
         // A retry: the attempt after those its headers count, not before its time.
         let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
         let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending { record, attempt: made.saturating_add(1), epoch, hash, deadline: None };
+        let p = Pending { record, attempt: made.saturating_add(1), epoch, idempotency_key, hash, deadline: None };
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
             // No owner holds a retried message's key: it waits on its own.
@@ -163,10 +168,10 @@ mod tests {
         reg.dispatch(record(0, 2, "k"), 1);
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "k waits for blue to settle");
-        reg.ack(a.session, &[id("t/0/0")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]);
         reg.flush();
         assert!(received(&mut b.outbox).is_empty(), "one still in flight");
-        reg.ack(a.session, &[id("t/0/1")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/1")]);
         reg.flush();
         assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
         // And a label change moves keys the same way.

@@ -112,7 +112,7 @@ mod tests {
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
         reg.update_labels(a.session, app("billing"));
-        reg.ack(a.session, &[id("t/0/0")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]);
         assert!(matches!(a.outbox.try_recv(), Ok(SessionMessage::Closed(CloseReason::NotSelected(_)))));
     }
 }

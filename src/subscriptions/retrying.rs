@@ -51,15 +51,16 @@ pub(super) fn now_ms() -> i64 {
 }
 
 pub(super) fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
-    record.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    let (_, value) = record.headers.iter().rev().find(|(k, _)| k == name)?;
+    std::str::from_utf8(value.as_deref()?).ok()
 }
 
 impl Registry {
     /// Takes a delivery back from a session: retried after a backoff, or dead-lettered. Returns
     /// false if it was not in flight there.
-    pub fn nack(&mut self, id: SessionId, delivery_id: &DeliveryId, failure: Failure) -> bool {
+    pub fn nack(&mut self, id: SessionId, ack_id: AckId, failure: Failure) -> bool {
         let Some(session) = self.sessions.get_mut(&id) else { return false };
-        let Some(p) = session.in_flight.remove(delivery_id) else { return false };
+        let Some(p) = session.in_flight.remove(&ack_id) else { return false };
         self.dirty.insert(id);
         self.fail(id, p, failure);
         self.close_if_drained(id);
@@ -234,8 +235,8 @@ mod tests {
         reg.dispatch(record(0, 7, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);
-        assert!(reg.nack(a.session, &id("t/0/7"), Failure::retry("x")));
-        assert!(!reg.nack(a.session, &id("t/0/7"), Failure::retry("x")), "no longer in flight");
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/7"), Failure::retry("x")));
+        assert!(!reg.nack(a.session, reg.handle(a.session, "t/0/7"), Failure::retry("x")), "no longer in flight");
         reg.release_due(later(60));
         reg.flush();
         let again = received(&mut a.outbox);
@@ -252,21 +253,21 @@ mod tests {
         reg.dispatch(record(0, 3, "other"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![0]);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("busy")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("busy")));
         reg.release_due(Instant::now());
         reg.flush();
         // Backoff is at least half of 1 s: offset 0 is not back yet; key k's 1 and 2 must not
         // overtake it, but the other key's message may go.
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![3]);
         assert_eq!(reg.delayed(), 1);
-        reg.ack(a.session, &[id("t/0/3")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/3")]);
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "k waits for its retry");
         reg.release_due(later(2));
         reg.flush();
         let again = received(&mut a.outbox);
         assert_eq!(again.iter().map(|d| (d.offset, d.attempt)).collect::<Vec<_>>(), vec![(0, 2)]);
-        reg.ack(a.session, &[id("t/0/0")]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]);
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1]);
         assert_eq!(reg.retries_scheduled, 1);
@@ -280,7 +281,7 @@ mod tests {
         reg.flush();
         received(&mut a.outbox);
         let failure = Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(3)), dead_letter: false };
-        assert!(reg.nack(a.session, &id("t/0/0"), failure));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), failure));
         reg.release_due(later(2));
         reg.flush();
         assert!(received(&mut a.outbox).is_empty(), "the route's 1 s backoff does not apply");
@@ -297,11 +298,11 @@ mod tests {
         reg.dispatch(record(0, 1, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 2);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("bad")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("bad")));
         reg.release_due(later(2));
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("still bad")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("still bad")));
         let letters = reg.take_dead_letters();
         assert_eq!(letters.len(), 1);
         assert_eq!((letters[0].pending.record.offset, letters[0].pending.attempt), (0, 2));
@@ -322,7 +323,7 @@ mod tests {
         reg.flush();
         received(&mut a.outbox);
         let failure = Failure { reason: "unparseable".into(), retry_after: None, dead_letter: true };
-        assert!(reg.nack(a.session, &id("t/0/0"), failure));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), failure));
         let letters = reg.take_dead_letters();
         assert_eq!((letters.len(), letters[0].pending.attempt), (1, 1));
     }
@@ -334,7 +335,7 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("bad")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("bad")));
         assert!(reg.take_dead_letters().is_empty());
         assert_eq!(reg.exhausted_without_dlq, 1);
         reg.release_due(later(1));
@@ -361,7 +362,7 @@ mod tests {
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.attempt).collect::<Vec<_>>(), vec![2]);
         // The late ack of the first attempt finds nothing; the second attempt's ack settles it.
-        assert_eq!(reg.ack(a.session, &[id("t/0/0")]).settled.len(), 1);
+        assert_eq!(reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]).settled.len(), 1);
         assert_eq!(reg.expired, 1);
     }
 

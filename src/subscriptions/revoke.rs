@@ -101,7 +101,7 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("x")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("x")));
         assert_eq!(reg.purge(&[record(0, 0, "k").tp.clone()]), 1);
         assert_eq!(reg.delayed(), 0);
         reg.release_due(later(60));
@@ -129,6 +129,6 @@ mod tests {
         let next = received(&mut a.outbox);
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].partition, 1);
-        assert_eq!(reg.ack(a.session, &[id("t/0/0")]).unknown, 1);
+        assert_eq!(reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]).unknown, 1);
     }
 }

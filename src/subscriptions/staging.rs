@@ -31,7 +31,7 @@ impl Registry {
     pub fn abandon_staged(&mut self, send: StagedSend) {
         let Some(s) = self.sessions.get_mut(&send.session) else { return };
         for d in &send.deliveries {
-            s.in_flight.remove(&d.record.delivery_id());
+            s.in_flight.remove(&d.ack_id);
         }
         for p in &send.pending {
             self.release_key(p.hash);
@@ -68,7 +68,7 @@ mod tests {
             reg.release_staged(send);
         }
         assert_eq!(received(&mut a.outbox).len(), 3);
-        assert!(reg.nack(a.session, &id("t/0/0"), Failure::retry("x")));
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("x")));
         assert_eq!(reg.expire(later(3_600)), 2);
         reg.release_due(later(7_200));
         reg.flush();

@@ -18,7 +18,7 @@ pub(super) fn record(partition: i32, offset: i64, key: &str) -> Arc<Record> {
         tp: TopicPartition { topic: Arc::from("t"), partition },
         offset,
         key: Some(Bytes::from(key.to_string())),
-        value: Bytes::from_static(b"v"),
+        value: Some(Bytes::from_static(b"v")),
         headers: vec![],
         timestamp_ms: Some(1_700_000_000_123),
     })
@@ -82,7 +82,13 @@ pub(super) fn retrying_route(window: u32, max_attempts: u32, dlq: Option<&str>) 
     r
 }
 
-/// A delivery id from its wire form.
-pub(super) fn id(text: &str) -> DeliveryId {
-    text.parse().expect("a well-formed delivery id")
+impl Registry {
+    /// The ack id under which `session` holds the delivery of record `topic/partition/offset`
+    /// in flight; an id never issued when it holds none.
+    pub(super) fn handle(&self, session: SessionId, record: &str) -> AckId {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.in_flight.iter().find(|(_, p)| p.record.delivery_id().to_string() == record))
+            .map_or(AckId::MAX, |(ack_id, _)| *ack_id)
+    }
 }

@@ -235,24 +235,22 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 sub.drain().await?;
                 continue;
             }
-            batch = sub.next() => batch,
+            batch = sub.next_raw() => batch,
         };
         let Some(batch) = batch.context("stream ended by the gateway")? else { break };
         let mut ids = Vec::with_capacity(batch.len());
         for d in batch {
             if verbose {
-                println!(
-                    "{} attempt={} key={} value={}",
-                    d.delivery_id,
-                    d.attempt,
-                    String::from_utf8_lossy(&d.key),
-                    String::from_utf8_lossy(&d.value)
-                );
+                let text = |b: &Option<bytes::Bytes>| match b {
+                    Some(b) => String::from_utf8_lossy(b).into_owned(),
+                    None => "(null)".to_string(),
+                };
+                println!("{} attempt={} key={} value={}", client::id_of(&d), d.attempt, text(&d.key), text(&d.value));
             }
-            ids.push(d.delivery_id);
+            ids.push(d.ack_id);
         }
         count += ids.len() as u64;
-        sub.ack(ids).await?;
+        sub.ack_ids(ids).await?;
         if !verbose && last.elapsed() >= Duration::from_secs(1) {
             println!("acked {count} deliveries");
             last = tokio::time::Instant::now();

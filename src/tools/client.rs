@@ -2,6 +2,8 @@
 //! the demo and the tests. Services in other languages use the generated stubs of
 //! `proto/fanout/v1/fanout.proto` the same way.
 
+use std::collections::HashMap;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -25,9 +27,19 @@ pub enum ClientError {
 }
 
 /// One open subscription.
+///
+/// Deliveries are acked by their `ack_id`; for the tools' and tests' convenience the
+/// subscription also remembers, per received record (`topic/partition/offset`, see [`id_of`]),
+/// the handle of its latest delivery, so [`Subscription::ack`] and the nacks take those ids.
 pub struct Subscription {
     deliveries: tonic::Streaming<crate::proto::SubscribeResponse>,
     requests: mpsc::Sender<SubscribeRequest>,
+    handles: parking_lot::Mutex<HashMap<String, u64>>,
+}
+
+/// A delivery's record as `topic/partition/offset`: the same across redeliveries.
+pub fn id_of(d: &Delivery) -> String {
+    format!("{}/{}/{}", d.topic, d.partition, d.offset)
 }
 
 impl Subscription {
@@ -45,12 +57,29 @@ impl Subscription {
         let (requests, rx) = mpsc::channel(1_024);
         requests.send(SubscribeRequest { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| ClientError::Closed)?;
         let deliveries = client.subscribe(ReceiverStream::new(rx)).await.map_err(ClientError::Refused)?.into_inner();
-        Ok(Self { deliveries, requests })
+        Ok(Self { deliveries, requests, handles: parking_lot::Mutex::new(HashMap::new()) })
     }
 
     /// The next batch of deliveries; `Ok(None)` when the server ended the stream cleanly.
     pub async fn next(&mut self) -> Result<Option<Vec<Delivery>>, Status> {
+        let Some(response) = self.deliveries.message().await? else { return Ok(None) };
+        let mut handles = self.handles.lock();
+        for d in &response.deliveries {
+            handles.insert(id_of(d), d.ack_id);
+        }
+        Ok(Some(response.deliveries))
+    }
+
+    /// The next batch without remembering ids: for callers that ack by handle only.
+    pub async fn next_raw(&mut self) -> Result<Option<Vec<Delivery>>, Status> {
         Ok(self.deliveries.message().await?.map(|r| r.deliveries))
+    }
+
+    /// The handles of these record ids' latest deliveries, forgotten once taken; ids never
+    /// received (or already settled) have none and are left out.
+    fn take_handles(&self, ids: &[String]) -> Vec<u64> {
+        let mut handles = self.handles.lock();
+        ids.iter().filter_map(|id| handles.remove(id)).collect()
     }
 
     /// Sends an arbitrary request (tests use it to send malformed sequences).
@@ -58,8 +87,15 @@ impl Subscription {
         self.requests.send(SubscribeRequest { kind: Some(kind) }).await.map_err(|_| ClientError::Closed)
     }
 
-    pub async fn ack(&self, delivery_ids: Vec<String>) -> Result<(), ClientError> {
-        self.send(Kind::Ack(Ack { delivery_ids })).await
+    /// Acks deliveries by record id ([`id_of`]).
+    pub async fn ack(&self, ids: Vec<String>) -> Result<(), ClientError> {
+        let ack_ids = self.take_handles(&ids);
+        self.ack_ids(ack_ids).await
+    }
+
+    /// Acks deliveries by their `ack_id`.
+    pub async fn ack_ids(&self, ack_ids: Vec<u64>) -> Result<(), ClientError> {
+        self.send(Kind::Ack(Ack { ack_ids })).await
     }
 
     /// Asks for another attempt after the route's backoff.
@@ -89,8 +125,9 @@ impl Subscription {
         disposition: Disposition,
         retry_after: Option<std::time::Duration>,
     ) -> Result<(), ClientError> {
+        let Some(ack_id) = self.take_handles(std::slice::from_ref(&delivery_id)).pop() else { return Ok(()) };
         self.send(Kind::Nack(Nack {
-            delivery_id,
+            ack_id,
             reason: reason.to_string(),
             disposition: disposition as i32,
             retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),

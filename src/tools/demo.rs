@@ -284,10 +284,11 @@ async fn subscriber(endpoint: String, name: String, stop: watch::Receiver<bool>)
             }
         };
         backoff = Duration::from_millis(100);
-        while let Ok(Some(batch)) = sub.next().await {
-            let mut ids: Vec<String> = batch.into_iter().map(|d| d.delivery_id).collect();
+        while let Ok(Some(batch)) = sub.next_raw().await {
+            // Out of order, as a service with parallel workers would.
+            let mut ids: Vec<u64> = batch.iter().map(|d| d.ack_id).collect();
             ids.shuffle(&mut rand::rng());
-            if sub.ack(ids).await.is_err() {
+            if sub.ack_ids(ids).await.is_err() {
                 break;
             }
         }

@@ -18,7 +18,7 @@ use crate::config::{Config, EmptyCohort, RouteConfig};
 use crate::gateway;
 use crate::proto::Hello;
 use crate::stats::Stats;
-use crate::tools::client::Subscription;
+use crate::tools::client::{self, Subscription};
 use crate::tools::demo::{committed_offsets, DemoError, Produced};
 
 pub const TOPIC: &str = "deploy-events";
@@ -341,10 +341,10 @@ async fn subscriber(
                 continue;
             }
         };
-        while let Ok(Some(mut batch)) = sub.next().await {
+        while let Ok(Some(mut batch)) = sub.next_raw().await {
             // Take whatever else has already arrived: one unit of work per wake-up, as a
             // service reading its stream would.
-            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, sub.next()).await {
+            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, sub.next_raw()).await {
                 batch.extend(more);
             }
             let now = Instant::now();
@@ -360,9 +360,9 @@ async fn subscriber(
                 }
                 o.last_delivery = Some(now);
                 for d in &batch {
-                    if !o.seen.insert(d.delivery_id.clone()) {
+                    if !o.seen.insert(client::id_of(d)) {
                         o.duplicates += 1;
-                    } else if settled && d.key.starts_with(SPLIT_PREFIX.as_bytes()) {
+                    } else if settled && d.key.as_ref().is_some_and(|k| k.starts_with(SPLIT_PREFIX.as_bytes())) {
                         *o.per_phase.entry((current, is_new)).or_default() += 1;
                     }
                 }
@@ -373,16 +373,17 @@ async fn subscriber(
             {
                 let mut o = observed.lock();
                 for d in batch {
-                    let last = o.last_offset.entry(d.key.to_vec()).or_insert(-1);
+                    let last =
+                        o.last_offset.entry(d.key.as_ref().map(|k| k.to_vec()).unwrap_or_default()).or_insert(-1);
                     if d.offset < *last {
                         o.order_violations += 1;
                     } else {
                         *last = d.offset;
                     }
-                    ids.push(d.delivery_id);
+                    ids.push(d.ack_id);
                 }
             }
-            if sub.ack(ids).await.is_err() {
+            if sub.ack_ids(ids).await.is_err() {
                 break;
             }
         }

@@ -201,15 +201,15 @@ pub async fn stream_to(
                             let mut l = ledger.lock();
                             l.first_by.entry(gateway).or_insert_with(tokio::time::Instant::now);
                             for d in &batch {
-                                l.delivered_by.entry(d.delivery_id.clone()).or_default().push(gateway);
+                                l.delivered_by.entry(client::id_of(d)).or_default().push(gateway);
                             }
                         }
                         for d in batch {
                             received += 1;
                             if received.is_multiple_of(processing.slow_every) {
-                                slow.push((tokio::time::Instant::now() + processing.slow_for, d.delivery_id));
+                                slow.push((tokio::time::Instant::now() + processing.slow_for, client::id_of(&d)));
                             } else {
-                                holding.push(d.delivery_id);
+                                holding.push(client::id_of(&d));
                             }
                         }
                         holding.shuffle(&mut rand::rng());

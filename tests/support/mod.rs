@@ -203,10 +203,10 @@ pub async fn subscriber(
                         {
                             let mut r = recorder.lock();
                             for d in &batch {
-                                *r.delivered.entry(d.delivery_id.clone()).or_default() += 1;
+                                *r.delivered.entry(client::id_of(d)).or_default() += 1;
                             }
                         }
-                        holding.extend(batch.into_iter().map(|d| d.delivery_id));
+                        holding.extend(batch.into_iter().map(|d| client::id_of(&d)));
                         holding.shuffle(&mut rand::rng());
                         let keep = holding.len() * 3 / 10;
                         let now: Vec<String> = holding.drain(keep..).collect();

@@ -133,7 +133,7 @@ pub async fn gateway(
             let since = *started.lock();
             let mut h = h.lock();
             for d in batch {
-                record(&mut h, &d.value, since);
+                record(&mut h, d.value.as_deref().unwrap_or_default(), since);
             }
             received.fetch_add(batch.len() as u64, Ordering::Relaxed);
         })));

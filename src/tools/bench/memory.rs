@@ -110,7 +110,7 @@ topics = ["{topic}"]
     let mut delivered = 0;
     let give_up = Instant::now() + duration + Duration::from_secs(30);
     while started.is_none_or(|s| s.elapsed() < duration) && Instant::now() < give_up {
-        let batch = match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+        let batch = match tokio::time::timeout(Duration::from_secs(1), sub.next_raw()).await {
             Ok(Ok(Some(batch))) => batch,
             Ok(_) => break,
             Err(_) => continue,
@@ -118,7 +118,7 @@ topics = ["{topic}"]
         started.get_or_insert_with(Instant::now);
         delivered += batch.len() as u64;
         tokio::time::sleep(SLOW_WORK).await;
-        if sub.ack(batch.into_iter().map(|d| d.delivery_id).collect()).await.is_err() {
+        if sub.ack_ids(batch.iter().map(|d| d.ack_id).collect()).await.is_err() {
             break;
         }
     }

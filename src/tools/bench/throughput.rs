@@ -152,7 +152,7 @@ pub async fn gateway(
         let seen = seen.clone();
         tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, stop.clone(), move |batch| {
             seen.first.lock().get_or_insert_with(Instant::now);
-            let bytes: usize = batch.iter().map(|d| d.value.len()).sum();
+            let bytes: usize = batch.iter().map(|d| d.value.as_ref().map_or(0, |v| v.len())).sum();
             seen.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         })));
     }
@@ -207,12 +207,12 @@ pub(crate) async fn acking_subscriber(
     loop {
         let batch = tokio::select! {
             _ = stop.changed() => return,
-            batch = sub.next() => batch,
+            batch = sub.next_raw() => batch,
         };
         let Ok(Some(batch)) = batch else { return };
         look(&batch);
-        let ids = batch.into_iter().map(|d| d.delivery_id).collect();
-        if sub.ack(ids).await.is_err() {
+        let ids = batch.iter().map(|d| d.ack_id).collect();
+        if sub.ack_ids(ids).await.is_err() {
             return;
         }
     }
