@@ -208,17 +208,9 @@ async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothin
 
     // The gateway is still up, and everything the broken streams held is delivered again.
     let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 50)).await.expect("subscribes");
-    let mut got = Vec::new();
-    while got.len() < ids.len() {
-        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
-        sub.ack(batch.clone()).await.expect("sent");
-        got.extend(batch);
-    }
-    got.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(got, expected, "every message reached the good subscriber");
+    assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected, "every message reached the good subscriber");
     eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
         .await;
     gw.shutdown().await;
@@ -288,17 +280,9 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
     // The gateway is up, no flooded session lingers, and a real subscriber gets everything.
     eventually(Duration::from_secs(20), "flooded sessions are gone", || Stats::get(&stats.sessions) == 0).await;
     let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 100)).await.expect("subscribes");
-    let mut got = Vec::new();
-    while got.len() < ids.len() {
-        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
-        sub.ack(batch.clone()).await.expect("sent");
-        got.extend(batch);
-    }
-    got.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(got, expected, "every message reached the good subscriber, once");
+    assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected, "every message reached the good subscriber, once");
     eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
         .await;
     gw.shutdown().await;

@@ -138,13 +138,9 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     // Meanwhile a subscriber is served: its connection answers the server's pings.
     let ids = produce(&bootstrap, 50, 5).await;
     let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 100)).await.expect("subscribes");
-    let mut got = Vec::new();
-    while got.len() < ids.len() {
-        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
-        sub.ack(batch.clone()).await.expect("sent");
-        got.extend(batch);
-    }
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected);
 
     let closed = futures::future::join_all(idle.into_iter().map(|s| closed_within(s, Duration::from_secs(30)))).await;
     assert_eq!(closed.iter().filter(|c| **c).count(), IDLE, "every idle connection was closed");
@@ -152,13 +148,9 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     // The subscriber, idle itself for longer than the idle timeout, is still served.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let more = produce(&bootstrap, 10, 5).await;
-    let mut again = Vec::new();
-    while again.len() < more.len() {
-        let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
-        sub.ack(batch.clone()).await.expect("sent");
-        again.extend(batch);
-    }
+    let mut expected = more.clone();
+    expected.sort();
+    assert_eq!(receive_and_ack(&mut sub, more.len()).await, expected, "served after idling");
     eventually(Duration::from_secs(20), "commits reach the high watermarks", || fully_committed(&bootstrap, &group, 2))
         .await;
     gw.shutdown().await;

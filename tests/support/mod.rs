@@ -133,6 +133,18 @@ pub async fn next_batch(sub: &mut Subscription) -> Vec<fanout_gateway::proto::De
         .expect("stream open")
 }
 
+/// Receives and acks until `count` deliveries have arrived; their record ids, sorted.
+pub async fn receive_and_ack(sub: &mut Subscription, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let ids: Vec<String> = next_batch(sub).await.iter().map(client::id_of).collect();
+        sub.ack(ids.clone()).await.expect("acks sent");
+        got.extend(ids);
+    }
+    got.sort();
+    got
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
