@@ -32,6 +32,13 @@ impl Problems {
     fn bad(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.found.push(Problem { field: field.into(), message: message.into() });
     }
+
+    /// Counts, sizes and durations that must not be 0.
+    fn at_least_one(&mut self, field: &str, value: impl Into<u64>) {
+        if value.into() == 0 {
+            self.bad(field, "must be at least 1");
+        }
+    }
 }
 
 /// Names a field of route `i`: `routes[i].<field>`.
@@ -82,10 +89,8 @@ impl Config {
             problems.bad("server.listen", "must be an address like 0.0.0.0:50051");
         }
         let server = &self.server;
-        if server.keepalive_interval_ms == 0 || server.keepalive_timeout_ms == 0 {
-            let field = if server.keepalive_interval_ms == 0 { "interval" } else { "timeout" };
-            problems.bad(format!("server.keepalive_{field}_ms"), "must be at least 1");
-        }
+        problems.at_least_one("server.keepalive_interval_ms", server.keepalive_interval_ms);
+        problems.at_least_one("server.keepalive_timeout_ms", server.keepalive_timeout_ms);
         if server.idle_timeout_ms <= server.keepalive_interval_ms {
             problems.bad(
                 "server.idle_timeout_ms",
@@ -93,15 +98,9 @@ impl Config {
                  timeout would cut them)",
             );
         }
-        if server.max_connections == 0 {
-            problems.bad("server.max_connections", "must be at least 1");
-        }
-        if server.max_streams == 0 {
-            problems.bad("server.max_streams", "must be at least 1");
-        }
-        if server.max_streams_per_connection == 0 {
-            problems.bad("server.max_streams_per_connection", "must be at least 1");
-        }
+        problems.at_least_one("server.max_connections", server.max_connections as u64);
+        problems.at_least_one("server.max_streams", server.max_streams as u64);
+        problems.at_least_one("server.max_streams_per_connection", server.max_streams_per_connection);
         let kafka = &self.kafka;
         if kafka.bootstrap_servers.trim().is_empty() {
             problems.bad("kafka.bootstrap_servers", "must name at least one broker (host:port)");
@@ -112,15 +111,9 @@ impl Config {
         if kafka.group_instance_id.as_deref().is_some_and(|v| v.trim().is_empty()) {
             problems.bad("kafka.group_instance_id", "must not be empty when set");
         }
-        if kafka.revoke_drain_ms == 0 {
-            problems.bad("kafka.revoke_drain_ms", "must be at least 1");
-        }
-        if kafka.commit_interval_ms == 0 {
-            problems.bad("kafka.commit_interval_ms", "must be at least 1");
-        }
-        if kafka.max_uncommitted_per_partition == 0 {
-            problems.bad("kafka.max_uncommitted_per_partition", "must be at least 1");
-        }
+        problems.at_least_one("kafka.revoke_drain_ms", kafka.revoke_drain_ms);
+        problems.at_least_one("kafka.commit_interval_ms", kafka.commit_interval_ms);
+        problems.at_least_one("kafka.max_uncommitted_per_partition", kafka.max_uncommitted_per_partition as u64);
         for key in kafka.properties.keys() {
             if MANAGED_PROPERTIES.contains(&key.as_str()) {
                 problems.bad(
@@ -191,9 +184,7 @@ fn check_shape(i: usize, route: &RouteConfig, at: At<'_>, problems: &mut Problem
             problems.bad(format!("routes[{i}].topics[{j}]"), "must be a Kafka topic name");
         }
     }
-    if route.max_in_flight == 0 {
-        problems.bad(at("max_in_flight"), "must be at least 1");
-    }
+    problems.at_least_one(&at("max_in_flight"), route.max_in_flight);
     if route.default_in_flight == 0 || route.default_in_flight > route.max_in_flight {
         problems.bad(at("default_in_flight"), "must be between 1 and max_in_flight");
     }
@@ -256,6 +247,15 @@ mod tests {
             "listen = \"127.0.0.1:50051\"\nkeepalive_interval_ms = 30000\nidle_timeout_ms = 30000\nmax_connections = 0",
         );
         assert_eq!(problems(&text), vec!["server.idle_timeout_ms", "server.max_connections"]);
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:50051\"",
+            "listen = \"127.0.0.1:50051\"\nkeepalive_interval_ms = 0\nkeepalive_timeout_ms = 0",
+        );
+        assert_eq!(
+            problems(&text),
+            vec!["server.keepalive_interval_ms", "server.keepalive_timeout_ms"],
+            "both named, not the first alone"
+        );
     }
 
     #[test]

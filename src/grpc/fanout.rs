@@ -3,12 +3,11 @@
 //! session's deliveries flow down the response stream.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Future, Stream};
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, warn};
