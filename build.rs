@@ -15,6 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".fanout.v1.Delivery")
         .bytes(".fanout.v1.Header")
         .compile_protos(&["proto/fanout/v1/fanout.proto"], &["proto", include.to_str().unwrap_or("")])?;
+    // The admin API: its own descriptor set, so the Subscribe port's reflection does not list a
+    // service it does not serve. Serializable, so `fanoutctl -o json|yaml` prints the replies
+    // as they are; maps sorted, so that output is stable.
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("fanout_admin_descriptor.bin"))
+        .type_attribute(".fanout.admin.v1", "#[derive(serde::Serialize)]")
+        .btree_map(".fanout.admin.v1")
+        .compile_protos(&["proto/fanout/admin/v1/admin.proto"], &["proto", include.to_str().unwrap_or("")])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -133,6 +133,18 @@ pub struct ServerConfig {
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Address of the admin API (`fanout.admin.v1.Admin`, what `fanoutctl` talks to).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// File holding the bearer token that calls which change something (weights, drains)
+    /// must present; a mounted Secret in Kubernetes. Re-read when it changes. Unset: such
+    /// calls are refused.
+    #[serde(default)]
+    pub admin_token_file: Option<String>,
+    /// Whether read-only admin calls (Status) are open to anyone who reaches the admin port;
+    /// false: they need the token too.
+    #[serde(default = "default_true")]
+    pub admin_open_reads: bool,
 }
 
 impl Default for ServerConfig {
@@ -146,8 +158,20 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_streams_per_connection: default_max_streams_per_connection(),
             max_streams: default_max_streams(),
+            admin_listen: default_admin_listen(),
+            admin_token_file: None,
+            admin_open_reads: true,
         }
     }
+}
+
+/// `0.0.0.0:9090`: the port the Kubernetes manifests name `admin`.
+fn default_admin_listen() -> String {
+    "0.0.0.0:9090".to_string()
+}
+
+const fn default_true() -> bool {
+    true
 }
 
 /// `0.0.0.0:50051`: the conventional gRPC port.
@@ -514,7 +538,11 @@ impl Config {
         let mut route = RouteConfig::new(route, topics);
         route.group_id = Some(group_id.to_string());
         Self {
-            server: ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() },
+            server: ServerConfig {
+                listen: "127.0.0.1:0".into(),
+                admin_listen: "127.0.0.1:0".into(),
+                ..ServerConfig::default()
+            },
             kafka: KafkaConfig {
                 bootstrap_servers: bootstrap.to_string(),
                 group_id: group_id.to_string(),

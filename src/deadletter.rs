@@ -30,6 +30,7 @@ pub const HEADER_ROUTE: &str = "fanout-route";
 /// to both.
 const CONSUMER_ONLY: &[&str] = &[
     "session.timeout.ms",
+    "statistics.interval.ms",
     "heartbeat.interval.ms",
     "max.poll.interval.ms",
     "fetch.wait.max.ms",

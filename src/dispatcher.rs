@@ -18,6 +18,7 @@ mod dead_letters;
 mod dedup_gate;
 mod identity;
 mod partitions;
+mod status;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use commits::request_commit;
 pub use dedup_gate::RouteDedup;
 use identity::subscriber_name;
 use partitions::{PartitionState, Revoking};
+pub use status::{PartitionSnapshot, RouteSnapshot, SPLIT_WINDOW};
 
 use crate::config::{DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
@@ -84,6 +86,16 @@ pub enum Command {
     },
     Drain {
         session: SessionId,
+    },
+    /// The route as it runs now (operator status).
+    Status {
+        reply: oneshot::Sender<RouteSnapshot>,
+    },
+    /// An operator drains the sessions of a subscriber, by name or session number; the
+    /// answer lists the sessions draining, with their in-flight counts.
+    DrainSubscriber {
+        who: String,
+        reply: oneshot::Sender<Vec<(SessionId, usize)>>,
     },
     Unregister {
         session: SessionId,
@@ -159,6 +171,8 @@ pub struct Dispatcher {
     /// Revokes waiting for their partitions' in-flight deliveries, oldest first.
     revoking: Vec<Revoking>,
     reported: Reported,
+    /// Per-cohort delivery counts over time, for the observed split.
+    split: status::SplitSamples,
 }
 
 impl Dispatcher {
@@ -181,6 +195,7 @@ impl Dispatcher {
             committing: false,
             revoking: Vec::new(),
             reported: Reported::default(),
+            split: status::SplitSamples::default(),
         }
     }
 
@@ -261,6 +276,14 @@ impl Dispatcher {
             Command::Drain { session } => {
                 info!(session, "subscriber draining");
                 self.registry.drain(session);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::DrainSubscriber { who, reply } => {
+                let sessions = self.registry.drain_matching(&who);
+                info!(subscriber = who, ?sessions, "operator drain: no new deliveries, closing once settled");
+                let _ = reply.send(sessions);
             }
             Command::Unregister { session } => {
                 if self.registry.unregister(session) {
@@ -380,7 +403,10 @@ pub async fn run(
                     break;
                 }
             },
-            _ = tick.tick() => d.commit(&kafka),
+            now = tick.tick() => {
+                d.commit(&kafka);
+                d.sample_split(now);
+            }
             // after_each answers the revokes whose deadline this is.
             _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far)), if revoke_deadline.is_some() => {}
             now = retry_tick.tick() => {

@@ -1,5 +1,5 @@
-//! Wiring: starts one pipeline per route (see [`crate::pipeline`]) and the gRPC server for one
-//! configuration, and stops them in order.
+//! Wiring: starts one pipeline per route (see [`crate::pipeline`]), the Subscribe gRPC server
+//! and the admin server for one configuration, and stops them in order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +10,16 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admin::{ConfigSource, Control};
 use crate::config::{Config, DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
+use crate::grpc::admin::AdminService;
+use crate::grpc::auth::{AdminAuth, AuthLayer};
 use crate::grpc::connections;
 use crate::grpc::fanout::FanoutService;
 use crate::grpc::health::{self, HealthReporter};
 use crate::pipeline::{self, Pipeline, PipelineError, Routes, Shared};
+use crate::proto::admin::admin_server::AdminServer;
 use crate::proto::fanout_server::FanoutServer;
 use crate::stats::Stats;
 
@@ -43,6 +47,10 @@ pub enum StartError {
 
 /// The Subscribe service's full name, as health checks and reflection know it.
 const FANOUT_SERVICE: &str = "fanout.v1.Fanout";
+/// The admin service's full name.
+const ADMIN_SERVICE: &str = "fanout.admin.v1.Admin";
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// A running gateway.
 pub struct GatewayHandle {
@@ -50,9 +58,12 @@ pub struct GatewayHandle {
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
     pipelines: Vec<Pipeline>,
-    routes: Routes,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    control: Control,
+    server: ServerTask,
     server_stop: oneshot::Sender<()>,
+    admin_addr: SocketAddr,
+    admin_server: ServerTask,
+    admin_stop: oneshot::Sender<()>,
     health: HealthReporter,
 }
 
@@ -61,18 +72,32 @@ pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
     start_with(config, None).await
 }
 
-/// Starts a gateway: binds the gRPC port, starts one pipeline per route (each joins its own
-/// consumer group), watches the routes' pods when discovery is Kubernetes (through `kube`),
-/// serves subscribers.
+/// Starts a gateway whose settings live in memory only (demo, tools, tests).
 pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<GatewayHandle, StartError> {
+    start_from(config, kube, ConfigSource::Memory).await
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let fail = |source| StartError::Bind { addr: addr.to_string(), source };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
+}
+
+/// Starts a gateway: binds the gRPC and admin ports, starts one pipeline per route (each joins
+/// its own consumer group), watches the routes' pods when discovery is Kubernetes (through
+/// `kube`), serves subscribers and operators. `source` is where the settings live: weight
+/// changes from the admin API go there.
+pub async fn start_from(
+    config: Config,
+    kube: Option<kube::Client>,
+    source: ConfigSource,
+) -> Result<GatewayHandle, StartError> {
     if config.discovery.mode == DiscoveryMode::Kube && kube.is_none() {
         return Err(StartError::NoKubeClient);
     }
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
-    let addr =
-        listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.clone(), source })?;
+    let (listener, addr) = bind(&config.server.listen).await?;
+    let (admin_listener, admin_addr) = bind(&config.server.admin_listen).await?;
     let stats = Arc::new(Stats::default());
     let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some() || r.retry.retry_topic.is_some()) {
         Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
@@ -120,7 +145,7 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
             .http2_keepalive_interval(Some(Duration::from_millis(config.server.keepalive_interval_ms)))
             .http2_keepalive_timeout(Some(Duration::from_millis(config.server.keepalive_timeout_ms)))
             .max_concurrent_streams(config.server.max_streams_per_connection)
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
@@ -130,8 +155,37 @@ pub async fn start_with(config: Config, kube: Option<kube::Client>) -> Result<Ga
             }),
     );
     let groups: Vec<String> = config.routes.iter().map(|r| r.group(&config.kafka)).collect();
-    info!(%addr, ?groups, routes = config.routes.len(), "gateway serving");
-    Ok(GatewayHandle { addr, stats, shutdown, pipelines, routes, server, server_stop, health })
+    let auth = AdminAuth::new(config.server.admin_token_file.clone().map(Into::into), config.server.admin_open_reads);
+    let control = Control::new(config, routes, stats.clone(), source);
+    let (admin_stop, admin_stop_rx) = oneshot::channel::<()>();
+    health.set(ADMIN_SERVICE, true);
+    let admin_reflection_v1 = crate::grpc::admin_reflection().build_v1().map_err(StartError::Reflection)?;
+    let admin_reflection_v1alpha = crate::grpc::admin_reflection().build_v1alpha().map_err(StartError::Reflection)?;
+    let admin_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(AuthLayer::new(auth))
+            .add_service(health_service)
+            .add_service(admin_reflection_v1)
+            .add_service(admin_reflection_v1alpha)
+            .add_service(AdminServer::new(AdminService::new(control.clone())))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(admin_listener), async {
+                let _ = admin_stop_rx.await;
+            }),
+    );
+    info!(%addr, %admin_addr, ?groups, "gateway serving");
+    Ok(GatewayHandle {
+        addr,
+        stats,
+        shutdown,
+        pipelines,
+        control,
+        server,
+        server_stop,
+        admin_addr,
+        admin_server,
+        admin_stop,
+        health,
+    })
 }
 
 /// Waits for stopping pipelines to finish (each commits and leaves its group).
@@ -162,21 +216,32 @@ impl GatewayHandle {
         self.stats.clone()
     }
 
+    /// Address the admin API listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `http://admin_addr`, for fanoutctl and admin clients.
+    pub fn admin_endpoint(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
     /// Applies new settings to existing routes (weights, selector, windows, empty-cohort
     /// policy) without touching Kafka. Returns the names of routes it did not know.
     pub async fn update_routes(&self, routes: Vec<RouteConfig>) -> Vec<String> {
-        self.routes.update(routes).await
+        self.control.apply_routes(routes).await
     }
 
-    /// The routes' front door (config reload).
-    pub fn routes(&self) -> Routes {
-        self.routes.clone()
+    /// The control surface (status, weights, drains; follows the config file).
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// Graceful stop: no new deliveries, wait for in-flight acks (up to the grace period),
     /// commit, leave the groups, end the streams, stop the server.
     pub async fn shutdown(self) {
         self.health.set(FANOUT_SERVICE, false);
+        self.health.set(ADMIN_SERVICE, false);
         self.health.set("", false);
         let _ = self.shutdown.send(true);
         stop_pipelines(self.pipelines).await;
@@ -192,39 +257,13 @@ impl GatewayHandle {
                 warn!("grpc server did not stop within 5 s")
             }
         }
+        let _ = self.admin_stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), self.admin_server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "admin server ended with an error"),
+            Ok(Err(error)) => warn!(%error, "admin server task failed"),
+            Err(_) => warn!("admin server did not stop within 5 s"),
+        }
         info!("gateway stopped");
-    }
-}
-
-/// Re-reads the config file when it changes and applies its routes' new settings; a file that
-/// does not load is refused with an error log and the running routes stay as they are.
-/// Polls the file's modification time (works on ConfigMap volumes, where the file is swapped
-/// through a symlink and inotify events are unreliable).
-pub async fn watch_config(path: std::path::PathBuf, routes: Routes, every: Duration) {
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = stamp(&path);
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let now = stamp(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match Config::load(&path) {
-            Ok(config) => {
-                info!(path = %path.display(), "config changed; applying route settings");
-                let unknown = routes.update(config.routes).await;
-                if !unknown.is_empty() {
-                    warn!(
-                        ?unknown,
-                        "routes not known to the running gateway were ignored; adding routes needs a restart"
-                    );
-                }
-            }
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "config change refused; the running routes stay as they are")
-            }
-        }
     }
 }

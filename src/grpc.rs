@@ -1,7 +1,10 @@
-//! gRPC surface: the `Fanout` service that subscribers stream from.
+//! gRPC surface: the `Fanout` service that subscribers stream from, and the `Admin` service
+//! on the admin port with its token check.
 //!
 //! Conversion of the gateway's errors into `tonic::Status` happens here and only here.
 
+pub mod admin;
+pub mod auth;
 pub mod connections;
 pub mod fanout;
 pub mod health;
@@ -16,6 +19,13 @@ use crate::subscriptions::{CloseReason, RegisterError};
 pub fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reflection on the admin port: the admin API and health.
+pub fn admin_reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::admin::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 

@@ -30,14 +30,17 @@
 //! - [`deadletter`]: the producer for dead-letter and retry topics; [`dedup`]: idempotency-key
 //!   stores for effectively-once routes.
 //! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from their Hello.
-//! - [`grpc`]: the tonic `Fanout` service; the only room that builds the contract's types
+//! - [`grpc`]: the tonic `Fanout` and `Admin` services; the only room that builds the contract's types
 //!   ([`proto`]) or maps errors to a `tonic::Status`.
+//! - [`admin`]: the operator's control surface (status, weights in the source of truth,
+//!   drains) behind the admin API (`grpc::admin`, guarded by `grpc::auth`).
 //! - [`stats`]: counters the pipelines add to.
 //! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
 //!   and the command line, which drive the service through its public surface.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod deadletter;
 pub mod dedup;
@@ -62,4 +65,13 @@ pub mod proto {
 
     /// The contract's descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_descriptor");
+
+    /// Generated from `proto/fanout/admin/v1/admin.proto`: the operator's API.
+    pub mod admin {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("fanout.admin.v1");
+
+        /// The admin API's descriptors, for server reflection on the admin port.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_admin_descriptor");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::{Config, DiscoveryMode};
 use fanout_gateway::gateway;
 use fanout_gateway::tools::cli::{self, BenchArgs, DemoArgs, DevKafkaArgs, SubscribeArgs};
@@ -108,8 +109,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         ),
         DiscoveryMode::Static => None,
     };
-    let gw = gateway::start_with(config, kube).await?;
-    let reload = tokio::spawn(gateway::watch_config(path, gw.routes(), Duration::from_secs(2)));
+    let gw = gateway::start_from(config, kube, ConfigSource::File(path)).await?;
+    let reload = tokio::spawn(gw.control().watch_file(Duration::from_secs(2)));
     cli::terminated().await;
     reload.abort();
     gw.shutdown().await;

@@ -108,6 +108,11 @@ impl Routes {
         Self { by_name: Arc::new(pipelines.iter().map(|p| (p.route.clone(), p.commands.clone())).collect()) }
     }
 
+    /// Every route's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     /// The dispatcher of the route a subscriber names.
     pub fn find(&self, route: &str) -> Result<&mpsc::Sender<Command>, RegisterError> {
         if route.trim().is_empty() {

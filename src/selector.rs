@@ -24,6 +24,12 @@ mod parse;
 
 use parse::{validate_key, validate_value};
 
+/// Checks `value` as a value of label `key` (Kubernetes' rule: empty, or up to 63 letters,
+/// digits, '-', '_' and '.', beginning and ending with a letter or digit).
+pub fn validate_label_value(key: &str, value: &str) -> Result<(), SelectorError> {
+    validate_value(key, value)
+}
+
 /// Why a selector string was refused. Messages say where (`at N` counts characters from 0)
 /// and what to write instead; config validation shows them with the field's path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -88,6 +88,12 @@ pub struct Stats {
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,
+    /// High watermark per (consumer group, topic, partition), from the route consumers'
+    /// statistics (every `statistics.interval.ms`): what lag is measured against.
+    pub high_watermarks: RwLock<HashMap<GroupPartition, i64>>,
+    /// Config changes applied (file, ConfigMap or admin API) and refused since start.
+    pub config_reloads: AtomicU64,
+    pub config_refused: AtomicU64,
 }
 
 /// (consumer group, topic, partition).
@@ -120,6 +126,11 @@ impl Stats {
     /// Sum of committed offsets across groups and partitions.
     pub fn committed_sum(&self) -> i64 {
         self.committed.read().values().sum()
+    }
+
+    /// The high watermark of a partition as `group`'s consumer last saw it.
+    pub fn high_watermark_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        self.high_watermarks.read().get(&(Arc::from(group), topic.to_string(), partition)).copied()
     }
 
     /// The last offset `group` committed for a partition, if this gateway committed one.

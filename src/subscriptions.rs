@@ -13,7 +13,8 @@
 //! before move; records enter here), [`retrying`] (nacks, ack deadlines, backoff, dead letters),
 //! [`commit_window`] (acks that hold window places until committed), [`staging`] (at-most-once
 //! batches held until committed), [`batching`] (windows out to streams), [`revoke`] (partitions
-//! withheld and purged), [`membership`] (reloads, relabels, pods gone).
+//! withheld and purged), [`membership`] (reloads, relabels, pods gone), [`snapshot`] (what the
+//! operator sees, operator drains).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -36,12 +37,14 @@ mod membership;
 mod retrying;
 mod revoke;
 mod route;
+mod snapshot;
 mod staging;
 #[cfg(test)]
 mod testing;
 
 pub use batching::MAX_BATCH_BYTES;
 pub use retrying::{DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
+pub use snapshot::{CohortSnapshot, SubscriberSnapshot};
 pub use staging::StagedSend;
 
 use keys::KeyState;
@@ -156,6 +159,10 @@ struct Session {
     /// (routes with `window_until_commit`: they keep their places in the window).
     unconfirmed: VecDeque<(u64, u32)>,
     unconfirmed_total: u32,
+    /// Deliveries sent and acks received on this session (operator status).
+    delivered: u64,
+    acked: u64,
+    connected_at: std::time::SystemTime,
 }
 
 /// A new session's handles.
@@ -196,6 +203,8 @@ pub struct Registry {
     staged: Vec<StagedSend>,
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
+    /// Deliveries sent per cohort (routes that split), for the observed split.
+    pub delivered_by_cohort: BTreeMap<String, u64>,
     pub redelivered: u64,
     /// Sessions ended, whatever the reason.
     pub closed: u64,
@@ -228,6 +237,7 @@ impl Registry {
             dropped: Vec::new(),
             staged: Vec::new(),
             delivered: 0,
+            delivered_by_cohort: BTreeMap::new(),
             redelivered: 0,
             closed: 0,
             expired: 0,
@@ -288,6 +298,9 @@ impl Registry {
                 cohort,
                 unconfirmed: VecDeque::new(),
                 unconfirmed_total: 0,
+                delivered: 0,
+                acked: 0,
+                connected_at: std::time::SystemTime::now(),
             },
         );
         self.reroute(Vec::new());
@@ -390,6 +403,7 @@ impl Registry {
             }
         }
         self.dirty.insert(id);
+        session.acked += out.settled.len() as u64;
         if self.route.config.window_until_commit && !out.settled.is_empty() {
             let n = out.settled.len() as u32;
             match session.unconfirmed.back_mut() {

@@ -131,7 +131,7 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
 fn logs_written_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fanout.toml");
-    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n\
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n\
                 [[routes]]\nname = \"orders\"\ntopics = [\"orders\"]\n";
     std::fs::write(&path, text).expect("write");
     let log = dir.path().join("serve.log");

@@ -760,6 +760,7 @@ impl GatewaySettings {
             r#"
 [server]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:0"
 shutdown_grace_ms = {grace}
 
 [kafka]

@@ -6,6 +6,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
@@ -17,6 +18,7 @@ fn config_text(bootstrap: &str, group: &str, blue: u32, green: u32) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 
 [kafka]
 bootstrap_servers = "{bootstrap}"
@@ -83,8 +85,9 @@ async fn weights_follow_the_file_and_a_bad_file_is_refused() {
     std::fs::write(&path, config_text(&bootstrap, &group, 100, 0)).expect("write");
 
     let run = async {
-        let gw = gateway::start(Config::load(&path).expect("loads")).await.expect("starts");
-        let reload = tokio::spawn(gateway::watch_config(path.clone(), gw.routes(), Duration::from_millis(100)));
+        let config = Config::load(&path).expect("loads");
+        let gw = gateway::start_from(config, None, ConfigSource::File(path.clone())).await.expect("starts");
+        let reload = tokio::spawn(gw.control().watch_file(Duration::from_millis(100)));
         let mut blue = subscribe(&gw.endpoint(), "blue").await;
         let mut green = subscribe(&gw.endpoint(), "green").await;
         let mut seen = HashSet::new();

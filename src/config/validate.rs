@@ -88,6 +88,12 @@ impl Config {
         if self.server.listen.parse::<SocketAddr>().is_err() {
             problems.bad("server.listen", "must be an address like 0.0.0.0:50051");
         }
+        if self.server.admin_listen.parse::<SocketAddr>().is_err() {
+            problems.bad("server.admin_listen", "must be an address like 0.0.0.0:9090");
+        }
+        if self.server.admin_token_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            problems.bad("server.admin_token_file", "must name a file (or be left out, which refuses changing calls)");
+        }
         let server = &self.server;
         problems.at_least_one("server.keepalive_interval_ms", server.keepalive_interval_ms);
         problems.at_least_one("server.keepalive_timeout_ms", server.keepalive_timeout_ms);
@@ -201,6 +207,15 @@ fn check_shape(i: usize, route: &RouteConfig, at: At<'_>, problems: &mut Problem
             problems.bad(at("weights"), "weights need a split_label naming the label whose values they weigh")
         }
         _ => {}
+    }
+    let label = route.split_label.as_deref().unwrap_or("track");
+    for cohort in route.weights.keys() {
+        let field = format!("routes[{i}].weights.{cohort}");
+        if cohort.is_empty() {
+            problems.bad(field, "a cohort is a value of the split label: it must not be empty");
+        } else if let Err(error) = crate::selector::validate_label_value(label, cohort) {
+            problems.bad(field, format!("a cohort is a value of the split label: {error}"));
+        }
     }
 }
 

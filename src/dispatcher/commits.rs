@@ -109,6 +109,7 @@ impl Dispatcher {
     ) {
         self.committing = false;
         if ok {
+            self.committed_landed(&points);
             if let Some(generation) = generation {
                 self.registry.commit_landed(generation);
             }
@@ -127,6 +128,7 @@ impl Dispatcher {
     ) {
         self.committing_before_send = false;
         if ok {
+            self.committed_landed(&points);
             for send in sends {
                 self.registry.release_staged(send);
             }
@@ -135,6 +137,17 @@ impl Dispatcher {
             let later = std::mem::take(&mut self.staged);
             self.staged = sends;
             self.staged.extend(later);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Notes where landed commits left their partitions (operator status).
+    fn committed_landed(&mut self, points: &[(TopicPartition, CommitPoint)]) {
+        for (tp, point) in points {
+            if let Some(state) = self.partitions.get_mut(tp) {
+                state.committed = state.committed.max(Some(point.offset));
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct PartitionState {
     /// make the tracker see the offsets in between as a gap (committed, never delivered).
     /// They are dropped until the sought record itself arrives.
     pub(super) refetching: Option<i64>,
+    /// The group's committed offset: found at assignment, then each commit that landed.
+    pub(super) committed: Option<i64>,
 }
 
 /// What to do with a record that arrives for a partition.
@@ -41,8 +43,8 @@ pub(super) enum Admit {
 }
 
 impl PartitionState {
-    pub(super) fn new(tracker: PartitionTracker, epoch: u64) -> Self {
-        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None, refetching: None }
+    pub(super) fn new(tracker: PartitionTracker, epoch: u64, committed: Option<i64>) -> Self {
+        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None, refetching: None, committed }
     }
 
     /// Whether the record at `offset` may be taken with at most `max` offsets held.
@@ -94,7 +96,8 @@ impl Dispatcher {
         for a in assignments {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
-            self.partitions.insert(a.tp, PartitionState::new(PartitionTracker::new(a.committed, a.acked_above), epoch));
+            let tracker = PartitionTracker::new(a.committed, a.acked_above);
+            self.partitions.insert(a.tp, PartitionState::new(tracker, epoch, a.committed));
         }
     }
 
@@ -258,7 +261,7 @@ mod tests {
     use super::*;
 
     fn state_holding(offsets: std::ops::Range<i64>) -> PartitionState {
-        let mut state = PartitionState::new(PartitionTracker::new(None, Vec::new()), 1);
+        let mut state = PartitionState::new(PartitionTracker::new(None, Vec::new()), 1, None);
         for o in offsets {
             assert_eq!(state.admit(o, 10), Admit::Take);
             state.tracker.track(o);

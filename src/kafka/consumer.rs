@@ -142,6 +142,57 @@ impl ClientContext for GatewayContext {
         }
         *self.stats.last_kafka_error.write() = Some(message);
     }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.record_watermarks(statistics);
+    }
+}
+
+/// The part of librdkafka's statistics the gateway reads (serde skips the rest, so a field
+/// librdkafka adds or drops does not break it).
+#[derive(serde::Deserialize)]
+struct ClientStatistics {
+    #[serde(default)]
+    topics: HashMap<String, TopicStatistics>,
+}
+
+#[derive(serde::Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: HashMap<String, PartitionStatistics>,
+}
+
+#[derive(serde::Deserialize)]
+struct PartitionStatistics {
+    #[serde(default = "unknown_offset")]
+    hi_offset: i64,
+}
+
+const fn unknown_offset() -> i64 {
+    -1
+}
+
+impl GatewayContext {
+    /// Files the high watermarks of fetched partitions (librdkafka's internal partition -1
+    /// and partitions not fetched yet report -1 and are skipped).
+    fn record_watermarks(&self, statistics: &[u8]) {
+        let parsed: ClientStatistics = match serde_json::from_slice(statistics) {
+            Ok(s) => s,
+            Err(error) => {
+                debug!(%error, "librdkafka statistics did not parse; watermarks not updated");
+                return;
+            }
+        };
+        let mut marks = self.stats.high_watermarks.write();
+        for (topic, t) in parsed.topics {
+            for (partition, p) in t.partitions {
+                let Ok(partition) = partition.parse::<i32>() else { continue };
+                if partition >= 0 && p.hi_offset >= 0 {
+                    marks.insert((self.group.clone(), topic.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+    }
 }
 
 impl ConsumerContext for GatewayContext {
@@ -295,7 +346,9 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         // gateway bounds its own buffer (max_uncommitted_per_partition, pause/resume), so that
         // second brake only leaves the pipeline empty: `bench` measured 1 KiB throughput at
         // half with the default, with half a second of empty polls after every burst.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // High watermarks for the operator's lag figures come from these statistics.
+        .set("statistics.interval.ms", "5000");
     if let Some(id) = route.group_instance_id(k) {
         cc.set("group.instance.id", id);
     }

@@ -68,6 +68,15 @@ impl Registry {
                 s.in_flight.insert(ack_id, p);
                 batch.push(delivery);
             }
+            s.delivered += take as u64;
+            if let Some(c) = s.cohort.as_deref() {
+                match self.delivered_by_cohort.get_mut(c) {
+                    Some(n) => *n += take as u64,
+                    None => {
+                        self.delivered_by_cohort.insert(c.to_string(), take as u64);
+                    }
+                }
+            }
             if at_most_once {
                 self.staged.push(StagedSend { session: id, deliveries: batch, pending: staged_pending });
             } else {

@@ -27,6 +27,9 @@ pub struct DemoArgs {
     /// gRPC address of the demo gateway (attach `fanout-gateway subscribe` to it).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Admin API address of the demo gateway (`fanoutctl --gateway` it).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
     /// Run a deploy scenario instead: subscribers in two cohorts, weights switched while
     /// producing. Ends with one `scenario: ...` line.
     #[arg(long, value_enum)]
@@ -103,7 +106,7 @@ pub async fn terminated() {
 
 /// Runs `demo`, or `demo --scenario`.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let DemoArgs { duration, subscribers, rate, partitions, listen, scenario } = args;
+    let DemoArgs { duration, subscribers, rate, partitions, listen, admin_listen, scenario } = args;
     if let Some(which) = scenario {
         let options = scenario::ScenarioOptions {
             duration: Duration::from_secs(duration),
@@ -122,11 +125,19 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("{report}");
         return Ok(());
     }
-    let options = demo::DemoOptions { duration: Duration::from_secs(duration), subscribers, rate, partitions, listen };
+    let options = demo::DemoOptions {
+        duration: Duration::from_secs(duration),
+        subscribers,
+        rate,
+        partitions,
+        listen,
+        admin_listen,
+    };
     println!(
-        "embedded kafka (mock cluster, 3 brokers), topic {} with {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}",
+        "embedded kafka (mock cluster, 3 brokers), topic {} with {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}, admin API on {}",
         demo::DEMO_TOPIC,
-        options.listen
+        options.listen,
+        options.admin_listen
     );
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

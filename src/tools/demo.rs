@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// gRPC address of the gateway (fixed so a second terminal can attach).
     pub listen: String,
+    /// Admin API address (fixed so `fanoutctl` in a second terminal can look at the demo).
+    pub admin_listen: String,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +44,7 @@ impl Default for DemoOptions {
             rate: 2_000,
             partitions: 8,
             listen: "127.0.0.1:50051".into(),
+            admin_listen: "127.0.0.1:9090".into(),
         }
     }
 }
@@ -92,6 +95,7 @@ pub async fn run(
     let bootstrap = cluster.bootstrap_servers();
     let mut config = Config::single_route(&bootstrap, DEMO_GROUP, DEMO_ROUTE, &[DEMO_TOPIC]);
     config.server.listen = options.listen.clone();
+    config.server.admin_listen = options.admin_listen.clone();
     let gw = gateway::start(config).await?;
     let stats = gw.stats();
     info!(endpoint = %gw.endpoint(), "demo gateway up");

@@ -67,6 +67,7 @@ pub async fn slow_subscriber(
         format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:0"
 shutdown_grace_ms = 1000
 
 [kafka]

@@ -1,0 +1,378 @@
+//! The operator's control surface behind the admin API (`grpc::admin`): what a replica runs
+//! (status of its routes, cohorts, subscribers and partitions) and the changes an operator
+//! makes (weights, drains).
+//!
+//! Weights change the source of truth, not one replica's memory: the config file (rewritten
+//! atomically, comments kept; [`weights`]) or, in the embedded demo and tests, the running
+//! config itself. Every change is validated as a whole config first, so a change that would not
+//! load is refused with the field at fault, and what runs always matches what a restart loads.
+
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::RwLock;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, Problem, RouteConfig};
+use crate::dispatcher::{Command, PartitionSnapshot, RouteSnapshot};
+use crate::pipeline::Routes;
+use crate::stats::Stats;
+use crate::subscriptions::SessionId;
+
+/// Where the gateway's route settings live.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The config file the gateway was started with: reloads read it, weight changes
+    /// rewrite it.
+    File(PathBuf),
+    /// Only the running config (embedded demo, tests): changes last until the process ends.
+    Memory,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Memory => f.write_str("memory"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("route `{route}` is not configured (configured routes: {known})")]
+    UnknownRoute { route: String, known: String },
+    #[error("the change would not validate: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    #[error("{0}")]
+    Source(String),
+    #[error("no subscriber `{who}` on route `{route}` on this replica (Status lists names and session numbers)")]
+    NoSubscriber { route: String, who: String },
+    #[error("route `{0}` is stopping")]
+    Stopping(String),
+}
+
+/// This replica, for Status.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub version: &'static str,
+    pub name: String,
+    pub config_generation: String,
+    pub config_source: String,
+    pub config_reloads: u64,
+    pub config_refused: u64,
+    pub kafka_reachable: bool,
+    pub last_kafka_error: Option<String>,
+    pub started_at: SystemTime,
+    pub groups: Vec<String>,
+}
+
+/// A route as this replica runs it, with its consumer group's offsets and lag.
+#[derive(Debug, Clone)]
+pub struct RouteStatus {
+    pub group: String,
+    pub snapshot: RouteSnapshot,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub snapshot: PartitionSnapshot,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// The config this replica runs and the generation that names it.
+struct Applied {
+    config: Config,
+    generation: String,
+}
+
+/// The control surface of one gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: Routes,
+    stats: Arc<Stats>,
+    source: ConfigSource,
+    applied: RwLock<Applied>,
+    /// One change at a time: a change reads, edits and writes the source.
+    changing: tokio::sync::Mutex<()>,
+    started_at: SystemTime,
+    name: String,
+}
+
+/// Names a config's route settings: the same settings give the same generation on every
+/// replica, whatever the file's comments or layout.
+pub fn generation_of(config: &Config) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{:?}", config.routes).as_bytes()))
+}
+
+impl Control {
+    pub fn new(config: Config, routes: Routes, stats: Arc<Stats>, source: ConfigSource) -> Self {
+        let name = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .unwrap_or_else(|| "unknown".to_string());
+        let generation = generation_of(&config);
+        Self {
+            inner: Arc::new(Inner {
+                routes,
+                stats,
+                source,
+                applied: RwLock::new(Applied { config, generation }),
+                changing: tokio::sync::Mutex::new(()),
+                started_at: SystemTime::now(),
+                name,
+            }),
+        }
+    }
+
+    pub fn replica(&self) -> ReplicaStatus {
+        let inner = &self.inner;
+        let applied = inner.applied.read();
+        let kafka = &applied.config.kafka;
+        ReplicaStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            name: inner.name.clone(),
+            config_generation: applied.generation.clone(),
+            config_source: inner.source.to_string(),
+            config_reloads: Stats::get(&inner.stats.config_reloads),
+            config_refused: Stats::get(&inner.stats.config_refused),
+            kafka_reachable: inner.stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
+            last_kafka_error: inner.stats.last_kafka_error.read().clone(),
+            started_at: inner.started_at,
+            groups: applied.config.routes.iter().map(|r| r.group(kafka)).collect(),
+        }
+    }
+
+    /// Every route (or only `only`) as it runs now.
+    pub async fn routes_status(&self, only: Option<&str>) -> Result<Vec<RouteStatus>, AdminError> {
+        let names: Vec<String> = match only {
+            Some(route) => {
+                self.commands(route)?;
+                vec![route.to_string()]
+            }
+            None => self.inner.routes.names(),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let (reply, answer) = oneshot::channel();
+            self.commands(&name)?
+                .send(Command::Status { reply })
+                .await
+                .map_err(|_| AdminError::Stopping(name.clone()))?;
+            let snapshot = answer.await.map_err(|_| AdminError::Stopping(name.clone()))?;
+            let group = snapshot.config.group(&self.inner.applied.read().config.kafka);
+            let partitions = snapshot
+                .partitions
+                .iter()
+                .map(|p| {
+                    let high_watermark = self.inner.stats.high_watermark_of(&group, &p.tp.topic, p.tp.partition);
+                    PartitionStatus { snapshot: p.clone(), high_watermark, lag: lag(high_watermark, p.committed) }
+                })
+                .collect();
+            out.push(RouteStatus { group, snapshot, partitions });
+        }
+        Ok(out)
+    }
+
+    /// Replaces route `route`'s weights in the source of truth and applies them here.
+    /// Returns the new config generation.
+    pub async fn set_weights(&self, route: &str, weights: BTreeMap<String, u32>) -> Result<String, AdminError> {
+        self.commands(route)?;
+        let _one_at_a_time = self.inner.changing.lock().await;
+        let config = match &self.inner.source {
+            ConfigSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| AdminError::Source(format!("cannot read {}: {e}", path.display())))?;
+                let edited = weights::set_weights(&text, route, &weights).map_err(|e| match e {
+                    weights::EditError::NoRoute(_) => AdminError::Source(format!(
+                        "route `{route}` runs here but is not in {} any more; reload or restart first",
+                        path.display()
+                    )),
+                    other => AdminError::Source(format!("{}: {other}", path.display())),
+                })?;
+                let config = load_text(&edited)?;
+                write_atomically(path, &edited)
+                    .map_err(|e| AdminError::Source(format!("cannot rewrite {}: {e}", path.display())))?;
+                config
+            }
+            ConfigSource::Memory => {
+                let mut config = self.inner.applied.read().config.clone();
+                if let Some(r) = config.routes.iter_mut().find(|r| r.name == route) {
+                    r.weights = weights.clone();
+                }
+                config.validate().map_err(invalid)?;
+                config
+            }
+        };
+        info!(route, ?weights, source = %self.inner.source, "weights changed by an operator");
+        self.apply(config).await;
+        Ok(self.inner.applied.read().generation.clone())
+    }
+
+    /// Drains the streams of subscriber `who` (name or session number) on route `route`.
+    pub async fn drain(&self, route: &str, who: &str) -> Result<Vec<(SessionId, usize)>, AdminError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands(route)?
+            .send(Command::DrainSubscriber { who: who.to_string(), reply })
+            .await
+            .map_err(|_| AdminError::Stopping(route.to_string()))?;
+        let sessions = answer.await.map_err(|_| AdminError::Stopping(route.to_string()))?;
+        if sessions.is_empty() {
+            return Err(AdminError::NoSubscriber { route: route.to_string(), who: who.to_string() });
+        }
+        Ok(sessions)
+    }
+
+    /// Applies a validated config's route settings to the running routes and makes it the
+    /// applied one. Returns the routes the running gateway does not know (adding a route needs
+    /// a restart).
+    pub async fn apply(&self, config: Config) -> Vec<String> {
+        let unknown = self.inner.routes.update(config.routes.clone()).await;
+        let generation = generation_of(&config);
+        *self.inner.applied.write() = Applied { config, generation };
+        Stats::bump(&self.inner.stats.config_reloads, 1);
+        unknown
+    }
+
+    /// Applies new settings for some routes (tools and tests that change routes in memory).
+    pub async fn apply_routes(&self, routes: Vec<RouteConfig>) -> Vec<String> {
+        let mut config = self.inner.applied.read().config.clone();
+        for route in routes {
+            match config.routes.iter_mut().find(|r| r.name == route.name) {
+                Some(r) => *r = route,
+                None => config.routes.push(route),
+            }
+        }
+        self.apply(config).await
+    }
+
+    /// Follows the config file: when it changes (and differs from what runs), its route
+    /// settings are applied; a file that does not load is refused with an error log and the
+    /// running routes stay as they are. Polls the modification time (works on ConfigMap
+    /// volumes, where the file is swapped through a symlink and inotify events are unreliable).
+    /// Returns at once unless the source is a file.
+    pub async fn watch_file(self, every: Duration) {
+        let ConfigSource::File(path) = self.inner.source.clone() else { return };
+        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut seen = stamp(&path);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let guard = self.inner.changing.lock().await;
+            match Config::load(&path) {
+                Ok(config) if generation_of(&config) == self.inner.applied.read().generation => {}
+                Ok(config) => {
+                    info!(path = %path.display(), "config changed; applying route settings");
+                    let unknown = self.apply(config).await;
+                    if !unknown.is_empty() {
+                        warn!(
+                            ?unknown,
+                            "routes not known to the running gateway were ignored; adding routes needs a restart"
+                        );
+                    }
+                }
+                Err(e) => {
+                    Stats::bump(&self.inner.stats.config_refused, 1);
+                    error!(path = %path.display(), error = %e, "config change refused; the running routes stay as they are")
+                }
+            }
+            drop(guard);
+        }
+    }
+
+    fn commands(&self, route: &str) -> Result<&tokio::sync::mpsc::Sender<Command>, AdminError> {
+        self.inner.routes.find(route).map_err(|_| AdminError::UnknownRoute {
+            route: route.to_string(),
+            known: self.inner.routes.names().join(", "),
+        })
+    }
+}
+
+/// How far the group's commits are behind the partition's end.
+fn lag(high_watermark: Option<i64>, committed: Option<i64>) -> Option<i64> {
+    let hw = high_watermark?;
+    Some((hw - committed.unwrap_or(0)).max(0))
+}
+
+fn invalid(error: ConfigError) -> AdminError {
+    match error {
+        ConfigError::Invalid(problems) => AdminError::Invalid(problems),
+        ConfigError::Parse { path, message } => AdminError::Invalid(vec![Problem { field: path, message }]),
+        ConfigError::Read { path, source } => AdminError::Source(format!("cannot read {path}: {source}")),
+    }
+}
+
+/// Parses, applies the environment's overrides and validates, as a load of the file would.
+fn load_text(text: &str) -> Result<Config, AdminError> {
+    let mut config = Config::parse(text).map_err(invalid)?;
+    config.apply_env(|name| std::env::var(name).ok());
+    config.validate().map_err(invalid)?;
+    Ok(config)
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over `path`: a reader (a
+/// reload, another tool) sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_what_the_group_has_not_committed() {
+        assert_eq!(lag(Some(100), Some(40)), Some(60));
+        assert_eq!(lag(Some(100), None), Some(100), "nothing committed: all of it");
+        assert_eq!(lag(None, Some(40)), None, "no watermark seen yet: unknown");
+        assert_eq!(lag(Some(10), Some(12)), Some(0), "a stale watermark never makes lag negative");
+    }
+
+    #[test]
+    fn the_generation_follows_route_settings_not_layout() {
+        let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n[[routes]]\nname = \"r\"\ntopics = [\"t\"]\n";
+        let a = Config::parse(text).expect("parses");
+        let b = Config::parse(&format!("# a comment\n{text}")).expect("parses");
+        assert_eq!(generation_of(&a), generation_of(&b));
+        let c = Config::parse(&text.replace("[\"t\"]", "[\"u\"]")).expect("parses");
+        assert_ne!(generation_of(&a), generation_of(&c));
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fanout.toml");
+        std::fs::write(&path, "old").expect("write");
+        write_atomically(&path, "new").expect("rewrites");
+        assert_eq!(std::fs::read_to_string(&path).expect("reads"), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("lists").count(), 1, "no temporary file left behind");
+    }
+}

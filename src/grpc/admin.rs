@@ -1,0 +1,179 @@
+//! The `fanout.admin.v1.Admin` service on the admin port: turns the control surface's answers
+//! ([`crate::admin::Control`]) into the admin contract's messages and its errors into statuses.
+//! Auth is not here: [`super::auth`] guards the port as a tower layer.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+
+use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus};
+use crate::config::DeliveryMode;
+use crate::proto::admin::admin_server::Admin;
+use crate::proto::admin::{self as pb};
+
+/// The admin service of one gateway.
+#[derive(Clone)]
+pub struct AdminService {
+    control: Control,
+}
+
+impl AdminService {
+    pub fn new(control: Control) -> Self {
+        Self { control }
+    }
+}
+
+fn status_of(error: AdminError) -> Status {
+    let message = super::bounded(error.to_string());
+    match error {
+        AdminError::UnknownRoute { .. } | AdminError::NoSubscriber { .. } => Status::not_found(message),
+        AdminError::Invalid(_) => Status::invalid_argument(message),
+        AdminError::Source(_) => Status::failed_precondition(message),
+        AdminError::Stopping(_) => Status::unavailable(message),
+    }
+}
+
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn replica(r: ReplicaStatus) -> pb::Replica {
+    pb::Replica {
+        version: r.version.to_string(),
+        name: r.name,
+        config_generation: r.config_generation,
+        config_source: r.config_source,
+        config_reloads: r.config_reloads,
+        config_refused: r.config_refused,
+        kafka_reachable: r.kafka_reachable,
+        last_kafka_error: r.last_kafka_error.unwrap_or_default(),
+        started_at_unix_ms: unix_ms(r.started_at),
+        groups: r.groups,
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn route(r: RouteStatus) -> pb::RouteStatus {
+    let s = r.snapshot;
+    let weight_total: u64 = s.cohorts.iter().map(|c| u64::from(c.weight)).sum();
+    let delivered_total: u64 = s.delivered_last_minute.values().sum();
+    let cohorts = s
+        .cohorts
+        .iter()
+        .map(|c| {
+            let recent = s.delivered_last_minute.get(&c.name).copied().unwrap_or(0);
+            pb::Cohort {
+                name: c.name.clone(),
+                weight: c.weight,
+                weight_share: share(u64::from(c.weight), weight_total),
+                subscribers: c.subscribers,
+                delivered_last_minute: recent,
+                observed_share: share(recent, delivered_total),
+            }
+        })
+        .collect();
+    let subscribers = s
+        .subscribers
+        .into_iter()
+        .map(|sub| pb::Subscriber {
+            session: sub.session,
+            name: sub.name,
+            cohort: sub.cohort.unwrap_or_default(),
+            labels: sub.labels,
+            window: sub.window,
+            in_flight: sub.in_flight,
+            delivered: sub.delivered,
+            acked: sub.acked,
+            connected_at_unix_ms: unix_ms(sub.connected_at),
+            draining: sub.draining,
+        })
+        .collect();
+    let partitions = r
+        .partitions
+        .into_iter()
+        .map(|p| pb::Partition {
+            topic: p.snapshot.tp.topic.to_string(),
+            partition: p.snapshot.tp.partition,
+            committed: p.snapshot.committed,
+            high_watermark: p.high_watermark,
+            lag: p.lag,
+            paused: p.snapshot.paused,
+            buffered: p.snapshot.buffered as u64,
+        })
+        .collect();
+    let config = s.config;
+    pb::RouteStatus {
+        name: config.name,
+        group: r.group,
+        topics: config.topics,
+        delivery: match config.delivery {
+            DeliveryMode::AtLeastOnce => "at-least-once",
+            DeliveryMode::AtMostOnce => "at-most-once",
+            DeliveryMode::EffectivelyOnce => "effectively-once",
+        }
+        .to_string(),
+        selector: config.selector,
+        split_label: config.split_label.unwrap_or_default(),
+        cohorts,
+        subscribers,
+        partitions,
+        held: s.held as u64,
+        retrying: s.retrying as u64,
+        delivered: s.delivered,
+    }
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty: name it")));
+    }
+    Ok(value)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let only = request.into_inner().route;
+        let only = Some(only.trim()).filter(|r| !r.is_empty());
+        let routes = self.control.routes_status(only).await.map_err(status_of)?;
+        Ok(Response::new(pb::StatusResponse {
+            replica: Some(replica(self.control.replica())),
+            routes: routes.into_iter().map(route).collect(),
+        }))
+    }
+
+    async fn set_weights(
+        &self,
+        request: Request<pb::SetWeightsRequest>,
+    ) -> Result<Response<pb::SetWeightsResponse>, Status> {
+        let pb::SetWeightsRequest { route, weights } = request.into_inner();
+        let route = required("route", &route)?;
+        let weights: BTreeMap<String, u32> = weights;
+        let generation = self.control.set_weights(route, weights.clone()).await.map_err(status_of)?;
+        Ok(Response::new(pb::SetWeightsResponse {
+            config_generation: generation,
+            config_source: self.control.replica().config_source,
+            weights,
+        }))
+    }
+
+    async fn drain(&self, request: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let pb::DrainRequest { route, subscriber } = request.into_inner();
+        let route = required("route", &route)?;
+        let subscriber = required("subscriber", &subscriber)?;
+        let sessions = self.control.drain(route, subscriber).await.map_err(status_of)?;
+        Ok(Response::new(pb::DrainResponse {
+            in_flight: sessions.iter().map(|(_, n)| *n as u32).sum(),
+            sessions: sessions.into_iter().map(|(id, _)| id).collect(),
+        }))
+    }
+}

@@ -1,0 +1,500 @@
+//! `fanoutctl`: the operator's command line over the admin API, kubectl-like. It talks to one
+//! replica (`--gateway`), several, or every address a headless Service name resolves to
+//! (`--gateways-dns`), and shows each replica's answer side by side, so an operator sees
+//! whether all of them applied a change (their config generations agree).
+//!
+//! Errors are one line naming what to fix; exit status 1 for a failed call, 2 for a bad
+//! command line.
+
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::admin::admin_client::AdminClient;
+use crate::proto::admin::{
+    DrainRequest, DrainResponse, RouteStatus, SetWeightsRequest, SetWeightsResponse, StatusRequest, StatusResponse,
+};
+
+/// The admin port's conventional port, when an address or DNS name leaves it out.
+const DEFAULT_PORT: u16 = 9090;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Parser)]
+#[command(name = "fanoutctl", version, about = "Operate fanout-gateway replicas through their admin API")]
+pub struct Cli {
+    /// Admin address of a replica (server.admin_listen), host:port; repeat or separate with
+    /// commas for several.
+    #[arg(long, global = true, env = "FANOUT_GATEWAY", value_delimiter = ',', default_value = "127.0.0.1:9090")]
+    gateway: Vec<String>,
+    /// A name that resolves to every replica (the gateway's headless Service, e.g.
+    /// fanout-gateway-headless.shop.svc:9090); used instead of --gateway.
+    #[arg(long, global = true, env = "FANOUT_GATEWAYS_DNS")]
+    gateways_dns: Option<String>,
+    /// File holding the admin bearer token (changing calls need it).
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The admin bearer token itself (prefer --token-file: arguments show in `ps`).
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Each replica (version, config generation, Kafka) and each route.
+    Status,
+    /// Routes: cohorts with weights against the observed split, subscribers, lag.
+    Routes,
+    /// The subscribers of a route on every replica.
+    Subscribers { route: String },
+    /// Partitions of every route (or one): committed, high watermark, lag, paused, buffered.
+    Partitions { route: Option<String> },
+    /// Change a route's cohort weights.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+    /// Stop sending to a subscriber (its name or session number, as `subscribers` shows),
+    /// let its in-flight deliveries settle, close its streams.
+    Drain { route: String, subscriber: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum WeightsCommand {
+    /// Replace a route's weights, e.g. `weights set orders blue=0 green=100`.
+    Set {
+        route: String,
+        #[arg(required = true, value_name = "COHORT=WEIGHT", value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+    },
+}
+
+fn parse_weight(text: &str) -> Result<(String, u32), String> {
+    let (cohort, weight) =
+        text.split_once('=').ok_or_else(|| format!("`{text}` is not COHORT=WEIGHT (e.g. green=100)"))?;
+    let cohort = cohort.trim();
+    if cohort.is_empty() {
+        return Err(format!("`{text}` names no cohort: write COHORT=WEIGHT (e.g. green=100)"));
+    }
+    let weight = weight
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("the weight in `{text}` must be a whole number from 0 (e.g. {cohort}=100)"))?;
+    Ok((cohort.to_string(), weight))
+}
+
+/// A failure, printed as one line.
+#[derive(Debug)]
+pub struct CtlError(pub String);
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(message: impl Into<String>) -> Result<T, CtlError> {
+    Err(CtlError(message.into()))
+}
+
+/// One replica's admin API.
+struct Replica {
+    address: String,
+    client: AdminClient<Channel>,
+}
+
+/// Every replica the command line names.
+async fn replicas(cli: &Cli) -> Result<Vec<Replica>, CtlError> {
+    let addresses = match &cli.gateways_dns {
+        Some(name) => resolve(name).await?,
+        None => cli.gateway.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+    };
+    if addresses.is_empty() {
+        return fail("no gateway given: pass --gateway host:port (the replica's server.admin_listen)");
+    }
+    let mut out = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        out.push(connect(&address, cli.gateways_dns.is_some()).await?);
+    }
+    Ok(out)
+}
+
+/// host:port, defaulting the port.
+fn with_port(address: &str) -> String {
+    let bare = address.trim_start_matches("http://");
+    let has_port = bare.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    if has_port {
+        bare.to_string()
+    } else {
+        format!("{bare}:{DEFAULT_PORT}")
+    }
+}
+
+async fn resolve(name: &str) -> Result<Vec<String>, CtlError> {
+    let target = with_port(name);
+    let found = tokio::net::lookup_host(&target).await.map_err(|e| {
+        CtlError(format!(
+            "cannot resolve --gateways-dns {target}: {e}; name the gateway's headless Service (host:port)"
+        ))
+    })?;
+    let mut addresses: Vec<String> = found.map(|a| a.to_string()).collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return fail(format!("--gateways-dns {target} resolves to no address: are the gateway pods ready?"));
+    }
+    Ok(addresses)
+}
+
+async fn connect(address: &str, from_dns: bool) -> Result<Replica, CtlError> {
+    let address = with_port(address);
+    let flag = if from_dns { "--gateways-dns" } else { "--gateway" };
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| CtlError(format!("{flag} `{address}` is not a host:port address: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| {
+        CtlError(format!(
+            "cannot reach the admin API at {address}: {}; check {flag} (the replica's server.admin_listen, port {DEFAULT_PORT} by default)",
+            root_cause(&e)
+        ))
+    })?;
+    Ok(Replica { address, client: AdminClient::new(channel) })
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = error;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    e.to_string()
+}
+
+fn call_error(address: &str, status: tonic::Status) -> CtlError {
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => " (pass --token-file or set FANOUT_ADMIN_TOKEN)",
+        tonic::Code::Unavailable => " (is the replica stopping, or is this not its admin port?)",
+        _ => "",
+    };
+    CtlError(format!("{address}: {}: {}{hint}", code_name(status.code()), status.message().replace('\n', " ")))
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let sep = (i > 0 && c.is_uppercase()).then_some('_');
+            sep.into_iter().chain(c.to_uppercase())
+        })
+        .collect()
+}
+
+impl Cli {
+    fn token(&self) -> Result<Option<String>, CtlError> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CtlError(format!("cannot read --token-file {}: {e}", path.display())))?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        Ok(self.token.clone().map(|t| t.trim().to_string()))
+    }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CtlError> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = self.token()? {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| CtlError("the admin token holds characters a header cannot carry".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// One replica's Status, as `-o json|yaml` prints it.
+#[derive(Serialize)]
+struct ReplicaStatus {
+    address: String,
+    #[serde(flatten)]
+    status: StatusResponse,
+}
+
+/// Runs a parsed command line; the text to print on stdout.
+pub async fn run(cli: Cli) -> Result<String, CtlError> {
+    let mut replicas = replicas(&cli).await?;
+    match &cli.command {
+        Command::Status | Command::Routes | Command::Partitions { .. } | Command::Subscribers { .. } => {
+            let only = match &cli.command {
+                Command::Subscribers { route } => route.clone(),
+                Command::Partitions { route } => route.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            let mut all = Vec::with_capacity(replicas.len());
+            for r in &mut replicas {
+                let status = r
+                    .client
+                    .status(cli.request(StatusRequest { route: only.clone() })?)
+                    .await
+                    .map_err(|s| call_error(&r.address, s))?
+                    .into_inner();
+                all.push(ReplicaStatus { address: r.address.clone(), status });
+            }
+            match cli.output {
+                Output::Json => json(&all),
+                Output::Yaml => yaml(&all),
+                Output::Table => Ok(match &cli.command {
+                    Command::Status => format!("{}\n{}", replicas_table(&all), routes_table(&all)),
+                    Command::Routes => routes_table(&all),
+                    Command::Subscribers { .. } => subscribers_table(&all),
+                    _ => partitions_table(&all),
+                }),
+            }
+        }
+        Command::Weights(WeightsCommand::Set { route, weights }) => {
+            let weights: BTreeMap<String, u32> = weights.iter().cloned().collect();
+            let mut answers: Vec<(String, SetWeightsResponse)> = Vec::new();
+            for r in &mut replicas {
+                let request = cli.request(SetWeightsRequest { route: route.clone(), weights: weights.clone() })?;
+                let answer = r.client.set_weights(request).await.map_err(|s| call_error(&r.address, s))?;
+                answers.push((r.address.clone(), answer.into_inner()));
+            }
+            let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
+            render_changes(cli.output, &answers, |address, a| {
+                format!(
+                    "{address}: route {route} weights set to {} (config generation {}, {})",
+                    shown.join(" "),
+                    a.config_generation,
+                    a.config_source
+                )
+            })
+        }
+        Command::Drain { route, subscriber } => {
+            let mut answers: Vec<(String, DrainResponse)> = Vec::new();
+            for r in &mut replicas {
+                let request = cli.request(DrainRequest { route: route.clone(), subscriber: subscriber.clone() })?;
+                match r.client.drain(request).await {
+                    Ok(answer) => answers.push((r.address.clone(), answer.into_inner())),
+                    // A subscriber has a stream on some replicas only (or none left here).
+                    Err(s) if s.code() == tonic::Code::NotFound && s.message().starts_with("no subscriber") => {}
+                    Err(s) => return Err(call_error(&r.address, s)),
+                }
+            }
+            if answers.is_empty() {
+                return fail(format!(
+                    "no subscriber `{subscriber}` on route {route} on any replica asked; `fanoutctl subscribers {route}` lists them"
+                ));
+            }
+            render_changes(cli.output, &answers, |address, a| {
+                format!(
+                    "{address}: draining session(s) {:?} of {subscriber} with {} delivery(ies) in flight; the stream closes once they settle",
+                    a.sessions, a.in_flight
+                )
+            })
+        }
+    }
+}
+
+fn render_changes<T: Serialize>(
+    output: Output,
+    answers: &[(String, T)],
+    line: impl Fn(&str, &T) -> String,
+) -> Result<String, CtlError> {
+    #[derive(Serialize)]
+    struct Answer<'a, T> {
+        address: &'a str,
+        #[serde(flatten)]
+        answer: &'a T,
+    }
+    let all: Vec<Answer<'_, T>> = answers.iter().map(|(address, answer)| Answer { address, answer }).collect();
+    match output {
+        Output::Json => json(&all),
+        Output::Yaml => yaml(&all),
+        Output::Table => Ok(answers.iter().map(|(a, t)| line(a, t) + "\n").collect()),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String, CtlError> {
+    serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| CtlError(format!("cannot print JSON: {e}")))
+}
+
+fn yaml<T: Serialize>(value: &T) -> Result<String, CtlError> {
+    serde_saphyr::to_string(value).map_err(|e| CtlError(format!("cannot print YAML: {e}")))
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn replicas_table(all: &[ReplicaStatus]) -> String {
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|r| {
+            let replica = r.status.replica.clone().unwrap_or_default();
+            let subscribers: usize = r.status.routes.iter().map(|x| x.subscribers.len()).sum();
+            vec![
+                replica.name,
+                r.address.clone(),
+                replica.version,
+                replica.config_generation,
+                if replica.kafka_reachable { "reachable".into() } else { "unreachable".into() },
+                r.status.routes.len().to_string(),
+                subscribers.to_string(),
+                table::age((now_unix_ms() - replica.started_at_unix_ms) / 1000),
+                replica.config_source,
+            ]
+        })
+        .collect();
+    table::render(
+        &["REPLICA", "ADDRESS", "VERSION", "CONFIG GENERATION", "KAFKA", "ROUTES", "SUBSCRIBERS", "AGE", "SOURCE"],
+        &rows,
+    )
+}
+
+/// Routes across replicas: each replica serves its own subscribers and partitions, so counts
+/// add up; weights are the first replica's (the generations show whether all agree).
+fn routes_table(all: &[ReplicaStatus]) -> String {
+    let mut by_route: BTreeMap<&str, Vec<&RouteStatus>> = BTreeMap::new();
+    for r in all {
+        for route in &r.status.routes {
+            by_route.entry(&route.name).or_default().push(route);
+        }
+    }
+    let rows: Vec<Vec<String>> = by_route
+        .iter()
+        .map(|(name, parts)| {
+            let first = parts[0];
+            let recent_total: u64 = parts.iter().flat_map(|p| &p.cohorts).map(|c| c.delivered_last_minute).sum();
+            let cohorts: Vec<String> = first
+                .cohorts
+                .iter()
+                .map(|c| {
+                    let recent: u64 = parts
+                        .iter()
+                        .flat_map(|p| &p.cohorts)
+                        .filter(|x| x.name == c.name)
+                        .map(|x| x.delivered_last_minute)
+                        .sum();
+                    let observed = if recent_total == 0 { 0.0 } else { recent as f64 / recent_total as f64 };
+                    format!("{}={}/{}", c.name, table::percent(c.weight_share), table::percent(observed))
+                })
+                .collect();
+            let lag: Option<i64> = parts.iter().flat_map(|p| &p.partitions).map(|p| p.lag).sum();
+            vec![
+                name.to_string(),
+                first.group.clone(),
+                first.delivery.clone(),
+                if cohorts.is_empty() { "-".into() } else { cohorts.join(" ") },
+                parts.iter().map(|p| p.subscribers.len()).sum::<usize>().to_string(),
+                parts.iter().map(|p| p.partitions.len()).sum::<usize>().to_string(),
+                table::or_dash(lag),
+                parts.iter().map(|p| p.held).sum::<u64>().to_string(),
+                parts.iter().map(|p| p.retrying).sum::<u64>().to_string(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "ROUTE",
+            "GROUP",
+            "DELIVERY",
+            "COHORTS (WEIGHT/OBSERVED 1M)",
+            "SUBSCRIBERS",
+            "PARTITIONS",
+            "LAG",
+            "HELD",
+            "RETRYING",
+        ],
+        &rows,
+    )
+}
+
+fn subscribers_table(all: &[ReplicaStatus]) -> String {
+    let now = now_unix_ms();
+    let mut rows = Vec::new();
+    for r in all {
+        let replica = r.status.replica.as_ref().map_or(r.address.clone(), |x| x.name.clone());
+        for route in &r.status.routes {
+            for s in &route.subscribers {
+                rows.push(vec![
+                    replica.clone(),
+                    s.session.to_string(),
+                    s.name.clone(),
+                    if s.cohort.is_empty() { "-".into() } else { s.cohort.clone() },
+                    s.window.to_string(),
+                    s.in_flight.to_string(),
+                    s.delivered.to_string(),
+                    s.acked.to_string(),
+                    table::age((now - s.connected_at_unix_ms) / 1000),
+                    if s.draining { "draining".into() } else { "active".into() },
+                ]);
+            }
+        }
+    }
+    table::render(
+        &["REPLICA", "SESSION", "NAME", "COHORT", "WINDOW", "IN-FLIGHT", "DELIVERED", "ACKED", "CONNECTED", "STATE"],
+        &rows,
+    )
+}
+
+fn partitions_table(all: &[ReplicaStatus]) -> String {
+    let mut rows = Vec::new();
+    for r in all {
+        let replica = r.status.replica.as_ref().map_or(r.address.clone(), |x| x.name.clone());
+        for route in &r.status.routes {
+            for p in &route.partitions {
+                rows.push(vec![
+                    replica.clone(),
+                    route.name.clone(),
+                    p.topic.clone(),
+                    p.partition.to_string(),
+                    table::or_dash(p.committed),
+                    table::or_dash(p.high_watermark),
+                    table::or_dash(p.lag),
+                    if p.paused { "yes".into() } else { "no".into() },
+                    p.buffered.to_string(),
+                ]);
+            }
+        }
+    }
+    table::render(
+        &["REPLICA", "ROUTE", "TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG", "PAUSED", "BUFFERED"],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_as_cohort_equals_number() {
+        assert_eq!(parse_weight("green=100"), Ok(("green".into(), 100)));
+        assert!(parse_weight("green").expect_err("no =").contains("COHORT=WEIGHT"));
+        assert!(parse_weight("=5").expect_err("no cohort").contains("names no cohort"));
+        assert!(parse_weight("blue=-1").expect_err("negative").contains("whole number"));
+    }
+
+    #[test]
+    fn addresses_get_the_admin_port_when_they_have_none() {
+        assert_eq!(with_port("gw-0.gw"), "gw-0.gw:9090");
+        assert_eq!(with_port("http://10.0.0.1:9191"), "10.0.0.1:9191");
+        assert_eq!(code_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
+    }
+}
