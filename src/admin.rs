@@ -7,6 +7,7 @@
 //! config itself. Every change is validated as a whole config first, so a change that would not
 //! load is refused with the field at fault, and what runs always matches what a restart loads.
 
+pub mod config_map;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -23,25 +24,64 @@ use crate::dispatcher::{Command, PartitionSnapshot, RouteSnapshot};
 use crate::pipeline::Routes;
 use crate::stats::Stats;
 use crate::subscriptions::SessionId;
+use config_map::{ConfigMapError, ConfigMapRef};
 
 /// Where the gateway's route settings live.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ConfigSource {
     /// The config file the gateway was started with: reloads read it, weight changes
     /// rewrite it.
     File(PathBuf),
+    /// A ConfigMap, watched and patched through the Kubernetes API (kube mode with
+    /// `discovery.config_map`).
+    ConfigMap(ConfigMapRef),
     /// Only the running config (embedded demo, tests): changes last until the process ends.
     Memory,
+}
+
+impl ConfigSource {
+    /// The source for a gateway started from the file at `path`: its ConfigMap when it names
+    /// one (and a Kubernetes client is at hand), else the file.
+    pub fn for_file(config: &Config, path: PathBuf, kube: Option<&::kube::Client>) -> Self {
+        match (&config.discovery.config_map, kube) {
+            (Some(name), Some(client)) => {
+                let namespace = config
+                    .discovery
+                    .namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| client.default_namespace().to_string());
+                Self::ConfigMap(ConfigMapRef {
+                    client: client.clone(),
+                    namespace,
+                    name: name.clone(),
+                    key: config.discovery.config_map_key.clone(),
+                })
+            }
+            _ => Self::File(path),
+        }
+    }
 }
 
 impl std::fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::ConfigMap(cm) => cm.fmt(f),
             Self::Memory => f.write_str("memory"),
         }
     }
 }
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// How often a weight change is tried again when someone else changed the ConfigMap between
+/// its read and its patch.
+const CONFLICT_RETRIES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -208,6 +248,21 @@ impl Control {
                     .map_err(|e| AdminError::Source(format!("cannot rewrite {}: {e}", path.display())))?;
                 config
             }
+            ConfigSource::ConfigMap(cm) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let (text, version) = cm.read().await.map_err(|e| AdminError::Source(e.to_string()))?;
+                    let edited = weights::set_weights(&text, route, &weights)
+                        .map_err(|e| AdminError::Source(format!("{cm}: {e}")))?;
+                    let config = load_text(&edited)?;
+                    match cm.replace(&edited, &version).await {
+                        Ok(()) => break config,
+                        Err(ConfigMapError::Conflict) if attempt < CONFLICT_RETRIES => continue,
+                        Err(e) => return Err(AdminError::Source(format!("{cm}: {e}"))),
+                    }
+                }
+            }
             ConfigSource::Memory => {
                 let mut config = self.inner.applied.read().config.clone();
                 if let Some(r) = config.routes.iter_mut().find(|r| r.name == route) {
@@ -259,16 +314,32 @@ impl Control {
         self.apply(config).await
     }
 
-    /// Follows the config file: when it changes (and differs from what runs), its route
-    /// settings are applied; a file that does not load is refused with an error log and the
-    /// running routes stay as they are. Polls the modification time (works on ConfigMap
-    /// volumes, where the file is swapped through a symlink and inotify events are unreliable).
-    /// Returns at once unless the source is a file.
-    pub async fn watch_file(self, every: Duration) {
-        let ConfigSource::File(path) = self.inner.source.clone() else { return };
+    /// Follows the source of truth until the process ends: the file (polled every `every`),
+    /// or the ConfigMap (watched). Returns at once for an in-memory config.
+    pub async fn follow(self, every: Duration) {
+        match self.inner.source.clone() {
+            ConfigSource::File(path) => self.watch_file(path, every).await,
+            ConfigSource::ConfigMap(cm) => {
+                let origin = cm.to_string();
+                cm.watch(|text| {
+                    let control = self.clone();
+                    let origin = origin.clone();
+                    async move { control.apply_text(&text, &origin).await }
+                })
+                .await
+            }
+            ConfigSource::Memory => {}
+        }
+    }
+
+    /// Follows the config file: when it changes, it is applied as [`Self::apply_text`] says.
+    /// Polls the modification time (works on ConfigMap volumes, where the file is swapped
+    /// through a symlink and inotify events are unreliable).
+    async fn watch_file(self, path: PathBuf, every: Duration) {
         let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let mut seen = stamp(&path);
         let mut tick = tokio::time::interval(every);
+        let origin = format!("file:{}", path.display());
         loop {
             tick.tick().await;
             let now = stamp(&path);
@@ -276,25 +347,37 @@ impl Control {
                 continue;
             }
             seen = now;
-            let guard = self.inner.changing.lock().await;
-            match Config::load(&path) {
-                Ok(config) if generation_of(&config) == self.inner.applied.read().generation => {}
-                Ok(config) => {
-                    info!(path = %path.display(), "config changed; applying route settings");
-                    let unknown = self.apply(config).await;
-                    if !unknown.is_empty() {
-                        warn!(
-                            ?unknown,
-                            "routes not known to the running gateway were ignored; adding routes needs a restart"
-                        );
-                    }
-                }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => self.apply_text(&text, &origin).await,
                 Err(e) => {
                     Stats::bump(&self.inner.stats.config_refused, 1);
-                    error!(path = %path.display(), error = %e, "config change refused; the running routes stay as they are")
+                    error!(%origin, error = %e, "cannot read the changed config; the running routes stay as they are")
                 }
             }
-            drop(guard);
+        }
+    }
+
+    /// Applies a new version of the config text when its route settings differ from what runs;
+    /// text that does not load is refused with an error log, and the running routes stay as
+    /// they are.
+    async fn apply_text(&self, text: &str, origin: &str) {
+        let _one_at_a_time = self.inner.changing.lock().await;
+        match load_text(text) {
+            Ok(config) if generation_of(&config) == self.inner.applied.read().generation => {}
+            Ok(config) => {
+                info!(origin, "config changed; applying route settings");
+                let unknown = self.apply(config).await;
+                if !unknown.is_empty() {
+                    warn!(
+                        ?unknown,
+                        "routes not known to the running gateway were ignored; adding routes needs a restart"
+                    );
+                }
+            }
+            Err(e) => {
+                Stats::bump(&self.inner.stats.config_refused, 1);
+                error!(origin, error = %e, "config change refused; the running routes stay as they are")
+            }
         }
     }
 

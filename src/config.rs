@@ -56,8 +56,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-/// Where subscribers' labels come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Where subscribers' labels come from, and in Kubernetes where the config itself lives.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     #[serde(default)]
@@ -65,6 +65,31 @@ pub struct DiscoveryConfig {
     /// kube mode: namespace whose pods are watched; default the gateway's own (`POD_NAMESPACE`).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// kube mode: the ConfigMap (in `namespace`) this config comes from. Set, it is the source
+    /// of truth: every replica watches it through the API (not the mounted file, which the
+    /// kubelet refreshes a minute late) and applies a change within seconds, and the admin
+    /// API's SetWeights patches it.
+    #[serde(default)]
+    pub config_map: Option<String>,
+    /// The key of `config_map` that holds this file.
+    #[serde(default = "default_config_map_key")]
+    pub config_map_key: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DiscoveryMode::default(),
+            namespace: None,
+            config_map: None,
+            config_map_key: default_config_map_key(),
+        }
+    }
+}
+
+/// `fanout.toml`, as in k8s/configmap.yaml.
+fn default_config_map_key() -> String {
+    "fanout.toml".to_string()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -109,8 +109,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         ),
         DiscoveryMode::Static => None,
     };
-    let gw = gateway::start_from(config, kube, ConfigSource::File(path)).await?;
-    let reload = tokio::spawn(gw.control().watch_file(Duration::from_secs(2)));
+    let source = ConfigSource::for_file(&config, path, kube.as_ref());
+    let gw = gateway::start_from(config, kube, source).await?;
+    let reload = tokio::spawn(gw.control().follow(Duration::from_secs(2)));
     cli::terminated().await;
     reload.abort();
     gw.shutdown().await;

@@ -87,7 +87,7 @@ async fn weights_follow_the_file_and_a_bad_file_is_refused() {
     let run = async {
         let config = Config::load(&path).expect("loads");
         let gw = gateway::start_from(config, None, ConfigSource::File(path.clone())).await.expect("starts");
-        let reload = tokio::spawn(gw.control().watch_file(Duration::from_millis(100)));
+        let reload = tokio::spawn(gw.control().follow(Duration::from_millis(100)));
         let mut blue = subscribe(&gw.endpoint(), "blue").await;
         let mut green = subscribe(&gw.endpoint(), "green").await;
         let mut seen = HashSet::new();

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{Config, ConfigError, DeliveryMode, Problem, RouteConfig};
+use super::{Config, ConfigError, DeliveryMode, DiscoveryMode, Problem, RouteConfig};
 
 /// librdkafka properties the gateway owns: setting them would break at-least-once commits.
 const MANAGED_PROPERTIES: &[&str] = &[
@@ -90,6 +90,17 @@ impl Config {
         }
         if self.server.admin_listen.parse::<SocketAddr>().is_err() {
             problems.bad("server.admin_listen", "must be an address like 0.0.0.0:9090");
+        }
+        let discovery = &self.discovery;
+        if discovery.config_map.is_some() && discovery.mode != DiscoveryMode::Kube {
+            problems
+                .bad("discovery.config_map", "needs discovery.mode = \"kube\" (it is read through the Kubernetes API)");
+        }
+        if discovery.config_map.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            problems.bad("discovery.config_map", "must name a ConfigMap (or be left out)");
+        }
+        if discovery.config_map_key.trim().is_empty() {
+            problems.bad("discovery.config_map_key", "must name the ConfigMap's key holding the config");
         }
         if self.server.admin_token_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
             problems.bad("server.admin_token_file", "must name a file (or be left out, which refuses changing calls)");
