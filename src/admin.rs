@@ -8,6 +8,7 @@
 //! load is refused with the field at fault, and what runs always matches what a restart loads.
 
 pub mod config_map;
+pub mod dead_letters;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,8 @@ pub enum AdminError {
     NoSubscriber { route: String, who: String },
     #[error("route `{0}` is stopping")]
     Stopping(String),
+    #[error(transparent)]
+    DeadLetters(#[from] dead_letters::DeadLetterError),
 }
 
 /// This replica, for Status.
@@ -146,6 +149,8 @@ struct Inner {
     applied: RwLock<Applied>,
     /// One change at a time: a change reads, edits and writes the source.
     changing: tokio::sync::Mutex<()>,
+    /// One redrive at a time on this replica (each reads the ledger, then extends it).
+    redriving: tokio::sync::Mutex<()>,
     started_at: SystemTime,
     name: String,
 }
@@ -172,6 +177,7 @@ impl Control {
                 source,
                 applied: RwLock::new(Applied { config, generation }),
                 changing: tokio::sync::Mutex::new(()),
+                redriving: tokio::sync::Mutex::new(()),
                 started_at: SystemTime::now(),
                 name,
             }),
@@ -289,6 +295,47 @@ impl Control {
             return Err(AdminError::NoSubscriber { route: route.to_string(), who: who.to_string() });
         }
         Ok(sessions)
+    }
+
+    /// The letters in route `route`'s dead-letter topic, at most `limit`.
+    pub async fn dead_letters(&self, route: &str, limit: usize) -> Result<dead_letters::Listing, AdminError> {
+        let (config, route_config) = self.route_config(route)?;
+        let listing = tokio::task::spawn_blocking(move || dead_letters::list(&config, &route_config, limit))
+            .await
+            .map_err(|e| AdminError::Source(format!("listing dead letters failed: {e}")))??;
+        Ok(listing)
+    }
+
+    /// Redrives route `route`'s selected letters to their origin topics; `progress` hears
+    /// (done, total) as Kafka acknowledges them. Returns how many were redriven.
+    pub async fn redrive(
+        &self,
+        route: &str,
+        selection: dead_letters::Selection,
+        progress: tokio::sync::mpsc::Sender<(u64, u64)>,
+    ) -> Result<u64, AdminError> {
+        let (config, route_config) = self.route_config(route)?;
+        let _one_at_a_time = self.inner.redriving.lock().await;
+        let name = route.to_string();
+        let redriven = tokio::task::spawn_blocking(move || {
+            dead_letters::redrive(&config, &route_config, selection, |done, total| {
+                let _ = progress.blocking_send((done, total));
+            })
+        })
+        .await
+        .map_err(|e| AdminError::Source(format!("redrive failed: {e}")))??;
+        info!(route = name, redriven, "dead letters redriven by an operator");
+        Ok(redriven)
+    }
+
+    /// The applied config and route `route`'s settings in it.
+    fn route_config(&self, route: &str) -> Result<(Config, RouteConfig), AdminError> {
+        self.commands(route)?;
+        let config = self.inner.applied.read().config.clone();
+        let route_config = config.routes.iter().find(|r| r.name == route).cloned().ok_or_else(|| {
+            AdminError::UnknownRoute { route: route.to_string(), known: self.inner.routes.names().join(", ") }
+        })?;
+        Ok((config, route_config))
     }
 
     /// Applies a validated config's route settings to the running routes and makes it the

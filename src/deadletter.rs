@@ -50,6 +50,25 @@ const CONSUMER_ONLY: &[&str] = &[
 /// Longest a reason header gets: reasons come from subscribers.
 const MAX_REASON_BYTES: usize = 1_024;
 
+/// An idempotent producer with `acks=all` and the gateway's Kafka settings (security,
+/// timeouts): for dead letters, retries and redrives, where a record must be written exactly
+/// once and survive a broker loss.
+pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    for (key, value) in &config.kafka.properties {
+        if !CONSUMER_ONLY.contains(&key.as_str()) {
+            cc.set(key, value);
+        }
+    }
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        // Rare records: send each at once rather than wait to batch.
+        .set("linger.ms", "5");
+    cc
+}
+
 #[derive(Clone)]
 pub struct DeadLetterProducer {
     producer: FutureProducer,
@@ -57,19 +76,7 @@ pub struct DeadLetterProducer {
 
 impl DeadLetterProducer {
     pub fn new(config: &Config) -> Result<Self, KafkaError> {
-        let mut cc = ClientConfig::new();
-        for (key, value) in &config.kafka.properties {
-            if !CONSUMER_ONLY.contains(&key.as_str()) {
-                cc.set(key, value);
-            }
-        }
-        cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-            .set("client.id", "fanout-gateway-dead-letters")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // Dead letters are rare: send each at once rather than wait to batch.
-            .set("linger.ms", "5");
-        Ok(Self { producer: cc.create()? })
+        Ok(Self { producer: producer_config(config, "fanout-gateway-dead-letters").create()? })
     }
 
     /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement.

@@ -13,13 +13,14 @@ use tracing::{info, warn};
 use crate::admin::{ConfigSource, Control};
 use crate::config::{Config, DiscoveryMode, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
-use crate::grpc::admin::AdminService;
+use crate::grpc::admin::{AdminService, DeadLettersService};
 use crate::grpc::auth::{AdminAuth, AuthLayer};
 use crate::grpc::connections;
 use crate::grpc::fanout::FanoutService;
 use crate::grpc::health::{self, HealthReporter};
 use crate::pipeline::{self, Pipeline, PipelineError, Routes, Shared};
 use crate::proto::admin::admin_server::AdminServer;
+use crate::proto::admin::dead_letters_server::DeadLettersServer;
 use crate::proto::fanout_server::FanoutServer;
 use crate::stats::Stats;
 
@@ -168,6 +169,7 @@ pub async fn start_from(
             .add_service(admin_reflection_v1)
             .add_service(admin_reflection_v1alpha)
             .add_service(AdminServer::new(AdminService::new(control.clone())))
+            .add_service(DeadLettersServer::new(DeadLettersService::new(control.clone())))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(admin_listener), async {
                 let _ = admin_stop_rx.await;
             }),

@@ -7,9 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
+use crate::admin::dead_letters::{DeadLetterError, Letter, Selection};
 use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus};
 use crate::config::DeliveryMode;
 use crate::proto::admin::admin_server::Admin;
+use crate::proto::admin::dead_letters_server::DeadLetters;
 use crate::proto::admin::{self as pb};
 
 /// The admin service of one gateway.
@@ -31,6 +33,11 @@ fn status_of(error: AdminError) -> Status {
         AdminError::Invalid(_) => Status::invalid_argument(message),
         AdminError::Source(_) => Status::failed_precondition(message),
         AdminError::Stopping(_) => Status::unavailable(message),
+        AdminError::DeadLetters(e) => match e {
+            DeadLetterError::NoTopic(_) | DeadLetterError::AlreadyRedriven(_) => Status::failed_precondition(message),
+            DeadLetterError::NoSuchLetter(_) => Status::not_found(message),
+            DeadLetterError::Kafka(_) => Status::unavailable(message),
+        },
     }
 }
 
@@ -175,5 +182,91 @@ impl Admin for AdminService {
             in_flight: sessions.iter().map(|(_, n)| *n as u32).sum(),
             sessions: sessions.into_iter().map(|(id, _)| id).collect(),
         }))
+    }
+}
+
+/// The `fanout.admin.v1.DeadLetters` service: listing and redriving a route's dead letters.
+#[derive(Clone)]
+pub struct DeadLettersService {
+    control: Control,
+}
+
+impl DeadLettersService {
+    pub fn new(control: Control) -> Self {
+        Self { control }
+    }
+}
+
+/// Letters a List shows when the request leaves the limit at 0.
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+fn letter(l: Letter) -> pb::DeadLetter {
+    pb::DeadLetter {
+        partition: l.partition,
+        offset: l.offset,
+        origin_topic: l.origin_topic,
+        origin_partition: l.origin_partition.unwrap_or(-1),
+        origin_offset: l.origin_offset.unwrap_or(-1),
+        attempts: l.attempts,
+        reason: l.reason,
+        timestamp_unix_ms: l.timestamp_ms.unwrap_or(0),
+        key: l.key.map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_default(),
+        value_bytes: l.value.map_or(0, |v| v.len() as u64),
+        redriven: l.redriven,
+    }
+}
+
+type ProgressStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RedriveProgress, Status>>;
+
+#[tonic::async_trait]
+impl DeadLetters for DeadLettersService {
+    async fn list(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let pb::ListDeadLettersRequest { route, limit } = request.into_inner();
+        let route = required("route", &route)?;
+        let limit = if limit == 0 { DEFAULT_LIST_LIMIT } else { limit as usize };
+        let listing = self.control.dead_letters(route, limit).await.map_err(status_of)?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            topic: listing.topic,
+            letters: listing.letters.into_iter().map(letter).collect(),
+            total: listing.total,
+            redriven: listing.redriven,
+        }))
+    }
+
+    type RedriveStream = ProgressStream;
+
+    async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<Response<Self::RedriveStream>, Status> {
+        let pb::RedriveRequest { route, letters, all } = request.into_inner();
+        let route = required("route", &route)?.to_string();
+        let selection = match (all, letters.is_empty()) {
+            (true, true) => Selection::All,
+            (false, false) => Selection::Letters(letters.iter().map(|l| (l.partition, l.offset)).collect()),
+            (true, false) => return Err(Status::invalid_argument("name letters or set `all`, not both")),
+            (false, true) => return Err(Status::invalid_argument("no letters selected: name letters or set `all`")),
+        };
+        let (out, stream) = tokio::sync::mpsc::channel(16);
+        let control = self.control.clone();
+        // The redrive runs to its end even if the caller goes away.
+        tokio::spawn(async move {
+            let (progress, mut heard) = tokio::sync::mpsc::channel::<(u64, u64)>(16);
+            let forward = {
+                let out = out.clone();
+                async move {
+                    while let Some((done, total)) = heard.recv().await {
+                        let _ = out.send(Ok(pb::RedriveProgress { done, total, finished: false })).await;
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(control.redrive(&route, selection, progress), forward);
+            let last = match result {
+                Ok(n) => Ok(pb::RedriveProgress { done: n, total: n, finished: true }),
+                Err(e) => Err(status_of(e)),
+            };
+            let _ = out.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(stream)))
     }
 }

@@ -17,8 +17,10 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::admin::admin_client::AdminClient;
+use crate::proto::admin::dead_letters_client::DeadLettersClient;
 use crate::proto::admin::{
-    DrainRequest, DrainResponse, RouteStatus, SetWeightsRequest, SetWeightsResponse, StatusRequest, StatusResponse,
+    DrainRequest, DrainResponse, LetterRef, ListDeadLettersRequest, ListDeadLettersResponse, RedriveRequest,
+    RouteStatus, SetWeightsRequest, SetWeightsResponse, StatusRequest, StatusResponse,
 };
 
 /// The admin port's conventional port, when an address or DNS name leaves it out.
@@ -73,6 +75,37 @@ enum Command {
     /// Stop sending to a subscriber (its name or session number, as `subscribers` shows),
     /// let its in-flight deliveries settle, close its streams.
     Drain { route: String, subscriber: String },
+    /// A route's dead-letter topic: list its letters, redrive them to their origin topics.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The letters not yet redriven (and redriven ones among them), oldest first.
+    List {
+        route: String,
+        /// Letters at most.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Produce letters back to their origin topic and partition; each letter goes back once.
+    /// Asks one replica: the record of what was redriven is in Kafka.
+    Redrive {
+        route: String,
+        /// Letters as PARTITION:OFFSET (as `dlq list` shows them).
+        #[arg(value_name = "PARTITION:OFFSET", value_parser = parse_letter, required_unless_present = "all", conflicts_with = "all")]
+        letters: Vec<(i32, i64)>,
+        /// Every letter not redriven yet.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn parse_letter(text: &str) -> Result<(i32, i64), String> {
+    let bad = || format!("`{text}` is not PARTITION:OFFSET (e.g. 0:42, as `fanoutctl dlq list` shows)");
+    let (p, o) = text.split_once(':').ok_or_else(bad)?;
+    Ok((p.trim().parse().map_err(|_| bad())?, o.trim().parse().map_err(|_| bad())?))
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +150,7 @@ fn fail<T>(message: impl Into<String>) -> Result<T, CtlError> {
 struct Replica {
     address: String,
     client: AdminClient<Channel>,
+    letters: DeadLettersClient<Channel>,
 }
 
 /// Every replica the command line names.
@@ -175,7 +209,7 @@ async fn connect(address: &str, from_dns: bool) -> Result<Replica, CtlError> {
             root_cause(&e)
         ))
     })?;
-    Ok(Replica { address, client: AdminClient::new(channel) })
+    Ok(Replica { address, client: AdminClient::new(channel.clone()), letters: DeadLettersClient::new(channel) })
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -240,6 +274,7 @@ struct ReplicaStatus {
 pub async fn run(cli: Cli) -> Result<String, CtlError> {
     let mut replicas = replicas(&cli).await?;
     match &cli.command {
+        Command::Dlq(command) => dlq(&cli, command, &mut replicas[0]).await,
         Command::Status | Command::Routes | Command::Partitions { .. } | Command::Subscribers { .. } => {
             let only = match &cli.command {
                 Command::Subscribers { route } => route.clone(),
@@ -309,6 +344,111 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             })
         }
     }
+}
+
+/// `dlq list` and `dlq redrive`: one replica answers for all (the letters and the record of
+/// redrives are in Kafka).
+async fn dlq(cli: &Cli, command: &DlqCommand, replica: &mut Replica) -> Result<String, CtlError> {
+    let address = replica.address.clone();
+    match command {
+        DlqCommand::List { route, limit } => {
+            let request = cli.request(ListDeadLettersRequest { route: route.clone(), limit: *limit })?;
+            let listing = replica.letters.list(request).await.map_err(|s| call_error(&address, s))?.into_inner();
+            match cli.output {
+                Output::Json => json(&listing),
+                Output::Yaml => yaml(&listing),
+                Output::Table => Ok(letters_table(&listing)),
+            }
+        }
+        DlqCommand::Redrive { route, letters, all } => {
+            let letters = letters.iter().map(|&(partition, offset)| LetterRef { partition, offset }).collect();
+            let request = cli.request(RedriveRequest { route: route.clone(), letters, all: *all })?;
+            let mut stream = replica.letters.redrive(request).await.map_err(|s| call_error(&address, s))?.into_inner();
+            let mut bar = ProgressBar::new("redriving");
+            loop {
+                match stream.message().await {
+                    Ok(Some(p)) if p.finished => {
+                        bar.finish();
+                        let line = format!("route {route}: {} letter(s) redriven to their origin topics\n", p.done);
+                        return match cli.output {
+                            Output::Json => json(&p),
+                            Output::Yaml => yaml(&p),
+                            Output::Table => Ok(line),
+                        };
+                    }
+                    Ok(Some(p)) => bar.show(p.done, p.total),
+                    Ok(None) => {
+                        bar.finish();
+                        return fail(format!("{address}: the redrive ended without its outcome; `fanoutctl dlq list {route}` shows what was redriven"));
+                    }
+                    Err(status) => {
+                        bar.finish();
+                        return Err(call_error(&address, status));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise (logs and pipes get the
+/// outcome only).
+struct ProgressBar {
+    label: &'static str,
+    tty: bool,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(label: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Self { label, tty: std::io::stderr().is_terminal(), drawn: false }
+    }
+
+    fn show(&mut self, done: u64, total: u64) {
+        if !self.tty || total == 0 {
+            return;
+        }
+        const WIDTH: u64 = 30;
+        let filled = (done.min(total) * WIDTH / total) as usize;
+        eprint!("\r{} [{}{}] {done}/{total}", self.label, "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn letters_table(listing: &ListDeadLettersResponse) -> String {
+    let now = now_unix_ms();
+    let rows: Vec<Vec<String>> = listing
+        .letters
+        .iter()
+        .map(|l| {
+            vec![
+                l.partition.to_string(),
+                l.offset.to_string(),
+                format!("{}/{}/{}", l.origin_topic, l.origin_partition, l.origin_offset),
+                l.attempts.to_string(),
+                table::age((now - l.timestamp_unix_ms) / 1000),
+                if l.redriven { "yes".into() } else { "no".into() },
+                l.reason.replace('\n', " "),
+            ]
+        })
+        .collect();
+    let mut out = table::render(&["PARTITION", "OFFSET", "ORIGIN", "ATTEMPTS", "AGE", "REDRIVEN", "REASON"], &rows);
+    out.push_str(&format!(
+        "{}: {} letter(s), {} redriven, {} shown\n",
+        listing.topic,
+        listing.total,
+        listing.redriven,
+        listing.letters.len()
+    ));
+    out
 }
 
 fn render_changes<T: Serialize>(
