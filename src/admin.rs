@@ -9,6 +9,7 @@
 
 pub mod config_map;
 pub mod dead_letters;
+pub mod replay;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -98,6 +99,12 @@ pub enum AdminError {
     Stopping(String),
     #[error(transparent)]
     DeadLetters(#[from] dead_letters::DeadLetterError),
+    #[error("replay: {0}")]
+    Replay(#[from] crate::kafka::replay::ReplayError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no replay {0} on this replica (`fanoutctl replay list` shows them)")]
+    NoReplay(u64),
 }
 
 /// This replica, for Status.
@@ -151,6 +158,7 @@ struct Inner {
     changing: tokio::sync::Mutex<()>,
     /// One redrive at a time on this replica (each reads the ledger, then extends it).
     redriving: tokio::sync::Mutex<()>,
+    replays: replay::Replays,
     started_at: SystemTime,
     name: String,
 }
@@ -178,6 +186,7 @@ impl Control {
                 applied: RwLock::new(Applied { config, generation }),
                 changing: tokio::sync::Mutex::new(()),
                 redriving: tokio::sync::Mutex::new(()),
+                replays: replay::Replays::default(),
                 started_at: SystemTime::now(),
                 name,
             }),
@@ -326,6 +335,51 @@ impl Control {
         .map_err(|e| AdminError::Source(format!("redrive failed: {e}")))??;
         info!(route = name, redriven, "dead letters redriven by an operator");
         Ok(redriven)
+    }
+
+    /// Starts a replay of route `route`'s `topics` (all of them when empty) from `from` to
+    /// `to`, delivered to the route's subscribers on this replica.
+    pub async fn start_replay(
+        &self,
+        route: &str,
+        topics: Vec<String>,
+        from: crate::kafka::replay::Bound,
+        to: crate::kafka::replay::Bound,
+    ) -> Result<replay::ReplayProgress, AdminError> {
+        let (config, route_config) = self.route_config(route)?;
+        if route_config.delivery == crate::config::DeliveryMode::AtMostOnce {
+            return Err(AdminError::Source(format!(
+                "route `{route}` is at-most-once: its deliveries are not acked, so a replay could not tell when it is done"
+            )));
+        }
+        if let Some(t) = topics.iter().find(|t| !route_config.topics.contains(t)) {
+            return Err(AdminError::BadRequest(format!(
+                "topics: `{t}` is not a topic of route `{route}` (its topics: {})",
+                route_config.topics.join(", ")
+            )));
+        }
+        replay::check_bounds(&from, &to).map_err(AdminError::BadRequest)?;
+        let topics = if topics.is_empty() { route_config.topics.clone() } else { topics };
+        let commands = self.commands(route)?.clone();
+        let (c, r) = (config.clone(), route_config.clone());
+        let ranges = tokio::task::spawn_blocking(move || crate::kafka::replay::resolve(&c, &r, &topics, &from, &to))
+            .await
+            .map_err(|e| AdminError::Source(format!("resolving the replay's range failed: {e}")))??;
+        Ok(self.inner.replays.start(config, route_config, ranges, commands))
+    }
+
+    pub fn replay(&self, id: u64) -> Result<replay::ReplayProgress, AdminError> {
+        self.inner.replays.get(id).ok_or(AdminError::NoReplay(id))
+    }
+
+    pub fn replays(&self) -> Vec<replay::ReplayProgress> {
+        self.inner.replays.list()
+    }
+
+    pub fn cancel_replay(&self, id: u64) -> Result<replay::ReplayProgress, AdminError> {
+        let progress = self.inner.replays.cancel(id).ok_or(AdminError::NoReplay(id))?;
+        info!(replay = id, "replay cancelled by an operator");
+        Ok(progress)
     }
 
     /// The applied config and route `route`'s settings in it.

@@ -45,7 +45,9 @@ use crate::kafka::consumer::ConsumerHandle;
 use crate::kafka::{KafkaCommand, KafkaEvent, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
-use crate::subscriptions::{AckId, CloseReason, Failure, RegisterError, Registered, Registry, SessionId, StagedSend};
+use crate::subscriptions::{
+    AckId, CloseReason, Failure, RegisterError, Registered, Registry, ReplayTag, SessionId, StagedSend,
+};
 
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
@@ -87,6 +89,13 @@ pub enum Command {
     Drain {
         session: SessionId,
     },
+    /// Records of an operator's replay: routed like live ones, never tracked for commits.
+    /// `done` fires once every one of them is settled (acked, or dead-lettered).
+    Replay {
+        replay: u64,
+        records: Vec<crate::kafka::Record>,
+        done: oneshot::Sender<()>,
+    },
     /// The route as it runs now (operator status).
     Status {
         reply: oneshot::Sender<RouteSnapshot>,
@@ -105,8 +114,8 @@ pub enum Command {
 /// Work finished by tasks the dispatcher started.
 #[derive(Debug)]
 enum Internal {
-    /// Kafka acknowledged a dead letter: its origin offset is done.
-    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64, retry: bool },
+    /// Kafka acknowledged a dead letter: its origin offset (or its replay message) is done.
+    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64, retry: bool, replay: Option<ReplayTag> },
     /// A commit finished; `generation` is the registry's commit generation it covers.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.
@@ -173,6 +182,9 @@ pub struct Dispatcher {
     reported: Reported,
     /// Per-cohort delivery counts over time, for the observed split.
     split: status::SplitSamples,
+    /// Replay batches under way: records left to settle, and whom to tell when none are.
+    replay_batches: HashMap<u64, (usize, oneshot::Sender<()>)>,
+    next_replay_batch: u64,
 }
 
 impl Dispatcher {
@@ -196,6 +208,8 @@ impl Dispatcher {
             revoking: Vec::new(),
             reported: Reported::default(),
             split: status::SplitSamples::default(),
+            replay_batches: HashMap::new(),
+            next_replay_batch: 1,
         }
     }
 
@@ -277,6 +291,7 @@ impl Dispatcher {
                 info!(session, "subscriber draining");
                 self.registry.drain(session);
             }
+            Command::Replay { replay, records, done } => self.on_replay(replay, records, done),
             Command::Status { reply } => {
                 let _ = reply.send(self.snapshot());
             }
@@ -295,7 +310,9 @@ impl Dispatcher {
 
     fn handle_internal(&mut self, done: Internal) {
         match done {
-            Internal::DeadLettered { tp, offset, epoch, retry } => self.on_dead_lettered(&tp, offset, epoch, retry),
+            Internal::DeadLettered { tp, offset, epoch, retry, replay } => {
+                self.on_dead_lettered(&tp, offset, epoch, retry, replay)
+            }
             Internal::Claimed { batch, verdicts } => self.on_claimed(batch, verdicts),
             Internal::CommittedBeforeSend { points, ok, sends } => self.on_committed_before_send(points, ok, sends),
             Internal::Committed { points, ok, generation } => self.on_committed(points, ok, generation),

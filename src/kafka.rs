@@ -3,9 +3,11 @@
 //!
 //! The consumer runs on a dedicated thread ([`consumer::spawn`]) and sends [`KafkaEvent`]s to
 //! the dispatcher, in order: records, assignments and revocations. It takes
-//! [`KafkaCommand`]s back (commit, pause, resume, stop, close).
+//! [`KafkaCommand`]s back (commit, pause, resume, stop, close). [`replay`] is the reader of an
+//! operator's replay, beside the consumer and independent of its group.
 
 pub mod consumer;
+pub mod replay;
 pub mod upgrade;
 
 use std::sync::Arc;

@@ -75,6 +75,17 @@ pub struct Outgoing {
     pub ack_id: AckId,
     /// The message's idempotency key on effectively-once routes (empty elsewhere).
     pub idempotency_key: Option<Arc<str>>,
+    /// The replay it belongs to; 0 for a live delivery.
+    pub replay: u64,
+}
+
+/// Marks a message of an operator's replay: it is delivered and acked like any other, but its
+/// ack settles the replay's batch instead of moving a partition's commit point, and a revoke of
+/// its partition does not drop it (the replay reads the range on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayTag {
+    pub replay: u64,
+    pub batch: u64,
 }
 
 /// A delivery's handle on its stream (`Delivery.ack_id`): a per-session sequence number, so
@@ -127,6 +138,8 @@ pub struct Pending {
     pub epoch: u64,
     /// From the route's dedup key source, on effectively-once routes.
     pub idempotency_key: Option<Arc<str>>,
+    /// Set on a replayed message (see [`ReplayTag`]).
+    pub replay: Option<ReplayTag>,
     /// Routing hash: of the key, the partition or the position, per the route's ordering.
     hash: u64,
     /// When the subscriber's time to ack runs out (set when sent, if the route has one).

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use super::{Dispatcher, Internal};
 use crate::kafka::TopicPartition;
 use crate::stats::Stats;
-use crate::subscriptions::DeadLetter;
+use crate::subscriptions::{DeadLetter, ReplayTag};
 
 /// Backoff between attempts to produce a dead letter that Kafka refused.
 const DEAD_LETTER_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
@@ -29,7 +29,7 @@ impl Dispatcher {
             };
             let route = route.name.clone();
             let tp = letter.pending.record.tp.clone();
-            let (offset, epoch) = (letter.pending.record.offset, letter.pending.epoch);
+            let (offset, epoch, replay) = (letter.pending.record.offset, letter.pending.epoch, letter.pending.replay);
             debug!(%tp, offset, attempts = letter.pending.attempt, reason = letter.reason, topic, "dead-lettering");
             self.dead_letters_in_flight += 1;
             let stats = self.stats.clone();
@@ -37,7 +37,7 @@ impl Dispatcher {
                 let mut backoff = DEAD_LETTER_RETRY.0;
                 loop {
                     match producer.send(&topic, &route, &letter).await {
-                        Ok(()) => return Internal::DeadLettered { tp, offset, epoch, retry },
+                        Ok(()) => return Internal::DeadLettered { tp, offset, epoch, retry, replay },
                         Err(error) => {
                             Stats::bump(&stats.dead_letter_failures, 1);
                             warn!(%error, topic, %tp, offset, retry_in_ms = backoff.as_millis() as u64,
@@ -52,9 +52,20 @@ impl Dispatcher {
     }
 
     /// Kafka acknowledged a dead letter (or a retry-topic record): its origin offset is done.
-    pub(super) fn on_dead_lettered(&mut self, tp: &TopicPartition, offset: i64, epoch: u64, retry: bool) {
+    pub(super) fn on_dead_lettered(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+        epoch: u64,
+        retry: bool,
+        replay: Option<ReplayTag>,
+    ) {
         self.dead_letters_in_flight = self.dead_letters_in_flight.saturating_sub(1);
         Stats::bump(if retry { &self.stats.retried_via_topic } else { &self.stats.dead_lettered }, 1);
+        if let Some(tag) = replay {
+            self.replay_settled(tag);
+            return;
+        }
         // If revoked meanwhile, the next owner delivers it again (and may dead-letter it again).
         if let Some(state) = self.current(tp, epoch) {
             state.tracker.ack(offset);

@@ -236,6 +236,11 @@ impl Dispatcher {
 
     /// Records one route's ack of a delivery in its partition's tracker.
     pub(super) fn settle(&mut self, p: &crate::subscriptions::Pending) {
+        if let Some(tag) = p.replay {
+            // A replayed message: its offset was committed long ago.
+            self.replay_settled(tag);
+            return;
+        }
         if self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
             // Its offset was committed before it was sent.
             Stats::bump(&self.stats.acked, 1);

@@ -1,16 +1,18 @@
-//! The route as the operator sees it: a snapshot of its settings, cohorts, sessions and
-//! partitions taken by the dispatcher (the one owner of that state) when the admin API asks,
-//! and the samples behind "observed split over the last minute".
+//! The route as the operator sees it and acts on it: a snapshot of its settings, cohorts,
+//! sessions and partitions taken by the dispatcher (the one owner of that state) when the admin
+//! API asks, the samples behind "observed split over the last minute", and the batches of an
+//! operator's replay.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Dispatcher;
 use crate::config::RouteConfig;
 use crate::kafka::TopicPartition;
-use crate::subscriptions::{CohortSnapshot, SubscriberSnapshot};
+use crate::subscriptions::{CohortSnapshot, ReplayTag, SubscriberSnapshot};
 
 /// The window the observed split is measured over.
 pub const SPLIT_WINDOW: Duration = Duration::from_secs(60);
@@ -83,6 +85,33 @@ impl SplitSamples {
 }
 
 impl Dispatcher {
+    /// Takes a batch of an operator's replay: each record goes to the route's subscribers,
+    /// marked, and `done` fires when the last of them is settled.
+    pub(super) fn on_replay(&mut self, replay: u64, records: Vec<crate::kafka::Record>, done: oneshot::Sender<()>) {
+        if records.is_empty() {
+            let _ = done.send(());
+            return;
+        }
+        let batch = self.next_replay_batch;
+        self.next_replay_batch += 1;
+        self.replay_batches.insert(batch, (records.len(), done));
+        for record in records {
+            self.registry.dispatch_replay(std::sync::Arc::new(record), ReplayTag { replay, batch });
+        }
+    }
+
+    /// One replayed message is settled.
+    pub(super) fn replay_settled(&mut self, tag: ReplayTag) {
+        if let Some((left, _)) = self.replay_batches.get_mut(&tag.batch) {
+            *left -= 1;
+            if *left == 0 {
+                if let Some((_, done)) = self.replay_batches.remove(&tag.batch) {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
     /// Samples the per-cohort counts (called on the commit tick).
     pub(super) fn sample_split(&mut self, now: Instant) {
         self.split.sample(now, &self.registry.delivered_by_cohort);

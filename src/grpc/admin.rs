@@ -8,8 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use crate::admin::dead_letters::{DeadLetterError, Letter, Selection};
+use crate::admin::replay::ReplayProgress;
 use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus};
 use crate::config::DeliveryMode;
+use crate::kafka::replay::{Bound, ReplayError};
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::dead_letters_server::DeadLetters;
 use crate::proto::admin::{self as pb};
@@ -33,6 +35,12 @@ fn status_of(error: AdminError) -> Status {
         AdminError::Invalid(_) => Status::invalid_argument(message),
         AdminError::Source(_) => Status::failed_precondition(message),
         AdminError::Stopping(_) => Status::unavailable(message),
+        AdminError::BadRequest(_) => Status::invalid_argument(message),
+        AdminError::NoReplay(_) => Status::not_found(message),
+        AdminError::Replay(e) => match e {
+            ReplayError::Range(_) => Status::invalid_argument(message),
+            ReplayError::Kafka(_) => Status::unavailable(message),
+        },
         AdminError::DeadLetters(e) => match e {
             DeadLetterError::NoTopic(_) | DeadLetterError::AlreadyRedriven(_) => Status::failed_precondition(message),
             DeadLetterError::NoSuchLetter(_) => Status::not_found(message),
@@ -138,6 +146,54 @@ fn route(r: RouteStatus) -> pb::RouteStatus {
     }
 }
 
+fn replay_status(p: ReplayProgress) -> pb::ReplayStatus {
+    pb::ReplayStatus {
+        id: p.id,
+        route: p.route,
+        state: p.state.as_str().to_string(),
+        total: p.total,
+        sent: p.sent,
+        settled: p.settled,
+        error: p.error.unwrap_or_default(),
+        started_at_unix_ms: unix_ms(p.started_at),
+        ranges: p
+            .ranges
+            .into_iter()
+            .map(|r| pb::ReplayRange {
+                topic: r.tp.topic.to_string(),
+                partition: r.tp.partition,
+                start: r.start,
+                end: r.end,
+            })
+            .collect(),
+    }
+}
+
+/// A replay bound from a time or offsets; `field` names it in the refusal.
+fn bound(field: &str, unix_ms: Option<i64>, offsets: Vec<pb::PartitionOffset>, open: Bound) -> Result<Bound, Status> {
+    match (unix_ms, offsets.is_empty()) {
+        (None, true) => Ok(open),
+        (Some(ms), true) if ms >= 0 => Ok(Bound::Time(ms)),
+        (Some(ms), true) => {
+            Err(Status::invalid_argument(format!("{field}_unix_ms must be a time from 1970 on, not {ms}")))
+        }
+        (None, false) => {
+            let mut map = std::collections::BTreeMap::new();
+            for o in offsets {
+                if o.topic.trim().is_empty() || o.partition < 0 || o.offset < 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}_offsets: {}/{}@{} is not a topic, partition and offset",
+                        o.topic, o.partition, o.offset
+                    )));
+                }
+                map.insert((o.topic, o.partition), o.offset);
+            }
+            Ok(Bound::Offsets(map))
+        }
+        _ => Err(Status::invalid_argument(format!("give {field}_unix_ms or {field}_offsets, not both"))),
+    }
+}
+
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     let value = value.trim();
     if value.is_empty() {
@@ -182,6 +238,39 @@ impl Admin for AdminService {
             in_flight: sessions.iter().map(|(_, n)| *n as u32).sum(),
             sessions: sessions.into_iter().map(|(id, _)| id).collect(),
         }))
+    }
+
+    async fn replay(&self, request: Request<pb::ReplayRequest>) -> Result<Response<pb::ReplayStatus>, Status> {
+        let r = request.into_inner();
+        let route = required("route", &r.route)?;
+        let from = bound("from", r.from_unix_ms, r.from_offsets, Bound::Latest)?;
+        if matches!(from, Bound::Latest) {
+            return Err(Status::invalid_argument("say where the replay starts: from_unix_ms or from_offsets"));
+        }
+        let to = bound("to", r.to_unix_ms, r.to_offsets, Bound::Latest)?;
+        let progress = self.control.start_replay(route, r.topics, from, to).await.map_err(status_of)?;
+        Ok(Response::new(replay_status(progress)))
+    }
+
+    async fn get_replay(&self, request: Request<pb::GetReplayRequest>) -> Result<Response<pb::ReplayStatus>, Status> {
+        let progress = self.control.replay(request.into_inner().id).map_err(status_of)?;
+        Ok(Response::new(replay_status(progress)))
+    }
+
+    async fn list_replays(
+        &self,
+        _request: Request<pb::ListReplaysRequest>,
+    ) -> Result<Response<pb::ListReplaysResponse>, Status> {
+        let replays = self.control.replays().into_iter().map(replay_status).collect();
+        Ok(Response::new(pb::ListReplaysResponse { replays }))
+    }
+
+    async fn cancel_replay(
+        &self,
+        request: Request<pb::CancelReplayRequest>,
+    ) -> Result<Response<pb::ReplayStatus>, Status> {
+        let progress = self.control.cancel_replay(request.into_inner().id).map_err(status_of)?;
+        Ok(Response::new(replay_status(progress)))
     }
 }
 

@@ -18,7 +18,12 @@ use tracing::warn;
 
 /// Methods of the admin API that change nothing; every other method of a `fanout.admin.`
 /// service needs the token, so a method added later is guarded unless listed here.
-const READ_ONLY: &[&str] = &["/fanout.admin.v1.Admin/Status", "/fanout.admin.v1.DeadLetters/List"];
+const READ_ONLY: &[&str] = &[
+    "/fanout.admin.v1.Admin/Status",
+    "/fanout.admin.v1.Admin/GetReplay",
+    "/fanout.admin.v1.Admin/ListReplays",
+    "/fanout.admin.v1.DeadLetters/List",
+];
 /// The admin API's services; reflection and health on the admin port stay open.
 const GUARDED_PREFIX: &str = "/fanout.admin.";
 

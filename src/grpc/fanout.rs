@@ -271,6 +271,7 @@ fn to_delivery(d: &Outgoing) -> proto::Delivery {
         attempt: d.attempt,
         cohort: d.cohort.to_string(),
         idempotency_key: d.idempotency_key.as_deref().unwrap_or_default().to_string(),
+        replay_id: d.replay,
     }
 }
 

@@ -57,6 +57,7 @@ impl Registry {
                     cohort: cohort.clone(),
                     ack_id,
                     idempotency_key: p.idempotency_key.clone(),
+                    replay: p.replay.map_or(0, |t| t.replay),
                 };
                 if p.attempt > 1 {
                     self.redelivered += 1;

@@ -27,13 +27,24 @@ impl Registry {
     pub fn dispatch_keyed(&mut self, record: Arc<Record>, epoch: u64, idempotency_key: Option<Arc<str>>) {
         let hash = self.route.hash_of(&record);
         if !self.route.config.retries_through(&record.tp.topic) {
-            self.assign(Pending { record, attempt: 1, epoch, idempotency_key, hash, deadline: None }, false);
+            self.assign(
+                Pending { record, attempt: 1, epoch, idempotency_key, hash, deadline: None, replay: None },
+                false,
+            );
             return;
         }
         // A retry: the attempt after those its headers count, not before its time.
         let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
         let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending { record, attempt: made.saturating_add(1), epoch, idempotency_key, hash, deadline: None };
+        let p = Pending {
+            record,
+            attempt: made.saturating_add(1),
+            epoch,
+            idempotency_key,
+            hash,
+            deadline: None,
+            replay: None,
+        };
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
             // No owner holds a retried message's key: it waits on its own.
@@ -42,8 +53,17 @@ impl Registry {
         }
     }
 
+    /// Routes a record of an operator's replay (see [`ReplayTag`]); its key's order holds
+    /// among live and replayed messages alike.
+    pub fn dispatch_replay(&mut self, record: Arc<Record>, tag: ReplayTag) {
+        let hash = self.route.hash_of(&record);
+        let p =
+            Pending { record, attempt: 1, epoch: 0, idempotency_key: None, hash, deadline: None, replay: Some(tag) };
+        self.assign(p, false);
+    }
+
     pub(super) fn assign(&mut self, p: Pending, front: bool) {
-        if self.revoked.contains(&p.record.tp) {
+        if p.replay.is_none() && self.revoked.contains(&p.record.tp) {
             return; // its partition's next owner delivers it
         }
         let route = &mut self.route;

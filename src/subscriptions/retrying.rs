@@ -99,7 +99,7 @@ impl Registry {
             self.dropped.push(p);
             return;
         }
-        if self.revoked.contains(&p.record.tp) {
+        if p.replay.is_none() && self.revoked.contains(&p.record.tp) {
             // Its partition is going to another owner, which delivers it again.
             self.release_key(p.hash);
             return;

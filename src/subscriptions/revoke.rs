@@ -24,13 +24,15 @@ impl Registry {
 
     /// Deliveries of these partitions out and not yet settled.
     pub fn in_flight_of(&self, partitions: &[TopicPartition]) -> usize {
-        self.sessions.values().map(|s| s.in_flight.values().filter(|p| partitions.contains(&p.record.tp)).count()).sum()
+        let of = |p: &&Pending| p.replay.is_none() && partitions.contains(&p.record.tp);
+        self.sessions.values().map(|s| s.in_flight.values().filter(of).count()).sum()
     }
 
     /// Removes the messages of `partitions` waiting anywhere, and with `in_flight` those out
     /// on streams too; their keys are released and what is left is routed again.
     pub(super) fn remove_of(&mut self, partitions: &[TopicPartition], in_flight: bool) -> usize {
-        let gone = |p: &Pending| partitions.contains(&p.record.tp);
+        // Replayed messages stay: the replay reads its range whoever owns the partition.
+        let gone = |p: &Pending| p.replay.is_none() && partitions.contains(&p.record.tp);
         let mut dropped = 0;
         let waiting: Vec<u64> =
             self.delayed_items.iter().filter(|(_, d)| gone(&d.pending)).map(|(seq, _)| *seq).collect();
@@ -130,5 +132,27 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].partition, 1);
         assert_eq!(reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]).unknown, 1);
+    }
+
+    #[test]
+    fn replayed_messages_survive_a_revoke_of_their_partition_and_come_marked() {
+        let mut reg = Registry::new(route("r", 10));
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        let tag = ReplayTag { replay: 7, batch: 1 };
+        reg.dispatch(record(0, 0, "live"), 1);
+        reg.dispatch_replay(record(0, 1, "old"), tag);
+        let tp = TopicPartition { topic: Arc::from("t"), partition: 0 };
+        assert_eq!(reg.withhold(std::slice::from_ref(&tp)), 1, "the live message is dropped, the replayed one stays");
+        reg.dispatch_replay(record(0, 2, "older"), tag);
+        reg.flush();
+        let mut got = Vec::new();
+        while let Ok(SessionMessage::Deliveries(batch)) = a.outbox.try_recv() {
+            got.extend(batch.into_iter().map(|d| (d.record.offset, d.replay)));
+        }
+        assert_eq!(got, vec![(1, 7), (2, 7)], "replayed messages are sent while their partition drains");
+        assert_eq!(reg.in_flight_of(std::slice::from_ref(&tp)), 0, "a revoke does not wait for them");
+        assert_eq!(reg.purge(std::slice::from_ref(&tp)), 0);
+        let acked = reg.ack(a.session, &[reg.handle(a.session, "t/0/1"), reg.handle(a.session, "t/0/2")]);
+        assert_eq!(acked.settled.iter().map(|p| p.replay).collect::<Vec<_>>(), vec![Some(tag), Some(tag)]);
     }
 }

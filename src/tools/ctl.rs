@@ -19,7 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::dead_letters_client::DeadLettersClient;
 use crate::proto::admin::{
-    DrainRequest, DrainResponse, LetterRef, ListDeadLettersRequest, ListDeadLettersResponse, RedriveRequest,
+    CancelReplayRequest, DrainRequest, DrainResponse, GetReplayRequest, LetterRef, ListDeadLettersRequest,
+    ListDeadLettersResponse, ListReplaysRequest, PartitionOffset, RedriveRequest, ReplayRequest, ReplayStatus,
     RouteStatus, SetWeightsRequest, SetWeightsResponse, StatusRequest, StatusResponse,
 };
 
@@ -78,6 +79,62 @@ enum Command {
     /// A route's dead-letter topic: list its letters, redrive them to their origin topics.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Deliver a range of a route's topics again to its subscribers (marked as replayed);
+    /// committed offsets never move back and live traffic goes on. Follows the replay with a
+    /// progress bar until it ends (Ctrl-C leaves it running).
+    Replay(ReplayArgs),
+    /// Replays of a replica (or one, by id) and their progress.
+    Replays { id: Option<u64> },
+    /// Stop a replay (what was handed out already is still delivered).
+    CancelReplay { id: u64 },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    route: String,
+    /// Start at the first record at or after this time: RFC 3339 (2026-12-02T18:00:00Z) or
+    /// Unix milliseconds.
+    #[arg(long, value_parser = parse_time, required_unless_present = "from_offsets", conflicts_with = "from_offsets")]
+    from_time: Option<i64>,
+    /// Start at these offsets, TOPIC/PARTITION=OFFSET,... (only those partitions are replayed).
+    #[arg(long, value_delimiter = ',', value_parser = parse_partition_offset)]
+    from_offsets: Vec<(String, i32, i64)>,
+    /// Stop before the first record at or after this time (default: each partition's end now).
+    #[arg(long, value_parser = parse_time, conflicts_with = "to_offsets")]
+    to_time: Option<i64>,
+    /// Stop before these offsets, TOPIC/PARTITION=OFFSET,...
+    #[arg(long, value_delimiter = ',', value_parser = parse_partition_offset)]
+    to_offsets: Vec<(String, i32, i64)>,
+    /// Only this topic of the route (repeat for more).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Start it and return its id at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    text.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| format!("`{text}` is not a time: write RFC 3339 (2026-12-02T18:00:00Z) or Unix milliseconds"))
+}
+
+fn parse_partition_offset(text: &str) -> Result<(String, i32, i64), String> {
+    let bad = || format!("`{text}` is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1500)");
+    let (tp, offset) = text.split_once('=').ok_or_else(bad)?;
+    let (topic, partition) = tp.rsplit_once('/').ok_or_else(bad)?;
+    if topic.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        topic.trim().to_string(),
+        partition.trim().parse().map_err(|_| bad())?,
+        offset.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,6 +332,47 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     let mut replicas = replicas(&cli).await?;
     match &cli.command {
         Command::Dlq(command) => dlq(&cli, command, &mut replicas[0]).await,
+        Command::Replay(args) => replay(&cli, args, &mut replicas[0]).await,
+        Command::Replays { id } => {
+            let r = &mut replicas[0];
+            let replays = match id {
+                Some(id) => vec![r
+                    .client
+                    .get_replay(cli.request(GetReplayRequest { id: *id })?)
+                    .await
+                    .map_err(|s| call_error(&r.address, s))?
+                    .into_inner()],
+                None => {
+                    r.client
+                        .list_replays(cli.request(ListReplaysRequest {})?)
+                        .await
+                        .map_err(|s| call_error(&r.address, s))?
+                        .into_inner()
+                        .replays
+                }
+            };
+            match cli.output {
+                Output::Json => json(&replays),
+                Output::Yaml => yaml(&replays),
+                Output::Table => Ok(replays_table(&replays)),
+            }
+        }
+        Command::CancelReplay { id } => {
+            let r = &mut replicas[0];
+            let status = r
+                .client
+                .cancel_replay(cli.request(CancelReplayRequest { id: *id })?)
+                .await
+                .map_err(|s| call_error(&r.address, s))?
+                .into_inner();
+            match cli.output {
+                Output::Json => json(&status),
+                Output::Yaml => yaml(&status),
+                Output::Table => {
+                    Ok(format!("replay {id}: cancelling ({} of {} settled)\n", status.settled, status.total))
+                }
+            }
+        }
         Command::Status | Command::Routes | Command::Partitions { .. } | Command::Subscribers { .. } => {
             let only = match &cli.command {
                 Command::Subscribers { route } => route.clone(),
@@ -389,6 +487,81 @@ async fn dlq(cli: &Cli, command: &DlqCommand, replica: &mut Replica) -> Result<S
             }
         }
     }
+}
+
+/// How often a followed replay's progress is asked for.
+const REPLAY_POLL: Duration = Duration::from_millis(200);
+
+/// `replay`: starts a replay on one replica (its reader reads every partition of the range;
+/// its subscribers get the deliveries) and follows it.
+async fn replay(cli: &Cli, args: &ReplayArgs, replica: &mut Replica) -> Result<String, CtlError> {
+    let offsets = |list: &[(String, i32, i64)]| -> Vec<PartitionOffset> {
+        list.iter()
+            .map(|(topic, partition, offset)| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect()
+    };
+    let request = ReplayRequest {
+        route: args.route.clone(),
+        topics: args.topics.clone(),
+        from_unix_ms: args.from_time,
+        from_offsets: offsets(&args.from_offsets),
+        to_unix_ms: args.to_time,
+        to_offsets: offsets(&args.to_offsets),
+    };
+    let address = replica.address.clone();
+    let mut status =
+        replica.client.replay(cli.request(request)?).await.map_err(|s| call_error(&address, s))?.into_inner();
+    if !args.no_wait {
+        let mut bar = ProgressBar::new("replaying");
+        while status.state == "running" {
+            bar.show(status.settled, status.total);
+            tokio::time::sleep(REPLAY_POLL).await;
+            let ask = cli.request(GetReplayRequest { id: status.id })?;
+            status = replica.client.get_replay(ask).await.map_err(|s| call_error(&address, s))?.into_inner();
+        }
+        bar.finish();
+    }
+    let line = format!(
+        "replay {} of route {}: {}, {} of {} record(s) settled{}\n",
+        status.id,
+        status.route,
+        status.state,
+        status.settled,
+        status.total,
+        if status.error.is_empty() { String::new() } else { format!(" ({})", status.error) }
+    );
+    let out = match cli.output {
+        Output::Json => json(&status)?,
+        Output::Yaml => yaml(&status)?,
+        Output::Table => line.clone(),
+    };
+    if status.state == "failed" {
+        return fail(line.trim_end().to_string());
+    }
+    Ok(out)
+}
+
+fn replays_table(replays: &[ReplayStatus]) -> String {
+    let now = now_unix_ms();
+    let rows: Vec<Vec<String>> = replays
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.route.clone(),
+                r.state.clone(),
+                format!("{}/{}", r.settled, r.total),
+                r.ranges.len().to_string(),
+                table::age((now - r.started_at_unix_ms) / 1000),
+                if r.error.is_empty() { "-".into() } else { r.error.replace('\n', " ") },
+            ]
+        })
+        .collect();
+    table::render(&["ID", "ROUTE", "STATE", "SETTLED/TOTAL", "PARTITIONS", "AGE", "ERROR"], &rows)
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise (logs and pipes get the
@@ -629,6 +802,17 @@ mod tests {
         assert!(parse_weight("green").expect_err("no =").contains("COHORT=WEIGHT"));
         assert!(parse_weight("=5").expect_err("no cohort").contains("names no cohort"));
         assert!(parse_weight("blue=-1").expect_err("negative").contains("whole number"));
+    }
+
+    #[test]
+    fn times_offsets_and_letters_parse_or_say_what_to_write() {
+        assert_eq!(parse_time("1700000000123"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time("yesterday").expect_err("not a time").contains("RFC 3339"));
+        assert_eq!(parse_partition_offset("orders.v2/3=15"), Ok(("orders.v2".into(), 3, 15)));
+        assert!(parse_partition_offset("orders=15").expect_err("no partition").contains("TOPIC/PARTITION=OFFSET"));
+        assert_eq!(parse_letter("1:42"), Ok((1, 42)));
+        assert!(parse_letter("1-42").expect_err("bad").contains("PARTITION:OFFSET"));
     }
 
     #[test]

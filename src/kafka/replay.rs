@@ -1,0 +1,267 @@
+//! The reader of an operator's replay: a consumer of its own with assigned partitions, not a
+//! member of any group and committing nothing, that reads a fixed range of offsets of a route's
+//! topics. The route's own consumer and its committed offsets are untouched: live traffic goes
+//! on while the range is read again.
+//!
+//! Blocking (librdkafka); run it on a blocking thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Record, TopicPartition};
+use crate::config::{Config, RouteConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A replay whose reader gets nothing for this long while records are due has failed.
+const STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Range(String),
+}
+
+/// Where a replay starts or ends.
+#[derive(Debug, Clone)]
+pub enum Bound {
+    /// The first record at or after this time (Unix ms), per partition.
+    Time(i64),
+    /// These offsets, per (topic, partition); partitions left out: see [`resolve`].
+    Offsets(BTreeMap<(String, i32), i64>),
+    /// The end of each partition when the replay starts (for `to` only).
+    Latest,
+}
+
+/// One partition's share of a replay: offsets `start..end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub tp: TopicPartition,
+    pub start: i64,
+    pub end: i64,
+}
+
+fn consumer(config: &Config, route: &RouteConfig) -> Result<BaseConsumer, KafkaError> {
+    let mut cc = ClientConfig::new();
+    for (key, value) in &config.kafka.properties {
+        cc.set(key, value);
+    }
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        // A group id librdkafka wants; the reader never joins it nor commits.
+        .set("group.id", format!("{}.replay", route.group(&config.kafka)))
+        .set("client.id", format!("fanout-gateway.{}.replay", route.name))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    cc.create()
+}
+
+/// The offsets `bound` names for each of `partitions`: a time is looked up in Kafka (a
+/// partition with nothing at or after it yields its end), offsets are taken as given.
+fn offsets_of(
+    consumer: &BaseConsumer,
+    partitions: &[(String, i32, i64, i64)],
+    bound: &Bound,
+) -> Result<HashMap<(String, i32), i64>, ReplayError> {
+    match bound {
+        Bound::Latest => Ok(partitions.iter().map(|(t, p, _, high)| ((t.clone(), *p), *high)).collect()),
+        Bound::Offsets(given) => Ok(given.iter().map(|(k, v)| (k.clone(), *v)).collect()),
+        Bound::Time(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p, _, _) in partitions {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*ms))?;
+            }
+            let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
+            let mut out = HashMap::new();
+            for (t, p, low, high) in partitions {
+                let at = found.find_partition(t, *p).and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+                let at = match at {
+                    Some(o) => o,
+                    // "Nothing at or after that time", unless the partition's last record says
+                    // otherwise: a broker that cannot look offsets up by time (librdkafka's
+                    // mock cluster) answers so too. Then the records' own timestamps decide.
+                    None if low < high && timestamp_at(consumer, t, *p, high - 1)?.is_some_and(|last| last >= *ms) => {
+                        first_at_or_after(consumer, t, *p, *low, *high, *ms)?
+                    }
+                    None => *high,
+                };
+                out.insert((t.clone(), *p), at);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The timestamp of the record at `offset`, read with an assignment of its own.
+fn timestamp_at(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64) -> Result<Option<i64>, ReplayError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            if m.topic() == topic && m.partition() == partition && m.offset() >= offset {
+                return Ok(m.timestamp().to_millis());
+            }
+        }
+    }
+    Err(ReplayError::Range(format!("cannot read {topic}/{partition} at offset {offset} to find a time")))
+}
+
+/// The first offset in `low..high` whose record is at or after `ms`, by binary search over the
+/// records' timestamps (which grow along a partition as producers write them).
+fn first_at_or_after(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    low: i64,
+    high: i64,
+    ms: i64,
+) -> Result<i64, ReplayError> {
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if timestamp_at(consumer, topic, partition, mid)?.is_some_and(|t| t >= ms) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The ranges a replay of `topics` reads, `from` (inclusive) `to` (exclusive), each clamped
+/// to what the partition still holds. With `from` as offsets, only the partitions named are
+/// replayed; a `to` as offsets that leaves a partition out reads it to its end. Empty ranges
+/// are left out.
+pub fn resolve(
+    config: &Config,
+    route: &RouteConfig,
+    topics: &[String],
+    from: &Bound,
+    to: &Bound,
+) -> Result<Vec<Range>, ReplayError> {
+    if matches!(from, Bound::Latest) {
+        return Err(ReplayError::Range("a replay starts at a time or at offsets, not at the end".into()));
+    }
+    let consumer = consumer(config, route)?;
+    let mut partitions = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let ids: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if ids.is_empty() {
+            return Err(ReplayError::Range(format!("topic {topic} does not exist")));
+        }
+        for p in ids {
+            let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+            partitions.push((topic.clone(), p, low, high));
+        }
+    }
+    if let Bound::Offsets(given) = from {
+        if let Some((t, p)) = given.keys().find(|(t, p)| !partitions.iter().any(|(pt, pp, _, _)| pt == t && pp == p)) {
+            return Err(ReplayError::Range(format!("{t}/{p} is not a partition of the route's topics {topics:?}")));
+        }
+    }
+    let starts = offsets_of(&consumer, &partitions, from)?;
+    let ends = offsets_of(&consumer, &partitions, to)?;
+    let mut ranges = Vec::new();
+    for (topic, p, low, high) in partitions {
+        let key = (topic.clone(), p);
+        let Some(&start) = starts.get(&key) else { continue };
+        let start = start.clamp(low, high);
+        let end = ends.get(&key).copied().unwrap_or(high).clamp(start, high);
+        if start < end {
+            ranges.push(Range { tp: TopicPartition { topic: Arc::from(topic.as_str()), partition: p }, start, end });
+        }
+    }
+    Ok(ranges)
+}
+
+/// Reads `ranges` and hands their records to `out` in batches of at most `batch`, in offset
+/// order per partition, until every range is read, `cancel` is set or `out` is closed.
+pub fn read(
+    config: &Config,
+    route: &RouteConfig,
+    ranges: &[Range],
+    batch: usize,
+    out: &tokio::sync::mpsc::Sender<Vec<Record>>,
+    cancel: &AtomicBool,
+) -> Result<(), ReplayError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let consumer = consumer(config, route)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut open: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    for r in ranges {
+        tpl.add_partition_offset(&r.tp.topic, r.tp.partition, Offset::Offset(r.start))?;
+        open.insert((r.tp.topic.clone(), r.tp.partition), r.end);
+    }
+    consumer.assign(&tpl)?;
+    let mut pending: Vec<Record> = Vec::with_capacity(batch);
+    let mut last_progress = Instant::now();
+    while !open.is_empty() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if last_progress.elapsed() > STALL {
+            return Err(ReplayError::Range(format!(
+                "no record arrived for {STALL:?}; {} partition(s) unfinished",
+                open.len()
+            )));
+        }
+        let message = consumer.poll(Duration::from_millis(100));
+        let idle = message.is_none();
+        if let Some(m) = message {
+            let m = m?;
+            last_progress = Instant::now();
+            let Some((topic, end)) = open
+                .iter()
+                .find(|((t, p), _)| &**t == m.topic() && *p == m.partition())
+                .map(|((t, _), e)| (t.clone(), *e))
+            else {
+                continue;
+            };
+            if m.offset() + 1 >= end {
+                open.remove(&(topic.clone(), m.partition()));
+            }
+            if m.offset() < end {
+                pending.push(Record {
+                    tp: TopicPartition { topic, partition: m.partition() },
+                    offset: m.offset(),
+                    key: m.key().map(Bytes::copy_from_slice),
+                    value: m.payload().map(Bytes::copy_from_slice),
+                    headers: m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect())
+                        .unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                });
+            }
+        }
+        let flush = pending.len() >= batch || ((idle || open.is_empty()) && !pending.is_empty());
+        if flush && out.blocking_send(std::mem::take(&mut pending)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
