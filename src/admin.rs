@@ -233,7 +233,13 @@ impl Control {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let high_watermark = self.inner.stats.high_watermark_of(&group, &p.tp.topic, p.tp.partition);
+                    // The statistics are up to a second old: a partition's end is at least
+                    // what the group has committed.
+                    let high_watermark = self
+                        .inner
+                        .stats
+                        .high_watermark_of(&group, &p.tp.topic, p.tp.partition)
+                        .map(|hw| hw.max(p.committed.unwrap_or(0)));
                     PartitionStatus { snapshot: p.clone(), high_watermark, lag: lag(high_watermark, p.committed) }
                 })
                 .collect();

@@ -119,6 +119,43 @@ pub enum KafkaCommand {
     Close,
 }
 
+/// A consumer that reads by assignment only, for the operator's tools (replays, dead
+/// letters): the gateway's Kafka settings (brokers, security), auto-commit and offset store off.
+/// `group` names the group whose commits it may read or write; it never joins it.
+pub fn reader(
+    config: &crate::config::Config,
+    group: &str,
+    client_id: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, rdkafka::error::KafkaError> {
+    let mut cc = rdkafka::ClientConfig::new();
+    for (key, value) in &config.kafka.properties {
+        cc.set(key, value);
+    }
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", group)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    cc.create()
+}
+
+/// The partitions of `topic`, as the cluster's metadata lists them (none: no such topic).
+pub fn partitions_of(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

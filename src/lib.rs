@@ -18,8 +18,8 @@
 //! - [`gateway`]: wiring: a pipeline per route, the gRPC server, hot reload.
 //! - [`pipeline`]: one route's consumer, dispatcher and pod watch; [`pipeline::Routes`] is the
 //!   front door the gRPC layer reaches them through.
-//! - [`kafka`]: the consumer thread (rdkafka), rebalance callbacks, commits, pause/resume, and
-//!   the upgrade from a shared group.
+//! - [`kafka`]: the consumer thread (rdkafka), rebalance callbacks, commits, pause/resume, the
+//!   upgrade from a shared group, and the reader of an operator's replay.
 //! - [`dispatcher`]: the task that owns a route's moving state: partitions and flow control,
 //!   commits, the dedup gate, the dead-letter loop, subscriber identity.
 //! - [`subscriptions`]: the route's session registry: sessions, key ownership and parking, retries,
@@ -32,8 +32,9 @@
 //! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from their Hello.
 //! - [`grpc`]: the tonic `Fanout` and `Admin` services; the only room that builds the contract's types
 //!   ([`proto`]) or maps errors to a `tonic::Status`.
-//! - [`admin`]: the operator's control surface (status, weights in the source of truth,
-//!   drains) behind the admin API (`grpc::admin`, guarded by `grpc::auth`).
+//! - [`admin`]: the operator's control surface behind the admin API (`grpc::admin`, guarded by
+//!   `grpc::auth`): status, weights in the source of truth (file or ConfigMap), drains,
+//!   replays, dead letters.
 //! - [`stats`]: counters the pipelines add to.
 //! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
 //!   and the command line, which drive the service through its public surface.

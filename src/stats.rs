@@ -89,7 +89,7 @@ pub struct Stats {
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,
     /// High watermark per (consumer group, topic, partition), from the route consumers'
-    /// statistics (every `statistics.interval.ms`): what lag is measured against.
+    /// statistics (every `statistics.interval.ms`, 1 s unless set): what lag is measured against.
     pub high_watermarks: RwLock<HashMap<GroupPartition, i64>>,
     /// Config changes applied (file, ConfigMap or admin API) and refused since start.
     pub config_reloads: AtomicU64,

@@ -24,18 +24,6 @@ const DLQ: &str = "orders-dlq";
 const TOKEN: &str = "dlq-token";
 const POISON_EVERY: usize = 10;
 
-async fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .env_remove("FANOUT_ADMIN_TOKEN")
-        .env_remove("FANOUT_ADMIN_TOKEN_FILE")
-        .output()
-        .await
-        .expect("fanoutctl runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
 /// Every record of `topic` that carries the redrive header: (partition, value, redriven-from).
 fn redriven_records(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -124,14 +112,14 @@ async fn poison_letters_are_listed_and_redriven_once() {
         })
         .await;
 
-        let (code, table, err) = ctl(&["--gateway", &admin, "dlq", "list", ROUTE]).await;
+        let (code, table, err) = fanoutctl(&["--gateway", &admin, "dlq", "list", ROUTE]).await;
         assert_eq!(code, 0, "{err}");
         println!("{table}");
         let rows: Vec<&str> = table.lines().skip(1).filter(|l| l.contains("poison: cannot parse")).collect();
         assert_eq!(rows.len(), poison, "{table}");
         assert!(rows.iter().all(|r| r.contains(" orders/") && r.contains(" no ")), "{table}");
         assert!(table.contains(&format!("{DLQ}: {poison} letter(s), 0 redriven, {poison} shown")), "{table}");
-        let (code, json, err) = ctl(&["--gateway", &admin, "-o", "json", "dlq", "list", ROUTE]).await;
+        let (code, json, err) = fanoutctl(&["--gateway", &admin, "-o", "json", "dlq", "list", ROUTE]).await;
         assert_eq!(code, 0, "{err}");
         let listing: serde_json::Value = serde_json::from_str(&json).expect("JSON");
         let origins: BTreeSet<(i64, i64)> = listing["letters"]
@@ -145,13 +133,13 @@ async fn poison_letters_are_listed_and_redriven_once() {
         assert_eq!(origins, expected, "each letter names where its message came from");
         assert!(listing["letters"].as_array().expect("letters").iter().all(|l| l["attempts"] == 1));
 
-        let (code, _, err) = ctl(&["--gateway", &admin, "dlq", "redrive", ROUTE, "--all"]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &admin, "dlq", "redrive", ROUTE, "--all"]).await;
         assert_eq!(code, 1);
         assert!(err.contains("UNAUTHENTICATED"), "{err}");
 
         poisoning.store(false, Ordering::Relaxed);
         let (code, out, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "--all"]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "--all"]).await;
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(&format!("{poison} letter(s) redriven")), "{out}");
 
@@ -171,23 +159,23 @@ async fn poison_letters_are_listed_and_redriven_once() {
         .await;
 
         let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "--all"]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "--all"]).await;
         assert_eq!(code, 1, "a second redrive is refused");
         assert!(err.contains("FAILED_PRECONDITION") && err.contains("nothing to redrive"), "{err}");
         let first = &listing["letters"][0];
         let one = format!("{}:{}", first["partition"], first["offset"]);
         let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, &one]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, &one]).await;
         assert_eq!(code, 1);
         assert!(err.contains(&format!("already redriven, a letter goes back once: {one}")), "{err}");
         let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "0:9999"]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token_arg, "dlq", "redrive", ROUTE, "0:9999"]).await;
         assert_eq!(code, 1);
         assert!(err.contains("NOT_FOUND") && err.contains("is not in orders-dlq"), "{err}");
-        let (code, _, err) = ctl(&["--gateway", &admin, "dlq", "redrive", ROUTE, "zero:1"]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &admin, "dlq", "redrive", ROUTE, "zero:1"]).await;
         assert_eq!(code, 2);
         assert!(err.contains("PARTITION:OFFSET"), "{err}");
-        let (code, table, err) = ctl(&["--gateway", &admin, "dlq", "list", ROUTE]).await;
+        let (code, table, err) = fanoutctl(&["--gateway", &admin, "dlq", "list", ROUTE]).await;
         assert_eq!(code, 0, "{err}");
         assert!(table.contains(&format!("{poison} letter(s), {poison} redriven, 0 shown")), "{table}");
         assert_eq!(redriven_records(&bootstrap, TOPIC, 2).len(), poison, "nothing produced twice");

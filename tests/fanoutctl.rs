@@ -15,20 +15,6 @@ use support::*;
 
 const TOKEN: &str = "ctl-token";
 
-/// Runs fanoutctl; (exit code, stdout, stderr).
-async fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .env_remove("FANOUT_GATEWAY")
-        .env_remove("FANOUT_ADMIN_TOKEN")
-        .env_remove("FANOUT_ADMIN_TOKEN_FILE")
-        .output()
-        .await
-        .expect("fanoutctl runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
 fn split_config(bootstrap: &str, group: &str, token_file: &Path) -> Config {
     let mut c = config(bootstrap, group);
     let route = &mut c.routes[0];
@@ -91,7 +77,7 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
         let route_group = group.clone();
         eventually(Duration::from_secs(20), "all committed", || fully_committed(&bootstrap, &route_group, 2)).await;
 
-        let (code, status, err) = ctl(&["--gateway", &gateways, "status"]).await;
+        let (code, status, err) = fanoutctl(&["--gateway", &gateways, "status"]).await;
         assert_eq!(code, 0, "{err}");
         println!("{status}");
         assert!(status.starts_with("REPLICA "), "{status}");
@@ -109,12 +95,18 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
         assert!(route_row[3].starts_with("blue=50%/"), "{status}");
         assert_eq!(route_row[5], "4", "two subscribers on each replica: {status}");
 
-        let (code, subscribers, err) = ctl(&["--gateway", &gateways, "subscribers", ROUTE]).await;
+        // A DNS name (here one that resolves to this machine) reaches every address it has.
+        let by_name = format!("localhost:{}", one.admin_addr().port());
+        let (code, named, err) = fanoutctl(&["--gateways-dns", &by_name, "status"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(named.contains(&format!("127.0.0.1:{}", one.admin_addr().port())), "{named}");
+
+        let (code, subscribers, err) = fanoutctl(&["--gateway", &gateways, "subscribers", ROUTE]).await;
         assert_eq!(code, 0, "{err}");
         let names: Vec<&str> = subscribers.lines().skip(1).filter_map(|l| l.split_whitespace().nth(2)).collect();
         assert_eq!(names, vec!["blue-0", "green-0", "blue-0", "green-0"], "{subscribers}");
 
-        let (code, partitions, err) = ctl(&["--gateway", &gateways, "partitions"]).await;
+        let (code, partitions, err) = fanoutctl(&["--gateway", &gateways, "partitions"]).await;
         assert_eq!(code, 0, "{err}");
         let partition_rows: Vec<Vec<&str>> =
             partitions.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
@@ -125,7 +117,7 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
             assert_eq!(row[4], watermarks[&p].to_string(), "committed: {partitions}");
         }
 
-        let (code, json, err) = ctl(&["--gateway", &gateways, "-o", "json", "status"]).await;
+        let (code, json, err) = fanoutctl(&["--gateway", &gateways, "-o", "json", "status"]).await;
         assert_eq!(code, 0, "{err}");
         let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let replicas = parsed.as_array().expect("a list of replicas");
@@ -133,32 +125,42 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
         assert_eq!(replicas[0]["address"], addresses[0].as_str());
         assert_eq!(replicas[0]["routes"][0]["name"], ROUTE);
         assert_eq!(replicas[0]["routes"][0]["cohorts"][1]["weight"], 50);
-        let (code, yaml, err) = ctl(&["--gateway", &gateways, "-o", "yaml", "routes"]).await;
+        let (code, yaml, err) = fanoutctl(&["--gateway", &gateways, "-o", "yaml", "routes"]).await;
         assert_eq!(code, 0, "{err}");
         assert!(yaml.contains("name: orders") && yaml.contains("config_generation:"), "{yaml}");
 
         // Changing calls: refused without the token, applied on every replica with it.
-        let (code, _, err) = ctl(&["--gateway", &gateways, "weights", "set", ROUTE, "blue=0", "green=100"]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &gateways, "weights", "set", ROUTE, "blue=0", "green=100"]).await;
         assert_eq!(code, 1);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("UNAUTHENTICATED") && err.contains("--token-file"), "{err}");
-        let (code, out, err) =
-            ctl(&["--gateway", &gateways, "--token-file", &token_arg, "weights", "set", ROUTE, "blue=0", "green=100"])
-                .await;
+        let (code, out, err) = fanoutctl(&[
+            "--gateway",
+            &gateways,
+            "--token-file",
+            &token_arg,
+            "weights",
+            "set",
+            ROUTE,
+            "blue=0",
+            "green=100",
+        ])
+        .await;
         assert_eq!(code, 0, "{err}");
         assert_eq!(out.lines().filter(|l| l.contains("weights set to blue=0 green=100")).count(), 2, "{out}");
-        let (_, routes, _) = ctl(&["--gateway", &gateways, "routes"]).await;
+        let (_, routes, _) = fanoutctl(&["--gateway", &gateways, "routes"]).await;
         assert!(rows(&routes, ROUTE)[0][3].starts_with("blue=0%/"), "{routes}");
         let (code, _, err) =
-            ctl(&["--gateway", &gateways, "--token-file", &token_arg, "weights", "set", ROUTE, "blue=0"]).await;
+            fanoutctl(&["--gateway", &gateways, "--token-file", &token_arg, "weights", "set", ROUTE, "blue=0"]).await;
         assert_eq!(code, 1, "all weights zero is refused");
         assert!(err.contains("INVALID_ARGUMENT") && err.contains("routes[0].weights"), "{err}");
 
         let (code, out, err) =
-            ctl(&["--gateway", &gateways, "--token-file", &token_arg, "drain", ROUTE, "green-0"]).await;
+            fanoutctl(&["--gateway", &gateways, "--token-file", &token_arg, "drain", ROUTE, "green-0"]).await;
         assert_eq!(code, 0, "{err}");
         assert_eq!(out.lines().filter(|l| l.contains("draining session(s)")).count(), 2, "{out}");
-        let (code, _, err) = ctl(&["--gateway", &gateways, "--token-file", &token_arg, "drain", ROUTE, "nobody"]).await;
+        let (code, _, err) =
+            fanoutctl(&["--gateway", &gateways, "--token-file", &token_arg, "drain", ROUTE, "nobody"]).await;
         assert_eq!(code, 1);
         assert!(err.contains("no subscriber `nobody`") && err.contains("fanoutctl subscribers"), "{err}");
 
@@ -171,27 +173,27 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
 
 #[tokio::test]
 async fn a_bad_address_or_argument_is_one_line_naming_what_to_fix() {
-    let (code, out, err) = ctl(&["--gateway", "127.0.0.1:1", "status"]).await;
+    let (code, out, err) = fanoutctl(&["--gateway", "127.0.0.1:1", "status"]).await;
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the admin API at 127.0.0.1:1") && err.contains("--gateway"), "{err}");
 
-    let (code, _, err) = ctl(&["--gateway", "a b:9090", "status"]).await;
+    let (code, _, err) = fanoutctl(&["--gateway", "a b:9090", "status"]).await;
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--gateway `a b:9090`"), "{err}");
 
-    let (code, _, err) = ctl(&["weights", "set", "orders", "blue=x"]).await;
+    let (code, _, err) = fanoutctl(&["weights", "set", "orders", "blue=x"]).await;
     assert_eq!(code, 2);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("blue=x") && err.contains("whole number"), "{err}");
 
-    let (code, _, err) = ctl(&["-o", "xml", "status"]).await;
+    let (code, _, err) = fanoutctl(&["-o", "xml", "status"]).await;
     assert_eq!(code, 2);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("xml"), "{err}");
 
-    let (code, _, err) = ctl(&["--gateways-dns", "no-such-host.invalid", "status"]).await;
+    let (code, _, err) = fanoutctl(&["--gateways-dns", "no-such-host.invalid", "status"]).await;
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot resolve --gateways-dns no-such-host.invalid:9090"), "{err}");

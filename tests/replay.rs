@@ -17,18 +17,6 @@ use support::*;
 
 const TOKEN: &str = "replay-token";
 
-async fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .env_remove("FANOUT_ADMIN_TOKEN")
-        .env_remove("FANOUT_ADMIN_TOKEN_FILE")
-        .output()
-        .await
-        .expect("fanoutctl runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
 /// What the subscriber saw: per record id, the replay ids it came with (0: live).
 #[derive(Default)]
 struct Seen {
@@ -139,10 +127,10 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
 
         let to = format!("{TOPIC}/0={},{TOPIC}/1={}", committed[&0], committed[&1]);
         let from = format!("{TOPIC}/0=0,{TOPIC}/1=0");
-        let (code, _, err) = ctl(&["--gateway", &admin, "replay", ROUTE, "--from-offsets", &from]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &admin, "replay", ROUTE, "--from-offsets", &from]).await;
         assert_eq!(code, 1, "a replay changes what subscribers get: it needs the token");
         assert!(err.contains("UNAUTHENTICATED"), "{err}");
-        let (code, out, err) = ctl(&[
+        let (code, out, err) = fanoutctl(&[
             "--gateway",
             &admin,
             "--token-file",
@@ -183,7 +171,8 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
         }
         println!("replay {replay_id}: 10000 replayed once each, 2000 live alongside, committed offsets monotonic");
 
-        let (code, json, err) = ctl(&["--gateway", &admin, "-o", "json", "replays", &replay_id.to_string()]).await;
+        let (code, json, err) =
+            fanoutctl(&["--gateway", &admin, "-o", "json", "replays", &replay_id.to_string()]).await;
         assert_eq!(code, 0, "{err}");
         let status: serde_json::Value = serde_json::from_str(&json).expect("JSON");
         assert_eq!(status[0]["state"], "done");
@@ -193,7 +182,7 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
         // Cancel: with the subscriber holding everything, the replay stalls on its window; a
         // cancel ends it there.
         acking.store(false, Ordering::Relaxed);
-        let (code, out, err) = ctl(&[
+        let (code, out, err) = fanoutctl(&[
             "--gateway",
             &admin,
             "--token-file",
@@ -208,7 +197,7 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
         assert_eq!(code, 0, "{err}");
         let second: u64 = out.split_whitespace().nth(1).and_then(|id| id.parse().ok()).expect("id");
         assert!(out.contains("running") && out.contains("of 2000 record(s)"), "{out}");
-        let (code, out, _) = ctl(&[
+        let (code, out, _) = fanoutctl(&[
             "--gateway",
             &admin,
             "--token-file",
@@ -223,18 +212,18 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
         assert_eq!(code, 0);
         assert!(out.contains("of 12000 record(s)"), "RFC 3339, and everything since: {out}");
         let third = out.split_whitespace().nth(1).expect("id").to_string();
-        let (code, _, err) = ctl(&["--gateway", &admin, "--token-file", &token, "cancel-replay", &third]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &admin, "--token-file", &token, "cancel-replay", &third]).await;
         assert_eq!(code, 0, "{err}");
         eventually(Duration::from_secs(10), "the replay stalls on the window", || {
             seen.lock().replayed_by(second).len() >= 500
         })
         .await;
         let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token, "cancel-replay", &second.to_string()]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token, "cancel-replay", &second.to_string()]).await;
         assert_eq!(code, 0, "{err}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let (_, table, _) = ctl(&["--gateway", &admin, "replays"]).await;
+            let (_, table, _) = fanoutctl(&["--gateway", &admin, "replays"]).await;
             let row: Vec<String> = table
                 .lines()
                 .find(|l| l.split_whitespace().next() == Some(&second.to_string()))
@@ -248,16 +237,25 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
             assert!(tokio::time::Instant::now() < deadline, "not cancelled: {table}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (code, _, err) = ctl(&["--gateway", &admin, "replays", "999"]).await;
+        let (code, _, err) = fanoutctl(&["--gateway", &admin, "replays", "999"]).await;
         assert_eq!(code, 1);
         assert!(err.contains("NOT_FOUND") && err.contains("no replay 999"), "{err}");
         let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token, "replay", ROUTE, "--from-time", "yesterday"]).await;
+            fanoutctl(&["--gateway", &admin, "--token-file", &token, "replay", ROUTE, "--from-time", "yesterday"])
+                .await;
         assert_eq!(code, 2);
         assert!(err.contains("`yesterday` is not a time"), "{err}");
-        let (code, _, err) =
-            ctl(&["--gateway", &admin, "--token-file", &token, "replay", ROUTE, "--from-offsets", "payments/0=0"])
-                .await;
+        let (code, _, err) = fanoutctl(&[
+            "--gateway",
+            &admin,
+            "--token-file",
+            &token,
+            "replay",
+            ROUTE,
+            "--from-offsets",
+            "payments/0=0",
+        ])
+        .await;
         assert_eq!(code, 1);
         assert!(err.contains("INVALID_ARGUMENT") && err.contains("payments/0"), "{err}");
 

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -153,17 +152,7 @@ pub fn ledger_group(config: &Config, route: &RouteConfig) -> String {
 }
 
 fn consumer(config: &Config, route: &RouteConfig) -> Result<BaseConsumer, KafkaError> {
-    let mut cc = ClientConfig::new();
-    for (key, value) in &config.kafka.properties {
-        cc.set(key, value);
-    }
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", ledger_group(config, route))
-        .set("client.id", format!("fanout-gateway.{}.dead-letters", route.name))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    cc.create()
+    crate::kafka::reader(config, &ledger_group(config, route), &format!("fanout-gateway.{}.dead-letters", route.name))
 }
 
 /// Per partition of the dead-letter topic: (low, high) watermarks and the ledger.
@@ -173,13 +162,7 @@ struct Partitions {
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Partitions, DeadLetterError> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let ids: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let ids = crate::kafka::partitions_of(consumer, topic, TIMEOUT)?;
     if ids.is_empty() {
         return Err(DeadLetterError::Kafka(format!("topic {topic} does not exist (yet): no letter was written")));
     }

@@ -348,7 +348,7 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         // half with the default, with half a second of empty polls after every burst.
         .set("fetch.queue.backoff.ms", "10")
         // High watermarks for the operator's lag figures come from these statistics.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "1000");
     if let Some(id) = route.group_instance_id(k) {
         cc.set("group.instance.id", id);
     }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -52,18 +51,9 @@ pub struct Range {
 }
 
 fn consumer(config: &Config, route: &RouteConfig) -> Result<BaseConsumer, KafkaError> {
-    let mut cc = ClientConfig::new();
-    for (key, value) in &config.kafka.properties {
-        cc.set(key, value);
-    }
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        // A group id librdkafka wants; the reader never joins it nor commits.
-        .set("group.id", format!("{}.replay", route.group(&config.kafka)))
-        .set("client.id", format!("fanout-gateway.{}.replay", route.name))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    cc.create()
+    // A group id librdkafka wants; the reader never joins it nor commits.
+    let group = format!("{}.replay", route.group(&config.kafka));
+    super::reader(config, &group, &format!("fanout-gateway.{}.replay", route.name))
 }
 
 /// The offsets `bound` names for each of `partitions`: a time is looked up in Kafka (a
@@ -161,13 +151,7 @@ pub fn resolve(
     let consumer = consumer(config, route)?;
     let mut partitions = Vec::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-        let ids: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let ids = super::partitions_of(&consumer, topic, TIMEOUT)?;
         if ids.is_empty() {
             return Err(ReplayError::Range(format!("topic {topic} does not exist")));
         }

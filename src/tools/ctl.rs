@@ -279,7 +279,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 fn call_error(address: &str, status: tonic::Status) -> CtlError {
     let hint = match status.code() {
-        tonic::Code::Unauthenticated => " (pass --token-file or set FANOUT_ADMIN_TOKEN)",
         tonic::Code::Unavailable => " (is the replica stopping, or is this not its admin port?)",
         _ => "",
     };

@@ -256,6 +256,22 @@ async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
     let _ = sub.ack(ids).await;
 }
 
+/// Runs the `fanoutctl` binary with `args` (no gateway or token from the environment);
+/// (exit code, stdout, stderr).
+pub async fn fanoutctl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+        .args(args)
+        .env_remove("FANOUT_GATEWAY")
+        .env_remove("FANOUT_GATEWAYS_DNS")
+        .env_remove("FANOUT_ADMIN_TOKEN")
+        .env_remove("FANOUT_ADMIN_TOKEN_FILE")
+        .output()
+        .await
+        .expect("fanoutctl runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
 /// Logs to the test's output (shown for failing tests); RUST_LOG filters.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
