@@ -9,6 +9,7 @@
 
 pub mod config_map;
 pub mod dead_letters;
+pub mod http;
 pub mod replay;
 pub mod weights;
 
@@ -209,6 +210,37 @@ impl Control {
             started_at: inner.started_at,
             groups: applied.config.routes.iter().map(|r| r.group(kafka)).collect(),
         }
+    }
+
+    /// Whether this replica should get traffic (see [`crate::readiness`]).
+    pub fn readiness(&self) -> crate::readiness::Readiness {
+        let stats = &self.inner.stats;
+        let groups = self.replica_groups();
+        let states = stats.groups.read();
+        crate::readiness::assess(
+            stats.stopping.load(std::sync::atomic::Ordering::Relaxed),
+            stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
+            &groups,
+            &states,
+        )
+    }
+
+    /// The consumer groups of the routes this replica runs.
+    fn replica_groups(&self) -> Vec<String> {
+        let applied = self.inner.applied.read();
+        applied.config.routes.iter().map(|r| r.group(&applied.config.kafka)).collect()
+    }
+
+    /// The Prometheus exposition of this replica, now.
+    pub async fn metrics(&self) -> String {
+        // A route stopping meanwhile leaves the scrape without it rather than failing it.
+        let mut routes = Vec::new();
+        for name in self.inner.routes.names() {
+            if let Ok(mut status) = self.routes_status(Some(&name)).await {
+                routes.append(&mut status);
+            }
+        }
+        crate::metrics::render(&self.inner.stats, routes, self.readiness().ready)
     }
 
     /// Every route (or only `only`) as it runs now.

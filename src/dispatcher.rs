@@ -185,10 +185,13 @@ pub struct Dispatcher {
     /// Replay batches under way: records left to settle, and whom to tell when none are.
     replay_batches: HashMap<u64, (usize, oneshot::Sender<()>)>,
     next_replay_batch: u64,
+    /// The route's fetch-to-ack latency histogram.
+    delivery_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Dispatcher {
     pub fn new(registry: Registry, stats: Arc<Stats>, settings: DispatcherSettings) -> Self {
+        let delivery_latency = stats.histograms.delivery(&registry.route_config().name);
         Self {
             registry,
             partitions: HashMap::new(),
@@ -210,6 +213,7 @@ impl Dispatcher {
             split: status::SplitSamples::default(),
             replay_batches: HashMap::new(),
             next_replay_batch: 1,
+            delivery_latency,
         }
     }
 
@@ -252,6 +256,9 @@ impl Dispatcher {
                     debug!(session, unknown = acked.unknown, "ignored acks of ids not in flight on this stream");
                 }
                 for p in acked.settled {
+                    if p.replay.is_none() {
+                        self.delivery_latency.observe(p.received.elapsed().as_secs_f64());
+                    }
                     self.settle(&p);
                 }
                 if acked.closed {

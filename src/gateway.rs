@@ -66,6 +66,7 @@ pub struct GatewayHandle {
     admin_server: ServerTask,
     admin_stop: oneshot::Sender<()>,
     health: HealthReporter,
+    readiness: JoinHandle<()>,
 }
 
 /// Starts a gateway with static discovery (labels from each Hello).
@@ -136,9 +137,11 @@ pub async fn start_from(
     let service = FanoutServer::new(FanoutService::new(routes.clone(), config.server.max_streams));
     // grpc.health.v1 for probes: "" and fanout.v1.Fanout serve while the gateway runs and
     // report NOT_SERVING once a graceful stop begins, so load balancers stop sending streams.
+    // Both follow readiness (see `follow_readiness`): not serving until Kafka answers and the
+    // routes' groups have settled.
     let (health, health_service) = health::health();
-    health.set("", true);
-    health.set(FANOUT_SERVICE, true);
+    health.set("", false);
+    health.set(FANOUT_SERVICE, false);
     let reflection_v1 = crate::grpc::reflection().build_v1().map_err(StartError::Reflection)?;
     let reflection_v1alpha = crate::grpc::reflection().build_v1alpha().map_err(StartError::Reflection)?;
     let server = tokio::spawn(
@@ -162,18 +165,25 @@ pub async fn start_from(
     health.set(ADMIN_SERVICE, true);
     let admin_reflection_v1 = crate::grpc::admin_reflection().build_v1().map_err(StartError::Reflection)?;
     let admin_reflection_v1alpha = crate::grpc::admin_reflection().build_v1alpha().map_err(StartError::Reflection)?;
+    // The admin port speaks HTTP/1.1 too: /metrics, /healthz and /readyz sit beside the gRPC
+    // services, for Prometheus and the kubelet.
+    let admin_routes = tonic::service::Routes::new(health_service)
+        .add_service(admin_reflection_v1)
+        .add_service(admin_reflection_v1alpha)
+        .add_service(AdminServer::new(AdminService::new(control.clone())))
+        .add_service(DeadLettersServer::new(DeadLettersService::new(control.clone())))
+        .into_axum_router()
+        .merge(crate::admin::http::router(control.clone()));
     let admin_server = tokio::spawn(
         tonic::transport::Server::builder()
+            .accept_http1(true)
             .layer(AuthLayer::new(auth))
-            .add_service(health_service)
-            .add_service(admin_reflection_v1)
-            .add_service(admin_reflection_v1alpha)
-            .add_service(AdminServer::new(AdminService::new(control.clone())))
-            .add_service(DeadLettersServer::new(DeadLettersService::new(control.clone())))
+            .add_routes(tonic::service::Routes::from(admin_routes))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(admin_listener), async {
                 let _ = admin_stop_rx.await;
             }),
     );
+    let readiness = tokio::spawn(follow_readiness(control.clone(), health.clone()));
     info!(%addr, %admin_addr, ?groups, "gateway serving");
     Ok(GatewayHandle {
         addr,
@@ -187,7 +197,35 @@ pub async fn start_from(
         admin_server,
         admin_stop,
         health,
+        readiness,
     })
+}
+
+/// How often readiness is assessed for grpc.health (the consumers' statistics, which it reads,
+/// come every second).
+const READINESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps grpc.health's "" and `fanout.v1.Fanout` statuses on the replica's readiness, and
+/// says in the log when it changes.
+async fn follow_readiness(control: Control, health: HealthReporter) {
+    let mut last: Option<crate::readiness::Readiness> = None;
+    let mut tick = tokio::time::interval(READINESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = control.readiness();
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        health.set("", now.ready);
+        health.set(FANOUT_SERVICE, now.ready);
+        if now.ready {
+            info!("ready: kafka reachable, every route's group settled");
+        } else if last.is_some() {
+            warn!(reason = now.reason, "not ready");
+        }
+        last = Some(now);
+    }
 }
 
 /// Waits for stopping pipelines to finish (each commits and leaves its group).
@@ -242,6 +280,8 @@ impl GatewayHandle {
     /// Graceful stop: no new deliveries, wait for in-flight acks (up to the grace period),
     /// commit, leave the groups, end the streams, stop the server.
     pub async fn shutdown(self) {
+        self.stats.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.readiness.abort();
         self.health.set(FANOUT_SERVICE, false);
         self.health.set(ADMIN_SERVICE, false);
         self.health.set("", false);

@@ -35,7 +35,9 @@
 //! - [`admin`]: the operator's control surface behind the admin API (`grpc::admin`, guarded by
 //!   `grpc::auth`): status, weights in the source of truth (file or ConfigMap), drains,
 //!   replays, dead letters.
-//! - [`stats`]: counters the pipelines add to.
+//! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
+//!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
+//!   ready (`/readyz`, grpc.health).
 //! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
 //!   and the command line, which drive the service through its public surface.
 #![deny(rust_2018_idioms)]
@@ -50,8 +52,10 @@ pub mod dispatcher;
 pub mod gateway;
 pub mod grpc;
 pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod readiness;
 pub mod retry;
 pub mod routing;
 pub mod selector;

@@ -94,6 +94,24 @@ pub struct Stats {
     /// Config changes applied (file, ConfigMap or admin API) and refused since start.
     pub config_reloads: AtomicU64,
     pub config_refused: AtomicU64,
+    /// Each route consumer's membership of its group (keyed by group), from librdkafka's
+    /// statistics: what readiness waits for.
+    pub groups: RwLock<HashMap<Arc<str>, GroupState>>,
+    /// Set when a graceful stop begins: the replica is no longer ready.
+    pub stopping: AtomicBool,
+    /// Commit and delivery latency, observed where they happen.
+    pub histograms: crate::metrics::Histograms,
+}
+
+/// Where a route's consumer stands in its group, as its last statistics said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupState {
+    /// The group coordinator is known and the consumer is a settled member: not joining, not
+    /// in the middle of a rebalance. Its assignment (possibly empty, when there are more
+    /// replicas than partitions) is the one it holds.
+    pub settled: bool,
+    /// Partitions assigned to this consumer.
+    pub assigned: u64,
 }
 
 /// (consumer group, topic, partition).

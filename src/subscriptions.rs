@@ -144,6 +144,9 @@ pub struct Pending {
     hash: u64,
     /// When the subscriber's time to ack runs out (set when sent, if the route has one).
     deadline: Option<Instant>,
+    /// When the gateway received the record from Kafka: delivery latency runs from here to
+    /// the ack.
+    pub received: Instant,
 }
 
 impl Pending {
@@ -195,6 +198,33 @@ pub struct Acked {
     pub closed: bool,
 }
 
+/// A cohort's totals on a route since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CohortCounts {
+    /// Deliveries sent, redeliveries included.
+    pub delivered: u64,
+    /// Deliveries sent as a second or later attempt.
+    pub redelivered: u64,
+    /// Deliveries the cohort's subscribers acked.
+    pub acked: u64,
+    /// Deliveries they nacked.
+    pub nacked: u64,
+    /// Deliveries whose ack deadline passed while they held them.
+    pub expired: u64,
+    /// Messages whose last failed attempt was theirs and that went to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// The counts of `cohort` in `by_cohort`, created on first use. A free function, so that a
+/// caller may hold a session of the registry meanwhile.
+fn cohort_counts<'a>(by_cohort: &'a mut BTreeMap<String, CohortCounts>, cohort: Option<&str>) -> &'a mut CohortCounts {
+    let cohort = cohort.unwrap_or("");
+    if !by_cohort.contains_key(cohort) {
+        by_cohort.insert(cohort.to_string(), CohortCounts::default());
+    }
+    by_cohort.get_mut(cohort).expect("inserted above")
+}
+
 pub struct Registry {
     route: RouteState,
     sessions: HashMap<SessionId, Session>,
@@ -216,8 +246,9 @@ pub struct Registry {
     staged: Vec<StagedSend>,
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
-    /// Deliveries sent per cohort (routes that split), for the observed split.
-    pub delivered_by_cohort: BTreeMap<String, u64>,
+    /// What happened per cohort ("" for subscribers without one), for metrics and the
+    /// observed split.
+    pub by_cohort: BTreeMap<String, CohortCounts>,
     pub redelivered: u64,
     /// Sessions ended, whatever the reason.
     pub closed: u64,
@@ -250,7 +281,7 @@ impl Registry {
             dropped: Vec::new(),
             staged: Vec::new(),
             delivered: 0,
-            delivered_by_cohort: BTreeMap::new(),
+            by_cohort: BTreeMap::new(),
             redelivered: 0,
             closed: 0,
             expired: 0,
@@ -259,6 +290,17 @@ impl Registry {
             commit_generation: 0,
             revoked: BTreeSet::new(),
         }
+    }
+
+    /// Deliveries sent per cohort of a route that splits (subscribers without a cohort are
+    /// left out), for the observed split.
+    pub fn delivered_by_cohort(&self) -> BTreeMap<String, u64> {
+        self.by_cohort.iter().filter(|(c, _)| !c.is_empty()).map(|(c, n)| (c.clone(), n.delivered)).collect()
+    }
+
+    /// The cohort of session `id`, if it is open and has one.
+    fn cohort_of(&self, id: SessionId) -> Option<&str> {
+        self.sessions.get(&id).and_then(|s| s.cohort.as_deref())
     }
 
     /// The route's settings as last applied.
@@ -342,6 +384,7 @@ impl Registry {
             // for ever: its lost deliveries count as attempts.
             if p.attempt >= max_attempts && dead_letter_topic {
                 let reason = format!("subscriber stream ended with the delivery in flight, attempt {}", p.attempt);
+                cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).dead_lettered += 1;
                 self.dead_letters.push(DeadLetter { pending: p, reason, retry_at: None });
                 continue;
             }
@@ -417,6 +460,7 @@ impl Registry {
         }
         self.dirty.insert(id);
         session.acked += out.settled.len() as u64;
+        cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).acked += out.settled.len() as u64;
         if self.route.config.window_until_commit && !out.settled.is_empty() {
             let n = out.settled.len() as u32;
             match session.unconfirmed.back_mut() {

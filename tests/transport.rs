@@ -29,18 +29,24 @@ async fn health_follows_the_spec_and_an_open_watch_does_not_hold_up_the_stop() {
     let mut health = HealthClient::new(channel(&gw.endpoint()).await);
     let ask = |service: &str| HealthCheckRequest { service: service.to_string() };
 
+    let first = |m: Option<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>| {
+        m.expect("a message").expect("ok").status
+    };
+    // The watch says the current status at once: NOT_SERVING until the replica is ready (Kafka
+    // answers, the group has settled), then SERVING.
+    let mut fanout = health.watch(ask("fanout.v1.Fanout")).await.expect("watch").into_inner();
+    let mut status = first(fanout.next().await);
+    while status != ServingStatus::Serving as i32 {
+        assert_eq!(status, ServingStatus::NotServing as i32);
+        status = first(tokio::time::timeout(Duration::from_secs(30), fanout.next()).await.expect("becomes ready"));
+    }
     let serving = health.check(ask("fanout.v1.Fanout")).await.expect("check").into_inner().status;
     assert_eq!(serving, ServingStatus::Serving as i32);
     let unknown = health.check(ask("nope.v1.Nothing")).await.expect_err("unknown service");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    let mut fanout = health.watch(ask("fanout.v1.Fanout")).await.expect("watch").into_inner();
     let mut nothing =
         health.watch(ask("nope.v1.Nothing")).await.expect("a watch of an unknown service opens").into_inner();
-    let first = |m: Option<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>| {
-        m.expect("a message").expect("ok").status
-    };
-    assert_eq!(first(fanout.next().await), ServingStatus::Serving as i32);
     assert_eq!(first(nothing.next().await), ServingStatus::ServiceUnknown as i32);
     // The unknown service's watch stays open: nothing more arrives, and it has not ended.
     assert!(

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::Dispatcher;
 use crate::config::RouteConfig;
 use crate::kafka::TopicPartition;
-use crate::subscriptions::{CohortSnapshot, ReplayTag, SubscriberSnapshot};
+use crate::subscriptions::{CohortCounts, CohortSnapshot, ReplayTag, SubscriberSnapshot};
 
 /// The window the observed split is measured over.
 pub const SPLIT_WINDOW: Duration = Duration::from_secs(60);
@@ -32,6 +32,8 @@ pub struct RouteSnapshot {
     pub held: usize,
     pub retrying: usize,
     pub delivered: u64,
+    /// Totals per cohort since start ("" for subscribers without one).
+    pub counts: BTreeMap<String, CohortCounts>,
 }
 
 /// One assigned partition.
@@ -114,7 +116,7 @@ impl Dispatcher {
 
     /// Samples the per-cohort counts (called on the commit tick).
     pub(super) fn sample_split(&mut self, now: Instant) {
-        self.split.sample(now, &self.registry.delivered_by_cohort);
+        self.split.sample(now, &self.registry.delivered_by_cohort());
     }
 
     pub(super) fn snapshot(&self) -> RouteSnapshot {
@@ -133,7 +135,8 @@ impl Dispatcher {
         RouteSnapshot {
             config: r.route_config().clone(),
             cohorts: r.cohorts(),
-            delivered_last_minute: self.split.over_window(Instant::now(), &r.delivered_by_cohort),
+            delivered_last_minute: self.split.over_window(Instant::now(), &r.delivered_by_cohort()),
+            counts: r.by_cohort.clone(),
             subscribers: r.subscribers(),
             partitions,
             held: r.held(),

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
-use crate::stats::Stats;
+use crate::stats::{GroupState, Stats};
 
 /// Records handed over per event: large enough to amortise the channel, small enough that
 /// one batch is little memory.
@@ -78,6 +78,8 @@ struct GatewayContext {
     topics: parking_lot::Mutex<TopicNames>,
     /// When the last client error was logged (they are rate-limited).
     last_warning: parking_lot::Mutex<Option<Instant>>,
+    /// The route's commit latency histogram.
+    commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Interned topic names, so every record of a topic shares one `Arc<str>`.
@@ -144,7 +146,7 @@ impl ClientContext for GatewayContext {
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
-        self.record_watermarks(statistics);
+        self.record_statistics(statistics);
     }
 }
 
@@ -154,6 +156,28 @@ impl ClientContext for GatewayContext {
 struct ClientStatistics {
     #[serde(default)]
     topics: HashMap<String, TopicStatistics>,
+    /// The consumer group part (absent before the consumer has one).
+    cgrp: Option<GroupStatistics>,
+}
+
+#[derive(serde::Deserialize)]
+struct GroupStatistics {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    join_state: String,
+    #[serde(default)]
+    assignment_size: i64,
+}
+
+impl GroupStatistics {
+    /// "up": the coordinator is known; "steady": not joining, syncing or (un)assigning.
+    fn state(&self) -> GroupState {
+        GroupState {
+            settled: self.state == "up" && self.join_state == "steady",
+            assigned: self.assignment_size.max(0) as u64,
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -173,9 +197,9 @@ const fn unknown_offset() -> i64 {
 }
 
 impl GatewayContext {
-    /// Files the high watermarks of fetched partitions (librdkafka's internal partition -1
-    /// and partitions not fetched yet report -1 and are skipped).
-    fn record_watermarks(&self, statistics: &[u8]) {
+    /// Files the group membership and the high watermarks of fetched partitions (librdkafka's
+    /// internal partition -1 and partitions not fetched yet report -1 and are skipped).
+    fn record_statistics(&self, statistics: &[u8]) {
         let parsed: ClientStatistics = match serde_json::from_slice(statistics) {
             Ok(s) => s,
             Err(error) => {
@@ -183,6 +207,9 @@ impl GatewayContext {
                 return;
             }
         };
+        if let Some(group) = &parsed.cgrp {
+            self.stats.groups.write().insert(self.group.clone(), group.state());
+        }
         let mut marks = self.stats.high_watermarks.write();
         for (topic, t) in parsed.topics {
             for (partition, p) in t.partitions {
@@ -277,7 +304,10 @@ fn commit(
         elem.set_offset(Offset::Offset(point.offset))?;
         elem.set_metadata(point.metadata.clone());
     }
-    consumer.commit(&tpl, mode)
+    let started = Instant::now();
+    let result = consumer.commit(&tpl, mode);
+    consumer.context().commit_latency.observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Moves a partition's fetch position back to `offset` (records from there on were dropped at
@@ -371,6 +401,7 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
         last_warning: parking_lot::Mutex::new(None),
+        commit_latency: stats.histograms.commit(&route.name),
     };
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;

@@ -34,6 +34,7 @@ impl Registry {
             let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
             let at_most_once = self.route.config.delivery == DeliveryMode::AtMostOnce;
             let mut staged_pending = Vec::new();
+            let mut redelivered = 0u64;
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
                 let size = p.record.size();
@@ -61,6 +62,7 @@ impl Registry {
                 };
                 if p.attempt > 1 {
                     self.redelivered += 1;
+                    redelivered += 1;
                 }
                 self.delivered += 1;
                 if at_most_once {
@@ -70,14 +72,9 @@ impl Registry {
                 batch.push(delivery);
             }
             s.delivered += take as u64;
-            if let Some(c) = s.cohort.as_deref() {
-                match self.delivered_by_cohort.get_mut(c) {
-                    Some(n) => *n += take as u64,
-                    None => {
-                        self.delivered_by_cohort.insert(c.to_string(), take as u64);
-                    }
-                }
-            }
+            let counts = cohort_counts(&mut self.by_cohort, s.cohort.as_deref());
+            counts.delivered += take as u64;
+            counts.redelivered += redelivered;
             if at_most_once {
                 self.staged.push(StagedSend { session: id, deliveries: batch, pending: staged_pending });
             } else {

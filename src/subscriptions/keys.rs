@@ -28,7 +28,16 @@ impl Registry {
         let hash = self.route.hash_of(&record);
         if !self.route.config.retries_through(&record.tp.topic) {
             self.assign(
-                Pending { record, attempt: 1, epoch, idempotency_key, hash, deadline: None, replay: None },
+                Pending {
+                    record,
+                    attempt: 1,
+                    epoch,
+                    idempotency_key,
+                    hash,
+                    deadline: None,
+                    replay: None,
+                    received: Instant::now(),
+                },
                 false,
             );
             return;
@@ -44,6 +53,7 @@ impl Registry {
             hash,
             deadline: None,
             replay: None,
+            received: Instant::now(),
         };
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
@@ -57,8 +67,16 @@ impl Registry {
     /// among live and replayed messages alike.
     pub fn dispatch_replay(&mut self, record: Arc<Record>, tag: ReplayTag) {
         let hash = self.route.hash_of(&record);
-        let p =
-            Pending { record, attempt: 1, epoch: 0, idempotency_key: None, hash, deadline: None, replay: Some(tag) };
+        let p = Pending {
+            record,
+            attempt: 1,
+            epoch: 0,
+            idempotency_key: None,
+            hash,
+            deadline: None,
+            replay: Some(tag),
+            received: Instant::now(),
+        };
         self.assign(p, false);
     }
 

@@ -61,6 +61,7 @@ impl Registry {
     pub fn nack(&mut self, id: SessionId, ack_id: AckId, failure: Failure) -> bool {
         let Some(session) = self.sessions.get_mut(&id) else { return false };
         let Some(p) = session.in_flight.remove(&ack_id) else { return false };
+        cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).nacked += 1;
         self.dirty.insert(id);
         self.fail(id, p, failure);
         self.close_if_drained(id);
@@ -71,8 +72,12 @@ impl Registry {
     pub fn expire(&mut self, now: Instant) -> u64 {
         let mut expired = Vec::new();
         for (id, s) in &mut self.sessions {
+            let before = expired.len();
             let passed = s.in_flight.extract_if(|_, p| p.deadline.is_some_and(|d| d <= now));
             expired.extend(passed.map(|(_, p)| (*id, p)));
+            if expired.len() > before {
+                cohort_counts(&mut self.by_cohort, s.cohort.as_deref()).expired += (expired.len() - before) as u64;
+            }
         }
         let count = expired.len() as u64;
         let mut touched = BTreeSet::new();
@@ -111,6 +116,8 @@ impl Registry {
         };
         let next = match next {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
+                let cohort = self.cohort_of(id).map(str::to_string);
+                cohort_counts(&mut self.by_cohort, cohort.as_deref()).dead_lettered += 1;
                 self.release_key(p.hash);
                 self.dead_letters.push(DeadLetter { pending: p, reason: failure.reason, retry_at: None });
                 return;

@@ -115,9 +115,9 @@ mod tests {
         assert_eq!(b.delivered, u64::from(b.in_flight));
         assert_eq!(subs.iter().map(|s| s.delivered).sum::<u64>(), 100);
         assert_eq!(subs[2].delivered, 0, "an unweighted cohort gets nothing");
-        let by_cohort: u64 = reg.delivered_by_cohort.values().sum();
+        let by_cohort: u64 = reg.delivered_by_cohort().values().sum();
         assert_eq!(by_cohort, 100);
-        assert_eq!(reg.delivered_by_cohort.get("blue"), Some(&b.delivered));
+        assert_eq!(reg.delivered_by_cohort().get("blue"), Some(&b.delivered));
 
         let acked = reg.ack(blue.session, &[reg.handle(blue.session, "t/0/0"), reg.handle(blue.session, "t/0/1")]);
         let acked_here = acked.settled.len() as u64;

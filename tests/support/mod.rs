@@ -282,3 +282,71 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// `GET path` over plain HTTP/1.1 (the admin port's /metrics, /healthz, /readyz), as
+/// Prometheus and the kubelet ask; (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_accepting(addr, path, "*/*").await
+}
+
+/// `GET path` with an `Accept` header (Prometheus asks for OpenMetrics).
+pub async fn http_get_accepting(addr: std::net::SocketAddr, path: &str, accept: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin port accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("response read");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    (code, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// One scrape of `/metrics`, parsed: every sample as (series with its labels, value).
+pub async fn scrape(addr: std::net::SocketAddr) -> (String, HashMap<String, f64>) {
+    let (code, text) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "/metrics answers: {text}");
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| value.parse::<f64>().ok().map(|v| (series.to_string(), v)))
+        .collect();
+    (text, samples)
+}
+
+/// `promtool check metrics` on an exposition: its complaints, empty when it passes.
+pub fn promtool_check(exposition: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; .ci/run installs it)");
+    child.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("exposition written");
+    let out = child.wait_with_output().expect("promtool finishes");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        String::new()
+    } else {
+        format!("promtool check metrics failed: {said}")
+    }
+}

@@ -1,0 +1,72 @@
+//! Whether this replica should get traffic: what `/readyz`, the readiness probe and
+//! grpc.health's statuses say. Decided by one pure function from what the consumers last
+//! reported, so the probe, the health service and the tests agree.
+//!
+//! A replica is ready when Kafka answers and every route's consumer is a settled member of its
+//! group: the coordinator is known and no join or rebalance is under way, so the partitions it
+//! holds (none, when there are more replicas than partitions) are the ones it keeps. During a
+//! rolling restart Kubernetes waits for that before it stops the next replica, so the group
+//! settles between two restarts instead of rebalancing through all of them at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::stats::GroupState;
+
+/// The verdict, with what is missing when not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// "ready", or what the replica waits for, for the probe's body and logs.
+    pub reason: String,
+}
+
+/// Ready when not stopping, Kafka is reachable and every group in `groups` is settled.
+pub fn assess(
+    stopping: bool,
+    kafka_reachable: bool,
+    groups: &[String],
+    states: &HashMap<Arc<str>, GroupState>,
+) -> Readiness {
+    let not = |reason: String| Readiness { ready: false, reason };
+    if stopping {
+        return not("stopping".into());
+    }
+    if !kafka_reachable {
+        return not("kafka is not reachable".into());
+    }
+    let waiting: Vec<&str> =
+        groups.iter().filter(|g| !states.get(g.as_str()).is_some_and(|s| s.settled)).map(String::as_str).collect();
+    if !waiting.is_empty() {
+        return not(format!("consumer group(s) not settled yet: {}", waiting.join(", ")));
+    }
+    Readiness { ready: true, reason: "ready".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn states(list: &[(&str, bool)]) -> HashMap<Arc<str>, GroupState> {
+        list.iter().map(|(g, settled)| (Arc::from(*g), GroupState { settled: *settled, assigned: 0 })).collect()
+    }
+
+    #[test]
+    fn ready_only_with_kafka_and_every_group_settled() {
+        let groups = vec!["a".to_string(), "b".to_string()];
+        let all = states(&[("a", true), ("b", true)]);
+        assert!(assess(false, true, &groups, &all).ready);
+        assert!(assess(false, true, &[], &HashMap::new()).ready, "no routes: nothing to wait for");
+
+        let stopping = assess(true, true, &groups, &all);
+        assert_eq!((stopping.ready, stopping.reason.as_str()), (false, "stopping"));
+        let unreachable = assess(false, false, &groups, &all);
+        assert!(!unreachable.ready && unreachable.reason.contains("kafka"));
+
+        let joining = assess(false, true, &groups, &states(&[("a", true), ("b", false)]));
+        assert!(!joining.ready);
+        assert!(joining.reason.ends_with(": b"), "{}", joining.reason);
+        let unknown = assess(false, true, &groups, &states(&[("a", true)]));
+        assert!(!unknown.ready && unknown.reason.contains('b'), "a group not heard of yet is not settled");
+    }
+}

@@ -1,0 +1,222 @@
+//! What Prometheus and the kubelet see on the admin port: `/metrics` passes `promtool check
+//! metrics` and its series move as messages flow (delivered per cohort follows the weights,
+//! a partition pauses under backpressure and resumes, lag falls to 0); `/readyz` is not ready
+//! while Kafka is unreachable and becomes ready when it answers, with grpc.health saying the
+//! same; `/healthz` answers throughout.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use fanout_gateway::gateway;
+use fanout_gateway::proto::Hello;
+use fanout_gateway::tools::client::{self, Subscription};
+use support::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const PARTITIONS: i32 = 4;
+const MESSAGES: usize = 4_000;
+/// Records a partition may hold un-committed before it is paused.
+const BOUND: usize = 50;
+
+/// The value of every sample of `name` whose labels include each of `labels`.
+fn values<'a>(samples: &'a HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Vec<(&'a str, f64)> {
+    samples
+        .iter()
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name)
+                && labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(series, v)| (series.as_str(), *v))
+        .collect()
+}
+
+fn total(samples: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    values(samples, name, labels).iter().map(|(_, v)| v).sum()
+}
+
+async fn subscribe(endpoint: &str, name: &str, track: &str) -> Subscription {
+    let hello = Hello {
+        route: ROUTE.into(),
+        pod_name: name.into(),
+        max_in_flight: 1_000,
+        labels: [("track".to_string(), track.to_string())].into(),
+        ..Hello::default()
+    };
+    Subscription::connect(endpoint, hello).await.expect("subscribes")
+}
+
+async fn wait_ready(admin: std::net::SocketAddr, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (code, body) = http_get(admin, "/readyz").await;
+        if code == 200 {
+            assert_eq!(body.trim(), "ready");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not ready after {limit:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_pass_promtool_and_follow_the_traffic() {
+    init_logs();
+    let cluster = mock_cluster(PARTITIONS);
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = config(&bootstrap, &unique_group("metrics"));
+    config.kafka.max_uncommitted_per_partition = BOUND;
+    config.kafka.properties.insert("statistics.interval.ms".into(), "200".into());
+    config.routes[0].split_label = Some("track".into());
+    config.routes[0].weights = BTreeMap::from([("blue".to_string(), 75), ("green".to_string(), 25)]);
+    let gw = gateway::start(config).await.expect("starts");
+    let admin = gw.admin_addr();
+    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".to_string()), "alive from the start");
+    wait_ready(admin, Duration::from_secs(30)).await;
+
+    let mut blue = subscribe(&gw.endpoint(), "blue-0", "blue").await;
+    let mut green = subscribe(&gw.endpoint(), "green-0", "green").await;
+    produce(&bootstrap, MESSAGES, 1_000).await;
+
+    // Nobody acks yet: each partition fills its buffer and is paused, and the deliveries sit
+    // in flight at the subscribers.
+    let mut held: Vec<String> = Vec::new();
+    let mut held_green: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let paused_scrape = loop {
+        tokio::select! {
+            batch = blue.next() => held.extend(batch.expect("stream").expect("open").iter().map(client::id_of)),
+            batch = green.next() => held_green.extend(batch.expect("stream").expect("open").iter().map(client::id_of)),
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                let (text, samples) = scrape(admin).await;
+                if total(&samples, "fanout_partition_paused", &[("route", ROUTE)]) == f64::from(PARTITIONS) {
+                    break (text, samples);
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "every partition pauses under backpressure");
+    };
+    let (text, samples) = paused_scrape;
+    assert_eq!(promtool_check(&text), "", "{text}");
+    let in_flight = total(&samples, "fanout_subscriber_in_flight", &[("route", ROUTE)]);
+    assert!(in_flight > 0.0 && in_flight <= (PARTITIONS as usize * BOUND) as f64, "in flight: {in_flight}");
+    assert_eq!(
+        total(&samples, "fanout_subscriber_in_flight", &[("subscriber", "blue-0")]) as usize,
+        held.len(),
+        "the blue subscriber's in-flight series is what it holds"
+    );
+    assert!(total(&samples, "fanout_partition_lag", &[("route", ROUTE)]) > 0.0, "a backlog shows as lag");
+    assert_eq!(total(&samples, "fanout_route_weight", &[("cohort", "blue")]), 75.0);
+    assert_eq!(total(&samples, "fanout_route_subscribers", &[("cohort", "green")]), 1.0);
+    assert_eq!(total(&samples, "fanout_partition_pauses_total", &[]), f64::from(PARTITIONS));
+
+    // Everything acked: partitions resume, the backlog drains, lag falls to 0.
+    blue.ack(std::mem::take(&mut held)).await.expect("acks");
+    green.ack(std::mem::take(&mut held_green)).await.expect("acks");
+    let mut last = (String::new(), HashMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            batch = blue.next() => {
+                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+                blue.ack(ids).await.expect("acks");
+            }
+            batch = green.next() => {
+                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+                green.ack(ids).await.expect("acks");
+            }
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                last = scrape(admin).await;
+                let s = &last.1;
+                let lag = values(s, "fanout_partition_lag", &[("route", ROUTE)]);
+                if lag.len() == PARTITIONS as usize && lag.iter().all(|(_, v)| *v == 0.0)
+                    && total(s, "fanout_acked_total", &[("route", ROUTE)]) >= MESSAGES as f64
+                {
+                    break;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag falls to 0 on every partition: {}", last.0);
+    }
+    let (text, samples) = last;
+    assert_eq!(promtool_check(&text), "", "{text}");
+    assert_eq!(total(&samples, "fanout_partition_paused", &[("route", ROUTE)]), 0.0, "every partition resumed");
+    assert!(total(&samples, "fanout_partition_resumes_total", &[]) >= f64::from(PARTITIONS));
+    let delivered_blue = total(&samples, "fanout_delivered_total", &[("route", ROUTE), ("cohort", "blue")]);
+    let delivered_green = total(&samples, "fanout_delivered_total", &[("route", ROUTE), ("cohort", "green")]);
+    assert_eq!(delivered_blue + delivered_green, MESSAGES as f64, "each message delivered once");
+    let share = delivered_blue / (delivered_blue + delivered_green);
+    assert!((share - 0.75).abs() < 0.05, "blue's share {share:.3} follows its weight 75/100");
+    assert_eq!(total(&samples, "fanout_acked_total", &[("cohort", "blue")]), delivered_blue);
+    assert_eq!(total(&samples, "fanout_subscriber_in_flight", &[("route", ROUTE)]), 0.0);
+    let latency_count = total(&samples, "fanout_delivery_latency_seconds_count", &[("route", ROUTE)]);
+    assert_eq!(latency_count, MESSAGES as f64, "every ack observed once in the delivery latency");
+    assert!(total(&samples, "fanout_commit_latency_seconds_count", &[("route", ROUTE)]) > 0.0);
+    assert!(total(&samples, "fanout_commits_total", &[]) > 0.0);
+    assert_eq!(total(&samples, "fanout_ready", &[]), 1.0);
+    assert_eq!(values(&samples, "fanout_build_info", &[]).len(), 1);
+    // Prometheus asks for OpenMetrics and gets it; the samples are the same.
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (code, open) = http_get_accepting(admin, "/metrics", prometheus_accept).await;
+    assert_eq!(code, 200);
+    assert!(open.ends_with("# EOF\n") && open.contains("# TYPE fanout_delivered counter\n"), "{open}");
+    gw.shutdown().await;
+}
+
+async fn health_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    let ask = HealthCheckRequest { service: service.into() };
+    health.check(ask).await.expect("health answers").into_inner().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_only_while_kafka_answers() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.broker_down(-1).expect("brokers down");
+    let gw = gateway::start(config(&bootstrap, &unique_group("ready"))).await.expect("starts without Kafka");
+    let admin = gw.admin_addr();
+    let channel =
+        tonic::transport::Channel::from_shared(gw.endpoint()).expect("uri").connect().await.expect("connects");
+    let mut health = HealthClient::new(channel);
+
+    // Unreachable Kafka: alive, not ready, and grpc.health agrees, for as long as it lasts.
+    for _ in 0..5 {
+        assert_eq!(http_get(admin, "/healthz").await.0, 200);
+        let (code, body) = http_get(admin, "/readyz").await;
+        assert_eq!(code, 503, "not ready while Kafka is unreachable");
+        assert!(body.contains("kafka is not reachable"), "says why: {body}");
+        assert_eq!(health_of(&mut health, "fanout.v1.Fanout").await, ServingStatus::NotServing as i32);
+        assert_eq!(health_of(&mut health, "").await, ServingStatus::NotServing as i32);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Kafka answers: ready once the group has settled, and grpc.health follows.
+    cluster.broker_up(-1).expect("brokers up");
+    wait_ready(admin, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health_of(&mut health, "fanout.v1.Fanout").await != ServingStatus::Serving as i32 {
+        assert!(tokio::time::Instant::now() < deadline, "grpc.health follows readiness");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health_of(&mut health, "").await, ServingStatus::Serving as i32);
+
+    // Kafka goes away again: not ready again.
+    cluster.broker_down(-1).expect("brokers down");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http_get(admin, "/readyz").await;
+        if code == 503 {
+            assert!(body.contains("kafka"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not ready once Kafka stops answering");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http_get(admin, "/healthz").await.0, 200, "still alive: a restart would not bring Kafka back");
+    cluster.broker_up(-1).expect("brokers up");
+    gw.shutdown().await;
+}
