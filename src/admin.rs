@@ -121,6 +121,7 @@ pub struct ReplicaStatus {
     pub last_kafka_error: Option<String>,
     pub started_at: SystemTime,
     pub groups: Vec<String>,
+    pub readiness: crate::readiness::Readiness,
 }
 
 /// A route as this replica runs it, with its consumer group's offsets and lag.
@@ -195,6 +196,7 @@ impl Control {
     }
 
     pub fn replica(&self) -> ReplicaStatus {
+        let readiness = self.readiness();
         let inner = &self.inner;
         let applied = inner.applied.read();
         let kafka = &applied.config.kafka;
@@ -209,6 +211,7 @@ impl Control {
             last_kafka_error: inner.stats.last_kafka_error.read().clone(),
             started_at: inner.started_at,
             groups: applied.config.routes.iter().map(|r| r.group(kafka)).collect(),
+            readiness,
         }
     }
 

@@ -221,8 +221,10 @@ async fn follow_readiness(control: Control, health: HealthReporter) {
         health.set(FANOUT_SERVICE, now.ready);
         if now.ready {
             info!("ready: kafka reachable, every route's group settled");
-        } else if last.is_some() {
-            warn!(reason = now.reason, "not ready");
+        } else if last.as_ref().is_some_and(|l| l.ready) {
+            warn!(reason = now.reason, "not ready any more");
+        } else {
+            info!(reason = now.reason, "not ready yet");
         }
         last = Some(now);
     }

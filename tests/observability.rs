@@ -2,11 +2,12 @@
 //! metrics` and its series move as messages flow (delivered per cohort follows the weights,
 //! a partition pauses under backpressure and resumes, lag falls to 0); `/readyz` is not ready
 //! while Kafka is unreachable and becomes ready when it answers, with grpc.health saying the
-//! same; `/healthz` answers throughout.
+//! same; `/healthz` answers throughout. The Grafana dashboard and the alert rules in
+//! `k8s/monitoring/` query only series the gateway exports.
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use fanout_gateway::gateway;
@@ -158,12 +159,80 @@ async fn metrics_pass_promtool_and_follow_the_traffic() {
     assert!(total(&samples, "fanout_commits_total", &[]) > 0.0);
     assert_eq!(total(&samples, "fanout_ready", &[]), 1.0);
     assert_eq!(values(&samples, "fanout_build_info", &[]).len(), 1);
+    // The dashboard and the alerts ask only for series the gateway exports.
+    let exported = exported_names(&text);
+    for (file, wanted) in [
+        ("k8s/monitoring/grafana-dashboard.json", dashboard_series()),
+        ("k8s/monitoring/alerts.yaml", series_named_in(&read("k8s/monitoring/alerts.yaml"))),
+    ] {
+        assert!(!wanted.is_empty(), "{file} queries something");
+        let unknown: Vec<&String> = wanted.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(unknown.is_empty(), "{file} queries series the gateway does not export: {unknown:?}");
+    }
     // Prometheus asks for OpenMetrics and gets it; the samples are the same.
     let prometheus_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
     let (code, open) = http_get_accepting(admin, "/metrics", prometheus_accept).await;
     assert_eq!(code, 200);
     assert!(open.ends_with("# EOF\n") && open.contains("# TYPE fanout_delivered counter\n"), "{open}");
     gw.shutdown().await;
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect(path)
+}
+
+/// Every series name an exposition declares (a histogram's as its `_bucket`, `_sum` and
+/// `_count`).
+fn exported_names(classic: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in classic.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let Some((name, kind)) = rest.split_once(' ') else { continue };
+        if kind == "histogram" {
+            names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+        } else {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// The `fanout_` series named in some text (PromQL, YAML).
+fn series_named_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("fanout_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The series the Grafana dashboard's panel queries name: the file is valid JSON, and every
+/// panel target's `expr` is read.
+fn dashboard_series() -> BTreeSet<String> {
+    fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("k8s/monitoring/grafana-dashboard.json")).expect("the dashboard is valid JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| !p.is_empty()), "the dashboard has panels");
+    let mut all = Vec::new();
+    exprs(&dashboard, &mut all);
+    all.iter().flat_map(|e| series_named_in(e)).collect()
 }
 
 async fn health_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {

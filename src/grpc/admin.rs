@@ -65,6 +65,8 @@ fn replica(r: ReplicaStatus) -> pb::Replica {
         last_kafka_error: r.last_kafka_error.unwrap_or_default(),
         started_at_unix_ms: unix_ms(r.started_at),
         groups: r.groups,
+        ready: r.readiness.ready,
+        not_ready_reason: if r.readiness.ready { String::new() } else { r.readiness.reason },
     }
 }
 

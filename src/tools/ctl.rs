@@ -666,6 +666,7 @@ fn replicas_table(all: &[ReplicaStatus]) -> String {
                 replica.version,
                 replica.config_generation,
                 if replica.kafka_reachable { "reachable".into() } else { "unreachable".into() },
+                if replica.ready { "yes".into() } else { "no".into() },
                 r.status.routes.len().to_string(),
                 subscribers.to_string(),
                 table::age((now_unix_ms() - replica.started_at_unix_ms) / 1000),
@@ -674,7 +675,18 @@ fn replicas_table(all: &[ReplicaStatus]) -> String {
         })
         .collect();
     table::render(
-        &["REPLICA", "ADDRESS", "VERSION", "CONFIG GENERATION", "KAFKA", "ROUTES", "SUBSCRIBERS", "AGE", "SOURCE"],
+        &[
+            "REPLICA",
+            "ADDRESS",
+            "VERSION",
+            "CONFIG GENERATION",
+            "KAFKA",
+            "READY",
+            "ROUTES",
+            "SUBSCRIBERS",
+            "AGE",
+            "SOURCE",
+        ],
         &rows,
     )
 }

@@ -350,3 +350,4 @@ pub fn promtool_check(exposition: &str) -> String {
         format!("promtool check metrics failed: {said}")
     }
 }
+pub mod runbook;
