@@ -150,6 +150,18 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A message as it arrives: not sent yet, received now.
+    fn new(
+        record: Arc<Record>,
+        attempt: u32,
+        epoch: u64,
+        idempotency_key: Option<Arc<str>>,
+        hash: u64,
+        replay: Option<ReplayTag>,
+    ) -> Self {
+        Self { record, attempt, epoch, idempotency_key, replay, hash, deadline: None, received: Instant::now() }
+    }
+
     fn order(&self) -> (&TopicPartition, i64) {
         (&self.record.tp, self.record.offset)
     }

@@ -27,34 +27,13 @@ impl Registry {
     pub fn dispatch_keyed(&mut self, record: Arc<Record>, epoch: u64, idempotency_key: Option<Arc<str>>) {
         let hash = self.route.hash_of(&record);
         if !self.route.config.retries_through(&record.tp.topic) {
-            self.assign(
-                Pending {
-                    record,
-                    attempt: 1,
-                    epoch,
-                    idempotency_key,
-                    hash,
-                    deadline: None,
-                    replay: None,
-                    received: Instant::now(),
-                },
-                false,
-            );
+            self.assign(Pending::new(record, 1, epoch, idempotency_key, hash, None), false);
             return;
         }
         // A retry: the attempt after those its headers count, not before its time.
         let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
         let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending {
-            record,
-            attempt: made.saturating_add(1),
-            epoch,
-            idempotency_key,
-            hash,
-            deadline: None,
-            replay: None,
-            received: Instant::now(),
-        };
+        let p = Pending::new(record, made.saturating_add(1), epoch, idempotency_key, hash, None);
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
             // No owner holds a retried message's key: it waits on its own.
@@ -67,16 +46,7 @@ impl Registry {
     /// among live and replayed messages alike.
     pub fn dispatch_replay(&mut self, record: Arc<Record>, tag: ReplayTag) {
         let hash = self.route.hash_of(&record);
-        let p = Pending {
-            record,
-            attempt: 1,
-            epoch: 0,
-            idempotency_key: None,
-            hash,
-            deadline: None,
-            replay: Some(tag),
-            received: Instant::now(),
-        };
+        let p = Pending::new(record, 1, 0, None, hash, Some(tag));
         self.assign(p, false);
     }
 

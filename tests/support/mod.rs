@@ -256,18 +256,19 @@ async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
     let _ = sub.ack(ids).await;
 }
 
+/// The `fanoutctl` binary, with no gateway or token from the test's own environment.
+pub fn fanoutctl_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"));
+    for name in ["FANOUT_GATEWAY", "FANOUT_GATEWAYS_DNS", "FANOUT_ADMIN_TOKEN", "FANOUT_ADMIN_TOKEN_FILE"] {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Runs the `fanoutctl` binary with `args` (no gateway or token from the environment);
 /// (exit code, stdout, stderr).
 pub async fn fanoutctl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .env_remove("FANOUT_GATEWAY")
-        .env_remove("FANOUT_GATEWAYS_DNS")
-        .env_remove("FANOUT_ADMIN_TOKEN")
-        .env_remove("FANOUT_ADMIN_TOKEN_FILE")
-        .output()
-        .await
-        .expect("fanoutctl runs");
+    let out = fanoutctl_command().args(args).output().await.expect("fanoutctl runs");
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
 }

@@ -197,12 +197,8 @@ impl Runbook {
         let retry = reads_only(args) && !should_fail;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+            let out = super::fanoutctl_command()
                 .args(args)
-                .env_remove("FANOUT_GATEWAY")
-                .env_remove("FANOUT_GATEWAYS_DNS")
-                .env_remove("FANOUT_ADMIN_TOKEN")
-                .env_remove("FANOUT_ADMIN_TOKEN_FILE")
                 .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .output()
                 .await
