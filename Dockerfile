@@ -10,10 +10,15 @@
 
 # --- build -----------------------------------------------------------------------------------
 # rust:bookworm has everything the build needs: gcc, make and perl for librdkafka (compiled from
-# source by rdkafka-sys with its configure script, no cmake) and zlib1g-dev for its zlib.
+# source by rdkafka-sys with its configure script, no cmake), zlib1g-dev and libssl-dev with
+# pkg-config for its gzip and TLS; zstd is built from its crate.
 # protoc comes from the protoc-bin-vendored crate (build.rs), so no system protoc.
 # Same Debian release as the runtime stage, so the glibc the binaries link against is there.
 FROM rust:1.95-bookworm AS build
+# Named, although the image has them: the build needs exactly these (.ci/run installs the same).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crate downloads and the incremental target/ between builds; they are not
@@ -34,11 +39,11 @@ LABEL org.opencontainers.image.title="fanout-gateway" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ca-certificates: TLS to brokers and to the Kubernetes API (discovery.mode = "kube").
-# zlib1g: librdkafka links the system libz.so.1 (already in the base image; named so the
-# dependency is explicit). Nothing else: .ci/build-binaries checks with ldd that the binaries
-# need only libc6, libgcc-s1 and zlib1g.
+# zlib1g and libssl3: librdkafka links the system libz.so.1 (gzip) and OpenSSL (TLS, SASL/SCRAM).
+# Nothing else: .ci/build-binaries checks with ldd that the binaries need only libc6,
+# libgcc-s1, zlib1g and libssl3 (zstd is linked in statically).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 # A non-root user with a fixed numeric id (the one k8s/statefulset.yaml runs as), so

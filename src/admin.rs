@@ -549,6 +549,7 @@ fn invalid(error: ConfigError) -> AdminError {
 fn load_text(text: &str) -> Result<Config, AdminError> {
     let mut config = Config::parse(text).map_err(invalid)?;
     config.apply_env(|name| std::env::var(name).ok());
+    config.resolve_secrets(|name| std::env::var(name).ok()).map_err(invalid)?;
     config.validate().map_err(invalid)?;
     Ok(config)
 }

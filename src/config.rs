@@ -237,7 +237,7 @@ const fn default_max_streams() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
@@ -265,9 +265,42 @@ pub struct KafkaConfig {
     /// consumer until acks move the commit point. Bounds memory whatever the lag.
     #[serde(default = "default_max_uncommitted")]
     pub max_uncommitted_per_partition: usize,
-    /// Further librdkafka consumer properties, passed through as they are.
+    /// Further librdkafka properties, passed through as they are to every client the gateway
+    /// makes (route consumers, the dead-letter producer, replay and redrive readers): TLS
+    /// (`security.protocol`, `ssl.ca.location`, ...), SASL, timeouts.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, named by where to read them when the
+    /// config loads: `file:/path` (the file's content, trailing newline removed: a mounted
+    /// Secret) or `env:NAME`. They join `properties`, stay out of the config file and the
+    /// ConfigMap, and are never logged (see [`crate::redact`]).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Sensitive property values print as `[redacted]`: a config may be logged or shown whole.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = crate::redact::is_sensitive(k) || self.secrets.contains_key(k);
+                (k.as_str(), if secret { crate::redact::REDACTED } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("revoke_drain_ms", &self.revoke_drain_ms)
+            .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("max_uncommitted_per_partition", &self.max_uncommitted_per_partition)
+            .field("properties", &properties)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 /// `fanout-gateway`.
@@ -519,8 +552,53 @@ impl Config {
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let mut config = Self::parse(&text)?;
         config.apply_env(|name| std::env::var(name).ok());
+        config.resolve_secrets(|name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads `kafka.secrets` into `kafka.properties` (files now, environment through
+    /// `lookup`), and registers every secret value, inline sensitive properties included, for
+    /// redaction. A secret that cannot be read is an error naming its field.
+    pub fn resolve_secrets(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (property, source) in &self.kafka.secrets {
+            let field = format!("kafka.secrets.\"{property}\"");
+            let value = if let Some(path) = source.strip_prefix("file:") {
+                match std::fs::read_to_string(path) {
+                    Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+                    Err(e) => {
+                        problems.push(Problem { field, message: format!("cannot read {path}: {e}") });
+                        None
+                    }
+                }
+            } else if let Some(name) = source.strip_prefix("env:") {
+                let value = lookup(name).filter(|v| !v.is_empty());
+                if value.is_none() {
+                    problems.push(Problem { field, message: format!("environment variable {name} is not set") });
+                }
+                value
+            } else {
+                problems.push(Problem {
+                    field,
+                    message: "write where to read the secret: \"file:/path\" or \"env:NAME\"".to_string(),
+                });
+                None
+            };
+            if let Some(value) = value {
+                self.kafka.properties.insert(property.clone(), value);
+            }
+        }
+        for (property, value) in &self.kafka.properties {
+            if crate::redact::is_sensitive(property) || self.kafka.secrets.contains_key(property) {
+                crate::redact::register(value);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// Parses TOML text; an error names the path of the field that failed.
@@ -577,6 +655,7 @@ impl Config {
                 commit_interval_ms: 200,
                 max_uncommitted_per_partition: default_max_uncommitted(),
                 properties: BTreeMap::new(),
+                secrets: BTreeMap::new(),
             },
             discovery: DiscoveryConfig::default(),
             routes: vec![route],
@@ -587,6 +666,37 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_files_or_the_environment_and_never_print() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret-from-file\n").expect("write");
+        let text = GOOD.replace(
+            "[kafka]\n",
+            &format!(
+                "[kafka]\nsecrets = {{ \"sasl.password\" = \"file:{}\", \"sasl.oauthbearer.client.secret\" = \"env:OIDC\" }}\n",
+                file.display()
+            ),
+        );
+        let mut config = Config::parse(&text).expect("parses");
+        config.kafka.properties.insert("ssl.key.password".into(), "inline-key-pass".into());
+        config.resolve_secrets(|name| (name == "OIDC").then(|| "oidc-from-env".to_string())).expect("resolves");
+        assert_eq!(config.kafka.properties["sasl.password"], "s3cret-from-file");
+        assert_eq!(config.kafka.properties["sasl.oauthbearer.client.secret"], "oidc-from-env");
+        let shown = format!("{config:?}");
+        for secret in ["s3cret-from-file", "oidc-from-env", "inline-key-pass"] {
+            assert!(!shown.contains(secret), "{secret} printed by Debug");
+            assert_eq!(crate::redact::redact(&format!("x {secret} y")), "x [redacted] y");
+        }
+
+        let mut missing = Config::parse(&text).expect("parses");
+        let err = missing.resolve_secrets(|_| None).expect_err("no env").to_string();
+        assert!(err.contains("kafka.secrets.\"sasl.oauthbearer.client.secret\"") && err.contains("OIDC"), "{err}");
+        let mut bad = Config::parse(&text.replace("env:OIDC", "OIDC")).expect("parses");
+        let err = bad.resolve_secrets(|_| None).expect_err("no source").to_string();
+        assert!(err.contains("file:/path"), "{err}");
+    }
 
     pub(super) const GOOD: &str = r#"
         [server]

@@ -119,6 +119,23 @@ pub enum KafkaCommand {
     Close,
 }
 
+/// Context of the gateway's short-lived helper clients (the upgrade check at start): their
+/// connection failures are the route consumers' to report, once every few seconds and with
+/// what to check; the helper returns its own error anyway. Their librdkafka lines go to debug.
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(target: "librdkafka", fac, ?level, "{log_message}");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 /// A consumer that reads by assignment only, for the operator's tools (replays, dead
 /// letters): the gateway's Kafka settings (brokers, security), auto-commit and offset store off.
 /// `group` names the group whose commits it may read or write; it never joins it.

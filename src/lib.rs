@@ -37,7 +37,7 @@
 //!   replays, dead letters.
 //! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
 //!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
-//!   ready (`/readyz`, grpc.health).
+//!   ready (`/readyz`, grpc.health); [`redact`] keeps Kafka secrets out of logs and errors.
 //! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
 //!   and the command line, which drive the service through its public surface.
 #![deny(rust_2018_idioms)]
@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod readiness;
+pub mod redact;
 pub mod retry;
 pub mod routing;
 pub mod selector;

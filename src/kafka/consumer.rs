@@ -109,6 +109,12 @@ impl GatewayContext {
 
 impl ClientContext for GatewayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // A failed connection (FAIL) is logged by librdkafka for every broker and every retry,
+        // and also reaches `error` below, which says it once every few seconds.
+        if fac == "FAIL" {
+            debug!(target: "librdkafka", fac, "{log_message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 error!(target: "librdkafka", fac, "{log_message}")
@@ -121,32 +127,63 @@ impl ClientContext for GatewayContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         Stats::bump(&self.stats.kafka_errors, 1);
-        let unreachable = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-        );
-        let message = if unreachable {
+        let failure = ClientFailure::of(error.rdkafka_error_code());
+        if failure != ClientFailure::Other {
             self.stats.kafka_reachable.store(false, Ordering::Relaxed);
-            format!("kafka unreachable at {}: {reason}; retrying", self.bootstrap)
-        } else {
-            format!("kafka client error ({error}): {reason}")
-        };
+        }
+        let message = failure.message(&self.bootstrap, reason);
         // librdkafka repeats these for every broker and every retry: say it at most every
         // few seconds, the counter and the status keep the rest.
         let mut last = self.last_warning.lock();
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
-            warn!(bootstrap = %self.bootstrap, %error, reason, "{}", if unreachable {
-                "kafka unreachable: check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; the client keeps retrying"
-            } else {
-                "kafka client error"
-            });
+            warn!(%error, "{message}");
         }
-        *self.stats.last_kafka_error.write() = Some(message);
+        *self.stats.last_kafka_error.write() = Some(crate::redact::redact(&message).into_owned());
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
         self.record_statistics(statistics);
+    }
+}
+
+/// What kind of failure a Kafka client error is, for a message that says what to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFailure {
+    /// No broker answers (or the connection broke).
+    Unreachable,
+    /// The TLS handshake failed: a CA that did not sign the brokers' certificates, a client
+    /// certificate they refuse, a plaintext listener.
+    Tls,
+    /// SASL authentication failed.
+    Authentication,
+    Other,
+}
+
+impl ClientFailure {
+    fn of(code: Option<RDKafkaErrorCode>) -> Self {
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => Self::Unreachable,
+            Some(RDKafkaErrorCode::SSL) => Self::Tls,
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => Self::Authentication,
+            _ => Self::Other,
+        }
+    }
+
+    /// One line: what failed, librdkafka's reason, what to check; the client keeps retrying.
+    fn message(self, bootstrap: &str, reason: &str) -> String {
+        match self {
+            Self::Unreachable => format!(
+                "kafka unreachable at {bootstrap}: {reason}; check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying"
+            ),
+            Self::Tls => format!(
+                "TLS with kafka at {bootstrap} failed: {reason}; check ssl.ca.location (the CA that signed the brokers' certificates), ssl.certificate.location and ssl.key.location in [kafka.properties]; retrying"
+            ),
+            Self::Authentication => format!(
+                "SASL authentication with kafka at {bootstrap} failed: {reason}; check sasl.mechanisms, sasl.username and the sasl.password secret; retrying"
+            ),
+            Self::Other => format!("kafka client error: {reason}"),
+        }
     }
 }
 
@@ -609,10 +646,15 @@ impl Probe {
                 self.backoff = Duration::from_millis(500);
             }
             Err(error) => {
-                warn!(bootstrap, %error, retry_in_ms = self.backoff.as_millis() as u64,
-                    "kafka unreachable: check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying");
+                // The error callback may know better why (TLS, SASL): say that, not the
+                // metadata request's generic transport failure.
+                let known = stats.last_kafka_error.read().clone().filter(|e| !e.starts_with("kafka unreachable"));
+                let message = known.unwrap_or_else(|| {
+                    ClientFailure::Unreachable.message(bootstrap, &format!("metadata request failed ({error})"))
+                });
+                debug!(retry_in_ms = self.backoff.as_millis() as u64, "{message}");
                 Stats::bump(&stats.kafka_errors, 1);
-                *stats.last_kafka_error.write() = Some(format!("kafka unreachable at {bootstrap}: {error}; retrying"));
+                *stats.last_kafka_error.write() = Some(message);
                 self.next = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
             }

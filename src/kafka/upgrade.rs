@@ -79,10 +79,10 @@ fn probe_config(config: &Config) -> ClientConfig {
     cc
 }
 
-fn client(base: &ClientConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+fn client(base: &ClientConfig, group: &str) -> Result<BaseConsumer<super::QuietContext>, KafkaError> {
     let mut cc = base.clone();
     cc.set("group.id", group);
-    cc.create()
+    cc.create_with_context(super::QuietContext)
 }
 
 fn seed(base: &ClientConfig, group: &str, shared: &str, topics: &[String]) -> Result<Seeded, KafkaError> {

@@ -352,3 +352,4 @@ pub fn promtool_check(exposition: &str) -> String {
     }
 }
 pub mod runbook;
+pub mod tls_kafka;
