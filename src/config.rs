@@ -170,6 +170,32 @@ pub struct ServerConfig {
     /// false: they need the token too.
     #[serde(default = "default_true")]
     pub admin_open_reads: bool,
+    /// TLS on the Subscribe port. Unset: plaintext (inside a mesh that encrypts, say).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS on the admin port (its gRPC API, /metrics and the probes: set the probes' scheme
+    /// to HTTPS). Unset: plaintext.
+    #[serde(default)]
+    pub admin_tls: Option<TlsConfig>,
+}
+
+/// A port's TLS: certificate and key files (PEM; reloaded when they change), and optionally
+/// the CA bundle client certificates must chain to (mTLS: a client without one is refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// How often the files are looked at for a rotation.
+    #[serde(default = "default_tls_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+/// 5 s: cert-manager renews well before expiry; a rotation is picked up within seconds.
+const fn default_tls_reload_interval_ms() -> u64 {
+    5_000
 }
 
 impl Default for ServerConfig {
@@ -186,6 +212,8 @@ impl Default for ServerConfig {
             admin_listen: default_admin_listen(),
             admin_token_file: None,
             admin_open_reads: true,
+            tls: None,
+            admin_tls: None,
         }
     }
 }

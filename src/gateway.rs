@@ -18,6 +18,7 @@ use crate::grpc::auth::{AdminAuth, AuthLayer};
 use crate::grpc::connections;
 use crate::grpc::fanout::FanoutService;
 use crate::grpc::health::{self, HealthReporter};
+use crate::grpc::tls;
 use crate::pipeline::{self, Pipeline, PipelineError, Routes, Shared};
 use crate::proto::admin::admin_server::AdminServer;
 use crate::proto::admin::dead_letters_server::DeadLettersServer;
@@ -44,6 +45,12 @@ pub enum StartError {
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("discovery.mode = \"kube\" needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
     NoKubeClient,
+    #[error("{section}.{source}")]
+    Tls {
+        section: &'static str,
+        #[source]
+        source: crate::grpc::tls::TlsError,
+    },
 }
 
 /// The Subscribe service's full name, as health checks and reflection know it.
@@ -67,6 +74,7 @@ pub struct GatewayHandle {
     admin_stop: oneshot::Sender<()>,
     health: HealthReporter,
     readiness: JoinHandle<()>,
+    tls_reloads: Vec<JoinHandle<()>>,
 }
 
 /// Starts a gateway with static discovery (labels from each Hello).
@@ -100,6 +108,11 @@ pub async fn start_from(
     }
     let (listener, addr) = bind(&config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(&config.server.admin_listen).await?;
+    // Before any route starts: a certificate that does not load stops the start.
+    let subscribe_tls = config.server.tls.as_ref().map(|t| tls::server_tls("server.tls", t, false)).transpose();
+    let subscribe_tls = subscribe_tls.map_err(|source| StartError::Tls { section: "server.tls", source })?;
+    let admin_tls = config.server.admin_tls.as_ref().map(|t| tls::server_tls("server.admin_tls", t, true)).transpose();
+    let admin_tls = admin_tls.map_err(|source| StartError::Tls { section: "server.admin_tls", source })?;
     let stats = Arc::new(Stats::default());
     let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some() || r.retry.retry_topic.is_some()) {
         Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
@@ -144,20 +157,23 @@ pub async fn start_from(
     health.set(FANOUT_SERVICE, false);
     let reflection_v1 = crate::grpc::reflection().build_v1().map_err(StartError::Reflection)?;
     let reflection_v1alpha = crate::grpc::reflection().build_v1alpha().map_err(StartError::Reflection)?;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_millis(config.server.keepalive_interval_ms)))
-            .http2_keepalive_timeout(Some(Duration::from_millis(config.server.keepalive_timeout_ms)))
-            .max_concurrent_streams(config.server.max_streams_per_connection)
-            .add_service(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(service)
-            // Deliveries are latency-sensitive small frames: no Nagle (set per connection).
-            .serve_with_incoming_shutdown(connections::incoming(listener, limits), async {
-                let _ = stop_rx.await;
-            }),
-    );
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(config.server.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(config.server.keepalive_timeout_ms)))
+        .max_concurrent_streams(config.server.max_streams_per_connection)
+        .add_service(health_service.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service);
+    // Deliveries are latency-sensitive small frames: no Nagle (set per connection).
+    let plain = connections::incoming(listener, limits);
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    let server = match &subscribe_tls {
+        Some(t) => tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(plain, t.acceptor.clone()), stop)),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(plain, stop)),
+    };
     let groups: Vec<String> = config.routes.iter().map(|r| r.group(&config.kafka)).collect();
     let auth = AdminAuth::new(config.server.admin_token_file.clone().map(Into::into), config.server.admin_open_reads);
     let control = Control::new(config, routes, stats.clone(), source);
@@ -174,15 +190,27 @@ pub async fn start_from(
         .add_service(DeadLettersServer::new(DeadLettersService::new(control.clone())))
         .into_axum_router()
         .merge(crate::admin::http::router(control.clone()));
-    let admin_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .accept_http1(true)
-            .layer(AuthLayer::new(auth))
-            .add_routes(tonic::service::Routes::from(admin_routes))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(admin_listener), async {
-                let _ = admin_stop_rx.await;
-            }),
-    );
+    let admin_router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(AuthLayer::new(auth))
+        .add_routes(tonic::service::Routes::from(admin_routes));
+    let admin_plain = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+    let admin_stop_signal = async {
+        let _ = admin_stop_rx.await;
+    };
+    let admin_server = match &admin_tls {
+        Some(t) => tokio::spawn(
+            admin_router
+                .serve_with_incoming_shutdown(tls::incoming(admin_plain, t.acceptor.clone()), admin_stop_signal),
+        ),
+        None => tokio::spawn(admin_router.serve_with_incoming_shutdown(admin_plain, admin_stop_signal)),
+    };
+    // Rotated certificate files are picked up while the ports serve.
+    let tls_reloads: Vec<JoinHandle<()>> = [&subscribe_tls, &admin_tls]
+        .into_iter()
+        .flatten()
+        .map(|t| tokio::spawn(t.cert.clone().follow(t.reload_every)))
+        .collect();
     let readiness = tokio::spawn(follow_readiness(control.clone(), health.clone()));
     info!(%addr, %admin_addr, ?groups, "gateway serving");
     Ok(GatewayHandle {
@@ -198,6 +226,7 @@ pub async fn start_from(
         admin_stop,
         health,
         readiness,
+        tls_reloads,
     })
 }
 
@@ -284,6 +313,9 @@ impl GatewayHandle {
     pub async fn shutdown(self) {
         self.stats.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.readiness.abort();
+        for reload in &self.tls_reloads {
+            reload.abort();
+        }
         self.health.set(FANOUT_SERVICE, false);
         self.health.set(ADMIN_SERVICE, false);
         self.health.set("", false);

@@ -70,6 +70,18 @@ pub struct SubscribeArgs {
     /// Print every delivery instead of a line per second.
     #[arg(long)]
     pub verbose: bool,
+    /// TLS: the CA (PEM) that signed the gateway's certificate (an https:// gateway uses the
+    /// system's roots without it).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
+    /// mTLS: this subscriber's certificate and key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// The name the gateway's certificate carries, when it is not the --gateway host.
+    #[arg(long, value_name = "NAME")]
+    pub tls_domain: Option<String>,
 }
 
 /// `dev-kafka`: a standalone mock Kafka.
@@ -228,8 +240,25 @@ pub async fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
 
 /// Runs `subscribe`: prints and acks what arrives; the first Ctrl-C drains.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    let SubscribeArgs { gateway: endpoint, route, name, max_in_flight: window, verbose } = args;
-    let mut sub = client::Subscription::connect(&endpoint, client::hello(&route, &name, window)).await?;
+    let SubscribeArgs {
+        gateway: endpoint,
+        route,
+        name,
+        max_in_flight: window,
+        verbose,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        tls_domain,
+    } = args;
+    let hello = client::hello(&route, &name, window);
+    let tls = client::ClientTls { ca_file: tls_ca, cert_file: tls_cert, key_file: tls_key, domain: tls_domain };
+    let use_tls = endpoint.starts_with("https://") || tls.ca_file.is_some() || tls.cert_file.is_some();
+    let mut sub = if use_tls {
+        client::Subscription::connect_tls(&endpoint, hello, &tls).await?
+    } else {
+        client::Subscription::connect(&endpoint, hello).await?
+    };
     println!("subscribed to route {route} at {endpoint} (window {window}); Ctrl-C to stop");
     let mut count = 0u64;
     let mut last = tokio::time::Instant::now();

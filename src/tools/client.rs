@@ -24,6 +24,60 @@ pub enum ClientError {
     Refused(#[source] Status),
     #[error("the stream is closed")]
     Closed,
+    #[error("{what}: cannot read {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// TLS toward the gateway: the CA that signed its certificate, and for mTLS the client's own
+/// certificate and key (PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// The name the gateway's certificate must carry, when it is not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// tonic's TLS settings from these files; an unreadable file is an error naming its option.
+    pub fn config(&self) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+        let read = |what: &'static str, path: &str| {
+            std::fs::read(path).map_err(|source| ClientError::TlsFile { what, path: path.to_string(), source })
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &self.ca_file {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read("--tls-ca", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            config = config
+                .identity(tonic::transport::Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// A channel to `endpoint` (`http://` or `https://host:port`), over TLS when `tls` is given.
+pub async fn channel(endpoint: &str, tls: Option<&ClientTls>) -> Result<tonic::transport::Channel, ClientError> {
+    let fail = |source| ClientError::Connect { endpoint: endpoint.to_string(), source };
+    // TLS needs the https scheme; `http://host:port` with TLS options means the same address.
+    let address = match (tls, endpoint.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => endpoint.to_string(),
+    };
+    let mut target = tonic::transport::Endpoint::from_shared(address).map_err(fail)?;
+    if let Some(tls) = tls {
+        target = target.tls_config(tls.config()?).map_err(fail)?;
+    }
+    target.connect().await.map_err(fail)
 }
 
 /// One open subscription.
@@ -48,6 +102,12 @@ impl Subscription {
         let mut client = FanoutClient::connect(endpoint.to_string())
             .await
             .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
+        Self::open(&mut client, hello).await
+    }
+
+    /// Connects to `endpoint` over TLS (see [`ClientTls`]) and sends `hello`.
+    pub async fn connect_tls(endpoint: &str, hello: Hello, tls: &ClientTls) -> Result<Self, ClientError> {
+        let mut client = FanoutClient::new(channel(endpoint, Some(tls)).await?);
         Self::open(&mut client, hello).await
     }
 

@@ -46,6 +46,19 @@ pub struct Cli {
     /// The admin bearer token itself (prefer --token-file: arguments show in `ps`).
     #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// TLS to the admin port (server.admin_tls): the CA (PEM) that signed the replicas'
+    /// certificate.
+    #[arg(long, global = true, env = "FANOUT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<String>,
+    /// mTLS: this operator's certificate and key (PEM).
+    #[arg(long, global = true, env = "FANOUT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<String>,
+    #[arg(long, global = true, env = "FANOUT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<String>,
+    /// The name the replicas' certificate carries, when it is not the address's host (an IP
+    /// from --gateways-dns, say).
+    #[arg(long, global = true, env = "FANOUT_TLS_DOMAIN", value_name = "NAME")]
+    tls_domain: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -221,7 +234,7 @@ async fn replicas(cli: &Cli) -> Result<Vec<Replica>, CtlError> {
     }
     let mut out = Vec::with_capacity(addresses.len());
     for address in addresses {
-        out.push(connect(&address, cli.gateways_dns.is_some()).await?);
+        out.push(connect(&address, cli.gateways_dns.is_some(), cli.tls()?.as_ref()).await?);
     }
     Ok(out)
 }
@@ -253,13 +266,40 @@ async fn resolve(name: &str) -> Result<Vec<String>, CtlError> {
     Ok(addresses)
 }
 
-async fn connect(address: &str, from_dns: bool) -> Result<Replica, CtlError> {
+impl Cli {
+    /// The TLS settings, when any TLS option is given.
+    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, CtlError> {
+        if self.tls_ca.is_none() && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let tls = crate::tools::client::ClientTls {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            domain: self.tls_domain.clone(),
+        };
+        let config = tls.config().map_err(|e| CtlError(e.to_string()))?;
+        Ok(Some(config))
+    }
+}
+
+async fn connect(
+    address: &str,
+    from_dns: bool,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Replica, CtlError> {
     let address = with_port(address);
     let flag = if from_dns { "--gateways-dns" } else { "--gateway" };
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| CtlError(format!("{flag} `{address}` is not a host:port address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| CtlError(format!("TLS settings for {address}: {}", root_cause(&e))))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         CtlError(format!(
             "cannot reach the admin API at {address}: {}; check {flag} (the replica's server.admin_listen, port {DEFAULT_PORT} by default)",
@@ -278,7 +318,12 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn call_error(address: &str, status: tonic::Status) -> CtlError {
+    // A plaintext client on a TLS port (or the reverse) sees the connection fail mid-call.
+    let protocol = status.message().contains("h2 protocol error") || status.message().contains("transport error");
     let hint = match status.code() {
+        _ if protocol => {
+            " (the connection broke: if the admin port uses TLS (server.admin_tls), pass --tls-ca; if it does not, drop the --tls options)"
+        }
         tonic::Code::Unavailable => " (is the replica stopping, or is this not its admin port?)",
         _ => "",
     };

@@ -259,7 +259,16 @@ async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
 /// The `fanoutctl` binary, with no gateway or token from the test's own environment.
 pub fn fanoutctl_command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"));
-    for name in ["FANOUT_GATEWAY", "FANOUT_GATEWAYS_DNS", "FANOUT_ADMIN_TOKEN", "FANOUT_ADMIN_TOKEN_FILE"] {
+    for name in [
+        "FANOUT_GATEWAY",
+        "FANOUT_GATEWAYS_DNS",
+        "FANOUT_ADMIN_TOKEN",
+        "FANOUT_ADMIN_TOKEN_FILE",
+        "FANOUT_TLS_CA",
+        "FANOUT_TLS_CERT",
+        "FANOUT_TLS_KEY",
+        "FANOUT_TLS_DOMAIN",
+    ] {
         command.env_remove(name);
     }
     command
@@ -351,5 +360,6 @@ pub fn promtool_check(exposition: &str) -> String {
         format!("promtool check metrics failed: {said}")
     }
 }
+pub mod pki;
 pub mod runbook;
 pub mod tls_kafka;

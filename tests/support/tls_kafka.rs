@@ -6,10 +6,9 @@
 //! `127.0.0.1` followed by its port as a 32-bit big-endian integer in every version of those
 //! responses, and only the port changes.
 //!
-//! The certificates are made here (rcgen): a CA, and a broker certificate for `127.0.0.1` and
-//! `localhost` signed by it.
+//! The certificates come from [`super::pki`]: a CA, and a broker certificate for `127.0.0.1`
+//! and `localhost` signed by it.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,19 +25,9 @@ pub struct Pki {
 
 /// A CA, and a server certificate for 127.0.0.1 / localhost signed by it.
 pub fn pki(name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &issuer).expect("cert");
-    Pki { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    let ca = super::pki::TestCa::new(name);
+    let leaf = ca.server();
+    Pki { ca_pem: ca.pem.clone(), cert_pem: leaf.cert_pem, key_pem: leaf.key_pem }
 }
 
 /// TLS proxies in front of a mock cluster's brokers.
