@@ -177,6 +177,11 @@ pub struct ServerConfig {
     /// to HTTPS). Unset: plaintext.
     #[serde(default)]
     pub admin_tls: Option<TlsConfig>,
+    /// DNS names (subject alternative names) of client certificates that may make changing
+    /// admin calls without the bearer token: an mTLS identity instead of a shared secret.
+    /// Needs `admin_tls.client_ca_file`, which verifies those certificates.
+    #[serde(default)]
+    pub admin_allowed_identities: Vec<String>,
 }
 
 /// A port's TLS: certificate and key files (PEM; reloaded when they change), and optionally
@@ -214,6 +219,7 @@ impl Default for ServerConfig {
             admin_open_reads: true,
             tls: None,
             admin_tls: None,
+            admin_allowed_identities: Vec::new(),
         }
     }
 }

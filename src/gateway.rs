@@ -175,7 +175,8 @@ pub async fn start_from(
         None => tokio::spawn(router.serve_with_incoming_shutdown(plain, stop)),
     };
     let groups: Vec<String> = config.routes.iter().map(|r| r.group(&config.kafka)).collect();
-    let auth = AdminAuth::new(config.server.admin_token_file.clone().map(Into::into), config.server.admin_open_reads);
+    let auth = AdminAuth::new(config.server.admin_token_file.clone().map(Into::into), config.server.admin_open_reads)
+        .with_allowed_identities(config.server.admin_allowed_identities.clone());
     let control = Control::new(config, routes, stats.clone(), source);
     let (admin_stop, admin_stop_rx) = oneshot::channel::<()>();
     health.set(ADMIN_SERVICE, true);

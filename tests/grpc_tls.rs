@@ -240,3 +240,48 @@ async fn a_certificate_that_does_not_load_stops_the_start_naming_the_field() {
     let err = gateway::start(config).await.err().expect("refused").to_string();
     assert!(err.starts_with("server.tls.cert_file: cannot read"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() {
+    init_logs();
+    let cluster = mock_cluster(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("gateway");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let operators = TestCa::new("operators");
+    let operators_file = operators.write(dir.path(), "operators.crt");
+    let mut config = config(&cluster.bootstrap_servers(), &unique_group("admin-mtls"));
+    config.routes[0].split_label = Some("track".into());
+    config.routes[0].weights = [("blue".to_string(), 50), ("green".to_string(), 50)].into_iter().collect();
+    config.server.admin_tls = Some(tls(&cert, &key, Some(&operators_file)));
+    config.server.admin_allowed_identities = vec!["ops.fanoutctl".into()];
+    let gw = gateway::start(config).await.expect("starts");
+
+    let admin = gw.admin_addr().to_string();
+    let ca_arg = ca_file.display().to_string();
+    let as_identity = |name: &str| {
+        let (c, k) = operators.client(name).write(dir.path(), name);
+        (c.display().to_string(), k.display().to_string())
+    };
+    let (ops_cert, ops_key) = as_identity("ops.fanoutctl");
+    let base = ["--gateway", &admin, "--tls-ca", &ca_arg, "--tls-domain", "localhost"];
+    let set = ["weights", "set", ROUTE, "blue=100", "green=0"];
+    let with = |cert: &str, key: &str| {
+        let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        args.extend(["--tls-cert".to_string(), cert.to_string(), "--tls-key".to_string(), key.to_string()]);
+        args.extend(set.iter().map(|s| s.to_string()));
+        args
+    };
+    let args = with(&ops_cert, &ops_key);
+    let (code, out, err) = fanoutctl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 0, "the allowed operator changes weights without a token: {err}");
+    assert!(out.contains("weights set to blue=100 green=0"), "{out}");
+
+    let (other_cert, other_key) = as_identity("orders-0.shop");
+    let args = with(&other_cert, &other_key);
+    let (code, _, err) = fanoutctl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("UNAUTHENTICATED") && err.contains("token"), "another identity needs the token: {err}");
+    gw.shutdown().await;
+}

@@ -102,6 +102,13 @@ impl Config {
         if discovery.config_map_key.trim().is_empty() {
             problems.bad("discovery.config_map_key", "must name the ConfigMap's key holding the config");
         }
+        let admin_mtls = self.server.admin_tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if !self.server.admin_allowed_identities.is_empty() && !admin_mtls {
+            problems.bad(
+                "server.admin_allowed_identities",
+                "needs server.admin_tls.client_ca_file: client certificates are only trusted when that CA verifies them",
+            );
+        }
         if self.server.admin_token_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
             problems.bad("server.admin_token_file", "must name a file (or be left out, which refuses changing calls)");
         }
