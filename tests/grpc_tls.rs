@@ -285,3 +285,40 @@ async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() 
     assert!(err.contains("UNAUTHENTICATED") && err.contains("token"), "another identity needs the token: {err}");
     gw.shutdown().await;
 }
+
+/// The Python that has grpcio and grpcio-tools: FANOUT_TEST_PYTHON, or the venv `.ci/run`
+/// makes.
+fn python() -> String {
+    std::env::var("FANOUT_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/ci-venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_subscriber_streams_over_tls() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("gateway");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let gw = start(&bootstrap, &unique_group("python-tls"), tls(&cert, &key, None), None).await;
+    produce(&bootstrap, 60, 6).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tokio::process::Command::new(python())
+        .arg(format!("{root}/tests/python/tls_subscriber.py"))
+        .args(["--target", &gw.addr().to_string(), "--ca", &ca_file.display().to_string()])
+        .args(["--proto", &format!("{root}/proto"), "--route", ROUTE, "--expect", "60"])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{} runs (.ci/run installs grpcio in target/ci-venv): {e}", python()));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Python subscriber failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "received=60", "{stderr}");
+    let stats = gw.stats();
+    eventually(Duration::from_secs(10), "its acks settled every message", || {
+        fanout_gateway::stats::Stats::get(&stats.acked) >= 60
+    })
+    .await;
+    gw.shutdown().await;
+}
