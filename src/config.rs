@@ -74,6 +74,11 @@ pub struct DiscoveryConfig {
     /// The key of `config_map` that holds this file.
     #[serde(default = "default_config_map_key")]
     pub config_map_key: String,
+    /// kube mode: the audience subscribers' projected ServiceAccount tokens are issued for
+    /// (their `serviceAccountToken.audience`); the TokenReview of a route with
+    /// `identity = "token"` asks for it. Unset: the API server's default audience.
+    #[serde(default)]
+    pub token_audience: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -83,7 +88,35 @@ impl Default for DiscoveryConfig {
             namespace: None,
             config_map: None,
             config_map_key: default_config_map_key(),
+            token_audience: None,
         }
+    }
+}
+
+/// How a subscriber proves which pod it is (kube mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum IdentityMode {
+    /// The stream comes from the IP of the pod its Hello names.
+    #[default]
+    #[serde(rename = "peer-ip")]
+    PeerIp,
+    /// The stream carries the pod's projected ServiceAccount token (`authorization: Bearer`),
+    /// which the API server's TokenReview confirms and names the pod of: behind a mesh sidecar
+    /// or a NAT, where the peer address is not the pod's.
+    #[serde(rename = "token")]
+    Token,
+    /// Both.
+    #[serde(rename = "token+peer-ip")]
+    TokenAndPeerIp,
+}
+
+impl IdentityMode {
+    pub fn needs_token(self) -> bool {
+        matches!(self, Self::Token | Self::TokenAndPeerIp)
+    }
+
+    pub fn checks_peer_ip(self) -> bool {
+        matches!(self, Self::PeerIp | Self::TokenAndPeerIp)
     }
 }
 
@@ -413,6 +446,9 @@ pub struct RouteConfig {
     pub ordering: Ordering,
     #[serde(default)]
     pub empty_cohort: EmptyCohort,
+    /// kube mode: how a subscriber proves which pod it is (see [`IdentityMode`]).
+    #[serde(default)]
+    pub identity: IdentityMode,
     #[serde(default)]
     pub delivery: DeliveryMode,
     /// How long a subscriber has to ack or nack a delivery before it is taken back and
@@ -520,6 +556,7 @@ impl RouteConfig {
             weights: BTreeMap::new(),
             ordering: Ordering::Key,
             empty_cohort: EmptyCohort::Hold,
+            identity: IdentityMode::PeerIp,
             delivery: DeliveryMode::AtLeastOnce,
             ack_timeout_ms: default_ack_timeout_ms(),
             retry: RetryPolicy::default(),

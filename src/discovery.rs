@@ -6,9 +6,12 @@
 //! a stream of [`PodEvent`]s that the dispatcher applies to its sessions.
 
 pub mod kube;
+pub mod token_review;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+
+use crate::config::IdentityMode;
 
 /// What a subscriber says about itself when its stream opens (the contract's `Hello`, as the
 /// gRPC layer hands it in): the route, its pod, the window it asks for, and labels (static
@@ -21,6 +24,30 @@ pub struct Introduction {
     /// 0: the route's default window.
     pub max_in_flight: u32,
     pub labels: BTreeMap<String, String>,
+    /// What the stream's ServiceAccount token says (kube mode).
+    pub token: TokenCheck,
+}
+
+/// The outcome of a stream's token, reviewed before its Hello reaches the route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// No `authorization` metadata (or no reviewer: static mode).
+    #[default]
+    Absent,
+    /// The API server authenticated it as this pod's ServiceAccount.
+    Pod { namespace: String, name: String },
+    /// Refused, and why (not authenticated, not a pod's token, the review failed).
+    Refused(String),
+}
+
+/// Why a subscriber's identity was not accepted: unproven (UNAUTHENTICATED) or proven and
+/// not allowed (PERMISSION_DENIED).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// What the gateway needs to know about one pod.
@@ -89,26 +116,62 @@ pub fn check_identity<'a>(
     index: &'a PodIndex,
     route: &str,
     selector: &str,
-) -> Result<&'a PodInfo, String> {
-    if hello.pod_name.is_empty() || hello.namespace.is_empty() {
-        return Err("hello.pod_name and hello.namespace are required: set them from the downward API \
-                    (metadata.name, metadata.namespace)"
-            .to_string());
-    }
-    let who = format!("{}/{}", hello.namespace, hello.pod_name);
-    let Some(pod) = index.get(&hello.namespace, &hello.pod_name) else {
-        return Err(format!("pod {who} does not exist or is not selected by route `{route}` (selector `{selector}`)"));
+    mode: IdentityMode,
+) -> Result<&'a PodInfo, IdentityError> {
+    let denied = IdentityError::Denied;
+    // Which pod: the reviewed token's (token modes), or the Hello's.
+    let (namespace, name) = if mode.needs_token() {
+        match &hello.token {
+            TokenCheck::Absent => {
+                return Err(IdentityError::Unauthenticated(format!(
+                    "route `{route}` needs the pod's ServiceAccount token (identity = \"token\"): send \
+                     `authorization: Bearer <projected token>` metadata on the Subscribe call"
+                )))
+            }
+            TokenCheck::Refused(why) => return Err(IdentityError::Unauthenticated(format!("token check: {why}"))),
+            TokenCheck::Pod { namespace, name } => {
+                let named = (!hello.pod_name.is_empty() && hello.pod_name != *name)
+                    || (!hello.namespace.is_empty() && hello.namespace != *namespace);
+                if named {
+                    return Err(denied(format!(
+                        "hello names pod {}/{} but its token is pod {namespace}/{name}'s",
+                        hello.namespace, hello.pod_name
+                    )));
+                }
+                (namespace.as_str(), name.as_str())
+            }
+        }
+    } else {
+        if hello.pod_name.is_empty() || hello.namespace.is_empty() {
+            return Err(denied(
+                "hello.pod_name and hello.namespace are required: set them from the downward API \
+                        (metadata.name, metadata.namespace)"
+                    .to_string(),
+            ));
+        }
+        (hello.namespace.as_str(), hello.pod_name.as_str())
+    };
+    let who = format!("{namespace}/{name}");
+    let Some(pod) = index.get(namespace, name) else {
+        return Err(denied(format!(
+            "pod {who} does not exist or is not selected by route `{route}` (selector `{selector}`)"
+        )));
     };
     if !pod.live {
-        return Err(format!("pod {who} is not running"));
+        return Err(denied(format!("pod {who} is not running")));
+    }
+    if !mode.checks_peer_ip() {
+        return Ok(pod);
     }
     let Some(peer) = peer else {
-        return Err(format!("cannot tell where the stream comes from, so it cannot be checked against pod {who}"));
+        return Err(denied(format!(
+            "cannot tell where the stream comes from, so it cannot be checked against pod {who}"
+        )));
     };
     match pod.ip {
         Some(ip) if same_ip(ip, peer.ip()) => Ok(pod),
-        Some(ip) => Err(format!("the stream comes from {}, but pod {who} has IP {ip}", peer.ip())),
-        None => Err(format!("pod {who} has no IP yet")),
+        Some(ip) => Err(denied(format!("the stream comes from {}, but pod {who} has IP {ip}", peer.ip()))),
+        None => Err(denied(format!("pod {who} has no IP yet"))),
     }
 }
 
@@ -161,16 +224,45 @@ mod tests {
     #[test]
     fn the_pod_from_its_own_ip_is_accepted_with_its_labels() {
         let i = index();
-        let p = check_identity(&hello("orders-1"), peer("10.0.0.1"), &i, "orders", "app=orders").expect("ok");
+        let p = check_identity(&hello("orders-1"), peer("10.0.0.1"), &i, "orders", "app=orders", IdentityMode::PeerIp)
+            .expect("ok");
         assert_eq!(p.labels.get("track").map(String::as_str), Some("blue"));
         let mapped = peer("::ffff:10.0.0.1");
-        assert!(check_identity(&hello("orders-1"), mapped, &i, "orders", "app=orders").is_ok());
+        assert!(check_identity(&hello("orders-1"), mapped, &i, "orders", "app=orders", IdentityMode::PeerIp).is_ok());
+    }
+
+    #[test]
+    fn a_token_names_the_pod_whatever_the_peer_address() {
+        let i = index();
+        let reviewed = |name: &str| TokenCheck::Pod { namespace: "shop".into(), name: name.into() };
+        let with = |token: TokenCheck, name: &str| Introduction { token, ..hello(name) };
+        let check = |h: &Introduction, mode| check_identity(h, peer("172.16.0.9"), &i, "orders", "app=orders", mode);
+        // Behind a sidecar the stream comes from elsewhere: the token decides.
+        let p = check(&with(reviewed("orders-1"), "orders-1"), IdentityMode::Token).expect("the token's pod");
+        assert_eq!(p.name, "orders-1");
+        let anonymous_hello = Introduction { token: reviewed("orders-1"), ..Introduction::default() };
+        assert!(check(&anonymous_hello, IdentityMode::Token).is_ok(), "the pod comes from the review");
+        // Both checks: the address must match too.
+        let both = check(&with(reviewed("orders-1"), "orders-1"), IdentityMode::TokenAndPeerIp).expect_err("ip");
+        assert!(matches!(both, IdentityError::Denied(m) if m.contains("comes from 172.16.0.9")));
+        // No token, a refused one, a token for a pod the selector does not pick, a Hello that
+        // names another pod.
+        let missing = check(&hello("orders-1"), IdentityMode::Token).expect_err("missing");
+        assert!(matches!(missing, IdentityError::Unauthenticated(m) if m.contains("authorization: Bearer")));
+        let refused = check(&with(TokenCheck::Refused("not authenticated".into()), "orders-1"), IdentityMode::Token);
+        assert!(matches!(refused, Err(IdentityError::Unauthenticated(m)) if m.contains("not authenticated")));
+        let outside = check(&with(reviewed("payments-1"), ""), IdentityMode::Token).expect_err("outside");
+        assert!(matches!(outside, IdentityError::Denied(m) if m.contains("not selected by route `orders`")));
+        let liar = check(&with(reviewed("orders-1"), "orders-3"), IdentityMode::Token).expect_err("liar");
+        assert!(matches!(liar, IdentityError::Denied(m) if m.contains("its token is pod shop/orders-1's")));
     }
 
     #[test]
     fn each_failed_check_says_which() {
         let i = index();
-        let err = |h: Introduction, p| check_identity(&h, p, &i, "orders", "app=orders").expect_err("refused");
+        let err = |h: Introduction, p| {
+            check_identity(&h, p, &i, "orders", "app=orders", IdentityMode::PeerIp).expect_err("refused").to_string()
+        };
         assert!(
             err(hello("ghost"), peer("10.0.0.9")).contains("not selected by route `orders` (selector `app=orders`)")
         );

@@ -147,7 +147,11 @@ pub async fn start_from(
         max_connections: config.server.max_connections,
     };
     let (server_stop, stop_rx) = oneshot::channel::<()>();
-    let service = FanoutServer::new(FanoutService::new(routes.clone(), config.server.max_streams));
+    let reviewer = shared.kube.as_ref().map(|(client, _)| {
+        crate::discovery::token_review::TokenReviewer::new(client.clone(), config.discovery.token_audience.clone())
+    });
+    let service =
+        FanoutServer::new(FanoutService::new(routes.clone(), config.server.max_streams).with_token_reviewer(reviewer));
     // grpc.health.v1 for probes: "" and fanout.v1.Fanout serve while the gateway runs and
     // report NOT_SERVING once a graceful stop begins, so load balancers stop sending streams.
     // Both follow readiness (see `follow_readiness`): not serving until Kafka answers and the

@@ -60,6 +60,7 @@ pub fn register_status(error: RegisterError) -> Status {
         RegisterError::UnknownRoute { .. } => Status::not_found(message),
         RegisterError::MissingRoute => Status::invalid_argument(message),
         RegisterError::NotSelected { .. } | RegisterError::Identity(_) => Status::permission_denied(message),
+        RegisterError::Unauthenticated(_) => Status::unauthenticated(message),
         RegisterError::ShuttingDown => {
             Status::unavailable("the gateway is shutting down; reconnect with backoff (another replica may serve you)")
         }

@@ -113,8 +113,12 @@ pub enum RegisterError {
     ShuttingDown,
     #[error("subscriber labels {labels} do not match route `{route}`'s selector `{selector}`")]
     NotSelected { route: String, selector: String, labels: String },
+    /// The subscriber proved who it is, and that pod may not subscribe.
     #[error("{0}")]
     Identity(String),
+    /// The subscriber did not prove who it is (a missing or refused token).
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 /// Who a new session is.

@@ -56,6 +56,12 @@ impl Config {
         let mut groups = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = |f: &str| format!("routes[{i}].{f}");
+            if route.identity.needs_token() && self.discovery.mode != crate::config::DiscoveryMode::Kube {
+                problems.bad(
+                    at("identity"),
+                    "a ServiceAccount token is reviewed through the Kubernetes API: needs discovery.mode = \"kube\"",
+                );
+            }
             let fresh_name = check_name(route, &mut names, &at, &mut problems);
             if route.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
                 problems.bad(at("group_id"), "must not be empty when set");

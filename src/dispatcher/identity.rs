@@ -21,9 +21,15 @@ impl Dispatcher {
                 Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None })
             }
             DiscoveryMode::Kube => {
-                let selector = &self.registry.route_config().selector;
-                let pod = discovery::check_identity(hello, peer, &self.pods, &hello.route, selector)
-                    .map_err(RegisterError::Identity)?;
+                let route = self.registry.route_config();
+                let pod =
+                    discovery::check_identity(hello, peer, &self.pods, &hello.route, &route.selector, route.identity)
+                        .map_err(|e| match e {
+                        discovery::IdentityError::Unauthenticated(m) => RegisterError::Unauthenticated(m),
+                        discovery::IdentityError::Denied(m) => RegisterError::Identity(m),
+                    })?;
+                // A token's pod names the subscriber when its Hello does not.
+                let name = if hello.pod_name.is_empty() { format!("{}/{}", pod.namespace, pod.name) } else { name };
                 Ok(Subscriber {
                     name,
                     labels: pod.labels.clone(),

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::discovery::token_review::TokenReviewer;
 use crate::discovery::Introduction;
 use crate::dispatcher::Command;
 use crate::pipeline::Routes;
@@ -32,12 +33,27 @@ pub struct FanoutService {
     /// One permit per open Subscribe stream, all connections together (`server.max_streams`).
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// kube mode: reviews the ServiceAccount tokens streams present.
+    reviewer: Option<TokenReviewer>,
 }
 
 impl FanoutService {
     pub fn new(routes: Routes, max_streams: usize) -> Self {
-        Self { routes, streams: Arc::new(Semaphore::new(max_streams)), max_streams }
+        Self { routes, streams: Arc::new(Semaphore::new(max_streams)), max_streams, reviewer: None }
     }
+
+    /// Streams that present `authorization: Bearer <token>` have it reviewed by `reviewer`.
+    pub fn with_token_reviewer(mut self, reviewer: Option<TokenReviewer>) -> Self {
+        self.reviewer = reviewer;
+        self
+    }
+}
+
+/// The bearer token of a request's `authorization` metadata, if any.
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    (!token.is_empty()).then(|| token.to_string())
 }
 
 fn dispatcher_gone() -> Status {
@@ -62,6 +78,7 @@ impl Fanout for FanoutService {
             )));
         };
         let peer = request.remote_addr();
+        let token = bearer(request.metadata());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -82,8 +99,11 @@ impl Fanout for FanoutService {
                 ))
             }
         };
-        let hello = introduction(hello);
+        let mut hello = introduction(hello);
         let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
+        if let (Some(reviewer), Some(token)) = (&self.reviewer, token) {
+            hello.token = reviewer.review(&token).await;
+        }
         let (reply, answer) = oneshot::channel();
         commands.send(Command::Register { hello, peer, reply }).await.map_err(|_| dispatcher_gone())?;
         let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(super::register_status)?;
@@ -246,6 +266,7 @@ fn introduction(hello: proto::Hello) -> Introduction {
         namespace: hello.namespace,
         max_in_flight: hello.max_in_flight,
         labels: hello.labels.into_iter().collect(),
+        token: Default::default(),
     }
 }
 

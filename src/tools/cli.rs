@@ -82,6 +82,10 @@ pub struct SubscribeArgs {
     /// The name the gateway's certificate carries, when it is not the --gateway host.
     #[arg(long, value_name = "NAME")]
     pub tls_domain: Option<String>,
+    /// The pod's projected ServiceAccount token (routes with identity = "token"), sent as
+    /// `authorization: Bearer`; read when connecting.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<String>,
 }
 
 /// `dev-kafka`: a standalone mock Kafka.
@@ -250,15 +254,18 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         tls_domain,
+        token_file,
     } = args;
+    let token = match &token_file {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading --token-file {path}"))?),
+        None => None,
+    };
     let hello = client::hello(&route, &name, window);
     let tls = client::ClientTls { ca_file: tls_ca, cert_file: tls_cert, key_file: tls_key, domain: tls_domain };
     let use_tls = endpoint.starts_with("https://") || tls.ca_file.is_some() || tls.cert_file.is_some();
-    let mut sub = if use_tls {
-        client::Subscription::connect_tls(&endpoint, hello, &tls).await?
-    } else {
-        client::Subscription::connect(&endpoint, hello).await?
-    };
+    let channel = client::channel(&endpoint, use_tls.then_some(&tls)).await?;
+    let mut fanout = crate::proto::fanout_client::FanoutClient::new(channel);
+    let mut sub = client::Subscription::open_with_token(&mut fanout, hello, token.as_deref()).await?;
     println!("subscribed to route {route} at {endpoint} (window {window}); Ctrl-C to stop");
     let mut count = 0u64;
     let mut last = tokio::time::Instant::now();

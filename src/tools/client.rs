@@ -24,6 +24,8 @@ pub enum ClientError {
     Refused(#[source] Status),
     #[error("the stream is closed")]
     Closed,
+    #[error("the token is not a valid metadata value (a projected token is base64url text)")]
+    BadToken,
     #[error("{what}: cannot read {path}: {source}")]
     TlsFile {
         what: &'static str,
@@ -113,10 +115,25 @@ impl Subscription {
 
     /// Opens a subscription on an existing channel.
     pub async fn open(client: &mut FanoutClient<tonic::transport::Channel>, hello: Hello) -> Result<Self, ClientError> {
+        Self::open_with_token(client, hello, None).await
+    }
+
+    /// Opens a subscription that presents `token` (the pod's projected ServiceAccount token,
+    /// for routes with `identity = "token"`) as `authorization: Bearer` metadata.
+    pub async fn open_with_token(
+        client: &mut FanoutClient<tonic::transport::Channel>,
+        hello: Hello,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
         // Acks are small; 1024 queued requests is far more than a window's worth of batches.
         let (requests, rx) = mpsc::channel(1_024);
         requests.send(SubscribeRequest { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| ClientError::Closed)?;
-        let deliveries = client.subscribe(ReceiverStream::new(rx)).await.map_err(ClientError::Refused)?.into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            let value = format!("Bearer {}", token.trim()).parse().map_err(|_| ClientError::BadToken)?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let deliveries = client.subscribe(request).await.map_err(ClientError::Refused)?.into_inner();
         Ok(Self { deliveries, requests, handles: parking_lot::Mutex::new(HashMap::new()) })
     }
 

@@ -51,6 +51,7 @@ pub struct Seen {
 pub struct FakeApiServer {
     changes: mpsc::UnboundedSender<(&'static str, Value)>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    tokens: Tokens,
     syncs: AtomicU32,
     task: JoinHandle<()>,
 }
@@ -62,9 +63,21 @@ impl FakeApiServer {
         let client = kube::Client::new(service, NAMESPACE);
         let (changes, rx) = mpsc::unbounded_channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let tokens = Tokens::default();
         let pods = pods.into_iter().map(|p| (pod_name(&p), p)).collect();
-        let task = tokio::spawn(serve(handle, pods, rx, seen.clone()));
-        (client, Self { changes, seen, syncs: AtomicU32::new(0), task })
+        let task = tokio::spawn(serve(handle, pods, rx, seen.clone(), tokens.clone()));
+        (client, Self { changes, seen, tokens, syncs: AtomicU32::new(0), task })
+    }
+
+    /// A projected ServiceAccount token of pod `pod` (in `shop`): TokenReview authenticates it
+    /// and names the pod.
+    pub fn grant(&self, token: &str, pod: &str) {
+        self.tokens.valid.lock().insert(token.to_string(), pod.to_string());
+    }
+
+    /// The TokenReviews asked for so far: (token, audiences).
+    pub fn reviews(&self) -> Vec<Review> {
+        self.tokens.reviews.lock().clone()
     }
 
     pub fn added(&self, pod: Value) {
@@ -100,11 +113,55 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// Tokens the fake TokenReview knows, and the reviews it answered.
+#[derive(Clone, Default)]
+struct Tokens {
+    valid: Arc<Mutex<BTreeMap<String, String>>>,
+    reviews: Arc<Mutex<Vec<Review>>>,
+}
+
+/// A review asked for: the token and the audiences.
+type Review = (String, Vec<String>);
+
+impl Tokens {
+    /// The TokenReview answer for a review request's body.
+    fn review(&self, body: &[u8]) -> Value {
+        let request: Value = serde_json::from_slice(body).expect("a TokenReview");
+        let token = request["spec"]["token"].as_str().unwrap_or_default().to_string();
+        let audiences: Vec<String> = serde_json::from_value(request["spec"]["audiences"].clone()).unwrap_or_default();
+        self.reviews.lock().push((token.clone(), audiences.clone()));
+        let status = match self.valid.lock().get(&token) {
+            Some(pod) => json!({
+                "authenticated": true,
+                "audiences": audiences,
+                "user": {
+                    "username": format!("system:serviceaccount:{NAMESPACE}:orders"),
+                    "uid": "sa-uid",
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NAMESPACE}")],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": [pod],
+                        "authentication.kubernetes.io/pod-uid": [format!("uid-{pod}")],
+                    },
+                },
+            }),
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": request["spec"],
+            "status": status,
+        })
+    }
+}
+
 async fn serve(
     mut handle: Handle,
     mut pods: BTreeMap<String, Value>,
     mut changes: mpsc::UnboundedReceiver<(&'static str, Value)>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    tokens: Tokens,
 ) {
     let mut version = FIRST_VERSION;
     let mut sent = FIRST_VERSION;
@@ -115,6 +172,11 @@ async fn serve(
         tokio::select! {
             request = handle.next_request() => {
                 let Some((request, reply)) = request else { return };
+                if request.method() == http::Method::POST && request.uri().path().ends_with("/tokenreviews") {
+                    let body = request.into_body().collect_bytes().await.expect("a body");
+                    reply.send_response(json_response(&tokens.review(&body)));
+                    continue;
+                }
                 let watch = query_param(request.uri(), "watch") == Some("true");
                 seen.lock().push(Seen { uri: request.uri().clone(), watch, last_sent_version: sent.to_string() });
                 if !watch {
