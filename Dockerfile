@@ -9,15 +9,15 @@
 # library checks) is exercised on every CI run even where no Docker engine is available.
 
 # --- build -----------------------------------------------------------------------------------
-# rust:bookworm has everything the build needs: gcc, make and perl for librdkafka (compiled from
-# source by rdkafka-sys with its configure script, no cmake), zlib1g-dev and libssl-dev with
-# pkg-config for its gzip and TLS; zstd is built from its crate.
+# The build needs gcc, make, perl and cmake for librdkafka (compiled from source by rdkafka-sys
+# with CMake), zlib1g-dev and libssl-dev with pkg-config for its gzip and TLS; zstd and libcurl
+# (OIDC) are built from their crates and linked in statically.
 # protoc comes from the protoc-bin-vendored crate (build.rs), so no system protoc.
 # Same Debian release as the runtime stage, so the glibc the binaries link against is there.
 FROM rust:1.95-bookworm AS build
 # Named, although the image has them: the build needs exactly these (.ci/run installs the same).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends cmake libssl-dev pkg-config zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -41,7 +41,7 @@ LABEL org.opencontainers.image.title="fanout-gateway" \
 # ca-certificates: TLS to brokers and to the Kubernetes API (discovery.mode = "kube").
 # zlib1g and libssl3: librdkafka links the system libz.so.1 (gzip) and OpenSSL (TLS, SASL/SCRAM).
 # Nothing else: .ci/build-binaries checks with ldd that the binaries need only libc6,
-# libgcc-s1, zlib1g and libssl3 (zstd is linked in statically).
+# libgcc-s1, zlib1g and libssl3 (zstd and libcurl are linked in statically).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/*

@@ -212,7 +212,7 @@ fn the_managed_kafka_examples_load_and_librdkafka_accepts_them() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 3);
+    assert_eq!(seen, 4);
 }
 
 fn tls_config(bootstrap: &str, group: &str, ca_file: &std::path::Path) -> fanout_gateway::config::Config {
