@@ -31,21 +31,27 @@ static SECRETS: LazyLock<RwLock<Vec<String>>> = LazyLock::new(|| RwLock::new(Vec
 /// Whether a librdkafka property holds a secret.
 pub fn is_sensitive(property: &str) -> bool {
     let p = property.to_ascii_lowercase();
-    p.contains("password") || p.contains("secret") || SENSITIVE.contains(&p.as_str())
+    p.contains("password") || p.contains("passphrase") || p.contains("secret") || SENSITIVE.contains(&p.as_str())
 }
 
-/// Remembers a secret value, so that [`redact`] removes it from any text from now on.
+/// Remembers a secret value, so that [`redact`] removes it from any text from now on: as it
+/// is, and as JSON logs and `{:?}` print it (quotes, backslashes and newlines escaped).
 pub fn register(value: &str) {
     let value = value.trim();
     if value.len() < MIN_SCRUBBED_LEN {
         return;
     }
+    let strip = |quoted: String| quoted.trim_matches('"').to_string();
+    let forms =
+        [value.to_string(), strip(format!("{value:?}")), serde_json::to_string(value).map(strip).unwrap_or_default()];
     let mut secrets = SECRETS.write();
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_string());
-        // Longest first: a secret that contains another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for form in forms {
+        if form.len() >= MIN_SCRUBBED_LEN && !secrets.contains(&form) {
+            secrets.push(form);
+        }
     }
+    // Longest first: a secret that contains another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
 /// `text` with every registered secret replaced by [`REDACTED`].
@@ -103,6 +109,7 @@ mod tests {
     fn registered_secrets_leave_no_trace() {
         assert!(is_sensitive("sasl.password") && is_sensitive("ssl.key.password"));
         assert!(is_sensitive("sasl.oauthbearer.client.secret") && is_sensitive("ssl.key.pem"));
+        assert!(is_sensitive("sasl.oauthbearer.assertion.private.key.passphrase"));
         assert!(!is_sensitive("sasl.username") && !is_sensitive("security.protocol"));
 
         register("hunter2-unit-test");
@@ -111,6 +118,12 @@ mod tests {
         let line = "auth failed for user x with hunter2-unit-test-longer (hunter2-unit-test) ab";
         assert_eq!(redact(line), "auth failed for user x with [redacted] ([redacted]) ab");
         assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+
+        // As a JSON log line or a Debug print escapes it.
+        register("pa\"ss\\word-unit-test");
+        let json = serde_json::json!({ "message": "pa\"ss\\word-unit-test" }).to_string();
+        assert!(!redact(&json).contains("word-unit-test"), "{}", redact(&json));
+        assert!(!redact(&format!("{:?}", "pa\"ss\\word-unit-test")).contains("word-unit-test"));
 
         let mut out = Vec::new();
         let mut w = Redacting(&mut out);

@@ -278,6 +278,9 @@ async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() 
     assert_eq!(code, 0, "the allowed operator changes weights without a token: {err}");
     assert!(out.contains("weights set to blue=100 green=0"), "{out}");
 
+    // Clients without a certificate still reach the port: the kubelet's probes, Prometheus.
+    assert_eq!(https_get(gw.admin_addr(), &ca.pem, "/healthz").await, "ok\n");
+
     let (other_cert, other_key) = as_identity("orders-0.shop");
     let args = with(&other_cert, &other_key);
     let (code, _, err) = fanoutctl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;

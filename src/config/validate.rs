@@ -62,6 +62,15 @@ impl Config {
                     "a ServiceAccount token is reviewed through the Kubernetes API: needs discovery.mode = \"kube\"",
                 );
             }
+            if route.identity.needs_token()
+                && self.discovery.token_audience.as_deref().is_none_or(|a| a.trim().is_empty())
+            {
+                problems.bad(
+                    at("identity"),
+                    "needs discovery.token_audience: the audience of the projected tokens subscribers present (a token \
+                     for the API server itself must not be sent to the gateway)",
+                );
+            }
             let fresh_name = check_name(route, &mut names, &at, &mut problems);
             if route.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
                 problems.bad(at("group_id"), "must not be empty when set");
@@ -119,6 +128,11 @@ impl Config {
             problems.bad("server.admin_token_file", "must name a file (or be left out, which refuses changing calls)");
         }
         let server = &self.server;
+        for (section, tls) in [("server.tls", &server.tls), ("server.admin_tls", &server.admin_tls)] {
+            if let Some(tls) = tls {
+                problems.at_least_one(&format!("{section}.reload_interval_ms"), tls.reload_interval_ms);
+            }
+        }
         problems.at_least_one("server.keepalive_interval_ms", server.keepalive_interval_ms);
         problems.at_least_one("server.keepalive_timeout_ms", server.keepalive_timeout_ms);
         if server.idle_timeout_ms <= server.keepalive_interval_ms {
@@ -433,5 +447,19 @@ mod tests {
     fn no_routes_is_a_problem() {
         let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
         assert_eq!(problems(text), vec!["routes"]);
+    }
+
+    #[test]
+    fn token_identity_needs_kube_and_an_audience() {
+        let mut config = Config::parse(GOOD).expect("parses");
+        config.routes[0].identity = crate::config::IdentityMode::Token;
+        let err = config.validate().expect_err("static mode, no audience").to_string();
+        assert!(
+            err.contains("routes[0].identity") && err.contains("discovery.mode") && err.contains("token_audience"),
+            "{err}"
+        );
+        config.discovery.mode = crate::config::DiscoveryMode::Kube;
+        config.discovery.token_audience = Some("fanout-gateway".into());
+        config.validate().expect("kube mode with an audience");
     }
 }

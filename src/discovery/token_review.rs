@@ -11,6 +11,9 @@ use kube::{Api, Client};
 
 use super::TokenCheck;
 
+/// How long a review may take before the stream is refused (it holds a stream slot meanwhile).
+const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `extra` key of a review that names the token's pod.
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
@@ -33,21 +36,29 @@ impl TokenReviewer {
             ..TokenReview::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        match api.create(&PostParams::default(), &review).await {
-            Ok(answer) => verdict(&answer),
-            Err(error) => TokenCheck::Refused(format!("the TokenReview could not be made ({error}); retry later")),
+        match tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review)).await {
+            Ok(Ok(answer)) => verdict(&answer, self.audience.as_deref()),
+            Ok(Err(error)) => TokenCheck::Refused(format!("the TokenReview could not be made ({error}); retry later")),
+            Err(_) => TokenCheck::Refused("the TokenReview did not answer in time; retry later".into()),
         }
     }
 }
 
-/// What a review answer says about the token.
-pub fn verdict(answer: &TokenReview) -> TokenCheck {
+/// What a review answer says about the token, which must be valid for `audience`: an
+/// authenticator that ignores the audiences asked for (a webhook) is not trusted to have
+/// checked it.
+pub fn verdict(answer: &TokenReview, audience: Option<&str>) -> TokenCheck {
     let Some(status) = &answer.status else {
         return TokenCheck::Refused("the TokenReview came back without a status".into());
     };
     if status.authenticated != Some(true) {
         let why = status.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "invalid or expired".into());
         return TokenCheck::Refused(format!("the token is not authenticated: {why}"));
+    }
+    if let Some(audience) = audience {
+        if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|x| x == audience)) {
+            return TokenCheck::Refused(format!("the token is not valid for audience {audience}"));
+        }
     }
     let user = status.user.clone().unwrap_or_default();
     let namespace = user
@@ -75,6 +86,7 @@ mod tests {
         TokenReview {
             status: Some(TokenReviewStatus {
                 authenticated: Some(authenticated),
+                audiences: Some(vec!["fanout".into()]),
                 user: Some(UserInfo {
                     username: Some(username.into()),
                     extra: pod.map(|p| [(POD_NAME.to_string(), vec![p.to_string()])].into_iter().collect()),
@@ -89,14 +101,24 @@ mod tests {
     #[test]
     fn the_review_names_the_pod_and_its_namespace() {
         assert_eq!(
-            verdict(&answer(true, "system:serviceaccount:shop:orders", Some("orders-7d9f"))),
+            verdict(&answer(true, "system:serviceaccount:shop:orders", Some("orders-7d9f")), Some("fanout")),
             TokenCheck::Pod { namespace: "shop".into(), name: "orders-7d9f".into() }
         );
-        assert!(matches!(verdict(&answer(false, "", None)), TokenCheck::Refused(m) if m.contains("not authenticated")));
+        assert!(
+            matches!(verdict(&answer(false, "", None), Some("fanout")), TokenCheck::Refused(m) if m.contains("not authenticated"))
+        );
         assert!(matches!(
-            verdict(&answer(true, "system:serviceaccount:shop:orders", None)),
+            verdict(&answer(true, "system:serviceaccount:shop:orders", None), Some("fanout")),
             TokenCheck::Refused(m) if m.contains("names no pod")
         ));
-        assert!(matches!(verdict(&answer(true, "alice", Some("x"))), TokenCheck::Refused(_)), "a user's token");
+        assert!(
+            matches!(verdict(&answer(true, "alice", Some("x")), Some("fanout")), TokenCheck::Refused(_)),
+            "a user's token"
+        );
+        let elsewhere = verdict(&answer(true, "system:serviceaccount:shop:orders", Some("p")), Some("other"));
+        assert!(
+            matches!(elsewhere, TokenCheck::Refused(m) if m.contains("audience other")),
+            "another audience's token"
+        );
     }
 }

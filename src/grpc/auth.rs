@@ -122,11 +122,14 @@ impl AdminAuth {
 }
 
 /// Whether a client certificate (its chain already verified in the TLS handshake) names one of
-/// `allowed` as a DNS subject alternative name.
+/// `allowed` as a DNS subject alternative name, exactly: a wildcard name (`*.example`) stands
+/// for no identity on the list.
 fn identity_allowed(leaf: &CertificateDer<'static>, allowed: &[String]) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else { return false };
     allowed.iter().any(|name| {
-        ServerName::try_from(name.as_str()).is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
+        let valid =
+            ServerName::try_from(name.as_str()).is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok());
+        valid && cert.valid_dns_names().any(|d| d.eq_ignore_ascii_case(name))
     })
 }
 
@@ -248,6 +251,8 @@ mod tests {
         let none = http::HeaderMap::new();
         let operator = [cert("ops.fanoutctl")];
         auth.check(SET, &none, Some(&operator)).expect("an allowed identity needs no token");
+        let wildcard = [cert("*.fanoutctl")];
+        assert!(auth.check(SET, &none, Some(&wildcard)).is_err(), "a wildcard name is no identity on the list");
         let other = [cert("orders-0.shop")];
         let refused = auth.check(SET, &none, Some(&other)).expect_err("not on the list");
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "falls back to the token");

@@ -29,6 +29,8 @@ use crate::config::TlsConfig;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes under way at most; past it new connections wait for accepting.
 const HANDSHAKES_IN_FLIGHT: usize = 256;
+/// How long accepting pauses after an accept error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -145,8 +147,9 @@ pub struct ServerTls {
     pub reload_every: Duration,
 }
 
-/// Builds a port's TLS from its config section (`section` names it in errors). `http1` adds
-/// HTTP/1.1 to the protocols offered (the admin port's /metrics and probes).
+/// Builds a port's TLS from its config section (`section` names it in errors). `http1` marks
+/// the admin port: HTTP/1.1 is offered too (/metrics and the probes), and a client certificate
+/// is verified when presented rather than required.
 pub fn server_tls(section: &'static str, config: &TlsConfig, http1: bool) -> Result<ServerTls, TlsError> {
     let cert = Arc::new(ReloadingCert::load(section, Path::new(&config.cert_file), Path::new(&config.key_file))?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -164,9 +167,13 @@ pub fn server_tls(section: &'static str, config: &TlsConfig, http1: bool) -> Res
             if roots.is_empty() {
                 return Err(TlsError::Pem { field: "client_ca_file", path: ca_file.clone(), what: "CA certificate" });
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Invalid { field: "client_ca_file", message: e.to_string() })?;
+            // The Subscribe port requires a certificate (mTLS). The admin port verifies one
+            // when presented (an operator identity) but also serves clients without one: the
+            // kubelet's probes, Prometheus, and operators who use the token.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if http1 { verifier.allow_unauthenticated() } else { verifier };
+            let verifier =
+                verifier.build().map_err(|e| TlsError::Invalid { field: "client_ca_file", message: e.to_string() })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -187,7 +194,17 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     plain
-        .filter_map(|conn| async move { conn.ok() })
+        .filter_map(|conn| async move {
+            match conn {
+                Ok(conn) => Some(conn),
+                Err(error) => {
+                    // Out of file descriptors, say: pause rather than spin on the error.
+                    warn!(%error, "cannot accept a connection; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    None
+                }
+            }
+        })
         .map(move |conn| {
             let acceptor = acceptor.clone();
             async move {
