@@ -197,9 +197,9 @@ impl Control {
 
     pub fn replica(&self) -> ReplicaStatus {
         let readiness = self.readiness();
+        let groups = self.replica_groups();
         let inner = &self.inner;
         let applied = inner.applied.read();
-        let kafka = &applied.config.kafka;
         ReplicaStatus {
             version: env!("CARGO_PKG_VERSION"),
             name: inner.name.clone(),
@@ -210,7 +210,7 @@ impl Control {
             kafka_reachable: inner.stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
             last_kafka_error: inner.stats.last_kafka_error.read().clone(),
             started_at: inner.started_at,
-            groups: applied.config.routes.iter().map(|r| r.group(kafka)).collect(),
+            groups,
             readiness,
         }
     }

@@ -48,7 +48,7 @@ mod tests {
     use super::*;
 
     fn states(list: &[(&str, bool)]) -> HashMap<Arc<str>, GroupState> {
-        list.iter().map(|(g, settled)| (Arc::from(*g), GroupState { settled: *settled, assigned: 0 })).collect()
+        list.iter().map(|(g, settled)| (Arc::from(*g), GroupState { settled: *settled })).collect()
     }
 
     #[test]

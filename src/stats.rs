@@ -110,8 +110,6 @@ pub struct GroupState {
     /// in the middle of a rebalance. Its assignment (possibly empty, when there are more
     /// replicas than partitions) is the one it holds.
     pub settled: bool,
-    /// Partitions assigned to this consumer.
-    pub assigned: u64,
 }
 
 /// (consumer group, topic, partition).

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,24 @@ use fanout_gateway::tools::client::{self, ClientTls, Subscription};
 use support::pki::{Leaf, TestCa};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A directory with the gateway's CA (`ca.crt`) and a server certificate it signed
+/// (`tls.crt`, `tls.key`).
+struct Certs {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    ca_file: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn certs() -> Certs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("gateway");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (cert, key) = ca.server().write(dir.path(), "tls");
+    Certs { dir, ca, ca_file, cert, key }
+}
 
 fn tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsConfig {
     TlsConfig {
@@ -83,10 +101,7 @@ async fn plaintext_is_refused_and_a_client_that_trusts_the_ca_streams() {
     init_logs();
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new("gateway");
-    let ca_file = ca.write(dir.path(), "ca.crt");
-    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let Certs { dir, ca, ca_file, cert, key } = certs();
     let gw = start(&bootstrap, &unique_group("tls"), tls(&cert, &key, None), Some(tls(&cert, &key, None))).await;
 
     let plain = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "plain", 10)).await;
@@ -150,10 +165,7 @@ async fn with_mtls_a_client_without_a_certificate_is_refused() {
     init_logs();
     let cluster = mock_cluster(1);
     let bootstrap = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new("gateway");
-    let ca_file = ca.write(dir.path(), "ca.crt");
-    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let Certs { dir, ca: _, ca_file, cert, key } = certs();
     let clients = TestCa::new("subscribers");
     let clients_file = clients.write(dir.path(), "clients.crt");
     let gw = start(&bootstrap, &unique_group("mtls"), tls(&cert, &key, Some(&clients_file)), None).await;
@@ -193,9 +205,7 @@ async fn a_rotated_certificate_serves_new_connections_while_an_open_stream_flows
     init_logs();
     let cluster = mock_cluster(1);
     let bootstrap = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new("gateway");
-    let ca_file = ca.write(dir.path(), "ca.crt");
+    let Certs { dir, ca, ca_file, .. } = certs();
     let (first, second) = (ca.server(), ca.server());
     let (cert, key) = first.write(dir.path(), "tls");
     let gw = start(&bootstrap, &unique_group("rotate"), tls(&cert, &key, None), None).await;
@@ -245,10 +255,7 @@ async fn a_certificate_that_does_not_load_stops_the_start_naming_the_field() {
 async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() {
     init_logs();
     let cluster = mock_cluster(1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new("gateway");
-    let ca_file = ca.write(dir.path(), "ca.crt");
-    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let Certs { dir, ca, ca_file, cert, key } = certs();
     let operators = TestCa::new("operators");
     let operators_file = operators.write(dir.path(), "operators.crt");
     let mut config = config(&cluster.bootstrap_servers(), &unique_group("admin-mtls"));
@@ -301,10 +308,7 @@ async fn a_python_grpcio_subscriber_streams_over_tls() {
     init_logs();
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new("gateway");
-    let ca_file = ca.write(dir.path(), "ca.crt");
-    let (cert, key) = ca.server().write(dir.path(), "tls");
+    let Certs { dir: _dir, ca: _, ca_file, cert, key } = certs();
     let gw = start(&bootstrap, &unique_group("python-tls"), tls(&cert, &key, None), None).await;
     produce(&bootstrap, 60, 6).await;
     let root = env!("CARGO_MANIFEST_DIR");

@@ -147,6 +147,10 @@ impl ClientContext for GatewayContext {
     }
 }
 
+/// How a [`ClientFailure::Unreachable`] message starts: the metadata probe tells its own
+/// (generic) messages from the more specific ones of the error callback by it.
+const UNREACHABLE: &str = "kafka unreachable";
+
 /// What kind of failure a Kafka client error is, for a message that says what to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientFailure {
@@ -174,7 +178,7 @@ impl ClientFailure {
     fn message(self, bootstrap: &str, reason: &str) -> String {
         match self {
             Self::Unreachable => format!(
-                "kafka unreachable at {bootstrap}: {reason}; check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying"
+                "{UNREACHABLE} at {bootstrap}: {reason}; check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying"
             ),
             Self::Tls => format!(
                 "TLS with kafka at {bootstrap} failed: {reason}; check ssl.ca.location (the CA that signed the brokers' certificates), ssl.certificate.location and ssl.key.location in [kafka.properties]; retrying"
@@ -203,17 +207,12 @@ struct GroupStatistics {
     state: String,
     #[serde(default)]
     join_state: String,
-    #[serde(default)]
-    assignment_size: i64,
 }
 
 impl GroupStatistics {
     /// "up": the coordinator is known; "steady": not joining, syncing or (un)assigning.
     fn state(&self) -> GroupState {
-        GroupState {
-            settled: self.state == "up" && self.join_state == "steady",
-            assigned: self.assignment_size.max(0) as u64,
-        }
+        GroupState { settled: self.state == "up" && self.join_state == "steady" }
     }
 }
 
@@ -648,7 +647,7 @@ impl Probe {
             Err(error) => {
                 // The error callback may know better why (TLS, SASL): say that, not the
                 // metadata request's generic transport failure.
-                let known = stats.last_kafka_error.read().clone().filter(|e| !e.starts_with("kafka unreachable"));
+                let known = stats.last_kafka_error.read().clone().filter(|e| !e.starts_with(UNREACHABLE));
                 let message = known.unwrap_or_else(|| {
                     ClientFailure::Unreachable.message(bootstrap, &format!("metadata request failed ({error})"))
                 });
