@@ -38,8 +38,9 @@
 //! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
 //!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
 //!   ready (`/readyz`, grpc.health); [`redact`] keeps Kafka secrets out of logs and errors.
-//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka, the subscriber client
-//!   and the command line, which drive the service through its public surface.
+//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka and the command line,
+//!   which drive the service through its public surface and subscribe with the subscriber
+//!   library (`fanout-client`, the workspace's `client/`).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -64,13 +65,10 @@ pub mod stats;
 pub mod subscriptions;
 pub mod tools;
 
-/// Generated from `proto/fanout/v1/fanout.proto`.
+/// The subscription contract (`proto/fanout/v1/fanout.proto`), generated once in the
+/// `fanout-proto` crate that the subscriber library shares.
 pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("fanout.v1");
-
-    /// The contract's descriptors, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_descriptor");
+    pub use fanout_proto::v1::*;
 
     /// Generated from `proto/fanout/admin/v1/admin.proto`: the operator's API.
     pub mod admin {

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::admin::admin_client::AdminClient;
 use fanout_gateway::proto::admin::{DrainRequest, SetWeightsRequest, StatusRequest, StatusResponse};
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -95,7 +95,7 @@ async fn take_both(a: &mut Subscription, b: &mut Subscription, count: usize) -> 
             batch = a.next() => (true, batch),
             batch = b.next() => (false, batch),
         };
-        let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+        let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(stream::id_of).collect();
         let (sub, n) = if first { (&*a, &mut got_a) } else { (&*b, &mut got_b) };
         *n += ids.len();
         sub.ack(ids).await.expect("ack");
@@ -248,12 +248,12 @@ async fn drain_closes_one_subscriber_once_its_in_flight_deliveries_settle() {
         while seen.len() < 200 {
             tokio::select! {
                 batch = a.next() => {
-                    let ids: Vec<String> = batch.expect("a").expect("open").iter().map(client::id_of).collect();
+                    let ids: Vec<String> = batch.expect("a").expect("open").iter().map(stream::id_of).collect();
                     seen.extend(ids.iter().cloned());
                     held.extend(ids);
                 }
                 batch = b.next() => {
-                    let ids: Vec<String> = batch.expect("b").expect("open").iter().map(client::id_of).collect();
+                    let ids: Vec<String> = batch.expect("b").expect("open").iter().map(stream::id_of).collect();
                     seen.extend(ids.iter().cloned());
                     b.ack(ids).await.expect("ack");
                 }

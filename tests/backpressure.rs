@@ -7,9 +7,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 const MESSAGES: usize = 100_000;
@@ -46,13 +46,13 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
         let stats = gw.stats();
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "slow", WINDOW)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "slow", WINDOW)).await.expect("subscribes");
         let mut acked: HashSet<String> = HashSet::with_capacity(MESSAGES);
         let mut most_before_credit = 0usize;
         let mut held_at_cap = None;
         while acked.len() < MESSAGES {
             let batch = next(&mut sub, Duration::from_secs(30)).await.expect("deliveries keep coming");
-            let mut out: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+            let mut out: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
             if held_at_cap.is_none() {
                 most_before_credit = most_before_credit.max(out.len());
                 if acked.len() >= MESSAGES / 2 {
@@ -60,7 +60,7 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
                     // gateway stops sending: what is out then is the window it grants.
                     sub.credit(1_000).await.expect("credit");
                     while let Some(more) = next(&mut sub, Duration::from_millis(500)).await {
-                        out.extend(more.into_iter().map(|d| client::id_of(&d)));
+                        out.extend(more.into_iter().map(|d| stream::id_of(&d)));
                     }
                     held_at_cap = Some(out.len());
                 }

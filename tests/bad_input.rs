@@ -6,12 +6,12 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::fanout_client::FanoutClient;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, SubscribeRequest};
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,13 +34,13 @@ async fn unknown_route_is_not_found() {
     let cluster = mock_cluster(1);
     let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("route"))).await.expect("starts");
     let err =
-        Subscription::connect(&gw.endpoint(), client::hello("billing", "pod-1", 10)).await.err().expect("refused");
-    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+        Subscription::connect(&gw.endpoint(), stream::hello("billing", "pod-1", 10)).await.err().expect("refused");
+    let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().contains("billing") && status.message().contains("orders"), "{}", status.message());
 
-    let err = Subscription::connect(&gw.endpoint(), client::hello("", "pod-1", 10)).await.err().expect("refused");
-    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    let err = Subscription::connect(&gw.endpoint(), stream::hello("", "pod-1", 10)).await.err().expect("refused");
+    let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "empty route");
     gw.shutdown().await;
 }
@@ -53,12 +53,12 @@ async fn acks_by_handle_work_out_of_order_and_across_batches_and_unknown_ones_ar
     let ids = produce(&bootstrap, 10, 1).await;
     let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
     let stats = gw.stats();
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 5)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 5)).await.expect("subscribes");
 
     let (mut received, mut handles) = (Vec::new(), Vec::new());
     while received.len() < 5 {
         for d in sub.next_raw().await.expect("stream").expect("open") {
-            received.push(client::id_of(&d));
+            received.push(stream::id_of(&d));
             handles.push(d.ack_id);
         }
     }
@@ -72,7 +72,7 @@ async fn acks_by_handle_work_out_of_order_and_across_batches_and_unknown_ones_ar
         let batch = batch.expect("stream stays up").expect("open");
         let more: Vec<u64> = batch.iter().map(|d| d.ack_id).collect();
         assert!(more.iter().all(|h| !handles.contains(h)), "a handle is never reused on a stream");
-        received.extend(batch.iter().map(client::id_of));
+        received.extend(batch.iter().map(stream::id_of));
         handles.extend(&more);
         sub.ack_ids(more.into_iter().rev().collect()).await.expect("sent");
     }
@@ -90,8 +90,8 @@ async fn a_huge_route_name_is_cut_in_the_status_and_the_status_still_arrives() {
     let cluster = mock_cluster(1);
     let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("echo"))).await.expect("starts");
     let huge = "b".repeat(100_000);
-    let err = Subscription::connect(&gw.endpoint(), client::hello(&huge, "pod-1", 10)).await.err().expect("refused");
-    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    let err = Subscription::connect(&gw.endpoint(), stream::hello(&huge, "pod-1", 10)).await.err().expect("refused");
+    let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
     assert_eq!(status.code(), tonic::Code::NotFound, "not the client's metadata limit: {}", &status.message()[..80]);
     let message = status.message();
     assert!(message.len() <= fanout_gateway::grpc::MAX_STATUS_MESSAGE, "{} bytes echoed", message.len());
@@ -109,10 +109,10 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
     config.routes[0].retry.initial_backoff_ms = 100;
     config.routes[0].retry.max_backoff_ms = 1_000;
     let gw = gateway::start(config).await.expect("starts");
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let first = sub.next().await.expect("stream").expect("open").remove(0);
-    assert_eq!((client::id_of(&first).as_str(), first.attempt), (ids[0].as_str(), 1));
-    sub.nack_after(client::id_of(&first), "come back never", Duration::from_secs(i64::MAX as u64)).await.expect("sent");
+    assert_eq!((stream::id_of(&first).as_str(), first.attempt), (ids[0].as_str(), 1));
+    sub.nack_after(stream::id_of(&first), "come back never", Duration::from_secs(i64::MAX as u64)).await.expect("sent");
     // Uncapped, the message would wait 292 billion years and its partition's commit with it.
     let again = tokio::time::timeout(Duration::from_secs(30), sub.next())
         .await
@@ -120,8 +120,8 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
         .expect("stream")
         .expect("open")
         .remove(0);
-    assert_eq!((client::id_of(&again).as_str(), again.attempt), (ids[0].as_str(), 2));
-    sub.ack(vec![client::id_of(&again)]).await.expect("sent");
+    assert_eq!((stream::id_of(&again).as_str(), again.attempt), (ids[0].as_str(), 2));
+    sub.ack(vec![stream::id_of(&again)]).await.expect("sent");
     eventually(Duration::from_secs(20), "the partition commits past it", || fully_committed(&bootstrap, &group, 1))
         .await;
     gw.shutdown().await;
@@ -204,7 +204,7 @@ async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
     assert!(!stats.kafka_reachable.load(Ordering::Relaxed));
 
     // Subscribers can attach meanwhile; they simply get nothing yet.
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 50)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 50)).await.expect("subscribes");
 
     for broker in 1..=3 {
         cluster.broker_up(broker).expect("up");
@@ -213,7 +213,7 @@ async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
     let mut got = Vec::new();
     while got.len() < ids.len() {
         let batch = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.expect("deliveries after recovery");
-        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| client::id_of(&d)).collect();
+        let batch: Vec<String> = batch.expect("stream").expect("open").into_iter().map(|d| stream::id_of(&d)).collect();
         sub.ack(batch.clone()).await.expect("sent");
         got.extend(batch);
     }

@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use configmap_support::FakeConfigMapApi;
+use fanout_client::stream::{self, ClientError, Subscription};
 use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::admin::admin_client::AdminClient;
 use fanout_gateway::proto::admin::{SetWeightsRequest, StatusRequest};
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, ClientError, Subscription};
 use kube_support::{running_orders, NAMESPACE};
 use support::*;
 use tonic::transport::Channel;
@@ -109,7 +109,7 @@ async fn take(streams: &mut [(&str, Subscription)], count: usize) -> (usize, usi
     let (mut blue, mut green) = (0, 0);
     while blue + green < count {
         let (batch, i, _) = futures::future::select_all(streams.iter_mut().map(|(_, s)| Box::pin(s.next()))).await;
-        let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+        let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(stream::id_of).collect();
         if streams[i].0 == "blue" {
             blue += ids.len();
         } else {

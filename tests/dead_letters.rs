@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::admin::dead_letters::HEADER_REDRIVEN_FROM;
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -82,7 +82,7 @@ async fn poison_letters_are_listed_and_redriven_once() {
         let stats = gw.stats();
         let admin = gw.admin_addr().to_string();
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 100)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 100)).await.expect("subscribes");
         // Poison (every tenth message) is dead-lettered until the redrive; then all is acked.
         let poisoning = Arc::new(AtomicBool::new(true));
         let poisoned_values = Arc::new(parking_lot::Mutex::new(BTreeMap::<String, (i32, i64)>::new()));
@@ -94,7 +94,7 @@ async fn poison_letters_are_listed_and_redriven_once() {
                     for d in batch {
                         let value = String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned();
                         let n: usize = value.trim_start_matches("message ").parse().expect("a produced value");
-                        let id = client::id_of(&d);
+                        let id = stream::id_of(&d);
                         if n.is_multiple_of(POISON_EVERY) && poisoning.load(Ordering::Relaxed) {
                             poisoned_values.lock().insert(value.clone(), (d.partition, d.offset));
                             sub.dead_letter(id, &format!("poison: cannot parse {value}")).await.expect("nack");

@@ -8,11 +8,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode};
 use fanout_gateway::dedup::{DedupConfig, StoreKind};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -59,7 +59,7 @@ async fn consume(
                 *counts
                     .entry(String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned())
                     .or_default() += 1;
-                client::id_of(&d)
+                stream::id_of(&d)
             })
             .collect();
         sub.ack(ids).await.expect("ack");
@@ -82,7 +82,7 @@ async fn each_sent_twice_is_delivered_once(store: StoreKind, prefix: Option<Stri
 
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "w", 100)).await.expect("subscribes");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "w", 100)).await.expect("subscribes");
         let mut counts = HashMap::new();
         consume(&mut sub, &mut counts, |c| c.len() == unique).await;
         // Everything, copies included, is committed: the duplicates were acked to Kafka.
@@ -137,7 +137,7 @@ async fn keys_come_back_after_the_ttl_or_when_capacity_evicts_them() {
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
         let stats = gw.stats();
-        let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "w", 100)).await.expect("subscribes");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "w", 100)).await.expect("subscribes");
         let mut counts = HashMap::new();
 
         // Capacity: 50 keys into a store of 20 forget the oldest 30. The newest 20, sent

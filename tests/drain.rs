@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -22,11 +22,11 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
         let mut leaving =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "leaving", 5)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "leaving", 5)).await.expect("subscribes");
         let mut held: Vec<String> = Vec::new();
         while held.len() < 5 {
             let batch = next_batch(&mut leaving).await;
-            held.extend(batch.into_iter().map(|d| client::id_of(&d)));
+            held.extend(batch.into_iter().map(|d| stream::id_of(&d)));
         }
         assert_eq!(held.len(), 5, "the window is 5");
         leaving.drain().await.expect("drain sent");
@@ -34,11 +34,11 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
             let endpoint = gw.endpoint();
             async move {
                 let mut sub =
-                    Subscription::connect(&endpoint, client::hello(ROUTE, "staying", 100)).await.expect("subscribes");
+                    Subscription::connect(&endpoint, stream::hello(ROUTE, "staying", 100)).await.expect("subscribes");
                 let mut got = HashSet::new();
                 while got.len() < 2_000 - 5 {
                     let batch = next_batch(&mut sub).await;
-                    let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+                    let ids: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
                     got.extend(ids.iter().cloned());
                     sub.ack(ids).await.expect("ack");
                 }

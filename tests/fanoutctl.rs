@@ -7,10 +7,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 const TOKEN: &str = "ctl-token";
@@ -69,7 +69,7 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
         let mut got = 0;
         while got < 400 {
             let (batch, i, _) = futures::future::select_all(subs.iter_mut().map(|s| Box::pin(s.next()))).await;
-            let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+            let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(stream::id_of).collect();
             got += ids.len();
             subs[i].ack(ids).await.expect("ack");
         }

@@ -6,11 +6,11 @@ mod support;
 
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::DeliveryMode;
 use fanout_gateway::dedup::DedupConfig;
 use fanout_gateway::gateway;
 use fanout_gateway::proto::{Delivery, Header, Hello};
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -32,7 +32,7 @@ async fn receive(sub: &mut Subscription, count: usize) -> Vec<Delivery> {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("deliveries");
         got.extend(batch.expect("stream").expect("open"));
     }
-    sub.ack(got.iter().map(client::id_of).collect()).await.expect("acked");
+    sub.ack(got.iter().map(stream::id_of).collect()).await.expect("acked");
     got
 }
 
@@ -56,7 +56,7 @@ async fn null_and_empty_keys_and_values_and_repeated_headers_arrive_as_produced(
     )
     .await;
     let gw = gateway::start(config(&bootstrap, &unique_group("fidelity"))).await.expect("starts");
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let got = receive(&mut sub, 3).await;
 
     assert_eq!((got[0].key.as_deref(), got[0].value.as_deref()), (None, Some(empty)), "null key, empty value");
@@ -101,7 +101,7 @@ async fn a_split_route_names_the_cohort_and_an_effectively_once_route_the_idempo
     let gw = gateway::start(split).await.expect("starts");
     let hello = Hello {
         labels: [("track".to_string(), "blue".to_string())].into_iter().collect(),
-        ..client::hello(ROUTE, "blue-0", 10)
+        ..stream::hello(ROUTE, "blue-0", 10)
     };
     let mut sub = Subscription::connect(&gw.endpoint(), hello).await.expect("subscribes");
     let got = receive(&mut sub, 2).await;
@@ -114,7 +114,7 @@ async fn a_split_route_names_the_cohort_and_an_effectively_once_route_the_idempo
     once.routes[0].delivery = DeliveryMode::EffectivelyOnce;
     once.routes[0].dedup = Some(DedupConfig::default());
     let gw = gateway::start(once).await.expect("starts");
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let got = receive(&mut sub, 2).await;
     assert_eq!(got[0].idempotency_key, "order-1");
     assert_eq!(got[1].idempotency_key, "", "a record without the header has no key");

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{self, ClientTls, Subscription};
 use fanout_gateway::config::{Config, TlsConfig};
 use fanout_gateway::gateway::{self, GatewayHandle};
-use fanout_gateway::tools::client::{self, ClientTls, Subscription};
 use support::pki::{Leaf, TestCa};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,15 +104,15 @@ async fn plaintext_is_refused_and_a_client_that_trusts_the_ca_streams() {
     let Certs { dir, ca, ca_file, cert, key } = certs();
     let gw = start(&bootstrap, &unique_group("tls"), tls(&cert, &key, None), Some(tls(&cert, &key, None))).await;
 
-    let plain = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "plain", 10)).await;
+    let plain = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "plain", 10)).await;
     assert!(plain.is_err(), "a plaintext client gets no stream");
     let other = TestCa::new("other");
     let other_file = other.write(dir.path(), "other.crt");
     let distrust =
-        Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "distrust", 10), &trusting(&other_file)).await;
+        Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "distrust", 10), &trusting(&other_file)).await;
     assert!(distrust.is_err(), "a client that does not trust the gateway's CA gets no stream");
 
-    let mut sub = Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "trusting", 100), &trusting(&ca_file))
+    let mut sub = Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "trusting", 100), &trusting(&ca_file))
         .await
         .expect("a client that trusts the CA subscribes");
     let mut sent = produce(&bootstrap, 100, 10).await;
@@ -124,7 +124,7 @@ async fn plaintext_is_refused_and_a_client_that_trusts_the_ca_streams() {
     assert_eq!(protocol.as_deref(), Some(&b"http/1.1"[..]), "the admin port offers HTTP/1.1 for the probes");
     let (_, protocol) = served(gw.addr(), &ca.pem, b"h2").await;
     assert_eq!(protocol.as_deref(), Some(&b"h2"[..]));
-    let admin = client::channel(&format!("https://{}", gw.admin_addr()), Some(&trusting(&ca_file)))
+    let admin = stream::channel(&format!("https://{}", gw.admin_addr()), Some(&trusting(&ca_file)))
         .await
         .expect("admin over TLS");
     let mut health = tonic_health::pb::health_client::HealthClient::new(admin);
@@ -171,7 +171,7 @@ async fn with_mtls_a_client_without_a_certificate_is_refused() {
     let gw = start(&bootstrap, &unique_group("mtls"), tls(&cert, &key, Some(&clients_file)), None).await;
 
     let anonymous =
-        Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "anonymous", 10), &trusting(&ca_file)).await;
+        Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "anonymous", 10), &trusting(&ca_file)).await;
     assert!(anonymous.is_err(), "no client certificate, no stream");
     let stranger = TestCa::new("stranger").client("orders-0");
     let (stranger_cert, stranger_key) = stranger.write(dir.path(), "stranger");
@@ -181,7 +181,7 @@ async fn with_mtls_a_client_without_a_certificate_is_refused() {
         ..trusting(&ca_file)
     };
     assert!(
-        Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "stranger", 10), &foreign).await.is_err(),
+        Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "stranger", 10), &foreign).await.is_err(),
         "a certificate from another CA is refused"
     );
 
@@ -191,7 +191,7 @@ async fn with_mtls_a_client_without_a_certificate_is_refused() {
         key_file: Some(client_key.display().to_string()),
         ..trusting(&ca_file)
     };
-    let mut sub = Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "orders-0", 100), &identified)
+    let mut sub = Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "orders-0", 100), &identified)
         .await
         .expect("a client with a certificate the CA signed subscribes");
     let mut sent = produce(&bootstrap, 50, 5).await;
@@ -210,7 +210,7 @@ async fn a_rotated_certificate_serves_new_connections_while_an_open_stream_flows
     let (cert, key) = first.write(dir.path(), "tls");
     let gw = start(&bootstrap, &unique_group("rotate"), tls(&cert, &key, None), None).await;
 
-    let mut open = Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "open", 100), &trusting(&ca_file))
+    let mut open = Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "open", 100), &trusting(&ca_file))
         .await
         .expect("subscribes");
     produce(&bootstrap, 20, 5).await;
@@ -229,7 +229,7 @@ async fn a_rotated_certificate_serves_new_connections_while_an_open_stream_flows
     after.sort();
     assert_eq!(receive_and_ack(&mut open, 30).await, after, "the open stream flows on");
     // And a new subscriber connects with the new certificate.
-    let fresh = Subscription::connect_tls(&https(&gw), client::hello(ROUTE, "fresh", 100), &trusting(&ca_file)).await;
+    let fresh = Subscription::connect_tls(&https(&gw), stream::hello(ROUTE, "fresh", 100), &trusting(&ca_file)).await;
     assert!(fresh.is_ok(), "a new subscriber connects after the rotation");
     drop(fresh);
 

@@ -10,11 +10,11 @@ mod support;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, Hello, SubscribeRequest, SubscribeResponse};
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use prost::Message;
 use support::*;
 use tokio::sync::mpsc;
@@ -78,7 +78,7 @@ impl RawStream {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("ready");
         let (requests, rx) = mpsc::channel(16);
-        let hello = client::hello(ROUTE, "raw", window);
+        let hello = stream::hello(ROUTE, "raw", window);
         requests.send(encode(Kind::Hello(hello))).await.expect("queued");
         let path = http::uri::PathAndQuery::from_static("/fanout.v1.Fanout/Subscribe");
         let responses = grpc
@@ -102,7 +102,7 @@ impl RawStream {
                 .expect("deliveries in time")
                 .expect("stream open")
                 .expect("not ended");
-            ids.extend(batch.deliveries.into_iter().map(|d| client::id_of(&d)));
+            ids.extend(batch.deliveries.into_iter().map(|d| stream::id_of(&d)));
         }
         ids
     }
@@ -207,7 +207,7 @@ async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothin
     assert!(status.message().contains("closed its side"), "{:?}", status.message());
 
     // The gateway is still up, and everything the broken streams held is delivered again.
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 50)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "good", 50)).await.expect("subscribes");
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected, "every message reached the good subscriber");
@@ -243,7 +243,7 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connects");
     let (mut h2, connection) = h2::client::handshake(tcp).await.expect("http/2");
     let driver = tokio::spawn(connection);
-    let hello = encode(Kind::Hello(client::hello(ROUTE, "flood", 10)));
+    let hello = encode(Kind::Hello(stream::hello(ROUTE, "flood", 10)));
     let subscribe = || {
         http::Request::builder()
             .method("POST")
@@ -279,7 +279,7 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
 
     // The gateway is up, no flooded session lingers, and a real subscriber gets everything.
     eventually(Duration::from_secs(20), "flooded sessions are gone", || Stats::get(&stats.sessions) == 0).await;
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "good", 100)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "good", 100)).await.expect("subscribes");
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected, "every message reached the good subscriber, once");

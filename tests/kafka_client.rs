@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
@@ -100,11 +100,11 @@ async fn topics_written_with_every_codec_read_through_the_gateway() {
     }
 
     let gw = gateway::start(config(&bootstrap, &unique_group("codecs"))).await.expect("starts");
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "codecs", 500)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "codecs", 500)).await.expect("subscribes");
     let mut got = BTreeSet::new();
     while got.len() < sent.len() {
         let batch = next_batch(&mut sub).await;
-        let ids: Vec<String> = batch.iter().map(client::id_of).collect();
+        let ids: Vec<String> = batch.iter().map(stream::id_of).collect();
         for d in &batch {
             got.insert(String::from_utf8(d.value.clone().unwrap_or_default().to_vec()).expect("utf-8"));
         }
@@ -233,7 +233,7 @@ async fn the_gateway_consumes_and_commits_through_a_tls_listener() {
     let sent = produce(&cluster.bootstrap_servers(), 300, 30).await;
     let group = unique_group("tls");
     let gw = gateway::start(tls_config(&tls.bootstrap, &group, &tls.ca_file)).await.expect("starts");
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "tls", 500)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "tls", 500)).await.expect("subscribes");
     let mut got = receive_and_ack(&mut sub, sent.len()).await;
     got.dedup();
     let mut sent = sent;

@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{ClientError, Subscription};
 use fanout_gateway::config::{Config, DiscoveryMode, RouteConfig};
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::{Delivery, Hello};
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{ClientError, Subscription};
 use kube_support::{pod, query_param, running_orders, FakeApiServer, LOCAL_IP, NAMESPACE};
 use parking_lot::Mutex;
 use support::{eventually, fully_committed, init_logs, mock_cluster, produce, unique_group, ROUTE, TOPIC};
@@ -424,7 +424,7 @@ struct Got {
 impl From<&Delivery> for Got {
     fn from(d: &Delivery) -> Self {
         Self {
-            id: fanout_gateway::tools::client::id_of(d),
+            id: fanout_client::stream::id_of(d),
             key: String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned(),
             cohort: d.cohort.clone(),
             partition: d.partition,

@@ -10,9 +10,9 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -89,8 +89,8 @@ async fn metrics_pass_promtool_and_follow_the_traffic() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let paused_scrape = loop {
         tokio::select! {
-            batch = blue.next() => held.extend(batch.expect("stream").expect("open").iter().map(client::id_of)),
-            batch = green.next() => held_green.extend(batch.expect("stream").expect("open").iter().map(client::id_of)),
+            batch = blue.next() => held.extend(batch.expect("stream").expect("open").iter().map(stream::id_of)),
+            batch = green.next() => held_green.extend(batch.expect("stream").expect("open").iter().map(stream::id_of)),
             _ = tokio::time::sleep(Duration::from_millis(300)) => {
                 let (text, samples) = scrape(admin).await;
                 if total(&samples, "fanout_partition_paused", &[("route", ROUTE)]) == f64::from(PARTITIONS) {
@@ -122,11 +122,11 @@ async fn metrics_pass_promtool_and_follow_the_traffic() {
     loop {
         tokio::select! {
             batch = blue.next() => {
-                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(stream::id_of).collect();
                 blue.ack(ids).await.expect("acks");
             }
             batch = green.next() => {
-                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(client::id_of).collect();
+                let ids: Vec<String> = batch.expect("stream").expect("open").iter().map(stream::id_of).collect();
                 green.ack(ids).await.expect("acks");
             }
             _ = tokio::time::sleep(Duration::from_millis(300)) => {

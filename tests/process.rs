@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_gateway::tools::client::{self, Subscription};
+use fanout_client::stream::{self, Subscription};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -448,7 +448,7 @@ async fn slow_acker(
     mut stop: watch::Receiver<bool>,
 ) {
     while !*stop.borrow() {
-        let Ok(mut sub) = Subscription::connect(&endpoint, client::hello(ROUTE, &name, window)).await else {
+        let Ok(mut sub) = Subscription::connect(&endpoint, stream::hello(ROUTE, &name, window)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -459,7 +459,7 @@ async fn slow_acker(
             tokio::select! {
                 batch = sub.next() => match batch {
                     Ok(Some(batch)) => {
-                        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+                        let ids: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
                         ledger.lock().receive(opened, &ids);
                         let mut rng = rand::rng();
                         let now = Instant::now();
@@ -553,7 +553,7 @@ async fn holding_acker(
 ) {
     let mut holding = 0;
     while !*stop.borrow() {
-        let Ok(mut sub) = Subscription::connect(&endpoint, client::hello(ROUTE, &name, window)).await else {
+        let Ok(mut sub) = Subscription::connect(&endpoint, stream::hello(ROUTE, &name, window)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -567,9 +567,9 @@ async fn holding_acker(
             for d in batch {
                 if holding < hold {
                     holding += 1;
-                    held.lock().push(client::id_of(&d));
+                    held.lock().push(stream::id_of(&d));
                 } else {
-                    now.push(client::id_of(&d));
+                    now.push(stream::id_of(&d));
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -6,11 +6,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 fn config_text(bootstrap: &str, group: &str, blue: u32, green: u32) -> String {
@@ -61,7 +61,7 @@ async fn take(
         };
         let (is_blue, batch) = batch;
         let batch = batch.expect("stream").expect("open");
-        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+        let ids: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
         seen.extend(ids.iter().cloned());
         if is_blue {
             b += ids.len();

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
-use fanout_gateway::tools::client::{self, Subscription};
 use parking_lot::Mutex;
 use support::*;
 
@@ -54,7 +54,7 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
         let gw = gateway::start(config).await.expect("starts");
         let admin = gw.admin_addr().to_string();
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 500)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 500)).await.expect("subscribes");
         let seen = Arc::new(Mutex::new(Seen::default()));
         let acking = Arc::new(AtomicBool::new(true));
         let worker = {
@@ -70,10 +70,10 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
                     {
                         let mut s = seen.lock();
                         for d in &batch {
-                            s.by_id.entry(client::id_of(d)).or_default().push(d.replay_id);
+                            s.by_id.entry(stream::id_of(d)).or_default().push(d.replay_id);
                         }
                     }
-                    held.extend(batch.iter().map(client::id_of));
+                    held.extend(batch.iter().map(stream::id_of));
                     if acking.load(Ordering::Relaxed) && !held.is_empty() {
                         sub.ack(std::mem::take(&mut held)).await.expect("ack");
                     }

@@ -8,11 +8,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::RetryPolicy;
 use fanout_gateway::deadletter;
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -126,7 +126,7 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
     let run = async {
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();
         let done = |seen: &Seen| {
             let settled = |prefix: &str, n: usize, attempts: u32| {
@@ -144,11 +144,11 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
                 let value = String::from_utf8_lossy(d.value.as_deref().unwrap_or_default()).into_owned();
                 seen.deliveries.push((value.clone(), d.attempt, Instant::now()));
                 match (kind(d.value.as_deref().unwrap_or_default()), d.attempt) {
-                    ("flaky", 1) => sub.nack(client::id_of(&d), "try again").await.expect("nack"),
-                    ("poison", _) => sub.nack(client::id_of(&d), &format!("cannot parse {value}")).await.expect("nack"),
-                    ("rejected", _) => sub.dead_letter(client::id_of(&d), "schema rejected").await.expect("nack"),
+                    ("flaky", 1) => sub.nack(stream::id_of(&d), "try again").await.expect("nack"),
+                    ("poison", _) => sub.nack(stream::id_of(&d), &format!("cannot parse {value}")).await.expect("nack"),
+                    ("rejected", _) => sub.dead_letter(stream::id_of(&d), "schema rejected").await.expect("nack"),
                     ("silent", 1) => {} // never answered: the ack deadline takes it back
-                    _ => sub.ack(vec![client::id_of(&d)]).await.expect("ack"),
+                    _ => sub.ack(vec![stream::id_of(&d)]).await.expect("ack"),
                 }
             }
         }
@@ -253,7 +253,7 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
     let run = async {
         let gw = gateway::start(config.clone()).await.expect("gateway starts");
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "worker", 50)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();
         // (value, attempt) -> (topic, origin topic header) of deliveries from the retry topic.
         let mut retried: HashMap<(String, u32), (String, String)> = HashMap::new();
@@ -278,9 +278,9 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
                     retried.insert((value.clone(), d.attempt), (d.topic.clone(), origin.unwrap_or_default()));
                 }
                 match (kind(d.value.as_deref().unwrap_or_default()), d.attempt) {
-                    ("flaky", 1) => sub.nack(client::id_of(&d), "try again").await.expect("nack"),
-                    ("poison", _) => sub.nack(client::id_of(&d), "cannot parse").await.expect("nack"),
-                    _ => sub.ack(vec![client::id_of(&d)]).await.expect("ack"),
+                    ("flaky", 1) => sub.nack(stream::id_of(&d), "try again").await.expect("nack"),
+                    ("poison", _) => sub.nack(stream::id_of(&d), "cannot parse").await.expect("nack"),
+                    _ => sub.ack(vec![stream::id_of(&d)]).await.expect("ack"),
                 }
             }
         }

@@ -6,10 +6,10 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode, RouteConfig};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -69,9 +69,9 @@ async fn receive_all(
         };
         let mut acks = Vec::new();
         for d in batch {
-            *seen.entry(client::id_of(&d)).or_default() += 1;
+            *seen.entry(stream::id_of(&d)).or_default() += 1;
             if keep(n) {
-                acks.push(client::id_of(&d));
+                acks.push(stream::id_of(&d));
             }
             n += 1;
         }
@@ -98,7 +98,7 @@ async fn a_route_nobody_subscribes_to_holds_back_no_other_route_on_its_topic() {
     let run = async {
         let gw = gateway::start(config).await.expect("gateway starts");
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
         let seen = receive_all(&mut sub, &ids, |_| true).await;
         assert_eq!(seen.len(), MESSAGES, "every message reached the subscribed route");
         eventually(Duration::from_secs(30), "orders committed to the high watermarks", || {
@@ -141,7 +141,7 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
             let (endpoint, ids) = (endpoint.clone(), ids.clone());
             async move {
                 let mut sub =
-                    Subscription::connect(&endpoint, client::hello("firehose", "firehose-0", FIREHOSE_WINDOW))
+                    Subscription::connect(&endpoint, stream::hello("firehose", "firehose-0", FIREHOSE_WINDOW))
                         .await
                         .expect("subscribes");
                 let mut seen: HashMap<String, u32> = HashMap::new();
@@ -153,9 +153,9 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
                     let batch = batch.expect("stream healthy").expect("stream open");
                     let mut acks = Vec::new();
                     for d in batch {
-                        *seen.entry(client::id_of(&d)).or_default() += 1;
+                        *seen.entry(stream::id_of(&d)).or_default() += 1;
                         if n.is_multiple_of(2) {
-                            acks.push(client::id_of(&d));
+                            acks.push(stream::id_of(&d));
                         }
                         n += 1;
                     }
@@ -166,12 +166,12 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
         });
         // The at-least-once subscriber loses its stream once with deliveries in flight.
         let mut orders =
-            Subscription::connect(&endpoint, client::hello(ROUTE, "orders-0", 50)).await.expect("subscribes");
+            Subscription::connect(&endpoint, stream::hello(ROUTE, "orders-0", 50)).await.expect("subscribes");
         let first = next_batch(&mut orders).await;
-        let lost_with_stream: HashSet<String> = first.into_iter().map(|d| client::id_of(&d)).collect();
+        let lost_with_stream: HashSet<String> = first.into_iter().map(|d| stream::id_of(&d)).collect();
         drop(orders);
         let mut orders =
-            Subscription::connect(&endpoint, client::hello(ROUTE, "orders-1", 50)).await.expect("resubscribes");
+            Subscription::connect(&endpoint, stream::hello(ROUTE, "orders-1", 50)).await.expect("resubscribes");
         let seen = receive_all(&mut orders, &ids, |_| true).await;
         let (firehose_seen, _firehose_sub) = firehose.await.expect("firehose task");
         eventually(Duration::from_secs(30), "both routes committed to the high watermarks", || {

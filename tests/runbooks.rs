@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::proto::Hello;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::runbook::{self, Runbook};
@@ -186,13 +186,13 @@ async fn pod(gw: &GatewayHandle, name: &str, track: Option<&str>, window: u32, m
                 let poison = delivery.value.as_ref().is_some_and(|v| v.starts_with(b"poison"));
                 if mode == Mode::Poison && poison && !f.load(Ordering::SeqCst) {
                     let _ = sub
-                        .dead_letter(client::id_of(delivery), "cannot parse the order: field `amount` missing")
+                        .dead_letter(stream::id_of(delivery), "cannot parse the order: field `amount` missing")
                         .await;
                 } else {
                     if poison {
                         p.fetch_add(1, Ordering::SeqCst);
                     }
-                    acks.push(client::id_of(delivery));
+                    acks.push(stream::id_of(delivery));
                 }
             }
             let _ = sub.ack(acks).await;

@@ -10,11 +10,11 @@ mod support;
 
 use std::time::Duration;
 
+use fanout_client::stream::{self, ClientError, Subscription};
 use fanout_gateway::config::{Config, DiscoveryMode, IdentityMode};
 use fanout_gateway::gateway;
 use fanout_gateway::proto::fanout_client::FanoutClient;
 use fanout_gateway::proto::Hello;
-use fanout_gateway::tools::client::{self, ClientError, Subscription};
 use kube_support::{pod, FakeApiServer, NAMESPACE};
 use support::*;
 use tonic::Code;
@@ -38,7 +38,7 @@ fn anonymous() -> Hello {
 }
 
 async fn subscribe(endpoint: &str, hello: Hello, token: Option<&str>) -> Result<Subscription, ClientError> {
-    let mut fanout = FanoutClient::new(client::channel(endpoint, None).await.expect("channel"));
+    let mut fanout = FanoutClient::new(stream::channel(endpoint, None).await.expect("channel"));
     Subscription::open_with_token(&mut fanout, hello, token).await
 }
 

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
-use fanout_gateway::tools::client::{self, Subscription};
 use futures::StreamExt;
 use support::*;
 use tokio::io::AsyncReadExt;
@@ -143,7 +143,7 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     }
     // Meanwhile a subscriber is served: its connection answers the server's pings.
     let ids = produce(&bootstrap, 50, 5).await;
-    let mut sub = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 100)).await.expect("subscribes");
+    let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 100)).await.expect("subscribes");
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(receive_and_ack(&mut sub, ids.len()).await, expected);
@@ -178,7 +178,7 @@ async fn past_the_connection_limit_new_connections_are_closed_until_places_free_
     // The held ones send nothing: the idle timeout frees their places.
     let closed = futures::future::join_all(held.into_iter().map(|s| closed_within(s, Duration::from_secs(30)))).await;
     assert!(closed.iter().all(|c| *c));
-    Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("served again");
+    Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("served again");
     gw.shutdown().await;
 }
 
@@ -188,16 +188,16 @@ async fn past_the_stream_limit_a_subscribe_gets_resource_exhausted_until_one_end
     let mut config = config(&cluster.bootstrap_servers(), &unique_group("streams"));
     config.server.max_streams = 2;
     let gw = gateway::start(config).await.expect("starts");
-    let first = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-1", 10)).await.expect("first");
-    let _second = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-2", 10)).await.expect("second");
-    let err = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-3", 10)).await.err().expect("refused");
-    let client::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
+    let first = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("first");
+    let _second = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-2", 10)).await.expect("second");
+    let err = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-3", 10)).await.err().expect("refused");
+    let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("server.max_streams"), "{}", status.message());
     drop(first);
     let mut third = None;
     for _ in 0..50 {
-        if let Ok(sub) = Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "pod-3", 10)).await {
+        if let Ok(sub) = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-3", 10)).await {
             third = Some(sub);
             break;
         }

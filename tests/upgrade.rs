@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::gateway;
-use fanout_gateway::tools::client::{self, Subscription};
 use support::*;
 
 const PARTITIONS: i32 = 4;
@@ -16,13 +16,13 @@ const MESSAGES: usize = 3_000;
 /// Acks everything it receives until it has acked `at_least`, then drains, acking what is still
 /// in flight, until the gateway ends the stream. Returns the ids it acked.
 async fn ack_then_drain(endpoint: &str, at_least: usize) -> HashSet<String> {
-    let mut sub = Subscription::connect(endpoint, client::hello(ROUTE, "old-layout", 50)).await.expect("subscribes");
+    let mut sub = Subscription::connect(endpoint, stream::hello(ROUTE, "old-layout", 50)).await.expect("subscribes");
     let mut acked = HashSet::new();
     let mut draining = false;
     loop {
         let batch = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("the stream moves");
         let Some(batch) = batch.expect("stream healthy") else { break };
-        let ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+        let ids: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
         acked.extend(ids.iter().cloned());
         sub.ack(ids).await.expect("ack");
         if !draining && acked.len() >= at_least {
@@ -59,20 +59,20 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         assert!(committed(&bootstrap, &route_group, PARTITIONS).is_empty(), "the route's own group is new");
         let gw = gateway::start(new_layout).await.expect("new-layout gateway starts");
         let mut sub =
-            Subscription::connect(&gw.endpoint(), client::hello(ROUTE, "new-layout", 100)).await.expect("subscribes");
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "new-layout", 100)).await.expect("subscribes");
         let rest: HashSet<String> = ids.difference(&before).cloned().collect();
         let mut after: Vec<String> = Vec::new();
         let mut got: HashSet<String> = HashSet::new();
         while !rest.iter().all(|id| got.contains(id)) {
             let batch = next_batch(&mut sub).await;
-            let batch_ids: Vec<String> = batch.into_iter().map(|d| client::id_of(&d)).collect();
+            let batch_ids: Vec<String> = batch.into_iter().map(|d| stream::id_of(&d)).collect();
             after.extend(batch_ids.iter().cloned());
             got.extend(batch_ids.iter().cloned());
             sub.ack(batch_ids).await.expect("ack");
         }
         // Anything delivered once the rest is in would be a replay: give it a moment to show.
         if let Ok(Ok(Some(extra))) = tokio::time::timeout(Duration::from_millis(1_000), sub.next()).await {
-            after.extend(extra.into_iter().map(|d| client::id_of(&d)));
+            after.extend(extra.into_iter().map(|d| stream::id_of(&d)));
         }
         eventually(Duration::from_secs(30), "the route's group committed to the high watermarks", || {
             fully_committed(&bootstrap, &route_group, PARTITIONS)

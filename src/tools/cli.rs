@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::devkafka::{DevKafka, TopicSpec};
-use super::{bench, client, demo, scenario};
+use super::{bench, demo, scenario};
 
 /// `demo`: the whole loop in one process, or a deploy scenario.
 #[derive(Debug, clap::Args)]
@@ -54,24 +54,43 @@ pub struct BenchArgs {
     pub sizes: Vec<usize>,
 }
 
-/// `subscribe`: a subscriber by hand.
+/// `subscribe`: a subscriber by hand, through the subscriber library (`fanout-client`): a
+/// stream to every replica, reconnects, per-key ordered handlers, drain on SIGTERM.
 #[derive(Debug, clap::Args)]
 pub struct SubscribeArgs {
-    /// Gateway endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub gateway: String,
+    /// A gateway replica's endpoint (repeat, or comma-separate, for every replica).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051", conflicts_with = "dns")]
+    pub gateway: Vec<String>,
+    /// Find the replicas by DNS instead: a name (`host:port`) resolving to every replica's
+    /// address, such as the gateway's headless Service; resolved again every 10 s.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dns: Option<String>,
     #[arg(long)]
     pub route: String,
-    /// Name this subscriber reports (pod name in Kubernetes).
-    #[arg(long, default_value = "cli")]
-    pub name: String,
+    /// Name this subscriber reports (default: POD_NAME, then HOSTNAME).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label sent in the hello, KEY=VALUE (repeat for more); a gateway with static
+    /// discovery routes by them.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Deliveries each stream may hold un-acked (0: the route's default).
     #[arg(long, default_value_t = 10)]
     pub max_in_flight: u32,
-    /// Print every delivery instead of a line per second.
+    /// Deliveries handled at once (one at a time per key).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Pretend each delivery takes this long to handle, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub handle_ms: u64,
+    /// How long a drain (on SIGTERM or Ctrl-C) may wait for in-flight handlers, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub drain_timeout: u64,
+    /// Print every delivery (`topic/partition/offset attempt=N key=K value=V`) instead of a
+    /// line per second.
     #[arg(long)]
     pub verbose: bool,
-    /// TLS: the CA (PEM) that signed the gateway's certificate (an https:// gateway uses the
-    /// system's roots without it).
+    /// TLS: the CA (PEM) that signed the gateway's certificate.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<String>,
     /// mTLS: this subscriber's certificate and key (PEM).
@@ -79,11 +98,12 @@ pub struct SubscribeArgs {
     pub tls_cert: Option<String>,
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<String>,
-    /// The name the gateway's certificate carries, when it is not the --gateway host.
+    /// The name the gateway's certificate carries, when it is not the --gateway host (with
+    /// --dns, the DNS name's host is used).
     #[arg(long, value_name = "NAME")]
     pub tls_domain: Option<String>,
     /// The pod's projected ServiceAccount token (routes with identity = "token"), sent as
-    /// `authorization: Bearer`; read when connecting.
+    /// `authorization: Bearer`; read again at every connection.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<String>,
 }
@@ -242,13 +262,21 @@ pub async fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `subscribe`: prints and acks what arrives; the first Ctrl-C drains.
+/// Runs `subscribe`: handles (prints) and acks what arrives from every replica until SIGTERM
+/// or Ctrl-C, then drains; ends with one `subscribe: ...` line of counts.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    use fanout_client::{ClientTls, Delivery, Nack, Replicas, Subscriber};
+
     let SubscribeArgs {
-        gateway: endpoint,
+        gateway,
+        dns,
         route,
         name,
-        max_in_flight: window,
+        labels,
+        max_in_flight,
+        concurrency,
+        handle_ms,
+        drain_timeout,
         verbose,
         tls_ca,
         tls_cert,
@@ -256,53 +284,80 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         tls_domain,
         token_file,
     } = args;
-    let token = match &token_file {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading --token-file {path}"))?),
-        None => None,
+    let replicas = match &dns {
+        Some(name) => Replicas::dns(name.clone()),
+        None => Replicas::list(gateway.clone()),
     };
-    let hello = client::hello(&route, &name, window);
-    let tls = client::ClientTls { ca_file: tls_ca, cert_file: tls_cert, key_file: tls_key, domain: tls_domain };
-    let use_tls = endpoint.starts_with("https://") || tls.ca_file.is_some() || tls.cert_file.is_some();
-    let channel = client::channel(&endpoint, use_tls.then_some(&tls)).await?;
-    let mut fanout = crate::proto::fanout_client::FanoutClient::new(channel);
-    let mut sub = client::Subscription::open_with_token(&mut fanout, hello, token.as_deref()).await?;
-    println!("subscribed to route {route} at {endpoint} (window {window}); Ctrl-C to stop");
-    let mut count = 0u64;
-    let mut last = tokio::time::Instant::now();
-    // The first Ctrl-C drains: nothing new is sent, what is in flight gets acked, and the
-    // gateway ends the stream, so leaving redelivers nothing.
-    let stop = terminated();
-    tokio::pin!(stop);
-    let mut draining = false;
-    loop {
-        let batch = tokio::select! {
-            _ = &mut stop, if !draining => {
-                draining = true;
-                println!("draining: finishing in-flight deliveries");
-                sub.drain().await?;
-                continue;
-            }
-            batch = sub.next_raw() => batch,
-        };
-        let Some(batch) = batch.context("stream ended by the gateway")? else { break };
-        let mut ids = Vec::with_capacity(batch.len());
-        for d in batch {
-            if verbose {
-                let text = |b: &Option<bytes::Bytes>| match b {
-                    Some(b) => String::from_utf8_lossy(b).into_owned(),
-                    None => "(null)".to_string(),
-                };
-                println!("{} attempt={} key={} value={}", client::id_of(&d), d.attempt, text(&d.key), text(&d.value));
-            }
-            ids.push(d.ack_id);
-        }
-        count += ids.len() as u64;
-        sub.ack_ids(ids).await?;
-        if !verbose && last.elapsed() >= Duration::from_secs(1) {
-            println!("acked {count} deliveries");
-            last = tokio::time::Instant::now();
-        }
+    let mut builder = Subscriber::builder(&route)
+        .replicas(replicas)
+        .max_in_flight(max_in_flight)
+        .concurrency(concurrency)
+        .drain_timeout(Duration::from_secs(drain_timeout));
+    if let Some(name) = name {
+        builder = builder.name(name);
     }
-    println!("acked {count} deliveries in total");
+    for (key, value) in labels {
+        builder = builder.label(key, value);
+    }
+    let tls = ClientTls { ca_file: tls_ca, cert_file: tls_cert, key_file: tls_key, domain: tls_domain };
+    if gateway.iter().any(|g| g.starts_with("https://")) || tls.ca_file.is_some() || tls.cert_file.is_some() {
+        builder = builder.tls(tls);
+    }
+    if let Some(path) = token_file {
+        builder = builder.token_file(path);
+    }
+    let subscriber = builder.build().context("subscribe")?;
+    let stats = subscriber.stats();
+    let replicas = dns.unwrap_or_else(|| gateway.join(","));
+    println!("subscribed to route {route} at {replicas} (window {max_in_flight} per stream); Ctrl-C to drain and stop");
+
+    let handler = move |d: Delivery| async move {
+        if handle_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(handle_ms)).await;
+        }
+        if verbose {
+            let text = |b: &Option<bytes::Bytes>| match b {
+                Some(b) => String::from_utf8_lossy(b).into_owned(),
+                None => "(null)".to_string(),
+            };
+            println!(
+                "{} attempt={} key={} value={}",
+                fanout_client::stream::id_of(&d),
+                d.attempt,
+                text(&d.key),
+                text(&d.value)
+            );
+        }
+        Ok::<(), Nack>(())
+    };
+    let progress = (!verbose).then(|| {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = stats.snapshot();
+                println!("acked {} deliveries ({} streams open)", s.acked, s.streams);
+            }
+        })
+    });
+    let result = subscriber.run(handler, terminated()).await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let s = stats.snapshot();
+    println!(
+        "subscribe: received={} acked={} nacked={} abandoned={} reconnects={}",
+        s.received, s.acked, s.nacked, s.abandoned, s.reconnects
+    );
+    result.context("subscribe")?;
     Ok(())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE (a label of this subscriber), got {s:?}")),
+    }
 }

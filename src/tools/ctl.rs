@@ -272,7 +272,7 @@ impl Cli {
         if self.tls_ca.is_none() && self.tls_cert.is_none() {
             return Ok(None);
         }
-        let tls = crate::tools::client::ClientTls {
+        let tls = fanout_client::stream::ClientTls {
             ca_file: self.tls_ca.clone(),
             cert_file: self.tls_cert.clone(),
             key_file: self.tls_key.clone(),

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rand::seq::SliceRandom;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -16,12 +15,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::gateway;
 use crate::stats::Stats;
-use crate::tools::client::{self, Subscription};
+use fanout_client::{Delivery, Nack, Replicas, Subscriber};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -155,11 +154,12 @@ pub async fn run(
     let delivered = Stats::get(&stats.delivered);
     let acked = Stats::get(&stats.acked);
     let duplicates = Stats::get(&stats.redelivered);
-    gw.shutdown().await;
+    // Subscribers drain before the gateway stops, as a deploy would have them.
     let _ = subs_stop_tx.send(true);
     for s in subscribers {
         let _ = s.await;
     }
+    gw.shutdown().await;
 
     // The truth is what the broker holds for the group.
     let committed = committed_offsets(&bootstrap, DEMO_GROUP, DEMO_TOPIC, options.partitions)?;
@@ -273,28 +273,28 @@ pub(crate) fn committed_offsets(
         .collect())
 }
 
-/// A well-behaved subscriber: acks every batch (in shuffled order, to exercise out-of-order
-/// acks) and reconnects with backoff if its stream ends before the demo does.
-async fn subscriber(endpoint: String, name: String, stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
-    while !*stop.borrow() {
-        let mut sub = match Subscription::connect(&endpoint, client::hello(DEMO_ROUTE, &name, 200)).await {
-            Ok(s) => s,
-            Err(error) => {
-                debug!(%error, name, "subscribe failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        while let Ok(Some(batch)) = sub.next_raw().await {
-            // Out of order, as a service with parallel workers would.
-            let mut ids: Vec<u64> = batch.iter().map(|d| d.ack_id).collect();
-            ids.shuffle(&mut rand::rng());
-            if sub.ack_ids(ids).await.is_err() {
-                break;
-            }
-        }
+/// A well-behaved subscriber, built on the subscriber library: a handler that takes a few
+/// hundred microseconds, so with 16 at once acks go up out of order as a service's parallel
+/// workers would send them; reconnects and the drain at the end are the library's.
+async fn subscriber(endpoint: String, name: String, mut stop: watch::Receiver<bool>) {
+    let built = Subscriber::builder(DEMO_ROUTE)
+        .replicas(Replicas::list([endpoint]))
+        .name(name.clone())
+        .max_in_flight(200)
+        .build();
+    let subscriber = match built {
+        Ok(subscriber) => subscriber,
+        Err(error) => return warn!(%error, name, "demo subscriber not started"),
+    };
+    let handler = |_: Delivery| async {
+        let work = Duration::from_micros(rand::random_range(0..500));
+        tokio::time::sleep(work).await;
+        Ok::<(), Nack>(())
+    };
+    let stopped = async move {
+        let _ = stop.wait_for(|&stopped| stopped).await;
+    };
+    if let Err(error) = subscriber.run(handler, stopped).await {
+        warn!(%error, name, "demo subscriber ended");
     }
 }

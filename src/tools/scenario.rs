@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::mocking::MockCluster;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use crate::config::{Config, EmptyCohort, RouteConfig};
 use crate::gateway;
-use crate::proto::Hello;
 use crate::stats::Stats;
-use crate::tools::client::{self, Subscription};
 use crate::tools::demo::{committed_offsets, DemoError, Produced};
+use fanout_client::{stream, Delivery, Nack, Replicas, Subscriber};
 
 pub const TOPIC: &str = "deploy-events";
 pub const ROUTE: &str = "orders";
@@ -35,9 +34,11 @@ const HOT_KEYS: u64 = 16;
 /// After a switch, how long deliveries are left out of the split: those already sent (in a
 /// window, or on the wire) were routed under the old weights.
 const SETTLE: Duration = Duration::from_millis(500);
-/// Time a subscriber spends on a batch before it acks, in microseconds: it varies, as real
+/// Time a subscriber spends on a delivery before it acks, in microseconds: it varies, as real
 /// work does, so a key served by two subscribers at once would show up as reordering.
 const PROCESSING_US: std::ops::Range<u64> = 1_000..10_000;
+/// Each subscriber's window, and its handlers at once.
+const WINDOW: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -258,11 +259,12 @@ pub async fn run(
     let rebalances = Stats::get(&stats.rebalances) - rebalances_at_start;
     // Let the last acks be committed, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    gw.shutdown().await;
+    // Subscribers drain before the gateway stops, as a deploy would have them.
     let _ = stop_tx.send(true);
     for s in subscribers {
         let _ = s.await;
     }
+    gw.shutdown().await;
 
     let committed = committed_offsets(&bootstrap, &group, TOPIC, options.partitions)?;
     let observed = observed.lock();
@@ -315,7 +317,10 @@ fn live_line(scenario: Scenario, elapsed: Duration, weight: u32, observed: &Mute
     )
 }
 
-/// A subscriber of one cohort: records every delivery, works on the batch, then acks it.
+/// A subscriber of one cohort, built on the subscriber library: its handler records every
+/// delivery, works on it a moment, then checks the key's order once the work is done (what a
+/// key's later message must not overtake). As many handlers as the window, one at a time per
+/// key, like a service with a worker pool.
 async fn subscriber(
     endpoint: String,
     name: String,
@@ -323,69 +328,54 @@ async fn subscriber(
     is_new: bool,
     phase: Arc<Mutex<Phase>>,
     observed: Arc<Mutex<Observed>>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let hello = Hello {
-        route: ROUTE.into(),
-        pod_name: name.clone(),
-        max_in_flight: 100,
-        labels: [(SPLIT_LABEL.to_string(), cohort)].into_iter().collect(),
-        ..Hello::default()
+    let built = Subscriber::builder(ROUTE)
+        .replicas(Replicas::list([endpoint]))
+        .name(name.clone())
+        .label(SPLIT_LABEL, cohort)
+        .max_in_flight(WINDOW)
+        .concurrency(WINDOW as usize)
+        .build();
+    let subscriber = match built {
+        Ok(subscriber) => subscriber,
+        Err(error) => return warn!(%error, name, "scenario subscriber not started"),
     };
-    while !*stop.borrow() {
-        let mut sub = match Subscription::connect(&endpoint, hello.clone()).await {
-            Ok(s) => s,
-            Err(error) => {
-                debug!(%error, name, "subscribe failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while let Ok(Some(mut batch)) = sub.next_raw().await {
-            // Take whatever else has already arrived: one unit of work per wake-up, as a
-            // service reading its stream would.
-            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, sub.next_raw()).await {
-                batch.extend(more);
-            }
+    let handler = move |d: Delivery| {
+        let (phase, observed) = (phase.clone(), observed.clone());
+        async move {
             let now = Instant::now();
             let (current, settled) = {
                 let p = phase.lock();
                 (p.index, p.since.elapsed() >= SETTLE)
             };
-            let mut ids = Vec::with_capacity(batch.len());
             {
                 let mut o = observed.lock();
                 if let Some(last) = o.last_delivery {
                     o.max_gap = o.max_gap.max(now.duration_since(last));
                 }
                 o.last_delivery = Some(now);
-                for d in &batch {
-                    if !o.seen.insert(client::id_of(d)) {
-                        o.duplicates += 1;
-                    } else if settled && d.key.as_ref().is_some_and(|k| k.starts_with(SPLIT_PREFIX.as_bytes())) {
-                        *o.per_phase.entry((current, is_new)).or_default() += 1;
-                    }
+                if !o.seen.insert(stream::id_of(&d)) {
+                    o.duplicates += 1;
+                } else if settled && d.key.as_ref().is_some_and(|k| k.starts_with(SPLIT_PREFIX.as_bytes())) {
+                    *o.per_phase.entry((current, is_new)).or_default() += 1;
                 }
             }
-            // The work: a service takes a moment per batch. Order is checked when the work is
-            // done, which is what a key's later message must not overtake.
             tokio::time::sleep(Duration::from_micros(rand::random_range(PROCESSING_US.clone()))).await;
-            {
-                let mut o = observed.lock();
-                for d in batch {
-                    let last =
-                        o.last_offset.entry(d.key.as_ref().map(|k| k.to_vec()).unwrap_or_default()).or_insert(-1);
-                    if d.offset < *last {
-                        o.order_violations += 1;
-                    } else {
-                        *last = d.offset;
-                    }
-                    ids.push(d.ack_id);
-                }
+            let mut o = observed.lock();
+            let last = o.last_offset.entry(d.key.as_ref().map(|k| k.to_vec()).unwrap_or_default()).or_insert(-1);
+            if d.offset < *last {
+                o.order_violations += 1;
+            } else {
+                *last = d.offset;
             }
-            if sub.ack_ids(ids).await.is_err() {
-                break;
-            }
+            Ok::<(), Nack>(())
         }
+    };
+    let stopped = async move {
+        let _ = stop.wait_for(|&stopped| stopped).await;
+    };
+    if let Err(error) = subscriber.run(handler, stopped).await {
+        warn!(%error, name, "scenario subscriber ended");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::tools::client::{self, Subscription};
+use fanout_client::stream::{self, Subscription};
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
@@ -182,7 +182,7 @@ pub async fn stream_to(
 ) {
     let mut received = 0usize;
     while !*stop.borrow() {
-        let mut sub = match Subscription::connect(&endpoint, client::hello(ROUTE, &name, processing.window)).await {
+        let mut sub = match Subscription::connect(&endpoint, stream::hello(ROUTE, &name, processing.window)).await {
             Ok(s) => s,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -201,15 +201,15 @@ pub async fn stream_to(
                             let mut l = ledger.lock();
                             l.first_by.entry(gateway).or_insert_with(tokio::time::Instant::now);
                             for d in &batch {
-                                l.delivered_by.entry(client::id_of(d)).or_default().push(gateway);
+                                l.delivered_by.entry(stream::id_of(d)).or_default().push(gateway);
                             }
                         }
                         for d in batch {
                             received += 1;
                             if received.is_multiple_of(processing.slow_every) {
-                                slow.push((tokio::time::Instant::now() + processing.slow_for, client::id_of(&d)));
+                                slow.push((tokio::time::Instant::now() + processing.slow_for, stream::id_of(&d)));
                             } else {
-                                holding.push(client::id_of(&d));
+                                holding.push(stream::id_of(&d));
                             }
                         }
                         holding.shuffle(&mut rand::rng());

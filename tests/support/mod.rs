@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::Config;
-use fanout_gateway::tools::client::{self, Subscription};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -137,7 +137,7 @@ pub async fn next_batch(sub: &mut Subscription) -> Vec<fanout_gateway::proto::De
 pub async fn receive_and_ack(sub: &mut Subscription, count: usize) -> Vec<String> {
     let mut got = Vec::new();
     while got.len() < count {
-        let ids: Vec<String> = next_batch(sub).await.iter().map(client::id_of).collect();
+        let ids: Vec<String> = next_batch(sub).await.iter().map(stream::id_of).collect();
         sub.ack(ids.clone()).await.expect("acks sent");
         got.extend(ids);
     }
@@ -197,7 +197,7 @@ pub async fn subscriber(
     let mut dropped_once = false;
     while !*stop.borrow() {
         let target = endpoint.borrow().clone();
-        let mut sub = match Subscription::connect(&target, client::hello(ROUTE, &script.name, script.window)).await {
+        let mut sub = match Subscription::connect(&target, stream::hello(ROUTE, &script.name, script.window)).await {
             Ok(s) => s,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -215,10 +215,10 @@ pub async fn subscriber(
                         {
                             let mut r = recorder.lock();
                             for d in &batch {
-                                *r.delivered.entry(client::id_of(d)).or_default() += 1;
+                                *r.delivered.entry(stream::id_of(d)).or_default() += 1;
                             }
                         }
-                        holding.extend(batch.into_iter().map(|d| client::id_of(&d)));
+                        holding.extend(batch.into_iter().map(|d| stream::id_of(&d)));
                         holding.shuffle(&mut rand::rng());
                         let keep = holding.len() * 3 / 10;
                         let now: Vec<String> = holding.drain(keep..).collect();

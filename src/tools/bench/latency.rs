@@ -18,7 +18,6 @@ use super::BenchError;
 use crate::config::Config;
 use crate::gateway;
 use crate::stats::Stats;
-use crate::tools::client;
 
 /// Messages sent in the first second are left out: connections and fetch sessions warm up.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -127,16 +126,14 @@ pub async fn gateway(
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for i in 0..subscribers {
-        let hello = client::hello(route, &format!("latency-{i}"), 1_000);
         let (h, started, received) = (h.clone(), started.clone(), received.clone());
-        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, stop.clone(), move |batch| {
+        let look = move |d: &crate::proto::Delivery| {
             let since = *started.lock();
-            let mut h = h.lock();
-            for d in batch {
-                record(&mut h, d.value.as_deref().unwrap_or_default(), since);
-            }
-            received.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        })));
+            record(&mut h.lock(), d.value.as_deref().unwrap_or_default(), since);
+            received.fetch_add(1, Ordering::Relaxed);
+        };
+        let name = format!("latency-{i}");
+        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), route, name, 1_000, stop.clone(), look)));
     }
     let assigned_by = Instant::now() + Duration::from_secs(30);
     while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64)
@@ -150,11 +147,11 @@ pub async fn gateway(
     while received.load(Ordering::Relaxed) < sent && Instant::now() < tail {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gw.shutdown().await;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
+    gw.shutdown().await;
     let h = h.lock();
     Ok(percentiles(&h))
 }

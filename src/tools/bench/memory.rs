@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::load::Backlog;
 use super::BenchError;
-use crate::tools::client::{self, Subscription};
+use std::sync::{Arc, OnceLock};
+
+use fanout_client::{Delivery, Nack, Replicas, Subscriber};
 
 /// The slow subscriber's window and time per batch: about 1 000 messages a second, far below
 /// what the gateway can fetch, so partitions fill their buffers and pause.
@@ -102,29 +104,34 @@ topics = ["{topic}"]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let start_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
-    let mut sub = Subscription::connect(&endpoint, client::hello("slow", "slow-0", SLOW_WINDOW))
-        .await
+    // The slow subscriber, on the subscriber library: SLOW_WINDOW handlers of SLOW_WORK each.
+    let subscriber = Subscriber::builder("slow")
+        .replicas(Replicas::list([endpoint]))
+        .name("slow-0")
+        .max_in_flight(SLOW_WINDOW)
+        .concurrency(SLOW_WINDOW as usize)
+        .build()
         .map_err(|e| BenchError::Gateway(e.to_string()))?;
-
+    let stats = subscriber.stats();
     // The run is timed from the first delivery: joining the group is not the subject.
-    let mut started: Option<Instant> = None;
-    let mut delivered = 0;
-    let give_up = Instant::now() + duration + Duration::from_secs(30);
-    while started.is_none_or(|s| s.elapsed() < duration) && Instant::now() < give_up {
-        let batch = match tokio::time::timeout(Duration::from_secs(1), sub.next_raw()).await {
-            Ok(Ok(Some(batch))) => batch,
-            Ok(_) => break,
-            Err(_) => continue,
-        };
-        started.get_or_insert_with(Instant::now);
-        delivered += batch.len() as u64;
-        tokio::time::sleep(SLOW_WORK).await;
-        if sub.ack_ids(batch.iter().map(|d| d.ack_id).collect()).await.is_err() {
-            break;
+    let started: Arc<OnceLock<Instant>> = Arc::default();
+    let first = started.clone();
+    let handler = move |_: Delivery| {
+        first.get_or_init(Instant::now);
+        async {
+            tokio::time::sleep(SLOW_WORK).await;
+            Ok::<(), Nack>(())
         }
-    }
+    };
+    let give_up = Instant::now() + duration + Duration::from_secs(30);
+    let done = async {
+        while started.get().is_none_or(|s| s.elapsed() < duration) && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    subscriber.run(handler, done).await.map_err(|e| BenchError::Gateway(e.to_string()))?;
+    let delivered = stats.snapshot().received;
     let peak_rss_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
-    drop(sub);
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Memory { start_rss_kib, peak_rss_kib, delivered })

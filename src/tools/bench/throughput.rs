@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::gateway;
 use crate::proto::Delivery;
 use crate::stats::Stats;
-use crate::tools::client::{self, Subscription};
+use fanout_client::{Nack, Replicas, Subscriber};
 
 /// Longest a measurement may take before it is reported as incomplete.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -148,13 +148,19 @@ pub async fn gateway(
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for i in 0..subscribers {
-        let hello = client::hello(route, &format!("bench-{i}"), window);
         let seen = seen.clone();
-        tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), hello, stop.clone(), move |batch| {
+        let look = move |d: &Delivery| {
             seen.first.lock().get_or_insert_with(Instant::now);
-            let bytes: usize = batch.iter().map(|d| d.value.as_ref().map_or(0, |v| v.len())).sum();
-            seen.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        })));
+            seen.bytes.fetch_add(d.value.as_ref().map_or(0, |v| v.len()) as u64, Ordering::Relaxed);
+        };
+        tasks.push(tokio::spawn(acking_subscriber(
+            gw.endpoint(),
+            route,
+            format!("bench-{i}"),
+            window,
+            stop.clone(),
+            look,
+        )));
     }
     let started = Instant::now();
     let mut last = (0, Instant::now());
@@ -186,34 +192,39 @@ pub async fn gateway(
     while Instant::now() < committed_by && stats.committed_sum() < backlog.ends.iter().sum::<i64>() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gw.shutdown().await;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
+    gw.shutdown().await;
     Ok(rate)
 }
 
-/// A subscriber that hands each batch to `look`, then acks all of it at once: the subscriber
-/// side costs as little as it can, so what is measured is the gateway. Ends when `stop`
-/// changes or the stream does.
+/// A subscriber on the subscriber library whose handler hands each delivery to `look` and
+/// acks it: as many handlers as the window, so the subscriber side costs what the library
+/// costs and no more. Drains and ends when `stop` turns true.
 pub(crate) async fn acking_subscriber(
     endpoint: String,
-    hello: crate::proto::Hello,
+    route: &str,
+    name: String,
+    window: u32,
     mut stop: watch::Receiver<bool>,
-    mut look: impl FnMut(&[Delivery]),
+    look: impl Fn(&Delivery) + Send + Sync + 'static,
 ) {
-    let Ok(mut sub) = Subscription::connect(&endpoint, hello).await else { return };
-    loop {
-        let batch = tokio::select! {
-            _ = stop.changed() => return,
-            batch = sub.next_raw() => batch,
-        };
-        let Ok(Some(batch)) = batch else { return };
-        look(&batch);
-        let ids = batch.iter().map(|d| d.ack_id).collect();
-        if sub.ack_ids(ids).await.is_err() {
-            return;
-        }
-    }
+    let built = Subscriber::builder(route)
+        .replicas(Replicas::list([endpoint]))
+        .name(name)
+        .max_in_flight(window)
+        .concurrency(window.max(1) as usize)
+        .build();
+    let Ok(subscriber) = built else { return };
+    let look = Arc::new(look);
+    let handler = move |d: Delivery| {
+        look(&d);
+        async { Ok::<(), Nack>(()) }
+    };
+    let stopped = async move {
+        let _ = stop.wait_for(|&stopped| stopped).await;
+    };
+    let _ = subscriber.run(handler, stopped).await;
 }

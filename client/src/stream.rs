@@ -1,6 +1,8 @@
-//! A subscriber client for the `Fanout.Subscribe` stream: used by `fanout-gateway subscribe`,
-//! the demo and the tests. Services in other languages use the generated stubs of
-//! `proto/fanout/v1/fanout.proto` the same way.
+//! One `Fanout.Subscribe` stream to one gateway replica, acked by hand.
+//!
+//! [`crate::Subscriber`] is what a service uses; this is the wire underneath it, public for
+//! tools and tests that need the protocol's detail (a hello of their own, acks by record,
+//! malformed sequences). Nothing here reconnects.
 
 use std::collections::HashMap;
 
@@ -8,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::proto::fanout_client::FanoutClient;
-use crate::proto::subscribe_request::Kind;
-use crate::proto::{Ack, Credit, Delivery, Disposition, Drain, Hello, Nack, SubscribeRequest};
+use fanout_proto::v1::fanout_client::FanoutClient;
+use fanout_proto::v1::subscribe_request::Kind;
+use fanout_proto::v1::{Ack, Credit, Delivery, Disposition, Drain, Hello, Nack, SubscribeRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -88,7 +90,7 @@ pub async fn channel(endpoint: &str, tls: Option<&ClientTls>) -> Result<tonic::t
 /// subscription also remembers, per received record (`topic/partition/offset`, see [`id_of`]),
 /// the handle of its latest delivery, so [`Subscription::ack`] and the nacks take those ids.
 pub struct Subscription {
-    deliveries: tonic::Streaming<crate::proto::SubscribeResponse>,
+    deliveries: tonic::Streaming<fanout_proto::v1::SubscribeResponse>,
     requests: mpsc::Sender<SubscribeRequest>,
     handles: parking_lot::Mutex<HashMap<String, u64>>,
 }

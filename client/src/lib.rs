@@ -1,0 +1,131 @@
+//! The subscriber library of fanout-gateway.
+//!
+//! A service subscribes to a route of the gateway and processes what it is sent; this crate
+//! does the rest of the contract (`proto/fanout/v1/fanout.proto`) for it:
+//!
+//! - **every replica**: one `Subscribe` stream per gateway replica, from a fixed list or a DNS
+//!   name (the gateway's headless Service) re-resolved so replicas that come and go are
+//!   followed; each replica serves only the partitions it owns, so missing one means lag;
+//! - **reconnects**: any broken stream is reopened with jittered exponential backoff, reset
+//!   after a healthy period; statuses no retry can fix (unknown route, bad hello, refused
+//!   credentials) end [`Subscriber::run`] with an [`Error::Refused`] at once;
+//! - **handlers**: an `async fn(Delivery) -> Result<(), Nack>`, run on up to
+//!   [`concurrency`](SubscriberBuilder::concurrency) tasks at once, one at a time per key so a
+//!   key's messages are processed in order; `Ok` is an ack (batched by count and time), a
+//!   [`Nack`] asks for a retry (optionally after a delay) or a dead letter, a panic is a retry;
+//! - **drain**: when the shutdown future resolves (see [`shutdown_signal`]), every stream sends
+//!   `Drain`, in-flight handlers finish and are acked, and `run` returns; the gateway
+//!   redelivers nothing of it.
+//!
+//! No librdkafka and no Kubernetes client: the crate builds gRPC only.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fanout_client::{shutdown_signal, Delivery, Nack, Replicas, Subscriber};
+//!
+//! async fn handle(delivery: Delivery) -> Result<(), Nack> {
+//!     let Some(order) = delivery.value.as_deref() else {
+//!         return Err(Nack::dead_letter("an order without a body")); // never retried
+//!     };
+//!     let text = std::str::from_utf8(order)?; // an error is a retry
+//!     println!("order {text} (attempt {})", delivery.attempt);
+//!     Ok(()) // acked
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), fanout_client::Error> {
+//!     Subscriber::builder("orders")
+//!         // The gateway's headless Service: a stream to every replica.
+//!         .replicas(Replicas::dns("fanout-gateway-headless.fanout.svc.cluster.local:50051"))
+//!         .concurrency(8)
+//!         .build()?
+//!         .run(handle, shutdown_signal())
+//!         .await
+//! }
+//! ```
+//!
+//! [`stream::Subscription`] is the protocol underneath, one stream acked by hand, for tools and
+//! tests that need the wire's detail.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod acks;
+mod connection;
+mod handler;
+mod keyed;
+mod pool;
+mod replicas;
+mod stats;
+pub mod stream;
+mod subscriber;
+
+pub use fanout_proto::v1 as proto;
+pub use fanout_proto::v1::Delivery;
+pub use handler::{Handler, Nack, NackDisposition};
+pub use replicas::{Replicas, Resolver};
+pub use stats::{Snapshot, Stats};
+pub use stream::ClientTls;
+pub use subscriber::{Subscriber, SubscriberBuilder};
+
+/// Why a [`Subscriber`] could not start or stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No replica to stream from.
+    #[error("no gateway replicas: give Replicas::list([\"host:port\", ...]) or Replicas::dns(\"host:port\")")]
+    NoReplicas,
+    /// A setting is out of range.
+    #[error("invalid setting {field}: {reason}")]
+    Setting {
+        /// The builder method's name.
+        field: &'static str,
+        /// What a valid value is.
+        reason: String,
+    },
+    /// A replica's address is not a valid endpoint.
+    #[error("gateway endpoint {endpoint:?} is not valid: {reason}")]
+    Endpoint {
+        /// The address as given or resolved.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A replica refused the subscription with a status no retry can fix.
+    #[error("replica {replica} refused the subscription to route {route:?} ({code:?}): {message}")]
+    Refused {
+        /// The replica's `host:port`.
+        replica: String,
+        /// The route asked for.
+        route: String,
+        /// NOT_FOUND (no such route), INVALID_ARGUMENT (a bad hello or frame),
+        /// PERMISSION_DENIED or UNAUTHENTICATED (identity), UNIMPLEMENTED (not a gateway).
+        code: tonic::Code,
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// The TLS files could not be read.
+    #[error(transparent)]
+    Client(#[from] stream::ClientError),
+    /// A bug in this library (a task of it panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends a pod it stops) or Ctrl-C: the usual shutdown
+/// future for [`Subscriber::run`].
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

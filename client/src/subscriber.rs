@@ -1,0 +1,329 @@
+//! The subscriber: a builder for its settings, and `run`, the one task that follows replica
+//! discovery, keeps a [`Connection`] per replica, and on shutdown drains them all.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_proto::v1::Hello;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use tower::discover::{Change, Discover};
+use tower::retry::backoff::ExponentialBackoffMaker;
+use tower::util::rng::HasherRng;
+use tracing::{info, warn};
+
+use crate::connection::{Connection, Settings};
+use crate::handler::Handler;
+use crate::replicas::{self, Replica, Replicas};
+use crate::stats::Stats;
+use crate::stream::ClientTls;
+use crate::{pool, Error};
+
+/// Subscribes to one route on every replica of a gateway and runs a [`Handler`] on what
+/// arrives. Build one with [`Subscriber::builder`], then [`Subscriber::run`] it.
+#[derive(Debug)]
+pub struct Subscriber {
+    settings: Settings,
+    replicas: Replicas,
+    tls: Option<ClientTls>,
+    concurrency: usize,
+    stats: Stats,
+}
+
+/// The settings of a [`Subscriber`]; every one but the route and the replicas has a default.
+#[derive(Debug, Clone)]
+pub struct SubscriberBuilder {
+    route: String,
+    replicas: Option<Replicas>,
+    hello: Hello,
+    concurrency: usize,
+    ack_batch: usize,
+    ack_interval: Duration,
+    drain_timeout: Duration,
+    backoff: (Duration, Duration),
+    healthy_after: Duration,
+    tls: Option<ClientTls>,
+    token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings").field("route", &self.hello.route).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Settings for a subscriber of `route`. The Hello's pod name and namespace come from the
+    /// downward API's `POD_NAME` and `POD_NAMESPACE` (the pod name falls back to `HOSTNAME`).
+    pub fn builder(route: impl Into<String>) -> SubscriberBuilder {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        SubscriberBuilder {
+            route: route.into(),
+            replicas: None,
+            hello: Hello {
+                pod_name: env("POD_NAME").or_else(|| env("HOSTNAME")).unwrap_or_else(|| "subscriber".into()),
+                namespace: env("POD_NAMESPACE").unwrap_or_default(),
+                ..Hello::default()
+            },
+            concurrency: 16,
+            ack_batch: 64,
+            ack_interval: Duration::from_millis(10),
+            drain_timeout: Duration::from_secs(20),
+            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
+            healthy_after: Duration::from_secs(10),
+            tls: None,
+            token_file: None,
+        }
+    }
+
+    /// The subscriber's counters, live while it runs.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// Streams from every replica and runs `handler` until `shutdown` resolves, then drains:
+    /// sends `Drain` on every stream, lets the handlers finish what is in flight (up to the
+    /// drain timeout), acks it, and returns `Ok(())`.
+    ///
+    /// Returns an [`Error::Refused`] as soon as a replica answers with a status no retry can
+    /// fix (an unknown route, a malformed hello, missing or refused credentials), after
+    /// draining the other streams. Everything else (unreachable or restarting replicas,
+    /// broken streams) is retried with backoff for as long as it takes.
+    pub async fn run<H: Handler>(self, handler: H, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Subscriber { settings, replicas, tls, concurrency, stats } = self;
+        let tls = tls
+            .map(|mut tls| {
+                // Replicas found through DNS are dialled by address; their certificate names
+                // the Service.
+                tls.domain = tls.domain.or_else(|| replicas.dns_host());
+                tls.config()
+            })
+            .transpose()?;
+        let settings = Arc::new(settings);
+        let (pool, pool_task) = pool::spawn(handler, concurrency, stats.0.clone());
+        let mut discovery = replicas::discover(replicas);
+        // Each replica's stream, by key: an id (a replica that leaves and comes back is a new
+        // member) and the switch that makes it drain.
+        let mut members: HashMap<String, (u64, watch::Sender<bool>)> = HashMap::new();
+        let mut streams = JoinSet::new();
+        let mut next_id = 0u64;
+        let mut discovering = true;
+        let mut outcome = Ok(());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    info!(route = %settings.hello.route, "shutting down: draining every stream");
+                    break;
+                }
+                change = std::future::poll_fn(|cx| Pin::new(&mut discovery).poll_discover(cx)), if discovering => {
+                    match change {
+                        Some(Ok(Change::Insert(key, replica))) if !members.contains_key(&key) => {
+                            let channel = match channel(&replica, tls.as_ref()) {
+                                Ok(channel) => channel,
+                                Err(error) => {
+                                    outcome = Err(error);
+                                    break;
+                                }
+                            };
+                            info!(replica = %key, "replica found; opening a stream");
+                            let (leave_tx, leave) = watch::channel(false);
+                            next_id += 1;
+                            members.insert(key.clone(), (next_id, leave_tx));
+                            let connection = Connection {
+                                replica,
+                                channel,
+                                settings: settings.clone(),
+                                pool: pool.clone(),
+                                counters: stats.0.clone(),
+                                leave,
+                            };
+                            let id = next_id;
+                            streams.spawn(async move { (key, id, connection.run().await) });
+                        }
+                        Some(Ok(Change::Insert(..))) => {}
+                        Some(Ok(Change::Remove(key))) => {
+                            if let Some((_, leave)) = members.remove(&key) {
+                                info!(replica = %key, "replica gone from discovery; draining its stream");
+                                let _ = leave.send(true);
+                            }
+                        }
+                        Some(Err(never)) => match never {},
+                        None => discovering = false,
+                    }
+                }
+                Some(joined) = streams.join_next() => match joined {
+                    Ok((key, id, Ok(()))) => {
+                        if members.get(&key).is_some_and(|(member, _)| *member == id) {
+                            members.remove(&key);
+                        }
+                    }
+                    Ok((_, _, Err(error))) => {
+                        warn!(%error, "subscription refused; draining the other streams");
+                        outcome = Err(error);
+                        break;
+                    }
+                    Err(join) => {
+                        outcome = Err(Error::Internal(join.to_string()));
+                        break;
+                    }
+                },
+            }
+        }
+        drop(discovery);
+        for (_, leave) in members.values() {
+            let _ = leave.send(true);
+        }
+        // Every stream drains at once, each within the drain timeout.
+        let deadline = tokio::time::Instant::now() + settings.drain_timeout + Duration::from_secs(1);
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, streams.join_next()).await {
+            if let (Ok((_, _, Err(error))), true) = (joined, outcome.is_ok()) {
+                outcome = Err(error);
+            }
+        }
+        streams.abort_all();
+        drop(pool);
+        let _ = tokio::time::timeout_at(deadline, pool_task).await;
+        outcome
+    }
+}
+
+/// A lazily connecting channel to one replica (tonic's channel reconnects underneath, and a
+/// broken connection surfaces as the stream's error, which [`Connection`] retries).
+fn channel(replica: &Replica, tls: Option<&tonic::transport::ClientTlsConfig>) -> Result<Channel, Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}", replica.authority);
+    let bad =
+        |e: tonic::transport::Error| Error::Endpoint { endpoint: replica.authority.clone(), reason: e.to_string() };
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(bad)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // A replica that vanished without closing its connections (a node lost) is noticed
+        // within about 30 s instead of never.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+impl SubscriberBuilder {
+    /// The gateway replicas to stream from (required).
+    pub fn replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// The name this subscriber reports (default: `POD_NAME`, then `HOSTNAME`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.hello.pod_name = name.into();
+        self
+    }
+
+    /// The namespace this subscriber reports (default: `POD_NAMESPACE`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.hello.namespace = namespace.into();
+        self
+    }
+
+    /// A label of this subscriber, which a gateway with static discovery routes by (in
+    /// Kubernetes mode the gateway reads the pod's own labels instead).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.hello.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Deliveries each stream may hold un-acked (0, the default: the route's default window).
+    pub fn max_in_flight(mut self, window: u32) -> Self {
+        self.hello.max_in_flight = window;
+        self
+    }
+
+    /// Handlers running at once, over all streams (default 16). Deliveries of one key run
+    /// one at a time whatever this is.
+    pub fn concurrency(mut self, handlers: usize) -> Self {
+        self.concurrency = handlers;
+        self
+    }
+
+    /// Acks go up in batches of `count`, or after `interval` (defaults 64 and 10 ms).
+    pub fn ack_batch(mut self, count: usize, interval: Duration) -> Self {
+        self.ack_batch = count;
+        self.ack_interval = interval;
+        self
+    }
+
+    /// How long a drain may wait for in-flight handlers (default 20 s; keep it under the pod's
+    /// `terminationGracePeriodSeconds`).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Reconnect backoff: from `min`, doubling with jitter, up to `max` (defaults 100 ms and
+    /// 10 s); reset once a stream has stayed up for `healthy_after` (default 10 s).
+    pub fn backoff(mut self, min: Duration, max: Duration, healthy_after: Duration) -> Self {
+        self.backoff = (min, max);
+        self.healthy_after = healthy_after;
+        self
+    }
+
+    /// TLS (or mTLS) toward the gateway.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A file holding the pod's projected ServiceAccount token, for routes with
+    /// `identity = "token"`: re-read at every connection, since the kubelet rotates it.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<Subscriber, Error> {
+        let invalid = |field: &'static str, reason: &str| Error::Setting { field, reason: reason.to_string() };
+        if self.route.trim().is_empty() {
+            return Err(invalid("route", "must name a route of the gateway's config"));
+        }
+        let replicas = match self.replicas {
+            None => return Err(Error::NoReplicas),
+            Some(Replicas::Static(list)) if list.is_empty() => return Err(Error::NoReplicas),
+            Some(replicas) => replicas,
+        };
+        if self.concurrency == 0 {
+            return Err(invalid("concurrency", "must be at least 1"));
+        }
+        if self.ack_batch == 0 {
+            return Err(invalid("ack_batch", "the count must be at least 1"));
+        }
+        let (min, max) = self.backoff;
+        let backoff = ExponentialBackoffMaker::new(min, max, 0.5, HasherRng::default())
+            .map_err(|e| invalid("backoff", &e.to_string()))?;
+        let mut hello = self.hello;
+        hello.route = self.route;
+        Ok(Subscriber {
+            settings: Settings {
+                hello,
+                token_file: self.token_file,
+                ack_batch: self.ack_batch,
+                ack_interval: self.ack_interval,
+                drain_timeout: self.drain_timeout,
+                backoff,
+                healthy_after: self.healthy_after,
+            },
+            replicas,
+            tls: self.tls,
+            concurrency: self.concurrency,
+            stats: Stats::default(),
+        })
+    }
+}

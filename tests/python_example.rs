@@ -1,0 +1,182 @@
+//! The Python example (examples/python) against the demo gateway: its stubs come from proto/
+//! through its generate.sh, and the grpcio subscriber retries with backoff until a gateway
+//! listens, acks, drains and reports; a status a retry cannot fix ends it with exit code 2.
+//! Proves the contract is usable from another gRPC stack as a service developer would use it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const COUNT: u64 = 2_000;
+
+fn python() -> String {
+    std::env::var("FANOUT_TEST_PYTHON").unwrap_or_else(|_| format!("{ROOT}/target/ci-venv/bin/python"))
+}
+
+/// Runs examples/python/generate.sh once per test process (both tests use its gen/).
+fn generate() {
+    static GENERATED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = GENERATED.get_or_init(|| {
+        let out = std::process::Command::new(format!("{ROOT}/examples/python/generate.sh"))
+            .env("PYTHON", python())
+            .output()
+            .map_err(|e| format!("generate.sh runs: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "generate.sh failed ({}; .ci/run installs grpcio-tools in target/ci-venv):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    for stub in ["fanout_pb2.py", "fanout_pb2_grpc.py"] {
+        let path = format!("{ROOT}/examples/python/gen/fanout/v1/{stub}");
+        assert!(Path::new(&path).is_file(), "generate.sh wrote {path}");
+    }
+}
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A child process whose stdout and stderr go to files, so they can be read whatever happens.
+struct Proc {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, name: &str, program: &str, args: &[&str]) -> Proc {
+        let (stdout, stderr) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"))
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} starts: {e}"));
+        Proc { child, stdout, stderr }
+    }
+
+    fn python(dir: &Path, args: &[&str]) -> Proc {
+        let script = format!("{ROOT}/examples/python/subscriber.py");
+        let mut all = vec![script.as_str()];
+        all.extend_from_slice(args);
+        Proc::spawn(dir, "python", &python(), &all)
+    }
+
+    /// The demo gateway: embedded Kafka, route `demo`, one built-in subscriber besides ours.
+    fn demo(dir: &Path, grpc: u16, admin: u16, rate: u32) -> Proc {
+        let (listen, admin_listen, rate) =
+            (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"), rate.to_string());
+        let args = ["demo", "--duration", "30", "--subscribers", "1", "--rate", &rate, "--partitions", "4"];
+        let args = [&args[..], &["--listen", &listen, "--admin-listen", &admin_listen]].concat();
+        Proc::spawn(dir, "demo", env!("CARGO_BIN_EXE_fanout-gateway"), &args)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Everything it printed, for assertion messages.
+    fn output(&self) -> String {
+        format!("--- stdout ---\n{}--- stderr ---\n{}", self.stdout(), self.stderr())
+    }
+
+    /// Its exit status, or a panic showing its output (and `other`'s) when it runs too long.
+    async fn exit_within(&mut self, limit: Duration, other: &Proc) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the child"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!("still running after {limit:?}:\n{}\n=== demo ===\n{}", self.output(), other.output());
+            }
+        }
+    }
+}
+
+/// The summary line's numbers: `python-subscriber: acked=<n> replicas=<k> reconnects=<r>`.
+fn summary(stdout: &str) -> Option<(u64, u64, u64)> {
+    let line = stdout.lines().rev().find(|l| l.starts_with("python-subscriber: acked="))?;
+    let field = |name: &str| {
+        line.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    Some((field("acked")?, field("replicas")?, field("reconnects")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_retries_until_the_gateway_listens_then_acks_and_drains() {
+    generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (grpc, admin) = (free_port(), free_port());
+    let gateway = format!("127.0.0.1:{grpc}");
+    let count = COUNT.to_string();
+    // Started first: nothing listens yet, so it must retry with backoff.
+    let args = ["--gateway", &gateway, "--route", "demo", "--count", &count, "--label", "lang=python"];
+    let mut python = Proc::python(dir.path(), &[&args[..], &["--name", "python-example"]].concat());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let demo = Proc::demo(dir.path(), grpc, admin, 2_000);
+    let retrying = python.child.try_wait().expect("poll the subscriber");
+    assert!(retrying.is_none(), "the subscriber keeps retrying while no gateway listens:\n{}", python.output());
+
+    let status = python.exit_within(Duration::from_secs(90), &demo).await;
+    let (stdout, stderr) = (python.stdout(), python.stderr());
+    let all = format!("{}\n=== demo ===\n{}", python.output(), demo.output());
+    assert!(status.success(), "the Python subscriber exits 0 ({status}):\n{all}");
+    let (acked, replicas, reconnects) = summary(&stdout).unwrap_or_else(|| panic!("a summary line:\n{all}"));
+    assert!(acked >= COUNT, "acked {acked} < {COUNT}:\n{all}");
+    assert_eq!(replicas, 1, "{all}");
+    assert!(reconnects >= 1, "it reconnected after connection refused:\n{all}");
+    assert!(stderr.contains("UNAVAILABLE") && stderr.contains("reconnect attempt 1 "), "retries are logged:\n{all}");
+    // It drained: the gateway closed the stream only once every delivery was acked, well
+    // before the subscriber's own deadline would have cut it.
+    assert!(!stderr.contains("drain deadline passed"), "the gateway settled its acks and closed the stream:\n{all}");
+    drop(demo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_exits_2_on_an_unknown_route_without_retrying() {
+    generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (grpc, admin) = (free_port(), free_port());
+    let demo = Proc::demo(dir.path(), grpc, admin, 100);
+    // The demo prints a live line per second once its gateway serves.
+    let up = Instant::now();
+    while !demo.stdout().lines().any(|l| l.starts_with('[')) {
+        assert!(up.elapsed() < Duration::from_secs(60), "the demo gateway comes up:\n{}", demo.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = Instant::now();
+    let gateway = format!("127.0.0.1:{grpc}");
+    let mut python = Proc::python(dir.path(), &["--gateway", &gateway, "--route", "no-such-route"]);
+    let status = python.exit_within(Duration::from_secs(30), &demo).await;
+    let took = started.elapsed();
+    let stderr = python.stderr();
+    let all = format!("{}\n=== demo ===\n{}", python.output(), demo.output());
+    assert_eq!(status.code(), Some(2), "a fatal status exits 2:\n{all}");
+    assert!(stderr.contains("NOT_FOUND") && stderr.contains("no-such-route"), "the status is printed:\n{all}");
+    assert!(!stderr.contains("reconnect attempt"), "NOT_FOUND is not retried:\n{all}");
+    assert!(summary(&python.stdout()).is_none(), "no summary on a fatal exit:\n{all}");
+    assert!(took < Duration::from_secs(15), "it gives up at once, not after retries: {took:?}\n{all}");
+    drop(demo);
+}

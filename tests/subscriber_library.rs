@@ -1,0 +1,237 @@
+//! The subscriber library (`fanout-client`) against a real gateway on the mock cluster:
+//! handler concurrency with per-key order, a panicking handler, a refused subscription, and
+//! the drain on shutdown.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_client::stream::{self, Subscription};
+use fanout_client::{Delivery, Error, Nack, Replicas, Subscriber};
+use fanout_gateway::config;
+use fanout_gateway::gateway;
+use fanout_gateway::stats::Stats;
+use parking_lot::Mutex;
+use support::*;
+use tokio::sync::Notify;
+
+/// Per key: whether a handler of it is running, and the last offset it finished.
+type KeyStates = HashMap<Vec<u8>, (bool, i64)>;
+
+/// Resolves once `n` handlers have finished.
+async fn after(done: &AtomicUsize, n: usize, wake: &Notify) {
+    while done.load(Ordering::SeqCst) < n {
+        let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_keys_on_eight_handlers_keep_each_keys_order_and_never_run_more_than_eight() {
+    init_logs();
+    let cluster = mock_cluster(4);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("library-concurrency");
+    const KEYS: usize = 16;
+    const MESSAGES: usize = KEYS * 25;
+    produce(&bootstrap, MESSAGES, KEYS).await;
+    let mut config = config(&bootstrap, &group);
+    // The gateway may send a key's messages all at once: the library alone keeps their order.
+    config.routes[0].ordering = config::Ordering::None;
+
+    let run = async {
+        let gw = gateway::start(config).await.expect("gateway starts");
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let wake = Arc::new(Notify::new());
+        let keys: Arc<Mutex<KeyStates>> = Arc::default();
+        let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+        let handler = {
+            let (running, most, done, wake, keys, violations) =
+                (running.clone(), most.clone(), done.clone(), wake.clone(), keys.clone(), violations.clone());
+            move |d: Delivery| {
+                let (running, most, done, wake, keys, violations) =
+                    (running.clone(), most.clone(), done.clone(), wake.clone(), keys.clone(), violations.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let key = d.key.as_deref().unwrap_or_default().to_vec();
+                    {
+                        let mut keys = keys.lock();
+                        let (busy, last) = keys.entry(key.clone()).or_insert((false, -1));
+                        if *busy {
+                            violations.lock().push(format!("{} ran beside another of its key", stream::id_of(&d)));
+                        }
+                        if d.offset <= *last {
+                            violations.lock().push(format!("{} ran after offset {last}", stream::id_of(&d)));
+                        }
+                        *busy = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    keys.lock().insert(key, (false, d.offset));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    wake.notify_waiters();
+                    Ok::<(), Nack>(())
+                }
+            }
+        };
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::list([gw.endpoint()]))
+            .name("library-0")
+            .max_in_flight(64)
+            .concurrency(8)
+            .build()
+            .expect("valid settings");
+        let stats = subscriber.stats();
+        subscriber.run(handler, after(&done, MESSAGES, &wake)).await.expect("drains cleanly");
+
+        assert_eq!(violations.lock().as_slice(), &[] as &[String], "per-key order");
+        assert_eq!(most.load(Ordering::SeqCst), 8, "at most 8 handlers at once, and 8 were used");
+        let s = stats.snapshot();
+        assert_eq!((s.acked, s.nacked, s.reconnects), (MESSAGES as u64, 0, 0), "{s:?}");
+        eventually(Duration::from_secs(20), "everything committed", || fully_committed(&bootstrap, &group, 4)).await;
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_handler_nacks_and_the_message_comes_again() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("library-panic");
+    let ids = produce(&bootstrap, 20, 5).await;
+    let mut config = config(&bootstrap, &group);
+    config.routes[0].retry.initial_backoff_ms = 50;
+    let poison = ids[7].clone();
+
+    let run = async {
+        let gw = gateway::start(config).await.expect("gateway starts");
+        let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let wake = Arc::new(Notify::new());
+        let handler = {
+            let (seen, done, wake, poison) = (seen.clone(), done.clone(), wake.clone(), poison.clone());
+            move |d: Delivery| {
+                let id = stream::id_of(&d);
+                seen.lock().push((id.clone(), d.attempt));
+                let panics = id == poison && d.attempt == 1;
+                let (done, wake) = (done.clone(), wake.clone());
+                async move {
+                    if panics {
+                        panic!("the handler's bug, on its first attempt at {id}");
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    wake.notify_waiters();
+                    Ok::<(), Nack>(())
+                }
+            }
+        };
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::list([gw.endpoint()]))
+            .name("library-panic")
+            .build()
+            .expect("valid settings");
+        let stats = subscriber.stats();
+        subscriber.run(handler, after(&done, 20, &wake)).await.expect("drains cleanly");
+
+        let attempts: Vec<u32> = seen.lock().iter().filter(|(id, _)| *id == poison).map(|(_, a)| *a).collect();
+        assert_eq!(attempts, vec![1, 2], "the panic nacked the first attempt; the second was acked");
+        let s = stats.snapshot();
+        assert_eq!((s.panicked, s.nacked, s.acked), (1, 1, 20), "{s:?}");
+        assert_eq!(Stats::get(&gw.stats().nacked), 1);
+        eventually(Duration::from_secs(20), "everything committed", || fully_committed(&bootstrap, &group, 2)).await;
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_route_is_an_error_on_the_first_attempt() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let gw = gateway::start(config(&bootstrap, &unique_group("library-refused"))).await.expect("gateway starts");
+    let subscriber =
+        Subscriber::builder("no-such-route").replicas(Replicas::list([gw.endpoint()])).build().expect("valid settings");
+    let stats = subscriber.stats();
+    let handler = |_: Delivery| async { Ok::<(), Nack>(()) };
+    let ran = tokio::time::timeout(Duration::from_secs(10), subscriber.run(handler, std::future::pending())).await;
+    let error = ran.expect("returns instead of retrying").expect_err("refused");
+    match &error {
+        Error::Refused { code, route, .. } => {
+            assert_eq!((*code, route.as_str()), (tonic::Code::NotFound, "no-such-route"), "{error}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(error.to_string().contains("no-such-route"), "{error}");
+    assert_eq!(stats.snapshot().reconnects, 0, "one attempt, no retries");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_every_handled_delivery_so_nothing_is_redelivered() {
+    init_logs();
+    let cluster = mock_cluster(4);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("library-drain");
+    let ids = produce(&bootstrap, 400, 40).await;
+    let config = config(&bootstrap, &group);
+
+    let run = async {
+        let gw = gateway::start(config).await.expect("gateway starts");
+        let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let wake = Arc::new(Notify::new());
+        let handler = {
+            let (handled, done, wake) = (handled.clone(), done.clone(), wake.clone());
+            move |d: Delivery| {
+                let (handled, done, wake) = (handled.clone(), done.clone(), wake.clone());
+                async move {
+                    // Slow: when the shutdown comes, handlers are running and more are queued.
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    handled.lock().push(stream::id_of(&d));
+                    done.fetch_add(1, Ordering::SeqCst);
+                    wake.notify_waiters();
+                    Ok::<(), Nack>(())
+                }
+            }
+        };
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::list([gw.endpoint()]))
+            .name("leaving")
+            .max_in_flight(20)
+            .concurrency(4)
+            .drain_timeout(Duration::from_secs(10))
+            .build()
+            .expect("valid settings");
+        let stats = subscriber.stats();
+        let started = tokio::time::Instant::now();
+        subscriber.run(handler, after(&done, 40, &wake)).await.expect("drains cleanly");
+        assert!(started.elapsed() < Duration::from_secs(20), "within its drain deadline");
+        let s = stats.snapshot();
+        let handled = handled.lock().clone();
+        assert!(handled.len() >= 40 && handled.len() < 400, "stopped mid-stream: {}", handled.len());
+        assert_eq!(s.acked, handled.len() as u64, "everything handled was acked: {s:?}");
+        assert_eq!(s.abandoned, 0, "nothing received was dropped: {s:?}");
+
+        // The rest goes to the next subscriber, and nothing of the first one's comes again.
+        let mut next =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "next", 100)).await.expect("subscribes");
+        let rest = receive_and_ack(&mut next, 400 - handled.len()).await;
+        let mut all: Vec<String> = handled.iter().chain(rest.iter()).cloned().collect();
+        all.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(all, expected, "every message once");
+        assert_eq!(Stats::get(&gw.stats().redelivered), 0, "no redeliveries after the drain");
+        eventually(Duration::from_secs(20), "everything committed", || fully_committed(&bootstrap, &group, 4)).await;
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
+}
