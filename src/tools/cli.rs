@@ -86,8 +86,8 @@ pub struct SubscribeArgs {
     /// How long a drain (on SIGTERM or Ctrl-C) may wait for in-flight handlers, in seconds.
     #[arg(long, default_value_t = 20)]
     pub drain_timeout: u64,
-    /// Print every delivery (`topic/partition/offset attempt=N key=K value=V`) instead of a
-    /// line per second.
+    /// Print every delivery handled (`topic/partition/offset attempt=N key=K value=V`), besides
+    /// the line per second.
     #[arg(long)]
     pub verbose: bool,
     /// TLS: the CA (PEM) that signed the gateway's certificate.
@@ -330,9 +330,9 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         }
         Ok::<(), Nack>(())
     };
-    let progress = (!verbose).then(|| {
+    let progress = tokio::spawn({
         let stats = stats.clone();
-        tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             loop {
@@ -340,12 +340,10 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 let s = stats.snapshot();
                 println!("acked {} deliveries ({} streams open)", s.acked, s.streams);
             }
-        })
+        }
     });
     let result = subscriber.run(handler, terminated()).await;
-    if let Some(progress) = progress {
-        progress.abort();
-    }
+    progress.abort();
     let s = stats.snapshot();
     println!(
         "subscribe: received={} acked={} nacked={} abandoned={} reconnects={}",

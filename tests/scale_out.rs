@@ -1,0 +1,429 @@
+//! Scale-out as deployed: three `serve` replicas (one consumer group per route, each replica
+//! owning some partitions) against a `dev-kafka` process, and subscribers that reach every
+//! replica through the subscriber library: the `fanout-gateway subscribe` process with the
+//! replicas' addresses, and the library in this process following a DNS name whose answer the
+//! test changes (a resolver override).
+
+#[path = "support/processes.rs"]
+mod processes;
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_client::{Delivery, Nack, Replicas, Resolver, Subscriber};
+use parking_lot::Mutex;
+use processes::*;
+use support::{committed, high_watermarks, produce, ROUTE, TOPIC};
+
+const PARTITIONS: i32 = 12;
+const COMMIT_INTERVAL_MS: u64 = 200;
+
+/// Replica `n`'s settings, config file and process.
+struct Replica {
+    settings: GatewaySettings,
+    config: PathBuf,
+    gateway: Gateway,
+}
+
+/// Starts `count` replicas of one gateway (same group, own ports and instance ids).
+fn start_replicas(dir: &Path, bootstrap: &str, prefix: &str, count: u32) -> Vec<Replica> {
+    let base = GatewaySettings { commit_interval_ms: COMMIT_INTERVAL_MS, ..GatewaySettings::new(bootstrap, prefix) };
+    (0..count)
+        .map(|n| {
+            let settings = base.replica(n);
+            let config = settings.write(dir);
+            let gateway = Gateway::start(&config, dir.join(format!("serve-{n}.log")));
+            Replica { settings, config, gateway }
+        })
+        .collect()
+}
+
+fn all_committed(bootstrap: &str, group: &str) -> bool {
+    let (committed, ends) = (committed(bootstrap, group, PARTITIONS), high_watermarks(bootstrap, PARTITIONS));
+    ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
+}
+
+/// A `fanout-gateway subscribe` process (the subscriber library) printing every delivery it
+/// handles, and a line per second, to a file.
+struct SubscriberProcess {
+    process: Process,
+    stdout: PathBuf,
+}
+
+impl SubscriberProcess {
+    fn start(dir: &Path, name: &str, endpoints: &[String], args: &[&str]) -> Self {
+        let stdout = dir.join(format!("{name}.out"));
+        let mut command = Command::new(BIN);
+        command
+            .args(["subscribe", "--route", ROUTE, "--name", name, "--verbose", "--gateway"])
+            .arg(endpoints.join(","))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"));
+        let process = Process::spawn("subscribe", &mut command, dir.join(format!("{name}.log")));
+        Self { process, stdout }
+    }
+
+    fn output(&self) -> SubscriberOutput {
+        SubscriberOutput::parse(&std::fs::read_to_string(&self.stdout).unwrap_or_default())
+    }
+}
+
+/// What a subscriber process printed.
+#[derive(Debug, Default)]
+struct SubscriberOutput {
+    /// Every delivery handled (and so acked), in order, as `topic/partition/offset`.
+    handled: Vec<String>,
+    /// The line per second: (acked so far, streams open).
+    progress: Vec<(u64, u64)>,
+    /// The closing `subscribe: ...` line's counts.
+    summary: HashMap<String, u64>,
+}
+
+impl SubscriberOutput {
+    fn parse(text: &str) -> Self {
+        let mut out = Self::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("subscribe: ") {
+                out.summary = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .collect();
+            } else if let Some(rest) = line.strip_prefix("acked ") {
+                // "acked N deliveries (K streams open)"
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if let (Some(acked), Some(streams)) = (words.first(), words.get(2)) {
+                    let streams = streams.trim_start_matches('(');
+                    if let (Ok(a), Ok(s)) = (acked.parse(), streams.parse()) {
+                        out.progress.push((a, s));
+                    }
+                }
+            } else if let Some((id, rest)) = line.split_once(' ') {
+                if rest.starts_with("attempt=") && id.starts_with(&format!("{TOPIC}/")) {
+                    out.handled.push(id.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    fn unique(&self) -> HashSet<&String> {
+        self.handled.iter().collect()
+    }
+
+    fn duplicates(&self) -> usize {
+        self.handled.len() - self.unique().len()
+    }
+}
+
+/// Everything produced, handled at least once.
+fn assert_none_lost(ids: &[String], handled: &HashSet<&String>) {
+    let lost: Vec<&String> = ids.iter().filter(|id| !handled.contains(id)).collect();
+    assert!(lost.is_empty(), "{} produced messages never handled, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_one_library_subscriber_every_message_acked_and_committed() {
+    const MESSAGES: usize = 100_000;
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
+        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale", 3);
+        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let mut sub = SubscriberProcess::start(
+            dir.path(),
+            "scale-0",
+            &endpoints,
+            &["--max-in-flight", "500", "--concurrency", "64"],
+        );
+        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+        let started = Instant::now();
+        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+        let took = started.elapsed();
+        sub.process.sigterm();
+        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
+        assert!(status.success(), "the subscriber drains and exits 0: {status:?}");
+
+        let out = sub.output();
+        let most_streams = out.progress.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        eprintln!(
+            "scale-out: replicas=3 partitions={PARTITIONS} messages={MESSAGES} handled={} duplicates={} streams={most_streams} \
+             took={took:?} summary={:?}",
+            out.handled.len(),
+            out.duplicates(),
+            out.summary
+        );
+        assert_none_lost(&ids, &out.unique());
+        assert_eq!(most_streams, 3, "one stream per replica: {:?}", out.progress);
+        // Whichever replica owned a partition, its messages reached the subscriber: each
+        // replica delivered a share.
+        let mut shares = Vec::new();
+        for r in &replicas {
+            let (_, samples) = support::scrape(SocketAddr::from(([127, 0, 0, 1], r.settings.admin_port))).await;
+            let delivered: f64 =
+                samples.iter().filter(|(series, _)| series.starts_with("fanout_delivered_total")).map(|(_, v)| v).sum();
+            shares.push(delivered as u64);
+        }
+        eprintln!("scale-out: delivered per replica {shares:?}");
+        assert!(shares.iter().all(|d| *d > 0), "every replica delivered: {shares:?}");
+        assert!(shares.iter().sum::<u64>() >= MESSAGES as u64, "{shares:?}");
+        assert!(out.summary.get("acked").copied().unwrap_or(0) >= MESSAGES as u64, "{:?}", out.summary);
+    };
+    tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
+    const MESSAGES: usize = 60_000;
+    const WINDOW: u64 = 200;
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
+        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-kill", 3);
+        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        // Handlers of 5 ms, 16 at once: a few thousand a second, so the backlog outlasts the
+        // kill, the session timeout and the replacement.
+        let window = WINDOW.to_string();
+        let mut sub = SubscriberProcess::start(
+            dir.path(),
+            "scale-kill-0",
+            &endpoints,
+            &["--max-in-flight", &window, "--concurrency", "16", "--handle-ms", "5"],
+        );
+        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+
+        // Mid-stream: once a sixth is handled and every replica streams.
+        let by = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = sub.output();
+            if out.handled.len() >= MESSAGES / 6 && out.progress.last().is_some_and(|(_, s)| *s == 3) {
+                break;
+            }
+            assert!(Instant::now() < by, "a sixth handled with 3 streams within 120 s: {:?}", out.progress.last());
+            sub.process.assert_running();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let victim = replicas.remove(1);
+        let (victim_settings, victim_config) = (victim.settings.clone(), victim.config.clone());
+        drop(victim); // SIGKILL: the guard kills and reaps it
+        let killed_at_line = sub.output().progress.len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let replacement = Gateway::start(&victim_config, dir.path().join("serve-1-replacement.log"));
+        replicas.push(Replica { settings: victim_settings, config: victim_config, gateway: replacement });
+
+        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+        sub.process.sigterm();
+        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
+        assert!(status.success(), "{status:?}");
+
+        let out = sub.output();
+        assert_none_lost(&ids, &out.unique());
+        // Throughout: from the kill until the backlog was done, acks rose every second, so the
+        // streams of the replicas that stayed never stopped.
+        let after_kill: Vec<(u64, u64)> = out.progress[killed_at_line.saturating_sub(1)..].to_vec();
+        let busy: Vec<&[(u64, u64)]> = after_kill.windows(2).filter(|w| w[1].0 < MESSAGES as u64).collect::<Vec<_>>();
+        let stalls: Vec<_> = busy.iter().filter(|w| w[1].0 <= w[0].0).collect();
+        assert!(stalls.is_empty(), "acks stalled for a second after the kill: {stalls:?} in {after_kill:?}");
+        assert!(after_kill.iter().any(|(_, s)| *s == 2), "the killed replica's stream went: {after_kill:?}");
+        assert_eq!(after_kill.last().map(|(_, s)| *s), Some(3), "the replacement got a stream: {after_kill:?}");
+        // What a crash may redeliver: the killed stream's window, plus what was acked to it
+        // and not yet committed (one commit interval, and one more for the commit's round trip),
+        // at the fastest rate the subscriber acked.
+        let peak_rate = out.progress.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)).max().unwrap_or(0);
+        let bound = WINDOW + peak_rate * 2 * COMMIT_INTERVAL_MS / 1_000;
+        let duplicates = out.duplicates() as u64;
+        eprintln!(
+            "scale-out sigkill: messages={MESSAGES} handled={} lost=0 duplicates={duplicates} bound={bound} \
+             (window {WINDOW} + peak {peak_rate}/s x 2 x {COMMIT_INTERVAL_MS} ms) reconnects={:?} progress_after_kill={after_kill:?}",
+            out.handled.len(),
+            out.summary.get("reconnects"),
+        );
+        assert!(duplicates <= bound, "duplicates {duplicates} exceed window + two commit intervals of acks ({bound})");
+        assert!(out.summary.get("reconnects").copied().unwrap_or(0) >= 1, "the killed stream was retried");
+    };
+    tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_the_subscriber_and_nothing_it_handled_comes_again() {
+    const MESSAGES: usize = 20_000;
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
+        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-term", 3);
+        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let drain = DRAIN_TIMEOUT.as_secs().to_string();
+        let mut leaving = SubscriberProcess::start(
+            dir.path(),
+            "leaving",
+            &endpoints,
+            &["--max-in-flight", "50", "--concurrency", "8", "--handle-ms", "20", "--drain-timeout", &drain],
+        );
+        let by = Instant::now() + Duration::from_secs(120);
+        while leaving.output().handled.len() < 2_000 {
+            assert!(Instant::now() < by, "2000 handled within 120 s");
+            leaving.process.assert_running();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        leaving.process.sigterm();
+        let signalled = Instant::now();
+        let status = leaving.process.wait_exit(DRAIN_TIMEOUT + Duration::from_secs(5)).await;
+        let took = signalled.elapsed();
+        let status = status.expect("the subscriber exits within its drain deadline");
+        assert!(status.success(), "drained and exited 0: {status:?}");
+        let first = leaving.output();
+        assert_eq!(
+            first.summary.get("abandoned"),
+            Some(&0),
+            "nothing received was left unhandled: {:?}",
+            first.summary
+        );
+        assert_eq!(
+            first.summary.get("acked").copied(),
+            Some(first.handled.len() as u64),
+            "everything handled was acked: {:?}",
+            first.summary
+        );
+
+        // The rest goes to the next subscriber; nothing the first one handled comes again.
+        let mut next = SubscriberProcess::start(dir.path(), "next", &endpoints, &["--max-in-flight", "500"]);
+        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(Duration::from_secs(180), "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+        next.process.sigterm();
+        let _ = next.process.wait_exit(Duration::from_secs(30)).await;
+        let second = next.output();
+        let (before, after) = (first.unique(), second.unique());
+        let again: Vec<&&String> = after.iter().filter(|id| before.contains(*id)).collect();
+        eprintln!(
+            "scale-out sigterm: drained in {took:?} handled_before_exit={} handled_after={} redelivered_after_exit={}",
+            before.len(),
+            after.len(),
+            again.len()
+        );
+        assert!(
+            again.is_empty(),
+            "{} handled by the drained subscriber came again, e.g. {:?}",
+            again.len(),
+            &again[..again.len().min(5)]
+        );
+        let all: HashSet<&String> = before.union(&after).copied().collect();
+        assert_none_lost(&ids, &all);
+    };
+    tokio::time::timeout(Duration::from_secs(300), run).await.expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dns_name_is_followed_as_replicas_join_and_leave_its_answer() {
+    const MESSAGES: usize = 20_000;
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
+        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-dns", 3);
+        let addresses: Vec<SocketAddr> =
+            replicas.iter().map(|r| SocketAddr::from(([127, 0, 0, 1], r.settings.port))).collect();
+        // The name answers with two replicas at first; the third comes later, as a pod that
+        // turns up in the headless Service does.
+        let answer = Arc::new(Mutex::new(addresses[..2].to_vec()));
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let resolver = Resolver::new({
+            let (answer, asked) = (answer.clone(), asked.clone());
+            move |name: String| {
+                asked.lock().push(name);
+                let addresses = answer.lock().clone();
+                async move { Ok(addresses) }
+            }
+        });
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::Dns {
+                name: "fanout-gateway-headless.test.svc:50051".into(),
+                every: Duration::from_millis(200),
+                resolver,
+            })
+            .name("dns-0")
+            .max_in_flight(500)
+            .build()
+            .expect("valid settings");
+        let stats = subscriber.stats();
+        let handled: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let (handled, count) = (handled.clone(), count.clone());
+            move |d: Delivery| {
+                handled.lock().insert(fanout_client::stream::id_of(&d));
+                count.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<(), Nack>(()) }
+            }
+        };
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(subscriber.run(handler, async move {
+            let _ = stop.wait_for(|&s| s).await;
+        }));
+
+        let streams = |n: u64| {
+            let stats = stats.clone();
+            async move {
+                let by = Instant::now() + Duration::from_secs(60);
+                while stats.snapshot().streams != n {
+                    assert!(Instant::now() < by, "{n} streams within 60 s: {:?}", stats.snapshot());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        streams(2).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stats.snapshot().streams, 2, "only what the name answers");
+        answer.lock().push(addresses[2]);
+        streams(3).await;
+
+        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(Duration::from_secs(180), "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+        // A replica gone from the answer is drained and dropped; the stream is not retried.
+        answer.lock().remove(0);
+        streams(2).await;
+        let reconnects = stats.snapshot().reconnects;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stats.snapshot().reconnects, reconnects, "a replica that left is not reconnected to");
+
+        let _ = stop_tx.send(true);
+        running.await.expect("joins").expect("drains cleanly");
+        assert!(asked.lock().iter().all(|n| n == "fanout-gateway-headless.test.svc:50051"), "{:?}", asked.lock());
+        let handled = handled.lock();
+        assert_none_lost(&ids, &handled.iter().collect());
+        eprintln!(
+            "scale-out dns: handled={} deliveries={} stats={:?}",
+            handled.len(),
+            count.load(Ordering::SeqCst),
+            stats.snapshot()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(300), run).await.expect("in time");
+}
