@@ -44,8 +44,9 @@ enum Command {
     /// slow subscriber, and a blue-green switch against a consumer-group handover, all on an
     /// embedded Kafka in one run. Prints a table, then one `bench: name=value` line per figure.
     Bench(BenchArgs),
-    /// Subscribe to a route, print deliveries, ack them.
-    Subscribe(SubscribeArgs),
+    /// Subscribe to a route on every gateway replica (the subscriber library), print
+    /// deliveries, ack them; SIGTERM or Ctrl-C drains.
+    Subscribe(Box<SubscribeArgs>),
     /// Run a standalone Kafka (librdkafka's mock cluster) for development and crash tests.
     ///
     /// Prints one line, `BROKERS=host:port,...`, on stdout once the topics exist, then runs
@@ -108,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Demo(args) => cli::demo(args).await,
         Command::Bench(args) => cli::bench(args).await,
-        Command::Subscribe(args) => cli::subscribe(args).await,
+        Command::Subscribe(args) => cli::subscribe(*args).await,
         Command::DevKafka(args) => cli::dev_kafka(args).await,
     }
 }

@@ -329,3 +329,62 @@ async fn a_python_grpcio_subscriber_streams_over_tls() {
     .await;
     gw.shutdown().await;
 }
+
+/// The subscriber library over mTLS, finding the replica through a DNS name: it dials the
+/// resolved address and verifies the certificate, which names only the Service, against the
+/// name (no `domain` given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_library_streams_over_mtls_to_replicas_found_by_name() {
+    use fanout_client::{Delivery, Nack, Replicas, Resolver, Subscriber};
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    const SERVICE: &str = "fanout-gateway-headless.test.svc";
+    let Certs { dir, ca, ca_file, .. } = certs();
+    let (cert, key) = ca.server_named(SERVICE).write(dir.path(), "named");
+    let clients = TestCa::new("subscribers");
+    let clients_file = clients.write(dir.path(), "clients.crt");
+    let gw = start(&bootstrap, &unique_group("library-mtls"), tls(&cert, &key, Some(&clients_file)), None).await;
+    let (client_cert, client_key) = clients.client("orders-0").write(dir.path(), "client");
+    let addr = gw.addr();
+    let resolver = Resolver::new(move |_| async move { Ok(vec![addr]) });
+    let subscriber = Subscriber::builder(ROUTE)
+        .replicas(Replicas::Dns { name: format!("{SERVICE}:{}", addr.port()), every: Duration::from_secs(1), resolver })
+        .tls(ClientTls {
+            ca_file: Some(ca_file.display().to_string()),
+            cert_file: Some(client_cert.display().to_string()),
+            key_file: Some(client_key.display().to_string()),
+            domain: None,
+        })
+        .name("orders-0")
+        .build()
+        .expect("valid settings");
+    let stats = subscriber.stats();
+    let mut sent = produce(&bootstrap, 50, 5).await;
+    sent.sort();
+    let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handler = {
+        let got = got.clone();
+        move |d: Delivery| {
+            got.lock().push(stream::id_of(&d));
+            async { Ok::<(), Nack>(()) }
+        }
+    };
+    let done = {
+        let got = got.clone();
+        async move {
+            while got.lock().len() < 50 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), subscriber.run(handler, done))
+        .await
+        .expect("in time")
+        .expect("streams over mTLS and drains");
+    let mut got = got.lock().clone();
+    got.sort();
+    assert_eq!(got, sent);
+    assert_eq!(stats.snapshot().acked, 50);
+    gw.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! A complete subscriber: `cargo run -p fanout-client --example orders -- ROUTE [REPLICA...]`.
 //!
 //! With no replicas it finds them through `FANOUT_GATEWAY_DNS` (the gateway's headless Service,
-//! `host:port`), as it would in Kubernetes; against the demo (`cargo run -- demo`) run
+//! `host:port`), as it would in Kubernetes (`examples/k8s/subscriber-deployment.yaml`, which
+//! also hands it its labels in `FANOUT_LABELS_FILE`); against the demo (`cargo run -- demo`) run
 //! `cargo run -p fanout-client --example orders -- demo 127.0.0.1:50051`. Logs go to stderr
 //! (`RUST_LOG=info` by default); SIGTERM or Ctrl-C drains and exits 0.
 
@@ -48,7 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ if listed.is_empty() => return Err("give replicas, or FANOUT_GATEWAY_DNS=host:port".into()),
         _ => Replicas::list(listed),
     };
-    let subscriber = Subscriber::builder(route).replicas(replicas).concurrency(8).max_in_flight(100).build()?;
+    let mut builder = Subscriber::builder(route).replicas(replicas).concurrency(8).max_in_flight(100);
+    if let Ok(labels) = std::env::var("FANOUT_LABELS_FILE") {
+        builder = builder.labels_file(labels);
+    }
+    let subscriber = builder.build()?;
     let stats = subscriber.stats();
     subscriber.run(handle, shutdown_signal()).await?;
     tracing::info!(stats = ?stats.snapshot(), "drained");

@@ -48,6 +48,7 @@ pub struct SubscriberBuilder {
     healthy_after: Duration,
     tls: Option<ClientTls>,
     token_file: Option<PathBuf>,
+    labels_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -77,6 +78,7 @@ impl Subscriber {
             healthy_after: Duration::from_secs(10),
             tls: None,
             token_file: None,
+            labels_file: None,
         }
     }
 
@@ -240,6 +242,14 @@ impl SubscriberBuilder {
         self
     }
 
+    /// The pod's labels from a downward-API volume file (`fieldRef: metadata.labels`, lines of
+    /// `key="value"`), read by [`build`](Self::build); labels set with [`label`](Self::label)
+    /// win over the file's.
+    pub fn labels_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.labels_file = Some(path.into());
+        self
+    }
+
     /// Deliveries each stream may hold un-acked (0, the default: the route's default window).
     pub fn max_in_flight(mut self, window: u32) -> Self {
         self.hello.max_in_flight = window;
@@ -310,6 +320,13 @@ impl SubscriberBuilder {
             .map_err(|e| invalid("backoff", &e.to_string()))?;
         let mut hello = self.hello;
         hello.route = self.route;
+        if let Some(path) = &self.labels_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("labels_file", &format!("cannot read {}: {e}", path.display())))?;
+            for (key, value) in downward_api_labels(&text) {
+                hello.labels.entry(key).or_insert(value);
+            }
+        }
         Ok(Subscriber {
             settings: Settings {
                 hello,
@@ -325,5 +342,62 @@ impl SubscriberBuilder {
             concurrency: self.concurrency,
             stats: Stats::default(),
         })
+    }
+}
+
+/// The labels of a downward-API `metadata.labels` file: one `key="value"` per line, the value
+/// quoted and escaped as Go's `%q` does. Lines that are not of that form are skipped.
+fn downward_api_labels(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, quoted) = line.split_once('=')?;
+            let inner = quoted.trim().strip_prefix('"')?.strip_suffix('"')?;
+            let mut value = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                value.push(if c == '\\' { chars.next()? } else { c });
+            }
+            Some((key.trim().to_string(), value))
+        })
+        .filter(|(key, _)| !key.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_downward_api_labels_file_gives_the_pods_labels() {
+        let file = "app=\"orders\"\ntrack=\"canary\"\nnote=\"a \\\"quoted\\\" word\"\nbroken\n";
+        assert_eq!(
+            downward_api_labels(file),
+            vec![
+                ("app".to_string(), "orders".to_string()),
+                ("track".to_string(), "canary".to_string()),
+                ("note".to_string(), "a \"quoted\" word".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_set_in_code_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("fanout-labels-{}", std::process::id()));
+        std::fs::write(&dir, "track=\"blue\"\napp=\"orders\"\n").expect("write");
+        let built = Subscriber::builder("orders")
+            .replicas(Replicas::list(["127.0.0.1:1"]))
+            .label("track", "green")
+            .labels_file(&dir)
+            .build()
+            .expect("valid");
+        let _ = std::fs::remove_file(&dir);
+        let labels = &built.settings.hello.labels;
+        assert_eq!((labels["track"].as_str(), labels["app"].as_str()), ("green", "orders"));
+        let missing = Subscriber::builder("orders")
+            .replicas(Replicas::list(["127.0.0.1:1"]))
+            .labels_file("/nonexistent/labels")
+            .build()
+            .expect_err("an unreadable file is an error");
+        assert!(missing.to_string().contains("labels_file"), "{missing}");
     }
 }

@@ -65,6 +65,7 @@ pub struct SubscribeArgs {
     /// address, such as the gateway's headless Service; resolved again every 10 s.
     #[arg(long, value_name = "HOST:PORT")]
     pub dns: Option<String>,
+    /// The route to subscribe to (a `[[routes]]` name of the gateway's config).
     #[arg(long)]
     pub route: String,
     /// Name this subscriber reports (default: POD_NAME, then HOSTNAME).
@@ -74,6 +75,10 @@ pub struct SubscribeArgs {
     /// discovery routes by them.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Labels from a downward-API file (`metadata.labels`: lines of `key="value"`); --label
+    /// wins over it.
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<String>,
     /// Deliveries each stream may hold un-acked (0: the route's default).
     #[arg(long, default_value_t = 10)]
     pub max_in_flight: u32,
@@ -273,6 +278,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         route,
         name,
         labels,
+        labels_file,
         max_in_flight,
         concurrency,
         handle_ms,
@@ -298,6 +304,9 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     }
     for (key, value) in labels {
         builder = builder.label(key, value);
+    }
+    if let Some(path) = labels_file {
+        builder = builder.labels_file(path);
     }
     let tls = ClientTls { ca_file: tls_ca, cert_file: tls_cert, key_file: tls_key, domain: tls_domain };
     if gateway.iter().any(|g| g.starts_with("https://")) || tls.ca_file.is_some() || tls.cert_file.is_some() {

@@ -36,6 +36,14 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A server certificate for the DNS name `name` only (no IP address): a client that dials
+    /// an address must verify it against the name.
+    pub fn server_named(&self, name: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        self.sign(params)
+    }
+
     /// A client certificate whose subject alternative name is the DNS name `name`.
     pub fn client(&self, name: &str) -> Leaf {
         let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
