@@ -235,3 +235,122 @@ async fn shutdown_drains_every_handled_delivery_so_nothing_is_redelivered() {
     };
     tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
 }
+
+/// A stand-in for a gateway in Kubernetes mode, to script what its pod watch says: it refuses
+/// the first `denials` streams with PERMISSION_DENIED (the pod not seen running yet), then
+/// sends one delivery, and when the stream drains ends it with PERMISSION_DENIED (the pod
+/// terminating), as the gateway does when the pod's deletion shows in its watch.
+struct PodWatchLag {
+    denials: usize,
+    attempts: Arc<AtomicUsize>,
+    acked: Arc<Mutex<Vec<u64>>>,
+}
+
+#[tonic::async_trait]
+impl fanout_gateway::proto::fanout_server::Fanout for PodWatchLag {
+    type SubscribeStream =
+        tokio_stream::wrappers::ReceiverStream<Result<fanout_gateway::proto::SubscribeResponse, tonic::Status>>;
+
+    async fn subscribe(
+        &self,
+        request: tonic::Request<tonic::Streaming<fanout_gateway::proto::SubscribeRequest>>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        use fanout_gateway::proto::subscribe_request::Kind;
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt <= self.denials {
+            return Err(tonic::Status::permission_denied("pod orders-0 is not running yet"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let delivery = fanout_gateway::proto::Delivery {
+            ack_id: 7,
+            topic: TOPIC.into(),
+            offset: 1,
+            value: Some("hello".into()),
+            attempt: 1,
+            ..Default::default()
+        };
+        let _ = tx.send(Ok(fanout_gateway::proto::SubscribeResponse { deliveries: vec![delivery] })).await;
+        let mut inbound = request.into_inner();
+        let acked = self.acked.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                match message.kind {
+                    Some(Kind::Ack(ack)) => acked.lock().extend(ack.ack_ids),
+                    Some(Kind::Drain(_)) => {
+                        let status = tonic::Status::permission_denied("pod orders-0 is terminating");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves `service` on a free loopback port; its endpoint.
+async fn serve_stand_in(service: PodWatchLag) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(fanout_gateway::proto::fanout_server::FanoutServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_identity_is_retried_through_the_grace_and_a_terminating_pods_drain_ends_cleanly() {
+    init_logs();
+    // The pod watch catches up after three refusals: the subscriber streams.
+    let (attempts, acked) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let endpoint = serve_stand_in(PodWatchLag { denials: 3, attempts: attempts.clone(), acked: acked.clone() }).await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let subscriber = Subscriber::builder(ROUTE)
+        .replicas(Replicas::list([endpoint]))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100), Duration::from_secs(10))
+        .identity_grace(Duration::from_secs(20))
+        .build()
+        .expect("valid settings");
+    let handler = {
+        let handled = handled.clone();
+        move |_: Delivery| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), Nack>(()) }
+        }
+    };
+    let done = {
+        let acked = acked.clone();
+        async move {
+            while acked.lock().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), subscriber.run(handler, done))
+        .await
+        .expect("in time")
+        .expect("refusals within the grace are retried; the drain ended by PERMISSION_DENIED is a clean end");
+    assert_eq!(attempts.load(Ordering::SeqCst), 4, "three refusals, then the stream");
+    assert_eq!((handled.load(Ordering::SeqCst), acked.lock().clone()), (1, vec![7]));
+
+    // A pod the gateway never accepts: the refusal is returned once the grace has passed.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let endpoint =
+        serve_stand_in(PodWatchLag { denials: usize::MAX, attempts: attempts.clone(), acked: Arc::default() }).await;
+    let subscriber = Subscriber::builder(ROUTE)
+        .replicas(Replicas::list([endpoint]))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100), Duration::from_secs(10))
+        .identity_grace(Duration::from_millis(500))
+        .build()
+        .expect("valid settings");
+    let started = tokio::time::Instant::now();
+    let handler = |_: Delivery| async { Ok::<(), Nack>(()) };
+    let ran = tokio::time::timeout(Duration::from_secs(10), subscriber.run(handler, std::future::pending())).await;
+    let error = ran.expect("returns instead of retrying forever").expect_err("refused");
+    assert!(matches!(&error, Error::Refused { code: tonic::Code::PermissionDenied, .. }), "{error:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before the grace passed");
+    assert!(attempts.load(Ordering::SeqCst) > 1, "retried within the grace");
+}

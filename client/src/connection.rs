@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::util::rng::HasherRng;
 use tracing::{debug, info, warn};
 
 use crate::acks::AckBatch;
@@ -32,19 +33,48 @@ pub(crate) struct Settings {
     pub(crate) ack_batch: usize,
     pub(crate) ack_interval: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) backoff: ExponentialBackoffMaker,
+    /// Reconnect backoff bounds (checked by the builder).
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
     /// A stream up this long resets the backoff.
     pub(crate) healthy_after: Duration,
+    /// How long PERMISSION_DENIED / UNAUTHENTICATED are retried before they are final.
+    pub(crate) identity_grace: Duration,
+    /// The largest response accepted (one record can be as large as Kafka allows).
+    pub(crate) max_message_bytes: usize,
 }
 
-/// Statuses no retry can fix: the route, the hello or the credentials are wrong, and every
-/// replica will say the same. UNAVAILABLE (a stopping replica), RESOURCE_EXHAUSTED (its stream
-/// limit), CANCELLED and transport errors are retried.
-pub(crate) fn is_fatal(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument | Code::NotFound | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented
-    )
+impl Settings {
+    /// A fresh backoff with a random generator of its own, so that the streams of one process
+    /// (and one stream after each reset) do not retry in lockstep.
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoffMaker::new(self.backoff_min, self.backoff_max, 0.5, HasherRng::default())
+            .map(|mut maker| maker.make_backoff())
+            // The builder checked the bounds; this default is never used.
+            .unwrap_or_else(|_| ExponentialBackoffMaker::default().make_backoff())
+    }
+}
+
+/// What a status that ends a stream means for the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The route, the hello or the peer is wrong, and every replica will say the same.
+    Fatal,
+    /// The gateway does not (yet, or any more) accept this pod: in Kubernetes a pod that just
+    /// started is refused until the gateway's watch has seen it running, and one that is
+    /// terminating is refused from then on. Retried for a while, then final.
+    Identity,
+    /// A stopping replica (UNAVAILABLE), its stream limit (RESOURCE_EXHAUSTED), a broken
+    /// connection: retried with backoff for as long as it takes.
+    Retry,
+}
+
+pub(crate) fn verdict(code: Code) -> Verdict {
+    match code {
+        Code::InvalidArgument | Code::NotFound | Code::Unimplemented => Verdict::Fatal,
+        Code::PermissionDenied | Code::Unauthenticated => Verdict::Identity,
+        _ => Verdict::Retry,
+    }
 }
 
 /// How one stream ended.
@@ -53,7 +83,10 @@ enum Ended {
     Left,
     /// The stream broke or the gateway ended it: open another.
     Lost(String),
-    Fatal(Status),
+    /// The gateway refused the stream or ended it with this status.
+    Refused(Status),
+    /// This subscriber's own settings are wrong.
+    Invalid(Error),
 }
 
 pub(crate) struct Connection {
@@ -74,40 +107,56 @@ async fn leaving(leave: &mut watch::Receiver<bool>) {
 impl Connection {
     /// Keeps the replica's stream open until asked to leave (`Ok`) or refused for good.
     pub(crate) async fn run(mut self) -> Result<(), Error> {
-        let mut maker = self.settings.backoff.clone();
-        let mut backoff = maker.make_backoff();
+        let mut backoff = self.settings.backoff();
+        // Since when this replica has refused this pod's identity, without a stream between.
+        let mut denied_since: Option<Instant> = None;
         loop {
             if *self.leave.borrow() {
                 return Ok(());
             }
-            let opened = Instant::now();
-            match self.stream().await {
+            let mut opened = None;
+            let ended = self.stream(&mut opened).await;
+            if opened.is_some() {
+                denied_since = None;
+            }
+            match ended {
                 Ended::Left => return Ok(()),
-                Ended::Fatal(status) => {
-                    return Err(Error::Refused {
-                        replica: self.replica.authority.clone(),
-                        route: self.settings.hello.route.clone(),
-                        code: status.code(),
-                        message: status.message().to_string(),
-                    })
+                Ended::Invalid(error) => return Err(error),
+                Ended::Refused(status) => {
+                    let identity = verdict(status.code()) == Verdict::Identity;
+                    let since = *denied_since.get_or_insert_with(Instant::now);
+                    if !identity || since.elapsed() >= self.settings.identity_grace {
+                        return Err(Error::Refused {
+                            replica: self.replica.authority.clone(),
+                            route: self.settings.hello.route.clone(),
+                            code: status.code(),
+                            message: status.message().to_string(),
+                        });
+                    }
+                    warn!(
+                        replica = %self.replica.authority,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "the gateway refused this pod's identity; retrying (a pod it has not seen yet)"
+                    );
                 }
                 Ended::Lost(why) => {
                     warn!(replica = %self.replica.authority, why, "stream lost; reconnecting with backoff")
                 }
             }
-            if opened.elapsed() >= self.settings.healthy_after {
-                backoff = maker.make_backoff();
+            // Only a stream that was open and stayed up counts as healthy.
+            if opened.is_some_and(|at: Instant| at.elapsed() >= self.settings.healthy_after) {
+                backoff = self.settings.backoff();
             }
-            Counters::add(&self.counters.reconnects, 1);
             tokio::select! {
-                _ = backoff.next_backoff() => {}
+                _ = backoff.next_backoff() => Counters::add(&self.counters.reconnects, 1),
                 _ = leaving(&mut self.leave) => return Ok(()),
             }
         }
     }
 
-    /// One stream, from hello to its end.
-    async fn stream(&mut self) -> Ended {
+    /// One stream, from hello to its end; `opened` is set when the gateway accepted it.
+    async fn stream(&mut self, opened_at: &mut Option<Instant>) -> Ended {
         let token = match &self.settings.token_file {
             None => None,
             // Read at every attempt: projected tokens are rotated by the kubelet.
@@ -129,22 +178,25 @@ impl Connection {
                     request.metadata_mut().insert("authorization", value);
                 }
                 Err(_) => {
-                    return Ended::Fatal(Status::unauthenticated(
-                        "the token file does not hold a valid metadata value (a projected token is base64url text)",
-                    ))
+                    return Ended::Invalid(Error::Setting {
+                        field: "token_file",
+                        reason: "the file does not hold a valid token (a projected token is base64url text)".into(),
+                    })
                 }
             }
         }
-        let mut client = FanoutClient::new(self.channel.clone());
+        let mut client =
+            FanoutClient::new(self.channel.clone()).max_decoding_message_size(self.settings.max_message_bytes);
         let opened = tokio::select! {
             opened = client.subscribe(request) => opened,
             _ = leaving(&mut self.leave) => return Ended::Left,
         };
         let mut deliveries = match opened {
             Ok(response) => response.into_inner(),
-            Err(status) if is_fatal(status.code()) => return Ended::Fatal(status),
+            Err(status) if verdict(status.code()) != Verdict::Retry => return Ended::Refused(status),
             Err(status) => return Ended::Lost(format!("{:?}: {}", status.code(), status.message())),
         };
+        *opened_at = Some(Instant::now());
         info!(replica = %self.replica.authority, route = %self.settings.hello.route, "stream open");
         let _open = OpenStream::new(&self.counters);
 
@@ -187,8 +239,14 @@ impl Connection {
                         return Ended::Left;
                     }
                     Ok(None) => return Ended::Lost("the gateway ended the stream".into()),
-                    Err(status) if drain_deadline.is_some() && status.code() == Code::Unavailable => return Ended::Left,
-                    Err(status) if is_fatal(status.code()) => return Ended::Fatal(status),
+                    // Leaving anyway: a terminating pod's stream may be ended by the gateway
+                    // (its identity gone) or by a stopping replica; either way it is over.
+                    Err(status) if drain_deadline.is_some() => {
+                        debug!(replica = %self.replica.authority, status = %status, "stream ended while draining");
+                        let _ = flush(&mut batch, &requests).await;
+                        return Ended::Left;
+                    }
+                    Err(status) if verdict(status.code()) != Verdict::Retry => return Ended::Refused(status),
                     Err(status) => return Ended::Lost(format!("{:?}: {}", status.code(), status.message())),
                 },
                 _ = leaving(&mut self.leave), if drain_deadline.is_none() => {
@@ -199,6 +257,8 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
+                    // What finished is acked; what did not is redelivered.
+                    let _ = flush(&mut batch, &requests).await;
                     warn!(
                         replica = %self.replica.authority,
                         timeout_ms = self.settings.drain_timeout.as_millis() as u64,
@@ -243,12 +303,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configuration_errors_are_fatal_and_transient_ones_are_retried() {
-        for code in [Code::NotFound, Code::InvalidArgument, Code::PermissionDenied, Code::Unauthenticated] {
-            assert!(is_fatal(code), "{code:?}");
+    fn configuration_errors_are_fatal_identity_is_retried_a_while_and_the_rest_always() {
+        for code in [Code::NotFound, Code::InvalidArgument, Code::Unimplemented] {
+            assert_eq!(verdict(code), Verdict::Fatal, "{code:?}");
+        }
+        for code in [Code::PermissionDenied, Code::Unauthenticated] {
+            assert_eq!(verdict(code), Verdict::Identity, "{code:?}");
         }
         for code in [Code::Unavailable, Code::ResourceExhausted, Code::Cancelled, Code::Internal, Code::Unknown] {
-            assert!(!is_fatal(code), "{code:?}");
+            assert_eq!(verdict(code), Verdict::Retry, "{code:?}");
         }
     }
 }

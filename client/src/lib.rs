@@ -7,15 +7,20 @@
 //!   name (the gateway's headless Service) re-resolved so replicas that come and go are
 //!   followed; each replica serves only the partitions it owns, so missing one means lag;
 //! - **reconnects**: any broken stream is reopened with jittered exponential backoff, reset
-//!   after a healthy period; statuses no retry can fix (unknown route, bad hello, refused
-//!   credentials) end [`Subscriber::run`] with an [`Error::Refused`] at once;
+//!   after a healthy period; statuses no retry can fix (unknown route, bad hello) end
+//!   [`Subscriber::run`] with an [`Error::Refused`] at once, and a refused identity does once
+//!   it has lasted the [identity grace](SubscriberBuilder::identity_grace);
 //! - **handlers**: an `async fn(Delivery) -> Result<(), Nack>`, run on up to
 //!   [`concurrency`](SubscriberBuilder::concurrency) tasks at once, one at a time per key so a
-//!   key's messages are processed in order; `Ok` is an ack (batched by count and time), a
-//!   [`Nack`] asks for a retry (optionally after a delay) or a dead letter, a panic is a retry;
+//!   key's messages are processed in the order they arrive; `Ok` is an ack (batched by count
+//!   and time), a [`Nack`] asks for a retry (optionally after a delay) or a dead letter, a
+//!   panic is a retry. A retried message comes again later, after the key's messages behind
+//!   it (as with the gateway's retries);
 //! - **drain**: when the shutdown future resolves (see [`shutdown_signal`]), every stream sends
-//!   `Drain`, in-flight handlers finish and are acked, and `run` returns; the gateway
-//!   redelivers nothing of it.
+//!   `Drain`, the gateway sends nothing new, what is in flight is handled and acked, and `run`
+//!   returns: nothing handled is delivered again. Handlers still running when the
+//!   [drain timeout](SubscriberBuilder::drain_timeout) passes are not acked; the gateway
+//!   redelivers those.
 //!
 //! No librdkafka and no Kubernetes client: the crate builds gRPC only.
 //!
@@ -68,7 +73,7 @@ pub use stats::{Snapshot, Stats};
 pub use stream::ClientTls;
 pub use subscriber::{Subscriber, SubscriberBuilder};
 
-/// Why a [`Subscriber`] could not start or stopped before it was asked to.
+/// Why a [`Subscriber`] could not start, or why it stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No replica to stream from.
@@ -90,7 +95,8 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A replica refused the subscription with a status no retry can fix.
+    /// A replica refused the subscription with a status no retry can fix (or, for identity,
+    /// kept refusing it through the identity grace).
     #[error("replica {replica} refused the subscription to route {route:?} ({code:?}): {message}")]
     Refused {
         /// The replica's `host:port`.
@@ -98,7 +104,8 @@ pub enum Error {
         /// The route asked for.
         route: String,
         /// NOT_FOUND (no such route), INVALID_ARGUMENT (a bad hello or frame),
-        /// PERMISSION_DENIED or UNAUTHENTICATED (identity), UNIMPLEMENTED (not a gateway).
+        /// PERMISSION_DENIED or UNAUTHENTICATED (identity), UNIMPLEMENTED (not a gateway, or
+        /// a proxy in front of it that does not route the call).
         code: tonic::Code,
         /// The gateway's explanation.
         message: String,

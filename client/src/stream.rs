@@ -14,23 +14,32 @@ use fanout_proto::v1::fanout_client::FanoutClient;
 use fanout_proto::v1::subscribe_request::Kind;
 use fanout_proto::v1::{Ack, Credit, Delivery, Disposition, Drain, Hello, Nack, SubscribeRequest};
 
+/// Why a raw stream could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The endpoint is not valid or does not answer.
     #[error("cannot connect to {endpoint}: {source}")]
     Connect {
+        /// The endpoint as given.
         endpoint: String,
         #[source]
         source: tonic::transport::Error,
     },
+    /// The gateway refused the stream.
     #[error("subscription refused: {0}")]
     Refused(#[source] Status),
+    /// The stream has ended; nothing more can be sent on it.
     #[error("the stream is closed")]
     Closed,
+    /// The token cannot be sent as metadata.
     #[error("the token is not a valid metadata value (a projected token is base64url text)")]
     BadToken,
+    /// A TLS file named in [`ClientTls`] cannot be read.
     #[error("{what}: cannot read {path}: {source}")]
     TlsFile {
+        /// Which file: the field and its command-line flag.
         what: &'static str,
+        /// The path given.
         path: String,
         #[source]
         source: std::io::Error,
@@ -41,8 +50,11 @@ pub enum ClientError {
 /// certificate and key (PEM files).
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {
+    /// The CA that signed the gateway's certificate (PEM).
     pub ca_file: Option<String>,
+    /// mTLS: this subscriber's certificate (PEM), with `key_file`.
     pub cert_file: Option<String>,
+    /// mTLS: this subscriber's private key (PEM), with `cert_file`.
     pub key_file: Option<String>,
     /// The name the gateway's certificate must carry, when it is not the endpoint's host.
     pub domain: Option<String>,
@@ -56,11 +68,13 @@ impl ClientTls {
         };
         let mut config = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &self.ca_file {
-            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read("--tls-ca", ca)?));
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read("ca_file (--tls-ca)", ca)?));
         }
         if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-            config = config
-                .identity(tonic::transport::Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read("cert_file (--tls-cert)", cert)?,
+                read("key_file (--tls-key)", key)?,
+            ));
         }
         if let Some(domain) = &self.domain {
             config = config.domain_name(domain.clone());
@@ -214,10 +228,12 @@ impl Subscription {
         .await
     }
 
+    /// Raises this stream's window by `additional`.
     pub async fn credit(&self, additional: u32) -> Result<(), ClientError> {
         self.send(Kind::Credit(Credit { additional })).await
     }
 
+    /// Asks the gateway to send nothing new and end the stream once what is in flight settles.
     pub async fn drain(&self) -> Result<(), ClientError> {
         self.send(Kind::Drain(Drain {})).await
     }

@@ -41,11 +41,15 @@ pub struct SubscriberBuilder {
     replicas: Option<Replicas>,
     hello: Hello,
     concurrency: usize,
+    /// Whether max_in_flight was given (otherwise it follows the concurrency).
+    window_set: bool,
     ack_batch: usize,
     ack_interval: Duration,
     drain_timeout: Duration,
     backoff: (Duration, Duration),
     healthy_after: Duration,
+    identity_grace: Duration,
+    max_message_bytes: usize,
     tls: Option<ClientTls>,
     token_file: Option<PathBuf>,
     labels_file: Option<PathBuf>,
@@ -71,11 +75,14 @@ impl Subscriber {
                 ..Hello::default()
             },
             concurrency: 16,
+            window_set: false,
             ack_batch: 64,
             ack_interval: Duration::from_millis(10),
             drain_timeout: Duration::from_secs(20),
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             healthy_after: Duration::from_secs(10),
+            identity_grace: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
             tls: None,
             token_file: None,
             labels_file: None,
@@ -122,7 +129,7 @@ impl Subscriber {
                     info!(route = %settings.hello.route, "shutting down: draining every stream");
                     break;
                 }
-                change = std::future::poll_fn(|cx| Pin::new(&mut discovery).poll_discover(cx)), if discovering => {
+                change = std::future::poll_fn(|cx| std::pin::Pin::new(&mut discovery).poll_discover(cx)), if discovering => {
                     match change {
                         Some(Ok(Change::Insert(key, replica))) if !members.contains_key(&key) => {
                             let channel = match channel(&replica, tls.as_ref()) {
@@ -250,9 +257,13 @@ impl SubscriberBuilder {
         self
     }
 
-    /// Deliveries each stream may hold un-acked (0, the default: the route's default window).
+    /// Deliveries each stream may hold un-acked (default: twice the concurrency; 0: the
+    /// route's default window). What a stream holds waits for a handler, and the gateway
+    /// expires deliveries un-acked past the route's `ack_timeout_ms`: keep `replicas x window`
+    /// within what the handlers finish in that time.
     pub fn max_in_flight(mut self, window: u32) -> Self {
         self.hello.max_in_flight = window;
+        self.window_set = true;
         self
     }
 
@@ -278,10 +289,25 @@ impl SubscriberBuilder {
     }
 
     /// Reconnect backoff: from `min`, doubling with jitter, up to `max` (defaults 100 ms and
-    /// 10 s); reset once a stream has stayed up for `healthy_after` (default 10 s).
+    /// 10 s); reset once a stream has stayed open for `healthy_after` (default 10 s).
     pub fn backoff(mut self, min: Duration, max: Duration, healthy_after: Duration) -> Self {
         self.backoff = (min, max);
         self.healthy_after = healthy_after;
+        self
+    }
+
+    /// How long a replica may refuse this pod's identity (PERMISSION_DENIED, UNAUTHENTICATED)
+    /// before `run` returns the refusal (default 30 s). In Kubernetes a pod that just started is
+    /// refused until the gateway's pod watch has seen it running.
+    pub fn identity_grace(mut self, grace: Duration) -> Self {
+        self.identity_grace = grace;
+        self
+    }
+
+    /// The largest response a stream accepts (default 64 MiB): a delivery carries a whole
+    /// Kafka record, which can be as large as the topic allows.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 
@@ -315,11 +341,39 @@ impl SubscriberBuilder {
         if self.ack_batch == 0 {
             return Err(invalid("ack_batch", "the count must be at least 1"));
         }
+        // Durations are added to the clock: a century would overflow it.
+        let day = Duration::from_secs(24 * 3600);
+        for (field, value) in [
+            ("ack_batch", self.ack_interval),
+            ("drain_timeout", self.drain_timeout),
+            ("identity_grace", self.identity_grace),
+            ("backoff", self.backoff.1),
+        ] {
+            if value > day {
+                return Err(invalid(field, "must be at most a day"));
+            }
+        }
         let (min, max) = self.backoff;
-        let backoff = ExponentialBackoffMaker::new(min, max, 0.5, HasherRng::default())
+        ExponentialBackoffMaker::new(min, max, 0.5, HasherRng::default())
             .map_err(|e| invalid("backoff", &e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid("tls", "cert_file and key_file go together (mTLS needs both)"));
+            }
+        }
+        if let (Replicas::Static(list), None) = (&replicas, &self.tls) {
+            if let Some(https) = list.iter().find(|e| e.starts_with("https://")) {
+                return Err(invalid(
+                    "tls",
+                    &format!("{https} is https: give .tls(ClientTls {{ ca_file, .. }}) with the CA that signed the gateway's certificate"),
+                ));
+            }
+        }
         let mut hello = self.hello;
         hello.route = self.route;
+        if !self.window_set {
+            hello.max_in_flight = u32::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
+        }
         if let Some(path) = &self.labels_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("labels_file", &format!("cannot read {}: {e}", path.display())))?;
@@ -334,8 +388,11 @@ impl SubscriberBuilder {
                 ack_batch: self.ack_batch,
                 ack_interval: self.ack_interval,
                 drain_timeout: self.drain_timeout,
-                backoff,
+                backoff_min: min,
+                backoff_max: max,
                 healthy_after: self.healthy_after,
+                identity_grace: self.identity_grace,
+                max_message_bytes: self.max_message_bytes,
             },
             replicas,
             tls: self.tls,
