@@ -274,7 +274,9 @@ impl SubscriberBuilder {
         self
     }
 
-    /// Acks go up in batches of `count`, or after `interval` (defaults 64 and 10 ms).
+    /// Acks go up in batches of `count`, or after `interval` (defaults 64 and 10 ms). A batch
+    /// is never more than half the stream's window, so a small window is not left waiting for
+    /// the interval with its acks held back.
     pub fn ack_batch(mut self, count: usize, interval: Duration) -> Self {
         self.ack_batch = count;
         self.ack_interval = interval;
@@ -374,6 +376,10 @@ impl SubscriberBuilder {
         if !self.window_set {
             hello.max_in_flight = u32::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
         }
+        let ack_batch = match hello.max_in_flight {
+            0 => self.ack_batch,
+            window => self.ack_batch.min((window as usize / 2).max(1)),
+        };
         if let Some(path) = &self.labels_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("labels_file", &format!("cannot read {}: {e}", path.display())))?;
@@ -385,7 +391,7 @@ impl SubscriberBuilder {
             settings: Settings {
                 hello,
                 token_file: self.token_file,
-                ack_batch: self.ack_batch,
+                ack_batch,
                 ack_interval: self.ack_interval,
                 drain_timeout: self.drain_timeout,
                 backoff_min: min,
@@ -435,6 +441,19 @@ mod tests {
                 ("note".to_string(), "a \"quoted\" word".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn the_window_follows_the_concurrency_and_an_ack_batch_never_exceeds_half_of_it() {
+        let build = |b: SubscriberBuilder| b.replicas(Replicas::list(["127.0.0.1:1"])).build().expect("valid");
+        let default = build(Subscriber::builder("orders").concurrency(8));
+        assert_eq!((default.settings.hello.max_in_flight, default.settings.ack_batch), (16, 8));
+        let small = build(Subscriber::builder("orders").max_in_flight(10));
+        assert_eq!((small.settings.hello.max_in_flight, small.settings.ack_batch), (10, 5));
+        let routes_default = build(Subscriber::builder("orders").max_in_flight(0));
+        assert_eq!((routes_default.settings.hello.max_in_flight, routes_default.settings.ack_batch), (0, 64));
+        let https = Subscriber::builder("orders").replicas(Replicas::list(["https://gw:1"])).build();
+        assert!(https.expect_err("https needs TLS settings").to_string().contains("tls"));
     }
 
     #[test]

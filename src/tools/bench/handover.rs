@@ -6,8 +6,9 @@
 //! [`status_quo`] runs that handover on a topic the caller created and measures what
 //! [`crate::tools::scenario`] measures for the gateway's blue-green deploy, the same way: the same
 //! producer ([`Produced`], which knows the offset of every message the broker took), the same
-//! work per batch (a random 1–10 ms), the same `fetch.wait.max.ms`, and the same definitions of
-//! gap, duplicates and lost. The report goes to the `bench` subcommand, next to the
+//! random 1–10 ms of work (here per polled batch; the scenario's subscribers, on the subscriber
+//! library, spend it per delivery with up to 100 at once), the same `fetch.wait.max.ms`, and the
+//! same definitions of gap, duplicates and lost. The report goes to the `bench` subcommand, next to the
 //! gateway's.
 //!
 //! # What of the gap is the mock's
