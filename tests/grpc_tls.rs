@@ -296,13 +296,6 @@ async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() 
     gw.shutdown().await;
 }
 
-/// The Python that has grpcio and grpcio-tools: FANOUT_TEST_PYTHON, or the venv `.ci/run`
-/// makes.
-fn python() -> String {
-    std::env::var("FANOUT_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/ci-venv/bin/python", env!("CARGO_MANIFEST_DIR")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_grpcio_subscriber_streams_over_tls() {
     init_logs();

@@ -9,14 +9,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+#[path = "support/processes.rs"]
+mod processes;
+mod support;
+
+use processes::{Process, BIN};
+use support::{free_port, python};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COUNT: u64 = 2_000;
-
-fn python() -> String {
-    std::env::var("FANOUT_TEST_PYTHON").unwrap_or_else(|_| format!("{ROOT}/target/ci-venv/bin/python"))
-}
 
 /// Runs examples/python/generate.sh once per test process (both tests use its gen/).
 fn generate() {
@@ -46,31 +47,20 @@ fn generate() {
     }
 }
 
-/// A port nothing listens on right now (bound, then released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// A child process whose stdout and stderr go to files, so they can be read whatever happens.
+/// A child process (killed and reaped on drop, its stderr's tail printed when a test fails)
+/// whose stdout also goes to a file, so both can be read whatever happens.
 struct Proc {
-    child: Child,
+    process: Process,
     stdout: PathBuf,
-    stderr: PathBuf,
 }
 
 impl Proc {
-    fn spawn(dir: &Path, name: &str, program: &str, args: &[&str]) -> Proc {
-        let (stdout, stderr) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("stdout file"))
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program} starts: {e}"));
-        Proc { child, stdout, stderr }
+    fn spawn(dir: &Path, name: &'static str, program: &str, args: &[&str]) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let mut command = std::process::Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(File::create(&stdout).expect("stdout file"));
+        let process = Process::spawn(name, &mut command, dir.join(format!("{name}.err")));
+        Proc { process, stdout }
     }
 
     fn python(dir: &Path, args: &[&str]) -> Proc {
@@ -86,7 +76,7 @@ impl Proc {
             (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"), rate.to_string());
         let args = ["demo", "--duration", "30", "--subscribers", "1", "--rate", &rate, "--partitions", "4"];
         let args = [&args[..], &["--listen", &listen, "--admin-listen", &admin_listen]].concat();
-        Proc::spawn(dir, "demo", env!("CARGO_BIN_EXE_fanout-gateway"), &args)
+        Proc::spawn(dir, "demo", BIN, &args)
     }
 
     fn stdout(&self) -> String {
@@ -94,7 +84,7 @@ impl Proc {
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
     /// Everything it printed, for assertion messages.
@@ -104,12 +94,9 @@ impl Proc {
 
     /// Its exit status, or a panic showing its output (and `other`'s) when it runs too long.
     async fn exit_within(&mut self, limit: Duration, other: &Proc) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the child"),
-            Err(_) => {
-                let _ = self.child.kill().await;
-                panic!("still running after {limit:?}:\n{}\n=== demo ===\n{}", self.output(), other.output());
-            }
+        match self.process.wait_exit(limit).await {
+            Some(status) => status,
+            None => panic!("still running after {limit:?}:\n{}\n=== demo ===\n{}", self.output(), other.output()),
         }
     }
 }
@@ -135,7 +122,7 @@ async fn the_python_example_retries_until_the_gateway_listens_then_acks_and_drai
     let mut python = Proc::python(dir.path(), &[&args[..], &["--name", "python-example"]].concat());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let demo = Proc::demo(dir.path(), grpc, admin, 2_000);
-    let retrying = python.child.try_wait().expect("poll the subscriber");
+    let retrying = python.process.child.try_wait().expect("poll the subscriber");
     assert!(retrying.is_none(), "the subscriber keeps retrying while no gateway listens:\n{}", python.output());
 
     let status = python.exit_within(Duration::from_secs(90), &demo).await;

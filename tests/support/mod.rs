@@ -28,6 +28,18 @@ pub fn mock_cluster(partitions: i32) -> MockCluster<'static, rdkafka::producer::
     cluster
 }
 
+/// The Python that has grpcio and grpcio-tools: FANOUT_TEST_PYTHON, or the venv `.ci/run`
+/// makes.
+pub fn python() -> String {
+    std::env::var("FANOUT_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/ci-venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// A loopback port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
 /// A group id no other test uses.
 pub fn unique_group(prefix: &str) -> String {
     format!("{prefix}-{}", rand::rng().random::<u64>())

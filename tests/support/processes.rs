@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::support::{ROUTE, TOPIC};
+use crate::support::{free_port, ROUTE, TOPIC};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 
@@ -172,7 +172,7 @@ impl GatewaySettings {
     pub fn new(bootstrap: &str, prefix: &str) -> Self {
         // A port the kernel just handed out and released: every gateway of the test binds it,
         // so subscribers find the restarted one where the killed one was.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = free_port();
         Self {
             bootstrap: bootstrap.to_string(),
             group: format!("{prefix}-{}", rand::rng().random::<u64>()),
@@ -189,10 +189,7 @@ impl GatewaySettings {
 
     /// Replica `n` of the same gateway: its own port and `group.instance.id`, the same group.
     pub fn replica(&self, n: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let admin_port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        Self { port, admin_port, instance: n, ..self.clone() }
+        Self { port: free_port(), admin_port: free_port(), instance: n, ..self.clone() }
     }
 
     pub fn endpoint(&self) -> String {
