@@ -76,8 +76,9 @@ struct GatewayContext {
     revoke_timeout: Duration,
     bootstrap: String,
     topics: parking_lot::Mutex<TopicNames>,
-    /// When the last client error was logged (they are rate-limited).
-    last_warning: parking_lot::Mutex<Option<Instant>>,
+    /// When the last client error of each kind was logged (they are rate-limited per kind, so
+    /// a generic "brokers are down" never hides the TLS or SASL failure behind it).
+    last_warning: parking_lot::Mutex<[Option<Instant>; ClientFailure::KINDS]>,
     /// The route's commit latency histogram.
     commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
@@ -127,7 +128,7 @@ impl ClientContext for GatewayContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         Stats::bump(&self.stats.kafka_errors, 1);
-        let failure = ClientFailure::of(error.rdkafka_error_code());
+        let failure = ClientFailure::of(error.rdkafka_error_code(), reason);
         if failure != ClientFailure::Other {
             self.stats.kafka_reachable.store(false, Ordering::Relaxed);
         }
@@ -135,6 +136,7 @@ impl ClientContext for GatewayContext {
         // librdkafka repeats these for every broker and every retry: say it at most every
         // few seconds, the counter and the status keep the rest.
         let mut last = self.last_warning.lock();
+        let last = &mut last[failure as usize];
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
             warn!(%error, "{message}");
@@ -155,21 +157,42 @@ const UNREACHABLE: &str = "kafka unreachable";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientFailure {
     /// No broker answers (or the connection broke).
-    Unreachable,
+    Unreachable = 0,
     /// The TLS handshake failed: a CA that did not sign the brokers' certificates, a client
     /// certificate they refuse, a plaintext listener.
-    Tls,
+    Tls = 1,
     /// SASL authentication failed.
-    Authentication,
-    Other,
+    Authentication = 2,
+    Other = 3,
 }
 
+// Every kind indexes the per-kind warning slots.
+const _: () = assert!(ClientFailure::Other as usize + 1 == ClientFailure::KINDS);
+
 impl ClientFailure {
-    fn of(code: Option<RDKafkaErrorCode>) -> Self {
+    /// How many kinds there are (for per-kind state).
+    const KINDS: usize = 4;
+
+    /// librdkafka reports a failed TLS handshake sometimes as `_SSL` and sometimes as a
+    /// transport failure whose reason says "SSL handshake failed: ... certificate verify
+    /// failed"; a SASL failure likewise. The reason decides where it is specific, so the
+    /// message names what to check whichever way the failure arrived.
+    fn of(code: Option<RDKafkaErrorCode>, reason: &str) -> Self {
+        let lower = reason.to_ascii_lowercase();
+        if code == Some(RDKafkaErrorCode::SSL)
+            || ["ssl handshake", "certificate verify", "ssl routines", "tls handshake"]
+                .iter()
+                .any(|m| lower.contains(m))
+        {
+            return Self::Tls;
+        }
+        if matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed))
+            || lower.contains("sasl authentication")
+        {
+            return Self::Authentication;
+        }
         match code {
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => Self::Unreachable,
-            Some(RDKafkaErrorCode::SSL) => Self::Tls,
-            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => Self::Authentication,
             _ => Self::Other,
         }
     }
@@ -436,7 +459,7 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
         bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
-        last_warning: parking_lot::Mutex::new(None),
+        last_warning: parking_lot::Mutex::new([None; ClientFailure::KINDS]),
         commit_latency: stats.histograms.commit(&route.name),
     };
     let consumer: BaseConsumer<GatewayContext> =
@@ -672,5 +695,49 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
             .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect())
             .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_failure_is_tls_whichever_code_carries_it() {
+        let reason = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified";
+        for code in [
+            Some(RDKafkaErrorCode::SSL),
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            Some(RDKafkaErrorCode::AllBrokersDown),
+            None,
+        ] {
+            assert_eq!(ClientFailure::of(code, reason), ClientFailure::Tls, "{code:?}");
+        }
+        let message =
+            ClientFailure::of(Some(RDKafkaErrorCode::BrokerTransportFailure), reason).message("b:9093", reason);
+        assert!(message.contains("ssl.ca.location") && message.contains("certificate verify failed"), "{message}");
+    }
+
+    #[test]
+    fn sasl_and_plain_transport_failures_are_told_apart() {
+        assert_eq!(
+            ClientFailure::of(
+                Some(RDKafkaErrorCode::BrokerTransportFailure),
+                "sasl_ssl://b:9094/1: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
+            ),
+            ClientFailure::Authentication
+        );
+        assert_eq!(
+            ClientFailure::of(Some(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
+            ClientFailure::Unreachable
+        );
+        assert_eq!(
+            ClientFailure::of(
+                Some(RDKafkaErrorCode::BrokerTransportFailure),
+                "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+            ),
+            ClientFailure::Unreachable
+        );
+        assert_eq!(ClientFailure::of(Some(RDKafkaErrorCode::MessageTimedOut), "timed out"), ClientFailure::Other);
     }
 }
