@@ -2,7 +2,8 @@
 //! owning some partitions) against a `dev-kafka` process, and subscribers that reach every
 //! replica through the subscriber library: the `fanout-gateway subscribe` process with the
 //! replicas' addresses, and the library in this process following a DNS name whose answer the
-//! test changes (a resolver override).
+//! test changes (a resolver override). Replicas are killed, and restarted one by one as a
+//! rolling deploy does, under a running subscriber.
 
 #[path = "support/processes.rs"]
 mod processes;
@@ -264,6 +265,140 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
         );
         assert!(duplicates <= bound, "duplicates {duplicates} exceed window + two commit intervals of acks ({bound})");
         assert!(out.summary.get("reconnects").copied().unwrap_or(0) >= 1, "the killed stream was retried");
+    };
+    tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
+}
+
+/// Whether the replica whose admin port this is answers `/readyz` with 200.
+async fn ready(admin_port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return false;
+    }
+    support::http_get(addr, "/readyz").await.0 == 200
+}
+
+/// The gateway's own rolling deploy, as Kubernetes does it: once every replica is ready, the
+/// next gets SIGTERM (no new deliveries, in-flight acked within the grace, acks committed,
+/// streams end with UNAVAILABLE) and is replaced by a pod with the same instance id.
+///
+/// Duplicates are printed, not bounded: the mock's group coordinator refuses offset commits
+/// while it rebalances (Kafka accepts them while a rebalance is being prepared) and does not
+/// hand a static member's partitions straight to its successor, so here each restart runs a
+/// few rebalances and a partition that moves during one redelivers what was acked since its
+/// last accepted commit. With Kafka and static membership a roll rebalances nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_subscriber() {
+    const MESSAGES: usize = 60_000;
+    let _serial = SERIAL.lock().await;
+    let dir = scratch();
+    let run = async {
+        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
+        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-roll", 3);
+        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        // Handlers of 5 ms, 8 at once: the backlog outlasts the whole roll.
+        let mut sub = SubscriberProcess::start(
+            dir.path(),
+            "scale-roll-0",
+            &endpoints,
+            &["--max-in-flight", "200", "--concurrency", "8", "--handle-ms", "5"],
+        );
+        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+        let three_streams_after = |sub: &mut SubscriberProcess, line: usize, what: &str| {
+            let out = sub.output();
+            sub.process.assert_running();
+            let ok = out.progress.get(line..).is_some_and(|after| after.iter().any(|(_, s)| *s == 3));
+            (ok, format!("{what}: {:?}", out.progress.last()))
+        };
+        let by = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (ok, why) = three_streams_after(&mut sub, 0, "three streams");
+            if ok && sub.output().handled.len() >= MESSAGES / 10 {
+                break;
+            }
+            assert!(Instant::now() < by, "a tenth handled with 3 streams within 120 s: {why}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let roll_from = sub.output().progress.len();
+        let mut stops = Vec::new();
+        for n in 0..replicas.len() {
+            // As the StatefulSet's rolling update does: the next replica goes only once every
+            // replica is ready (Kafka answers and the route's group has settled).
+            let by = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut all = true;
+                for r in &replicas {
+                    all &= ready(r.settings.admin_port).await;
+                }
+                if all {
+                    break;
+                }
+                assert!(Instant::now() < by, "every replica ready within 60 s before replica {n} goes");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let signalled = Instant::now();
+            replicas[n].gateway.sigterm();
+            let status = replicas[n].gateway.wait_exit(Duration::from_secs(30)).await;
+            let status = status.unwrap_or_else(|| panic!("replica {n} exits within 30 s of SIGTERM"));
+            assert!(status.success(), "replica {n} exits 0 on SIGTERM: {status:?}");
+            stops.push(signalled.elapsed());
+            let line = sub.output().progress.len();
+            let log = dir.path().join(format!("serve-{n}-restarted.log"));
+            replicas[n].gateway = Gateway::start(&replicas[n].config, log);
+            // The next replica goes only once the subscriber streams from this one again.
+            let by = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (ok, why) = three_streams_after(&mut sub, line, "three streams again");
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < by, "replica {n}'s replacement streams within 60 s: {why}");
+                replicas[n].gateway.assert_running();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+        sub.process.sigterm();
+        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
+        assert!(status.success(), "{status:?}");
+
+        let out = sub.output();
+        assert_none_lost(&ids, &out.unique());
+        let during: Vec<(u64, u64)> = out.progress[roll_from.saturating_sub(1)..].to_vec();
+        let busy: Vec<&[(u64, u64)]> = during.windows(2).filter(|w| w[1].0 < MESSAGES as u64).collect();
+        let stalls: Vec<_> = busy.iter().filter(|w| w[1].0 <= w[0].0).collect();
+        let duplicates = out.duplicates();
+        eprintln!(
+            "scale-out rolling restart: messages={MESSAGES} handled={} lost=0 duplicates={duplicates} \
+             replica_stops={stops:?} reconnects={:?} progress_during_roll={during:?}",
+            out.handled.len(),
+            out.summary.get("reconnects"),
+        );
+        // Each stopping replica's in-flight deliveries were acked within the grace, not left
+        // to its successor.
+        for n in 0..replicas.len() {
+            let log = std::fs::read_to_string(dir.path().join(format!("serve-{n}.log"))).unwrap_or_default();
+            assert!(log.contains("shutting down: no new deliveries"), "replica {n} stopped gracefully");
+            assert!(!log.contains("grace period over"), "replica {n} abandoned in-flight deliveries:\n{log}");
+        }
+        assert!(
+            stops.iter().all(|took| *took < Duration::from_secs(10)),
+            "each replica exited before its 10 s grace ran out (nothing left in flight): {stops:?}"
+        );
+        assert!(stalls.is_empty(), "acks stalled for a second during the roll: {stalls:?} in {during:?}");
+        assert!(during.iter().any(|(_, s)| *s == 2), "each stopping replica's stream went: {during:?}");
+        assert!(
+            out.summary.get("reconnects").copied().unwrap_or(0) >= 3,
+            "each stopped replica's stream was reopened: {:?}",
+            out.summary
+        );
     };
     tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
 }

@@ -1,6 +1,6 @@
 //! The subscriber library (`fanout-client`) against a real gateway on the mock cluster:
-//! handler concurrency with per-key order, a panicking handler, a refused subscription, and
-//! the drain on shutdown.
+//! handler concurrency with per-key order, a panicking handler, a refused subscription, the
+//! drain on shutdown, and an operator's drain that takes the subscriber out.
 
 mod support;
 
@@ -231,6 +231,84 @@ async fn shutdown_drains_every_handled_delivery_so_nothing_is_redelivered() {
         assert_eq!(all, expected, "every message once");
         assert_eq!(Stats::get(&gw.stats().redelivered), 0, "no redeliveries after the drain");
         eventually(Duration::from_secs(20), "everything committed", || fully_committed(&bootstrap, &group, 4)).await;
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
+}
+
+/// An operator's `fanoutctl drain` of a pod that keeps running (to debug it, or before deleting
+/// it): the library settles what it holds, leaves, and does not come back; the rest goes to
+/// the pod that stays, and nothing is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operators_drain_takes_the_subscriber_out_until_it_restarts() {
+    init_logs();
+    let cluster = mock_cluster(4);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("library-operator-drain");
+    let ids = produce(&bootstrap, 400, 40).await;
+    let config = config(&bootstrap, &group);
+
+    let run = async {
+        let gw = gateway::start(config).await.expect("gateway starts");
+        let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+        let handler = {
+            let handled = handled.clone();
+            move |d: Delivery| {
+                let handled = handled.clone();
+                async move {
+                    // Slow: when the drain comes, handlers are running and more are queued.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    handled.lock().push(stream::id_of(&d));
+                    Ok::<(), Nack>(())
+                }
+            }
+        };
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::list([gw.endpoint()]))
+            .name("drained-pod")
+            .max_in_flight(20)
+            .concurrency(4)
+            // Quick reconnects: a stream wrongly reopened would show within the wait below.
+            .backoff(Duration::from_millis(20), Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .expect("valid settings");
+        let stats = subscriber.stats();
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(subscriber.run(handler, async move {
+            let _ = stop.wait_for(|&s| s).await;
+        }));
+        eventually(Duration::from_secs(30), "40 handled", || handled.lock().len() >= 40).await;
+
+        let drained = gw.control().drain(ROUTE, "drained-pod").await.expect("the operator's drain finds the pod");
+        assert_eq!(drained.len(), 1, "one stream of the pod: {drained:?}");
+        eventually(Duration::from_secs(10), "the drained stream closed", || {
+            let s = stats.snapshot();
+            s.streams == 0 && s.drained_by_gateway == 1
+        })
+        .await;
+        let (at_drain, reconnects) = (handled.lock().len(), stats.snapshot().reconnects);
+        // Twenty backoff periods: a reconnecting subscriber would be back and handling.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = stats.snapshot();
+        assert_eq!((s.streams, s.reconnects), (0, reconnects), "not reconnected after the operator's drain: {s:?}");
+        assert_eq!(handled.lock().len(), at_drain, "nothing handled after the drain");
+        assert_eq!(s.acked, at_drain as u64, "everything it held was settled and acked: {s:?}");
+        assert_eq!(s.abandoned, 0, "{s:?}");
+        assert!(!running.is_finished(), "run waits for its shutdown, so the pod is not restarted into the route");
+
+        // The pod that stays gets the rest; nothing the drained one handled comes again.
+        let mut stays =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "stays", 100)).await.expect("subscribes");
+        let rest = receive_and_ack(&mut stays, 400 - at_drain).await;
+        let mut all: Vec<String> = handled.lock().iter().chain(rest.iter()).cloned().collect();
+        all.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(all, expected, "every message once");
+        assert_eq!(Stats::get(&gw.stats().redelivered), 0, "no redeliveries");
+
+        let _ = stop_tx.send(true);
+        running.await.expect("joins").expect("a drained subscriber ends cleanly at shutdown");
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");

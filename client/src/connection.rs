@@ -3,7 +3,9 @@
 //! reopen after a jittered exponential backoff (tower's), reset once a stream has stayed up;
 //! on a status that no retry can fix, give up and report it. Asked to leave, it drains: sends
 //! `Drain`, keeps handling and acking what is in flight until the gateway closes the stream
-//! (it does once nothing is in flight) or the drain deadline passes.
+//! (it does once nothing is in flight) or the drain deadline passes. A stream the gateway
+//! ends with OK unasked was drained by an operator (`fanoutctl drain` of this pod): it is not
+//! reopened.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,10 +79,23 @@ pub(crate) fn verdict(code: Code) -> Verdict {
     }
 }
 
+/// Why a replica's connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// We asked to leave (shutdown, or the replica left discovery).
+    Left,
+    /// The gateway drained this subscriber without being asked: an operator took the pod out
+    /// of the route (`fanoutctl drain`), and a pod taken out stays out until it restarts.
+    DrainedByGateway,
+}
+
 /// How one stream ended.
 enum Ended {
     /// We asked to leave; nothing of ours is left in flight (or the deadline passed).
     Left,
+    /// The gateway ended the stream with OK though we did not ask: it drained us (it closes a
+    /// drained stream once nothing is in flight, so nothing of ours is left).
+    Drained,
     /// The stream broke or the gateway ended it: open another.
     Lost(String),
     /// The gateway refused the stream or ended it with this status.
@@ -105,14 +120,15 @@ async fn leaving(leave: &mut watch::Receiver<bool>) {
 }
 
 impl Connection {
-    /// Keeps the replica's stream open until asked to leave (`Ok`) or refused for good.
-    pub(crate) async fn run(mut self) -> Result<(), Error> {
+    /// Keeps the replica's stream open until asked to leave or drained by the gateway (`Ok`),
+    /// or refused for good.
+    pub(crate) async fn run(mut self) -> Result<Exit, Error> {
         let mut backoff = self.settings.backoff();
         // Since when this replica has refused this pod's identity, without a stream between.
         let mut denied_since: Option<Instant> = None;
         loop {
             if *self.leave.borrow() {
-                return Ok(());
+                return Ok(Exit::Left);
             }
             let mut opened = None;
             let ended = self.stream(&mut opened).await;
@@ -120,7 +136,15 @@ impl Connection {
                 denied_since = None;
             }
             match ended {
-                Ended::Left => return Ok(()),
+                Ended::Left => return Ok(Exit::Left),
+                Ended::Drained => {
+                    warn!(
+                        replica = %self.replica.authority,
+                        route = %self.settings.hello.route,
+                        "the gateway drained this subscriber (an operator's `fanoutctl drain`); not reconnecting until restarted"
+                    );
+                    return Ok(Exit::DrainedByGateway);
+                }
                 Ended::Invalid(error) => return Err(error),
                 Ended::Refused(status) => {
                     let identity = verdict(status.code()) == Verdict::Identity;
@@ -150,7 +174,7 @@ impl Connection {
             }
             tokio::select! {
                 _ = backoff.next_backoff() => Counters::add(&self.counters.reconnects, 1),
-                _ = leaving(&mut self.leave) => return Ok(()),
+                _ = leaving(&mut self.leave) => return Ok(Exit::Left),
             }
         }
     }
@@ -238,7 +262,12 @@ impl Connection {
                         debug!(replica = %self.replica.authority, "drained: the gateway closed the stream");
                         return Ended::Left;
                     }
-                    Ok(None) => return Ended::Lost("the gateway ended the stream".into()),
+                    // The gateway ends a stream with OK only when it drained it: an operator's
+                    // drain (a stopping replica or a broken route end with an error status).
+                    Ok(None) => {
+                        let _ = flush(&mut batch, &requests).await;
+                        return Ended::Drained;
+                    }
                     // Leaving anyway: a terminating pod's stream may be ended by the gateway
                     // (its identity gone) or by a stopping replica; either way it is over.
                     Err(status) if drain_deadline.is_some() => {

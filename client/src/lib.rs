@@ -20,7 +20,9 @@
 //!   `Drain`, the gateway sends nothing new, what is in flight is handled and acked, and `run`
 //!   returns: nothing handled is delivered again. Handlers still running when the
 //!   [drain timeout](SubscriberBuilder::drain_timeout) passes are not acked; the gateway
-//!   redelivers those.
+//!   redelivers those. A stream the gateway drains unasked (an operator's `fanoutctl drain`
+//!   of this pod) is not reopened: the subscriber leaves every replica and stays out until the
+//!   process restarts ([`Snapshot::drained_by_gateway`]).
 //!
 //! No librdkafka and no Kubernetes client: the crate builds gRPC only.
 //!

@@ -14,6 +14,7 @@ pub(crate) struct Counters {
     pub(crate) reconnects: AtomicU64,
     pub(crate) streams: AtomicU64,
     pub(crate) running: AtomicU64,
+    pub(crate) drained_by_gateway: AtomicU64,
 }
 
 impl Counters {
@@ -49,6 +50,10 @@ pub struct Snapshot {
     pub streams: u64,
     /// Handlers running now.
     pub running: u64,
+    /// Streams the gateway drained without being asked (an operator's `fanoutctl drain` of this
+    /// pod). After the first, the subscriber drains its other streams and opens no more: a pod
+    /// taken out of a route stays out until it restarts.
+    pub drained_by_gateway: u64,
 }
 
 impl Stats {
@@ -65,6 +70,7 @@ impl Stats {
             reconnects: get(&c.reconnects),
             streams: get(&c.streams),
             running: get(&c.running),
+            drained_by_gateway: get(&c.drained_by_gateway),
         }
     }
 }

@@ -14,12 +14,12 @@ use tonic::transport::{Channel, Endpoint};
 use tower::discover::{Change, Discover};
 use tower::retry::backoff::ExponentialBackoffMaker;
 use tower::util::rng::HasherRng;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::connection::{Connection, Settings};
+use crate::connection::{Connection, Exit, Settings};
 use crate::handler::Handler;
 use crate::replicas::{self, Replica, Replicas};
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use crate::stream::ClientTls;
 use crate::{pool, Error};
 
@@ -101,7 +101,9 @@ impl Subscriber {
     /// Returns an [`Error::Refused`] as soon as a replica answers with a status no retry can
     /// fix (an unknown route, a malformed hello, missing or refused credentials), after
     /// draining the other streams. Everything else (unreachable or restarting replicas,
-    /// broken streams) is retried with backoff for as long as it takes.
+    /// broken streams) is retried with backoff for as long as it takes. A gateway that drains
+    /// this subscriber unasked (an operator's `fanoutctl drain`) takes it out: every stream
+    /// drains, none is opened again, and `run` waits for `shutdown`.
     pub async fn run<H: Handler>(self, handler: H, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Subscriber { settings, replicas, tls, concurrency, stats } = self;
         let tls = tls
@@ -121,6 +123,8 @@ impl Subscriber {
         let mut streams = JoinSet::new();
         let mut next_id = 0u64;
         let mut discovering = true;
+        // Set once a gateway drained this subscriber unasked: no stream is opened after that.
+        let mut taken_out = false;
         let mut outcome = Ok(());
         tokio::pin!(shutdown);
         loop {
@@ -131,6 +135,9 @@ impl Subscriber {
                 }
                 change = std::future::poll_fn(|cx| std::pin::Pin::new(&mut discovery).poll_discover(cx)), if discovering => {
                     match change {
+                        Some(Ok(Change::Insert(key, _))) if taken_out => {
+                            debug!(replica = %key, "replica found; no stream: an operator drained this subscriber");
+                        }
                         Some(Ok(Change::Insert(key, replica))) if !members.contains_key(&key) => {
                             let channel = match channel(&replica, tls.as_ref()) {
                                 Ok(channel) => channel,
@@ -166,9 +173,20 @@ impl Subscriber {
                     }
                 }
                 Some(joined) = streams.join_next() => match joined {
-                    Ok((key, id, Ok(()))) => {
+                    Ok((key, id, Ok(exit))) => {
                         if members.get(&key).is_some_and(|(member, _)| *member == id) {
                             members.remove(&key);
+                        }
+                        if exit == Exit::DrainedByGateway {
+                            Counters::add(&stats.0.drained_by_gateway, 1);
+                            if !taken_out {
+                                taken_out = true;
+                                // The operator meant the pod: leave the other replicas too
+                                // (each drains what it holds), and wait for the shutdown.
+                                for (_, leave) in members.values() {
+                                    let _ = leave.send(true);
+                                }
+                            }
                         }
                     }
                     Ok((_, _, Err(error))) => {

@@ -7,6 +7,8 @@
   fix (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED) exit with code 2.
 - SIGTERM/SIGINT (or --count reached) drains: Drain on every stream, keep acking until the
   gateway closes the streams (it does once nothing is in flight) or 10 s pass; exit 0.
+- A stream the gateway ends with OK unasked was drained by an operator (`fanoutctl drain`):
+  the subscriber drains its other streams too and reconnects to none.
 
 Run ./generate.sh first: it writes the stubs into gen/ from the repository's proto/.
 """
@@ -90,7 +92,10 @@ class Subscriber:
             opened = time.monotonic()
             try:
                 self.stream(gateway)
-                reason = "the gateway closed the stream"
+                if not self.draining.is_set():
+                    log(f"{gateway}: the gateway drained this subscriber (fanoutctl drain); not reconnecting")
+                    self.request_drain()
+                return  # OK: drained, by us or by an operator
             except grpc.RpcError as error:
                 if error.code() in FATAL:
                     log(f"{gateway}: {error.code().name}: {error.details()} (fatal, not retried)")

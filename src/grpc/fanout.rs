@@ -234,9 +234,11 @@ impl Stream for SessionStream {
                 self.finished = true;
                 Poll::Ready(super::close_status(reason).map(Err))
             }
+            // The session went without a close reason (its route's dispatcher stopped): not
+            // OK, which tells the subscriber it was drained and should stay away.
             Poll::Ready(None) => {
                 self.finished = true;
-                Poll::Ready(None)
+                Poll::Ready(Some(Err(dispatcher_gone())))
             }
             Poll::Pending => Poll::Pending,
         }
