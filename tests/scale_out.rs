@@ -135,33 +135,66 @@ fn assert_none_lost(ids: &[String], handled: &HashSet<&String>) {
     assert!(lost.is_empty(), "{} produced messages never handled, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
 }
 
+/// A deployment: `dev-kafka` with `messages` produced (ids returned), three replicas.
+struct Deployment {
+    kafka: DevKafka,
+    ids: Vec<String>,
+    replicas: Vec<Replica>,
+    endpoints: Vec<String>,
+}
+
+impl Deployment {
+    async fn start(dir: &Path, prefix: &str, messages: usize, keys: usize) -> Self {
+        let kafka = DevKafka::start(dir, &[(TOPIC, PARTITIONS)]).await;
+        let ids = produce(&kafka.bootstrap, messages, keys).await;
+        let replicas = start_replicas(dir, &kafka.bootstrap, prefix, 3);
+        let endpoints = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        Self { kafka, ids, replicas, endpoints }
+    }
+
+    /// Waits (up to `limit`, every replica running) until the route's group committed every
+    /// partition to its high watermark.
+    async fn settled(&mut self, limit: Duration) {
+        let (bootstrap, group) = (self.kafka.bootstrap.clone(), self.replicas[0].settings.route_group());
+        let mut gateways: Vec<&mut Gateway> = self.replicas.iter_mut().map(|r| &mut r.gateway).collect();
+        wait_until(limit, "committed offsets at the high watermarks", &mut gateways, || {
+            all_committed(&bootstrap, &group)
+        })
+        .await;
+    }
+
+    /// Once everything is committed, stops the subscriber with SIGTERM: it drains and exits 0.
+    async fn settle_and_stop(&mut self, sub: &mut SubscriberProcess, limit: Duration) {
+        self.settled(limit).await;
+        sub.process.sigterm();
+        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
+        assert!(status.success(), "the subscriber drains and exits 0: {status:?}");
+    }
+}
+
+/// The seconds (consecutive progress lines) in which acks did not rise while some of the
+/// `messages` were still to come.
+fn stalls(progress: &[(u64, u64)], messages: usize) -> Vec<[(u64, u64); 2]> {
+    progress.windows(2).filter(|w| w[1].0 < messages as u64 && w[1].0 <= w[0].0).map(|w| [w[0], w[1]]).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_one_library_subscriber_every_message_acked_and_committed() {
     const MESSAGES: usize = 100_000;
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
-        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
-        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale", 3);
-        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let mut deployment = Deployment::start(dir.path(), "scale", MESSAGES, 1_000).await;
         let mut sub = SubscriberProcess::start(
             dir.path(),
             "scale-0",
-            &endpoints,
+            &deployment.endpoints,
             &["--max-in-flight", "500", "--concurrency", "64"],
         );
-        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
         let started = Instant::now();
-        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
-        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
-            all_committed(&bootstrap, &group)
-        })
-        .await;
+        deployment.settle_and_stop(&mut sub, Duration::from_secs(300)).await;
         let took = started.elapsed();
-        sub.process.sigterm();
-        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
-        assert!(status.success(), "the subscriber drains and exits 0: {status:?}");
+        let Deployment { ids, replicas, .. } = &deployment;
 
         let out = sub.output();
         let most_streams = out.progress.iter().map(|(_, s)| *s).max().unwrap_or(0);
@@ -172,12 +205,12 @@ async fn three_replicas_one_library_subscriber_every_message_acked_and_committed
             out.duplicates(),
             out.summary
         );
-        assert_none_lost(&ids, &out.unique());
+        assert_none_lost(ids, &out.unique());
         assert_eq!(most_streams, 3, "one stream per replica: {:?}", out.progress);
         // Whichever replica owned a partition, its messages reached the subscriber: each
         // replica delivered a share.
         let mut shares = Vec::new();
-        for r in &replicas {
+        for r in replicas {
             let (_, samples) = support::scrape(SocketAddr::from(([127, 0, 0, 1], r.settings.admin_port))).await;
             let delivered: f64 =
                 samples.iter().filter(|(series, _)| series.starts_with("fanout_delivered_total")).map(|(_, v)| v).sum();
@@ -198,20 +231,16 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
-        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
-        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-kill", 3);
-        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let mut deployment = Deployment::start(dir.path(), "scale-kill", MESSAGES, 1_000).await;
         // Handlers of 5 ms, 16 at once: a few thousand a second, so the backlog outlasts the
         // kill, the session timeout and the replacement.
         let window = WINDOW.to_string();
         let mut sub = SubscriberProcess::start(
             dir.path(),
             "scale-kill-0",
-            &endpoints,
+            &deployment.endpoints,
             &["--max-in-flight", &window, "--concurrency", "16", "--handle-ms", "5"],
         );
-        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
 
         // Mid-stream: once a sixth is handled and every replica streams.
         let by = Instant::now() + Duration::from_secs(120);
@@ -224,30 +253,21 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
             sub.process.assert_running();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let victim = replicas.remove(1);
-        let (victim_settings, victim_config) = (victim.settings.clone(), victim.config.clone());
+        let victim = deployment.replicas.remove(1);
+        let (settings, config) = (victim.settings.clone(), victim.config.clone());
         drop(victim); // SIGKILL: the guard kills and reaps it
         let killed_at_line = sub.output().progress.len();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let replacement = Gateway::start(&victim_config, dir.path().join("serve-1-replacement.log"));
-        replicas.push(Replica { settings: victim_settings, config: victim_config, gateway: replacement });
+        let gateway = Gateway::start(&config, dir.path().join("serve-1-replacement.log"));
+        deployment.replicas.push(Replica { settings, config, gateway });
 
-        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
-        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
-            all_committed(&bootstrap, &group)
-        })
-        .await;
-        sub.process.sigterm();
-        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
-        assert!(status.success(), "{status:?}");
-
+        deployment.settle_and_stop(&mut sub, Duration::from_secs(300)).await;
         let out = sub.output();
-        assert_none_lost(&ids, &out.unique());
+        assert_none_lost(&deployment.ids, &out.unique());
         // Throughout: from the kill until the backlog was done, acks rose every second, so the
         // streams of the replicas that stayed never stopped.
         let after_kill: Vec<(u64, u64)> = out.progress[killed_at_line.saturating_sub(1)..].to_vec();
-        let busy: Vec<&[(u64, u64)]> = after_kill.windows(2).filter(|w| w[1].0 < MESSAGES as u64).collect::<Vec<_>>();
-        let stalls: Vec<_> = busy.iter().filter(|w| w[1].0 <= w[0].0).collect();
+        let stalls = stalls(&after_kill, MESSAGES);
         assert!(stalls.is_empty(), "acks stalled for a second after the kill: {stalls:?} in {after_kill:?}");
         assert!(after_kill.iter().any(|(_, s)| *s == 2), "the killed replica's stream went: {after_kill:?}");
         assert_eq!(after_kill.last().map(|(_, s)| *s), Some(3), "the replacement got a stream: {after_kill:?}");
@@ -293,18 +313,15 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
-        let ids = produce(&kafka.bootstrap, MESSAGES, 1_000).await;
-        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-roll", 3);
-        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let mut deployment = Deployment::start(dir.path(), "scale-roll", MESSAGES, 1_000).await;
         // Handlers of 5 ms, 8 at once: the backlog outlasts the whole roll.
         let mut sub = SubscriberProcess::start(
             dir.path(),
             "scale-roll-0",
-            &endpoints,
+            &deployment.endpoints,
             &["--max-in-flight", "200", "--concurrency", "8", "--handle-ms", "5"],
         );
-        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
+        let replicas = &mut deployment.replicas;
         let three_streams_after = |sub: &mut SubscriberProcess, line: usize, what: &str| {
             let out = sub.output();
             sub.process.assert_running();
@@ -329,7 +346,7 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
             let by = Instant::now() + Duration::from_secs(60);
             loop {
                 let mut all = true;
-                for r in &replicas {
+                for r in replicas.iter() {
                     all &= ready(r.settings.admin_port).await;
                 }
                 if all {
@@ -360,20 +377,11 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
             }
         }
 
-        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
-        wait_until(Duration::from_secs(300), "committed offsets at the high watermarks", &mut gateways, || {
-            all_committed(&bootstrap, &group)
-        })
-        .await;
-        sub.process.sigterm();
-        let status = sub.process.wait_exit(Duration::from_secs(30)).await.expect("the subscriber exits after SIGTERM");
-        assert!(status.success(), "{status:?}");
-
+        deployment.settle_and_stop(&mut sub, Duration::from_secs(300)).await;
         let out = sub.output();
-        assert_none_lost(&ids, &out.unique());
+        assert_none_lost(&deployment.ids, &out.unique());
         let during: Vec<(u64, u64)> = out.progress[roll_from.saturating_sub(1)..].to_vec();
-        let busy: Vec<&[(u64, u64)]> = during.windows(2).filter(|w| w[1].0 < MESSAGES as u64).collect();
-        let stalls: Vec<_> = busy.iter().filter(|w| w[1].0 <= w[0].0).collect();
+        let stalls = stalls(&during, MESSAGES);
         let duplicates = out.duplicates();
         eprintln!(
             "scale-out rolling restart: messages={MESSAGES} handled={} lost=0 duplicates={duplicates} \
@@ -383,7 +391,7 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
         );
         // Each stopping replica's in-flight deliveries were acked within the grace, not left
         // to its successor.
-        for n in 0..replicas.len() {
+        for n in 0..deployment.replicas.len() {
             let log = std::fs::read_to_string(dir.path().join(format!("serve-{n}.log"))).unwrap_or_default();
             assert!(log.contains("shutting down: no new deliveries"), "replica {n} stopped gracefully");
             assert!(!log.contains("grace period over"), "replica {n} abandoned in-flight deliveries:\n{log}");
@@ -393,8 +401,8 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
             "each replica exited before its 10 s grace ran out (nothing left in flight): {stops:?}"
         );
         assert!(stalls.is_empty(), "acks stalled for a second during the roll: {stalls:?} in {during:?}");
-        assert!(during.iter().any(|(_, s)| *s == 2), "each stopping replica's stream went: {during:?}");
         assert!(
+            // A stream's gap can fall between two progress lines: count the reopenings instead.
             out.summary.get("reconnects").copied().unwrap_or(0) >= 3,
             "each stopped replica's stream was reopened: {:?}",
             out.summary
@@ -410,10 +418,8 @@ async fn sigterm_drains_the_subscriber_and_nothing_it_handled_comes_again() {
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
-        let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
-        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-term", 3);
-        let endpoints: Vec<String> = replicas.iter().map(|r| r.settings.endpoint()).collect();
+        let mut deployment = Deployment::start(dir.path(), "scale-term", MESSAGES, 500).await;
+        let endpoints = deployment.endpoints.clone();
         let drain = DRAIN_TIMEOUT.as_secs().to_string();
         let mut leaving = SubscriberProcess::start(
             dir.path(),
@@ -449,14 +455,7 @@ async fn sigterm_drains_the_subscriber_and_nothing_it_handled_comes_again() {
 
         // The rest goes to the next subscriber; nothing the first one handled comes again.
         let mut next = SubscriberProcess::start(dir.path(), "next", &endpoints, &["--max-in-flight", "500"]);
-        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
-        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
-        wait_until(Duration::from_secs(180), "committed offsets at the high watermarks", &mut gateways, || {
-            all_committed(&bootstrap, &group)
-        })
-        .await;
-        next.process.sigterm();
-        let _ = next.process.wait_exit(Duration::from_secs(30)).await;
+        deployment.settle_and_stop(&mut next, Duration::from_secs(180)).await;
         let second = next.output();
         let (before, after) = (first.unique(), second.unique());
         let again: Vec<&&String> = after.iter().filter(|id| before.contains(*id)).collect();
@@ -473,7 +472,7 @@ async fn sigterm_drains_the_subscriber_and_nothing_it_handled_comes_again() {
             &again[..again.len().min(5)]
         );
         let all: HashSet<&String> = before.union(&after).copied().collect();
-        assert_none_lost(&ids, &all);
+        assert_none_lost(&deployment.ids, &all);
     };
     tokio::time::timeout(Duration::from_secs(300), run).await.expect("in time");
 }
@@ -484,11 +483,9 @@ async fn a_dns_name_is_followed_as_replicas_join_and_leave_its_answer() {
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let kafka = DevKafka::start(dir.path(), &[(TOPIC, PARTITIONS)]).await;
-        let ids = produce(&kafka.bootstrap, MESSAGES, 500).await;
-        let mut replicas = start_replicas(dir.path(), &kafka.bootstrap, "scale-dns", 3);
+        let mut deployment = Deployment::start(dir.path(), "scale-dns", MESSAGES, 500).await;
         let addresses: Vec<SocketAddr> =
-            replicas.iter().map(|r| SocketAddr::from(([127, 0, 0, 1], r.settings.port))).collect();
+            deployment.replicas.iter().map(|r| SocketAddr::from(([127, 0, 0, 1], r.settings.port))).collect();
         // The name answers with two replicas at first; the third comes later, as a pod that
         // turns up in the headless Service does.
         let answer = Arc::new(Mutex::new(addresses[..2].to_vec()));
@@ -543,12 +540,7 @@ async fn a_dns_name_is_followed_as_replicas_join_and_leave_its_answer() {
         answer.lock().push(addresses[2]);
         streams(3).await;
 
-        let (bootstrap, group) = (kafka.bootstrap.clone(), replicas[0].settings.route_group());
-        let mut gateways: Vec<&mut Gateway> = replicas.iter_mut().map(|r| &mut r.gateway).collect();
-        wait_until(Duration::from_secs(180), "committed offsets at the high watermarks", &mut gateways, || {
-            all_committed(&bootstrap, &group)
-        })
-        .await;
+        deployment.settled(Duration::from_secs(180)).await;
         // A replica gone from the answer is drained and dropped; the stream is not retried.
         answer.lock().remove(0);
         streams(2).await;
@@ -560,7 +552,7 @@ async fn a_dns_name_is_followed_as_replicas_join_and_leave_its_answer() {
         running.await.expect("joins").expect("drains cleanly");
         assert!(asked.lock().iter().all(|n| n == "fanout-gateway-headless.test.svc:50051"), "{:?}", asked.lock());
         let handled = handled.lock();
-        assert_none_lost(&ids, &handled.iter().collect());
+        assert_none_lost(&deployment.ids, &handled.iter().collect());
         eprintln!(
             "scale-out dns: handled={} deliveries={} stats={:?}",
             handled.len(),
