@@ -79,6 +79,21 @@ impl SubscriberProcess {
     fn output(&self) -> SubscriberOutput {
         SubscriberOutput::parse(&std::fs::read_to_string(&self.stdout).unwrap_or_default())
     }
+
+    /// Mid-stream: waits (up to 120 s) until `handled` deliveries are handled and the last
+    /// progress line shows a stream to each of the three replicas.
+    async fn wait_mid_stream(&mut self, handled: usize) {
+        let by = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.output();
+            if out.handled.len() >= handled && out.progress.last().is_some_and(|(_, s)| *s == 3) {
+                return;
+            }
+            assert!(Instant::now() < by, "{handled} handled with 3 streams within 120 s: {:?}", out.progress.last());
+            self.process.assert_running();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// What a subscriber process printed.
@@ -241,18 +256,7 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
             &deployment.endpoints,
             &["--max-in-flight", &window, "--concurrency", "16", "--handle-ms", "5"],
         );
-
-        // Mid-stream: once a sixth is handled and every replica streams.
-        let by = Instant::now() + Duration::from_secs(120);
-        loop {
-            let out = sub.output();
-            if out.handled.len() >= MESSAGES / 6 && out.progress.last().is_some_and(|(_, s)| *s == 3) {
-                break;
-            }
-            assert!(Instant::now() < by, "a sixth handled with 3 streams within 120 s: {:?}", out.progress.last());
-            sub.process.assert_running();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        sub.wait_mid_stream(MESSAGES / 6).await;
         let victim = deployment.replicas.remove(1);
         let (settings, config) = (victim.settings.clone(), victim.config.clone());
         drop(victim); // SIGKILL: the guard kills and reaps it
@@ -321,22 +325,8 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
             &deployment.endpoints,
             &["--max-in-flight", "200", "--concurrency", "8", "--handle-ms", "5"],
         );
+        sub.wait_mid_stream(MESSAGES / 10).await;
         let replicas = &mut deployment.replicas;
-        let three_streams_after = |sub: &mut SubscriberProcess, line: usize, what: &str| {
-            let out = sub.output();
-            sub.process.assert_running();
-            let ok = out.progress.get(line..).is_some_and(|after| after.iter().any(|(_, s)| *s == 3));
-            (ok, format!("{what}: {:?}", out.progress.last()))
-        };
-        let by = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (ok, why) = three_streams_after(&mut sub, 0, "three streams");
-            if ok && sub.output().handled.len() >= MESSAGES / 10 {
-                break;
-            }
-            assert!(Instant::now() < by, "a tenth handled with 3 streams within 120 s: {why}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
 
         let roll_from = sub.output().progress.len();
         let mut stops = Vec::new();
@@ -367,11 +357,16 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
             // The next replica goes only once the subscriber streams from this one again.
             let by = Instant::now() + Duration::from_secs(60);
             loop {
-                let (ok, why) = three_streams_after(&mut sub, line, "three streams again");
-                if ok {
+                let out = sub.output();
+                if out.progress.get(line..).is_some_and(|after| after.iter().any(|(_, s)| *s == 3)) {
                     break;
                 }
-                assert!(Instant::now() < by, "replica {n}'s replacement streams within 60 s: {why}");
+                assert!(
+                    Instant::now() < by,
+                    "replica {n}'s replacement streams within 60 s: {:?}",
+                    out.progress.last()
+                );
+                sub.process.assert_running();
                 replicas[n].gateway.assert_running();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -41,8 +41,8 @@ pub struct SubscriberBuilder {
     replicas: Option<Replicas>,
     hello: Hello,
     concurrency: usize,
-    /// Whether max_in_flight was given (otherwise it follows the concurrency).
-    window_set: bool,
+    /// The window given to `max_in_flight`; without one it follows the concurrency.
+    window: Option<u32>,
     ack_batch: usize,
     ack_interval: Duration,
     drain_timeout: Duration,
@@ -75,7 +75,7 @@ impl Subscriber {
                 ..Hello::default()
             },
             concurrency: 16,
-            window_set: false,
+            window: None,
             ack_batch: 64,
             ack_interval: Duration::from_millis(10),
             drain_timeout: Duration::from_secs(20),
@@ -183,9 +183,7 @@ impl Subscriber {
                                 taken_out = true;
                                 // The operator meant the pod: leave the other replicas too
                                 // (each drains what it holds), and wait for the shutdown.
-                                for (_, leave) in members.values() {
-                                    let _ = leave.send(true);
-                                }
+                                leave_all(&members);
                             }
                         }
                     }
@@ -202,9 +200,7 @@ impl Subscriber {
             }
         }
         drop(discovery);
-        for (_, leave) in members.values() {
-            let _ = leave.send(true);
-        }
+        leave_all(&members);
         // Every stream drains at once, each within the drain timeout.
         let deadline = tokio::time::Instant::now() + settings.drain_timeout + Duration::from_secs(1);
         while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, streams.join_next()).await {
@@ -216,6 +212,13 @@ impl Subscriber {
         drop(pool);
         let _ = tokio::time::timeout_at(deadline, pool_task).await;
         outcome
+    }
+}
+
+/// Tells every replica's stream to drain and end.
+fn leave_all(members: &HashMap<String, (u64, watch::Sender<bool>)>) {
+    for (_, leave) in members.values() {
+        let _ = leave.send(true);
     }
 }
 
@@ -280,8 +283,7 @@ impl SubscriberBuilder {
     /// expires deliveries un-acked past the route's `ack_timeout_ms`: keep `replicas x window`
     /// within what the handlers finish in that time.
     pub fn max_in_flight(mut self, window: u32) -> Self {
-        self.hello.max_in_flight = window;
-        self.window_set = true;
+        self.window = Some(window);
         self
     }
 
@@ -391,9 +393,8 @@ impl SubscriberBuilder {
         }
         let mut hello = self.hello;
         hello.route = self.route;
-        if !self.window_set {
-            hello.max_in_flight = u32::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
-        }
+        hello.max_in_flight =
+            self.window.unwrap_or_else(|| u32::try_from(self.concurrency.saturating_mul(2)).unwrap_or(u32::MAX));
         let ack_batch = match hello.max_in_flight {
             0 => self.ack_batch,
             window => self.ack_batch.min((window as usize / 2).max(1)),

@@ -78,7 +78,7 @@ struct GatewayContext {
     topics: parking_lot::Mutex<TopicNames>,
     /// When the last client error of each kind was logged (they are rate-limited per kind, so
     /// a generic "brokers are down" never hides the TLS or SASL failure behind it).
-    last_warning: parking_lot::Mutex<[Option<Instant>; ClientFailure::KINDS]>,
+    last_warning: parking_lot::Mutex<HashMap<ClientFailure, Instant>>,
     /// The route's commit latency histogram.
     commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
@@ -136,9 +136,8 @@ impl ClientContext for GatewayContext {
         // librdkafka repeats these for every broker and every retry: say it at most every
         // few seconds, the counter and the status keep the rest.
         let mut last = self.last_warning.lock();
-        let last = &mut last[failure as usize];
-        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
+        if last.get(&failure).is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            last.insert(failure, Instant::now());
             warn!(%error, "{message}");
         }
         *self.stats.last_kafka_error.write() = Some(crate::redact::redact(&message).into_owned());
@@ -154,25 +153,19 @@ impl ClientContext for GatewayContext {
 const UNREACHABLE: &str = "kafka unreachable";
 
 /// What kind of failure a Kafka client error is, for a message that says what to check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ClientFailure {
     /// No broker answers (or the connection broke).
-    Unreachable = 0,
+    Unreachable,
     /// The TLS handshake failed: a CA that did not sign the brokers' certificates, a client
     /// certificate they refuse, a plaintext listener.
-    Tls = 1,
+    Tls,
     /// SASL authentication failed.
-    Authentication = 2,
-    Other = 3,
+    Authentication,
+    Other,
 }
 
-// Every kind indexes the per-kind warning slots.
-const _: () = assert!(ClientFailure::Other as usize + 1 == ClientFailure::KINDS);
-
 impl ClientFailure {
-    /// How many kinds there are (for per-kind state).
-    const KINDS: usize = 4;
-
     /// librdkafka reports a failed TLS handshake sometimes as `_SSL` and sometimes as a
     /// transport failure whose reason says "SSL handshake failed: ... certificate verify
     /// failed"; a SASL failure likewise. The reason decides where it is specific, so the
@@ -459,7 +452,7 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
         bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
-        last_warning: parking_lot::Mutex::new([None; ClientFailure::KINDS]),
+        last_warning: parking_lot::Mutex::new(HashMap::new()),
         commit_latency: stats.histograms.commit(&route.name),
     };
     let consumer: BaseConsumer<GatewayContext> =
