@@ -106,6 +106,17 @@ pub enum AdminError {
     BadRequest(String),
     #[error("no replay {0} on this replica (`fanoutctl replay list` shows them)")]
     NoReplay(u64),
+    #[error(transparent)]
+    Refused(#[from] weights::Refusal),
+}
+
+/// How an operator's weight change is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightChange {
+    /// Make it even when [`weights::guard`] refuses it.
+    pub force: bool,
+    /// Check it (the guard and validation) and change nothing.
+    pub dry_run: bool,
 }
 
 /// This replica, for Status.
@@ -283,10 +294,51 @@ impl Control {
         Ok(out)
     }
 
+    /// What this replica knows of route `route` that a weight change is judged against.
+    async fn weights_view(&self, route: &str) -> Result<weights::RouteView, AdminError> {
+        let status = self.routes_status(Some(route)).await?.into_iter().next();
+        let snapshot = status.map(|s| s.snapshot).ok_or_else(|| AdminError::Stopping(route.to_string()))?;
+        let config = &snapshot.config;
+        Ok(weights::RouteView {
+            route: route.to_string(),
+            replica: self.replica().name,
+            split_label: config.split_label.clone(),
+            holds: config.empty_cohort == crate::config::EmptyCohort::Hold,
+            weights: config.weights.clone(),
+            subscribers: snapshot
+                .cohorts
+                .iter()
+                .filter(|c| c.subscribers > 0)
+                .map(|c| (c.name.clone(), c.subscribers))
+                .collect(),
+            seen: snapshot.counts.keys().filter(|c| !c.is_empty()).cloned().chain(snapshot.pod_cohorts).collect(),
+        })
+    }
+
     /// Replaces route `route`'s weights in the source of truth and applies them here.
-    /// Returns the new config generation.
-    pub async fn set_weights(&self, route: &str, weights: BTreeMap<String, u32>) -> Result<String, AdminError> {
+    /// Returns the new config generation (with `dry_run`, the current one: the change was
+    /// checked, the same way, and not made). Unless forced, a change that would strand
+    /// messages is refused ([`weights::guard`]).
+    pub async fn set_weights(
+        &self,
+        route: &str,
+        weights: BTreeMap<String, u32>,
+        change: WeightChange,
+    ) -> Result<String, AdminError> {
         self.commands(route)?;
+        // A change that does not validate is refused naming the field, before the guard
+        // judges what it would do.
+        let mut candidate = self.inner.applied.read().config.clone();
+        if let Some(r) = candidate.routes.iter_mut().find(|r| r.name == route) {
+            r.weights = weights.clone();
+        }
+        candidate.validate().map_err(invalid)?;
+        if !change.force {
+            weights::guard(&self.weights_view(route).await?, &weights)?;
+        }
+        if change.dry_run {
+            return Ok(self.inner.applied.read().generation.clone());
+        }
         let _one_at_a_time = self.inner.changing.lock().await;
         let config = match &self.inner.source {
             ConfigSource::File(path) => {
@@ -399,7 +451,7 @@ impl Control {
                 route_config.topics.join(", ")
             )));
         }
-        replay::check_bounds(&from, &to).map_err(AdminError::BadRequest)?;
+        replay::check_bounds(&from, &to, replay::now_unix_ms()).map_err(AdminError::BadRequest)?;
         let topics = if topics.is_empty() { route_config.topics.clone() } else { topics };
         let commands = self.commands(route)?.clone();
         let (c, r) = (config.clone(), route_config.clone());

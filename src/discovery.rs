@@ -28,6 +28,55 @@ pub struct Introduction {
     pub token: TokenCheck,
 }
 
+/// Most labels a Hello may carry. A pod rarely has a dozen; the bound keeps what one
+/// subscriber can make the gateway hold, and show in Status and `/metrics`, small.
+pub const MAX_HELLO_LABELS: usize = 64;
+
+/// A Hello field that breaks Kubernetes' own rules for it (the field, then what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Hello.{field} {reason}")]
+pub struct HelloError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Introduction {
+    /// Checks the names and labels a subscriber gives against the rules Kubernetes applies to
+    /// the same things: a pod name is a DNS subdomain, a namespace a DNS label, label keys and
+    /// values as in a pod's metadata, at most [`MAX_HELLO_LABELS`] labels. They end up in
+    /// logs, Status replies and `/metrics` labels, so a name that no pod could have is refused
+    /// before it gets there, whatever the discovery mode. Empty names are allowed (static
+    /// discovery names a subscriber by its address then).
+    pub fn validate(&self) -> Result<(), HelloError> {
+        let fail = |field: String, reason: String| Err(HelloError { field, reason });
+        if !self.pod_name.is_empty() {
+            if let Err(reason) = crate::selector::validate_dns_subdomain(&self.pod_name) {
+                return fail("pod_name".into(), format!("is not a pod name: it {reason}"));
+            }
+        }
+        if !self.namespace.is_empty() {
+            if let Err(reason) = crate::selector::validate_dns_label(&self.namespace) {
+                return fail("namespace".into(), format!("is not a namespace name: it {reason}"));
+            }
+        }
+        if self.labels.len() > MAX_HELLO_LABELS {
+            return fail(
+                "labels".into(),
+                format!("has {} labels; at most {MAX_HELLO_LABELS} are allowed", self.labels.len()),
+            );
+        }
+        for (key, value) in &self.labels {
+            if let Err(error) = crate::selector::validate_label_key(key) {
+                return fail("labels".into(), format!("has a key that is not a label key: {error}"));
+            }
+            if let Err(error) = crate::selector::validate_label_value(key, value) {
+                return fail(format!("labels[{key:?}]"), format!("is not a label value: {error}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of a stream's token, reviewed before its Hello reaches the route.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum TokenCheck {
@@ -100,6 +149,12 @@ impl PodIndex {
 
     pub fn len(&self) -> usize {
         self.pods.len()
+    }
+
+    /// The values label `key` has among the pods (a route's cohorts that have pods, whether
+    /// or not they subscribed yet).
+    pub fn label_values(&self, key: &str) -> std::collections::BTreeSet<String> {
+        self.pods.values().filter_map(|p| p.labels.get(key).cloned()).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,6 +274,31 @@ mod tests {
 
     fn peer(ip: &str) -> Option<SocketAddr> {
         Some(SocketAddr::new(ip.parse().expect("ip"), 40000))
+    }
+
+    #[test]
+    fn a_hello_with_names_no_pod_could_have_is_refused_naming_the_field() {
+        let ok = Introduction { labels: [("app".into(), "orders".into())].into(), ..hello("orders-7d9f4-x2x8q") };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(Introduction { pod_name: String::new(), namespace: String::new(), ..ok.clone() }.validate(), Ok(()));
+
+        let field = |h: Introduction| h.validate().expect_err("refused").field;
+        assert_eq!(field(hello("x\"} 1\nfanout_ready 0")), "pod_name");
+        assert_eq!(field(hello(&"a".repeat(254))), "pod_name");
+        assert_eq!(field(hello("Orders-1")), "pod_name");
+        assert_eq!(field(Introduction { namespace: "shop.prod".into(), ..ok.clone() }), "namespace");
+        assert_eq!(field(Introduction { namespace: "n".repeat(64), ..ok.clone() }), "namespace");
+        let labels = |pairs: Vec<(String, String)>| Introduction { labels: pairs.into_iter().collect(), ..ok.clone() };
+        assert_eq!(field(labels(vec![("track".into(), "v".repeat(1 << 20))])), "labels[\"track\"]");
+        assert_eq!(field(labels(vec![("bad key".into(), "x".into())])), "labels");
+        let many = (0..=MAX_HELLO_LABELS).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let error = labels(many).validate().expect_err("too many");
+        assert_eq!(error.to_string(), "Hello.labels has 65 labels; at most 64 are allowed");
+        let error = hello("Orders-1").validate().expect_err("upper case");
+        assert!(
+            error.to_string().starts_with("Hello.pod_name is not a pod name: it must be a lowercase DNS"),
+            "{error}"
+        );
     }
 
     #[test]

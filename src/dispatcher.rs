@@ -187,6 +187,8 @@ pub struct Dispatcher {
     next_replay_batch: u64,
     /// The route's fetch-to-ack latency histogram.
     delivery_latency: prometheus_client::metrics::histogram::Histogram,
+    /// When the route last warned that it holds messages for a cohort without subscribers.
+    hold_warned: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -213,6 +215,7 @@ impl Dispatcher {
             split: status::SplitSamples::default(),
             replay_batches: HashMap::new(),
             next_replay_batch: 1,
+            hold_warned: None,
             delivery_latency,
         }
     }
@@ -430,6 +433,7 @@ pub async fn run(
             now = tick.tick() => {
                 d.commit(&kafka);
                 d.sample_split(now);
+                d.warn_if_holding(now);
             }
             // after_each answers the revokes whose deadline this is.
             _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far)), if revoke_deadline.is_some() => {}

@@ -194,12 +194,17 @@ pub async fn start_from(
         .add_service(AdminServer::new(AdminService::new(control.clone())))
         .add_service(DeadLettersServer::new(DeadLettersService::new(control.clone())))
         .into_axum_router()
-        .merge(crate::admin::http::router(control.clone()));
+        .merge(crate::admin::http::router(control.clone()))
+        .fallback(crate::admin::http::not_found);
     let admin_router = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(AuthLayer::new(auth))
         .add_routes(tonic::service::Routes::from(admin_routes));
-    let admin_plain = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+    // The same bounds as the Subscribe port: the admin port answers without credentials
+    // (probes, /metrics), so silent or dribbling sockets must not pile up there either and
+    // starve the process of descriptors. hyper closes an HTTP/1 request whose head has not
+    // arrived within 30 s.
+    let admin_plain = connections::incoming(admin_listener, limits);
     let admin_stop_signal = async {
         let _ = admin_stop_rx.await;
     };

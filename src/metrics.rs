@@ -10,6 +10,7 @@
 //! values), subscriber (connected pods only), topic and partition (assigned ones only). No
 //! offsets, keys or delivery ids are ever labels.
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,13 +64,34 @@ impl Default for Histograms {
 impl Histograms {
     /// Seconds a commit of `route`'s group took, successful or not.
     pub fn commit(&self, route: &str) -> Histogram {
-        self.commit.get_or_create_owned(&[("route", route.to_string())])
+        self.commit.get_or_create_owned(&[("route", label_value(route))])
     }
 
     /// Seconds from a record's arrival from Kafka to its ack, per route (replays excluded).
     pub fn delivery(&self, route: &str) -> Histogram {
-        self.delivery.get_or_create_owned(&[("route", route.to_string())])
+        self.delivery.get_or_create_owned(&[("route", label_value(route))])
     }
+}
+
+/// A label value as both exposition formats need it: backslash, double quote and line feed
+/// escaped. prometheus-client writes label values as given, and some of ours come from
+/// subscribers (a cohort is a value of their split label, a subscriber's name is its Hello's
+/// pod name in static mode): unescaped, a `"` or a newline in one would let a subscriber write
+/// series of its own into the scrape, or break it for every alert.
+pub fn label_value(value: &str) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether a scraper's `Accept` header asks for OpenMetrics (as Prometheus does) rather than
@@ -269,7 +291,7 @@ impl Collector for Scrape {
             MetricType::Gauge,
             self.routes.iter().map(|r| {
                 let settled = s.groups.read().get(r.group.as_str()).is_some_and(|g| g.settled);
-                ([("route", r.snapshot.config.name.clone())], i64::from(settled))
+                ([("route", label_value(&r.snapshot.config.name))], i64::from(settled))
             }),
         )?;
 
@@ -279,7 +301,10 @@ impl Collector for Scrape {
                 .iter()
                 .flat_map(move |r| {
                     r.snapshot.counts.iter().map(move |(cohort, c)| {
-                        ([("route", r.snapshot.config.name.clone()), ("cohort", cohort.clone())], pick(c) as i64)
+                        (
+                            [("route", label_value(&r.snapshot.config.name)), ("cohort", label_value(cohort))],
+                            pick(c) as i64,
+                        )
                     })
                 })
                 .collect::<Vec<_>>()
@@ -304,7 +329,10 @@ impl Collector for Scrape {
             MetricType::Gauge,
             self.routes.iter().flat_map(|r| {
                 r.snapshot.cohorts.iter().map(|c| {
-                    ([("route", r.snapshot.config.name.clone()), ("cohort", c.name.clone())], i64::from(c.weight))
+                    (
+                        [("route", label_value(&r.snapshot.config.name)), ("cohort", label_value(&c.name))],
+                        i64::from(c.weight),
+                    )
                 })
             }),
         )?;
@@ -315,7 +343,10 @@ impl Collector for Scrape {
             MetricType::Gauge,
             self.routes.iter().flat_map(|r| {
                 r.snapshot.cohorts.iter().map(|c| {
-                    ([("route", r.snapshot.config.name.clone()), ("cohort", c.name.clone())], i64::from(c.subscribers))
+                    (
+                        [("route", label_value(&r.snapshot.config.name)), ("cohort", label_value(&c.name))],
+                        i64::from(c.subscribers),
+                    )
                 })
             }),
         )?;
@@ -324,33 +355,43 @@ impl Collector for Scrape {
             "route_held_messages",
             "Messages the route holds because no subscriber may take them (empty cohort)",
             MetricType::Gauge,
-            self.routes.iter().map(|r| ([("route", r.snapshot.config.name.clone())], r.snapshot.held as i64)),
+            self.routes.iter().map(|r| ([("route", label_value(&r.snapshot.config.name))], r.snapshot.held as i64)),
+        )?;
+        family(
+            &mut e,
+            "cohort_held_messages",
+            "Messages of a cohort held because it has no subscriber on this replica (empty_cohort = hold)",
+            MetricType::Gauge,
+            self.routes.iter().flat_map(|r| {
+                r.snapshot.cohorts.iter().map(|c| {
+                    ([("route", label_value(&r.snapshot.config.name)), ("cohort", label_value(&c.name))], c.held as i64)
+                })
+            }),
         )?;
         family(
             &mut e,
             "route_retrying_messages",
             "Failed messages waiting out their backoff",
             MetricType::Gauge,
-            self.routes.iter().map(|r| ([("route", r.snapshot.config.name.clone())], r.snapshot.retrying as i64)),
+            self.routes.iter().map(|r| ([("route", label_value(&r.snapshot.config.name))], r.snapshot.retrying as i64)),
         )?;
 
-        // Per subscriber (connected ones only).
+        // Per subscriber (connected ones only). Two streams may carry one name (two processes
+        // with the same pod name, or a pod with two streams here): their values are added up,
+        // since one label set twice makes Prometheus refuse the whole scrape.
         let subscriber_series = |pick: fn(&crate::subscriptions::SubscriberSnapshot) -> i64| {
-            self.routes
-                .iter()
-                .flat_map(move |r| {
-                    r.snapshot.subscribers.iter().map(move |sub| {
-                        (
-                            [
-                                ("route", r.snapshot.config.name.clone()),
-                                ("cohort", sub.cohort.clone().unwrap_or_default()),
-                                ("subscriber", sub.name.clone()),
-                            ],
-                            pick(sub),
-                        )
-                    })
-                })
-                .collect::<Vec<_>>()
+            let mut series: BTreeMap<[(&str, String); 3], i64> = BTreeMap::new();
+            for r in &self.routes {
+                for sub in &r.snapshot.subscribers {
+                    let labels = [
+                        ("route", label_value(&r.snapshot.config.name)),
+                        ("cohort", label_value(sub.cohort.as_deref().unwrap_or_default())),
+                        ("subscriber", label_value(&sub.name)),
+                    ];
+                    *series.entry(labels).or_default() += pick(sub);
+                }
+            }
+            series
         };
         family(
             &mut e,
@@ -376,8 +417,8 @@ impl Collector for Scrape {
                         pick(p).map(|value| {
                             (
                                 [
-                                    ("route", r.snapshot.config.name.clone()),
-                                    ("topic", p.snapshot.tp.topic.to_string()),
+                                    ("route", label_value(&r.snapshot.config.name)),
+                                    ("topic", label_value(&p.snapshot.tp.topic)),
                                     ("partition", p.snapshot.tp.partition.to_string()),
                                 ],
                                 value,
@@ -445,6 +486,21 @@ mod tests {
         );
         assert!(wants_openmetrics(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")));
         assert!(!wants_openmetrics(Some("*/*")) && !wants_openmetrics(None));
+    }
+
+    #[test]
+    fn label_values_cannot_break_out_of_their_quotes() {
+        assert_eq!(label_value("blue"), "blue");
+        let forged = "x\"} 1\nfanout_ready 0\n# \\";
+        let escaped = label_value(forged);
+        assert_eq!(escaped, "x\\\"} 1\\nfanout_ready 0\\n# \\\\");
+        assert!(!escaped.contains('\n'));
+        // Every quote left in it is escaped.
+        assert!(escaped.match_indices('"').all(|(i, _)| escaped[..i].ends_with('\\')));
+        let stats = Stats::default();
+        stats.histograms.delivery(forged).observe(0.5);
+        let text = render(&Arc::new(stats), Vec::new(), true);
+        assert!(!text.lines().any(|l| l.starts_with("fanout_ready 0")), "{text}");
     }
 
     #[test]

@@ -30,6 +30,25 @@ pub fn validate_label_value(key: &str, value: &str) -> Result<(), SelectorError>
     validate_value(key, value)
 }
 
+/// Checks `key` as a label key (Kubernetes' rule: `name` or `prefix/name`, the prefix a DNS
+/// subdomain of at most 253 characters, the name as a value's rule but not empty).
+pub fn validate_label_key(key: &str) -> Result<(), SelectorError> {
+    validate_key(key)
+}
+
+/// Checks `name` as a Kubernetes object name of the DNS-subdomain kind (a pod's name): at most
+/// 253 lowercase letters, digits, '-' and '.', each dot-separated part beginning and ending
+/// with a letter or digit. The error says what to fix.
+pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
+    parse::check_dns_subdomain(name)
+}
+
+/// Checks `name` as a Kubernetes DNS label (a namespace's name): at most 63 lowercase
+/// letters, digits and '-', beginning and ending with a letter or digit.
+pub fn validate_dns_label(name: &str) -> Result<(), String> {
+    parse::check_dns_label(name)
+}
+
 /// Why a selector string was refused. Messages say where (`at N` counts characters from 0)
 /// and what to write instead; config validation shows them with the field's path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

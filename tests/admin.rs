@@ -190,6 +190,7 @@ async fn set_weights_rewrites_the_file_the_split_follows_and_bad_changes_are_ref
         let cutover = || SetWeightsRequest {
             route: ROUTE.into(),
             weights: [("blue".to_string(), 0), ("green".to_string(), 100)].into_iter().collect(),
+            ..Default::default()
         };
 
         let refused = f.admin.set_weights(cutover()).await.expect_err("no token");
@@ -201,16 +202,20 @@ async fn set_weights_rewrites_the_file_the_split_follows_and_bad_changes_are_ref
         let all_zero = SetWeightsRequest {
             route: ROUTE.into(),
             weights: [("blue".to_string(), 0), ("green".to_string(), 0)].into_iter().collect(),
+            ..Default::default()
         };
         let refused = f.admin.set_weights(with_token(all_zero, TOKEN)).await.expect_err("all zero");
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert!(refused.message().contains("`routes[0].weights`"), "{}", refused.message());
-        let bad_cohort =
-            SetWeightsRequest { route: ROUTE.into(), weights: [("Blue!".to_string(), 10)].into_iter().collect() };
+        let bad_cohort = SetWeightsRequest {
+            route: ROUTE.into(),
+            weights: [("Blue!".to_string(), 10)].into_iter().collect(),
+            ..Default::default()
+        };
         let refused = f.admin.set_weights(with_token(bad_cohort, TOKEN)).await.expect_err("bad cohort");
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert!(refused.message().contains("`routes[0].weights.Blue!`"), "{}", refused.message());
-        let unknown = SetWeightsRequest { route: "billing".into(), weights: cutover().weights };
+        let unknown = SetWeightsRequest { route: "billing".into(), weights: cutover().weights, ..Default::default() };
         assert_eq!(f.admin.set_weights(with_token(unknown, TOKEN)).await.expect_err("unknown").code(), Code::NotFound);
         assert_eq!(std::fs::read_to_string(&f.path).expect("reads"), before, "refused changes leave the file alone");
 

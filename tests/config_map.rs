@@ -173,7 +173,11 @@ async fn set_weights_patches_the_config_map_and_both_replicas_apply_it() {
         assert_eq!(take(&mut streams, 200).await, (200, 0), "all to blue first");
 
         // An invalid change never reaches the ConfigMap.
-        let zero = SetWeightsRequest { route: ROUTE.into(), weights: [("blue".into(), 0), ("green".into(), 0)].into() };
+        let zero = SetWeightsRequest {
+            route: ROUTE.into(),
+            weights: [("blue".into(), 0), ("green".into(), 0)].into(),
+            ..Default::default()
+        };
         let refused = replicas[0].admin.set_weights(with_token(zero)).await.expect_err("all zero");
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert!(refused.message().contains("`routes[0].weights`"), "{}", refused.message());
@@ -183,8 +187,11 @@ async fn set_weights_patches_the_config_map_and_both_replicas_apply_it() {
         // The cutover, racing another writer once: the patch is refused with 409, made again
         // on the new content, and lands.
         api.race_next_patches(1);
-        let cutover =
-            SetWeightsRequest { route: ROUTE.into(), weights: [("blue".into(), 0), ("green".into(), 100)].into() };
+        let cutover = SetWeightsRequest {
+            route: ROUTE.into(),
+            weights: [("blue".into(), 0), ("green".into(), 100)].into(),
+            ..Default::default()
+        };
         let done = replicas[0].admin.set_weights(with_token(cutover)).await.expect("applied").into_inner();
         assert_eq!(done.config_source, format!("configmap:{NAMESPACE}/{CONFIG_MAP}"));
         assert_eq!(api.patches(), (2, 1), "one 409, then the patch that landed");

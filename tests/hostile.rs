@@ -287,3 +287,143 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
         .await;
     gw.shutdown().await;
 }
+
+/// The status a Subscribe call gets when its first request frame is `first` (bytes as given).
+async fn first_frame_status(endpoint: &str, first: Bytes) -> Status {
+    let channel = Channel::from_shared(endpoint.to_string()).expect("endpoint").connect().await.expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let (requests, rx) = mpsc::channel(1);
+    requests.send(first).await.expect("queued");
+    let path = http::uri::PathAndQuery::from_static("/fanout.v1.Fanout/Subscribe");
+    let call = grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec);
+    let status = match tokio::time::timeout(Duration::from_secs(20), call).await.expect("answered in time") {
+        Err(status) => status,
+        Ok(response) => RawStream { requests, responses: response.into_inner() }.end().await,
+    };
+    status
+}
+
+/// A Hello for the route from a pod of this name with these labels.
+fn hello_frame(pod_name: &str, labels: impl IntoIterator<Item = (String, String)>) -> Bytes {
+    encode(Kind::Hello(Hello {
+        route: ROUTE.into(),
+        pod_name: pod_name.into(),
+        labels: labels.into_iter().collect(),
+        max_in_flight: 10,
+        ..Hello::default()
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_no_pod_could_send_are_refused_and_never_reach_the_metrics() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("hostile-hello");
+    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
+    let endpoint = gw.endpoint();
+
+    // A pod name that would write a series of its own into /metrics (D1).
+    let forged = "x\"} 1\nfanout_ready 0\nfanout_partition_lag{route=\"orders\"";
+    let status = first_frame_status(&endpoint, hello_frame(forged, [])).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("Hello.pod_name is not a pod name"), "{:?}", status.message());
+    // Names and labels bounded as Kubernetes bounds them (D3).
+    let long_label = [("track".to_string(), "v".repeat(1 << 20))];
+    let status = first_frame_status(&endpoint, hello_frame("orders-1", long_label)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("Hello.labels[\"track\"] is not a label value"), "{:?}", status.message());
+    let many = (0..1_000).map(|i| (format!("k{i}"), "v".to_string()));
+    let status = first_frame_status(&endpoint, hello_frame("orders-1", many)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("at most 64"), "{:?}", status.message());
+    let status = first_frame_status(&endpoint, hello_frame(&"a".repeat(100_000), [])).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // A first frame that does not decode, or is over the limit, gets the documented codes (D6).
+    let status = first_frame_status(&endpoint, Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("could not be decoded"), "{:?}", status.message());
+    let huge = [("track".to_string(), "v".repeat(5 << 20))];
+    let status = first_frame_status(&endpoint, hello_frame("orders-1", huge)).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Two streams under one name (two processes with the same pod name) are one series, not
+    // a duplicate that would make Prometheus refuse the whole scrape.
+    let twin = || stream::hello(ROUTE, "orders-twin", 10);
+    let _a = Subscription::connect(&endpoint, twin()).await.expect("subscribes");
+    let _b = Subscription::connect(&endpoint, twin()).await.expect("subscribes");
+    let (text, samples) = scrape(gw.admin_addr()).await;
+    assert_eq!(promtool_check(&text), "", "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("fanout_ready ")).count(), 1, "one readiness sample: {text}");
+    assert!(!text.contains("orders\"\n") && !text.contains("x\""), "nothing of the forged hello: {text}");
+    let window = samples.iter().find(|(k, _)| k.starts_with("fanout_subscriber_window{") && k.contains("orders-twin"));
+    assert_eq!(window.map(|(_, v)| *v), Some(20.0), "the twins' windows added up: {text}");
+    // Every series is one the gateway declares.
+    let declared: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(declared.iter().any(|d| name.starts_with(d)), "a series nobody declared: {line}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_sockets_on_the_admin_port_are_capped_and_closed_and_subscribers_still_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SOCKETS: usize = 300;
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("hostile-admin");
+    let mut config = config(&bootstrap, &group);
+    config.server.max_connections = 100;
+    config.server.idle_timeout_ms = 1_000;
+    let gw = gateway::start(config).await.expect("starts");
+    let admin = gw.admin_addr();
+
+    // Half say nothing, half dribble a request head a byte at a time (slowloris).
+    let mut sockets = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        sockets.push(tokio::net::TcpStream::connect(admin).await.expect("connects"));
+    }
+    let (silent, slow) = sockets.split_at_mut(SOCKETS / 2);
+    for s in slow.iter_mut() {
+        let _ = s.write_all(b"GET /metr").await;
+    }
+    // The Subscribe port serves meanwhile.
+    let _sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "good", 10)).await.expect("subscribes");
+    // Every silent socket is closed: at once past the cap, after the idle timeout otherwise.
+    for (i, s) in silent.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "silent socket {i} still open: {read:?}");
+    }
+    drop(sockets);
+    // With the sockets gone, the admin port answers again.
+    let (code, _) = http_get(admin, "/healthz").await;
+    assert_eq!(code, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_admin_path_is_not_found_and_grpc_keeps_unimplemented() {
+    init_logs();
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let gw = gateway::start(config(&bootstrap, &unique_group("hostile-404"))).await.expect("starts");
+    for path in ["/livez", "/anything", "/metrics/extra"] {
+        let (code, body) = http_get(gw.admin_addr(), path).await;
+        assert_eq!(code, 404, "{path}: {body}");
+    }
+    assert_eq!(http_get(gw.admin_addr(), "/healthz").await.0, 200);
+    // A gRPC call of a method nobody serves is still UNIMPLEMENTED, not a 404.
+    let channel = Channel::from_shared(gw.admin_endpoint()).expect("endpoint").connect().await.expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Nothing");
+    let answer = grpc.unary(tonic::Request::new(Bytes::new()), path, RawCodec).await;
+    assert_eq!(answer.expect_err("no such method").code(), Code::Unimplemented);
+    gw.shutdown().await;
+}

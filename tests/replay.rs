@@ -264,3 +264,40 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
     };
     tokio::time::timeout(Duration::from_secs(180), run).await.expect("in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_can_hold_nothing_is_refused_naming_the_bound() {
+    use fanout_gateway::proto::admin::admin_client::AdminClient;
+    use fanout_gateway::proto::admin::{PartitionOffset, ReplayRequest};
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let mut config = config(&bootstrap, &unique_group("replay-range"));
+    config.server.admin_token_file = Some(token_file.display().to_string());
+    let gw = gateway::start(config).await.expect("starts");
+    let mut admin = AdminClient::connect(gw.admin_endpoint()).await.expect("connects");
+    let at = |offset| vec![PartitionOffset { topic: TOPIC.into(), partition: 0, offset }];
+    let cases = [
+        (
+            "offsets swapped",
+            ReplayRequest { route: ROUTE.into(), from_offsets: at(50), to_offsets: at(10), ..Default::default() },
+            "to_offsets orders/0=10 must be after from_offsets orders/0=50",
+        ),
+        (
+            "the year 146 million",
+            ReplayRequest { route: ROUTE.into(), from_unix_ms: Some(4_611_686_018_427_387), ..Default::default() },
+            "in the future",
+        ),
+    ];
+    for (name, request, says) in cases {
+        let mut request = tonic::Request::new(request);
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
+        let refused = admin.replay(request).await.expect_err(name);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}: {refused:?}");
+        assert!(refused.message().contains(says), "{name}: {:?}", refused.message());
+    }
+    gw.shutdown().await;
+}

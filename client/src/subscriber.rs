@@ -61,6 +61,26 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+/// A host name as a pod name the gateway accepts (a lowercase DNS subdomain of at most 253
+/// characters): a laptop's `Dev-Box_1.local` becomes `dev-box-1.local`. A pod's own host name
+/// is its name already and stays as it is.
+fn as_pod_name(host: &str) -> String {
+    let mapped: String = host
+        .chars()
+        .take(253)
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let parts: Vec<&str> = mapped.split('.').map(|p| p.trim_matches('-')).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        "subscriber".into()
+    } else {
+        parts.join(".")
+    }
+}
+
 impl Subscriber {
     /// Settings for a subscriber of `route`. The Hello's pod name and namespace come from the
     /// downward API's `POD_NAME` and `POD_NAMESPACE` (the pod name falls back to `HOSTNAME`).
@@ -70,7 +90,9 @@ impl Subscriber {
             route: route.into(),
             replicas: None,
             hello: Hello {
-                pod_name: env("POD_NAME").or_else(|| env("HOSTNAME")).unwrap_or_else(|| "subscriber".into()),
+                pod_name: env("POD_NAME")
+                    .or_else(|| env("HOSTNAME").map(|h| as_pod_name(&h)))
+                    .unwrap_or_else(|| "subscriber".into()),
                 namespace: env("POD_NAMESPACE").unwrap_or_default(),
                 ..Hello::default()
             },
@@ -448,6 +470,15 @@ fn downward_api_labels(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_becomes_a_pod_name_the_gateway_accepts() {
+        assert_eq!(as_pod_name("orders-7d9f4-x2x8q"), "orders-7d9f4-x2x8q");
+        assert_eq!(as_pod_name("Dev-Box_1.local"), "dev-box-1.local");
+        assert_eq!(as_pod_name("-x-.-.y"), "x.y");
+        assert_eq!(as_pod_name("___"), "subscriber");
+        assert_eq!(as_pod_name(&"a".repeat(300)).len(), 253);
+    }
 
     #[test]
     fn a_downward_api_labels_file_gives_the_pods_labels() {

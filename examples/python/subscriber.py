@@ -177,6 +177,13 @@ class Subscriber:
                 call.cancel()
 
 
+def pod_name(host):
+    """A host name as a pod name the gateway accepts (a lowercase DNS subdomain, at most 253
+    characters): a laptop's `Dev-Box_1.local` becomes `dev-box-1.local`."""
+    mapped = "".join(c if c.isascii() and (c.isalnum() or c == ".") else "-" for c in host.lower()[:253])
+    return ".".join(p.strip("-") for p in mapped.split(".") if p.strip("-")) or "subscriber"
+
+
 def label(text):
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -189,7 +196,7 @@ def parse_args():
     p.add_argument("--gateway", action="append", required=True, metavar="HOST:PORT",
                    help="a gateway replica's Subscribe address (repeat: one stream per replica)")
     p.add_argument("--route", required=True)
-    p.add_argument("--name", default=os.environ.get("POD_NAME") or f"python-{socket.gethostname()}",
+    p.add_argument("--name", default=os.environ.get("POD_NAME") or pod_name(f"python-{socket.gethostname()}"),
                    help="pod name sent in Hello (default: $POD_NAME)")
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
     p.add_argument("--max-in-flight", type=int, default=0, help="0: the route's default")

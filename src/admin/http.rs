@@ -27,6 +27,23 @@ pub fn router(control: Control) -> Router {
         .with_state(control)
 }
 
+/// Every path nobody serves. Plain HTTP gets 404, so a probe or a scrape pointed at a wrong
+/// path fails instead of passing; a gRPC call of an unknown method keeps its UNIMPLEMENTED
+/// (as tonic answers it). Set on the admin port's whole router, after the merge: the gRPC
+/// routes come with a fallback of their own, which this replaces.
+pub async fn not_found(headers: HeaderMap) -> axum::response::Response {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    (StatusCode::NOT_FOUND, "not found: the admin port serves /metrics, /healthz, /readyz and the admin gRPC API\n")
+        .into_response()
+}
+
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format
 /// otherwise.
 async fn metrics(State(control): State<Control>, headers: HeaderMap) -> impl IntoResponse {

@@ -234,11 +234,55 @@ async fn drive(
     p.error = failure;
 }
 
-/// Checks the bounds make sense before anything is read.
-pub fn check_bounds(from: &Bound, to: &Bound) -> Result<(), String> {
+/// The time now in Unix milliseconds (0 on a clock before 1970).
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Checks the bounds make sense before anything is read (`now_ms`: the time now, Unix ms). A
+/// range that can hold nothing is refused rather than run as an empty replay: it is a typo
+/// (offsets swapped, a time in the wrong unit), and an empty "done" would hide it.
+pub fn check_bounds(from: &Bound, to: &Bound, now_ms: i64) -> Result<(), String> {
     match (from, to) {
         (Bound::Latest, _) => Err("a replay starts at a time or at offsets, not at the end".into()),
+        (Bound::Time(a), _) if *a > now_ms => Err(format!(
+            "from_unix_ms ({a}) is in the future (now is {now_ms}): nothing to replay yet; is it in milliseconds?"
+        )),
         (Bound::Time(a), Bound::Time(b)) if b <= a => Err(format!("`to` ({b}) must be after `from` ({a})")),
+        (Bound::Offsets(from), Bound::Offsets(to)) => {
+            for ((topic, partition), start) in from {
+                if let Some(end) = to.get(&(topic.clone(), *partition)).filter(|end| *end <= start) {
+                    return Err(format!(
+                        "to_offsets {topic}/{partition}={end} must be after from_offsets {topic}/{partition}={start} \
+                         (the end is exclusive)"
+                    ));
+                }
+            }
+            Ok(())
+        }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(pairs: &[(&str, i32, i64)]) -> Bound {
+        Bound::Offsets(pairs.iter().map(|(t, p, o)| ((t.to_string(), *p), *o)).collect())
+    }
+
+    #[test]
+    fn ranges_that_can_hold_nothing_are_refused_naming_the_bound() {
+        let now = 1_800_000_000_000;
+        assert_eq!(check_bounds(&offsets(&[("o", 0, 10)]), &offsets(&[("o", 0, 50), ("o", 1, 0)]), now), Ok(()));
+        let swapped = check_bounds(&offsets(&[("o", 0, 50)]), &offsets(&[("o", 0, 10)]), now).expect_err("swapped");
+        assert!(swapped.contains("to_offsets o/0=10 must be after from_offsets o/0=50"), "{swapped}");
+        assert!(check_bounds(&offsets(&[("o", 0, 5)]), &offsets(&[("o", 0, 5)]), now).is_err(), "an empty range");
+        let future = check_bounds(&Bound::Time(4_611_686_018_427_387), &Bound::Latest, now).expect_err("year 146M");
+        assert!(future.contains("in the future"), "{future}");
+        assert_eq!(check_bounds(&Bound::Time(now - 60_000), &Bound::Latest, now), Ok(()));
+        assert!(check_bounds(&Bound::Time(now - 10), &Bound::Time(now - 20), now).is_err());
+        assert!(check_bounds(&Bound::Latest, &Bound::Latest, now).is_err());
     }
 }

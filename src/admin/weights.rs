@@ -1,7 +1,8 @@
-//! Rewriting a route's weights in the config file's text: only the route's `weights` entry
-//! changes, every comment and every other line stays as the operator wrote it.
+//! An operator's weight change: whether it would strand messages ([`guard`]), and rewriting
+//! a route's weights in the config file's text, where only the route's `weights` entry
+//! changes and every comment and every other line stays as the operator wrote it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use toml_edit::{DocumentMut, InlineTable, Item, Value};
 
@@ -11,6 +12,77 @@ pub enum EditError {
     Parse(String),
     #[error("route `{0}` is not in the config file")]
     NoRoute(String),
+}
+
+/// What this replica knows of a route when a weight change comes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteView {
+    pub route: String,
+    /// This replica's name, for the refusal (another replica may have subscribers).
+    pub replica: String,
+    pub split_label: Option<String>,
+    /// `empty_cohort = "hold"`: a cohort's share waits for a subscriber of its own.
+    pub holds: bool,
+    /// The weights now.
+    pub weights: BTreeMap<String, u32>,
+    /// Open, non-draining subscribers per cohort on this replica.
+    pub subscribers: BTreeMap<String, u32>,
+    /// Cohorts the route has seen otherwise: delivered to since start, or the split label's
+    /// values among the route's pods.
+    pub seen: BTreeSet<String>,
+}
+
+/// Why a weight change was refused: each would strand messages, and each is what an operator
+/// types by mistake during a cutover.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "cohort `{cohort}` is not one route `{route}` has seen: its weights name {known} and no subscriber or pod \
+         has {label}={cohort}; check the spelling (the other cohorts' weights would be removed), or force the change"
+    )]
+    UnknownCohort { route: String, cohort: String, label: String, known: String },
+    #[error(
+        "cohort `{cohort}` would get {percent}% of route `{route}`'s messages but has no subscriber on replica \
+         {replica}: they would be held (empty_cohort = \"hold\") until one subscribes; start {label}={cohort} \
+         subscribers first, or force the change"
+    )]
+    EmptyCohort { route: String, cohort: String, label: String, percent: String, replica: String },
+}
+
+/// Refuses a change to `new` weights that names a cohort the route has never seen (a typo
+/// replaces every weight), or that gives a share to a cohort with no subscriber here on a
+/// route that holds (the share would wait, and the partitions with it). A pure decision on
+/// what the replica sees; `force` skips it.
+pub fn guard(view: &RouteView, new: &BTreeMap<String, u32>) -> Result<(), Refusal> {
+    let label = view.split_label.clone().unwrap_or_else(|| "<split_label>".into());
+    let known = |cohort: &String| {
+        view.weights.contains_key(cohort) || view.subscribers.contains_key(cohort) || view.seen.contains(cohort)
+    };
+    if let Some(cohort) = new.keys().find(|c| !known(c)) {
+        let names: Vec<&str> = view.weights.keys().map(String::as_str).collect();
+        return Err(Refusal::UnknownCohort {
+            route: view.route.clone(),
+            cohort: cohort.clone(),
+            label,
+            known: if names.is_empty() { "no cohort".into() } else { names.join(", ") },
+        });
+    }
+    let total: u64 = new.values().map(|w| u64::from(*w)).sum();
+    if !view.holds || total == 0 {
+        return Ok(());
+    }
+    let empty = new.iter().find(|(c, w)| **w > 0 && view.subscribers.get(*c).copied().unwrap_or(0) == 0);
+    if let Some((cohort, weight)) = empty {
+        let percent = u64::from(*weight) as f64 * 100.0 / total as f64;
+        return Err(Refusal::EmptyCohort {
+            route: view.route.clone(),
+            cohort: cohort.clone(),
+            label,
+            percent: format!("{percent:.0}"),
+            replica: view.replica.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// `text` with route `route`'s weights replaced by `weights` (as an inline table). Routes are
@@ -85,6 +157,46 @@ weights = { blue = 100, green = 0 } # before the cutover
         let inline = "routes = [{ name = \"r\", topics = [\"t\"] }]\n[kafka]\nbootstrap_servers = \"k\"\n";
         let out = set_weights(inline, "r", &weights(&[("a", 1)])).expect("edits");
         assert!(out.contains("weights = { a = 1 }"), "{out}");
+    }
+
+    fn view() -> RouteView {
+        RouteView {
+            route: "orders".into(),
+            replica: "gw-0".into(),
+            split_label: Some("track".into()),
+            holds: true,
+            weights: weights(&[("blue", 100), ("green", 0)]),
+            subscribers: [("blue".to_string(), 2)].into(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_cohort_the_route_never_saw_is_refused_naming_the_known_ones() {
+        let refusal = guard(&view(), &weights(&[("purple", 10)])).expect_err("typo");
+        assert_eq!(
+            refusal.to_string(),
+            "cohort `purple` is not one route `orders` has seen: its weights name blue, green and no subscriber or \
+             pod has track=purple; check the spelling (the other cohorts' weights would be removed), or force the change"
+        );
+        // Known from a pod or an earlier subscriber: not a typo.
+        let seen = RouteView { seen: ["canary".to_string()].into(), ..view() };
+        assert_eq!(guard(&seen, &weights(&[("blue", 90), ("canary", 0)])), Ok(()));
+    }
+
+    #[test]
+    fn a_share_for_a_cohort_without_subscribers_is_refused_on_a_route_that_holds() {
+        let refusal = guard(&view(), &weights(&[("blue", 0), ("green", 100)])).expect_err("no green subscriber");
+        assert!(
+            matches!(&refusal, Refusal::EmptyCohort { cohort, percent, .. } if cohort == "green" && percent == "100")
+        );
+        assert!(refusal.to_string().contains("no subscriber on replica gw-0"), "{refusal}");
+        // A weight of 0 for it strands nothing; a spilling route sends its share elsewhere.
+        assert_eq!(guard(&view(), &weights(&[("blue", 100), ("green", 0)])), Ok(()));
+        assert_eq!(guard(&RouteView { holds: false, ..view() }, &weights(&[("green", 100)])), Ok(()));
+        // With a green subscriber the cutover goes.
+        let ready = RouteView { subscribers: [("blue".to_string(), 2), ("green".to_string(), 1)].into(), ..view() };
+        assert_eq!(guard(&ready, &weights(&[("blue", 0), ("green", 100)])), Ok(()));
     }
 
     #[test]

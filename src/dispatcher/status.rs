@@ -3,11 +3,12 @@
 //! API asks, the samples behind "observed split over the last minute", and the batches of an
 //! operator's replay.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::Dispatcher;
 use crate::config::RouteConfig;
@@ -34,6 +35,9 @@ pub struct RouteSnapshot {
     pub delivered: u64,
     /// Totals per cohort since start ("" for subscribers without one).
     pub counts: BTreeMap<String, CohortCounts>,
+    /// Values of the split label among the pods the route selects (Kubernetes discovery; empty
+    /// otherwise): cohorts whose pods exist, subscribed or not.
+    pub pod_cohorts: BTreeSet<String>,
 }
 
 /// One assigned partition.
@@ -46,6 +50,10 @@ pub struct PartitionSnapshot {
     /// Records held un-committed.
     pub buffered: usize,
 }
+
+/// Least time between two warnings that a route holds messages for a cohort without
+/// subscribers: often enough to be seen in a cutover, rarely enough not to flood the log.
+const HOLD_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Cumulative per-cohort delivery counts, sampled over time.
 #[derive(Debug, Default)]
@@ -119,6 +127,32 @@ impl Dispatcher {
         self.split.sample(now, &self.registry.delivered_by_cohort());
     }
 
+    /// Says in the log, every [`HOLD_WARN_EVERY`] while it lasts, which cohort's messages the
+    /// route holds for want of a subscriber here: a blue-green cutover to pods that are not
+    /// there yet strands messages, and readiness rightly stays about Kafka, so the log, Status
+    /// and `fanout_cohort_held_messages` are where it shows.
+    pub(super) fn warn_if_holding(&mut self, now: Instant) {
+        let recent = self.hold_warned.is_some_and(|at| now.duration_since(at) < HOLD_WARN_EVERY);
+        if recent || self.registry.held() == 0 {
+            return;
+        }
+        let config = self.registry.route_config();
+        let label = config.split_label.as_deref().unwrap_or_default();
+        let held = self.registry.held_by_cohort();
+        for (cohort, count) in &held {
+            warn!(
+                route = config.name,
+                cohort,
+                held = count,
+                "route holds messages for a cohort without subscribers on this replica: start subscribers with \
+                 {label}={cohort}, or give the cohort weight 0 (fanoutctl weights set)"
+            );
+        }
+        if !held.is_empty() {
+            self.hold_warned = Some(now);
+        }
+    }
+
     pub(super) fn snapshot(&self) -> RouteSnapshot {
         let r = &self.registry;
         let mut partitions: Vec<PartitionSnapshot> = self
@@ -142,6 +176,7 @@ impl Dispatcher {
             held: r.held(),
             retrying: r.delayed(),
             delivered: r.delivered,
+            pod_cohorts: r.route_config().split_label.as_deref().map(|l| self.pods.label_values(l)).unwrap_or_default(),
         }
     }
 }

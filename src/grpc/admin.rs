@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::admin::dead_letters::{DeadLetterError, Letter, Selection};
 use crate::admin::replay::ReplayProgress;
-use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus};
+use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus, WeightChange};
 use crate::config::DeliveryMode;
 use crate::kafka::replay::{Bound, ReplayError};
 use crate::proto::admin::admin_server::Admin;
@@ -37,6 +38,7 @@ fn status_of(error: AdminError) -> Status {
         AdminError::Stopping(_) => Status::unavailable(message),
         AdminError::BadRequest(_) => Status::invalid_argument(message),
         AdminError::NoReplay(_) => Status::not_found(message),
+        AdminError::Refused(_) => Status::failed_precondition(message),
         AdminError::Replay(e) => match e {
             ReplayError::Range(_) => Status::invalid_argument(message),
             ReplayError::Kafka(_) => Status::unavailable(message),
@@ -78,7 +80,12 @@ fn share(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn route(r: RouteStatus) -> pb::RouteStatus {
+/// Bytes of subscriber entries one Status reply carries at most. Subscribers choose their
+/// names and labels (bounded per Hello); ten thousand streams of them must not make a reply
+/// that no client accepts (gRPC's default limit is 4 MiB), which would blind `fanoutctl`.
+const STATUS_SUBSCRIBER_BUDGET: usize = 3 * 1024 * 1024;
+
+fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
     let s = r.snapshot;
     let weight_total: u64 = s.cohorts.iter().map(|c| u64::from(c.weight)).sum();
     let delivered_total: u64 = s.delivered_last_minute.values().sum();
@@ -94,9 +101,11 @@ fn route(r: RouteStatus) -> pb::RouteStatus {
                 subscribers: c.subscribers,
                 delivered_last_minute: recent,
                 observed_share: share(recent, delivered_total),
+                held: c.held as u64,
             }
         })
         .collect();
+    let mut subscribers_omitted = 0u32;
     let subscribers = s
         .subscribers
         .into_iter()
@@ -111,6 +120,15 @@ fn route(r: RouteStatus) -> pb::RouteStatus {
             acked: sub.acked,
             connected_at_unix_ms: unix_ms(sub.connected_at),
             draining: sub.draining,
+        })
+        .filter(|sub| {
+            let size = sub.encoded_len();
+            if size > *budget {
+                subscribers_omitted += 1;
+                return false;
+            }
+            *budget -= size;
+            true
         })
         .collect();
     let partitions = r
@@ -145,6 +163,7 @@ fn route(r: RouteStatus) -> pb::RouteStatus {
         held: s.held as u64,
         retrying: s.retrying as u64,
         delivered: s.delivered,
+        subscribers_omitted,
     }
 }
 
@@ -212,7 +231,10 @@ impl Admin for AdminService {
         let routes = self.control.routes_status(only).await.map_err(status_of)?;
         Ok(Response::new(pb::StatusResponse {
             replica: Some(replica(self.control.replica())),
-            routes: routes.into_iter().map(route).collect(),
+            routes: {
+                let mut budget = STATUS_SUBSCRIBER_BUDGET;
+                routes.into_iter().map(|r| route(r, &mut budget)).collect()
+            },
         }))
     }
 
@@ -220,10 +242,11 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetWeightsRequest>,
     ) -> Result<Response<pb::SetWeightsResponse>, Status> {
-        let pb::SetWeightsRequest { route, weights } = request.into_inner();
+        let pb::SetWeightsRequest { route, weights, force, dry_run } = request.into_inner();
         let route = required("route", &route)?;
         let weights: BTreeMap<String, u32> = weights;
-        let generation = self.control.set_weights(route, weights.clone()).await.map_err(status_of)?;
+        let change = WeightChange { force, dry_run };
+        let generation = self.control.set_weights(route, weights.clone(), change).await.map_err(status_of)?;
         Ok(Response::new(pb::SetWeightsResponse {
             config_generation: generation,
             config_source: self.control.replica().config_source,

@@ -87,7 +87,8 @@ impl Fanout for FanoutService {
                     "no hello within {} s: send SubscribeRequest.hello first",
                     HELLO_TIMEOUT.as_secs()
                 ))
-            })??
+            })?
+            .map_err(|read| frame_status(&read).unwrap_or(read))?
             .ok_or_else(|| {
                 Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first")
             })?;
@@ -100,6 +101,12 @@ impl Fanout for FanoutService {
             }
         };
         let mut hello = introduction(hello);
+        if let Err(error) = hello.validate() {
+            debug!(%error, "hello refused");
+            return Err(Status::invalid_argument(super::bounded(format!(
+                "{error}; the stream ended (fix the hello and subscribe again)"
+            ))));
+        }
         let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
         if let (Some(reviewer), Some(token)) = (&self.reviewer, token) {
             hello.token = reviewer.review(&token).await;
@@ -180,25 +187,33 @@ async fn read_client(
 /// do not decode end the stream with a status naming the problem (logged at WARN: a client
 /// with a bug, or a hostile one); a reset or a broken connection has nobody left to tell.
 fn bad_frame(session: SessionId, read: Status) -> Option<Status> {
+    let Some(status) = frame_status(&read) else {
+        debug!(session, status = %read, "client stream failed");
+        return None;
+    };
+    warn!(session, code = ?status.code(), message = status.message(), "subscriber sent a bad frame; stream ended");
+    Some(status)
+}
+
+/// The status for a request frame that failed to read because of what the client sent (a
+/// frame over the size limit, one that does not decode), the hello included; None for a
+/// transport that broke (nobody left to tell).
+fn frame_status(read: &Status) -> Option<Status> {
     let status = match read.code() {
         Code::OutOfRange | Code::ResourceExhausted => Status::resource_exhausted(format!(
             "a SubscribeRequest was over the gateway's limit ({}); the stream ended and its in-flight deliveries \
-             will be redelivered: send acks in smaller batches",
+             (if any) will be redelivered: send smaller hellos and acks in smaller batches",
             read.message()
         )),
         // tonic reports undecodable protobuf (invalid UTF-8 in a string, a bad wire type) and a
         // bad gRPC frame header as INTERNAL: both are the client's.
         Code::Internal => Status::invalid_argument(format!(
-            "a SubscribeRequest could not be decoded ({}); the stream ended and its in-flight deliveries will be \
-             redelivered",
+            "a SubscribeRequest could not be decoded ({}); the stream ended and its in-flight deliveries (if any) \
+             will be redelivered",
             read.message()
         )),
-        _ => {
-            debug!(session, status = %read, "client stream failed");
-            return None;
-        }
+        _ => return None,
     };
-    warn!(session, code = ?status.code(), message = status.message(), "subscriber sent a bad frame; stream ended");
     Some(super::bounded_status(status))
 }
 

@@ -304,21 +304,33 @@ fn check_name(s: &str) -> Result<(), String> {
 }
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`, at most 253 characters.
-fn check_dns_subdomain(s: &str) -> Result<(), String> {
-    const RULE: &str = "must be a lowercase DNS subdomain such as example.com";
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))) {
-        return Err(format!("{RULE}: contains {c:?}; only a-z, 0-9, '-' and '.' are allowed"));
+pub(super) fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    check_dns(s, "a lowercase DNS subdomain such as example.com", MAX_PREFIX_LEN, true)
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (a namespace's name).
+pub(super) fn check_dns_label(s: &str) -> Result<(), String> {
+    check_dns(s, "a DNS label such as shop", MAX_NAME_LEN, false)
+}
+
+fn check_dns(s: &str, what: &str, max: usize, dots: bool) -> Result<(), String> {
+    let rule = format!("must be {what}");
+    let allowed = if dots { "a-z, 0-9, '-' and '.'" } else { "a-z, 0-9 and '-'" };
+    if let Some(c) =
+        s.chars().find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')))
+    {
+        return Err(format!("{rule}: contains {c:?}; only {allowed} are allowed"));
     }
-    if s.len() > MAX_PREFIX_LEN {
-        return Err(format!("{RULE}: is {} characters long; at most {MAX_PREFIX_LEN} are allowed", s.len()));
+    if s.len() > max {
+        return Err(format!("{rule}: is {} characters long; at most {max} are allowed", s.len()));
     }
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     for part in s.split('.') {
         if part.is_empty() {
-            return Err(format!("{RULE}: has an empty part between dots"));
+            return Err(format!("{rule}: has an empty part between dots"));
         }
         if !part.starts_with(alnum) || !part.ends_with(alnum) {
-            return Err(format!("{RULE}: each dot-separated part must begin and end with a-z or 0-9"));
+            return Err(format!("{rule}: each dot-separated part must begin and end with a-z or 0-9"));
         }
     }
     Ok(())

@@ -150,10 +150,15 @@ mod tests {
         let to_blue = received(&mut blue.outbox).len();
         assert!(to_blue > 50 && to_blue < 150, "{to_blue}");
         assert_eq!(reg.held(), 200 - to_blue, "green's share waits, nothing goes to blue");
+        let held: BTreeMap<&str, usize> = [("green", 200 - to_blue)].into_iter().collect();
+        assert_eq!(reg.held_by_cohort(), held, "the held messages are green's");
+        let green_row = reg.cohorts().into_iter().find(|c| c.name == "green").expect("green");
+        assert_eq!((green_row.subscribers, green_row.held), (0, 200 - to_blue));
         let mut green = reg.register("r", 200, labelled("g", "green")).expect("ok");
         reg.flush();
         assert_eq!(received(&mut green.outbox).len(), 200 - to_blue);
         assert_eq!(reg.held(), 0);
+        assert!(reg.held_by_cohort().is_empty());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct CohortSnapshot {
     pub weight: u32,
     /// Open, non-draining sessions of the cohort.
     pub subscribers: u32,
+    /// Messages waiting because the cohort has no session here and the route holds
+    /// (`empty_cohort = "hold"`): what a weight change to an empty cohort strands.
+    pub held: usize,
 }
 
 impl Registry {
@@ -58,17 +61,42 @@ impl Registry {
             return Vec::new();
         }
         let members = |name: &str| route.cohorts.get(name).map_or(0, Vec::len) as u32;
+        let held = self.held_by_cohort();
         let mut out: Vec<CohortSnapshot> = route
             .weights
             .iter()
-            .map(|(name, weight)| CohortSnapshot { name: name.clone(), weight: *weight, subscribers: members(name) })
+            .map(|(name, weight)| CohortSnapshot {
+                name: name.clone(),
+                weight: *weight,
+                subscribers: members(name),
+                held: held.get(name.as_str()).copied().unwrap_or(0),
+            })
             .collect();
         for (name, ids) in &route.cohorts {
             if !ids.is_empty() && !route.config.weights.contains_key(name) {
-                out.push(CohortSnapshot { name: name.clone(), weight: 0, subscribers: ids.len() as u32 });
+                out.push(CohortSnapshot { name: name.clone(), weight: 0, subscribers: ids.len() as u32, held: 0 });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Messages waiting for a subscriber of their cohort, per cohort without one. Counted when
+    /// asked (a Status call, a scrape, the hold warning), not kept per message: the queue is
+    /// walked once and each message's cohort is the routing hash's, as when it is sent.
+    pub fn held_by_cohort(&self) -> BTreeMap<&str, usize> {
+        let route = &self.route;
+        let mut out = BTreeMap::new();
+        if route.config.split_label.is_none() || route.config.empty_cohort != EmptyCohort::Hold {
+            return out;
+        }
+        for pending in &route.unassigned {
+            if let Some(cohort) = routing::cohort_for(pending.hash, &route.weights) {
+                if route.cohorts.get(cohort).is_none_or(Vec::is_empty) {
+                    *out.entry(cohort).or_default() += 1;
+                }
+            }
+        }
         out
     }
 
@@ -126,9 +154,9 @@ mod tests {
         assert_eq!(
             reg.cohorts(),
             vec![
-                CohortSnapshot { name: "blue".into(), weight: 50, subscribers: 1 },
-                CohortSnapshot { name: "canary".into(), weight: 0, subscribers: 1 },
-                CohortSnapshot { name: "green".into(), weight: 50, subscribers: 1 },
+                CohortSnapshot { name: "blue".into(), weight: 50, subscribers: 1, held: 0 },
+                CohortSnapshot { name: "canary".into(), weight: 0, subscribers: 1, held: 0 },
+                CohortSnapshot { name: "green".into(), weight: 50, subscribers: 1, held: 0 },
             ]
         );
     }

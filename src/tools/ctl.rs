@@ -448,7 +448,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             let weights: BTreeMap<String, u32> = weights.iter().cloned().collect();
             let mut answers: Vec<(String, SetWeightsResponse)> = Vec::new();
             for r in &mut replicas {
-                let request = cli.request(SetWeightsRequest { route: route.clone(), weights: weights.clone() })?;
+                let request = cli.request(SetWeightsRequest { route: route.clone(), weights: weights.clone(), ..Default::default() })?;
                 let answer = r.client.set_weights(request).await.map_err(|s| call_error(&r.address, s))?;
                 answers.push((r.address.clone(), answer.into_inner()));
             }
