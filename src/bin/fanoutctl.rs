@@ -1,5 +1,6 @@
 //! `fanoutctl`: the operator's command line for fanout-gateway (see `fanout_gateway::tools::ctl`).
-//! A thin edge: parse, run, print; every error is one line on stderr.
+//! A thin edge: parse, run, print; stdout gets what was shown (the replicas that answered),
+//! stderr the failure, each of its lines starting `fanoutctl: `.
 
 use std::process::ExitCode;
 
@@ -30,14 +31,15 @@ async fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match ctl::run(cli).await {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fanoutctl: {e}");
-            ExitCode::FAILURE
-        }
+    let outcome = ctl::run(cli).await;
+    print!("{}", outcome.stdout);
+    let Some(failure) = outcome.failure else {
+        return ExitCode::SUCCESS;
+    };
+    // What was shown goes out before the error, so a terminal shows the error last.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    for line in failure.to_string().lines() {
+        eprintln!("fanoutctl: {line}");
     }
+    ExitCode::FAILURE
 }

@@ -3,10 +3,14 @@
 //! (`--gateways-dns`), and shows each replica's answer side by side, so an operator sees
 //! whether all of them applied a change (their config generations agree).
 //!
-//! Errors are one line naming what to fix; exit status 1 for a failed call, 2 for a bad
-//! command line.
+//! A read command shows every replica that answered and marks those that did not (a replica
+//! down is when an operator most needs to see the others); a change reaches every replica or
+//! none. Errors are one line naming what to fix (one per replica that failed differently); exit
+//! status 1 for a failed call or a replica that did not answer, 2 for a bad command line.
 
+mod reach;
 mod table;
+mod weights;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,53 +18,117 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
 
-use crate::proto::admin::admin_client::AdminClient;
-use crate::proto::admin::dead_letters_client::DeadLettersClient;
 use crate::proto::admin::{
     CancelReplayRequest, DrainRequest, DrainResponse, GetReplayRequest, LetterRef, ListDeadLettersRequest,
     ListDeadLettersResponse, ListReplaysRequest, PartitionOffset, RedriveRequest, ReplayRequest, ReplayStatus,
-    RouteStatus, SetWeightsRequest, SetWeightsResponse, StatusRequest, StatusResponse,
+    RouteStatus, StatusRequest, StatusResponse,
 };
+use reach::{ask_all, authorized, call_line, nobody_answered, partly_answered, with_port, Missing, Reached, Replica};
 
 /// The admin port's conventional port, when an address or DNS name leaves it out.
 const DEFAULT_PORT: u16 = 9090;
+/// How long a replica may take to accept a connection: replicas are asked at once, so a dead
+/// one delays the command by this much once, however many replicas there are.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The heading of the options that say which replicas to reach and how.
+const CONNECTION: &str = "Connection";
+
+const EXAMPLES: &str = "\
+Examples:
+  fanoutctl --gateway 127.0.0.1:9090 status
+  fanoutctl --gateways-dns fanout-gateway-headless.shop.svc:9090 routes
+  fanoutctl weights get orders
+  fanoutctl --token-file token weights set orders blue=90 green=10
+  fanoutctl -o json subscribers orders";
+
+const SET_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token weights set orders blue=90 green=10
+  fanoutctl --token-file token weights set orders blue=0 green=100
+  fanoutctl --token-file token weights set orders blue=100 green=50 --force   # green not deployed yet";
+
+const DRAIN_EXAMPLES: &str = "\
+Examples:
+  fanoutctl subscribers orders                             # find the name or session
+  fanoutctl --token-file token drain orders orders-blue-0
+  fanoutctl --token-file token drain orders 17";
+
+const REPLAY_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token replay orders --from-time 2026-12-02T18:00:00Z
+  fanoutctl --token-file token replay orders --from-time 2026-12-02T18:00:00Z --to-time 2026-12-02T18:30:00Z
+  fanoutctl --token-file token replay orders --from-offsets orders/0=1500,orders/1=1200 --no-wait";
+
+const DLQ_EXAMPLES: &str = "\
+Examples:
+  fanoutctl dlq list orders
+  fanoutctl --token-file token dlq redrive orders 0:42 1:7
+  fanoutctl --token-file token dlq redrive orders --all";
+
 #[derive(Debug, Parser)]
-#[command(name = "fanoutctl", version, about = "Operate fanout-gateway replicas through their admin API")]
+#[command(
+    name = "fanoutctl",
+    version,
+    about = "Operate fanout-gateway replicas through their admin API",
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// Admin address of a replica (server.admin_listen), host:port; repeat or separate with
     /// commas for several.
-    #[arg(long, global = true, env = "FANOUT_GATEWAY", value_delimiter = ',', default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_GATEWAY",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9090",
+        help_heading = CONNECTION
+    )]
     gateway: Vec<String>,
     /// A name that resolves to every replica (the gateway's headless Service, e.g.
     /// fanout-gateway-headless.shop.svc:9090); used instead of --gateway.
-    #[arg(long, global = true, env = "FANOUT_GATEWAYS_DNS")]
+    #[arg(long, global = true, env = "FANOUT_GATEWAYS_DNS", help_heading = CONNECTION)]
     gateways_dns: Option<String>,
     /// File holding the admin bearer token (changing calls need it).
-    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN_FILE")]
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN_FILE", help_heading = CONNECTION)]
     token_file: Option<PathBuf>,
     /// The admin bearer token itself (prefer --token-file: arguments show in `ps`).
-    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true, help_heading = CONNECTION)]
     token: Option<String>,
     /// TLS to the admin port (server.admin_tls): the CA (PEM) that signed the replicas'
     /// certificate.
-    #[arg(long, global = true, env = "FANOUT_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "FANOUT_TLS_CA", value_name = "FILE", help_heading = CONNECTION)]
     tls_ca: Option<String>,
-    /// mTLS: this operator's certificate and key (PEM).
-    #[arg(long, global = true, env = "FANOUT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    /// mTLS: this operator's certificate (PEM); needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = CONNECTION
+    )]
     tls_cert: Option<String>,
-    #[arg(long, global = true, env = "FANOUT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    /// mTLS: the key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = CONNECTION
+    )]
     tls_key: Option<String>,
     /// The name the replicas' certificate carries, when it is not the address's host (an IP
     /// from --gateways-dns, say).
-    #[arg(long, global = true, env = "FANOUT_TLS_DOMAIN", value_name = "NAME")]
+    #[arg(long, global = true, env = "FANOUT_TLS_DOMAIN", value_name = "NAME", help_heading = CONNECTION)]
     tls_domain: Option<String>,
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    /// Output format: tables for people, json or yaml for scripts (a replica that did not
+    /// answer is an entry with its address and error).
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table, help_heading = "Output")]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -80,30 +148,62 @@ enum Command {
     /// Routes: cohorts with weights against the observed split, subscribers, lag.
     Routes,
     /// The subscribers of a route on every replica.
-    Subscribers { route: String },
+    Subscribers {
+        /// The route (as `routes` lists them).
+        route: String,
+    },
     /// Partitions of every route (or one): committed, high watermark, lag, paused, buffered.
-    Partitions { route: Option<String> },
-    /// Change a route's cohort weights.
+    Partitions {
+        /// Only this route.
+        route: Option<String>,
+    },
+    /// A route's cohort weights: show them, or change them on every replica.
     #[command(subcommand)]
     Weights(WeightsCommand),
-    /// Stop sending to a subscriber (its name or session number, as `subscribers` shows),
-    /// let its in-flight deliveries settle, close its streams.
-    Drain { route: String, subscriber: String },
+    /// Stop sending to a subscriber, let its in-flight deliveries settle, close its streams.
+    ///
+    /// The subscriber is named as `subscribers` shows it (its name or session number); every
+    /// replica it has a stream on drains it, so every replica must answer.
+    #[command(after_help = DRAIN_EXAMPLES)]
+    Drain {
+        /// The route the subscriber reads.
+        route: String,
+        /// The subscriber's name (its pod) or session number, as `subscribers` shows them.
+        subscriber: String,
+    },
     /// A route's dead-letter topic: list its letters, redrive them to their origin topics.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = DLQ_EXAMPLES)]
     Dlq(DlqCommand),
-    /// Deliver a range of a route's topics again to its subscribers (marked as replayed);
-    /// committed offsets never move back and live traffic goes on. Follows the replay with a
-    /// progress bar until it ends (Ctrl-C leaves it running).
+    /// Deliver a range of a route's topics again to its subscribers (marked as replayed).
+    ///
+    /// Committed offsets never move back and live traffic goes on. Follows the replay with a
+    /// progress bar until it ends (Ctrl-C leaves it running). Asks the first replica named:
+    /// `replays` and `cancel-replay` must name the same one.
+    #[command(after_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
-    /// Replays of a replica (or one, by id) and their progress.
-    Replays { id: Option<u64> },
+    /// Replays of a replica (the first named) or one, by id, and their progress.
+    Replays {
+        /// Only this replay (the id `replay` printed).
+        id: Option<u64>,
+    },
     /// Stop a replay (what was handed out already is still delivered).
-    CancelReplay { id: u64 },
+    CancelReplay {
+        /// The replay's id (as `replays` lists them).
+        id: u64,
+    },
+}
+
+impl Command {
+    /// Whether the command concerns one replica's own state (its replays): it then asks the
+    /// first replica named, and only that one.
+    fn first_replica_only(&self) -> bool {
+        matches!(self, Command::Replay(_) | Command::Replays { .. } | Command::CancelReplay { .. })
+    }
 }
 
 #[derive(Debug, clap::Args)]
 struct ReplayArgs {
+    /// The route whose topics are read again.
     route: String,
     /// Start at the first record at or after this time: RFC 3339 (2026-12-02T18:00:00Z) or
     /// Unix milliseconds.
@@ -154,6 +254,7 @@ fn parse_partition_offset(text: &str) -> Result<(String, i32, i64), String> {
 enum DlqCommand {
     /// The letters not yet redriven (and redriven ones among them), oldest first.
     List {
+        /// The route whose dead-letter topic is listed.
         route: String,
         /// Letters at most.
         #[arg(long, default_value_t = 100)]
@@ -162,6 +263,7 @@ enum DlqCommand {
     /// Produce letters back to their origin topic and partition; each letter goes back once.
     /// Asks one replica: the record of what was redriven is in Kafka.
     Redrive {
+        /// The route whose letters go back.
         route: String,
         /// Letters as PARTITION:OFFSET (as `dlq list` shows them).
         #[arg(value_name = "PARTITION:OFFSET", value_parser = parse_letter, required_unless_present = "all", conflicts_with = "all")]
@@ -180,11 +282,34 @@ fn parse_letter(text: &str) -> Result<(i32, i64), String> {
 
 #[derive(Debug, Subcommand)]
 enum WeightsCommand {
-    /// Replace a route's weights, e.g. `weights set orders blue=0 green=100`.
+    /// Replace a route's weights on every replica, e.g. `weights set orders blue=0 green=100`.
+    ///
+    /// Every replica checks the change first (a dry run); if any refuses it, none changes. A
+    /// replica refuses a cohort the route has never seen, and a share for a cohort with no
+    /// subscriber on a route that holds (empty_cohort = "hold"), unless --force.
+    #[command(after_help = SET_EXAMPLES)]
     Set {
+        /// The route whose weights change.
         route: String,
+        /// A cohort (a value of the route's split label) and its weight; cohorts left out are
+        /// removed.
         #[arg(required = true, value_name = "COHORT=WEIGHT", value_parser = parse_weight)]
         weights: Vec<(String, u32)>,
+        /// Change the weights even where a replica refuses them because they would strand
+        /// messages (dangerous).
+        ///
+        /// Overrides the refusal of a cohort the route has never seen (a typo?) and of a share
+        /// for a cohort with no subscriber on a route that holds (empty_cohort = "hold").
+        /// Dangerous: that share of the messages is held, and the route's lag grows, until a
+        /// subscriber of that cohort connects or its weight goes back to 0.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A route's weight per cohort and, on each replica, the cohort's subscribers and the
+    /// messages held for it.
+    Get {
+        /// The route (as `routes` lists them).
+        route: String,
     },
 }
 
@@ -202,7 +327,7 @@ fn parse_weight(text: &str) -> Result<(String, u32), String> {
     Ok((cohort.to_string(), weight))
 }
 
-/// A failure, printed as one line.
+/// A failure, printed as one line (a line per replica when they failed in different ways).
 #[derive(Debug)]
 pub struct CtlError(pub String);
 
@@ -216,38 +341,35 @@ fn fail<T>(message: impl Into<String>) -> Result<T, CtlError> {
     Err(CtlError(message.into()))
 }
 
-/// One replica's admin API.
-struct Replica {
-    address: String,
-    client: AdminClient<Channel>,
-    letters: DeadLettersClient<Channel>,
+/// What a run prints on stdout, and the failure it ends with (exit status 1), if any. A read
+/// command that some replicas answered and others did not has both: what they said, and who
+/// was left out.
+pub struct Outcome {
+    pub stdout: String,
+    pub failure: Option<CtlError>,
 }
 
-/// Every replica the command line names.
-async fn replicas(cli: &Cli) -> Result<Vec<Replica>, CtlError> {
-    let addresses = match &cli.gateways_dns {
+impl Outcome {
+    fn shown(stdout: String) -> Self {
+        Outcome { stdout, failure: None }
+    }
+}
+
+/// Connects to the replicas the command line names (all at once), or, for a command about one
+/// replica's own state, to the first.
+async fn reach_replicas(cli: &Cli) -> Result<Reached, CtlError> {
+    let mut addresses = match &cli.gateways_dns {
         Some(name) => resolve(name).await?,
         None => cli.gateway.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
     };
     if addresses.is_empty() {
         return fail("no gateway given: pass --gateway host:port (the replica's server.admin_listen)");
     }
-    let mut out = Vec::with_capacity(addresses.len());
-    for address in addresses {
-        out.push(connect(&address, cli.gateways_dns.is_some(), cli.tls()?.as_ref()).await?);
+    if cli.command.first_replica_only() {
+        addresses.truncate(1);
     }
-    Ok(out)
-}
-
-/// host:port, defaulting the port.
-fn with_port(address: &str) -> String {
-    let bare = address.trim_start_matches("http://");
-    let has_port = bare.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    if has_port {
-        bare.to_string()
-    } else {
-        format!("{bare}:{DEFAULT_PORT}")
-    }
+    let flag = if cli.gateways_dns.is_some() { "--gateways-dns" } else { "--gateway" };
+    reach::reach(addresses, flag, cli.tls()?.as_ref()).await
 }
 
 async fn resolve(name: &str) -> Result<Vec<String>, CtlError> {
@@ -281,67 +403,7 @@ impl Cli {
         let config = tls.config().map_err(|e| CtlError(e.to_string()))?;
         Ok(Some(config))
     }
-}
 
-async fn connect(
-    address: &str,
-    from_dns: bool,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
-) -> Result<Replica, CtlError> {
-    let address = with_port(address);
-    let flag = if from_dns { "--gateways-dns" } else { "--gateway" };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-        .map_err(|e| CtlError(format!("{flag} `{address}` is not a host:port address: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls.clone())
-            .map_err(|e| CtlError(format!("TLS settings for {address}: {}", root_cause(&e))))?;
-    }
-    let channel = endpoint.connect().await.map_err(|e| {
-        CtlError(format!(
-            "cannot reach the admin API at {address}: {}; check {flag} (the replica's server.admin_listen, port {DEFAULT_PORT} by default)",
-            root_cause(&e)
-        ))
-    })?;
-    Ok(Replica { address, client: AdminClient::new(channel.clone()), letters: DeadLettersClient::new(channel) })
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = error;
-    while let Some(next) = e.source() {
-        e = next;
-    }
-    e.to_string()
-}
-
-fn call_error(address: &str, status: tonic::Status) -> CtlError {
-    // A plaintext client on a TLS port (or the reverse) sees the connection fail mid-call.
-    let protocol = status.message().contains("h2 protocol error") || status.message().contains("transport error");
-    let hint = match status.code() {
-        _ if protocol => {
-            " (the connection broke: if the admin port uses TLS (server.admin_tls), pass --tls-ca; if it does not, drop the --tls options)"
-        }
-        tonic::Code::Unavailable => " (is the replica stopping, or is this not its admin port?)",
-        _ => "",
-    };
-    CtlError(format!("{address}: {}: {}{hint}", code_name(status.code()), status.message().replace('\n', " ")))
-}
-
-fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_uppercase()).then_some('_');
-            sep.into_iter().chain(c.to_uppercase())
-        })
-        .collect()
-}
-
-impl Cli {
     fn token(&self) -> Result<Option<String>, CtlError> {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)
@@ -351,16 +413,24 @@ impl Cli {
         Ok(self.token.clone().map(|t| t.trim().to_string()))
     }
 
-    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CtlError> {
-        let mut request = tonic::Request::new(message);
-        if let Some(token) = self.token()? {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| CtlError("the admin token holds characters a header cannot carry".into()))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
+    /// The `authorization` header's value, when a token is given.
+    fn authorization(&self) -> Result<Option<AsciiMetadataValue>, CtlError> {
+        let Some(token) = self.token()? else {
+            return Ok(None);
+        };
+        format!("Bearer {token}")
+            .parse()
+            .map(Some)
+            .map_err(|_| CtlError("the admin token holds characters a header cannot carry".into()))
     }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CtlError> {
+        Ok(authorized(message, self.authorization()?.as_ref()))
+    }
+}
+
+fn call_error(address: &str, status: tonic::Status) -> CtlError {
+    CtlError(call_line(address, status.code(), status.message()))
 }
 
 /// One replica's Status, as `-o json|yaml` prints it.
@@ -371,14 +441,59 @@ struct ReplicaStatus {
     status: StatusResponse,
 }
 
-/// Runs a parsed command line; the text to print on stdout.
-pub async fn run(cli: Cli) -> Result<String, CtlError> {
-    let mut replicas = replicas(&cli).await?;
+/// One replica's entry in `-o json|yaml`: its answer, or (`{address, error}`) why there is none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer<T> {
+    Answered(T),
+    Missing(Missing),
+}
+
+/// Every entry of a read command's `-o json|yaml`: those that answered, then those that did not.
+fn answers<'a>(all: &'a [ReplicaStatus], missing: &[Missing]) -> Vec<Answer<&'a ReplicaStatus>> {
+    all.iter().map(Answer::Answered).chain(missing.iter().cloned().map(Answer::Missing)).collect()
+}
+
+/// Asks every replica reached for its Status (of one route, or all when `route` is empty): the
+/// answers, and the replicas that did not answer (unreachable, or the call failed). An error
+/// only when none answered: there is nothing to show.
+async fn statuses(cli: &Cli, reached: Reached, route: &str) -> Result<(Vec<ReplicaStatus>, Vec<Missing>), CtlError> {
+    let token = cli.authorization()?;
+    let answered = ask_all(&reached.replicas, |mut client| {
+        let request = authorized(StatusRequest { route: route.to_string() }, token.as_ref());
+        async move { client.status(request).await }
+    })
+    .await;
+    let mut all = Vec::with_capacity(answered.len());
+    let mut missing = reached.missing;
+    for (address, answer) in answered {
+        match answer {
+            Ok(status) => all.push(ReplicaStatus { address, status }),
+            Err(failure) => missing.push(Missing { address, failure }),
+        }
+    }
+    if all.is_empty() {
+        return Err(nobody_answered(&missing, reached.flag));
+    }
+    Ok((all, missing))
+}
+
+/// Runs a parsed command line: what to print on stdout, and the failure to end with, if any.
+pub async fn run(cli: Cli) -> Outcome {
+    match execute(&cli).await {
+        Ok(outcome) => outcome,
+        Err(failure) => Outcome { stdout: String::new(), failure: Some(failure) },
+    }
+}
+
+async fn execute(cli: &Cli) -> Result<Outcome, CtlError> {
+    let reached = reach_replicas(cli).await?;
+    let asked = reached.replicas.len() + reached.missing.len();
     match &cli.command {
-        Command::Dlq(command) => dlq(&cli, command, &mut replicas[0]).await,
-        Command::Replay(args) => replay(&cli, args, &mut replicas[0]).await,
+        Command::Dlq(command) => dlq(cli, command, &mut reached.any()?).await.map(Outcome::shown),
+        Command::Replay(args) => replay(cli, args, &mut reached.any()?).await.map(Outcome::shown),
         Command::Replays { id } => {
-            let r = &mut replicas[0];
+            let mut r = reached.any()?;
             let replays = match id {
                 Some(id) => vec![r
                     .client
@@ -400,9 +515,10 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 Output::Yaml => yaml(&replays),
                 Output::Table => Ok(replays_table(&replays)),
             }
+            .map(Outcome::shown)
         }
         Command::CancelReplay { id } => {
-            let r = &mut replicas[0];
+            let mut r = reached.any()?;
             let status = r
                 .client
                 .cancel_replay(cli.request(CancelReplayRequest { id: *id })?)
@@ -416,6 +532,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                     Ok(format!("replay {id}: cancelling ({} of {} settled)\n", status.settled, status.total))
                 }
             }
+            .map(Outcome::shown)
         }
         Command::Status | Command::Routes | Command::Partitions { .. } | Command::Subscribers { .. } => {
             let only = match &cli.command {
@@ -423,46 +540,35 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 Command::Partitions { route } => route.clone().unwrap_or_default(),
                 _ => String::new(),
             };
-            let mut all = Vec::with_capacity(replicas.len());
-            for r in &mut replicas {
-                let status = r
-                    .client
-                    .status(cli.request(StatusRequest { route: only.clone() })?)
-                    .await
-                    .map_err(|s| call_error(&r.address, s))?
-                    .into_inner();
-                all.push(ReplicaStatus { address: r.address.clone(), status });
-            }
-            match cli.output {
-                Output::Json => json(&all),
-                Output::Yaml => yaml(&all),
-                Output::Table => Ok(match &cli.command {
-                    Command::Status => format!("{}\n{}", replicas_table(&all), routes_table(&all)),
-                    Command::Routes => routes_table(&all),
-                    Command::Subscribers { .. } => subscribers_table(&all),
-                    _ => partitions_table(&all),
-                }),
-            }
+            let (all, missing) = statuses(cli, reached, &only).await?;
+            let stdout = match cli.output {
+                Output::Json => json(&answers(&all, &missing))?,
+                Output::Yaml => yaml(&answers(&all, &missing))?,
+                Output::Table => match &cli.command {
+                    Command::Status => {
+                        format!("{}\n{}{}", replicas_table(&all, &missing), routes_table(&all), missing_notes(&missing))
+                    }
+                    Command::Routes => routes_table(&all) + &missing_notes(&missing),
+                    Command::Subscribers { .. } => subscribers_table(&all, &missing),
+                    _ => partitions_table(&all, &missing),
+                },
+            };
+            let failure = (!missing.is_empty()).then(|| partly_answered(&missing, asked));
+            Ok(Outcome { stdout, failure })
         }
-        Command::Weights(WeightsCommand::Set { route, weights }) => {
-            let weights: BTreeMap<String, u32> = weights.iter().cloned().collect();
-            let mut answers: Vec<(String, SetWeightsResponse)> = Vec::new();
-            for r in &mut replicas {
-                let request = cli.request(SetWeightsRequest { route: route.clone(), weights: weights.clone(), ..Default::default() })?;
-                let answer = r.client.set_weights(request).await.map_err(|s| call_error(&r.address, s))?;
-                answers.push((r.address.clone(), answer.into_inner()));
-            }
-            let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
-            render_changes(cli.output, &answers, |address, a| {
-                format!(
-                    "{address}: route {route} weights set to {} (config generation {}, {})",
-                    shown.join(" "),
-                    a.config_generation,
-                    a.config_source
-                )
-            })
+        Command::Weights(WeightsCommand::Get { route }) => {
+            let (all, missing) = statuses(cli, reached, route).await?;
+            let stdout = weights::show(cli.output, route, &all, &missing)?;
+            let failure = (!missing.is_empty()).then(|| partly_answered(&missing, asked));
+            Ok(Outcome { stdout, failure })
+        }
+        Command::Weights(WeightsCommand::Set { route, weights, force }) => {
+            let flag = reached.flag;
+            let replicas = reached.all_for_change("weights change")?;
+            weights::set(cli, &replicas, flag, route, weights, *force).await
         }
         Command::Drain { route, subscriber } => {
+            let mut replicas = reached.all_for_change("drain")?;
             let mut answers: Vec<(String, DrainResponse)> = Vec::new();
             for r in &mut replicas {
                 let request = cli.request(DrainRequest { route: route.clone(), subscriber: subscriber.clone() })?;
@@ -484,6 +590,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                     a.sessions, a.in_flight
                 )
             })
+            .map(Outcome::shown)
         }
     }
 }
@@ -699,7 +806,16 @@ fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn replicas_table(all: &[ReplicaStatus]) -> String {
+/// Lines under a table for the replicas that did not answer, so a reader knows the counts
+/// above leave them out.
+fn missing_notes(missing: &[Missing]) -> String {
+    missing
+        .iter()
+        .map(|m| format!("no answer from {} ({}): not in the table above\n", m.address, m.failure.marker()))
+        .collect()
+}
+
+fn replicas_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|r| {
@@ -719,7 +835,10 @@ fn replicas_table(all: &[ReplicaStatus]) -> String {
             ]
         })
         .collect();
-    table::render(
+    // A replica that did not answer has no name: its address and why, where its version would be.
+    let marked: Vec<Vec<String>> =
+        missing.iter().map(|m| vec!["-".to_string(), m.address.clone(), m.failure.marker()]).collect();
+    table::render_marked(
         &[
             "REPLICA",
             "ADDRESS",
@@ -733,7 +852,16 @@ fn replicas_table(all: &[ReplicaStatus]) -> String {
             "SOURCE",
         ],
         &rows,
+        &marked,
     )
+}
+
+/// A cohort in the routes table: its weight against its observed share and, when messages
+/// wait for it (no subscriber on a route that holds), how many, so an operator sees which
+/// cohort strands them.
+fn cohort_cell(name: &str, weight_share: f64, observed_share: f64, held: u64) -> String {
+    let held = if held == 0 { String::new() } else { format!(" held={held}") };
+    format!("{name}={}/{}{held}", table::percent(weight_share), table::percent(observed_share))
 }
 
 /// Routes across replicas: each replica serves its own subscribers and partitions, so counts
@@ -754,14 +882,10 @@ fn routes_table(all: &[ReplicaStatus]) -> String {
                 .cohorts
                 .iter()
                 .map(|c| {
-                    let recent: u64 = parts
-                        .iter()
-                        .flat_map(|p| &p.cohorts)
-                        .filter(|x| x.name == c.name)
-                        .map(|x| x.delivered_last_minute)
-                        .sum();
+                    let alike = || parts.iter().flat_map(|p| &p.cohorts).filter(|x| x.name == c.name);
+                    let recent: u64 = alike().map(|x| x.delivered_last_minute).sum();
                     let observed = if recent_total == 0 { 0.0 } else { recent as f64 / recent_total as f64 };
-                    format!("{}={}/{}", c.name, table::percent(c.weight_share), table::percent(observed))
+                    cohort_cell(&c.name, c.weight_share, observed, alike().map(|x| x.held).sum())
                 })
                 .collect();
             let lag: Option<i64> = parts.iter().flat_map(|p| &p.partitions).map(|p| p.lag).sum();
@@ -794,7 +918,13 @@ fn routes_table(all: &[ReplicaStatus]) -> String {
     )
 }
 
-fn subscribers_table(all: &[ReplicaStatus]) -> String {
+/// Marked rows for tables whose first column is the replica: its address, and why it has no
+/// rows.
+fn missing_rows(missing: &[Missing]) -> Vec<Vec<String>> {
+    missing.iter().map(|m| vec![m.address.clone(), m.failure.marker()]).collect()
+}
+
+fn subscribers_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
     let now = now_unix_ms();
     let mut rows = Vec::new();
     for r in all {
@@ -816,13 +946,14 @@ fn subscribers_table(all: &[ReplicaStatus]) -> String {
             }
         }
     }
-    table::render(
+    table::render_marked(
         &["REPLICA", "SESSION", "NAME", "COHORT", "WINDOW", "IN-FLIGHT", "DELIVERED", "ACKED", "CONNECTED", "STATE"],
         &rows,
+        &missing_rows(missing),
     )
 }
 
-fn partitions_table(all: &[ReplicaStatus]) -> String {
+fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
     let mut rows = Vec::new();
     for r in all {
         let replica = r.status.replica.as_ref().map_or(r.address.clone(), |x| x.name.clone());
@@ -842,15 +973,36 @@ fn partitions_table(all: &[ReplicaStatus]) -> String {
             }
         }
     }
-    table::render(
+    table::render_marked(
         &["REPLICA", "ROUTE", "TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG", "PAUSED", "BUFFERED"],
         &rows,
+        &missing_rows(missing),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::admin::{Cohort, Replica as ReplicaInfo};
+    use reach::Failure;
+
+    fn refused(address: &str) -> Missing {
+        Missing { address: address.into(), failure: Failure::Unreachable("connection refused".into()) }
+    }
+
+    fn answered(address: &str, held: u64) -> ReplicaStatus {
+        let cohorts = vec![
+            Cohort { name: "blue".into(), weight: 0, weight_share: 0.0, ..Cohort::default() },
+            Cohort { name: "green".into(), weight: 100, weight_share: 1.0, held, ..Cohort::default() },
+        ];
+        ReplicaStatus {
+            address: address.into(),
+            status: StatusResponse {
+                replica: Some(ReplicaInfo { name: "gw-0".into(), version: "1.2.0".into(), ..ReplicaInfo::default() }),
+                routes: vec![RouteStatus { name: "orders".into(), cohorts, ..RouteStatus::default() }],
+            },
+        }
+    }
 
     #[test]
     fn weights_parse_as_cohort_equals_number() {
@@ -872,9 +1024,55 @@ mod tests {
     }
 
     #[test]
-    fn addresses_get_the_admin_port_when_they_have_none() {
-        assert_eq!(with_port("gw-0.gw"), "gw-0.gw:9090");
-        assert_eq!(with_port("http://10.0.0.1:9191"), "10.0.0.1:9191");
-        assert_eq!(code_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
+    fn a_replica_that_did_not_answer_is_a_marked_row_and_a_note() {
+        let out = replicas_table(&[answered("a:9090", 0)], &[refused("b:9090")]);
+        let last = out.lines().last().expect("rows");
+        assert_eq!(
+            last.split_whitespace().collect::<Vec<_>>(),
+            ["-", "b:9090", "UNREACHABLE:", "connection", "refused"]
+        );
+        assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("gw-0 ")), "{out}");
+        assert_eq!(
+            missing_notes(&[refused("b:9090")]),
+            "no answer from b:9090 (UNREACHABLE: connection refused): not in the table above\n"
+        );
+        let subscribers = subscribers_table(&[answered("a:9090", 0)], &[refused("b:9090")]);
+        assert!(subscribers.ends_with("b:9090    UNREACHABLE: connection refused\n"), "{subscribers}");
+    }
+
+    #[test]
+    fn a_cohort_shows_what_it_holds_only_when_it_holds_something() {
+        assert_eq!(cohort_cell("green", 1.0, 0.0, 3000), "green=100%/0% held=3000");
+        assert_eq!(cohort_cell("blue", 0.5, 0.5, 0), "blue=50%/50%");
+        let routes = routes_table(&[answered("a:9090", 1000), answered("b:9090", 2000)]);
+        assert!(routes.contains("blue=0%/0% green=100%/0% held=3000"), "held adds up across replicas: {routes}");
+    }
+
+    #[test]
+    fn json_lists_a_missing_replica_with_its_error() {
+        let all = [answered("a:9090", 0)];
+        let value = serde_json::to_value(answers(&all, &[refused("b:9090")])).expect("serializes");
+        assert_eq!(value[0]["address"], "a:9090");
+        assert_eq!(value[0]["routes"][0]["name"], "orders");
+        assert_eq!(value[1], serde_json::json!({"address": "b:9090", "error": "UNREACHABLE: connection refused"}));
+    }
+
+    #[test]
+    fn every_argument_and_option_has_a_description() {
+        use clap::CommandFactory;
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(arg.get_help().is_some(), "{path} {id} has no description");
+                }
+            }
+            for sub in command.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{path} {} has no description", sub.get_name());
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "fanoutctl");
+        Cli::command().debug_assert();
     }
 }
