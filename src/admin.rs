@@ -380,7 +380,8 @@ impl Control {
                 config
             }
         };
-        info!(route, ?weights, source = %self.inner.source, "weights changed by an operator");
+        let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
+        info!(route, weights = %shown.join(" "), source = %self.inner.source, "weights changed by an operator");
         self.apply(config).await;
         Ok(self.inner.applied.read().generation.clone())
     }
@@ -563,7 +564,7 @@ impl Control {
                 let unknown = self.apply(config).await;
                 if !unknown.is_empty() {
                     warn!(
-                        ?unknown,
+                        unknown = %unknown.join(", "),
                         "routes not known to the running gateway were ignored; adding routes needs a restart"
                     );
                 }

@@ -243,9 +243,9 @@ impl Dispatcher {
                 match &result {
                     Ok(r) => {
                         Stats::bump(&self.stats.sessions_opened, 1);
-                        info!(session = r.session, route, name, ?peer, window = r.window, "subscriber joined");
+                        info!(session = r.session, route, name, peer = %peer_text(peer), window = r.window, "subscriber joined");
                     }
-                    Err(error) => info!(route, name, ?peer, %error, "subscriber refused"),
+                    Err(error) => info!(route, name, peer = %peer_text(peer), %error, "subscriber refused"),
                 }
                 if let Err(Ok(r)) = reply.send(result) {
                     // The stream went away before it heard back.
@@ -307,7 +307,12 @@ impl Dispatcher {
             }
             Command::DrainSubscriber { who, reply } => {
                 let sessions = self.registry.drain_matching(&who);
-                info!(subscriber = who, ?sessions, "operator drain: no new deliveries, closing once settled");
+                let listed: Vec<String> = sessions.iter().map(|(s, n)| format!("{s} ({n} in flight)")).collect();
+                info!(
+                    subscriber = who,
+                    sessions = %listed.join(", "),
+                    "operator drain: no new deliveries, closing once settled"
+                );
                 let _ = reply.send(sessions);
             }
             Command::Unregister { session } => {
@@ -499,4 +504,9 @@ pub async fn run(
         warn!("consumer did not close within 30 s; leaving it behind");
     }
     info!("dispatcher stopped");
+}
+
+/// A stream's peer address for the log ("unknown" when the transport gave none).
+fn peer_text(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
 }

@@ -115,11 +115,13 @@ impl Dispatcher {
             let _ = reply.send(self.on_revoked(&partitions));
             return;
         }
-        let dropped = self.registry.withhold(&partitions);
+        let unsent = self.registry.withhold(&partitions);
         let in_flight = self.registry.in_flight_of(&partitions);
         info!(
             partitions = partitions.len(),
-            in_flight, dropped, "partitions revoked: draining their in-flight deliveries"
+            in_flight,
+            unsent,
+            "partitions revoked: draining their in-flight deliveries; records not sent yet are left to the partitions' next owner"
         );
         let deadline = Instant::now() + self.settings.revoke_drain;
         self.revoking.push(Revoking { partitions, reply, deadline });
@@ -151,7 +153,7 @@ impl Dispatcher {
 
     /// Drops the partitions' buffered messages and returns their final commit points.
     pub fn on_revoked(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, CommitPoint)> {
-        let dropped = self.registry.purge(partitions);
+        let unsent = self.registry.purge(partitions);
         let mut points = Vec::new();
         for tp in partitions {
             if let Some(state) = self.partitions.remove(tp) {
@@ -161,7 +163,11 @@ impl Dispatcher {
                 }
             }
         }
-        info!(partitions = partitions.len(), dropped, "revoked partitions released");
+        info!(
+            partitions = partitions.len(),
+            unsent,
+            "revoked partitions released; their uncommitted records are read again by the next owner (nothing is lost)"
+        );
         points
     }
 

@@ -191,7 +191,12 @@ fn bad_frame(session: SessionId, read: Status) -> Option<Status> {
         debug!(session, status = %read, "client stream failed");
         return None;
     };
-    warn!(session, code = ?status.code(), message = status.message(), "subscriber sent a bad frame; stream ended");
+    warn!(
+        session,
+        code = status.code().description(),
+        message = status.message(),
+        "subscriber sent a bad frame; stream ended"
+    );
     Some(status)
 }
 
