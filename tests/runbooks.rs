@@ -494,6 +494,7 @@ async fn route_that_holds() {
 
     book.step("routes").await;
     book.step("subscribers").await;
+    book.step("weights get orders").await;
     book.step("weights set orders blue=100 green=0").await;
     book.step("routes").await;
     assert_eq!(estate.held().await, 0);
