@@ -2,14 +2,23 @@
 //!
 //! Everything downstream (the Kafka consumer, the dispatcher, the gRPC server) receives an
 //! already-validated [`Config`]; a bad file is refused here with every problem named by its
-//! field path (`routes[1].topics`), so nothing starts half-configured.
+//! field path (`routes[1].topics`), so nothing starts half-configured. [`Config::check`]
+//! reports those problems as a compiler would (file, line, column, the line quoted; see
+//! [`Report`]) for `serve` and `check-config`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
+mod diagnose;
+mod report;
+mod spans;
 mod validate;
+mod wording;
+
+pub use diagnose::Secrets;
+pub use report::{Diagnostic, Location, Report};
 
 /// Environment variable that overrides `kafka.bootstrap_servers`.
 pub const ENV_BOOTSTRAP_SERVERS: &str = "FANOUT_BOOTSTRAP_SERVERS";
@@ -30,6 +39,9 @@ pub enum ConfigError {
     #[error("invalid config:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
+
+/// What a secret's source must look like.
+const SECRET_SOURCE_FORMS: &str = "write where to read the secret: \"file:/path\" or \"env:NAME\"";
 
 /// One validation problem, named by the path of the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -628,6 +640,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads the file at `path` and checks it whole, the environment's overrides applied and
+    /// secrets as `secrets` says: the config, or every problem of the file, each placed at
+    /// its line and column. What `serve` (with [`Secrets::Read`]) and `check-config` (with
+    /// [`Secrets::FormOnly`]) run; needs neither Kafka nor Kubernetes.
+    pub fn check(path: &Path, secrets: Secrets) -> Result<Self, Report> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| Report::unreadable(&file, &error))?;
+        diagnose::check_text(&file, &text, secrets, |name| std::env::var(name).ok())
+    }
+
+    /// The problems [`Self::resolve_secrets`] would find without reading anything: each
+    /// secret must say where it is read from.
+    fn secret_form_problems(&self) -> Vec<Problem> {
+        self.kafka
+            .secrets
+            .iter()
+            .filter(|(_, source)| !source.starts_with("file:") && !source.starts_with("env:"))
+            .map(|(property, _)| Problem {
+                field: format!("kafka.secrets.\"{property}\""),
+                message: SECRET_SOURCE_FORMS.to_string(),
+            })
+            .collect()
+    }
+
     /// Reads `kafka.secrets` into `kafka.properties` (files now, environment through
     /// `lookup`), and registers every secret value, inline sensitive properties included, for
     /// redaction. A secret that cannot be read is an error naming its field.
@@ -650,10 +686,7 @@ impl Config {
                 }
                 value
             } else {
-                problems.push(Problem {
-                    field,
-                    message: "write where to read the secret: \"file:/path\" or \"env:NAME\"".to_string(),
-                });
+                problems.push(Problem { field, message: SECRET_SOURCE_FORMS.to_string() });
                 None
             };
             if let Some(value) = value {
@@ -672,18 +705,11 @@ impl Config {
         }
     }
 
-    /// Parses TOML text; an error names the path of the field that failed.
+    /// Parses TOML text (no environment, no validation). A syntax error is a
+    /// [`ConfigError::Parse`]; unknown fields, wrong types and missing fields are all named,
+    /// each by its path and with its line and column, in a [`ConfigError::Invalid`].
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::Parse { path: "<document>".to_string(), message: e.message().to_string() })?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError::Parse {
-                path: if path == "." { "<document>".to_string() } else { path },
-                message: inner.message().to_string(),
-            }
-        })
+        diagnose::parse(text)
     }
 
     /// Applies environment overrides through a lookup function, so tests need not touch the

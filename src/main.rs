@@ -1,6 +1,6 @@
-//! `fanout-gateway`: serve the gateway, or run one of its tools (the embedded demo, the
-//! benchmark, a subscriber by hand, a standalone mock Kafka). A thin dispatch: the service
-//! lives in the library's rooms, the tools in `fanout_gateway::tools`.
+//! `fanout-gateway`: serve the gateway, check a config file, or run one of its tools (the
+//! embedded demo, the benchmark, a subscriber by hand, a standalone mock Kafka). A thin
+//! dispatch: the service lives in the library's rooms, the tools in `fanout_gateway::tools`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fanout_gateway::admin::ConfigSource;
-use fanout_gateway::config::{Config, DiscoveryMode};
+use fanout_gateway::config::{Config, DiscoveryMode, Report, Secrets};
 use fanout_gateway::gateway;
 use fanout_gateway::tools::cli::{self, BenchArgs, DemoArgs, DevKafkaArgs, SubscribeArgs};
 use tracing_subscriber::EnvFilter;
@@ -24,6 +24,13 @@ struct Cli {
     command: Command,
 }
 
+/// The config file of `serve` and `check-config`.
+#[derive(clap::Args)]
+struct ConfigFile {
+    #[arg(long, short, env = "FANOUT_CONFIG", default_value = "fanout.toml")]
+    config: PathBuf,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Pretty,
@@ -33,10 +40,14 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway with a config file.
-    Serve {
-        #[arg(long, short, env = "FANOUT_CONFIG", default_value = "fanout.toml")]
-        config: PathBuf,
-    },
+    Serve(ConfigFile),
+    /// Check a config file as `serve` would, without Kafka or Kubernetes.
+    ///
+    /// For CI, or a ConfigMap's pull request: prints `PATH: ok (N routes)` and exits 0, or
+    /// every problem with its line and column and exits 1. Secrets are not read, only their
+    /// `file:`/`env:` form checked.
+    #[command(name = "check-config")]
+    CheckConfig(ConfigFile),
     /// Run everything in one process: embedded Kafka (mock cluster), producer, gateway,
     /// subscribers. Ends with one `demo: ...` line.
     Demo(DemoArgs),
@@ -87,11 +98,20 @@ fn init_tracing(format: LogFormat, default: &str) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
+            let text = match error.downcast_ref::<Report>() {
+                // A config's problems, every one placed in the file, as the log format wants.
+                Some(report) => match format {
+                    LogFormat::Pretty => report.to_string(),
+                    LogFormat::Json => report.to_json_lines(),
+                },
+                None => format!("Error: {error:#}\n"),
+            };
             // The error chain may quote librdkafka, which may quote a property: redacted.
-            eprintln!("Error: {}", fanout_gateway::redact::redact(&format!("{error:#}")));
+            eprint!("{}", fanout_gateway::redact::redact(&text));
             std::process::ExitCode::FAILURE
         }
     }
@@ -100,13 +120,14 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The service logs what it does; the tools print their own output and log only problems.
     let default_filter = match &cli.command {
-        Command::Serve { .. } => "info",
+        Command::Serve(_) => "info",
         Command::Bench(_) => "error",
         _ => "warn",
     };
     init_tracing(cli.log_format, default_filter);
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve(file) => serve(file.config).await,
+        Command::CheckConfig(file) => check_config(file.config),
         Command::Demo(args) => cli::demo(args).await,
         Command::Bench(args) => cli::bench(args).await,
         Command::Subscribe(args) => cli::subscribe(*args).await,
@@ -114,9 +135,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Checks the config file; its problems come back as the [`Report`] `main` prints.
+fn check_config(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::check(&path, Secrets::FormOnly)?;
+    let routes = config.routes.len();
+    println!("{}: ok ({routes} route{})", path.display(), if routes == 1 { "" } else { "s" });
+    Ok(())
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C, reloading routes when the config file changes.
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let config = Config::check(&path, Secrets::Read)?;
     let kube = match config.discovery.mode {
         DiscoveryMode::Kube => Some(
             kube::Client::try_default()
