@@ -19,6 +19,7 @@ use crate::grpc::connections;
 use crate::grpc::fanout::FanoutService;
 use crate::grpc::health::{self, HealthReporter};
 use crate::grpc::tls;
+use crate::kafka::ClientReports;
 use crate::pipeline::{self, Pipeline, PipelineError, Routes, Shared};
 use crate::proto::admin::admin_server::AdminServer;
 use crate::proto::admin::dead_letters_server::DeadLettersServer;
@@ -97,7 +98,9 @@ async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
 /// Starts a gateway: binds the gRPC and admin ports, starts one pipeline per route (each joins
 /// its own consumer group), watches the routes' pods when discovery is Kubernetes (through
 /// `kube`), serves subscribers and operators. `source` is where the settings live: weight
-/// changes from the admin API go there.
+/// changes from the admin API go there. Waits on nothing Kafka does: the route consumers
+/// connect and join in the background, and readiness (`/readyz`, grpc.health) says not ready
+/// until Kafka answers and every group has settled.
 pub async fn start_from(
     config: Config,
     kube: Option<kube::Client>,
@@ -126,7 +129,8 @@ pub async fn start_from(
         }
         _ => None,
     };
-    let shared = Shared { stats: stats.clone(), dead_letters, kube };
+    let kafka_reports = ClientReports::new(stats.clone(), &config.kafka.bootstrap_servers);
+    let shared = Shared { stats: stats.clone(), dead_letters, kube, kafka_reports };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut pipelines = Vec::with_capacity(config.routes.len());
     for route in &config.routes {

@@ -16,6 +16,7 @@ use crate::config::{Config, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
 use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, RouteDedup, COMMAND_CHANNEL};
 use crate::kafka::consumer::{self, ConsumerError};
+use crate::kafka::ClientReports;
 use crate::stats::Stats;
 use crate::subscriptions::{RegisterError, Registry};
 
@@ -37,6 +38,9 @@ pub struct Shared {
     pub dead_letters: Option<DeadLetterProducer>,
     /// Kubernetes discovery: the client and the namespace whose pods are watched.
     pub kube: Option<(kube::Client, Option<String>)>,
+    /// What every Kafka client does with its failures: one for the gateway, so a broken Kafka
+    /// is said once per interval, not once per route.
+    pub kafka_reports: Arc<ClientReports>,
 }
 
 /// A running pipeline.
@@ -49,6 +53,7 @@ pub struct Pipeline {
 
 /// Starts route `route`'s pipeline: opens its dedup store, starts its consumer and its
 /// dispatcher, and its pod watch in Kubernetes mode. It stops once `shutdown` turns true.
+/// Waits on nothing Kafka does: the consumer's thread connects and joins in the background.
 pub async fn start(
     config: &Config,
     route: &RouteConfig,
@@ -63,8 +68,7 @@ pub async fn start(
         }
         None => None,
     };
-    crate::kafka::upgrade::seed_from_shared_group(config, route).await;
-    let consumer = consumer::spawn(config, route, shared.stats.clone())?;
+    let consumer = consumer::spawn(config, route, shared.stats.clone(), shared.kafka_reports.clone())?;
 
     // Pod events from the route's watch; a full channel makes the watch wait (it resumes from
     // where it was, nothing is lost).

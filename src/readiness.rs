@@ -33,7 +33,9 @@ pub fn assess(
         return not("stopping".into());
     }
     if !kafka_reachable {
-        return not("kafka is not reachable".into());
+        // Also what a replica says from its start until Kafka first answers: it serves at
+        // once and the route consumers connect in the background.
+        return not("kafka is not reachable: waiting for it to answer".into());
     }
     let waiting: Vec<&str> =
         groups.iter().filter(|g| !states.get(g.as_str()).is_some_and(|s| s.settled)).map(String::as_str).collect();
@@ -61,7 +63,7 @@ mod tests {
         let stopping = assess(true, true, &groups, &all);
         assert_eq!((stopping.ready, stopping.reason.as_str()), (false, "stopping"));
         let unreachable = assess(false, false, &groups, &all);
-        assert!(!unreachable.ready && unreachable.reason.contains("kafka"));
+        assert!(!unreachable.ready && unreachable.reason.contains("waiting for it"), "{}", unreachable.reason);
 
         let joining = assess(false, true, &groups, &states(&[("a", true), ("b", false)]));
         assert!(!joining.ready);

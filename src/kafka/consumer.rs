@@ -6,6 +6,10 @@
 //! bounded channel (the thread blocks when the dispatcher is behind, and librdkafka's own
 //! prefetch limits then stop fetching); commands come back over an unbounded channel that the
 //! thread drains between polls.
+//!
+//! Everything that waits on Kafka happens on that thread, joining the group included (after
+//! the upgrade check of [`super::upgrade`], which waits until Kafka answers): starting a route
+//! waits on nothing, so the gateway's ports serve at once and readiness says what it waits for.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -18,12 +22,11 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::{Assignment, KafkaCommand, KafkaEvent, Record, TopicPartition};
+use super::{Assignment, ClientReports, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
 use crate::stats::{GroupState, Stats};
@@ -41,19 +44,16 @@ const REVOKE_ANSWER_SLACK: Duration = Duration::from_secs(5);
 /// commit (which frees windows under `window_until_commit`) waits at most this long for the
 /// thread. 200 wake-ups a second cost next to nothing.
 const POLL: Duration = Duration::from_millis(5);
-/// Least time between two warnings about the same kind of client error.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long the metadata probe waits for an answer: the thread serves no command meanwhile.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the thread waits in `poll` while it waits for Kafka before joining its group
+/// (serving librdkafka's error callbacks, which say why Kafka does not answer).
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error("cannot create the Kafka consumer: {0}")]
     Create(#[source] KafkaError),
-    #[error("cannot subscribe to topics {topics:?}: {source}")]
-    Subscribe {
-        topics: Vec<String>,
-        #[source]
-        source: KafkaError,
-    },
     #[error("cannot start the consumer thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -74,11 +74,10 @@ struct GatewayContext {
     /// How long a revoke waits for the dispatcher's commit points (its drain deadline and
     /// some room for the answer).
     revoke_timeout: Duration,
-    bootstrap: String,
     topics: parking_lot::Mutex<TopicNames>,
-    /// When the last client error of each kind was logged (they are rate-limited per kind, so
-    /// a generic "brokers are down" never hides the TLS or SASL failure behind it).
-    last_warning: parking_lot::Mutex<HashMap<ClientFailure, Instant>>,
+    /// The gateway's failure reports, shared with every other client: a failure every route
+    /// sees is said once per interval, not once per route.
+    reports: Arc<ClientReports>,
     /// The route's commit latency histogram.
     commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
@@ -110,100 +109,15 @@ impl GatewayContext {
 
 impl ClientContext for GatewayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        // A failed connection (FAIL) is logged by librdkafka for every broker and every retry,
-        // and also reaches `error` below, which says it once every few seconds.
-        if fac == "FAIL" {
-            debug!(target: "librdkafka", fac, "{log_message}");
-            return;
-        }
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        self.reports.client_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        Stats::bump(&self.stats.kafka_errors, 1);
-        let failure = ClientFailure::of(error.rdkafka_error_code(), reason);
-        if failure != ClientFailure::Other {
-            self.stats.kafka_reachable.store(false, Ordering::Relaxed);
-        }
-        let message = failure.message(&self.bootstrap, reason);
-        // librdkafka repeats these for every broker and every retry: say it at most every
-        // few seconds, the counter and the status keep the rest.
-        let mut last = self.last_warning.lock();
-        if last.get(&failure).is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            last.insert(failure, Instant::now());
-            warn!(%error, "{message}");
-        }
-        *self.stats.last_kafka_error.write() = Some(crate::redact::redact(&message).into_owned());
+        self.reports.client_error(&error, reason);
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
         self.record_statistics(statistics);
-    }
-}
-
-/// How a [`ClientFailure::Unreachable`] message starts: the metadata probe tells its own
-/// (generic) messages from the more specific ones of the error callback by it.
-const UNREACHABLE: &str = "kafka unreachable";
-
-/// What kind of failure a Kafka client error is, for a message that says what to check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientFailure {
-    /// No broker answers (or the connection broke).
-    Unreachable,
-    /// The TLS handshake failed: a CA that did not sign the brokers' certificates, a client
-    /// certificate they refuse, a plaintext listener.
-    Tls,
-    /// SASL authentication failed.
-    Authentication,
-    Other,
-}
-
-impl ClientFailure {
-    /// librdkafka reports a failed TLS handshake sometimes as `_SSL` and sometimes as a
-    /// transport failure whose reason says "SSL handshake failed: ... certificate verify
-    /// failed"; a SASL failure likewise. The reason decides where it is specific, so the
-    /// message names what to check whichever way the failure arrived.
-    fn of(code: Option<RDKafkaErrorCode>, reason: &str) -> Self {
-        let lower = reason.to_ascii_lowercase();
-        if code == Some(RDKafkaErrorCode::SSL)
-            || ["ssl handshake", "certificate verify", "ssl routines", "tls handshake"]
-                .iter()
-                .any(|m| lower.contains(m))
-        {
-            return Self::Tls;
-        }
-        if matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed))
-            || lower.contains("sasl authentication")
-        {
-            return Self::Authentication;
-        }
-        match code {
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => Self::Unreachable,
-            _ => Self::Other,
-        }
-    }
-
-    /// One line: what failed, librdkafka's reason, what to check; the client keeps retrying.
-    fn message(self, bootstrap: &str, reason: &str) -> String {
-        match self {
-            Self::Unreachable => format!(
-                "{UNREACHABLE} at {bootstrap}: {reason}; check kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS) and the network; retrying"
-            ),
-            Self::Tls => format!(
-                "TLS with kafka at {bootstrap} failed: {reason}; check ssl.ca.location (the CA that signed the brokers' certificates), ssl.certificate.location and ssl.key.location in [kafka.properties]; retrying"
-            ),
-            Self::Authentication => format!(
-                "SASL authentication with kafka at {bootstrap} failed: {reason}; check sasl.mechanisms, sasl.username and the sasl.password secret; retrying"
-            ),
-            Self::Other => format!("kafka client error: {reason}"),
-        }
     }
 }
 
@@ -440,8 +354,16 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
     cc
 }
 
-/// Creates route `route`'s consumer, subscribes to its topics and starts its thread.
-pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<ConsumerHandle, ConsumerError> {
+/// Creates route `route`'s consumer and starts its thread, which joins the route's group once
+/// it may (see [`Joining`]). Nothing here waits on Kafka: a gateway with many routes and no
+/// Kafka starts at once, and readiness says what it waits for. `reports` is the gateway's, shared
+/// by every route.
+pub fn spawn(
+    config: &Config,
+    route: &RouteConfig,
+    stats: Arc<Stats>,
+    reports: Arc<ClientReports>,
+) -> Result<ConsumerHandle, ConsumerError> {
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let (commands, commands_rx) = std_mpsc::channel();
     let (exited_tx, exited) = oneshot::channel();
@@ -450,18 +372,19 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         stats: stats.clone(),
         group: Arc::from(route.group(&config.kafka)),
         revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
-        bootstrap: config.kafka.bootstrap_servers.clone(),
         topics: parking_lot::Mutex::new(TopicNames::default()),
-        last_warning: parking_lot::Mutex::new(HashMap::new()),
+        reports: reports.clone(),
         commit_latency: stats.histograms.commit(&route.name),
     };
+    // Creating the client checks its properties (a start with a property librdkafka refuses
+    // fails here, naming it) and connects to nothing yet.
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
-    let topics = route.consumed_topics();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs).map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
-    info!(route = route.name, ?topics, group = %route.group(&config.kafka), "consumer subscribed");
-    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let joining = Joining {
+        topics: route.consumed_topics(),
+        group: route.group(&config.kafka),
+        seed: super::upgrade::plan(config, route, reports.clone()),
+    };
     // The thread's logs say which route they are about.
     let span = tracing::info_span!("route", route = route.name);
     std::thread::Builder::new()
@@ -469,11 +392,20 @@ pub fn spawn(config: &Config, route: &RouteConfig, stats: Arc<Stats>) -> Result<
         .name(format!("kafka-{}", route.name).chars().take(15).collect())
         .spawn(move || {
             let _route = span.enter();
-            run(consumer, events_tx, commands_rx, stats, bootstrap);
+            run(consumer, events_tx, commands_rx, stats, reports, joining);
             let _ = exited_tx.send(());
         })
         .map_err(ConsumerError::Thread)?;
     Ok(ConsumerHandle { events, commands, exited })
+}
+
+/// What the thread does before its consumer joins the route's group.
+struct Joining {
+    topics: Vec<String>,
+    group: String,
+    /// The upgrade check, when the route's group is not the shared group: it must run before
+    /// the group has a member (see [`super::upgrade`]), so it waits until Kafka answers.
+    seed: Option<super::upgrade::Plan>,
 }
 
 fn run(
@@ -481,13 +413,19 @@ fn run(
     events: mpsc::Sender<KafkaEvent>,
     commands: std_mpsc::Receiver<KafkaCommand>,
     stats: Arc<Stats>,
-    bootstrap: String,
+    reports: Arc<ClientReports>,
+    joining: Joining,
 ) {
     let mut fetching = true;
     let mut probe = Probe::new();
     // Partitions to resume once their seek back succeeds, and when to try again.
     let mut unsought: Vec<(TopicPartition, i64)> = Vec::new();
     let mut next_seek = Instant::now();
+    if let Flow::Close = join(&consumer, &commands, &stats, &reports, &mut probe, &mut fetching, &mut unsought, joining)
+    {
+        close(consumer);
+        return;
+    }
     loop {
         if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
             close(consumer);
@@ -516,10 +454,12 @@ fn run(
         }
 
         if !stats.kafka_reachable.load(Ordering::Relaxed) {
-            probe.check(&consumer, &stats, &bootstrap);
+            probe.check(&consumer, &reports);
         }
 
-        let Some(first) = consumer.poll(POLL) else { continue };
+        let polled = consumer.poll(POLL);
+        probe.report(&reports);
+        let Some(first) = polled else { continue };
         let mut batch = Vec::with_capacity(BATCH);
         let handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
             Ok(m) => batch.push(to_record(consumer.context(), &m)),
@@ -537,7 +477,7 @@ fn run(
         if !fetching || batch.is_empty() {
             continue;
         }
-        stats.kafka_reachable.store(true, Ordering::Relaxed);
+        reports.answered();
         Stats::bump(&stats.received, batch.len() as u64);
         // While the dispatcher is behind, keep serving its commands: a commit must not wait
         // for the record channel to have room.
@@ -565,6 +505,51 @@ fn run(
 enum Flow {
     Continue,
     Close,
+}
+
+/// Joins the route's group: first, when the route takes over the shared group's offsets,
+/// waits until Kafka answers and copies them (serving the dispatcher's commands meanwhile, so
+/// a stop is not held up); then subscribes. Close: the gateway stops, or the subscription was
+/// refused.
+#[allow(clippy::too_many_arguments)] // the thread's own state, lent for a while
+fn join(
+    consumer: &BaseConsumer<GatewayContext>,
+    commands: &std_mpsc::Receiver<KafkaCommand>,
+    stats: &Stats,
+    reports: &ClientReports,
+    probe: &mut Probe,
+    fetching: &mut bool,
+    unsought: &mut Vec<(TopicPartition, i64)>,
+    joining: Joining,
+) -> Flow {
+    if let Some(seed) = joining.seed {
+        loop {
+            if let Flow::Close = take_commands(consumer, commands, stats, fetching, unsought) {
+                return Flow::Close;
+            }
+            if probe.check(consumer, reports) == Some(true) {
+                break;
+            }
+            // Serves librdkafka's callbacks: the error callback says why Kafka does not answer.
+            if let Some(Err(error)) = consumer.poll(WAIT_POLL) {
+                debug!(%error, "consumer error");
+            }
+            probe.report(reports);
+        }
+        seed.run();
+    }
+    let topics: Vec<&str> = joining.topics.iter().map(String::as_str).collect();
+    match consumer.subscribe(&topics) {
+        Ok(()) => {
+            info!(topics = %joining.topics.join(", "), group = joining.group, "consumer subscribed");
+            Flow::Continue
+        }
+        Err(error) => {
+            // Not something a retry fixes (librdkafka refuses the topic list itself).
+            error!(%error, topics = %joining.topics.join(", "), group = joining.group, "cannot subscribe: the route gets no records");
+            Flow::Close
+        }
+    }
 }
 
 fn close(consumer: BaseConsumer<GatewayContext>) {
@@ -638,40 +623,49 @@ fn take_commands(
     Flow::Continue
 }
 
-/// Checks, with backoff, whether the cluster answers, so that an unreachable Kafka at start
-/// is reported once per attempt in plain words instead of only as librdkafka's noise.
+/// Checks, with backoff, whether the cluster answers: an unreachable Kafka at start is then
+/// reported (through the gateway's [`ClientReports`], once per interval) even when librdkafka
+/// says nothing, and the route's thread learns when it may join its group.
 struct Probe {
     next: Instant,
     backoff: Duration,
+    /// The last check's failure, reported once librdkafka's callbacks have been served (see
+    /// [`Probe::report`]).
+    failed: Option<KafkaError>,
 }
 
 impl Probe {
     fn new() -> Self {
-        Self { next: Instant::now(), backoff: Duration::from_millis(500) }
+        Self { next: Instant::now(), backoff: Duration::from_millis(500), failed: None }
     }
 
-    fn check(&mut self, consumer: &BaseConsumer<GatewayContext>, stats: &Stats, bootstrap: &str) {
-        if Instant::now() < self.next {
-            return;
+    /// Reports the last check's failure, if any. Called after a `poll`: librdkafka queues why
+    /// the connection failed (DNS, refused, TLS) for the error callback while the metadata
+    /// request waits, and that cause, reported first, makes the probe's generic "no answer" a
+    /// symptom that is counted, not said.
+    fn report(&mut self, reports: &ClientReports) {
+        if let Some(error) = self.failed.take() {
+            reports.request_failed(&error, "metadata request");
         }
-        match consumer.fetch_metadata(None, Duration::from_secs(2)) {
+    }
+
+    /// Whether the cluster answered; None when the next check is not due yet.
+    fn check(&mut self, consumer: &BaseConsumer<GatewayContext>, reports: &ClientReports) -> Option<bool> {
+        if Instant::now() < self.next {
+            return None;
+        }
+        match consumer.fetch_metadata(None, PROBE_TIMEOUT) {
             Ok(_) => {
-                stats.kafka_reachable.store(true, Ordering::Relaxed);
-                info!(bootstrap, "kafka reachable");
+                reports.answered();
                 self.backoff = Duration::from_millis(500);
+                Some(true)
             }
             Err(error) => {
-                // The error callback may know better why (TLS, SASL): say that, not the
-                // metadata request's generic transport failure.
-                let known = stats.last_kafka_error.read().clone().filter(|e| !e.starts_with(UNREACHABLE));
-                let message = known.unwrap_or_else(|| {
-                    ClientFailure::Unreachable.message(bootstrap, &format!("metadata request failed ({error})"))
-                });
-                debug!(retry_in_ms = self.backoff.as_millis() as u64, "{message}");
-                Stats::bump(&stats.kafka_errors, 1);
-                *stats.last_kafka_error.write() = Some(message);
+                debug!(%error, retry_in_ms = self.backoff.as_millis() as u64, "kafka did not answer the metadata probe");
+                self.failed = Some(error);
                 self.next = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                Some(false)
             }
         }
     }
@@ -688,49 +682,5 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
             .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect())
             .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_certificate_failure_is_tls_whichever_code_carries_it() {
-        let reason = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified";
-        for code in [
-            Some(RDKafkaErrorCode::SSL),
-            Some(RDKafkaErrorCode::BrokerTransportFailure),
-            Some(RDKafkaErrorCode::AllBrokersDown),
-            None,
-        ] {
-            assert_eq!(ClientFailure::of(code, reason), ClientFailure::Tls, "{code:?}");
-        }
-        let message =
-            ClientFailure::of(Some(RDKafkaErrorCode::BrokerTransportFailure), reason).message("b:9093", reason);
-        assert!(message.contains("ssl.ca.location") && message.contains("certificate verify failed"), "{message}");
-    }
-
-    #[test]
-    fn sasl_and_plain_transport_failures_are_told_apart() {
-        assert_eq!(
-            ClientFailure::of(
-                Some(RDKafkaErrorCode::BrokerTransportFailure),
-                "sasl_ssl://b:9094/1: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
-            ),
-            ClientFailure::Authentication
-        );
-        assert_eq!(
-            ClientFailure::of(Some(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
-            ClientFailure::Unreachable
-        );
-        assert_eq!(
-            ClientFailure::of(
-                Some(RDKafkaErrorCode::BrokerTransportFailure),
-                "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
-            ),
-            ClientFailure::Unreachable
-        );
-        assert_eq!(ClientFailure::of(Some(RDKafkaErrorCode::MessageTimedOut), "timed out"), ClientFailure::Other);
     }
 }

@@ -6,8 +6,10 @@
 //! offsets (and their metadata, which records acks above them) are committed into the route's
 //! group, which the consumer then reads on assignment like any other commit. A group nobody
 //! has joined yet takes commits from a client that is not a member, as Kafka's own
-//! `kafka-consumer-groups --reset-offsets` relies on.
+//! `kafka-consumer-groups --reset-offsets` relies on. The route's consumer thread runs it
+//! once Kafka answers (see [`super::consumer`]), so a start without Kafka waits on nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -16,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::{ClientReports, ReportingContext};
 use crate::config::{Config, RouteConfig};
 
 /// How long each broker request of the upgrade check may take.
@@ -24,7 +27,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// What the check did for a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seeded {
-    /// The route's group is the shared group, or already has offsets of its own.
+    /// The route's group already has offsets of its own.
     NotNeeded,
     /// Neither group has offsets for the route's topics: the route starts per
     /// `kafka.auto_offset_reset`.
@@ -33,37 +36,56 @@ pub enum Seeded {
     Copied(usize),
 }
 
-/// Copies the shared group's offsets into route `route`'s group if the latter has none. A
-/// failure is logged and the route starts as a new group would; it never stops the gateway.
-pub async fn seed_from_shared_group(config: &Config, route: &RouteConfig) -> Seeded {
+/// The check one route needs: which groups, which topics, and the clients' settings.
+pub struct Plan {
+    base: ClientConfig,
+    route: String,
+    group: String,
+    shared: String,
+    topics: Vec<String>,
+    /// The helper clients' failures go where the route consumers' go.
+    reports: Arc<ClientReports>,
+}
+
+/// The check route `route` needs before its consumer joins its group; none when the route's
+/// group is the shared group itself.
+pub fn plan(config: &Config, route: &RouteConfig, reports: Arc<ClientReports>) -> Option<Plan> {
     let group = route.group(&config.kafka);
     let shared = config.kafka.group_id.clone();
-    if group == shared {
-        return Seeded::NotNeeded;
-    }
-    let (base, topics, name) = (probe_config(config), route.consumed_topics(), route.name.clone());
-    let (g, s) = (group.clone(), shared.clone());
-    let outcome = tokio::task::spawn_blocking(move || seed(&base, &g, &s, &topics)).await;
-    match outcome {
-        Ok(Ok(seeded)) => {
-            if let Seeded::Copied(partitions) = seeded {
-                info!(
-                    route = name,
-                    group,
-                    from = shared,
-                    partitions,
-                    "route group had no offsets: starting where the shared group left its topics"
-                );
+    (group != shared).then(|| Plan {
+        base: probe_config(config),
+        route: route.name.clone(),
+        group,
+        shared,
+        topics: route.consumed_topics(),
+        reports,
+    })
+}
+
+impl Plan {
+    /// Copies the shared group's offsets into the route's group if the latter has none.
+    /// Blocking (each broker request may take [`TIMEOUT`]): for the route's consumer thread,
+    /// once Kafka answers. A failure is logged and the route starts as a new group would; it
+    /// never stops the gateway.
+    pub fn run(&self) -> Seeded {
+        let (route, group, from) = (&self.route, &self.group, &self.shared);
+        match seed(&self.base, &self.reports, group, from, &self.topics) {
+            Ok(seeded) => {
+                if let Seeded::Copied(partitions) = seeded {
+                    info!(
+                        route,
+                        group,
+                        from,
+                        partitions,
+                        "route group had no offsets: starting where the shared group left its topics"
+                    );
+                }
+                seeded
             }
-            seeded
-        }
-        Ok(Err(error)) => {
-            warn!(route = name, group, from = shared, %error, "cannot check the shared group's offsets; the route starts as a new group");
-            Seeded::NothingToCopy
-        }
-        Err(error) => {
-            warn!(route = name, %error, "the upgrade check failed");
-            Seeded::NothingToCopy
+            Err(error) => {
+                warn!(route, group, from, %error, "cannot check the shared group's offsets; the route starts as a new group");
+                Seeded::NothingToCopy
+            }
         }
     }
 }
@@ -79,14 +101,24 @@ fn probe_config(config: &Config) -> ClientConfig {
     cc
 }
 
-fn client(base: &ClientConfig, group: &str) -> Result<BaseConsumer<super::QuietContext>, KafkaError> {
+fn client(
+    base: &ClientConfig,
+    reports: &Arc<ClientReports>,
+    group: &str,
+) -> Result<BaseConsumer<ReportingContext>, KafkaError> {
     let mut cc = base.clone();
     cc.set("group.id", group);
-    cc.create_with_context(super::QuietContext)
+    cc.create_with_context(ReportingContext(reports.clone()))
 }
 
-fn seed(base: &ClientConfig, group: &str, shared: &str, topics: &[String]) -> Result<Seeded, KafkaError> {
-    let ours = client(base, group)?;
+fn seed(
+    base: &ClientConfig,
+    reports: &Arc<ClientReports>,
+    group: &str,
+    shared: &str,
+    topics: &[String],
+) -> Result<Seeded, KafkaError> {
+    let ours = client(base, reports, group)?;
     let metadata = ours.fetch_metadata(None, TIMEOUT)?;
     let mut all = TopicPartitionList::new();
     for topic in metadata.topics().iter().filter(|t| topics.iter().any(|n| n == t.name())) {
@@ -101,7 +133,7 @@ fn seed(base: &ClientConfig, group: &str, shared: &str, topics: &[String]) -> Re
     if committed(&ours.committed_offsets(all.clone(), TIMEOUT)?) {
         return Ok(Seeded::NotNeeded);
     }
-    let theirs = client(base, shared)?.committed_offsets(all, TIMEOUT)?;
+    let theirs = client(base, reports, shared)?.committed_offsets(all, TIMEOUT)?;
     let mut copy = TopicPartitionList::new();
     for e in theirs.elements() {
         if let Offset::Offset(o) = e.offset() {
