@@ -148,6 +148,16 @@ pub enum DiscoveryMode {
     Kube,
 }
 
+impl DiscoveryMode {
+    /// The mode as the config file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Kube => "kube",
+        }
+    }
+}
+
 /// Which messages must keep their order, and so which hash routes them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -404,9 +414,16 @@ const fn default_max_uncommitted() -> usize {
     10_000
 }
 
-/// Where to start when the group has no committed offset (librdkafka's `auto.offset.reset`;
-/// its default is `latest`, ours is `earliest` so nothing published before the first start
-/// is skipped).
+/// Where to start when the group has no committed offset (librdkafka's `auto.offset.reset`).
+///
+/// Kafka's default is `latest`; ours is `earliest`, deliberately. The gateway promises that
+/// nothing produced is skipped: with `latest`, whatever is produced between a route's creation
+/// and its group's first assignment (a deploy of the gateway beside its producers, a replica
+/// that starts late) would be skipped without a trace. A route's group has no offset only
+/// the first time: afterwards it starts from its commits, and a route that takes over from the
+/// former shared group is seeded with that group's offsets (`kafka::upgrade`), so neither
+/// replays history. The price is that a new route on a long-retention topic delivers all of
+/// it: such a route sets `auto_offset_reset = "latest"` (README, Configuration).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AutoOffsetReset {
@@ -436,6 +453,12 @@ pub struct RouteConfig {
     /// subscription of its own: its commits, lag and pauses never touch another route's.
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Where the route starts when its group has no committed offset; unset: the gateway's
+    /// `kafka.auto_offset_reset`. `latest` for a route that should deliver only what is
+    /// produced from now on (a new route on a long-retention topic would otherwise deliver
+    /// its whole history).
+    #[serde(default)]
+    pub auto_offset_reset: Option<AutoOffsetReset>,
     /// Topics whose messages this route delivers.
     pub topics: Vec<String>,
     /// Cap on a subscriber's in-flight window (`Hello.max_in_flight` and credits).
@@ -560,6 +583,7 @@ impl RouteConfig {
         Self {
             name: name.to_string(),
             group_id: None,
+            auto_offset_reset: None,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             max_in_flight: default_max_in_flight(),
             default_in_flight: default_window(),
@@ -581,6 +605,12 @@ impl RouteConfig {
     /// The route's selector, parsed (validated at load, so an error here is a bug upstream).
     pub fn parsed_selector(&self) -> Result<crate::selector::Selector, crate::selector::SelectorError> {
         self.selector.parse()
+    }
+
+    /// Where the route's consumer starts without a committed offset: its own setting, else
+    /// the gateway's.
+    pub fn offset_reset(&self, kafka: &KafkaConfig) -> AutoOffsetReset {
+        self.auto_offset_reset.unwrap_or(kafka.auto_offset_reset)
     }
 
     /// The route's consumer group: its own `group_id`, else `<kafka.group_id>.<name>`.
@@ -818,6 +848,18 @@ mod tests {
             Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.field).collect(),
             other => panic!("expected problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_route_may_start_elsewhere_than_the_gateways_default() {
+        let text = GOOD.replace("auto_offset_reset = \"latest\"\n", "")
+            + "\n[[routes]]\nname = \"audit\"\ntopics = [\"orders\"]\nauto_offset_reset = \"latest\"\n";
+        let config = Config::parse(&text).expect("parses");
+        assert_eq!(config.kafka.auto_offset_reset, AutoOffsetReset::Earliest, "the default skips nothing");
+        assert_eq!(config.routes[0].offset_reset(&config.kafka), AutoOffsetReset::Earliest);
+        assert_eq!(config.routes[1].offset_reset(&config.kafka), AutoOffsetReset::Latest);
+        let client = crate::kafka::consumer::client_config(&config, &config.routes[1]);
+        assert_eq!(client.get("auto.offset.reset"), Some("latest"), "the route's consumer starts where it says");
     }
 
     #[test]

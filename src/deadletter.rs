@@ -6,6 +6,7 @@
 //! acknowledgement does the dispatcher settle the origin offset, so a crash at any point either
 //! redelivers the message or finds it in the dead-letter topic, never neither.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -15,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::config::Config;
-use crate::kafka::Record;
+use crate::kafka::{ClientReports, Record, ReportingContext};
 use crate::subscriptions::DeadLetter;
 
 pub const HEADER_ORIGIN_TOPIC: &str = "fanout-origin-topic";
@@ -71,12 +72,16 @@ pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
 
 #[derive(Clone)]
 pub struct DeadLetterProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ReportingContext>,
 }
 
 impl DeadLetterProducer {
-    pub fn new(config: &Config) -> Result<Self, KafkaError> {
-        Ok(Self { producer: producer_config(config, "fanout-gateway-dead-letters").create()? })
+    /// The producer's failures (a dead broker, TLS, SASL) go through the gateway's `reports`,
+    /// said once per interval with their hint like the route consumers', instead of
+    /// librdkafka's default context logging each one at ERROR several times.
+    pub fn new(config: &Config, reports: Arc<ClientReports>) -> Result<Self, KafkaError> {
+        let config = producer_config(config, "fanout-gateway-dead-letters");
+        Ok(Self { producer: config.create_with_context(ReportingContext(reports))? })
     }
 
     /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement.

@@ -117,8 +117,9 @@ pub async fn start_from(
     let admin_tls = config.server.admin_tls.as_ref().map(|t| tls::server_tls("server.admin_tls", t, true)).transpose();
     let admin_tls = admin_tls.map_err(|source| StartError::Tls { section: "server.admin_tls", source })?;
     let stats = Arc::new(Stats::default());
+    let kafka_reports = ClientReports::new(stats.clone(), &config.kafka.bootstrap_servers);
     let dead_letters = if config.routes.iter().any(|r| r.dead_letter_topic.is_some() || r.retry.retry_topic.is_some()) {
-        Some(DeadLetterProducer::new(&config).map_err(StartError::DeadLetterProducer)?)
+        Some(DeadLetterProducer::new(&config, kafka_reports.clone()).map_err(StartError::DeadLetterProducer)?)
     } else {
         None
     };
@@ -129,7 +130,6 @@ pub async fn start_from(
         }
         _ => None,
     };
-    let kafka_reports = ClientReports::new(stats.clone(), &config.kafka.bootstrap_servers);
     let shared = Shared { stats: stats.clone(), dead_letters, kube, kafka_reports };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut pipelines = Vec::with_capacity(config.routes.len());
@@ -226,7 +226,7 @@ pub async fn start_from(
         .map(|t| tokio::spawn(t.cert.clone().follow(t.reload_every)))
         .collect();
     let readiness = tokio::spawn(follow_readiness(control.clone(), health.clone()));
-    info!(%addr, %admin_addr, ?groups, "gateway serving");
+    info!(%addr, %admin_addr, groups = %groups.join(", "), "gateway serving");
     Ok(GatewayHandle {
         addr,
         stats,

@@ -15,7 +15,12 @@ use fanout_gateway::tools::cli::{self, BenchArgs, DemoArgs, DevKafkaArgs, Subscr
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fanout-gateway", version, about = "Kafka to gRPC fan-out gateway")]
+#[command(
+    name = "fanout-gateway",
+    version,
+    about = "Kafka to gRPC fan-out gateway",
+    after_help = "Examples:\n  fanout-gateway serve --config /etc/fanout/fanout.toml\n  fanout-gateway check-config --config fanout.toml\n  fanout-gateway demo --duration 60\n  fanout-gateway subscribe --gateway 127.0.0.1:50051 --route demo"
+)]
 struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "FANOUT_LOG_FORMAT")]
@@ -27,6 +32,7 @@ struct Cli {
 /// The config file of `serve` and `check-config`.
 #[derive(clap::Args)]
 struct ConfigFile {
+    /// The gateway's config file (TOML; examples/fanout.toml lists every field).
     #[arg(long, short, env = "FANOUT_CONFIG", default_value = "fanout.toml")]
     config: PathBuf,
 }
@@ -146,6 +152,15 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
 /// Runs the gateway until SIGTERM or Ctrl-C, reloading routes when the config file changes.
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::check(&path, Secrets::Read)?;
+    // The first line of a replica's log: what runs, from which file, serving which routes.
+    let routes: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        routes = %routes.join(", "),
+        discovery = config.discovery.mode.as_str(),
+        "fanout-gateway starting"
+    );
     let kube = match config.discovery.mode {
         DiscoveryMode::Kube => Some(
             kube::Client::try_default()

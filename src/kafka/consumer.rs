@@ -194,7 +194,8 @@ impl ConsumerContext for GatewayContext {
             Rebalance::Revoke(tpl) => {
                 Stats::bump(&self.stats.rebalances, 1);
                 let partitions = self.partitions(tpl);
-                info!(partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
+                let listed: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                info!(partitions = %listed.join(", "), "partitions revoked");
                 let (reply, answer) = std_mpsc::sync_channel(1);
                 if self.events.blocking_send(KafkaEvent::Revoked { partitions, reply }).is_err() {
                     return; // dispatcher gone: nothing to commit
@@ -242,10 +243,15 @@ impl ConsumerContext for GatewayContext {
                 Assignment { tp: self.tp(e.topic(), e.partition()), committed, acked_above }
             })
             .collect();
-        info!(
-            partitions = ?assignments.iter().map(|a| format!("{}@{:?}", a.tp, a.committed)).collect::<Vec<_>>(),
-            "partitions assigned"
-        );
+        // `orders/3 from 1200`, or `orders/3 (no commit yet)`: where each partition resumes.
+        let listed: Vec<String> = assignments
+            .iter()
+            .map(|a| match a.committed {
+                Some(offset) => format!("{} from {offset}", a.tp),
+                None => format!("{} (no commit yet)", a.tp),
+            })
+            .collect();
+        info!(partitions = %listed.join(", "), "partitions assigned");
         let _ = self.events.blocking_send(KafkaEvent::Assigned(assignments));
     }
 }
@@ -333,7 +339,7 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         // Commits happen only for acked offsets, explicitly.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", k.auto_offset_reset.as_librdkafka())
+        .set("auto.offset.reset", route.offset_reset(k).as_librdkafka())
         // Incremental rebalances: a gateway replica joining or leaving moves only the
         // partitions that change owner; the others keep flowing.
         .set("partition.assignment.strategy", "cooperative-sticky")

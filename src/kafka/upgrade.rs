@@ -30,7 +30,7 @@ pub enum Seeded {
     /// The route's group already has offsets of its own.
     NotNeeded,
     /// Neither group has offsets for the route's topics: the route starts per
-    /// `kafka.auto_offset_reset`.
+    /// its `auto_offset_reset` (the route's, else `kafka.auto_offset_reset`).
     NothingToCopy,
     /// The shared group's offsets of this many partitions were copied into the route's group.
     Copied(usize),
