@@ -11,23 +11,71 @@ use anyhow::Context;
 use super::devkafka::{DevKafka, TopicSpec};
 use super::{bench, demo, scenario};
 
+/// Examples under `demo --help`: the demo alone, then operated from a second terminal.
+const DEMO_EXAMPLES: &str = "\
+EXAMPLES:
+  # The whole loop for 20 s; it prints the commands that attach to it, then ends with one line:
+  # demo: produced=.. acked=.. dead_lettered=.. committed=.. lost=0 duplicates=0
+  cargo run --release -- demo
+
+  # Longer, so there is time to operate it from a second terminal (admin token: demo-token):
+  cargo run --release -- demo --duration 300
+  cargo run --release -- subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
+  cargo run --release --bin fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token weights set demo stable=90 canary=10
+  cargo run --release --bin fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token dlq list demo
+
+  # A canary ramp (weights switched while producing), ending with one `scenario: ...` line:
+  cargo run --release -- demo --scenario canary
+
+Operators' commands all work on the demo gateway: its admin token is demo-token (so its admin API
+stays on loopback), one message in 997 is poison and is dead-lettered to demo-events.dlq (a
+redriven one is accepted), and route demo is split by `track`, its own subscribers in cohort
+`stable`.";
+
+/// Examples under `subscribe --help`.
+const SUBSCRIBE_EXAMPLES: &str = "\
+EXAMPLES:
+  # A canary subscriber of the demo (`fanout-gateway demo` in another terminal):
+  cargo run --release -- subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
+
+  # Every replica of a gateway in Kubernetes, through its headless Service, printing each delivery:
+  fanout-gateway subscribe --dns fanout-gateway-headless.shop.svc:50051 --route orders --verbose
+
+  # A slow subscriber with a small window, over TLS:
+  fanout-gateway subscribe --gateway https://gw.shop.example:50051 --tls-ca ca.pem --route orders \\
+    --max-in-flight 10 --handle-ms 50
+
+It prints `subscribed: ...` once a replica accepted the stream, a line per second, and ends with
+`subscribe: received=.. acked=..`: exit 0 after Ctrl-C / SIGTERM or an operator's
+`fanoutctl drain`, 1 with the status when a replica refuses the subscription.";
+
 /// `demo`: the whole loop in one process, or a deploy scenario.
+///
+/// The demo gateway can be operated while it runs: admin token `demo-token` (on loopback only),
+/// dead-letter topic `demo-events.dlq` (one message in 997 is poison and ends there), route
+/// `demo` split by `track` with its own subscribers in cohort `stable`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = DEMO_EXAMPLES)]
 pub struct DemoArgs {
-    /// How long to produce, in seconds.
+    /// How long to produce, in seconds; then the demo waits (up to 30 s) for everything to be
+    /// acked or dead-lettered and committed, and reports.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
+    /// The demo's own subscribers (cohort `stable`, named demo-subscriber-0, -1, ...). With
+    /// --scenario: subscribers in all, half per cohort.
     #[arg(long, default_value_t = 3)]
     pub subscribers: usize,
-    /// Messages produced per second.
+    /// Messages produced per second (with --scenario, at least 4000).
     #[arg(long, default_value_t = 2_000)]
     pub rate: u32,
+    /// Partitions of the demo topic (the embedded Kafka creates it).
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
     /// gRPC address of the demo gateway (attach `fanout-gateway subscribe` to it).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
-    /// Admin API address of the demo gateway (`fanoutctl --gateway` it).
+    /// Admin API address of the demo gateway (`fanoutctl --gateway` it); loopback only, since
+    /// the demo's admin token is public.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: String,
     /// Run a deploy scenario instead: subscribers in two cohorts, weights switched while
@@ -57,6 +105,7 @@ pub struct BenchArgs {
 /// `subscribe`: a subscriber by hand, through the subscriber library (`fanout-client`): a
 /// stream to every replica, reconnects, per-key ordered handlers, drain on SIGTERM.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SUBSCRIBE_EXAMPLES)]
 pub struct SubscribeArgs {
     /// A gateway replica's endpoint (repeat, or comma-separate, for every replica).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051", conflicts_with = "dns")]
@@ -79,8 +128,9 @@ pub struct SubscribeArgs {
     /// wins over it.
     #[arg(long, value_name = "FILE")]
     pub labels_file: Option<String>,
-    /// Deliveries each stream may hold un-acked (0: the route's default).
-    #[arg(long, default_value_t = 10)]
+    /// Deliveries each stream may hold un-acked; 0 (the default) takes the route's
+    /// `default_in_flight` (100 unless the gateway's config says otherwise).
+    #[arg(long, default_value_t = 0)]
     pub max_in_flight: u32,
     /// Deliveries handled at once (one at a time per key).
     #[arg(long, default_value_t = 16)]
@@ -98,9 +148,10 @@ pub struct SubscribeArgs {
     /// TLS: the CA (PEM) that signed the gateway's certificate.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<String>,
-    /// mTLS: this subscriber's certificate and key (PEM).
+    /// mTLS: this subscriber's certificate (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<String>,
+    /// mTLS: the private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<String>,
     /// The name the gateway's certificate carries, when it is not the --gateway host (with
@@ -116,6 +167,7 @@ pub struct SubscribeArgs {
 /// `dev-kafka`: a standalone mock Kafka.
 #[derive(Debug, clap::Args)]
 pub struct DevKafkaArgs {
+    /// Brokers of the mock cluster (1 to 32), each on a loopback port of its own.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub brokers: i32,
     /// A topic to create, NAME:PARTITIONS (repeat for more); replication factor is
@@ -175,10 +227,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         admin_listen,
     };
     println!(
-        "embedded kafka (mock cluster, 3 brokers), topic {} with {partitions} partitions, {rate} msg/s for {duration}s, {subscribers} subscribers; gateway on {}, admin API on {}",
+        "embedded kafka (mock cluster, 3 brokers), topic {} with {partitions} partitions, {rate} msg/s for {duration}s \
+         (one in {} poison, dead-lettered to {}), {subscribers} subscribers ({}={})",
         demo::DEMO_TOPIC,
-        options.listen,
-        options.admin_listen
+        demo::POISON_EVERY,
+        demo::DEMO_DLQ_TOPIC,
+        demo::SPLIT_LABEL,
+        demo::STABLE,
     );
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -268,7 +323,8 @@ pub async fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `subscribe`: handles (prints) and acks what arrives from every replica until SIGTERM
-/// or Ctrl-C, then drains; ends with one `subscribe: ...` line of counts.
+/// or Ctrl-C, or until an operator drains it (`fanoutctl drain`), then drains; ends with one
+/// `subscribe: ...` line of counts. A refused subscription is an error naming its status.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     use fanout_client::{ClientTls, Delivery, Nack, Replicas, Subscriber};
 
@@ -318,7 +374,8 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let subscriber = builder.build().context("subscribe")?;
     let stats = subscriber.stats();
     let replicas = dns.unwrap_or_else(|| gateway.join(","));
-    println!("subscribed to route {route} at {replicas} (window {max_in_flight} per stream); Ctrl-C to drain and stop");
+    // Not "subscribed" yet: no replica has answered. The progress task says so once one accepts.
+    println!("subscribing to route {route} at {replicas} ({}); Ctrl-C to drain and stop", window_text(max_in_flight));
 
     let handler = move |d: Delivery| async move {
         if handle_ms > 0 {
@@ -340,31 +397,164 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         Ok::<(), Nack>(())
     };
     let progress = tokio::spawn({
-        let stats = stats.clone();
+        let (stats, route) = (stats.clone(), route.clone());
         async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
+            // Checked often so acceptance is reported promptly; the counts once a second.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut since_accepted: Option<std::time::Instant> = None;
             loop {
                 tick.tick().await;
                 let s = stats.snapshot();
-                println!("acked {} deliveries ({} streams open)", s.acked, s.streams);
+                match since_accepted {
+                    None if accepted(&s) => {
+                        println!("subscribed: route {route} accepted ({} stream(s) open)", s.streams);
+                        since_accepted = Some(std::time::Instant::now());
+                    }
+                    Some(at) if at.elapsed() >= Duration::from_secs(1) => {
+                        println!("acked {} deliveries ({} streams open)", s.acked, s.streams);
+                        since_accepted = Some(std::time::Instant::now());
+                    }
+                    _ => {}
+                }
             }
         }
     });
-    let result = subscriber.run(handler, terminated()).await;
+    // An operator's drain takes this subscriber out of the route for good (the library opens
+    // no stream after it): nothing is left to wait for, so it ends as a signal would.
+    let drained = {
+        let stats = stats.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !taken_out(&stats.snapshot()) {
+                tick.tick().await;
+            }
+        }
+    };
+    let shutdown = async {
+        tokio::select! {
+            _ = terminated() => {}
+            _ = drained => {}
+        }
+    };
+    let result = subscriber.run(handler, shutdown).await;
     progress.abort();
     let s = stats.snapshot();
+    if taken_out(&s) {
+        println!("drained by the gateway (an operator's `fanoutctl drain`): every stream closed");
+    }
     println!(
         "subscribe: received={} acked={} nacked={} abandoned={} reconnects={}",
         s.received, s.acked, s.nacked, s.abandoned, s.reconnects
     );
-    result.context("subscribe")?;
-    Ok(())
+    match result {
+        Ok(()) => Ok(()),
+        Err(fanout_client::Error::Refused { replica, route, code, message }) => {
+            Err(anyhow::anyhow!("{}", refusal_line(&replica, &route, code, &message)))
+        }
+        Err(error) => Err(anyhow::Error::new(error).context("subscribe")),
+    }
+}
+
+/// The window a `--max-in-flight` asks for, as the start line says it.
+fn window_text(max_in_flight: u32) -> String {
+    match max_in_flight {
+        0 => "window: the route's default per stream".into(),
+        n => format!("window {n} per stream"),
+    }
+}
+
+/// Whether a replica accepted the subscription: a stream is open (the gateway answers only
+/// after it registered the hello), or was, as deliveries or a drain by the gateway show.
+fn accepted(s: &fanout_client::Snapshot) -> bool {
+    s.streams > 0 || s.received > 0 || s.drained_by_gateway > 0
+}
+
+/// Whether an operator drained this subscriber and every stream has closed since: the library
+/// leaves every replica after a drain and opens no stream again.
+fn taken_out(s: &fanout_client::Snapshot) -> bool {
+    s.drained_by_gateway > 0 && s.streams == 0
+}
+
+/// A refused subscription as one line: who refused, the gRPC status and the gateway's reason.
+fn refusal_line(replica: &str, route: &str, code: tonic::Code, message: &str) -> String {
+    format!(
+        "replica {replica} refused the subscription to route {route:?}: {}: {}",
+        code_name(code),
+        message.replace('\n', " ")
+    )
+}
+
+/// `PERMISSION_DENIED`, as gRPC documents its codes (and as fanoutctl prints them).
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let sep = (i > 0 && c.is_uppercase()).then_some('_');
+            sep.into_iter().chain(c.to_uppercase())
+        })
+        .collect()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE (a label of this subscriber), got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+    use fanout_client::Snapshot;
+
+    #[test]
+    fn every_argument_of_the_tools_is_described_and_demo_and_subscribe_show_examples() {
+        let commands = [
+            DemoArgs::augment_args(clap::Command::new("demo")),
+            BenchArgs::augment_args(clap::Command::new("bench")),
+            SubscribeArgs::augment_args(clap::Command::new("subscribe")),
+            DevKafkaArgs::augment_args(clap::Command::new("dev-kafka")),
+        ];
+        for command in &commands {
+            for arg in command.get_arguments() {
+                assert!(arg.get_help().is_some(), "{} --{} has no help", command.get_name(), arg.get_id());
+            }
+        }
+        for command in [&commands[0], &commands[2]] {
+            let examples = command.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(examples.starts_with("EXAMPLES:"), "{}: {examples}", command.get_name());
+            assert!(examples.contains("--route demo --label track=canary"), "{examples}");
+        }
+    }
+
+    #[test]
+    fn subscribe_takes_the_routes_default_window_unless_told() {
+        let command = SubscribeArgs::augment_args(clap::Command::new("subscribe"));
+        let matches = command.try_get_matches_from(["subscribe", "--route", "demo"]).expect("parses");
+        assert_eq!(matches.get_one::<u32>("max_in_flight"), Some(&0));
+        assert_eq!(window_text(0), "window: the route's default per stream");
+        assert_eq!(window_text(10), "window 10 per stream");
+    }
+
+    #[test]
+    fn subscribed_only_once_a_replica_accepted_and_done_once_drained_everywhere() {
+        let connecting = Snapshot { reconnects: 3, ..Snapshot::default() };
+        assert!(!accepted(&connecting) && !taken_out(&connecting));
+        let open = Snapshot { streams: 1, ..Snapshot::default() };
+        assert!(accepted(&open) && !taken_out(&open));
+        let draining = Snapshot { streams: 1, received: 40, drained_by_gateway: 1, ..Snapshot::default() };
+        assert!(accepted(&draining) && !taken_out(&draining), "another replica's stream still drains");
+        let drained = Snapshot { received: 40, drained_by_gateway: 2, ..Snapshot::default() };
+        assert!(accepted(&drained) && taken_out(&drained));
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_with_its_status() {
+        let line = refusal_line("127.0.0.1:50051", "nope", tonic::Code::NotFound, "no route `nope`\nroutes: demo");
+        assert_eq!(line, "replica 127.0.0.1:50051 refused the subscription to route \"nope\": NOT_FOUND: no route `nope` routes: demo");
+        assert_eq!(code_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
     }
 }
