@@ -273,7 +273,8 @@ async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() 
     };
     let (ops_cert, ops_key) = as_identity("ops.fanoutctl");
     let base = ["--gateway", &admin, "--tls-ca", &ca_arg, "--tls-domain", "localhost"];
-    let set = ["weights", "set", ROUTE, "blue=100", "green=0"];
+    // No subscriber here: the change is forced past the guard (what is tested is who may make it).
+    let set = ["weights", "set", ROUTE, "blue=100", "green=0", "--force"];
     let with = |cert: &str, key: &str| {
         let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
         args.extend(["--tls-cert".to_string(), cert.to_string(), "--tls-key".to_string(), key.to_string()]);

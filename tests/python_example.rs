@@ -118,7 +118,19 @@ async fn the_python_example_retries_until_the_gateway_listens_then_acks_and_drai
     let gateway = format!("127.0.0.1:{grpc}");
     let count = COUNT.to_string();
     // Started first: nothing listens yet, so it must retry with backoff.
-    let args = ["--gateway", &gateway, "--route", "demo", "--count", &count, "--label", "lang=python"];
+    // The demo's route is split by `track`: a subscriber takes messages as one of its cohorts.
+    let args = [
+        "--gateway",
+        &gateway,
+        "--route",
+        "demo",
+        "--count",
+        &count,
+        "--label",
+        "lang=python",
+        "--label",
+        "track=stable",
+    ];
     let mut python = Proc::python(dir.path(), &[&args[..], &["--name", "python-example"]].concat());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let demo = Proc::demo(dir.path(), grpc, admin, 2_000);

@@ -22,6 +22,7 @@ async fn main() -> Result<(), fanout_client::Error> {
     // Replicas::dns("fanout-gateway-headless.shop.svc.cluster.local:50051")
     Subscriber::builder("demo") // pod name and namespace from POD_NAME / POD_NAMESPACE
         .replicas(Replicas::dns("127.0.0.1:50051"))
+        .label("track", "stable") // the demo's cohort; in Kubernetes labels are the pod's
         .concurrency(8)
         .build()?
         .run(handle, shutdown_signal()) // returns once drained, or on a refusal (unknown route)
