@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::ctl::code_name;
 use super::devkafka::{DevKafka, TopicSpec};
 use super::{bench, demo, scenario};
 
@@ -482,18 +483,6 @@ fn refusal_line(replica: &str, route: &str, code: tonic::Code, message: &str) ->
         code_name(code),
         message.replace('\n', " ")
     )
-}
-
-/// `PERMISSION_DENIED`, as gRPC documents its codes (and as fanoutctl prints them).
-fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_uppercase()).then_some('_');
-            sep.into_iter().chain(c.to_uppercase())
-        })
-        .collect()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

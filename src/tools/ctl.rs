@@ -9,6 +9,8 @@
 //! status 1 for a failed call or a replica that did not answer, 2 for a bad command line.
 
 mod reach;
+/// gRPC status codes as gRPC documents them; `subscribe` prints refusals the same way.
+pub(crate) use reach::code_name;
 mod table;
 mod weights;
 

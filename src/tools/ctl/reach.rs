@@ -275,7 +275,7 @@ pub(super) fn call_line(address: &str, code: tonic::Code, message: &str) -> Stri
 }
 
 /// `PERMISSION_DENIED`, as gRPC documents its codes.
-pub(super) fn code_name(code: tonic::Code) -> String {
+pub(crate) fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
         .chars()
         .enumerate()
