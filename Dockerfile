@@ -12,7 +12,7 @@
 # The build needs gcc, make, perl and cmake for librdkafka (compiled from source by rdkafka-sys
 # with CMake), zlib1g-dev and libssl-dev with pkg-config for its gzip and TLS; zstd and libcurl
 # (OIDC) are built from their crates and linked in statically.
-# protoc comes from the protoc-bin-vendored crate (build.rs), so no system protoc.
+# protoc comes from the protoc-bin-vendored crate (proto/build.rs), so no system protoc.
 # Same Debian release as the runtime stage, so the glibc the binaries link against is there.
 FROM rust:1.95-bookworm AS build
 # Named, although the image has them: the build needs exactly these (.ci/run installs the same).

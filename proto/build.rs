@@ -1,5 +1,6 @@
-//! Compiles `fanout/v1/fanout.proto` with tonic-prost-build. protoc comes from the
-//! `protoc-bin-vendored` crate unless `PROTOC` is set, so a fresh machine needs no system package.
+//! Compiles both contracts with tonic-prost-build: `fanout/v1/fanout.proto` (subscribers) and
+//! `fanout/admin/v1/admin.proto` (operators). protoc comes from the `protoc-bin-vendored` crate
+//! unless `PROTOC` is set, so a fresh machine needs no system package.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
@@ -15,6 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".fanout.v1.Delivery")
         .bytes(".fanout.v1.Header")
         .compile_protos(&["fanout/v1/fanout.proto"], &[".", include.to_str().unwrap_or("")])?;
+    // The admin API has a descriptor set of its own, so the Subscribe port's reflection does
+    // not list a service it does not serve. Serializable behind the `serde` feature (fanoutctl
+    // prints replies as JSON or YAML); maps sorted, so that output is stable.
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("fanout_admin_descriptor.bin"))
+        .type_attribute(".fanout.admin.v1", "#[cfg_attr(feature = \"serde\", derive(serde::Serialize))]")
+        .btree_map(".fanout.admin.v1")
+        .compile_protos(&["fanout/admin/v1/admin.proto"], &[".", include.to_str().unwrap_or("")])?;
     println!("cargo:rerun-if-changed=fanout");
     Ok(())
 }

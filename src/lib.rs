@@ -38,9 +38,10 @@
 //! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
 //!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
 //!   ready (`/readyz`, grpc.health); [`redact`] keeps Kafka secrets out of logs and errors.
-//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka and the command line,
+//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka and their command line,
 //!   which drive the service through its public surface and subscribe with the subscriber
-//!   library (`fanout-client`, the workspace's `client/`).
+//!   library (`fanout-client`, the workspace's `client/`). `fanoutctl` is a crate of its own
+//!   (`ctl/`), on the admin contract in `fanout-proto` alone.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -70,12 +71,7 @@ pub mod tools;
 pub mod proto {
     pub use fanout_proto::v1::*;
 
-    /// Generated from `proto/fanout/admin/v1/admin.proto`: the operator's API.
-    pub mod admin {
-        #![allow(clippy::all, missing_docs)]
-        tonic::include_proto!("fanout.admin.v1");
-
-        /// The admin API's descriptors, for server reflection on the admin port.
-        pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_admin_descriptor");
-    }
+    /// The operator's API (`proto/fanout/admin/v1/admin.proto`), also in `fanout-proto`:
+    /// fanoutctl builds on that crate alone.
+    pub use fanout_proto::admin;
 }

@@ -99,7 +99,7 @@ pub enum Error {
     },
     /// A replica refused the subscription with a status no retry can fix (or, for identity,
     /// kept refusing it through the identity grace).
-    #[error("replica {replica} refused the subscription to route {route:?} ({code:?}): {message}")]
+    #[error("replica {replica} refused the subscription to route {route:?} ({}): {message}", code_name(*code))]
     Refused {
         /// The replica's `host:port`.
         replica: String,
@@ -118,6 +118,19 @@ pub enum Error {
     /// A bug in this library (a task of it panicked).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A gRPC status code as gRPC documents it (`PERMISSION_DENIED`, `NOT_FOUND`): how the
+/// gateway's docs, fanoutctl and this library name a refusal.
+pub fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let sep = (i > 0 && c.is_uppercase()).then_some('_');
+            sep.into_iter().chain(c.to_uppercase())
+        })
+        .collect()
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends a pod it stops) or Ctrl-C: the usual shutdown

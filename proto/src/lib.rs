@@ -1,7 +1,9 @@
-//! The subscription contract between fanout-gateway and the services behind it
-//! (`proto/fanout/v1/fanout.proto`): the generated messages, the `Fanout` client the
-//! subscriber library drives and the server stub the gateway implements. One crate, so the
-//! gateway and its subscribers can never disagree on a field.
+//! fanout-gateway's two contracts, generated once: the subscription contract between the
+//! gateway and the services behind it (`proto/fanout/v1/fanout.proto`: the messages, the
+//! `Fanout` client the subscriber library drives and the server stub the gateway implements),
+//! and the operator's admin API (`proto/fanout/admin/v1/admin.proto`: the gateway serves it,
+//! fanoutctl calls it). One crate, so no two sides can disagree on a field, and a client needs
+//! neither librdkafka nor the gateway to build.
 #![forbid(unsafe_code)]
 
 /// Generated from `fanout/v1/fanout.proto`.
@@ -11,4 +13,14 @@ pub mod v1 {
 
     /// The contract's descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_descriptor");
+}
+
+/// Generated from `fanout/admin/v1/admin.proto`: the operator's API (the gateway serves it,
+/// fanoutctl calls it). `serde::Serialize` with the `serde` feature.
+pub mod admin {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("fanout.admin.v1");
+
+    /// The admin API's descriptors, for server reflection on the admin port.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_admin_descriptor");
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ctl::code_name;
 use super::devkafka::{DevKafka, TopicSpec};
 use super::{bench, demo, scenario};
+use fanout_client::code_name;
 
 /// Examples under `demo --help`: the demo alone, then operated from a second terminal.
 const DEMO_EXAMPLES: &str = "\
@@ -22,8 +22,8 @@ EXAMPLES:
   # Longer, so there is time to operate it from a second terminal (admin token: demo-token):
   cargo run --release -- demo --duration 300
   cargo run --release -- subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
-  cargo run --release --bin fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token weights set demo stable=90 canary=10
-  cargo run --release --bin fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token dlq list demo
+  cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token weights set demo stable=90 canary=10
+  cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token dlq list demo
 
   # A canary ramp (weights switched while producing), ending with one `scenario: ...` line:
   cargo run --release -- demo --scenario canary

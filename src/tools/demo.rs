@@ -294,7 +294,7 @@ fn redriven(delivery: &Delivery) -> bool {
 /// reached over loopback); `from_time` is when the demo started, for `replay`.
 pub fn attach_commands(listen: SocketAddr, admin: SocketAddr, from_time: &str) -> Vec<String> {
     let (listen, admin) = (reachable(listen), reachable(admin));
-    let ctl = format!("cargo run --release --bin fanoutctl -- --gateway {admin} --token {DEMO_TOKEN}");
+    let ctl = format!("cargo run --release -p fanoutctl -- --gateway {admin} --token {DEMO_TOKEN}");
     let route = DEMO_ROUTE;
     vec![
         format!(
@@ -529,7 +529,7 @@ mod tests {
             lines[1].trim_start(),
             "subscriber: cargo run --release -- subscribe --gateway 127.0.0.1:50061 --route demo --label track=canary"
         );
-        let ctl = "cargo run --release --bin fanoutctl -- --gateway 127.0.0.1:9191 --token demo-token";
+        let ctl = "cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9191 --token demo-token";
         for (line, command) in lines[2..].iter().zip([
             "status",
             "weights set demo stable=90 canary=10",

@@ -268,9 +268,31 @@ async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
     let _ = sub.ack(ids).await;
 }
 
+/// The `fanoutctl` binary (the workspace crate `ctl/`), built once per test binary: cargo
+/// gives a test the binaries of its own package only, and fanoutctl is a package of its own
+/// (no librdkafka). It lands beside this test's own directory (`target/<profile>/`).
+pub fn fanoutctl_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--locked", "--quiet", "-p", "fanoutctl", "--bin", "fanoutctl"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p fanoutctl failed");
+        let bin = dir.join(format!("fanoutctl{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "fanoutctl was built, but not at {}", bin.display());
+        bin
+    })
+}
+
 /// The `fanoutctl` binary, with no gateway or token from the test's own environment.
 pub fn fanoutctl_command() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"));
+    let mut command = tokio::process::Command::new(fanoutctl_bin());
     for name in [
         "FANOUT_GATEWAY",
         "FANOUT_GATEWAYS_DNS",

@@ -5,14 +5,15 @@
 
 use std::future::Future;
 
+use fanout_client::code_name;
 use futures::future::join_all;
 use serde::Serialize;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{CtlError, CALL_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_PORT};
-use crate::proto::admin::admin_client::AdminClient;
-use crate::proto::admin::dead_letters_client::DeadLettersClient;
+use fanout_proto::admin::admin_client::AdminClient;
+use fanout_proto::admin::dead_letters_client::DeadLettersClient;
 
 /// One replica's admin API.
 pub(super) struct Replica {
@@ -272,18 +273,6 @@ pub(super) fn call_line(address: &str, code: tonic::Code, message: &str) -> Stri
         _ => "",
     };
     format!("{address}: {}: {}{hint}", code_name(code), message.replace('\n', " "))
-}
-
-/// `PERMISSION_DENIED`, as gRPC documents its codes.
-pub(crate) fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_uppercase()).then_some('_');
-            sep.into_iter().chain(c.to_uppercase())
-        })
-        .collect()
 }
 
 #[cfg(test)]

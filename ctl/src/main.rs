@@ -1,4 +1,4 @@
-//! `fanoutctl`: the operator's command line for fanout-gateway (see `fanout_gateway::tools::ctl`).
+//! `fanoutctl`: the operator's command line for fanout-gateway (the library beside this file).
 //! A thin edge: parse, run, print; stdout gets what was shown (the replicas that answered),
 //! stderr the failure, each of its lines starting `fanoutctl: `.
 
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use fanout_gateway::tools::ctl::{self, Cli};
+use fanoutctl::{self as ctl, Cli};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {

@@ -9,8 +9,6 @@
 //! status 1 for a failed call or a replica that did not answer, 2 for a bad command line.
 
 mod reach;
-/// gRPC status codes as gRPC documents them; `subscribe` prints refusals the same way.
-pub(crate) use reach::code_name;
 mod table;
 mod weights;
 
@@ -22,7 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tonic::metadata::AsciiMetadataValue;
 
-use crate::proto::admin::{
+use fanout_proto::admin::{
     CancelReplayRequest, DrainRequest, DrainResponse, GetReplayRequest, LetterRef, ListDeadLettersRequest,
     ListDeadLettersResponse, ListReplaysRequest, PartitionOffset, RedriveRequest, ReplayRequest, ReplayStatus,
     RouteStatus, StatusRequest, StatusResponse,
@@ -985,7 +983,7 @@ fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::admin::{Cohort, Replica as ReplicaInfo};
+    use fanout_proto::admin::{Cohort, Replica as ReplicaInfo};
     use reach::Failure;
 
     fn refused(address: &str) -> Missing {

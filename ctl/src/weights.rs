@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::reach::{ask_all, authorized, failure_lines, with_tail, Failure, Missing, Replica};
 use super::{render_changes, table, Answer, CtlError, Outcome, Output, ReplicaStatus};
-use crate::proto::admin::{Cohort, SetWeightsRequest, SetWeightsResponse};
+use fanout_proto::admin::{Cohort, SetWeightsRequest, SetWeightsResponse};
 
 /// What `weights set` adds to a refusal that `--force` would override.
 const FORCE_HINT: &str = "(add --force to change the weights anyway)";
@@ -200,7 +200,7 @@ fn disagreement(route: &str, all: &[ReplicaStatus]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::admin::{Replica as ReplicaInfo, RouteStatus, StatusResponse};
+    use fanout_proto::admin::{Replica as ReplicaInfo, RouteStatus, StatusResponse};
 
     fn cohort(name: &str, weight: u32, subscribers: u32, held: u64) -> Cohort {
         Cohort { name: name.into(), weight, weight_share: 0.5, subscribers, held, ..Cohort::default() }
