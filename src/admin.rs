@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Problem, RouteConfig};
-use crate::dispatcher::{Command, PartitionSnapshot, RouteSnapshot};
+use crate::dispatcher::Command;
 use crate::pipeline::Routes;
 use crate::stats::Stats;
 use crate::subscriptions::SessionId;
@@ -135,20 +135,7 @@ pub struct ReplicaStatus {
     pub readiness: crate::readiness::Readiness,
 }
 
-/// A route as this replica runs it, with its consumer group's offsets and lag.
-#[derive(Debug, Clone)]
-pub struct RouteStatus {
-    pub group: String,
-    pub snapshot: RouteSnapshot,
-    pub partitions: Vec<PartitionStatus>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PartitionStatus {
-    pub snapshot: PartitionSnapshot,
-    pub high_watermark: Option<i64>,
-    pub lag: Option<i64>,
-}
+pub use crate::dispatcher::status::{PartitionStatus, RouteStatus};
 
 /// The config this replica runs and the generation that names it.
 struct Applied {

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub mod dedup;
 mod diagnose;
 mod report;
 mod spans;
@@ -506,7 +507,7 @@ pub struct RouteConfig {
     pub window_until_commit: bool,
     /// Duplicate detection for `delivery = "effectively-once"` (in-memory store by default).
     #[serde(default)]
-    pub dedup: Option<crate::dedup::DedupConfig>,
+    pub dedup: Option<dedup::DedupConfig>,
 }
 
 /// What a route promises about each message.
@@ -638,7 +639,7 @@ impl RouteConfig {
     }
 
     /// The dedup settings of an effectively-once route (its own or the defaults), else None.
-    pub fn dedup_settings(&self) -> Option<crate::dedup::DedupConfig> {
+    pub fn dedup_settings(&self) -> Option<dedup::DedupConfig> {
         (self.delivery == DeliveryMode::EffectivelyOnce).then(|| self.dedup.clone().unwrap_or_default())
     }
 

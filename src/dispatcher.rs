@@ -18,7 +18,7 @@ mod dead_letters;
 mod dedup_gate;
 mod identity;
 mod partitions;
-mod status;
+pub mod status;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! Nothing here counts on its own. At each scrape the gateway's [`Stats`] and a fresh
 //! snapshot of every route (taken by each route's dispatcher, the one owner of that state) are
 //! turned into series, so a subscriber or a partition that went away leaves no stale series
-//! behind. Only the two latency histograms are observed as things happen ([`Histograms`]).
+//! behind. Only the two latency histograms are observed as things happen ([`crate::stats::Histograms`]).
 //!
 //! Labels are bounded by configuration and by what is live: route, cohort (the split label's
 //! values), subscriber (connected pods only), topic and partition (assigned ones only). No
@@ -18,13 +18,11 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::admin::RouteStatus;
+use crate::dispatcher::status::{PartitionStatus, RouteStatus};
 use crate::stats::Stats;
 use crate::subscriptions::CohortCounts;
 
@@ -35,43 +33,8 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// metrics`, older scrapers).
 pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-type RouteLabel = [(&'static str, String); 1];
 /// Which of a cohort's totals a series shows.
 type PickCount = fn(&CohortCounts) -> u64;
-
-/// Commit and fetch-to-ack latency per route. Each route's writer takes its own handle once
-/// ([`Histograms::commit`], [`Histograms::delivery`]) and observes without a lookup.
-#[derive(Debug)]
-pub struct Histograms {
-    commit: Family<RouteLabel, Histogram, fn() -> Histogram>,
-    delivery: Family<RouteLabel, Histogram, fn() -> Histogram>,
-}
-
-/// 1 ms to about 33 s: commits take milliseconds, deliveries up to an ack deadline.
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-impl Default for Histograms {
-    fn default() -> Self {
-        Self {
-            commit: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            delivery: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-        }
-    }
-}
-
-impl Histograms {
-    /// Seconds a commit of `route`'s group took, successful or not.
-    pub fn commit(&self, route: &str) -> Histogram {
-        self.commit.get_or_create_owned(&[("route", label_value(route))])
-    }
-
-    /// Seconds from a record's arrival from Kafka to its ack, per route (replays excluded).
-    pub fn delivery(&self, route: &str) -> Histogram {
-        self.delivery.get_or_create_owned(&[("route", label_value(route))])
-    }
-}
 
 /// A label value as both exposition formats need it: backslash, double quote and line feed
 /// escaped. prometheus-client writes label values as given, and some of ours come from
@@ -409,7 +372,7 @@ impl Collector for Scrape {
         )?;
 
         // Per assigned partition.
-        let partition_series = |pick: fn(&crate::admin::PartitionStatus) -> Option<i64>| {
+        let partition_series = |pick: fn(&PartitionStatus) -> Option<i64>| {
             self.routes
                 .iter()
                 .flat_map(move |r| {
@@ -497,10 +460,6 @@ mod tests {
         assert!(!escaped.contains('\n'));
         // Every quote left in it is escaped.
         assert!(escaped.match_indices('"').all(|(i, _)| escaped[..i].ends_with('\\')));
-        let stats = Stats::default();
-        stats.histograms.delivery(forged).observe(0.5);
-        let text = render(&Arc::new(stats), Vec::new(), true);
-        assert!(!text.lines().any(|l| l.starts_with("fanout_ready 0")), "{text}");
     }
 
     #[test]

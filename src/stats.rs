@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// Monotonic counters and a few gauges. Cheap to bump from any task.
 #[derive(Debug, Default)]
@@ -100,7 +102,46 @@ pub struct Stats {
     /// Set when a graceful stop begins: the replica is no longer ready.
     pub stopping: AtomicBool,
     /// Commit and delivery latency, observed where they happen.
-    pub histograms: crate::metrics::Histograms,
+    pub histograms: Histograms,
+}
+
+/// The `route` label of a histogram. Route names are validated at load (letters, digits, `.`,
+/// `_`, `-`), so they go into the exposition as they are.
+type RouteLabel = [(&'static str, String); 1];
+
+/// Commit and fetch-to-ack latency per route, observed where they happen; `/metrics`
+/// registers the families at each scrape. Each route's writer takes its own handle once
+/// ([`Histograms::commit`], [`Histograms::delivery`]) and observes without a lookup.
+#[derive(Debug)]
+pub struct Histograms {
+    pub(crate) commit: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub(crate) delivery: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+/// 1 ms to about 33 s: commits take milliseconds, deliveries up to an ack deadline.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            commit: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            delivery: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl Histograms {
+    /// Seconds a commit of `route`'s group took, successful or not.
+    pub fn commit(&self, route: &str) -> Histogram {
+        self.commit.get_or_create_owned(&[("route", route.to_string())])
+    }
+
+    /// Seconds from a record's arrival from Kafka to its ack, per route (replays excluded).
+    pub fn delivery(&self, route: &str) -> Histogram {
+        self.delivery.get_or_create_owned(&[("route", route.to_string())])
+    }
 }
 
 /// Where a route's consumer stands in its group, as its last statistics said.

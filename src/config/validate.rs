@@ -440,7 +440,7 @@ mod tests {
             Config::parse(&GOOD.replace("max_in_flight = 500", "max_in_flight = 500\ndelivery = \"effectively-once\""))
                 .expect("parses");
         config.validate().expect("an effectively-once route without a dedup section uses the defaults");
-        assert_eq!(config.routes[0].dedup_settings(), Some(crate::dedup::DedupConfig::default()));
+        assert_eq!(config.routes[0].dedup_settings(), Some(crate::config::dedup::DedupConfig::default()));
     }
 
     #[test]

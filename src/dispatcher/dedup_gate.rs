@@ -47,7 +47,7 @@ impl Dispatcher {
             let batch: Vec<Keyed> = waiting
                 .into_iter()
                 .map(|(record, epoch)| {
-                    let key = d.config.key_of(&record).map(|key| {
+                    let key = crate::dedup::key_of(&d.config, &record).map(|key| {
                         let shared: Arc<str> = Arc::from(key.as_str());
                         claims.push(Claim::for_record(key, &record));
                         (claims.len() - 1, shared)

@@ -40,6 +40,23 @@ pub struct RouteSnapshot {
     pub pod_cohorts: BTreeSet<String>,
 }
 
+/// A route as this replica runs it, with its consumer group's offsets and lag: what the admin
+/// API, `/metrics` and the gRPC layer read (plain data; none of them reaches the others).
+#[derive(Debug, Clone)]
+pub struct RouteStatus {
+    pub group: String,
+    pub snapshot: RouteSnapshot,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One assigned partition with the broker's view of it.
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub snapshot: PartitionSnapshot,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+}
+
 /// One assigned partition.
 #[derive(Debug, Clone)]
 pub struct PartitionSnapshot {
