@@ -6,7 +6,10 @@
 //! The committed offset is the lowest offset still owed an ack (or one past the last received
 //! offset when nothing is owed), so acks may arrive in any order and a commit never passes an
 //! un-acked message. Offsets need not be contiguous (compaction, transaction markers): only
-//! offsets actually received count.
+//! offsets actually received count. Offsets the consumer steps over without handing them out
+//! (transaction markers, aborted records under `read_committed`) are covered by the consumer's
+//! position ([`PartitionTracker::reached`]): when nothing is owed, the commit point moves up to
+//! it, so a partition that ends in a marker is committed to its end.
 //!
 //! Acked offsets above the commit point are written into the commit's metadata
 //! ([`encode_acked`]); a gateway that takes the partition over reads them back and skips those
@@ -58,6 +61,9 @@ pub struct PartitionTracker {
     owed: usize,
     /// Offsets acked by a previous owner above its commit point, ascending ranges.
     skip: Vec<(i64, i64)>,
+    /// The consumer's position as last reported: everything below it was either received or
+    /// is no record to deliver. The commit point moves up to it whenever nothing is pending.
+    reached: Option<i64>,
 }
 
 /// What to commit for a partition: the offset and the metadata that records acks above it.
@@ -71,7 +77,7 @@ impl PartitionTracker {
     /// `start` is the group's committed offset if there is one; `skip` the acked ranges decoded
     /// from its metadata.
     pub fn new(start: Option<i64>, skip: Vec<(i64, i64)>) -> Self {
-        Self { pending: VecDeque::new(), next: start, owed: 0, skip }
+        Self { pending: VecDeque::new(), next: start, owed: 0, skip, reached: None }
     }
 
     /// Records a received offset, owed an ack unless a previous owner recorded it as acked.
@@ -130,6 +136,31 @@ impl PartitionTracker {
             }
             self.next = Some(front.offset + 1);
             self.pending.pop_front();
+        }
+        self.catch_up();
+    }
+
+    /// The consumer's position is `position`: every offset below it has been handed out (and
+    /// received here) or was stepped over by the consumer (a transaction's commit or abort
+    /// marker, an aborted record), which librdkafka never hands out. The caller passes only a
+    /// position that covers no record still on its way or dropped to be fetched again.
+    pub fn reached(&mut self, position: i64) {
+        if self.reached.is_some_and(|r| r >= position) {
+            return;
+        }
+        self.reached = Some(position);
+        self.catch_up();
+    }
+
+    /// With nothing pending, the commit point is the consumer's position if that is further.
+    fn catch_up(&mut self) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        if let Some(reached) = self.reached {
+            if self.next.is_none_or(|next| next < reached) {
+                self.next = Some(reached);
+            }
         }
     }
 
@@ -282,6 +313,28 @@ mod tests {
         assert_eq!(t.committable(), Some(7));
         t.ack(7);
         assert_eq!(t.committable(), Some(8));
+    }
+
+    #[test]
+    fn commits_step_over_offsets_the_consumer_passed_without_handing_out() {
+        // A transaction of 3..=5 and its commit marker at 6; the consumer's position is 7.
+        let mut t = PartitionTracker::new(Some(3), vec![]);
+        for o in 3..=5 {
+            t.track(o);
+        }
+        t.reached(7);
+        assert_eq!(t.committable(), Some(3), "owed offsets hold the commit point");
+        t.ack(4);
+        t.ack(5);
+        assert_eq!(t.committable(), Some(3));
+        t.ack(3);
+        assert_eq!(t.committable(), Some(7), "nothing owed: the marker at 6 is stepped over");
+        // An aborted transaction 7..=9 and its marker at 10: nothing handed out, position 11.
+        t.reached(11);
+        assert_eq!(t.committable(), Some(11));
+        assert_eq!(t.track(11), Track::New);
+        t.reached(5);
+        assert_eq!(t.committable(), Some(11), "an older position moves nothing back");
     }
 
     #[test]

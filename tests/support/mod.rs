@@ -395,5 +395,6 @@ pub fn promtool_check(exposition: &str) -> String {
     }
 }
 pub mod pki;
+pub mod real_kafka;
 pub mod runbook;
 pub mod tls_kafka;

@@ -1,0 +1,342 @@
+//! Conformance on a real Apache Kafka broker (one KRaft node, see `support::real_kafka`), not
+//! librdkafka's mock: the core loop, transactional topics (aborted records and the
+//! transaction markers occupy offsets that are never delivered) and compacted topics (gaps in
+//! the offsets). Every test ends with the route group's committed offsets equal to each
+//! partition's end as the broker reports it, and nothing lost of what an independent producer
+//! wrote. Skipped with a note when the broker's jars are missing (`.ci/setup` fetches them);
+//! in CI their absence fails.
+
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use fanout_client::stream::{self, Subscription};
+use fanout_gateway::config::Config;
+use fanout_gateway::gateway;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use support::real_kafka::RealKafka;
+use support::*;
+
+/// The route over `topic`, on the real broker, with quick commits.
+fn route_config(bootstrap: &str, group: &str, topic: &str) -> Config {
+    let mut c = Config::single_route(bootstrap, group, ROUTE, &[topic]);
+    c.kafka.commit_interval_ms = 100;
+    c.server.shutdown_grace_ms = 10_000;
+    // Kafka's smallest allowed session (group.min.session.timeout.ms): a quick handover.
+    c.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    c.kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
+    // librdkafka's default, said here because the test depends on it: aborted records are
+    // never handed to the gateway.
+    c.kafka.properties.insert("isolation.level".into(), "read_committed".into());
+    c
+}
+
+/// A topic name no other test uses.
+fn unique_topic(prefix: &str) -> String {
+    unique_group(prefix)
+}
+
+/// Produces `count` keyed messages to `topic`; their ids (`topic/partition/offset`).
+async fn produce_to(bootstrap: &str, topic: &str, count: usize, keys: usize) -> Vec<String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut futures = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = format!("key-{}", i % keys);
+        let value = format!("message {i}");
+        futures.push(producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)).expect("enqueue"));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for f in futures {
+        let d = f.await.expect("delivered").expect("delivered");
+        ids.push(format!("{topic}/{}/{}", d.partition, d.offset));
+    }
+    ids
+}
+
+/// Receives and acks until every id in `expected` has arrived, then for `quiet` more (what
+/// else comes is returned too); each delivery counted once per arrival.
+async fn receive_all(sub: &mut Subscription, expected: &HashSet<String>, quiet: Duration) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    while !expected.iter().all(|id| seen.contains(id)) {
+        let ids: Vec<String> = next_batch(sub).await.iter().map(stream::id_of).collect();
+        sub.ack(ids.clone()).await.expect("acks sent");
+        seen.extend(ids.iter().cloned());
+        got.extend(ids);
+    }
+    while let Ok(Ok(Some(batch))) = tokio::time::timeout(quiet, sub.next()).await {
+        let ids: Vec<String> = batch.iter().map(stream::id_of).collect();
+        sub.ack(ids.clone()).await.expect("acks sent");
+        got.extend(ids);
+    }
+    got
+}
+
+/// Ids delivered more than once.
+fn duplicates(got: &[String]) -> usize {
+    got.len() - got.iter().collect::<HashSet<_>>().len()
+}
+
+/// Waits until the group's commits reach each partition's end; panics naming the partitions
+/// that did not.
+async fn commits_reach_the_end(kafka: &RealKafka, group: &str, topic: &str, partitions: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let behind = kafka.uncommitted(group, topic, partitions);
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the route's commits did not reach the partitions' ends in 30 s: (partition, committed, end) {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_is_delivered_and_commits_reach_each_partitions_end() {
+    const MESSAGES: usize = 20_000;
+    const PARTITIONS: i32 = 4;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let started = Instant::now();
+    let topic = unique_topic("core");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 1_000).await;
+    let expected: HashSet<String> = produced.iter().cloned().collect();
+    let group = unique_group("real-core");
+
+    let run = async {
+        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &expected, Duration::from_millis(500)).await;
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        drop(sub);
+        gw.shutdown().await;
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let lost = expected.iter().filter(|id| !got.contains(id)).count();
+    eprintln!(
+        "core loop on Kafka: {MESSAGES} produced, {} delivered, lost={lost}, duplicates={}, {:.1} s",
+        got.len(),
+        duplicates(&got),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "every message produced was delivered");
+    assert!(got.iter().all(|id| expected.contains(id)), "nothing delivered that was not produced");
+}
+
+/// What a transactional run wrote: committed and aborted record ids.
+struct Transactions {
+    committed: HashSet<String>,
+    aborted: HashSet<String>,
+}
+
+/// Two transactional producers with their transactions open at the same time, one committing
+/// where the other aborts, so aborted records lie between committed ones in every partition;
+/// every third round the roles swap. Ends with no transaction open.
+fn produce_transactions(bootstrap: &str, topic: &str, rounds: usize, per_transaction: usize) -> Transactions {
+    let producer = |id: &str| -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", format!("{topic}-{id}"))
+            .set("linger.ms", "5")
+            .create()
+            .expect("transactional producer")
+    };
+    let (a, b) = (producer("a"), producer("b"));
+    for p in [&a, &b] {
+        p.init_transactions(Duration::from_secs(30)).expect("transactions initialised");
+    }
+    let mut out = Transactions { committed: HashSet::new(), aborted: HashSet::new() };
+    for round in 0..rounds {
+        for p in [&a, &b] {
+            p.begin_transaction().expect("transaction begins");
+        }
+        let mut sent: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        for (n, p) in [&a, &b].into_iter().enumerate() {
+            let futures: Vec<_> = (0..per_transaction)
+                .map(|i| {
+                    let key = format!("key-{i}");
+                    let value = format!("round {round} producer {n} record {i}");
+                    p.send_result(FutureRecord::to(topic).key(&key).payload(&value)).expect("enqueue")
+                })
+                .collect();
+            for f in futures {
+                let d = futures::executor::block_on(f).expect("delivered").expect("delivered");
+                sent[n].push(format!("{topic}/{}/{}", d.partition, d.offset));
+            }
+        }
+        // Producer a commits and b aborts, except every third round.
+        let a_commits = round % 3 != 2;
+        for (n, p) in [&a, &b].into_iter().enumerate() {
+            let commits = (n == 0) == a_commits;
+            let ids = std::mem::take(&mut sent[n]);
+            if commits {
+                p.commit_transaction(Duration::from_secs(30)).expect("transaction commits");
+                out.committed.extend(ids);
+            } else {
+                p.abort_transaction(Duration::from_secs(30)).expect("transaction aborts");
+                out.aborted.extend(ids);
+            }
+        }
+    }
+    out
+}
+
+// Fails today (issue 24, prediction 5): librdkafka steps over the transaction markers without
+// handing them out, so the route commits one past its last record and stays a marker or two
+// short of the end. The tracker steps over them once told the consumer's position
+// (`PartitionTracker::reached`); the consumer thread does not report it yet.
+#[ignore = "the route's consumer does not report its position to the dispatcher yet (issue 24)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactional_topics_deliver_committed_records_only_and_commits_step_over_markers() {
+    const PARTITIONS: i32 = 4;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let started = Instant::now();
+    let topic = unique_topic("transactions");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let (bootstrap, t) = (kafka.bootstrap_servers().to_string(), topic.clone());
+    let written = tokio::task::spawn_blocking(move || produce_transactions(&bootstrap, &t, 12, 100))
+        .await
+        .expect("transactions produced");
+    let group = unique_group("real-transactions");
+
+    let run = async {
+        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &written.committed, Duration::from_secs(2)).await;
+        let aborted_delivered: Vec<&String> = got.iter().filter(|id| written.aborted.contains(*id)).collect();
+        assert!(
+            aborted_delivered.is_empty(),
+            "aborted records were delivered: {:?}",
+            &aborted_delivered[..aborted_delivered.len().min(10)]
+        );
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        drop(sub);
+        gw.shutdown().await;
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let lost = written.committed.iter().filter(|id| !got.contains(id)).count();
+    eprintln!(
+        "transactions on Kafka: {} committed, {} aborted, {} delivered, lost={lost}, duplicates={}, {:.1} s",
+        written.committed.len(),
+        written.aborted.len(),
+        got.len(),
+        duplicates(&got),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "every committed record was delivered");
+}
+
+/// The records a plain reader finds in `topic` now, by id.
+fn records_in(bootstrap: &str, topic: &str, partitions: i32) -> BTreeSet<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_group("scan"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("scanner");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        ends.push(high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition added");
+    }
+    consumer.assign(&tpl).expect("assigned");
+    let mut found = BTreeSet::new();
+    let mut done = vec![false; partitions as usize];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (p, end) in ends.iter().enumerate() {
+        done[p] = *end == 0;
+    }
+    while !done.iter().all(|d| *d) {
+        assert!(Instant::now() < deadline, "scan of {topic} did not finish");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            found.insert(format!("{topic}/{}/{}", m.partition(), m.offset()));
+            if m.offset() + 1 >= ends[m.partition() as usize] {
+                done[m.partition() as usize] = true;
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compacted_topics_with_gaps_in_their_offsets_are_committed_to_the_end() {
+    const PARTITIONS: i32 = 2;
+    const MESSAGES: usize = 4_000;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let started = Instant::now();
+    let topic = unique_topic("compacted");
+    let compact = [
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("min.compaction.lag.ms", "0"),
+        ("delete.retention.ms", "100"),
+    ];
+    kafka.create_topic(&topic, PARTITIONS, &compact).await;
+    // 40 keys written 100 times each: compaction keeps about the last of each key.
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 40).await;
+    // A segment rolls on the first append after segment.ms: write once more, so the cleaner
+    // may clean everything before it; wait until it has, and until a second look agrees.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce_to(kafka.bootstrap_servers(), &topic, 40, 40).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let survivors = loop {
+        let (bootstrap, t) = (kafka.bootstrap_servers().to_string(), topic.clone());
+        let first = tokio::task::spawn_blocking(move || records_in(&bootstrap, &t, PARTITIONS)).await.expect("scan");
+        if first.len() < MESSAGES / 2 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (bootstrap, t) = (kafka.bootstrap_servers().to_string(), topic.clone());
+            let again =
+                tokio::task::spawn_blocking(move || records_in(&bootstrap, &t, PARTITIONS)).await.expect("scan");
+            if again == first {
+                break first;
+            }
+        }
+        assert!(Instant::now() < deadline, "the log cleaner did not compact {topic} in 60 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(produced.iter().any(|id| !survivors.contains(id)), "compaction left gaps in the offsets");
+    let expected: HashSet<String> = survivors.iter().cloned().collect();
+    let group = unique_group("real-compacted");
+
+    let run = async {
+        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &expected, Duration::from_millis(500)).await;
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        drop(sub);
+        gw.shutdown().await;
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let lost = expected.iter().filter(|id| !got.contains(id)).count();
+    eprintln!(
+        "compacted topic on Kafka: {} written, {} left after compaction, {} delivered, lost={lost}, duplicates={}, {:.1} s",
+        produced.len() + 40,
+        survivors.len(),
+        got.len(),
+        duplicates(&got),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "every record the cleaner left was delivered");
+}
