@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::RwLock;
-use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Problem, RouteConfig};
-use crate::dispatcher::Command;
+use crate::dispatcher::RouteHandle;
 use crate::pipeline::Routes;
 use crate::stats::Stats;
 use crate::subscriptions::SessionId;
@@ -248,19 +247,14 @@ impl Control {
     pub async fn routes_status(&self, only: Option<&str>) -> Result<Vec<RouteStatus>, AdminError> {
         let names: Vec<String> = match only {
             Some(route) => {
-                self.commands(route)?;
+                self.route(route)?;
                 vec![route.to_string()]
             }
             None => self.inner.routes.names(),
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let (reply, answer) = oneshot::channel();
-            self.commands(&name)?
-                .send(Command::Status { reply })
-                .await
-                .map_err(|_| AdminError::Stopping(name.clone()))?;
-            let snapshot = answer.await.map_err(|_| AdminError::Stopping(name.clone()))?;
+            let snapshot = self.route(&name)?.status().await.map_err(|_| AdminError::Stopping(name.clone()))?;
             let group = snapshot.config.group(&self.inner.applied.read().config.kafka);
             let partitions = snapshot
                 .partitions
@@ -312,7 +306,7 @@ impl Control {
         weights: BTreeMap<String, u32>,
         change: WeightChange,
     ) -> Result<String, AdminError> {
-        self.commands(route)?;
+        self.route(route)?;
         // A change that does not validate is refused naming the field, before the guard
         // judges what it would do.
         let mut candidate = self.inner.applied.read().config.clone();
@@ -375,12 +369,8 @@ impl Control {
 
     /// Drains the streams of subscriber `who` (name or session number) on route `route`.
     pub async fn drain(&self, route: &str, who: &str) -> Result<Vec<(SessionId, usize)>, AdminError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands(route)?
-            .send(Command::DrainSubscriber { who: who.to_string(), reply })
-            .await
-            .map_err(|_| AdminError::Stopping(route.to_string()))?;
-        let sessions = answer.await.map_err(|_| AdminError::Stopping(route.to_string()))?;
+        let sessions =
+            self.route(route)?.drain_subscriber(who).await.map_err(|_| AdminError::Stopping(route.to_string()))?;
         if sessions.is_empty() {
             return Err(AdminError::NoSubscriber { route: route.to_string(), who: who.to_string() });
         }
@@ -441,12 +431,12 @@ impl Control {
         }
         replay::check_bounds(&from, &to, replay::now_unix_ms()).map_err(AdminError::BadRequest)?;
         let topics = if topics.is_empty() { route_config.topics.clone() } else { topics };
-        let commands = self.commands(route)?.clone();
+        let handle = self.route(route)?.clone();
         let (c, r) = (config.clone(), route_config.clone());
         let ranges = tokio::task::spawn_blocking(move || crate::kafka::replay::resolve(&c, &r, &topics, &from, &to))
             .await
             .map_err(|e| AdminError::Source(format!("resolving the replay's range failed: {e}")))??;
-        Ok(self.inner.replays.start(config, route_config, ranges, commands))
+        Ok(self.inner.replays.start(config, route_config, ranges, handle))
     }
 
     pub fn replay(&self, id: u64) -> Result<replay::ReplayProgress, AdminError> {
@@ -465,7 +455,7 @@ impl Control {
 
     /// The applied config and route `route`'s settings in it.
     fn route_config(&self, route: &str) -> Result<(Config, RouteConfig), AdminError> {
-        self.commands(route)?;
+        self.route(route)?;
         let config = self.inner.applied.read().config.clone();
         let route_config = config.routes.iter().find(|r| r.name == route).cloned().ok_or_else(|| {
             AdminError::UnknownRoute { route: route.to_string(), known: self.inner.routes.names().join(", ") }
@@ -563,7 +553,8 @@ impl Control {
         }
     }
 
-    fn commands(&self, route: &str) -> Result<&tokio::sync::mpsc::Sender<Command>, AdminError> {
+    /// The dispatcher of route `route` on this replica.
+    fn route(&self, route: &str) -> Result<&RouteHandle, AdminError> {
         self.inner.routes.find(route).map_err(|_| AdminError::UnknownRoute {
             route: route.to_string(),
             known: self.inner.routes.names().join(", "),

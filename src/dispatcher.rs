@@ -16,12 +16,12 @@
 mod commits;
 mod dead_letters;
 mod dedup_gate;
+mod handle;
 mod identity;
 mod partitions;
 pub mod status;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,84 +32,26 @@ use tracing::{debug, info, warn};
 
 use commits::request_commit;
 pub use dedup_gate::RouteDedup;
+use handle::Command;
+pub use handle::{channel, Commands, RouteHandle, Stopped};
 use identity::subscriber_name;
 use partitions::{PartitionState, Revoking};
 pub use status::{PartitionSnapshot, RouteSnapshot, SPLIT_WINDOW};
 
-use crate::config::{DiscoveryMode, RouteConfig};
+use crate::config::DiscoveryMode;
 use crate::deadletter::DeadLetterProducer;
 use crate::dedup::{DedupError, Verdict};
-use crate::discovery::Introduction;
 use crate::discovery::{PodEvent, PodIndex};
 use crate::kafka::consumer::ConsumerHandle;
 use crate::kafka::{KafkaCommand, KafkaEvent, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
-use crate::subscriptions::{
-    AckId, CloseReason, Failure, RegisterError, Registered, Registry, ReplayTag, SessionId, StagedSend,
-};
+use crate::subscriptions::{CloseReason, Registry, ReplayTag, StagedSend};
 
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
 /// How often in-flight deliveries are checked against their ack deadlines.
 const DEADLINE_SCAN: Duration = Duration::from_millis(100);
-
-/// Capacity of the command channel from gRPC streams. A full channel makes stream readers
-/// wait, which slows clients' acks down to what the dispatcher can take.
-pub const COMMAND_CHANNEL: usize = 1_024;
-
-/// Requests from the gRPC layer.
-#[derive(Debug)]
-pub enum Command {
-    Register {
-        hello: Introduction,
-        peer: Option<SocketAddr>,
-        reply: oneshot::Sender<Result<Registered, RegisterError>>,
-    },
-    /// New settings for the route (hot reload, operator). Answers whether they were applied
-    /// (not when they name another route).
-    UpdateRoute {
-        route: Box<RouteConfig>,
-        reply: Option<oneshot::Sender<bool>>,
-    },
-    /// Acks of a session, by the deliveries' ack ids.
-    Ack {
-        session: SessionId,
-        ack_ids: Vec<AckId>,
-    },
-    Nack {
-        session: SessionId,
-        ack_id: AckId,
-        failure: Failure,
-    },
-    Credit {
-        session: SessionId,
-        additional: u32,
-    },
-    Drain {
-        session: SessionId,
-    },
-    /// Records of an operator's replay: routed like live ones, never tracked for commits.
-    /// `done` fires once every one of them is settled (acked, or dead-lettered).
-    Replay {
-        replay: u64,
-        records: Vec<crate::kafka::Record>,
-        done: oneshot::Sender<()>,
-    },
-    /// The route as it runs now (operator status).
-    Status {
-        reply: oneshot::Sender<RouteSnapshot>,
-    },
-    /// An operator drains the sessions of a subscriber, by name or session number; the
-    /// answer lists the sessions draining, with their in-flight counts.
-    DrainSubscriber {
-        who: String,
-        reply: oneshot::Sender<Vec<(SessionId, usize)>>,
-    },
-    Unregister {
-        session: SessionId,
-    },
-}
 
 /// Work finished by tasks the dispatcher started.
 #[derive(Debug)]
@@ -404,7 +346,7 @@ impl Dispatcher {
 /// grace period), commit synchronously, close the consumer (leave the group), end sessions.
 pub async fn run(
     mut d: Dispatcher,
-    mut commands: mpsc::Receiver<Command>,
+    Commands(mut commands): Commands,
     consumer: ConsumerHandle,
     mut pod_events: mpsc::Receiver<PodEvent>,
     mut shutdown: watch::Receiver<bool>,

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, Instrument};
 
 use crate::config::{Config, RouteConfig};
 use crate::deadletter::DeadLetterProducer;
-use crate::dispatcher::{self, Command, Dispatcher, DispatcherSettings, RouteDedup, COMMAND_CHANNEL};
+use crate::dispatcher::{self, Dispatcher, DispatcherSettings, RouteDedup, RouteHandle};
 use crate::kafka::consumer::{self, ConsumerError};
 use crate::kafka::ClientReports;
 use crate::stats::Stats;
@@ -46,7 +46,7 @@ pub struct Shared {
 /// A running pipeline.
 pub struct Pipeline {
     pub route: String,
-    pub commands: mpsc::Sender<Command>,
+    pub handle: RouteHandle,
     pub dispatcher: JoinHandle<()>,
     pub watch: Option<JoinHandle<()>>,
 }
@@ -92,24 +92,24 @@ pub async fn start(
         .with_dead_letter_producer(shared.dead_letters.clone())
         .with_dedup(dedup)
         .with_watched_selector(selector);
-    // Commands from streams: bounded, a full channel slows the streams' readers (see
-    // dispatcher::COMMAND_CHANNEL).
-    let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL);
+    // Requests from streams and operators: bounded, a full channel slows the streams'
+    // readers (see dispatcher::RouteHandle).
+    let (handle, commands) = dispatcher::channel();
     let span = tracing::info_span!("route", route = route.name);
-    let dispatcher = tokio::spawn(dispatcher::run(d, commands_rx, consumer, pod_rx, shutdown).instrument(span));
-    Ok(Pipeline { route: route.name.clone(), commands, dispatcher, watch })
+    let dispatcher = tokio::spawn(dispatcher::run(d, commands, consumer, pod_rx, shutdown).instrument(span));
+    Ok(Pipeline { route: route.name.clone(), handle, dispatcher, watch })
 }
 
 /// Route name to its dispatcher: how a Hello finds its pipeline, and how new route settings
 /// reach theirs. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Routes {
-    by_name: Arc<BTreeMap<String, mpsc::Sender<Command>>>,
+    by_name: Arc<BTreeMap<String, RouteHandle>>,
 }
 
 impl Routes {
     pub fn new(pipelines: &[Pipeline]) -> Self {
-        Self { by_name: Arc::new(pipelines.iter().map(|p| (p.route.clone(), p.commands.clone())).collect()) }
+        Self { by_name: Arc::new(pipelines.iter().map(|p| (p.route.clone(), p.handle.clone())).collect()) }
     }
 
     /// Every route's name, sorted.
@@ -118,7 +118,7 @@ impl Routes {
     }
 
     /// The dispatcher of the route a subscriber names.
-    pub fn find(&self, route: &str) -> Result<&mpsc::Sender<Command>, RegisterError> {
+    pub fn find(&self, route: &str) -> Result<&RouteHandle, RegisterError> {
         if route.trim().is_empty() {
             return Err(RegisterError::MissingRoute);
         }
@@ -135,13 +135,11 @@ impl Routes {
         let mut unknown = Vec::new();
         for route in routes {
             let name = route.name.clone();
-            let Some(commands) = self.by_name.get(&name) else {
+            let Some(handle) = self.by_name.get(&name) else {
                 unknown.push(name);
                 continue;
             };
-            let (reply, answer) = oneshot::channel();
-            let sent = commands.send(Command::UpdateRoute { route: Box::new(route), reply: Some(reply) }).await;
-            if sent.is_err() || !answer.await.unwrap_or(false) {
+            if !handle.update(route).await.unwrap_or(false) {
                 unknown.push(name);
             }
         }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::{Config, RouteConfig};
-use crate::dispatcher::Command;
+use crate::dispatcher::RouteHandle;
 use crate::kafka::replay::{self, Bound, Range};
 
 /// Records per batch handed to the dispatcher.
@@ -78,13 +78,13 @@ pub struct Replays {
 }
 
 impl Replays {
-    /// Starts a replay of `ranges` through `commands` (the route's dispatcher).
+    /// Starts a replay of `ranges` through `route_handle` (the route's dispatcher).
     pub fn start(
         &self,
         config: Config,
         route: RouteConfig,
         ranges: Vec<Range>,
-        commands: mpsc::Sender<Command>,
+        route_handle: RouteHandle,
     ) -> ReplayProgress {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let total = ranges.iter().map(|r| (r.end - r.start) as u64).sum();
@@ -117,7 +117,7 @@ impl Replays {
             }
         }
         info!(route = route.name, replay = id, records = total, ranges = ranges.len(), "replay started by an operator");
-        tokio::spawn(drive(entry, config, route, ranges, commands));
+        tokio::spawn(drive(entry, config, route, ranges, route_handle));
         progress
     }
 
@@ -142,13 +142,7 @@ impl Replays {
 
 /// Reads the ranges on a blocking thread and feeds the dispatcher, [`OUTSTANDING`] batches at
 /// most, until the reader is done, the replay is cancelled or the route stops.
-async fn drive(
-    entry: Arc<Entry>,
-    config: Config,
-    route: RouteConfig,
-    ranges: Vec<Range>,
-    commands: mpsc::Sender<Command>,
-) {
+async fn drive(entry: Arc<Entry>, config: Config, route: RouteConfig, ranges: Vec<Range>, route_handle: RouteHandle) {
     let id = entry.progress.lock().id;
     let (tx, mut batches) = mpsc::channel::<Vec<crate::kafka::Record>>(1);
     let reader_entry = entry.clone();
@@ -182,7 +176,7 @@ async fn drive(
         }
         let n = batch.len() as u64;
         let (done, settled) = oneshot::channel();
-        if commands.send(Command::Replay { replay: id, records: batch, done }).await.is_err() {
+        if route_handle.replay(id, batch, done).await.is_err() {
             failure = Some("the route stopped during the replay".into());
             break;
         }

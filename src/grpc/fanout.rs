@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use crate::discovery::token_review::TokenReviewer;
 use crate::discovery::Introduction;
-use crate::dispatcher::Command;
+use crate::dispatcher::RouteHandle;
 use crate::pipeline::Routes;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
@@ -107,30 +107,29 @@ impl Fanout for FanoutService {
                 "{error}; the stream ended (fix the hello and subscribe again)"
             ))));
         }
-        let commands = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
+        let route = self.routes.find(&hello.route).map_err(super::register_status)?.clone();
         if let (Some(reviewer), Some(token)) = (&self.reviewer, token) {
             hello.token = reviewer.review(&token).await;
         }
-        let (reply, answer) = oneshot::channel();
-        commands.send(Command::Register { hello, peer, reply }).await.map_err(|_| dispatcher_gone())?;
-        let registered = answer.await.map_err(|_| dispatcher_gone())?.map_err(super::register_status)?;
+        let registered =
+            route.register(hello, peer).await.map_err(|_| dispatcher_gone())?.map_err(super::register_status)?;
         let session = registered.session;
 
-        let reader = commands.clone();
+        let reader = route.clone();
         let (end_tx, end) = oneshot::channel();
         tokio::spawn(async move {
             if let Some(status) = read_client(session, inbound, &reader).await {
                 // Before the unregister: the response stream ends with this status, not OK.
                 let _ = end_tx.send(status);
             }
-            let _ = reader.send(Command::Unregister { session }).await;
+            let _ = reader.unregister(session).await;
         });
 
         Ok(Response::new(SessionStream {
             session,
             outbox: registered.outbox,
             end,
-            commands,
+            route,
             finished: false,
             _permit: permit,
         }))
@@ -143,7 +142,7 @@ impl Fanout for FanoutService {
 async fn read_client(
     session: SessionId,
     mut inbound: Streaming<SubscribeRequest>,
-    commands: &mpsc::Sender<Command>,
+    route: &RouteHandle,
 ) -> Option<Status> {
     loop {
         let message = match inbound.message().await {
@@ -158,11 +157,11 @@ async fn read_client(
             }
             Err(status) => return bad_frame(session, status),
         };
-        let command = match message.kind {
-            Some(Kind::Ack(ack)) => Command::Ack { session, ack_ids: ack.ack_ids },
-            Some(Kind::Nack(nack)) => Command::Nack { session, ack_id: nack.ack_id, failure: failure_of(&nack) },
-            Some(Kind::Credit(credit)) => Command::Credit { session, additional: credit.additional },
-            Some(Kind::Drain(_)) => Command::Drain { session },
+        let sent = match message.kind {
+            Some(Kind::Ack(ack)) => route.ack(session, ack.ack_ids).await,
+            Some(Kind::Nack(nack)) => route.nack(session, nack.ack_id, failure_of(&nack)).await,
+            Some(Kind::Credit(credit)) => route.credit(session, credit.additional).await,
+            Some(Kind::Drain(_)) => route.drain(session).await,
             Some(Kind::Hello(_)) => {
                 let status = Status::invalid_argument(
                     "SubscribeRequest.hello may be sent only once, first; the stream ended and its in-flight \
@@ -177,7 +176,7 @@ async fn read_client(
                 continue;
             }
         };
-        if commands.send(command).await.is_err() {
+        if sent.is_err() {
             return None;
         }
     }
@@ -231,7 +230,7 @@ pub struct SessionStream {
     end: oneshot::Receiver<Status>,
     /// The stream's place under `server.max_streams`, given back when the stream goes.
     _permit: OwnedSemaphorePermit,
-    commands: mpsc::Sender<Command>,
+    route: RouteHandle,
     finished: bool,
 }
 
@@ -267,16 +266,8 @@ impl Stream for SessionStream {
 
 impl Drop for SessionStream {
     fn drop(&mut self) {
-        let commands = self.commands.clone();
-        let session = self.session;
         // Unregister is idempotent; the reader task sends one too when the client side ends.
-        if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(Command::Unregister { session }) {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = commands.send(command).await;
-                });
-            }
-        }
+        self.route.unregister_soon(self.session);
     }
 }
 
