@@ -281,6 +281,7 @@ impl Dispatcher {
             KafkaEvent::Records(records) => self.on_records(records),
             KafkaEvent::Assigned(assignments) => self.on_assigned(assignments),
             KafkaEvent::Revoked { partitions, reply } => self.start_revoke(partitions, reply),
+            KafkaEvent::Positions(positions) => self.on_positions(positions),
         }
     }
 

@@ -106,6 +106,12 @@ pub enum KafkaEvent {
         partitions: Vec<TopicPartition>,
         reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
     },
+    /// The consumer's position per assigned partition, sent after every record it fetched
+    /// before was sent: offsets below it were handed out, or stepped over by librdkafka
+    /// (transaction markers, aborted records), which never hands those out. With nothing owed,
+    /// the commit point may move up to it, so a transactional topic's commits and lag reach
+    /// the partition's end.
+    Positions(Vec<(TopicPartition, i64)>),
 }
 
 /// Why a commit did not land. The next commit (a tick later) carries the same points again.

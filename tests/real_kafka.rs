@@ -196,11 +196,10 @@ fn produce_transactions(bootstrap: &str, topic: &str, rounds: usize, per_transac
     out
 }
 
-// Fails today (issue 24, prediction 5): librdkafka steps over the transaction markers without
-// handing them out, so the route commits one past its last record and stays a marker or two
-// short of the end. The tracker steps over them once told the consumer's position
-// (`PartitionTracker::reached`); the consumer thread does not report it yet.
-#[ignore = "the route's consumer does not report its position to the dispatcher yet (issue 24)"]
+// librdkafka steps over the transaction markers without handing them out: a route that
+// committed one past its last record would stay a marker or two short of the end, its lag
+// never 0. The consumer thread reports its positions and the tracker steps over them
+// (`PartitionTracker::reached`). Failed before that (committed = end - 2 on every partition).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transactional_topics_deliver_committed_records_only_and_commits_step_over_markers() {
     const PARTITIONS: i32 = 4;

@@ -65,6 +65,15 @@ impl PartitionState {
         Admit::Take
     }
 
+    /// The consumer's position reached `position` ([`crate::kafka::KafkaEvent::Positions`]). Taken only
+    /// while none of the partition's records is to be fetched again: a position past records
+    /// dropped at the bound would let the commit step over them.
+    pub(super) fn reached(&mut self, position: i64) {
+        if self.refetch_from.is_none() && self.refetching.is_none() {
+            self.tracker.reached(position);
+        }
+    }
+
     /// The partition resumes; returns where the consumer must seek back to, if records were
     /// dropped at the bound.
     pub(super) fn resume(&mut self) -> Option<i64> {
@@ -90,6 +99,20 @@ impl Dispatcher {
     /// The partition's state if it is still the assignment `epoch` names (not revoked since).
     pub(super) fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
         self.partitions.get_mut(tp).filter(|s| s.epoch == epoch)
+    }
+
+    /// The consumer's positions: where nothing is owed, commits may reach them (offsets the
+    /// consumer stepped over, transaction markers and aborted records, are never delivered).
+    /// At-most-once routes commit what they send, before sending, and are left as they are.
+    pub(super) fn on_positions(&mut self, positions: Vec<(TopicPartition, i64)>) {
+        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
+            return;
+        }
+        for (tp, position) in positions {
+            if let Some(state) = self.partitions.get_mut(&tp) {
+                state.reached(position);
+            }
+        }
     }
 
     pub(super) fn on_assigned(&mut self, assignments: Vec<Assignment>) {

@@ -432,10 +432,20 @@ fn run(
         close(consumer);
         return;
     }
+    let mut next_positions = Instant::now();
     loop {
         if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
             close(consumer);
             return;
+        }
+        // Here every record polled so far has been sent: the positions cover nothing still
+        // on its way. Not while records are discarded (a stop), and only when there is room.
+        if fetching && Instant::now() >= next_positions {
+            next_positions = Instant::now() + POSITIONS_EVERY;
+            let positions = positions(&consumer);
+            if !positions.is_empty() {
+                let _ = events.try_send(KafkaEvent::Positions(positions));
+            }
         }
 
         if !unsought.is_empty() && Instant::now() >= next_seek {
@@ -511,6 +521,21 @@ fn run(
 enum Flow {
     Continue,
     Close,
+}
+
+/// How often the consumer's positions go to the dispatcher ([`KafkaEvent::Positions`]).
+const POSITIONS_EVERY: Duration = Duration::from_millis(100);
+
+/// The consumer's position of each assigned partition that has one.
+fn positions(consumer: &BaseConsumer<GatewayContext>) -> Vec<(TopicPartition, i64)> {
+    let Ok(list) = consumer.position() else { return Vec::new() };
+    list.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some((consumer.context().tp(e.topic(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Joins the route's group: first, when the route takes over the shared group's offsets,
