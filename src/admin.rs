@@ -314,13 +314,15 @@ impl Control {
             r.weights = weights.clone();
         }
         candidate.validate().map_err(invalid)?;
+        // One change at a time, the guard included: two changes judged against the same view
+        // could each pass where the pair would not.
+        let _one_at_a_time = self.inner.changing.lock().await;
         if !change.force {
             weights::guard(&self.weights_view(route).await?, &weights)?;
         }
         if change.dry_run {
             return Ok(self.inner.applied.read().generation.clone());
         }
-        let _one_at_a_time = self.inner.changing.lock().await;
         let config = match &self.inner.source {
             ConfigSource::File(path) => {
                 let text = std::fs::read_to_string(path)
@@ -352,14 +354,8 @@ impl Control {
                     }
                 }
             }
-            ConfigSource::Memory => {
-                let mut config = self.inner.applied.read().config.clone();
-                if let Some(r) = config.routes.iter_mut().find(|r| r.name == route) {
-                    r.weights = weights.clone();
-                }
-                config.validate().map_err(invalid)?;
-                config
-            }
+            // Validated above.
+            ConfigSource::Memory => candidate,
         };
         let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
         info!(route, weights = %shown.join(" "), source = %self.inner.source, "weights changed by an operator");
@@ -429,7 +425,7 @@ impl Control {
                 route_config.topics.join(", ")
             )));
         }
-        replay::check_bounds(&from, &to, replay::now_unix_ms()).map_err(AdminError::BadRequest)?;
+        replay::check_bounds(&from, &to, crate::subscriptions::now_ms()).map_err(AdminError::BadRequest)?;
         let topics = if topics.is_empty() { route_config.topics.clone() } else { topics };
         let handle = self.route(route)?.clone();
         let (c, r) = (config.clone(), route_config.clone());

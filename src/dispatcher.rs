@@ -34,7 +34,7 @@ use commits::request_commit;
 pub use dedup_gate::RouteDedup;
 use handle::Command;
 pub use handle::{channel, Commands, RouteHandle, Stopped};
-use identity::subscriber_name;
+use identity::{peer_text, subscriber_name};
 use partitions::{PartitionState, Revoking};
 pub use status::{PartitionSnapshot, RouteSnapshot, SPLIT_WINDOW};
 
@@ -447,9 +447,4 @@ pub async fn run(
         warn!("consumer did not close within 30 s; leaving it behind");
     }
     info!("dispatcher stopped");
-}
-
-/// A stream's peer address for the log ("unknown" when the transport gave none).
-fn peer_text(peer: Option<std::net::SocketAddr>) -> String {
-    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
 }

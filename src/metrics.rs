@@ -40,7 +40,8 @@ type PickCount = fn(&CohortCounts) -> u64;
 /// escaped. prometheus-client writes label values as given, and some of ours come from
 /// subscribers (a cohort is a value of their split label, a subscriber's name is its Hello's
 /// pod name in static mode): unescaped, a `"` or a newline in one would let a subscriber write
-/// series of its own into the scrape, or break it for every alert.
+/// series of its own into the scrape, or break it for every alert. Hello validation already
+/// refuses such names; this is the second line of defence, at the place that writes them.
 pub fn label_value(value: &str) -> String {
     if !value.contains(['\\', '"', '\n']) {
         return value.to_string();

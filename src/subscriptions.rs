@@ -43,7 +43,7 @@ mod staging;
 mod testing;
 
 pub use batching::MAX_BATCH_BYTES;
-pub use retrying::{DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
+pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
 pub use snapshot::{CohortSnapshot, SubscriberSnapshot};
 pub use staging::StagedSend;
 

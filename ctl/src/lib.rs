@@ -946,11 +946,28 @@ fn subscribers_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
             }
         }
     }
-    table::render_marked(
+    let mut out = table::render_marked(
         &["REPLICA", "SESSION", "NAME", "COHORT", "WINDOW", "IN-FLIGHT", "DELIVERED", "ACKED", "CONNECTED", "STATE"],
         &rows,
         &missing_rows(missing),
-    )
+    );
+    out.push_str(&omitted_lines(all));
+    out
+}
+
+/// A line per route and replica whose reply left subscribers out (its size bound), so a
+/// cut-off list never passes for the whole one.
+fn omitted_lines(all: &[ReplicaStatus]) -> String {
+    let mut out = String::new();
+    for r in all {
+        for route in r.status.routes.iter().filter(|route| route.subscribers_omitted > 0) {
+            out.push_str(&format!(
+                "{}: {} more subscriber(s) of route {} not shown (the reply's size bound)\n",
+                r.address, route.subscribers_omitted, route.name
+            ));
+        }
+    }
+    out
 }
 
 fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> String {
@@ -1021,6 +1038,18 @@ mod tests {
         assert!(parse_partition_offset("orders=15").expect_err("no partition").contains("TOPIC/PARTITION=OFFSET"));
         assert_eq!(parse_letter("1:42"), Ok((1, 42)));
         assert!(parse_letter("1-42").expect_err("bad").contains("PARTITION:OFFSET"));
+    }
+
+    #[test]
+    fn subscribers_a_reply_left_out_are_counted_under_the_table() {
+        let mut cut = answered("a:9090", 0);
+        cut.status.routes[0].subscribers_omitted = 7;
+        let out = subscribers_table(&[cut, answered("b:9090", 0)], &[]);
+        assert!(
+            out.ends_with("a:9090: 7 more subscriber(s) of route orders not shown (the reply's size bound)\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("not shown").count(), 1, "{out}");
     }
 
     #[test]

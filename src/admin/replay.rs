@@ -228,11 +228,6 @@ async fn drive(entry: Arc<Entry>, config: Config, route: RouteConfig, ranges: Ve
     p.error = failure;
 }
 
-/// The time now in Unix milliseconds (0 on a clock before 1970).
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Checks the bounds make sense before anything is read (`now_ms`: the time now, Unix ms). A
 /// range that can hold nothing is refused rather than run as an empty replay: it is a typo
 /// (offsets swapped, a time in the wrong unit), and an empty "done" would hide it.

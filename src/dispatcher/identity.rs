@@ -63,9 +63,14 @@ impl Dispatcher {
     }
 }
 
+/// A stream's peer address as text ("unknown" when the transport gave none).
+pub(super) fn peer_text(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+}
+
 pub(super) fn subscriber_name(hello: &Introduction, peer: Option<SocketAddr>) -> String {
     if hello.pod_name.is_empty() {
-        peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+        peer_text(peer)
     } else if hello.namespace.is_empty() {
         hello.pod_name.clone()
     } else {

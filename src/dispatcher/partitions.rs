@@ -104,8 +104,10 @@ impl Dispatcher {
     /// The consumer's positions: where nothing is owed, commits may reach them (offsets the
     /// consumer stepped over, transaction markers and aborted records, are never delivered).
     /// At-most-once routes commit what they send, before sending, and are left as they are.
+    /// Once a stop has begun, records that arrive are dropped untracked (the next owner
+    /// delivers them), so a position then may cover records nobody got: ignored.
     pub(super) fn on_positions(&mut self, positions: Vec<(TopicPartition, i64)>) {
-        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
+        if self.stopping || self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
             return;
         }
         for (tp, position) in positions {
@@ -324,6 +326,48 @@ mod tests {
         assert_eq!(state.refetch_from, None, "not a new bound: no second seek");
         assert_eq!(state.admit(10, 10), Admit::Take);
         assert_eq!(state.admit(11, 10), Admit::Take);
+    }
+
+    #[test]
+    fn a_position_is_taken_only_while_nothing_is_to_be_fetched_again() {
+        // 0..10 acked; the consumer stepped over 10 and 11 (a transaction's markers).
+        let mut state = state_holding(0..10);
+        for o in 0..10 {
+            state.tracker.ack(o);
+        }
+        state.reached(12);
+        assert_eq!(state.tracker.committable(), Some(12), "the markers are stepped over");
+        // A record dropped at the bound: a position past it must not let the commit skip it.
+        let mut state = state_holding(0..10);
+        assert_eq!(state.admit(10, 10), Admit::Refetch);
+        for o in 0..10 {
+            state.tracker.ack(o);
+        }
+        state.reached(15);
+        assert_eq!(state.tracker.committable(), Some(10), "10 is fetched again, not committed over");
+    }
+
+    #[test]
+    fn a_stopping_route_takes_no_position() {
+        use std::time::Duration;
+        let settings = super::super::DispatcherSettings {
+            commit_interval: Duration::from_millis(100),
+            max_uncommitted: 10,
+            shutdown_grace: Duration::from_secs(1),
+            revoke_drain: Duration::from_secs(1),
+            discovery: crate::config::DiscoveryMode::Static,
+        };
+        let route = crate::config::RouteConfig::new("r", &["t"]);
+        let mut d = Dispatcher::new(crate::subscriptions::Registry::new(route), Default::default(), settings);
+        let tp = TopicPartition { topic: "t".into(), partition: 0 };
+        d.partitions.insert(tp.clone(), state_holding(0..0));
+        d.stopping = true;
+        // Records arriving now are dropped untracked: a position past them covers nothing delivered.
+        d.on_positions(vec![(tp.clone(), 50)]);
+        assert_eq!(d.partitions[&tp].tracker.committable(), None);
+        d.stopping = false;
+        d.on_positions(vec![(tp.clone(), 50)]);
+        assert_eq!(d.partitions[&tp].tracker.committable(), Some(50));
     }
 
     #[test]

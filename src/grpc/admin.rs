@@ -82,8 +82,10 @@ fn share(part: u64, whole: u64) -> f64 {
 
 /// Bytes of subscriber entries one Status reply carries at most. Subscribers choose their
 /// names and labels (bounded per Hello); ten thousand streams of them must not make a reply
-/// that no client accepts (gRPC's default limit is 4 MiB), which would blind `fanoutctl`.
-const STATUS_SUBSCRIBER_BUDGET: usize = 3 * 1024 * 1024;
+/// that no client accepts (gRPC's default limit is 4 MiB), which would blind `fanoutctl`. Half
+/// the limit: cohort rows (one per split-label value in use), partitions and the replica's
+/// own fields take the rest.
+const STATUS_SUBSCRIBER_BUDGET: usize = 2 * 1024 * 1024;
 
 fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
     let s = r.snapshot;

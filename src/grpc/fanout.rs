@@ -88,7 +88,13 @@ impl Fanout for FanoutService {
                     HELLO_TIMEOUT.as_secs()
                 ))
             })?
-            .map_err(|read| frame_status(&read).unwrap_or(read))?
+            .map_err(|read| match frame_status(&read) {
+                Some(status) => {
+                    warn!(message = status.message(), "a stream's first frame was bad; stream refused");
+                    status
+                }
+                None => read,
+            })?
             .ok_or_else(|| {
                 Status::invalid_argument("the stream ended before a hello: send SubscribeRequest.hello first")
             })?;

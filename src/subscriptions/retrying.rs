@@ -46,7 +46,8 @@ pub(super) struct Delayed {
 /// Never a session's id (they start at 1): the owner of a retry-topic message waiting for its time.
 pub(super) const NO_SESSION: SessionId = 0;
 
-pub(super) fn now_ms() -> i64 {
+/// The time now in Unix milliseconds (0 on a clock before 1970).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
