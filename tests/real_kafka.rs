@@ -41,26 +41,27 @@ fn unique_topic(prefix: &str) -> String {
     unique_group(prefix)
 }
 
-/// Produces `count` keyed messages to `topic`; their ids (`topic/partition/offset`).
-async fn produce_to(bootstrap: &str, topic: &str, count: usize, keys: usize) -> Vec<String> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut futures = Vec::with_capacity(count);
-    for i in 0..count {
-        let key = format!("key-{}", i % keys);
-        let value = format!("message {i}");
-        futures.push(producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)).expect("enqueue"));
-    }
-    let mut ids = Vec::with_capacity(count);
-    for f in futures {
-        let d = f.await.expect("delivered").expect("delivered");
-        ids.push(format!("{topic}/{}/{}", d.partition, d.offset));
-    }
-    ids
+/// A gateway with one route over `topic` (of `partitions`) and one subscriber that acks everything: what it
+/// received once `expected` all arrived and `quiet` passed, after the route's commits reached
+/// every partition's end.
+async fn deliver_all(
+    kafka: &RealKafka,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    expected: &HashSet<String>,
+    quiet: Duration,
+) -> Vec<String> {
+    let run = async {
+        let gw = gateway::start(route_config(kafka.bootstrap_servers(), group, topic)).await.expect("gateway starts");
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, expected, quiet).await;
+        commits_reach_the_end(kafka, group, topic, partitions).await;
+        drop(sub);
+        gw.shutdown().await;
+        got
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time")
 }
 
 /// Receives and acks until every id in `expected` has arrived, then for `quiet` more (what
@@ -117,16 +118,7 @@ async fn every_message_is_delivered_and_commits_reach_each_partitions_end() {
     let expected: HashSet<String> = produced.iter().cloned().collect();
     let group = unique_group("real-core");
 
-    let run = async {
-        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
-        let got = receive_all(&mut sub, &expected, Duration::from_millis(500)).await;
-        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
-        drop(sub);
-        gw.shutdown().await;
-        got
-    };
-    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let got = deliver_all(&kafka, &group, &topic, PARTITIONS, &expected, Duration::from_millis(500)).await;
     let lost = expected.iter().filter(|id| !got.contains(id)).count();
     eprintln!(
         "core loop on Kafka: {MESSAGES} produced, {} delivered, lost={lost}, duplicates={}, {:.1} s",
@@ -214,22 +206,13 @@ async fn transactional_topics_deliver_committed_records_only_and_commits_step_ov
         .expect("transactions produced");
     let group = unique_group("real-transactions");
 
-    let run = async {
-        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
-        let got = receive_all(&mut sub, &written.committed, Duration::from_secs(2)).await;
-        let aborted_delivered: Vec<&String> = got.iter().filter(|id| written.aborted.contains(*id)).collect();
-        assert!(
-            aborted_delivered.is_empty(),
-            "aborted records were delivered: {:?}",
-            &aborted_delivered[..aborted_delivered.len().min(10)]
-        );
-        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
-        drop(sub);
-        gw.shutdown().await;
-        got
-    };
-    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let got = deliver_all(&kafka, &group, &topic, PARTITIONS, &written.committed, Duration::from_secs(2)).await;
+    let aborted_delivered: Vec<&String> = got.iter().filter(|id| written.aborted.contains(*id)).collect();
+    assert!(
+        aborted_delivered.is_empty(),
+        "aborted records were delivered: {:?}",
+        &aborted_delivered[..aborted_delivered.len().min(10)]
+    );
     let lost = written.committed.iter().filter(|id| !got.contains(id)).count();
     eprintln!(
         "transactions on Kafka: {} committed, {} aborted, {} delivered, lost={lost}, duplicates={}, {:.1} s",
@@ -318,16 +301,7 @@ async fn compacted_topics_with_gaps_in_their_offsets_are_committed_to_the_end() 
     let expected: HashSet<String> = survivors.iter().cloned().collect();
     let group = unique_group("real-compacted");
 
-    let run = async {
-        let gw = gateway::start(route_config(kafka.bootstrap_servers(), &group, &topic)).await.expect("gateway starts");
-        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
-        let got = receive_all(&mut sub, &expected, Duration::from_millis(500)).await;
-        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
-        drop(sub);
-        gw.shutdown().await;
-        got
-    };
-    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let got = deliver_all(&kafka, &group, &topic, PARTITIONS, &expected, Duration::from_millis(500)).await;
     let lost = expected.iter().filter(|id| !got.contains(id)).count();
     eprintln!(
         "compacted topic on Kafka: {} written, {} left after compaction, {} delivered, lost={lost}, duplicates={}, {:.1} s",

@@ -60,6 +60,11 @@ pub fn config(bootstrap: &str, group: &str) -> Config {
 
 /// Produces `count` keyed messages (`count / keys` per key) and returns their delivery ids.
 pub async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> {
+    produce_to(bootstrap, TOPIC, count, keys).await
+}
+
+/// [`produce`] to `topic`.
+pub async fn produce_to(bootstrap: &str, topic: &str, count: usize, keys: usize) -> Vec<String> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -70,13 +75,13 @@ pub async fn produce(bootstrap: &str, count: usize, keys: usize) -> Vec<String> 
     for i in 0..count {
         let key = format!("key-{}", i % keys);
         let value = format!("message {i}");
-        let future = producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)).expect("enqueue");
+        let future = producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)).expect("enqueue");
         futures.push(future);
     }
     let mut ids = Vec::with_capacity(count);
     for f in futures {
         let d = f.await.expect("delivered").expect("delivered");
-        ids.push(format!("{TOPIC}/{}/{}", d.partition, d.offset));
+        ids.push(format!("{topic}/{}/{}", d.partition, d.offset));
     }
     ids
 }
