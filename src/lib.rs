@@ -38,10 +38,11 @@
 //! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
 //!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
 //!   ready (`/readyz`, grpc.health); [`redact`] keeps Kafka secrets out of logs and errors.
-//! - [`tools`]: not the service: the demo, scenarios, bench, dev-kafka and their command line,
-//!   which drive the service through its public surface and subscribe with the subscriber
-//!   library (`fanout-client`, the workspace's `client/`). `fanoutctl` is a crate of its own
-//!   (`ctl/`), on the admin contract in `fanout-proto` alone.
+//!
+//! Not in this crate: the demo, scenarios, bench, dev-kafka and the `subscribe` command are
+//! `fanout-tools` (`tools/`), which uses this library's public API as any user would;
+//! `fanoutctl` (`ctl/`) is built on the admin contract in `fanout-proto` alone; the subscriber
+//! library is `fanout-client` (`client/`).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -64,7 +65,6 @@ pub mod routing;
 pub mod selector;
 pub mod stats;
 pub mod subscriptions;
-pub mod tools;
 
 /// The subscription contract (`proto/fanout/v1/fanout.proto`), generated once in the
 /// `fanout-proto` crate that the subscriber library shares.

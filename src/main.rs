@@ -1,6 +1,6 @@
-//! `fanout-gateway`: serve the gateway, check a config file, or run one of its tools (the
-//! embedded demo, the benchmark, a subscriber by hand, a standalone mock Kafka). A thin
-//! dispatch: the service lives in the library's rooms, the tools in `fanout_gateway::tools`.
+//! `fanout-gateway`: serve the gateway, or check a config file as `serve` would. A thin
+//! dispatch: the service lives in the library's rooms. The demo, the benchmark and the other
+//! developer tools are the `fanout-tools` crate (`tools/`), not part of this binary.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::{Config, DiscoveryMode, Report, Secrets};
 use fanout_gateway::gateway;
-use fanout_gateway::tools::cli::{self, BenchArgs, DemoArgs, DevKafkaArgs, SubscribeArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -19,7 +18,7 @@ use tracing_subscriber::EnvFilter;
     name = "fanout-gateway",
     version,
     about = "Kafka to gRPC fan-out gateway",
-    after_help = "Examples:\n  fanout-gateway serve --config /etc/fanout/fanout.toml\n  fanout-gateway check-config --config fanout.toml\n  fanout-gateway demo --duration 60\n  fanout-gateway subscribe --gateway 127.0.0.1:50051 --route demo"
+    after_help = "Examples:\n  fanout-gateway serve --config /etc/fanout/fanout.toml\n  fanout-gateway check-config --config fanout.toml"
 )]
 struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
@@ -54,30 +53,6 @@ enum Command {
     /// `file:`/`env:` form checked.
     #[command(name = "check-config")]
     CheckConfig(ConfigFile),
-    /// Run everything in one process: embedded Kafka (mock cluster), producer, gateway,
-    /// subscribers. Ends with one `demo: ...` line.
-    Demo(DemoArgs),
-    /// Measure the gateway against a plain consumer (throughput, latency), its memory with a
-    /// slow subscriber, and a blue-green switch against a consumer-group handover, all on an
-    /// embedded Kafka in one run. Prints a table, then one `bench: name=value` line per figure.
-    Bench(BenchArgs),
-    /// Subscribe to a route on every gateway replica (the subscriber library), print
-    /// deliveries, ack them; SIGTERM or Ctrl-C drains.
-    Subscribe(Box<SubscribeArgs>),
-    /// Run a standalone Kafka (librdkafka's mock cluster) for development and crash tests.
-    ///
-    /// Prints one line, `BROKERS=host:port,...`, on stdout once the topics exist, then runs
-    /// until stdin reaches end of file or it gets SIGTERM / Ctrl-C (exit 0). Everything lives
-    /// in memory: topics, messages, committed offsets.
-    ///
-    /// Known limits of the mock: each partition keeps at most 5 MiB (older messages are
-    /// deleted); after the last member of a consumer group has left (or was killed), the
-    /// group coordinator waits session.timeout.ms - 1 s before it admits a joiner, and it
-    /// does not replace a static member (group.instance.id) that comes back with a new
-    /// process: the old member is dropped only when its session times out. Give gateways a
-    /// short session.timeout.ms (e.g. 6000) in [kafka.properties] when restarting them.
-    #[command(name = "dev-kafka", verbatim_doc_comment)]
-    DevKafka(DevKafkaArgs),
 }
 
 /// mimalloc instead of glibc's malloc: every message allocates and frees a few buffers on
@@ -124,20 +99,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // The service logs what it does; the tools print their own output and log only problems.
+    // The service logs what it does; `check-config` prints its verdict and logs only problems.
     let default_filter = match &cli.command {
         Command::Serve(_) => "info",
-        Command::Bench(_) => "error",
-        _ => "warn",
+        Command::CheckConfig(_) => "warn",
     };
     init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Serve(file) => serve(file.config).await,
         Command::CheckConfig(file) => check_config(file.config),
-        Command::Demo(args) => cli::demo(args).await,
-        Command::Bench(args) => cli::bench(args).await,
-        Command::Subscribe(args) => cli::subscribe(*args).await,
-        Command::DevKafka(args) => cli::dev_kafka(args).await,
     }
 }
 
@@ -172,8 +142,29 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let source = ConfigSource::for_file(&config, path, kube.as_ref());
     let gw = gateway::start_from(config, kube, source).await?;
     let reload = tokio::spawn(gw.control().follow(Duration::from_secs(2)));
-    cli::terminated().await;
+    terminated().await;
     reload.abort();
     gw.shutdown().await;
     Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes' and Docker's stop signal) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            // No SIGTERM handler to be had: Ctrl-C still stops the gateway gracefully.
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

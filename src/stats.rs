@@ -153,10 +153,47 @@ pub struct GroupState {
     pub settled: bool,
 }
 
+/// The gateway's counters at one moment, as plain numbers: what a program embedding the
+/// gateway (the demo, the benchmark) reads, without touching the atomics the pipelines write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records read from Kafka.
+    pub received: u64,
+    /// Deliveries sent to subscribers, redeliveries included.
+    pub delivered: u64,
+    /// Deliveries that were a message's second or later attempt.
+    pub redelivered: u64,
+    pub acked: u64,
+    pub dead_lettered: u64,
+    /// Partition assignments and revocations the routes' consumer groups went through.
+    pub rebalances: u64,
+    /// Subscriber streams open now.
+    pub sessions: u64,
+    /// Messages read and not yet out to a subscriber (queues and parked keys).
+    pub buffered: u64,
+    /// Partitions paused for flow control now.
+    pub paused_partitions: u64,
+}
+
 /// (consumer group, topic, partition).
 pub type GroupPartition = (Arc<str>, String, i32);
 
 impl Stats {
+    /// A copy of the counters (each read on its own: not one atomic snapshot).
+    pub fn counters(&self) -> Counters {
+        Counters {
+            received: Self::get(&self.received),
+            delivered: Self::get(&self.delivered),
+            redelivered: Self::get(&self.redelivered),
+            acked: Self::get(&self.acked),
+            dead_lettered: Self::get(&self.dead_lettered),
+            rebalances: Self::get(&self.rebalances),
+            sessions: Self::get(&self.sessions),
+            buffered: Self::get(&self.buffered),
+            paused_partitions: Self::get(&self.partitions_paused).saturating_sub(Self::get(&self.partitions_resumed)),
+        }
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 mod processes;
 mod support;
 
-use processes::{Process, BIN};
-use support::{free_port, python};
+use processes::Process;
+use support::{free_port, python, tools_bin};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COUNT: u64 = 2_000;
@@ -76,7 +76,7 @@ impl Proc {
             (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"), rate.to_string());
         let args = ["demo", "--duration", "30", "--subscribers", "1", "--rate", &rate, "--partitions", "4"];
         let args = [&args[..], &["--listen", &listen, "--admin-listen", &admin_listen]].concat();
-        Proc::spawn(dir, "demo", BIN, &args)
+        Proc::spawn(dir, "demo", &tools_bin().to_string_lossy(), &args)
     }
 
     fn stdout(&self) -> String {

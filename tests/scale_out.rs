@@ -1,6 +1,6 @@
 //! Scale-out as deployed: three `serve` replicas (one consumer group per route, each replica
 //! owning some partitions) against a `dev-kafka` process, and subscribers that reach every
-//! replica through the subscriber library: the `fanout-gateway subscribe` process with the
+//! replica through the subscriber library: the `fanout-tools subscribe` process with the
 //! replicas' addresses, and the library in this process following a DNS name whose answer the
 //! test changes (a resolver override). Replicas are killed, and restarted one by one as a
 //! rolling deploy does, under a running subscriber.
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use fanout_client::{Delivery, Nack, Replicas, Resolver, Subscriber};
 use parking_lot::Mutex;
 use processes::*;
-use support::{committed, high_watermarks, produce, ROUTE, TOPIC};
+use support::{committed, high_watermarks, produce, tools_bin, ROUTE, TOPIC};
 
 const PARTITIONS: i32 = 12;
 
@@ -55,7 +55,7 @@ fn all_committed(bootstrap: &str, group: &str) -> bool {
     ends.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end)
 }
 
-/// A `fanout-gateway subscribe` process (the subscriber library) printing every delivery it
+/// A `fanout-tools subscribe` process (the subscriber library) printing every delivery it
 /// handles, and a line per second, to a file.
 struct SubscriberProcess {
     process: Process,
@@ -65,7 +65,7 @@ struct SubscriberProcess {
 impl SubscriberProcess {
     fn start(dir: &Path, name: &str, endpoints: &[String], args: &[&str]) -> Self {
         let stdout = dir.join(format!("{name}.out"));
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(tools_bin());
         command
             .args(["subscribe", "--route", ROUTE, "--name", name, "--verbose", "--gateway"])
             .arg(endpoints.join(","))

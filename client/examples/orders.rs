@@ -2,7 +2,7 @@
 //!
 //! With no replicas it finds them through `FANOUT_GATEWAY_DNS` (the gateway's headless Service,
 //! `host:port`), as it would in Kubernetes (`examples/k8s/subscriber-deployment.yaml`, which
-//! also hands it its labels in `FANOUT_LABELS_FILE`); against the demo (`cargo run -- demo`) run
+//! also hands it its labels in `FANOUT_LABELS_FILE`); against the demo (`cargo demo`) run
 //! `cargo run -p fanout-client --example orders -- demo 127.0.0.1:50051`. Logs go to stderr
 //! (`RUST_LOG=info` by default); SIGTERM or Ctrl-C drains and exits 0.
 

@@ -35,11 +35,6 @@ pub fn python() -> String {
         .unwrap_or_else(|_| format!("{}/target/ci-venv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
 
-/// A loopback port nothing listens on right now (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
 /// A group id no other test uses.
 pub fn unique_group(prefix: &str) -> String {
     format!("{prefix}-{}", rand::rng().random::<u64>())
@@ -273,65 +268,6 @@ async fn ack(sub: &Subscription, ids: Vec<String>, recorder: &Mutex<Recorder>) {
     let _ = sub.ack(ids).await;
 }
 
-/// The `fanoutctl` binary (the workspace crate `ctl/`), built once per test binary: cargo
-/// gives a test the binaries of its own package only, and fanoutctl is a package of its own
-/// (no librdkafka). It lands beside this test's own directory (`target/<profile>/`).
-pub fn fanoutctl_bin() -> &'static std::path::Path {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--locked", "--quiet", "-p", "fanoutctl", "--bin", "fanoutctl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p fanoutctl failed");
-        let bin = dir.join(format!("fanoutctl{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "fanoutctl was built, but not at {}", bin.display());
-        bin
-    })
-}
-
-/// The `fanoutctl` binary, with no gateway or token from the test's own environment.
-pub fn fanoutctl_command() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(fanoutctl_bin());
-    for name in [
-        "FANOUT_GATEWAY",
-        "FANOUT_GATEWAYS_DNS",
-        "FANOUT_ADMIN_TOKEN",
-        "FANOUT_ADMIN_TOKEN_FILE",
-        "FANOUT_TLS_CA",
-        "FANOUT_TLS_CERT",
-        "FANOUT_TLS_KEY",
-        "FANOUT_TLS_DOMAIN",
-    ] {
-        command.env_remove(name);
-    }
-    command
-}
-
-/// Runs the `fanoutctl` binary with `args` (no gateway or token from the environment);
-/// (exit code, stdout, stderr).
-pub async fn fanoutctl(args: &[&str]) -> (i32, String, String) {
-    let out = fanoutctl_command().args(args).output().await.expect("fanoutctl runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
-/// Logs to the test's output (shown for failing tests); RUST_LOG filters.
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fanout_gateway=info")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// `GET path` over plain HTTP/1.1 (the admin port's /metrics, /healthz, /readyz), as
 /// Prometheus and the kubelet ask; (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -399,6 +335,8 @@ pub fn promtool_check(exposition: &str) -> String {
         format!("promtool check metrics failed: {said}")
     }
 }
+pub mod shared;
+pub use shared::*;
 pub mod pki;
 pub mod real_kafka;
 pub mod runbook;

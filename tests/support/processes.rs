@@ -86,7 +86,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// `fanout-gateway dev-kafka` as a child: its stdin is ours, so it also ends if this test
+/// `fanout-tools dev-kafka` as a child: its stdin is ours, so it also ends if this test
 /// process dies without running destructors.
 pub struct DevKafka {
     /// Dropped first: closing it asks the broker process to exit.
@@ -98,7 +98,7 @@ pub struct DevKafka {
 
 impl DevKafka {
     pub async fn start(dir: &Path, topics: &[(&str, i32)]) -> Self {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(crate::support::tools_bin());
         command.arg("dev-kafka").stdin(Stdio::piped()).stdout(Stdio::piped());
         for (name, partitions) in topics {
             command.args(["--topic", &format!("{name}:{partitions}")]);

@@ -15,9 +15,8 @@ use tokio::sync::watch;
 use super::load::{self, age};
 use super::throughput::{acking_subscriber, consumer_config};
 use super::BenchError;
-use crate::config::Config;
-use crate::gateway;
-use crate::stats::Stats;
+use fanout_gateway::config::Config;
+use fanout_gateway::gateway;
 
 /// Messages sent in the first second are left out: connections and fetch sessions warm up.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -127,7 +126,7 @@ pub async fn gateway(
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let (h, started, received) = (h.clone(), started.clone(), received.clone());
-        let look = move |d: &crate::proto::Delivery| {
+        let look = move |d: &fanout_gateway::proto::Delivery| {
             let since = *started.lock();
             record(&mut h.lock(), d.value.as_deref().unwrap_or_default(), since);
             received.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +135,7 @@ pub async fn gateway(
         tasks.push(tokio::spawn(acking_subscriber(gw.endpoint(), route, name, 1_000, stop.clone(), look)));
     }
     let assigned_by = Instant::now() + Duration::from_secs(30);
-    while (Stats::get(&stats.rebalances) == 0 || Stats::get(&stats.sessions) < subscribers as u64)
+    while (stats.counters().rebalances == 0 || stats.counters().sessions < subscribers as u64)
         && Instant::now() < assigned_by
     {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,18 +1,19 @@
 //! The embedded demo operated as its banner suggests, from a second terminal: `fanoutctl` with
 //! the demo's token refuses a canary weight until a canary subscribes (or `--force`), drains a
 //! demo subscriber, starts a replay, lists the poison the demo dead-letters and redrives it,
-//! and `fanout-gateway subscribe` attaches as the canary, says so once accepted and exits when
+//! and `fanout-tools subscribe` attaches as the canary, says so once accepted and exits when
 //! drained. Through all of it the demo still loses nothing and duplicates nothing.
 
-mod support;
+#[path = "../../tests/support/shared.rs"]
+mod shared;
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_gateway::tools::demo::{self, DemoOptions, DEMO_TOKEN};
+use fanout_tools::demo::{self, DemoOptions, DEMO_TOKEN};
 use parking_lot::Mutex;
-use support::*;
+use shared::{fanoutctl, free_port, init_logs};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 use tokio::sync::watch;
@@ -37,10 +38,10 @@ async fn until(limit: Duration, what: &str, admin: &str, args: &[&str], check: i
     }
 }
 
-/// `fanout-gateway subscribe` with its stdout piped; its stderr (logs, errors) piped too, or
+/// `fanout-tools subscribe` with its stdout piped; its stderr (logs, errors) piped too, or
 /// dropped for one that runs a while (nobody reads it, and a full pipe would stall it).
 fn subscribe(args: &[&str], stderr: Stdio) -> Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanout-tools"))
         .arg("subscribe")
         .args(args)
         .stdout(Stdio::piped())

@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn demo_acks_everything_it_produces_and_reports_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+    let out = Command::new(env!("CARGO_BIN_EXE_fanout-tools"))
         .args([
             "demo",
             "--duration",
@@ -61,7 +61,7 @@ fn demo_acks_everything_it_produces_and_reports_one_line() {
 
 #[test]
 fn the_demo_keeps_its_public_admin_token_off_the_network() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fanout-gateway"))
+    let out = Command::new(env!("CARGO_BIN_EXE_fanout-tools"))
         .args(["demo", "--duration", "1", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
         .output()
         .expect("demo runs");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fanout_gateway::tools::scenario::{self, Scenario, ScenarioOptions};
+use fanout_tools::scenario::{self, Scenario, ScenarioOptions};
 
 fn options(duration: u64) -> ScenarioOptions {
     ScenarioOptions {

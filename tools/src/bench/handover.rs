@@ -4,7 +4,7 @@
 //! rebalance that stops consumption.
 //!
 //! [`status_quo`] runs that handover on a topic the caller created and measures what
-//! [`crate::tools::scenario`] measures for the gateway's blue-green deploy, the same way: the same
+//! [`crate::scenario`] measures for the gateway's blue-green deploy, the same way: the same
 //! producer ([`Produced`], which knows the offset of every message the broker took), the same
 //! random 1–10 ms of work (here per polled batch; the scenario's subscribers, on the subscriber
 //! library, spend it per delivery with up to 100 at once), the same `fetch.wait.max.ms`, and the
@@ -64,7 +64,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::tools::demo::{committed_offsets, Produced};
+use crate::demo::{committed_offsets, Produced};
 
 /// The consumers' `session.timeout.ms`: the smallest a real broker accepts by default
 /// (`group.min.session.timeout.ms`), and it keeps the mock's join phase (this − 1 s) short.

@@ -14,11 +14,10 @@ use rdkafka::mocking::MockCluster;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Config, EmptyCohort, RouteConfig};
-use crate::gateway;
-use crate::stats::Stats;
-use crate::tools::demo::{committed_offsets, DemoError, Produced};
+use crate::demo::{committed_offsets, DemoError, Produced};
 use fanout_client::{stream, Delivery, Nack, Replicas, Subscriber};
+use fanout_gateway::config::{Config, EmptyCohort, RouteConfig};
+use fanout_gateway::gateway;
 
 pub const TOPIC: &str = "deploy-events";
 pub const ROUTE: &str = "orders";
@@ -200,10 +199,10 @@ pub async fn run(
     // Wait for the group to assign the partitions, so that the count of rebalances that
     // follows is the scenario's own.
     let ready = Instant::now();
-    while Stats::get(&stats.rebalances) == 0 && ready.elapsed() < Duration::from_secs(30) {
+    while stats.counters().rebalances == 0 && ready.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rebalances_at_start = Stats::get(&stats.rebalances);
+    let rebalances_at_start = stats.counters().rebalances;
 
     let mut producer = Produced::new(&bootstrap)?;
     let phases = scenario.phases();
@@ -256,7 +255,7 @@ pub async fn run(
     while Instant::now() < deadline && (observed.lock().seen.len() as u64) < produced_total {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rebalances = Stats::get(&stats.rebalances) - rebalances_at_start;
+    let rebalances = stats.counters().rebalances - rebalances_at_start;
     // Let the last acks be committed, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Subscribers drain before the gateway stops, as a deploy would have them.

@@ -1,4 +1,4 @@
-//! `fanout-gateway bench`: what the gateway costs against a plain consumer, and what a deploy
+//! `fanout-tools bench`: what the gateway costs against a plain consumer, and what a deploy
 //! costs with and without it, measured in one run on the same embedded Kafka.
 //!
 //! Every figure comes from this process's own run: a plain rdkafka consumer and the gateway
@@ -20,7 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use crate::tools::scenario::{self, Scenario, ScenarioOptions};
+use crate::scenario::{self, Scenario, ScenarioOptions};
 use handover::{HandoverOptions, HandoverReport, Strategy};
 use latency::Percentiles;
 use memory::Memory;
@@ -31,11 +31,14 @@ pub enum BenchError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error(transparent)]
-    Start(#[from] crate::gateway::StartError),
+    Start(#[from] fanout_gateway::gateway::StartError),
     #[error(transparent)]
-    Demo(#[from] crate::tools::demo::DemoError),
+    Demo(#[from] crate::demo::DemoError),
     #[error("gateway: {0}")]
     Gateway(String),
+    /// The service binary the memory part runs is not to be had.
+    #[error("fanout-gateway binary: {0}")]
+    GatewayExe(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("a benchmark task failed: {0}")]
@@ -75,7 +78,8 @@ pub struct BenchOptions {
     pub memory_partitions: i32,
     pub memory_bounds: Vec<usize>,
     pub memory_duration: Duration,
-    /// The `fanout-gateway` executable the memory part runs; `None` is this process's own.
+    /// The `fanout-gateway` executable the memory part runs; `None` finds it beside this
+    /// process's own (see [`gateway_exe`]).
     pub gateway_exe: Option<std::path::PathBuf>,
     pub switch_duration: Duration,
     pub switch_rate: u32,
@@ -276,7 +280,7 @@ async fn memory_part(
         progress(&format!("memory: gateway process, bound {bound} per partition, slow subscriber"));
         let exe = match &options.gateway_exe {
             Some(path) => path.clone(),
-            None => std::env::current_exe()?,
+            None => gateway_exe()?,
         };
         let memory = memory::slow_subscriber(
             &exe,
@@ -290,6 +294,36 @@ async fn memory_part(
         report.memory.push(MemoryRow { bound, backlog_bytes: backlog.bytes, partitions, memory });
     }
     Ok(())
+}
+
+/// The service binary the memory part measures, as it ships: `fanout-gateway` in this
+/// executable's directory (cargo puts every binary of the workspace in the same
+/// `target/<profile>/`). Run through `cargo run` (which sets `CARGO`), it is built first with
+/// this build's profile, so the bench never measures a stale gateway.
+fn gateway_exe() -> Result<std::path::PathBuf, BenchError> {
+    let this = std::env::current_exe()?;
+    let dir = this.parent().ok_or_else(|| BenchError::GatewayExe(format!("{} has no directory", this.display())))?;
+    let exe = dir.join(format!("fanout-gateway{}", std::env::consts::EXE_SUFFIX));
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        // target/<profile>/fanout-tools: the profile is the directory's name (debug = dev).
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--profile", profile, "-p", "fanout-gateway", "--bin", "fanout-gateway"])
+            .status()?;
+        if !status.success() {
+            return Err(BenchError::GatewayExe(format!("cargo build -p fanout-gateway failed ({status})")));
+        }
+    }
+    if !exe.exists() {
+        return Err(BenchError::GatewayExe(format!(
+            "{} is missing: build it (cargo build --release -p fanout-gateway) or pass its path",
+            exe.display()
+        )));
+    }
+    Ok(exe)
 }
 
 /// The deploy switch: two status-quo handovers on this cluster, then the gateway's blue-green

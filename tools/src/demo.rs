@@ -26,11 +26,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::admin::dead_letters::HEADER_REDRIVEN_FROM;
-use crate::config::{Config, RouteConfig};
-use crate::gateway;
-use crate::stats::Stats;
 use fanout_client::{Delivery, Nack, Replicas, Subscriber};
+use fanout_gateway::admin::dead_letters::HEADER_REDRIVEN_FROM;
+use fanout_gateway::config::{Config, RouteConfig};
+use fanout_gateway::gateway;
+use fanout_gateway::stats::Stats;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -206,7 +206,8 @@ pub async fn run(
     while Instant::now() < deadline {
         let committed_all =
             targets.iter().all(|(p, end)| stats.committed_of(DEMO_GROUP, DEMO_TOPIC, *p).is_some_and(|c| c >= *end));
-        let settled = Stats::get(&stats.acked) + Stats::get(&stats.dead_lettered);
+        let counters = stats.counters();
+        let settled = counters.acked + counters.dead_lettered;
         if settled >= produced_total && committed_all {
             break;
         }
@@ -217,10 +218,8 @@ pub async fn run(
         }
     }
 
-    let delivered = Stats::get(&stats.delivered);
-    let acked = Stats::get(&stats.acked);
-    let dead_lettered = Stats::get(&stats.dead_lettered);
-    let duplicates = Stats::get(&stats.redelivered);
+    let fanout_gateway::stats::Counters { delivered, acked, dead_lettered, redelivered: duplicates, .. } =
+        stats.counters();
     // Subscribers drain before the gateway stops, as a deploy would have them.
     let _ = subs_stop_tx.send(true);
     for s in subscribers {
@@ -294,14 +293,14 @@ fn redriven(delivery: &Delivery) -> bool {
 /// reached over loopback); `from_time` is when the demo started, for `replay`.
 pub fn attach_commands(listen: SocketAddr, admin: SocketAddr, from_time: &str) -> Vec<String> {
     let (listen, admin) = (reachable(listen), reachable(admin));
-    let ctl = format!("cargo run --release -p fanoutctl -- --gateway {admin} --token {DEMO_TOKEN}");
+    let ctl = format!("cargo fanoutctl --gateway {admin} --token {DEMO_TOKEN}");
     let route = DEMO_ROUTE;
     vec![
         format!(
             "gateway on {listen}, admin API on {admin} (admin token {DEMO_TOKEN}, loopback only); try, in another terminal:"
         ),
         format!(
-            "  subscriber: cargo run --release -- subscribe --gateway {listen} --route {route} --label {SPLIT_LABEL}={CANARY}"
+            "  subscriber: cargo tools subscribe --gateway {listen} --route {route} --label {SPLIT_LABEL}={CANARY}"
         ),
         format!("  status:     {ctl} status"),
         format!("  weights:    {ctl} weights set {route} {STABLE}=90 {CANARY}=10"),
@@ -424,17 +423,18 @@ fn produced_ends(produced: &HashMap<i32, Vec<i64>>) -> Vec<(i32, i64)> {
 }
 
 fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
+    let counters = stats.counters();
     format!(
         "[{:>3}s] produced={} delivered={} acked={} dead_lettered={} committed={} buffered={} paused={} sessions={}",
         elapsed.as_secs(),
         produced,
-        Stats::get(&stats.delivered),
-        Stats::get(&stats.acked),
-        Stats::get(&stats.dead_lettered),
+        counters.delivered,
+        counters.acked,
+        counters.dead_lettered,
         stats.committed_sum(),
-        Stats::get(&stats.buffered),
-        Stats::get(&stats.partitions_paused).saturating_sub(Stats::get(&stats.partitions_resumed)),
-        Stats::get(&stats.sessions),
+        counters.buffered,
+        counters.paused_partitions,
+        counters.sessions,
     )
 }
 
@@ -527,9 +527,9 @@ mod tests {
         assert!(lines[0].contains("admin token demo-token"), "{}", lines[0]);
         assert_eq!(
             lines[1].trim_start(),
-            "subscriber: cargo run --release -- subscribe --gateway 127.0.0.1:50061 --route demo --label track=canary"
+            "subscriber: cargo tools subscribe --gateway 127.0.0.1:50061 --route demo --label track=canary"
         );
-        let ctl = "cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9191 --token demo-token";
+        let ctl = "cargo fanoutctl --gateway 127.0.0.1:9191 --token demo-token";
         for (line, command) in lines[2..].iter().zip([
             "status",
             "weights set demo stable=90 canary=10",

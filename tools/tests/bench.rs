@@ -1,12 +1,15 @@
-//! `fanout-gateway bench` at its smallest scale: every part runs and reports, and the deploy
+//! `fanout-tools bench` at its smallest scale: every part runs and reports, and the deploy
 //! switch shows what the gateway promises. Figures of speed are printed, never asserted.
 
-use fanout_gateway::tools::bench::{self, BenchOptions};
+#[path = "../../tests/support/shared.rs"]
+mod shared;
+
+use fanout_tools::bench::{self, BenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
     let mut options = BenchOptions::smoke();
-    options.gateway_exe = Some(env!("CARGO_BIN_EXE_fanout-gateway").into());
+    options.gateway_exe = Some(shared::gateway_bin());
     let report = tokio::time::timeout(std::time::Duration::from_secs(240), bench::run(&options, |l| eprintln!("{l}")))
         .await
         .expect("the smoke run finishes")

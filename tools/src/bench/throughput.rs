@@ -14,11 +14,10 @@ use tokio::sync::watch;
 
 use super::load::Backlog;
 use super::BenchError;
-use crate::config::Config;
-use crate::gateway;
-use crate::proto::Delivery;
-use crate::stats::Stats;
 use fanout_client::{Nack, Replicas, Subscriber};
+use fanout_gateway::config::Config;
+use fanout_gateway::gateway;
+use fanout_gateway::proto::Delivery;
 
 /// Longest a measurement may take before it is reported as incomplete.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -166,7 +165,7 @@ pub async fn gateway(
     let mut last = (0, Instant::now());
     let mut cpu_at_first = None;
     while started.elapsed() < LIMIT {
-        let acked = Stats::get(&stats.acked);
+        let acked = stats.counters().acked;
         if acked != last.0 {
             last = (acked, Instant::now());
         }
@@ -182,7 +181,7 @@ pub async fn gateway(
     let elapsed = first.map_or(Duration::ZERO, |f| last.1.saturating_duration_since(f));
     let cpu = cpu_at_first.map_or(Duration::ZERO, |c| process_cpu().saturating_sub(c));
     let rate = Rate {
-        messages: Stats::get(&stats.acked),
+        messages: stats.counters().acked,
         bytes: seen.bytes.load(Ordering::Relaxed),
         elapsed,
         cores: cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),

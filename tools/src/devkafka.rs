@@ -2,7 +2,7 @@
 //! of its own, so that gateway processes can be killed and restarted against brokers that
 //! keep their topics, offsets and commits.
 //!
-//! `fanout-gateway dev-kafka` parses its `--topic NAME:PARTITIONS` arguments here
+//! `fanout-tools dev-kafka` parses its `--topic NAME:PARTITIONS` arguments here
 //! ([`TopicSpec`]), starts the cluster ([`DevKafka::start`]), prints where it listens and
 //! lives until told to stop. The cluster is not `Send` (librdkafka's mock handle), so it stays
 //! in the future that [`DevKafka::run`] returns, which `main` runs on its own thread.

@@ -10,23 +10,23 @@ use anyhow::Context;
 
 use super::devkafka::{DevKafka, TopicSpec};
 use super::{bench, demo, scenario};
-use fanout_client::code_name;
+use fanout_client::{code_name, shutdown_signal};
 
 /// Examples under `demo --help`: the demo alone, then operated from a second terminal.
 const DEMO_EXAMPLES: &str = "\
 EXAMPLES:
   # The whole loop for 20 s; it prints the commands that attach to it, then ends with one line:
   # demo: produced=.. acked=.. dead_lettered=.. committed=.. lost=0 duplicates=0
-  cargo run --release -- demo
+  cargo demo
 
   # Longer, so there is time to operate it from a second terminal (admin token: demo-token):
-  cargo run --release -- demo --duration 300
-  cargo run --release -- subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
-  cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token weights set demo stable=90 canary=10
-  cargo run --release -p fanoutctl -- --gateway 127.0.0.1:9090 --token demo-token dlq list demo
+  cargo demo --duration 300
+  cargo tools subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
+  cargo fanoutctl --gateway 127.0.0.1:9090 --token demo-token weights set demo stable=90 canary=10
+  cargo fanoutctl --gateway 127.0.0.1:9090 --token demo-token dlq list demo
 
   # A canary ramp (weights switched while producing), ending with one `scenario: ...` line:
-  cargo run --release -- demo --scenario canary
+  cargo demo --scenario canary
 
 Operators' commands all work on the demo gateway: its admin token is demo-token (so its admin API
 stays on loopback), one message in 997 is poison and is dead-lettered to demo-events.dlq (a
@@ -36,14 +36,14 @@ redriven one is accepted), and route demo is split by `track`, its own subscribe
 /// Examples under `subscribe --help`.
 const SUBSCRIBE_EXAMPLES: &str = "\
 EXAMPLES:
-  # A canary subscriber of the demo (`fanout-gateway demo` in another terminal):
-  cargo run --release -- subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
+  # A canary subscriber of the demo (`fanout-tools demo` in another terminal):
+  cargo tools subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary
 
   # Every replica of a gateway in Kubernetes, through its headless Service, printing each delivery:
-  fanout-gateway subscribe --dns fanout-gateway-headless.shop.svc:50051 --route orders --verbose
+  fanout-tools subscribe --dns fanout-gateway-headless.shop.svc:50051 --route orders --verbose
 
   # A slow subscriber with a small window, over TLS:
-  fanout-gateway subscribe --gateway https://gw.shop.example:50051 --tls-ca ca.pem --route orders \\
+  fanout-tools subscribe --gateway https://gw.shop.example:50051 --tls-ca ca.pem --route orders \\
     --max-in-flight 10 --handle-ms 50
 
 It prints `subscribed: ...` once a replica accepted the stream, a line per second, and ends with
@@ -72,7 +72,7 @@ pub struct DemoArgs {
     /// Partitions of the demo topic (the embedded Kafka creates it).
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
-    /// gRPC address of the demo gateway (attach `fanout-gateway subscribe` to it).
+    /// gRPC address of the demo gateway (attach `fanout-tools subscribe` to it).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
     /// Admin API address of the demo gateway (`fanoutctl --gateway` it); loopback only, since
@@ -181,23 +181,6 @@ pub struct DevKafkaArgs {
     pub ignore_stdin: bool,
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn terminated() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Runs `demo`, or `demo --scenario`.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let DemoArgs { duration, subscribers, rate, partitions, listen, admin_listen, scenario } = args;
@@ -238,7 +221,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        terminated().await;
+        shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let report = demo::run(options, stop, |line| println!("{line}")).await?;
@@ -316,7 +299,7 @@ pub async fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
         .run(async {
             tokio::select! {
                 Ok(()) = eof => tracing::info!("stdin closed"),
-                _ = terminated() => tracing::info!("signal received"),
+                _ = shutdown_signal() => tracing::info!("signal received"),
             }
         })
         .await;
@@ -433,7 +416,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     };
     let shutdown = async {
         tokio::select! {
-            _ = terminated() => {}
+            _ = shutdown_signal() => {}
             _ = drained => {}
         }
     };

@@ -1,27 +1,30 @@
 //! The status-quo deploy (a consumer-group handover from blue to green consumers) runs to the
 //! end on the mock cluster and accounts for every message, for both assignment protocols.
 
-mod support;
+#[path = "../../tests/support/shared.rs"]
+mod shared;
 
 use std::time::Duration;
 
-use fanout_gateway::tools::bench::handover::{status_quo, HandoverOptions, HandoverReport, Strategy};
+use fanout_tools::bench::handover::{status_quo, HandoverOptions, HandoverReport, Strategy};
 
 /// Long enough that green's join rebalance (the mock's join phase is session.timeout.ms − 1 s
 /// = 5 s) has completed before blue leaves at two thirds, so the two are separate rebalances.
+const TOPIC: &str = "orders";
+
 const DURATION: Duration = Duration::from_secs(21);
 
 async fn handover(strategy: Strategy) -> HandoverReport {
-    support::init_logs();
-    let cluster = support::mock_cluster(8);
+    shared::init_logs();
+    // A 3-broker mock cluster, as the bench runs it.
+    let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+    cluster.create_topic(TOPIC, 8, 3).expect("create topic");
     let options = HandoverOptions { rate: 2_000, duration: DURATION, per_cohort: 2, partitions: 8, strategy };
-    let report = tokio::time::timeout(
-        Duration::from_secs(150),
-        status_quo(&cluster.bootstrap_servers(), support::TOPIC, &options),
-    )
-    .await
-    .expect("the handover finishes within its bounds")
-    .expect("the handover runs");
+    let report =
+        tokio::time::timeout(Duration::from_secs(150), status_quo(&cluster.bootstrap_servers(), TOPIC, &options))
+            .await
+            .expect("the handover finishes within its bounds")
+            .expect("the handover runs");
     println!("{strategy:?}: {report}");
     drop(cluster);
     report
