@@ -9,15 +9,15 @@
 # library checks) is exercised on every CI run even where no Docker engine is available.
 
 # --- build -----------------------------------------------------------------------------------
-# The build needs gcc, make, perl and cmake for librdkafka (compiled from source by rdkafka-sys
-# with CMake), zlib1g-dev and libssl-dev with pkg-config for its gzip and TLS; zstd and libcurl
-# (OIDC) are built from their crates and linked in statically.
+# The build needs gcc, make, perl and cmake: librdkafka is compiled from source by rdkafka-sys
+# with CMake, and OpenSSL, zlib, zstd and libcurl (OIDC) are built from their crates and linked
+# in statically, so no -dev package is installed.
 # protoc comes from the protoc-bin-vendored crate (proto/build.rs), so no system protoc.
 # Same Debian release as the runtime stage, so the glibc the binaries link against is there.
 FROM rust:1.95-bookworm AS build
-# Named, although the image has them: the build needs exactly these (.ci/run installs the same).
+# Named, although the image has them: the build needs exactly these (.ci/setup installs the same).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libssl-dev pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends cmake make perl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -38,12 +38,11 @@ LABEL org.opencontainers.image.title="fanout-gateway" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# ca-certificates: TLS to brokers and to the Kubernetes API (discovery.mode = "kube").
-# zlib1g and libssl3: librdkafka links the system libz.so.1 (gzip) and OpenSSL (TLS, SASL/SCRAM).
-# Nothing else: .ci/build-binaries checks with ldd that the binaries need only libc6,
-# libgcc-s1, zlib1g and libssl3 (zstd and libcurl are linked in statically).
+# ca-certificates: TLS to brokers (the linked-in OpenSSL finds /etc/ssl/certs by probing the
+# usual paths) and to the Kubernetes API (discovery.mode = "kube"). Nothing else:
+# .ci/build-binaries checks with ldd that the binaries need only libc6 and libgcc-s1.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # A non-root user with a fixed numeric id (the one k8s/statefulset.yaml runs as), so
