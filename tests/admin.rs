@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
-use fanout_gateway::gateway::{self, GatewayHandle};
+use fanout_gateway::gateway::GatewayHandle;
 use fanout_gateway::proto::admin::admin_client::AdminClient;
 use fanout_gateway::proto::admin::{DrainRequest, SetWeightsRequest, StatusRequest, StatusResponse};
 use fanout_gateway::proto::Hello;
@@ -60,8 +59,7 @@ async fn start(bootstrap: &str, group: &str, weights: &str) -> Fixture {
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
     let path = dir.path().join("fanout.toml");
     std::fs::write(&path, config_text(bootstrap, group, weights, &token_file)).expect("config");
-    let config = Config::load(&path).expect("loads");
-    let gw = gateway::start_from(config, None, ConfigSource::File(path.clone())).await.expect("starts");
+    let gw = start_gateway_from_file(&path).await;
     let channel = Channel::from_shared(gw.admin_endpoint()).expect("endpoint").connect().await.expect("connects");
     Fixture { _dir: dir, path, gw, admin: AdminClient::new(channel) }
 }

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use support::*;
 
@@ -43,7 +42,7 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
     config.routes[0].max_in_flight = CAP;
 
     let run = async {
-        let gw = gateway::start(config.clone()).await.expect("gateway starts");
+        let gw = start_gateway(config.clone()).await;
         let stats = gw.stats();
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "slow", WINDOW)).await.expect("subscribes");

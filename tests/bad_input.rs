@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use fanout_gateway::proto::fanout_client::FanoutClient;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, SubscribeRequest};
@@ -17,7 +16,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_message_must_be_hello() {
     let cluster = mock_cluster(1);
-    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("hello"))).await.expect("starts");
+    let gw = start_gateway(config(&cluster.bootstrap_servers(), &unique_group("hello"))).await;
     let mut raw = FanoutClient::connect(gw.endpoint()).await.expect("connects");
     let ack_first = SubscribeRequest { kind: Some(Kind::Ack(Ack { ack_ids: vec![1] })) };
     let status = raw.subscribe(futures::stream::iter(vec![ack_first])).await.expect_err("refused");
@@ -32,7 +31,7 @@ async fn first_message_must_be_hello() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_not_found() {
     let cluster = mock_cluster(1);
-    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("route"))).await.expect("starts");
+    let gw = start_gateway(config(&cluster.bootstrap_servers(), &unique_group("route"))).await;
     let err =
         Subscription::connect(&gw.endpoint(), stream::hello("billing", "pod-1", 10)).await.err().expect("refused");
     let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
@@ -51,7 +50,7 @@ async fn acks_by_handle_work_out_of_order_and_across_batches_and_unknown_ones_ar
     let bootstrap = cluster.bootstrap_servers();
     let group = unique_group("acks");
     let ids = produce(&bootstrap, 10, 1).await;
-    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &group)).await;
     let stats = gw.stats();
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 5)).await.expect("subscribes");
 
@@ -88,7 +87,7 @@ async fn acks_by_handle_work_out_of_order_and_across_batches_and_unknown_ones_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_route_name_is_cut_in_the_status_and_the_status_still_arrives() {
     let cluster = mock_cluster(1);
-    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("echo"))).await.expect("starts");
+    let gw = start_gateway(config(&cluster.bootstrap_servers(), &unique_group("echo"))).await;
     let huge = "b".repeat(100_000);
     let err = Subscription::connect(&gw.endpoint(), stream::hello(&huge, "pod-1", 10)).await.err().expect("refused");
     let stream::ClientError::Refused(status) = err else { panic!("expected a status, got {err}") };
@@ -108,7 +107,7 @@ async fn a_retry_after_of_i64_max_seconds_is_cut_to_the_routes_max_backoff() {
     let mut config = config(&bootstrap, &group);
     config.routes[0].retry.initial_backoff_ms = 100;
     config.routes[0].retry.max_backoff_ms = 1_000;
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let first = sub.next().await.expect("stream").expect("open").remove(0);
     assert_eq!((stream::id_of(&first).as_str(), first.attempt), (ids[0].as_str(), 1));
@@ -194,7 +193,7 @@ async fn unreachable_kafka_at_start_is_reported_and_retried_until_it_answers() {
         cluster.broker_down(broker).expect("down");
     }
     let group = unique_group("unreachable");
-    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts without kafka");
+    let gw = start_gateway(config(&bootstrap, &group)).await;
     let stats = gw.stats();
     eventually(Duration::from_secs(30), "the gateway reports kafka unreachable", || {
         stats.last_kafka_error.read().as_deref().is_some_and(|e| e.contains("unreachable"))

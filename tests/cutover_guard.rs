@@ -12,9 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_client::stream::Subscription;
-use fanout_gateway::admin::ConfigSource;
-use fanout_gateway::config::Config;
-use fanout_gateway::gateway;
 use fanout_gateway::proto::admin::admin_client::AdminClient;
 use fanout_gateway::proto::admin::{SetWeightsRequest, StatusRequest};
 use fanout_gateway::proto::Hello;
@@ -97,8 +94,7 @@ async fn a_cutover_that_would_strand_messages_is_refused_unless_forced_and_a_hol
         std::fs::write(&token_file, TOKEN).expect("token");
         let path = dir.path().join("fanout.toml");
         std::fs::write(&path, config_text(&bootstrap, &group, &token_file)).expect("config");
-        let config = Config::load(&path).expect("loads");
-        let gw = gateway::start_from(config, None, ConfigSource::File(path.clone())).await.expect("starts");
+        let gw = start_gateway_from_file(&path).await;
         let channel = Channel::from_shared(gw.admin_endpoint()).expect("endpoint").connect().await.expect("connects");
         let mut admin = AdminClient::new(channel);
         let hello = Hello {

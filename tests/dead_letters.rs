@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::admin::dead_letters::HEADER_REDRIVEN_FROM;
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -78,7 +77,7 @@ async fn poison_letters_are_listed_and_redriven_once() {
     config.server.admin_token_file = Some(token_arg.clone());
 
     let run = async {
-        let gw = gateway::start(config).await.expect("starts");
+        let gw = start_gateway(config).await;
         let stats = gw.stats();
         let admin = gw.admin_addr().to_string();
         let mut sub =

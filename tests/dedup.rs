@@ -11,7 +11,6 @@ use std::time::Duration;
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode};
 use fanout_gateway::dedup::{DedupConfig, StoreKind};
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -81,7 +80,7 @@ async fn each_sent_twice_is_delivered_once(store: StoreKind, prefix: Option<Stri
     let config = effectively_once(&bootstrap, &group, dedup);
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "w", 100)).await.expect("subscribes");
         let mut counts = HashMap::new();
         consume(&mut sub, &mut counts, |c| c.len() == unique).await;
@@ -135,7 +134,7 @@ async fn keys_come_back_after_the_ttl_or_when_capacity_evicts_them() {
     let p = producer(&bootstrap);
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let stats = gw.stats();
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "w", 100)).await.expect("subscribes");
         let mut counts = HashMap::new();

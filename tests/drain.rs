@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +19,7 @@ async fn a_draining_subscriber_gets_nothing_new_and_its_stream_ends_once_its_del
     let config = config(&bootstrap, &group);
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let mut leaving =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "leaving", 5)).await.expect("subscribes");
         let mut held: Vec<String> = Vec::new();

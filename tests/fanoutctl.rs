@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::Config;
-use fanout_gateway::gateway::{self, GatewayHandle};
+use fanout_gateway::gateway::GatewayHandle;
 use fanout_gateway::proto::Hello;
 use support::*;
 
@@ -57,8 +57,8 @@ async fn tables_json_yaml_weights_and_drain_across_two_replicas() {
     let token_arg = token_file.display().to_string();
     let run = async {
         // Two replicas of one gateway: the same groups, partitions shared between them.
-        let one = gateway::start(split_config(&bootstrap, &group, &token_file)).await.expect("starts");
-        let two = gateway::start(split_config(&bootstrap, &group, &token_file)).await.expect("starts");
+        let one = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
+        let two = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
         let gateways = format!("{},{}", one.admin_addr(), two.admin_addr());
         let mut subs = Vec::new();
         for gw in [&one, &two] {
@@ -219,7 +219,7 @@ async fn a_replica_down_is_marked_and_the_others_are_still_shown() {
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
     let run = async {
-        let live = gateway::start(config(&bootstrap, &unique_group("ctl-down"))).await.expect("starts");
+        let live = start_gateway(config(&bootstrap, &unique_group("ctl-down"))).await;
         let live_addr = live.admin_addr().to_string();
         let dead_addr = format!("127.0.0.1:{}", free_port());
         let gateways = format!("{live_addr},{dead_addr}");
@@ -282,7 +282,7 @@ async fn weights_get_shows_each_cohorts_weight_subscribers_and_held_messages() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).expect("token");
     let run = async {
-        let gw = gateway::start(split_config(&bootstrap, &unique_group("ctl-get"), &token_file)).await.expect("starts");
+        let gw = start_gateway(split_config(&bootstrap, &unique_group("ctl-get"), &token_file)).await;
         let admin = gw.admin_addr().to_string();
         // Blue subscribes, green does not: the route holds green's share for it.
         let mut blue = subscribe(&gw, "blue-0", "blue").await;
@@ -353,8 +353,8 @@ async fn weights_set_with_a_typo_is_refused_everywhere_unless_forced() {
     std::fs::write(&token_file, TOKEN).expect("token");
     let token_arg = token_file.display().to_string();
     let run = async {
-        let one = gateway::start(split_config(&bootstrap, &group, &token_file)).await.expect("starts");
-        let two = gateway::start(split_config(&bootstrap, &group, &token_file)).await.expect("starts");
+        let one = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
+        let two = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
         let gateways = format!("{},{}", one.admin_addr(), two.admin_addr());
         let mut subs = Vec::new();
         for gw in [&one, &two] {

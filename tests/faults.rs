@@ -22,7 +22,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::gateway::{self, GatewayHandle};
+use fanout_gateway::gateway::GatewayHandle;
 use fanout_gateway::stats::Stats;
 use faults_support::{commit_gap, kafka_debug_from_env, missing, wait_blocking, Feed, Pace};
 use parking_lot::Mutex;
@@ -98,7 +98,7 @@ impl Run {
         props.insert("reconnect.backoff.ms".into(), "100".into());
         props.insert("reconnect.backoff.max.ms".into(), "1000".into());
         kafka_debug_from_env(props);
-        let gateway = gateway::start(config).await.expect("gateway starts");
+        let gateway = start_gateway(config).await;
         let (_endpoint_tx, endpoint) = watch::channel(gateway.endpoint());
         let (stop, stop_rx) = watch::channel(false);
         let recorder = Arc::new(Mutex::new(Recorder::default()));

@@ -9,7 +9,6 @@ use std::time::Duration;
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::DeliveryMode;
 use fanout_gateway::dedup::DedupConfig;
-use fanout_gateway::gateway;
 use fanout_gateway::proto::{Delivery, Header, Hello};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
@@ -55,7 +54,7 @@ async fn null_and_empty_keys_and_values_and_repeated_headers_arrive_as_produced(
         ],
     )
     .await;
-    let gw = gateway::start(config(&bootstrap, &unique_group("fidelity"))).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &unique_group("fidelity"))).await;
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let got = receive(&mut sub, 3).await;
 
@@ -98,7 +97,7 @@ async fn a_split_route_names_the_cohort_and_an_effectively_once_route_the_idempo
     let mut split = config(&bootstrap, &unique_group("cohort"));
     split.routes[0].split_label = Some("track".into());
     split.routes[0].weights = [("blue".to_string(), 100), ("green".to_string(), 0)].into_iter().collect();
-    let gw = gateway::start(split).await.expect("starts");
+    let gw = start_gateway(split).await;
     let hello = Hello {
         labels: [("track".to_string(), "blue".to_string())].into_iter().collect(),
         ..stream::hello(ROUTE, "blue-0", 10)
@@ -113,7 +112,7 @@ async fn a_split_route_names_the_cohort_and_an_effectively_once_route_the_idempo
     let mut once = config(&bootstrap, &unique_group("once"));
     once.routes[0].delivery = DeliveryMode::EffectivelyOnce;
     once.routes[0].dedup = Some(DedupConfig::default());
-    let gw = gateway::start(once).await.expect("starts");
+    let gw = start_gateway(once).await;
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("subscribes");
     let got = receive(&mut sub, 2).await;
     assert_eq!(got[0].idempotency_key, "order-1");

@@ -93,7 +93,7 @@ async fn start(bootstrap: &str, group: &str, subscribe: TlsConfig, admin: Option
     let mut config: Config = config(bootstrap, group);
     config.server.tls = Some(subscribe);
     config.server.admin_tls = admin;
-    gateway::start(config).await.expect("starts with TLS")
+    start_gateway(config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +263,7 @@ async fn an_operator_certificate_on_the_allow_list_stands_for_the_admin_token() 
     config.routes[0].weights = [("blue".to_string(), 50), ("green".to_string(), 50)].into_iter().collect();
     config.server.admin_tls = Some(tls(&cert, &key, Some(&operators_file)));
     config.server.admin_allowed_identities = vec!["ops.fanoutctl".into()];
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
 
     let admin = gw.admin_addr().to_string();
     let ca_arg = ca_file.display().to_string();

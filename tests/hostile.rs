@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use fanout_gateway::proto::subscribe_request::Kind;
 use fanout_gateway::proto::{Ack, Hello, SubscribeRequest, SubscribeResponse};
 use fanout_gateway::stats::Stats;
@@ -182,7 +181,7 @@ async fn bad_frames_end_the_stream_with_a_status_that_names_them_and_lose_nothin
     let bootstrap = cluster.bootstrap_servers();
     let group = unique_group("hostile");
     let ids = produce(&bootstrap, 40, 8).await;
-    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &group)).await;
 
     for case in CASES {
         // Each bad stream holds deliveries in flight when it breaks: they must come back.
@@ -235,7 +234,7 @@ async fn floods_of_streams_and_resets_leave_the_gateway_serving() {
     let ids = produce(&bootstrap, 100, 10).await;
     let mut config = config(&bootstrap, &group);
     config.server.max_streams_per_connection = 50;
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let stats = gw.stats();
 
     // Raw HTTP/2: open Subscribe streams with a hello and reset each at once ("rapid reset"),
@@ -321,7 +320,7 @@ async fn hellos_no_pod_could_send_are_refused_and_never_reach_the_metrics() {
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
     let group = unique_group("hostile-hello");
-    let gw = gateway::start(config(&bootstrap, &group)).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &group)).await;
     let endpoint = gw.endpoint();
 
     // A pod name that would write a series of its own into /metrics (D1).
@@ -380,7 +379,7 @@ async fn silent_and_slow_sockets_on_the_admin_port_are_capped_and_closed_and_sub
     let mut config = config(&bootstrap, &group);
     config.server.max_connections = 100;
     config.server.idle_timeout_ms = 1_000;
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let admin = gw.admin_addr();
 
     // Half say nothing, half dribble a request head a byte at a time (slowloris).
@@ -412,7 +411,7 @@ async fn an_unknown_admin_path_is_not_found_and_grpc_keeps_unimplemented() {
     init_logs();
     let cluster = mock_cluster(1);
     let bootstrap = cluster.bootstrap_servers();
-    let gw = gateway::start(config(&bootstrap, &unique_group("hostile-404"))).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &unique_group("hostile-404"))).await;
     for path in ["/livez", "/anything", "/metrics/extra"] {
         let (code, body) = http_get(gw.admin_addr(), path).await;
         assert_eq!(code, 404, "{path}: {body}");

@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
@@ -99,7 +98,7 @@ async fn topics_written_with_every_codec_read_through_the_gateway() {
         }
     }
 
-    let gw = gateway::start(config(&bootstrap, &unique_group("codecs"))).await.expect("starts");
+    let gw = start_gateway(config(&bootstrap, &unique_group("codecs"))).await;
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "codecs", 500)).await.expect("subscribes");
     let mut got = BTreeSet::new();
     while got.len() < sent.len() {
@@ -232,7 +231,7 @@ async fn the_gateway_consumes_and_commits_through_a_tls_listener() {
             .await;
     let sent = produce(&cluster.bootstrap_servers(), 300, 30).await;
     let group = unique_group("tls");
-    let gw = gateway::start(tls_config(&tls.bootstrap, &group, &tls.ca_file)).await.expect("starts");
+    let gw = start_gateway(tls_config(&tls.bootstrap, &group, &tls.ca_file)).await;
     let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "tls", 500)).await.expect("subscribes");
     let mut got = receive_and_ack(&mut sub, sent.len()).await;
     got.dedup();

@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use fanout_client::stream::{ClientError, Subscription};
 use fanout_gateway::config::{Config, DiscoveryMode, RouteConfig};
-use fanout_gateway::gateway::{self, GatewayHandle};
+use fanout_gateway::gateway::GatewayHandle;
 use fanout_gateway::proto::{Delivery, Hello};
 use fanout_gateway::stats::Stats;
 use kube_support::{pod, query_param, running_orders, FakeApiServer, LOCAL_IP, NAMESPACE};
 use parking_lot::Mutex;
-use support::{eventually, fully_committed, init_logs, mock_cluster, produce, unique_group, ROUTE, TOPIC};
+use support::{
+    eventually, fully_committed, init_logs, mock_cluster, produce, start_gateway_with_kube, unique_group, ROUTE, TOPIC,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
@@ -45,7 +47,7 @@ async fn identity_checks_refuse_with_permission_denied() {
             pod("orders-starting", &[("app", "orders"), ("track", "green")], "Pending", None),
             pod("orders-elsewhere", &[("app", "orders"), ("track", "green")], "Running", Some("10.9.9.9")),
         ]);
-        let gw = gateway::start_with(kube_config(&bootstrap, &group), Some(client)).await.expect("gateway starts");
+        let gw = start_gateway_with_kube(kube_config(&bootstrap, &group), client).await;
 
         // Accepted: running, selected, and the stream comes from its IP. Its Hello claims
         // track=green, but in Kubernetes mode the pod's labels route it: it is blue.
@@ -117,7 +119,7 @@ async fn a_label_change_reroutes_and_a_deleted_pods_keys_move_after_drain() {
     let run = async {
         let (client, api) =
             FakeApiServer::start(vec![running_orders("orders-blue", "blue"), running_orders("orders-green", "green")]);
-        let gw = gateway::start_with(kube_config(&bootstrap, &group), Some(client)).await.expect("gateway starts");
+        let gw = start_gateway_with_kube(kube_config(&bootstrap, &group), client).await;
         let stats = gw.stats();
         let blue = subscribe_once_listed(&gw, hello("orders-blue", 20), "does not exist", true).await;
         let green = subscribe_once_listed(&gw, hello("orders-green", 20), "does not exist", true).await;
@@ -230,7 +232,7 @@ async fn a_pod_that_stops_matching_the_selector_is_drained_and_closed() {
     let run = async {
         let (client, api) =
             FakeApiServer::start(vec![running_orders("orders-blue", "blue"), running_orders("orders-green", "green")]);
-        let gw = gateway::start_with(kube_config(&bootstrap, &group), Some(client)).await.expect("gateway starts");
+        let gw = start_gateway_with_kube(kube_config(&bootstrap, &group), client).await;
         let blue = subscribe_once_listed(&gw, hello("orders-blue", 5), "does not exist", false).await;
         let green = subscribe_once_listed(&gw, hello("orders-green", 5), "does not exist", false).await;
         let _ids = produce(&bootstrap, 100, KEYS).await;
@@ -287,7 +289,7 @@ async fn a_selector_widened_by_reload_admits_the_pods_it_now_selects() {
             running_orders("orders-blue", "blue"),
             pod("canary-1", &[("app", "orders-canary"), ("track", "green")], "Running", Some(LOCAL_IP)),
         ]);
-        let gw = gateway::start_with(kube_config(&bootstrap, &group), Some(client)).await.expect("gateway starts");
+        let gw = start_gateway_with_kube(kube_config(&bootstrap, &group), client).await;
         let _blue = subscribe_once_listed(&gw, hello("orders-blue", 5), "does not exist", true).await;
         expect_denied(refusal(&gw, hello("canary-1", 5)).await, "pod shop/canary-1 does not exist or is not selected");
 

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
 use support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -73,7 +72,7 @@ async fn metrics_pass_promtool_and_follow_the_traffic() {
     config.kafka.properties.insert("statistics.interval.ms".into(), "200".into());
     config.routes[0].split_label = Some("track".into());
     config.routes[0].weights = BTreeMap::from([("blue".to_string(), 75), ("green".to_string(), 25)]);
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let admin = gw.admin_addr();
     assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".to_string()), "alive from the start");
     wait_ready(admin, Duration::from_secs(30)).await;
@@ -246,7 +245,7 @@ async fn ready_only_while_kafka_answers() {
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
     cluster.broker_down(-1).expect("brokers down");
-    let gw = gateway::start(config(&bootstrap, &unique_group("ready"))).await.expect("starts without Kafka");
+    let gw = start_gateway(config(&bootstrap, &unique_group("ready"))).await;
     let admin = gw.admin_addr();
     let channel =
         tonic::transport::Channel::from_shared(gw.endpoint()).expect("uri").connect().await.expect("connects");

@@ -6,7 +6,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use parking_lot::Mutex;
 use support::*;
@@ -29,7 +28,7 @@ async fn nothing_is_lost_across_a_dropped_stream_and_a_gateway_restart() {
     config.kafka.max_uncommitted_per_partition = 1_000;
 
     let run = async {
-        let gw1 = gateway::start(config.clone()).await.expect("gateway 1 starts");
+        let gw1 = start_gateway(config.clone()).await;
         let (endpoint_tx, endpoint) = watch::channel(gw1.endpoint());
         let (stop_tx, stop) = watch::channel(false);
         let recorder = Arc::new(Mutex::new(Recorder::default()));
@@ -55,7 +54,7 @@ async fn nothing_is_lost_across_a_dropped_stream_and_a_gateway_restart() {
         let stats1 = gw1.stats();
         gw1.shutdown().await;
         assert!(Stats::get(&stats1.partitions_paused) > 0, "partitions were paused at the bound");
-        let gw2 = gateway::start(config.clone()).await.expect("gateway 2 starts");
+        let gw2 = start_gateway(config.clone()).await;
         endpoint_tx.send(gw2.endpoint()).expect("subscribers listen");
 
         eventually(Duration::from_secs(120), "every message acked at least once", || {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::Config;
-use fanout_gateway::gateway;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -53,7 +52,7 @@ async fn deliver_all(
     quiet: Duration,
 ) -> Vec<String> {
     let run = async {
-        let gw = gateway::start(route_config(kafka.bootstrap_servers(), group, topic)).await.expect("gateway starts");
+        let gw = start_gateway(route_config(kafka.bootstrap_servers(), group, topic)).await;
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
         let got = receive_all(&mut sub, expected, quiet).await;
         commits_reach_the_end(kafka, group, topic, partitions).await;

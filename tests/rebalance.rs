@@ -13,7 +13,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use faults_support::{
     commit_gap, kafka_debug_from_env, missing, partition_of, stream_to, wait_blocking, Feed, Ledger, Pace, Processing,
@@ -126,7 +125,7 @@ async fn join_then_leave(name: &str, processing: Processing) -> Outcome {
                 acked.lock().acked.len()
             });
 
-        let a = gateway::start(config.clone()).await.expect("gateway A starts");
+        let a = start_gateway(config.clone()).await;
         let mut streams = Vec::new();
         for pod in 0..PODS {
             let (ledger, stop) = (ledger.clone(), stop.clone());
@@ -140,7 +139,7 @@ async fn join_then_leave(name: &str, processing: Processing) -> Outcome {
         let a_rebalances_before = Stats::get(&a_stats.rebalances);
 
         // Same group, same config; its own port (the config listens on 127.0.0.1:0).
-        let b = gateway::start(config.clone()).await.expect("gateway B starts");
+        let b = start_gateway(config.clone()).await;
         for pod in 0..PODS {
             let (ledger, stop) = (ledger.clone(), stop.clone());
             streams.push(tokio::spawn(stream_to(format!("pod-{pod}"), "B", b.endpoint(), processing, ledger, stop)));

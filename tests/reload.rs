@@ -7,9 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::admin::ConfigSource;
-use fanout_gateway::config::Config;
-use fanout_gateway::gateway;
 use fanout_gateway::proto::Hello;
 use support::*;
 
@@ -85,8 +82,7 @@ async fn weights_follow_the_file_and_a_bad_file_is_refused() {
     std::fs::write(&path, config_text(&bootstrap, &group, 100, 0)).expect("write");
 
     let run = async {
-        let config = Config::load(&path).expect("loads");
-        let gw = gateway::start_from(config, None, ConfigSource::File(path.clone())).await.expect("starts");
+        let gw = start_gateway_from_file(&path).await;
         let reload = tokio::spawn(gw.control().follow(Duration::from_millis(100)));
         let mut blue = subscribe(&gw.endpoint(), "blue").await;
         let mut green = subscribe(&gw.endpoint(), "green").await;

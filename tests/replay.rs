@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use parking_lot::Mutex;
 use support::*;
 
@@ -51,7 +50,7 @@ async fn a_committed_range_is_delivered_again_marked_while_live_traffic_goes_on(
     config.routes[0].max_in_flight = 500;
 
     let run = async {
-        let gw = gateway::start(config).await.expect("starts");
+        let gw = start_gateway(config).await;
         let admin = gw.admin_addr().to_string();
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 500)).await.expect("subscribes");
@@ -277,7 +276,7 @@ async fn a_range_that_can_hold_nothing_is_refused_naming_the_bound() {
     std::fs::write(&token_file, TOKEN).expect("token");
     let mut config = config(&bootstrap, &unique_group("replay-range"));
     config.server.admin_token_file = Some(token_file.display().to_string());
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let mut admin = AdminClient::connect(gw.admin_endpoint()).await.expect("connects");
     let at = |offset| vec![PartitionOffset { topic: TOPIC.into(), partition: 0, offset }];
     let cases = [

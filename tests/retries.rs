@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::RetryPolicy;
 use fanout_gateway::deadletter;
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -124,7 +123,7 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
     route.ack_timeout_ms = 1_500;
 
     let run = async {
-        let gw = gateway::start(config.clone()).await.expect("gateway starts");
+        let gw = start_gateway(config.clone()).await;
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();
@@ -251,7 +250,7 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
     config.validate().expect("valid");
 
     let run = async {
-        let gw = gateway::start(config.clone()).await.expect("gateway starts");
+        let gw = start_gateway(config.clone()).await;
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", 50)).await.expect("subscribes");
         let mut seen = Seen::default();

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::{Config, DeliveryMode, RouteConfig};
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -96,7 +95,7 @@ async fn a_route_nobody_subscribes_to_holds_back_no_other_route_on_its_topic() {
     let ids: HashSet<String> = produce(&bootstrap, MESSAGES, 400).await.into_iter().collect();
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
         let seen = receive_all(&mut sub, &ids, |_| true).await;
@@ -134,7 +133,7 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
     let ids: HashSet<String> = produce(&bootstrap, MESSAGES, 400).await.into_iter().collect();
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let endpoint = gw.endpoint();
         // The at-most-once subscriber acks only every other delivery.
         let firehose = tokio::spawn({

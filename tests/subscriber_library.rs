@@ -12,7 +12,6 @@ use std::time::Duration;
 use fanout_client::stream::{self, Subscription};
 use fanout_client::{Delivery, Error, Nack, Replicas, Subscriber};
 use fanout_gateway::config;
-use fanout_gateway::gateway;
 use fanout_gateway::stats::Stats;
 use parking_lot::Mutex;
 use support::*;
@@ -42,7 +41,7 @@ async fn sixteen_keys_on_eight_handlers_keep_each_keys_order_and_never_run_more_
     config.routes[0].ordering = config::Ordering::None;
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicUsize::new(0));
@@ -111,7 +110,7 @@ async fn a_panicking_handler_nacks_and_the_message_comes_again() {
     let poison = ids[7].clone();
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
         let done = Arc::new(AtomicUsize::new(0));
         let wake = Arc::new(Notify::new());
@@ -156,7 +155,7 @@ async fn an_unknown_route_is_an_error_on_the_first_attempt() {
     init_logs();
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
-    let gw = gateway::start(config(&bootstrap, &unique_group("library-refused"))).await.expect("gateway starts");
+    let gw = start_gateway(config(&bootstrap, &unique_group("library-refused"))).await;
     let subscriber =
         Subscriber::builder("no-such-route").replicas(Replicas::list([gw.endpoint()])).build().expect("valid settings");
     let stats = subscriber.stats();
@@ -184,7 +183,7 @@ async fn shutdown_drains_every_handled_delivery_so_nothing_is_redelivered() {
     let config = config(&bootstrap, &group);
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let handled: Arc<Mutex<Vec<String>>> = Arc::default();
         let done = Arc::new(AtomicUsize::new(0));
         let wake = Arc::new(Notify::new());
@@ -249,7 +248,7 @@ async fn an_operators_drain_takes_the_subscriber_out_until_it_restarts() {
     let config = config(&bootstrap, &group);
 
     let run = async {
-        let gw = gateway::start(config).await.expect("gateway starts");
+        let gw = start_gateway(config).await;
         let handled: Arc<Mutex<Vec<String>>> = Arc::default();
         let handler = {
             let handled = handled.clone();

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use fanout_client::stream::{self, ClientError, Subscription};
 use fanout_gateway::config::{Config, DiscoveryMode, IdentityMode};
-use fanout_gateway::gateway;
 use fanout_gateway::proto::fanout_client::FanoutClient;
 use fanout_gateway::proto::Hello;
 use kube_support::{pod, FakeApiServer, NAMESPACE};
@@ -62,7 +61,7 @@ async fn a_reviewed_token_names_the_pod_and_bad_or_missing_tokens_are_refused() 
     let (client, api) = FakeApiServer::start(vec![orders, payments]);
     api.grant("token-of-orders", "orders-7d9f");
     api.grant("token-of-payments", "payments-1");
-    let gw = gateway::start_with(token_config(&bootstrap, &unique_group("token")), Some(client)).await.expect("starts");
+    let gw = start_gateway_with_kube(token_config(&bootstrap, &unique_group("token")), client).await;
 
     // Admitted once the gateway has listed the route's pods.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

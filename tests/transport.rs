@@ -24,7 +24,7 @@ async fn channel(endpoint: &str) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_spec_and_an_open_watch_does_not_hold_up_the_stop() {
     let cluster = mock_cluster(1);
-    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("health"))).await.expect("starts");
+    let gw = start_gateway(config(&cluster.bootstrap_servers(), &unique_group("health"))).await;
     let stats = gw.stats();
     let mut health = HealthClient::new(channel(&gw.endpoint()).await);
     let ask = |service: &str| HealthCheckRequest { service: service.to_string() };
@@ -65,7 +65,7 @@ async fn health_follows_the_spec_and_an_open_watch_does_not_hold_up_the_stop() {
 async fn reflection_lists_the_services_in_both_versions() {
     use tonic_reflection::pb::{v1, v1alpha};
     let cluster = mock_cluster(1);
-    let gw = gateway::start(config(&cluster.bootstrap_servers(), &unique_group("reflect"))).await.expect("starts");
+    let gw = start_gateway(config(&cluster.bootstrap_servers(), &unique_group("reflect"))).await;
     let ch = channel(&gw.endpoint()).await;
 
     let request = v1::ServerReflectionRequest {
@@ -135,7 +135,7 @@ async fn a_thousand_idle_connections_are_closed_while_a_subscriber_is_served() {
     let cluster = mock_cluster(2);
     let bootstrap = cluster.bootstrap_servers();
     let group = unique_group("idle");
-    let gw = gateway::start(transport_config(&bootstrap, &group, 2_000)).await.expect("starts");
+    let gw = start_gateway(transport_config(&bootstrap, &group, 2_000)).await;
 
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
@@ -187,7 +187,7 @@ async fn past_the_stream_limit_a_subscribe_gets_resource_exhausted_until_one_end
     let cluster = mock_cluster(1);
     let mut config = config(&cluster.bootstrap_servers(), &unique_group("streams"));
     config.server.max_streams = 2;
-    let gw = gateway::start(config).await.expect("starts");
+    let gw = start_gateway(config).await;
     let first = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-1", 10)).await.expect("first");
     let _second = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-2", 10)).await.expect("second");
     let err = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "pod-3", 10)).await.err().expect("refused");

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
-use fanout_gateway::gateway;
 use support::*;
 
 const PARTITIONS: i32 = 4;
@@ -45,7 +44,7 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         // The former layout: the route consumed as the shared group itself.
         let old_layout = config(&bootstrap, &shared);
         assert_eq!(old_layout.routes[0].group(&old_layout.kafka), shared);
-        let gw = gateway::start(old_layout.clone()).await.expect("old-layout gateway starts");
+        let gw = start_gateway(old_layout.clone()).await;
         let before = ack_then_drain(&gw.endpoint(), MESSAGES / 3).await;
         gw.shutdown().await;
         let left_at = committed(&bootstrap, &shared, PARTITIONS);
@@ -57,7 +56,7 @@ async fn a_route_of_the_new_layout_starts_where_the_shared_group_left_off() {
         let route_group = new_layout.routes[0].group(&new_layout.kafka);
         assert_eq!(route_group, format!("{shared}.{ROUTE}"));
         assert!(committed(&bootstrap, &route_group, PARTITIONS).is_empty(), "the route's own group is new");
-        let gw = gateway::start(new_layout).await.expect("new-layout gateway starts");
+        let gw = start_gateway(new_layout).await;
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "new-layout", 100)).await.expect("subscribes");
         let rest: HashSet<String> = ids.difference(&before).cloned().collect();

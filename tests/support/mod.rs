@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_client::stream::{self, Subscription};
+use fanout_gateway::admin::ConfigSource;
 use fanout_gateway::config::Config;
+use fanout_gateway::gateway::{self, GatewayHandle};
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -33,6 +35,24 @@ pub fn mock_cluster(partitions: i32) -> MockCluster<'static, rdkafka::producer::
 pub fn python() -> String {
     std::env::var("FANOUT_TEST_PYTHON")
         .unwrap_or_else(|_| format!("{}/target/ci-venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// An in-process gateway with `config`, on the ports its `server` section names (loopback,
+/// usually port 0): how most tests start one.
+pub async fn start_gateway(config: Config) -> GatewayHandle {
+    gateway::start(config).await.expect("the gateway starts")
+}
+
+/// An in-process gateway with Kubernetes discovery through `client` (a local API server).
+pub async fn start_gateway_with_kube(config: Config, client: kube::Client) -> GatewayHandle {
+    gateway::start_with(config, Some(client)).await.expect("the gateway starts")
+}
+
+/// An in-process gateway whose source of truth is the config file at `path`, as `serve` runs
+/// one: weight changes are written back to it, `control().follow` reloads it.
+pub async fn start_gateway_from_file(path: &std::path::Path) -> GatewayHandle {
+    let config = Config::load(path).expect("the config file loads");
+    gateway::start_from(config, None, ConfigSource::File(path.to_path_buf())).await.expect("the gateway starts")
 }
 
 /// A group id no other test uses.
