@@ -1,6 +1,6 @@
 //! The operator's control surface behind the admin API (`grpc::admin`): what a replica runs
-//! (status of its routes, cohorts, subscribers and partitions) and the changes an operator
-//! makes (weights, drains).
+//! (status of its routes, cohorts, subscribers and partitions), the changes an operator makes
+//! (weights, drains, replays, dead-letter redrives) and hot reload of the source of truth.
 //!
 //! Weights change the source of truth, not one replica's memory: the config file (rewritten
 //! atomically, comments kept; [`weights`]) or, in the embedded demo and tests, the running
@@ -9,9 +9,14 @@
 
 pub mod config_map;
 pub mod dead_letters;
+mod error;
 pub mod http;
 pub mod replay;
+pub mod source;
 pub mod weights;
+
+pub use error::AdminError;
+pub use source::ConfigSource;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,93 +26,12 @@ use std::time::{Duration, SystemTime};
 use parking_lot::RwLock;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, Problem, RouteConfig};
+use crate::config::{Config, RouteConfig};
 use crate::dispatcher::RouteHandle;
 use crate::pipeline::Routes;
 use crate::stats::Stats;
 use crate::subscriptions::SessionId;
-use config_map::{ConfigMapError, ConfigMapRef};
-
-/// Where the gateway's route settings live.
-#[derive(Clone)]
-pub enum ConfigSource {
-    /// The config file the gateway was started with: reloads read it, weight changes
-    /// rewrite it.
-    File(PathBuf),
-    /// A ConfigMap, watched and patched through the Kubernetes API (kube mode with
-    /// `discovery.config_map`).
-    ConfigMap(ConfigMapRef),
-    /// Only the running config (embedded demo, tests): changes last until the process ends.
-    Memory,
-}
-
-impl ConfigSource {
-    /// The source for a gateway started from the file at `path`: its ConfigMap when it names
-    /// one (and a Kubernetes client is at hand), else the file.
-    pub fn for_file(config: &Config, path: PathBuf, kube: Option<&::kube::Client>) -> Self {
-        match (&config.discovery.config_map, kube) {
-            (Some(name), Some(client)) => {
-                let namespace = config
-                    .discovery
-                    .namespace
-                    .clone()
-                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                    .unwrap_or_else(|| client.default_namespace().to_string());
-                Self::ConfigMap(ConfigMapRef {
-                    client: client.clone(),
-                    namespace,
-                    name: name.clone(),
-                    key: config.discovery.config_map_key.clone(),
-                })
-            }
-            _ => Self::File(path),
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::ConfigMap(cm) => cm.fmt(f),
-            Self::Memory => f.write_str("memory"),
-        }
-    }
-}
-
-impl std::fmt::Debug for ConfigSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
-/// How often a weight change is tried again when someone else changed the ConfigMap between
-/// its read and its patch.
-const CONFLICT_RETRIES: usize = 5;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("route `{route}` is not configured (configured routes: {known})")]
-    UnknownRoute { route: String, known: String },
-    #[error("the change would not validate: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<Problem>),
-    #[error("{0}")]
-    Source(String),
-    #[error("no subscriber `{who}` on route `{route}` on this replica (Status lists names and session numbers)")]
-    NoSubscriber { route: String, who: String },
-    #[error("route `{0}` is stopping")]
-    Stopping(String),
-    #[error(transparent)]
-    DeadLetters(#[from] dead_letters::DeadLetterError),
-    #[error("replay: {0}")]
-    Replay(#[from] crate::kafka::replay::ReplayError),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("no replay {0} on this replica (`fanoutctl replay list` shows them)")]
-    NoReplay(u64),
-    #[error(transparent)]
-    Refused(#[from] weights::Refusal),
-}
+use source::{invalid, load_text};
 
 /// How an operator's weight change is made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,39 +247,10 @@ impl Control {
         if change.dry_run {
             return Ok(self.inner.applied.read().generation.clone());
         }
-        let config = match &self.inner.source {
-            ConfigSource::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| AdminError::Source(format!("cannot read {}: {e}", path.display())))?;
-                let edited = weights::set_weights(&text, route, &weights).map_err(|e| match e {
-                    weights::EditError::NoRoute(_) => AdminError::Source(format!(
-                        "route `{route}` runs here but is not in {} any more; reload or restart first",
-                        path.display()
-                    )),
-                    other => AdminError::Source(format!("{}: {other}", path.display())),
-                })?;
-                let config = load_text(&edited)?;
-                write_atomically(path, &edited)
-                    .map_err(|e| AdminError::Source(format!("cannot rewrite {}: {e}", path.display())))?;
-                config
-            }
-            ConfigSource::ConfigMap(cm) => {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let (text, version) = cm.read().await.map_err(|e| AdminError::Source(e.to_string()))?;
-                    let edited = weights::set_weights(&text, route, &weights)
-                        .map_err(|e| AdminError::Source(format!("{cm}: {e}")))?;
-                    let config = load_text(&edited)?;
-                    match cm.replace(&edited, &version).await {
-                        Ok(()) => break config,
-                        Err(ConfigMapError::Conflict) if attempt < CONFLICT_RETRIES => continue,
-                        Err(e) => return Err(AdminError::Source(format!("{cm}: {e}"))),
-                    }
-                }
-            }
-            // Validated above.
-            ConfigSource::Memory => candidate,
+        // Memory holds only what runs: the candidate, validated above, is the new config.
+        let config = match self.inner.source.write_weights(route, &weights).await? {
+            Some(config) => config,
+            None => candidate,
         };
         let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
         info!(route, weights = %shown.join(" "), source = %self.inner.source, "weights changed by an operator");
@@ -378,7 +273,7 @@ impl Control {
         let (config, route_config) = self.route_config(route)?;
         let listing = tokio::task::spawn_blocking(move || dead_letters::list(&config, &route_config, limit))
             .await
-            .map_err(|e| AdminError::Source(format!("listing dead letters failed: {e}")))??;
+            .map_err(|source| AdminError::Task { what: "listing dead letters", source })??;
         Ok(listing)
     }
 
@@ -399,7 +294,7 @@ impl Control {
             })
         })
         .await
-        .map_err(|e| AdminError::Source(format!("redrive failed: {e}")))??;
+        .map_err(|source| AdminError::Task { what: "redrive", source })??;
         info!(route = name, redriven, "dead letters redriven by an operator");
         Ok(redriven)
     }
@@ -415,9 +310,7 @@ impl Control {
     ) -> Result<replay::ReplayProgress, AdminError> {
         let (config, route_config) = self.route_config(route)?;
         if route_config.delivery == crate::config::DeliveryMode::AtMostOnce {
-            return Err(AdminError::Source(format!(
-                "route `{route}` is at-most-once: its deliveries are not acked, so a replay could not tell when it is done"
-            )));
+            return Err(AdminError::AtMostOnceReplay(route.to_string()));
         }
         if let Some(t) = topics.iter().find(|t| !route_config.topics.contains(t)) {
             return Err(AdminError::BadRequest(format!(
@@ -431,7 +324,7 @@ impl Control {
         let (c, r) = (config.clone(), route_config.clone());
         let ranges = tokio::task::spawn_blocking(move || crate::kafka::replay::resolve(&c, &r, &topics, &from, &to))
             .await
-            .map_err(|e| AdminError::Source(format!("resolving the replay's range failed: {e}")))??;
+            .map_err(|source| AdminError::Task { what: "resolving the replay's range", source })??;
         Ok(self.inner.replays.start(config, route_config, ranges, handle))
     }
 
@@ -564,39 +457,6 @@ fn lag(high_watermark: Option<i64>, committed: Option<i64>) -> Option<i64> {
     Some((hw - committed.unwrap_or(0)).max(0))
 }
 
-fn invalid(error: ConfigError) -> AdminError {
-    match error {
-        ConfigError::Invalid(problems) => AdminError::Invalid(problems),
-        ConfigError::Parse { path, message } => AdminError::Invalid(vec![Problem { field: path, message }]),
-        ConfigError::Read { path, source } => AdminError::Source(format!("cannot read {path}: {source}")),
-    }
-}
-
-/// Parses, applies the environment's overrides and validates, as a load of the file would.
-fn load_text(text: &str) -> Result<Config, AdminError> {
-    let mut config = Config::parse(text).map_err(invalid)?;
-    config.apply_env(|name| std::env::var(name).ok());
-    config.resolve_secrets(|name| std::env::var(name).ok()).map_err(invalid)?;
-    config.validate().map_err(invalid)?;
-    Ok(config)
-}
-
-/// Writes `text` to a temporary file beside `path` and renames it over `path`: a reader (a
-/// reload, another tool) sees the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,15 +477,5 @@ mod tests {
         assert_eq!(generation_of(&a), generation_of(&b));
         let c = Config::parse(&text.replace("[\"t\"]", "[\"u\"]")).expect("parses");
         assert_ne!(generation_of(&a), generation_of(&c));
-    }
-
-    #[test]
-    fn an_atomic_write_replaces_the_file_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("fanout.toml");
-        std::fs::write(&path, "old").expect("write");
-        write_atomically(&path, "new").expect("rewrites");
-        assert_eq!(std::fs::read_to_string(&path).expect("reads"), "new");
-        assert_eq!(std::fs::read_dir(dir.path()).expect("lists").count(), 1, "no temporary file left behind");
     }
 }

@@ -15,7 +15,7 @@
 //! The rooms, each owning one concern:
 //! - [`config`]: the TOML config; `config/validate.rs` checks it once, every problem with its
 //!   field's path.
-//! - [`gateway`]: wiring: a pipeline per route, the gRPC server, hot reload.
+//! - [`gateway`]: wiring: a pipeline per route, the gRPC and admin servers, the stop.
 //! - [`pipeline`]: one route's consumer, dispatcher and pod watch; [`pipeline::Routes`] is the
 //!   front door the gRPC layer reaches them through.
 //! - [`kafka`]: the consumer thread (rdkafka), rebalance callbacks, commits, pause/resume, the
@@ -33,8 +33,9 @@
 //! - [`grpc`]: the tonic `Fanout` and `Admin` services; the only room that builds the contract's types
 //!   ([`proto`]) or maps errors to a `tonic::Status`.
 //! - [`admin`]: the operator's control surface behind the admin API (`grpc::admin`, guarded by
-//!   `grpc::auth`): status, weights in the source of truth (file or ConfigMap), drains,
-//!   replays, dead letters.
+//!   `grpc::auth`): status, weights in the source of truth (file or ConfigMap), hot reload
+//!   (`admin::Control::follow` applies the source of truth's changes), drains, replays, dead
+//!   letters.
 //! - [`stats`]: counters the pipelines add to; [`metrics`] turns them and the routes'
 //!   snapshots into the Prometheus exposition; [`readiness`] decides whether the replica is
 //!   ready (`/readyz`, grpc.health); [`redact`] keeps Kafka secrets out of logs and errors.

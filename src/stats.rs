@@ -175,8 +175,20 @@ pub struct Counters {
     pub paused_partitions: u64,
 }
 
-/// (consumer group, topic, partition).
-pub type GroupPartition = (Arc<str>, String, i32);
+/// A partition as one consumer group sees it: what committed offsets and watermarks are kept
+/// by (the same partition has a commit point per route, each route being a group).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupPartition {
+    pub group: Arc<str>,
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl GroupPartition {
+    pub fn new(group: &str, topic: &str, partition: i32) -> Self {
+        Self { group: Arc::from(group), topic: topic.to_string(), partition }
+    }
+}
 
 impl Stats {
     /// A copy of the counters (each read on its own: not one atomic snapshot).
@@ -224,15 +236,11 @@ impl Stats {
 
     /// The high watermark of a partition as `group`'s consumer last saw it.
     pub fn high_watermark_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.high_watermarks.read().get(&(Arc::from(group), topic.to_string(), partition)).copied()
+        self.high_watermarks.read().get(&GroupPartition::new(group, topic, partition)).copied()
     }
 
     /// The last offset `group` committed for a partition, if this gateway committed one.
     pub fn committed_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.committed
-            .read()
-            .iter()
-            .find(|((g, t, p), _)| &**g == group && t == topic && *p == partition)
-            .map(|(_, o)| *o)
+        self.committed.read().get(&GroupPartition::new(group, topic, partition)).copied()
     }
 }

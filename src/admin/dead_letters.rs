@@ -42,13 +42,15 @@ pub enum DeadLetterError {
     #[error("{0}")]
     NoSuchLetter(String),
     #[error("kafka: {0}")]
-    Kafka(String),
-}
-
-impl From<KafkaError> for DeadLetterError {
-    fn from(e: KafkaError) -> Self {
-        Self::Kafka(e.to_string())
-    }
+    Kafka(#[from] KafkaError),
+    /// The dead-letter topic is not there: no letter was ever written to it.
+    #[error("kafka: topic {0} does not exist (yet): no letter was written")]
+    MissingTopic(String),
+    #[error("kafka: reading {topic} took longer than {timeout:?}")]
+    ReadTimeout { topic: String, timeout: Duration },
+    /// A redriven letter was not acknowledged by its origin topic's leader.
+    #[error("kafka: redrive produce failed: {0}")]
+    Produce(#[source] KafkaError),
 }
 
 /// One dead letter.
@@ -164,7 +166,7 @@ struct Partitions {
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Partitions, DeadLetterError> {
     let ids = crate::kafka::partitions_of(consumer, topic, TIMEOUT)?;
     if ids.is_empty() {
-        return Err(DeadLetterError::Kafka(format!("topic {topic} does not exist (yet): no letter was written")));
+        return Err(DeadLetterError::MissingTopic(topic.to_string()));
     }
     let mut tpl = TopicPartitionList::new();
     for p in &ids {
@@ -226,7 +228,7 @@ fn read(
     let deadline = Instant::now() + TIMEOUT;
     while !open.is_empty() && letters.len() < limit {
         if Instant::now() > deadline {
-            return Err(DeadLetterError::Kafka(format!("reading {} took longer than {TIMEOUT:?}", parts.topic)));
+            return Err(DeadLetterError::ReadTimeout { topic: parts.topic.clone(), timeout: TIMEOUT });
         }
         let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
         let m = message?;
@@ -374,7 +376,7 @@ pub fn redrive(
             })
             .collect();
         for sent in futures::executor::block_on(futures::future::join_all(sends)) {
-            sent.map_err(|(e, _)| DeadLetterError::Kafka(format!("redrive produce failed: {e}")))?;
+            sent.map_err(|(e, _)| DeadLetterError::Produce(e))?;
         }
         done += chunk.len() as u64;
         progress(done, total);

@@ -34,19 +34,29 @@ fn status_of(error: AdminError) -> Status {
     match error {
         AdminError::UnknownRoute { .. } | AdminError::NoSubscriber { .. } => Status::not_found(message),
         AdminError::Invalid(_) => Status::invalid_argument(message),
-        AdminError::Source(_) => Status::failed_precondition(message),
+        // The source of truth cannot take the change as things stand: an operator fixes that.
+        AdminError::ReadFile { .. }
+        | AdminError::WriteFile { .. }
+        | AdminError::RouteGone { .. }
+        | AdminError::Edit { .. }
+        | AdminError::ConfigMap(_)
+        | AdminError::AtMostOnceReplay(_) => Status::failed_precondition(message),
+        AdminError::Task { .. } => Status::internal(message),
         AdminError::Stopping(_) => Status::unavailable(message),
         AdminError::BadRequest(_) => Status::invalid_argument(message),
         AdminError::NoReplay(_) => Status::not_found(message),
         AdminError::Refused(_) => Status::failed_precondition(message),
         AdminError::Replay(e) => match e {
-            ReplayError::Range(_) => Status::invalid_argument(message),
-            ReplayError::Kafka(_) => Status::unavailable(message),
+            ReplayError::Kafka(_) | ReplayError::Stalled { .. } => Status::unavailable(message),
+            _ => Status::invalid_argument(message),
         },
         AdminError::DeadLetters(e) => match e {
             DeadLetterError::NoTopic(_) | DeadLetterError::AlreadyRedriven(_) => Status::failed_precondition(message),
             DeadLetterError::NoSuchLetter(_) => Status::not_found(message),
-            DeadLetterError::Kafka(_) => Status::unavailable(message),
+            DeadLetterError::Kafka(_)
+            | DeadLetterError::MissingTopic(_)
+            | DeadLetterError::ReadTimeout { .. }
+            | DeadLetterError::Produce(_) => Status::unavailable(message),
         },
     }
 }

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use super::{Assignment, ClientReports, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
-use crate::stats::{GroupState, Stats};
+use crate::stats::{GroupPartition, GroupState, Stats};
 
 /// Records handed over per event: large enough to amortise the channel, small enough that
 /// one batch is little memory.
@@ -181,7 +181,8 @@ impl GatewayContext {
             for (partition, p) in t.partitions {
                 let Ok(partition) = partition.parse::<i32>() else { continue };
                 if partition >= 0 && p.hi_offset >= 0 {
-                    marks.insert((self.group.clone(), topic.clone(), partition), p.hi_offset);
+                    let at = GroupPartition { group: self.group.clone(), topic: topic.clone(), partition };
+                    marks.insert(at, p.hi_offset);
                 }
             }
         }
@@ -260,7 +261,8 @@ impl GatewayContext {
     fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
         let mut committed = self.stats.committed.write();
         for (tp, point) in points {
-            committed.insert((self.group.clone(), tp.topic.to_string(), tp.partition), point.offset);
+            let at = GroupPartition { group: self.group.clone(), topic: tp.topic.to_string(), partition: tp.partition };
+            committed.insert(at, point.offset);
         }
     }
 }

@@ -27,8 +27,18 @@ const STALL: Duration = Duration::from_secs(30);
 pub enum ReplayError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("{0}")]
-    Range(String),
+    /// A time bound needs a record's timestamp, and the record could not be read in time.
+    #[error("cannot read {topic}/{partition} at offset {offset} to find a time")]
+    Unreadable { topic: String, partition: i32, offset: i64 },
+    #[error("a replay starts at a time or at offsets, not at the end")]
+    StartsAtEnd,
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("{topic}/{partition} is not a partition of the route's topics {topics:?}")]
+    NotAPartition { topic: String, partition: i32, topics: Vec<String> },
+    /// The reader got nothing for [`STALL`] while records were due.
+    #[error("no record arrived for {stall:?}; {unfinished} partition(s) unfinished")]
+    Stalled { stall: Duration, unfinished: usize },
 }
 
 /// Where a replay starts or ends.
@@ -109,7 +119,7 @@ fn timestamp_at(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i6
             }
         }
     }
-    Err(ReplayError::Range(format!("cannot read {topic}/{partition} at offset {offset} to find a time")))
+    Err(ReplayError::Unreadable { topic: topic.to_string(), partition, offset })
 }
 
 /// The first offset in `low..high` whose record is at or after `ms`, by binary search over the
@@ -146,14 +156,14 @@ pub fn resolve(
     to: &Bound,
 ) -> Result<Vec<Range>, ReplayError> {
     if matches!(from, Bound::Latest) {
-        return Err(ReplayError::Range("a replay starts at a time or at offsets, not at the end".into()));
+        return Err(ReplayError::StartsAtEnd);
     }
     let consumer = consumer(config, route)?;
     let mut partitions = Vec::new();
     for topic in topics {
         let ids = super::partitions_of(&consumer, topic, TIMEOUT)?;
         if ids.is_empty() {
-            return Err(ReplayError::Range(format!("topic {topic} does not exist")));
+            return Err(ReplayError::NoTopic(topic.clone()));
         }
         for p in ids {
             let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
@@ -162,7 +172,7 @@ pub fn resolve(
     }
     if let Bound::Offsets(given) = from {
         if let Some((t, p)) = given.keys().find(|(t, p)| !partitions.iter().any(|(pt, pp, _, _)| pt == t && pp == p)) {
-            return Err(ReplayError::Range(format!("{t}/{p} is not a partition of the route's topics {topics:?}")));
+            return Err(ReplayError::NotAPartition { topic: t.clone(), partition: *p, topics: topics.to_vec() });
         }
     }
     let starts = offsets_of(&consumer, &partitions, from)?;
@@ -208,10 +218,7 @@ pub fn read(
             return Ok(());
         }
         if last_progress.elapsed() > STALL {
-            return Err(ReplayError::Range(format!(
-                "no record arrived for {STALL:?}; {} partition(s) unfinished",
-                open.len()
-            )));
+            return Err(ReplayError::Stalled { stall: STALL, unfinished: open.len() });
         }
         let message = consumer.poll(Duration::from_millis(100));
         let idle = message.is_none();

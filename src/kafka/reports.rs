@@ -1,0 +1,461 @@
+//! What every Kafka client of the gateway does with its failures: one [`ClientReports`] per
+//! gateway, shared by the route consumers and the helper clients (dead letters, replays,
+//! upgrades), so a broken Kafka is said once per interval in plain words (what failed, what to
+//! check), counted, and shown on the status.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::{debug, error, info, warn};
+
+use crate::stats::Stats;
+
+/// How every message about brokers that do not answer starts, whatever the cause found: the
+/// status page and the logs can be searched for it.
+const UNREACHABLE: &str = "kafka unreachable";
+/// Least time between two warnings about the same kind of client failure, gateway-wide.
+const SAY_EVERY: Duration = Duration::from_secs(10);
+/// How long a failure that names its cause (DNS, refused, TLS, SASL) stands for the outage
+/// while Kafka has not answered since: generic symptoms of it ("1/1 brokers are down", a
+/// metadata request that timed out) are then counted, not said. Longer than the 30 s for which
+/// librdkafka holds back a broker's identical errors, so a cause that persists is heard again
+/// before it lapses.
+const CAUSE_HOLDS: Duration = Duration::from_secs(60);
+
+/// What kind of failure a Kafka client error is, for a message that says what to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientFailure {
+    /// A broker's name does not resolve: a typo in the bootstrap list, or DNS.
+    Unresolvable,
+    /// Connections to a broker's address are refused: nothing listens at that port.
+    Refused,
+    /// No broker answers, for no reason more specific (a timeout, a dropped connection).
+    Unreachable,
+    /// The TLS handshake failed: a CA that did not sign the brokers' certificates, a client
+    /// certificate they refuse, a plaintext listener.
+    Tls,
+    /// SASL authentication failed.
+    Authentication,
+    Other,
+}
+
+impl ClientFailure {
+    /// librdkafka reports the same failure under different codes (a failed TLS handshake
+    /// sometimes as `_SSL`, sometimes as a transport failure whose reason says "SSL handshake
+    /// failed: ... certificate verify failed"; an unresolvable name as `_RESOLVE`, and then
+    /// as `_ALL_BROKERS_DOWN`). The reason's text decides where it is specific, so the message
+    /// names what to check whichever way the failure arrived. The texts are librdkafka's own
+    /// (rdkafka_broker.c, rdkafka_transport.c, rdkafka_ssl.c, rdkafka_sasl*.c).
+    fn of(code: Option<RDKafkaErrorCode>, reason: &str) -> Self {
+        let lower = reason.to_ascii_lowercase();
+        let says = |markers: &[&str]| markers.iter().any(|m| lower.contains(m));
+        if code == Some(RDKafkaErrorCode::SSL)
+            || says(&["ssl handshake", "certificate verify", "ssl routines", "tls handshake"])
+        {
+            return Self::Tls;
+        }
+        if matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed))
+            || says(&["sasl authentication"])
+        {
+            return Self::Authentication;
+        }
+        if code == Some(RDKafkaErrorCode::Resolve) || says(&["failed to resolve"]) {
+            return Self::Unresolvable;
+        }
+        if says(&["connection refused"]) {
+            return Self::Refused;
+        }
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => Self::Unreachable,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether the failure says why Kafka does not answer, rather than only that it does not.
+    fn names_cause(self) -> bool {
+        matches!(self, Self::Unresolvable | Self::Refused | Self::Tls | Self::Authentication)
+    }
+
+    /// Whether the failure means the gateway cannot talk to Kafka (what readiness waits for).
+    fn cuts_off(self) -> bool {
+        self != Self::Other
+    }
+
+    /// A short name for the log field `failure`, to count lines by.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unresolvable => "dns",
+            Self::Refused => "refused",
+            Self::Unreachable => "unreachable",
+            Self::Tls => "tls",
+            Self::Authentication => "sasl",
+            Self::Other => "other",
+        }
+    }
+
+    /// One line: what failed, what to check, that the client keeps retrying, librdkafka's reason.
+    fn message(self, bootstrap: &str, reason: &str) -> String {
+        const SERVERS: &str = "kafka.bootstrap_servers (or FANOUT_BOOTSTRAP_SERVERS)";
+        match self {
+            Self::Unresolvable => format!(
+                "{UNREACHABLE}: cannot resolve {}: check {SERVERS} and DNS; retrying ({reason})",
+                unresolved_host(reason).unwrap_or(bootstrap)
+            ),
+            Self::Refused => format!(
+                "{UNREACHABLE}: nothing listens at {}: check {SERVERS} and that the brokers run; retrying ({reason})",
+                refused_address(reason).unwrap_or(bootstrap)
+            ),
+            Self::Unreachable => format!(
+                "{UNREACHABLE} at {bootstrap}: {reason}; check {SERVERS} and the network; retrying"
+            ),
+            Self::Tls => format!(
+                "TLS with kafka at {bootstrap} failed: {reason}; check ssl.ca.location (the CA that signed the brokers' certificates), ssl.certificate.location and ssl.key.location in [kafka.properties]; retrying"
+            ),
+            Self::Authentication => format!(
+                "SASL authentication with kafka at {bootstrap} failed: {reason}; check sasl.mechanisms, sasl.username and the sasl.password secret; retrying"
+            ),
+            Self::Other => format!("kafka client error: {reason}"),
+        }
+    }
+}
+
+/// The host of librdkafka's "Failed to resolve 'HOST:PORT': ...", without its port.
+fn unresolved_host(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.split_once("Failed to resolve '")?;
+    let (name, _) = rest.split_once('\'')?;
+    let host = match name.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => name,
+    };
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// The address of librdkafka's "Connect to ipv4#ADDRESS:PORT failed: Connection refused",
+/// without the address family.
+fn refused_address(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.split_once("Connect to ")?;
+    let (address, _) = rest.split_once(" failed")?;
+    Some(address.split_once('#').map_or(address, |(_, a)| a))
+}
+
+/// What to do with one failure report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// Log it (at WARN).
+    say: bool,
+    /// Make it the status's "last Kafka error".
+    record: bool,
+}
+
+/// Which failures were said when: the decision behind "once per interval, the cause first".
+/// Pure: the caller says what time it is.
+#[derive(Debug, Default)]
+struct Said {
+    /// When each kind was last logged.
+    last: HashMap<ClientFailure, Instant>,
+    /// The last failure that named its cause, while Kafka has not answered since.
+    cause: Option<Instant>,
+}
+
+impl Said {
+    fn verdict(&mut self, kind: ClientFailure, now: Instant) -> Verdict {
+        if kind.names_cause() {
+            self.cause = Some(now);
+        }
+        let cause_holds = self.cause.is_some_and(|at| now.saturating_duration_since(at) < CAUSE_HOLDS);
+        // A symptom of the cause already said adds nothing; another kind of error still gets
+        // its line, but the status keeps showing the cause.
+        let subsumed = cause_holds && !kind.names_cause();
+        if subsumed && kind == ClientFailure::Unreachable {
+            return Verdict { say: false, record: false };
+        }
+        let due = self.last.get(&kind).is_none_or(|at| now.saturating_duration_since(*at) >= SAY_EVERY);
+        if due {
+            self.last.insert(kind, now);
+        }
+        Verdict { say: due, record: !subsumed }
+    }
+
+    /// Kafka answered: the cause said last no longer stands for what comes next. The times
+    /// said stay, so a Kafka that flaps is still said once per interval.
+    fn answered(&mut self) {
+        self.cause = None;
+    }
+}
+
+/// What the gateway does with its Kafka clients' failures, shared by all of them: counts each
+/// (`kafka_errors`), marks Kafka unreachable, keeps the status's last error, and logs each
+/// kind of failure once per interval at WARN, naming what to check. librdkafka reports a
+/// failure once per broker and retry and every client of the gateway sees it (one consumer per
+/// route, the helper clients): without one shared limit ten routes said it ten times.
+pub struct ClientReports {
+    stats: Arc<Stats>,
+    /// The configured bootstrap list, which the messages name.
+    bootstrap: String,
+    said: parking_lot::Mutex<Said>,
+}
+
+impl ClientReports {
+    pub fn new(stats: Arc<Stats>, bootstrap: &str) -> Arc<Self> {
+        Arc::new(Self { stats, bootstrap: bootstrap.to_string(), said: parking_lot::Mutex::new(Said::default()) })
+    }
+
+    /// A client's error callback.
+    pub fn client_error(&self, error: &KafkaError, reason: &str) {
+        self.report(ClientFailure::of(error.rdkafka_error_code(), reason), reason, Some(error));
+    }
+
+    /// A request to the cluster that got no answer (the metadata probe): brokers unreachable,
+    /// unless its reason says more.
+    pub(super) fn request_failed(&self, error: &KafkaError, what: &str) {
+        let reason = format!("{what} failed ({error})");
+        let kind = match ClientFailure::of(error.rdkafka_error_code(), &reason) {
+            ClientFailure::Other => ClientFailure::Unreachable,
+            kind => kind,
+        };
+        self.report(kind, &reason, Some(error));
+    }
+
+    fn report(&self, kind: ClientFailure, reason: &str, error: Option<&KafkaError>) {
+        Stats::bump(&self.stats.kafka_errors, 1);
+        if kind.cuts_off() {
+            self.stats.kafka_reachable.store(false, Ordering::Relaxed);
+        }
+        let verdict = self.said.lock().verdict(kind, Instant::now());
+        let error = error.map(ToString::to_string);
+        let error = error.as_deref();
+        if !verdict.say && !verdict.record {
+            debug!(error, failure = kind.name(), "{reason}");
+            return;
+        }
+        let message = crate::redact::redact(&kind.message(&self.bootstrap, reason)).into_owned();
+        if verdict.say {
+            warn!(error, failure = kind.name(), "{message}");
+        } else {
+            debug!(error, failure = kind.name(), "{message}");
+        }
+        if verdict.record {
+            *self.stats.last_kafka_error.write() = Some(message);
+        }
+    }
+
+    /// The cluster answered a client: Kafka is reachable again. Says so when that is news.
+    pub fn answered(&self) {
+        // Read first: every batch of records says so, and a write each time would bounce the
+        // flag's cache line between the routes' threads.
+        if self.stats.kafka_reachable.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.stats.kafka_reachable.swap(true, Ordering::Relaxed) {
+            self.said.lock().answered();
+            info!(bootstrap = self.bootstrap, "kafka reachable");
+        }
+    }
+
+    /// librdkafka's own log line. A failed connection (facility FAIL) is logged by librdkafka
+    /// for every broker and retry and also reaches the error callback, which says it through
+    /// the limit: here it goes to debug. Another warning that is a connection failure (a
+    /// bootstrap name that does not resolve while canonicalising it) takes the limit too.
+    pub fn client_log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let serious = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        );
+        if fac == "FAIL" {
+            debug!(target: "librdkafka", fac, "{message}");
+            return;
+        }
+        let kind = ClientFailure::of(None, message);
+        if serious && kind.cuts_off() {
+            debug!(target: "librdkafka", fac, "{message}");
+            self.report(kind, message, None);
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+}
+
+/// The context of a gateway client that has nothing of its own to do in librdkafka's
+/// callbacks (the upgrade check's short-lived consumers; the dead-letter producer may take it
+/// too): its failures go through the gateway's [`ClientReports`] like the route consumers'.
+#[derive(Clone)]
+pub struct ReportingContext(pub Arc<ClientReports>);
+
+impl rdkafka::ClientContext for ReportingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.0.client_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.client_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReportingContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Reasons as librdkafka 2.12 words them (rdkafka_broker.c `rd_kafka_broker_set_error`
+    // prefixes the broker's name and appends the time in state).
+    const UNRESOLVABLE: &str = "no-such-broker.invalid:9092/bootstrap: Failed to resolve 'no-such-broker.invalid:9092': Name or service not known (after 1ms in state CONNECT)";
+    const NO_DNS: &str = "kafka-0.kafka.svc:9092/bootstrap: Failed to resolve 'kafka-0.kafka.svc:9092': Temporary failure in name resolution (after 5003ms in state CONNECT, 4 identical error(s) suppressed)";
+    const REFUSED: &str =
+        "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after 0ms in state CONNECT)";
+    const REFUSED_V6: &str =
+        "[::1]:9092/bootstrap: Connect to ipv6#[::1]:9092 failed: Connection refused (after 0ms in state CONNECT)";
+    const ALL_DOWN: &str = "1/1 brokers are down";
+    const TLS: &str = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 4ms in state SSL_HANDSHAKE)";
+    const SASL: &str = "sasl_ssl://b:9094/1: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256 (after 310ms in state AUTH_REQ)";
+    const TIMED_OUT: &str =
+        "10.0.0.7:9092/bootstrap: Connection setup timed out in state CONNECT (after 30029ms in state CONNECT)";
+
+    #[test]
+    fn an_unresolvable_broker_name_is_a_dns_failure_naming_the_host() {
+        for (code, reason) in [
+            (Some(RDKafkaErrorCode::Resolve), UNRESOLVABLE),
+            (Some(RDKafkaErrorCode::BrokerTransportFailure), UNRESOLVABLE),
+            (None, UNRESOLVABLE),
+            (Some(RDKafkaErrorCode::Resolve), NO_DNS),
+        ] {
+            assert_eq!(ClientFailure::of(code, reason), ClientFailure::Unresolvable, "{code:?} {reason}");
+        }
+        let message = ClientFailure::Unresolvable.message("no-such-broker.invalid:9092", UNRESOLVABLE);
+        assert!(
+            message
+                .starts_with("kafka unreachable: cannot resolve no-such-broker.invalid: check kafka.bootstrap_servers"),
+            "{message}"
+        );
+        assert!(message.contains("and DNS") && message.contains("Name or service not known"), "{message}");
+        assert_eq!(unresolved_host(NO_DNS), Some("kafka-0.kafka.svc"));
+        assert_eq!(unresolved_host("Failed to resolve '[fe80::1]:9092': x"), Some("fe80::1"));
+        assert_eq!(unresolved_host(ALL_DOWN), None);
+    }
+
+    #[test]
+    fn a_refused_connection_says_nothing_listens_at_the_address() {
+        for code in [Some(RDKafkaErrorCode::BrokerTransportFailure), Some(RDKafkaErrorCode::AllBrokersDown), None] {
+            assert_eq!(ClientFailure::of(code, REFUSED), ClientFailure::Refused, "{code:?}");
+        }
+        let message = ClientFailure::Refused.message("127.0.0.1:9", REFUSED);
+        assert!(
+            message.starts_with("kafka unreachable: nothing listens at 127.0.0.1:9: check kafka.bootstrap_servers"),
+            "{message}"
+        );
+        assert_eq!(refused_address(REFUSED_V6), Some("[::1]:9092"));
+        assert_eq!(refused_address(ALL_DOWN), None);
+        assert!(
+            ClientFailure::Refused.message("b:1", ALL_DOWN).contains("nothing listens at b:1"),
+            "falls back to the bootstrap list"
+        );
+    }
+
+    #[test]
+    fn a_certificate_failure_is_tls_whichever_code_carries_it() {
+        for code in [
+            Some(RDKafkaErrorCode::SSL),
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            Some(RDKafkaErrorCode::AllBrokersDown),
+            None,
+        ] {
+            assert_eq!(ClientFailure::of(code, TLS), ClientFailure::Tls, "{code:?}");
+        }
+        let message = ClientFailure::of(Some(RDKafkaErrorCode::BrokerTransportFailure), TLS).message("b:9093", TLS);
+        assert!(message.contains("ssl.ca.location") && message.contains("certificate verify failed"), "{message}");
+    }
+
+    #[test]
+    fn sasl_timeouts_and_other_errors_are_told_apart() {
+        assert_eq!(
+            ClientFailure::of(Some(RDKafkaErrorCode::BrokerTransportFailure), SASL),
+            ClientFailure::Authentication
+        );
+        assert_eq!(ClientFailure::of(Some(RDKafkaErrorCode::Authentication), "x"), ClientFailure::Authentication);
+        assert_eq!(ClientFailure::of(Some(RDKafkaErrorCode::AllBrokersDown), ALL_DOWN), ClientFailure::Unreachable);
+        assert_eq!(
+            ClientFailure::of(Some(RDKafkaErrorCode::BrokerTransportFailure), TIMED_OUT),
+            ClientFailure::Unreachable
+        );
+        assert_eq!(ClientFailure::of(Some(RDKafkaErrorCode::MessageTimedOut), "timed out"), ClientFailure::Other);
+        assert!(ClientFailure::Unreachable
+            .message("b:1", ALL_DOWN)
+            .starts_with("kafka unreachable at b:1: 1/1 brokers are down; check"));
+        assert!([
+            ClientFailure::Unresolvable,
+            ClientFailure::Refused,
+            ClientFailure::Tls,
+            ClientFailure::Authentication
+        ]
+        .iter()
+        .all(|k| k.names_cause() && k.cuts_off()));
+        assert!(!ClientFailure::Unreachable.names_cause() && !ClientFailure::Other.cuts_off());
+    }
+
+    const SAY: Verdict = Verdict { say: true, record: true };
+    const COUNT_ONLY: Verdict = Verdict { say: false, record: false };
+
+    #[test]
+    fn each_kind_of_failure_is_said_once_per_interval() {
+        let mut said = Said::default();
+        let t0 = Instant::now();
+        assert_eq!(said.verdict(ClientFailure::Refused, t0), SAY);
+        for ms in [1, 500, 9_999] {
+            let again = said.verdict(ClientFailure::Refused, t0 + Duration::from_millis(ms));
+            assert_eq!(again, Verdict { say: false, record: true }, "at {ms} ms: counted and kept, not said");
+        }
+        assert_eq!(
+            said.verdict(ClientFailure::Tls, t0 + Duration::from_secs(1)),
+            SAY,
+            "another kind has its own limit"
+        );
+        assert_eq!(said.verdict(ClientFailure::Refused, t0 + SAY_EVERY), SAY);
+        said.answered();
+        assert!(
+            !said.verdict(ClientFailure::Refused, t0 + SAY_EVERY + Duration::from_secs(1)).say,
+            "a flapping Kafka is not said at every flap"
+        );
+    }
+
+    #[test]
+    fn brokers_down_after_a_named_cause_add_nothing_until_kafka_answers() {
+        let mut said = Said::default();
+        let t0 = Instant::now();
+        assert_eq!(said.verdict(ClientFailure::Unresolvable, t0), SAY);
+        let later = t0 + Duration::from_secs(45);
+        assert_eq!(said.verdict(ClientFailure::Unreachable, t0), COUNT_ONLY, "1/1 brokers are down: a symptom");
+        assert_eq!(said.verdict(ClientFailure::Unreachable, later), COUNT_ONLY, "the probe's timeouts: symptoms");
+        let other = said.verdict(ClientFailure::Other, later);
+        assert_eq!(other, Verdict { say: true, record: false }, "another error is said, the status keeps the cause");
+        assert_eq!(
+            said.verdict(ClientFailure::Unreachable, t0 + CAUSE_HOLDS),
+            SAY,
+            "a cause not heard of for long lapses"
+        );
+
+        let mut said = Said::default();
+        said.verdict(ClientFailure::Refused, t0);
+        said.answered();
+        assert_eq!(
+            said.verdict(ClientFailure::Unreachable, t0 + SAY_EVERY),
+            SAY,
+            "a new outage after Kafka answered is news"
+        );
+    }
+}
