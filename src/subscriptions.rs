@@ -3,22 +3,22 @@
 //!
 //! Owned by the route's dispatcher task and changed only by its calls; no I/O besides pushing
 //! into each session's outbox (an unbounded channel whose length the window bounds). A message
-//! goes to one member chosen by
-//! [`crate::routing::instance_for`]; a member's queue holds what its
-//! window cannot take yet. When membership changes, queued (not yet sent) messages are routed
-//! again, and a departed member's in-flight deliveries are redelivered. Acked deliveries leave
-//! the registry and go back to the dispatcher, which records them in the offset trackers.
+//! goes to one member chosen by [`crate::routing::instance_for`]; a member's queue holds what
+//! its window cannot take yet. When membership changes, queued (not yet sent) messages are
+//! routed again, and a departed member's in-flight deliveries are redelivered. Acked deliveries
+//! leave the registry and go back to the dispatcher, which records them in the offset trackers.
 //!
 //! [`Registry`] orchestrates parts that each own their state and are tested alone:
-//! [`route`] (selector, members, cohorts, targets), [`keys`] (key ownership and parking, drain
-//! before move), [`retrying`] (failed messages waiting out their backoff), [`commit_window`]
-//! (acks that hold window places until committed), [`staging`] (at-most-once batches held
-//! until committed), [`batching`] (windows out to streams in bounded batches). This file holds
-//! the registry's vocabulary and its sessions (register, ack, credit, send, drain, close, what
-//! the operator sees); [`placement`] holds where messages go: records in, failures and
-//! retries, revoked partitions, membership changes.
+//! [`session`] (one subscriber's window, queue and in-flight deliveries), [`route`] (selector,
+//! members, cohorts, targets), [`keys`] (key ownership and parking, drain before move),
+//! [`retrying`] (failed messages waiting out their backoff), [`commit_window`] (acks that hold
+//! window places until committed), [`staging`] (at-most-once batches held until committed),
+//! [`batching`] (windows out to streams in bounded batches). This file holds the registry and
+//! its sessions' lifecycle (register, ack, credit, send, drain, close, what the operator
+//! sees); [`placement`] holds where messages go: records in, failures and retries, revoked
+//! partitions, membership changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryMode, RouteConfig};
-use crate::kafka::{Record, TopicPartition};
+use crate::kafka::TopicPartition;
 
 mod batching;
 mod commit_window;
@@ -34,6 +34,7 @@ mod keys;
 mod placement;
 mod retrying;
 mod route;
+mod session;
 mod staging;
 #[cfg(test)]
 mod testing;
@@ -41,65 +42,19 @@ mod testing;
 pub use batching::MAX_BATCH_BYTES;
 pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
 pub use route::CohortSnapshot;
+pub use session::{
+    AckId, Acked, CloseReason, Outgoing, Pending, Registered, ReplayTag, SessionId, SessionMessage, Subscriber,
+    SubscriberSnapshot,
+};
 pub use staging::StagedSend;
 
 use batching::Batcher;
-use commit_window::{CommitWindow, Unconfirmed};
+use commit_window::CommitWindow;
 use keys::KeyTable;
 use retrying::RetryQueue;
 use route::RouteState;
+use session::Session;
 use staging::Staging;
-
-pub type SessionId = u64;
-
-/// What the gRPC layer receives for a session.
-#[derive(Debug)]
-pub enum SessionMessage {
-    Deliveries(Vec<Outgoing>),
-    /// The session is over; the stream ends with this reason.
-    Closed(CloseReason),
-}
-
-/// A delivery on its way to a subscriber's stream. The gRPC layer turns it into the contract's
-/// `Delivery`: the registry never builds wire types.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub record: Arc<Record>,
-    /// Delivery attempt, from 1.
-    pub attempt: u32,
-    /// The subscriber's cohort (its value of the route's split label); empty without a split.
-    pub cohort: Arc<str>,
-    /// What the subscriber acks or nacks this delivery by: unique on its stream.
-    pub ack_id: AckId,
-    /// The message's idempotency key on effectively-once routes (empty elsewhere).
-    pub idempotency_key: Option<Arc<str>>,
-    /// The replay it belongs to; 0 for a live delivery.
-    pub replay: u64,
-}
-
-/// Marks a message of an operator's replay: it is delivered and acked like any other, but its
-/// ack settles the replay's batch instead of moving a partition's commit point, and a revoke of
-/// its partition does not drop it (the replay reads the range on its own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayTag {
-    pub replay: u64,
-    pub batch: u64,
-}
-
-/// A delivery's handle on its stream (`Delivery.ack_id`): a per-session sequence number, so
-/// an ack is resolved by one hash lookup, with no text to format or parse. Starts at 1 (0 is
-/// protobuf's "unset").
-pub type AckId = u64;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The subscriber asked to drain and everything in flight is settled.
-    Drained,
-    /// The gateway is shutting down; reconnect (to another replica) with backoff.
-    ShuttingDown,
-    /// The subscriber's pod no longer qualifies (deleted, or its labels left the selector).
-    NotSelected(String),
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegisterError {
@@ -118,160 +73,6 @@ pub enum RegisterError {
     #[error("{0}")]
     Unauthenticated(String),
 }
-
-/// Who a new session is.
-#[derive(Debug, Clone, Default)]
-pub struct Subscriber {
-    /// Pod name or peer address, for logs and status.
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// (namespace, pod) when discovery is Kubernetes: pod events find the session by it.
-    pub pod: Option<(String, String)>,
-}
-
-/// A message waiting for, or out on, a delivery.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub record: Arc<Record>,
-    /// Delivery attempt this message will be (or was) sent as, from 1.
-    pub attempt: u32,
-    /// Assignment epoch of the partition when the record was received; acks from an older
-    /// epoch (the partition was revoked meanwhile) do not count.
-    pub epoch: u64,
-    /// From the route's dedup key source, on effectively-once routes.
-    pub idempotency_key: Option<Arc<str>>,
-    /// Set on a replayed message (see [`ReplayTag`]).
-    pub replay: Option<ReplayTag>,
-    /// Routing hash: of the key, the partition or the position, per the route's ordering.
-    hash: u64,
-    /// When the subscriber's time to ack runs out (set when sent, if the route has one).
-    deadline: Option<Instant>,
-    /// When the gateway received the record from Kafka: delivery latency runs from here to
-    /// the ack.
-    pub received: Instant,
-}
-
-impl Pending {
-    /// A message as it arrives: not sent yet, received now.
-    fn new(
-        record: Arc<Record>,
-        attempt: u32,
-        epoch: u64,
-        idempotency_key: Option<Arc<str>>,
-        hash: u64,
-        replay: Option<ReplayTag>,
-    ) -> Self {
-        Self { record, attempt, epoch, idempotency_key, replay, hash, deadline: None, received: Instant::now() }
-    }
-
-    fn order(&self) -> (&TopicPartition, i64) {
-        (&self.record.tp, self.record.offset)
-    }
-}
-
-struct Session {
-    window: u32,
-    queue: VecDeque<Pending>,
-    /// Keyed by ack id. xxh3 rather than SipHash: the ids are our own sequence numbers, a
-    /// flooding attacker has nothing to aim at, and this map is touched twice per message.
-    in_flight: HashMap<AckId, Pending, xxhash_rust::xxh3::Xxh3Builder>,
-    /// The ack id of the next delivery sent on this session.
-    next_ack_id: AckId,
-    outbox: mpsc::UnboundedSender<SessionMessage>,
-    /// No new deliveries; closed when `in_flight` empties.
-    draining: bool,
-    /// Why the session will close once drained (None: the subscriber asked).
-    close_reason: Option<CloseReason>,
-    subscriber: Subscriber,
-    /// Value of the route's split label, if the route has one.
-    cohort: Option<String>,
-    /// Acks not yet covered by a landed commit (routes with `window_until_commit`: they keep
-    /// their places in the window).
-    unconfirmed: Unconfirmed,
-    /// Deliveries sent and acks received on this session (operator status).
-    delivered: u64,
-    acked: u64,
-    connected_at: std::time::SystemTime,
-}
-
-impl Session {
-    fn new(
-        window: u32,
-        outbox: mpsc::UnboundedSender<SessionMessage>,
-        subscriber: Subscriber,
-        cohort: Option<String>,
-    ) -> Self {
-        Self {
-            window,
-            queue: VecDeque::new(),
-            in_flight: HashMap::default(),
-            next_ack_id: 1,
-            outbox,
-            draining: false,
-            close_reason: None,
-            subscriber,
-            cohort,
-            unconfirmed: Unconfirmed::default(),
-            delivered: 0,
-            acked: 0,
-            connected_at: std::time::SystemTime::now(),
-        }
-    }
-
-    /// Places left in the window: each delivery in flight takes one, and so does each ack
-    /// waiting for its commit.
-    fn room(&self) -> usize {
-        (self.window as usize).saturating_sub(self.in_flight.len() + self.unconfirmed.total() as usize)
-    }
-
-    fn snapshot(&self, session: SessionId) -> SubscriberSnapshot {
-        SubscriberSnapshot {
-            session,
-            name: self.subscriber.name.clone(),
-            cohort: self.cohort.clone(),
-            labels: self.subscriber.labels.clone(),
-            window: self.window,
-            in_flight: self.in_flight.len() as u32,
-            delivered: self.delivered,
-            acked: self.acked,
-            connected_at: self.connected_at,
-            draining: self.draining,
-        }
-    }
-}
-
-/// One open session as the operator sees it.
-#[derive(Debug, Clone)]
-pub struct SubscriberSnapshot {
-    pub session: SessionId,
-    pub name: String,
-    pub cohort: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub window: u32,
-    pub in_flight: u32,
-    pub delivered: u64,
-    pub acked: u64,
-    pub connected_at: std::time::SystemTime,
-    pub draining: bool,
-}
-
-/// A new session's handles.
-#[derive(Debug)]
-pub struct Registered {
-    pub session: SessionId,
-    pub outbox: mpsc::UnboundedReceiver<SessionMessage>,
-    pub window: u32,
-}
-
-/// Result of an ack batch.
-#[derive(Debug, Default)]
-pub struct Acked {
-    pub settled: Vec<Pending>,
-    pub unknown: u64,
-    /// Set when the session drained and has now been closed.
-    pub closed: bool,
-}
-
 /// A cohort's totals on a route since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CohortCounts {
