@@ -14,14 +14,11 @@
 //! expired) and [`RedisStore`] (shared by every replica; one pipelined round trip per batch).
 //! [`open`] picks one from a route's [`DedupConfig`].
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt};
-use tokio::time::Instant;
+use futures::future::BoxFuture;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::kafka::Record;

@@ -8,10 +8,14 @@
 //! back to the consumer. Commands are taken before new records (`biased`), so acks always
 //! make room before more work is accepted.
 //!
-//! Rooms: [`partitions`] (partition state, records in, revoke drains, flow control),
-//! [`commits`] (commit points out, at-most-once staging), [`dedup_gate`] (effectively-once
-//! claims), [`dead_letters`] (the dead-letter and retry-topic produce loop), [`identity`]
-//! (who a subscriber is, pod events).
+//! [`Dispatcher`] orchestrates parts that each own their state and are tested alone:
+//! [`partitions`] (partition state, intake, flow control), [`revokes`] (revokes draining
+//! before they release), [`commits`] (one commit at a time, at-most-once staging),
+//! [`dedup_gate`] (effectively-once claims), [`dead_letters`] (the dead-letter and retry-topic
+//! produce loop), [`identity`] (who a subscriber is, the pods the route selects), [`replays`]
+//! (an operator's replay batches), [`status`] (what the operator sees). This file holds the
+//! task: its state, the sessions' commands and the loop; [`records`] holds its Kafka side
+//! (records in, commits out, revokes, dead letters, flow control).
 
 mod commits;
 mod dead_letters;
@@ -19,9 +23,11 @@ mod dedup_gate;
 mod handle;
 mod identity;
 mod partitions;
+mod records;
+mod replays;
+mod revokes;
 pub mod status;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,23 +36,27 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use commits::request_commit;
+use commits::{request_commit, CommitScheduler};
+use dead_letters::{DeadLetterLoop, Produced};
 pub use dedup_gate::RouteDedup;
 use handle::Command;
 pub use handle::{channel, Commands, RouteHandle, Stopped};
-use identity::{peer_text, subscriber_name};
-use partitions::{PartitionState, Revoking};
+use identity::{peer_text, subscriber_name, Identity, PodFate};
+use partitions::Partitions;
+use replays::ReplayBatches;
+use revokes::Revokes;
+use status::{HoldWarning, SplitSamples};
 pub use status::{PartitionSnapshot, RouteSnapshot, SPLIT_WINDOW};
 
 use crate::config::DiscoveryMode;
 use crate::deadletter::DeadLetterProducer;
 use crate::dedup::{DedupError, Verdict};
-use crate::discovery::{PodEvent, PodIndex};
+use crate::discovery::PodEvent;
 use crate::kafka::consumer::ConsumerHandle;
-use crate::kafka::{KafkaCommand, KafkaEvent, TopicPartition};
+use crate::kafka::{KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
-use crate::subscriptions::{CloseReason, Registry, ReplayTag, StagedSend};
+use crate::subscriptions::{CloseReason, Registry, ReplayTag, SessionId, StagedSend};
 
 /// How often failed messages whose backoff is over are put back in line.
 const RETRY_TICK: Duration = Duration::from_millis(10);
@@ -57,7 +67,7 @@ const DEADLINE_SCAN: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 enum Internal {
     /// Kafka acknowledged a dead letter: its origin offset (or its replay message) is done.
-    DeadLettered { tp: TopicPartition, offset: i64, epoch: u64, retry: bool, replay: Option<ReplayTag> },
+    DeadLettered(Produced),
     /// A commit finished; `generation` is the registry's commit generation it covers.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.
@@ -96,81 +106,75 @@ struct Reported {
 /// The dispatcher's state; [`run`] drives it.
 pub struct Dispatcher {
     registry: Registry,
-    partitions: HashMap<TopicPartition, PartitionState>,
-    next_epoch: u64,
+    /// The assigned partitions: offset trackers, pause state, commit points.
+    partitions: Partitions,
+    /// Revokes waiting for their partitions' in-flight deliveries, oldest first.
+    revokes: Revokes,
     stats: Arc<Stats>,
     settings: DispatcherSettings,
     stopping: bool,
-    /// Pods the route's selector picks (Kubernetes discovery).
-    pods: PodIndex,
-    /// The selector the route's pod watch uses (Kubernetes discovery): a reload that changes
-    /// the selector restarts the watch with the new one.
-    watched_selector: Option<watch::Sender<String>>,
-    dead_letter_producer: Option<DeadLetterProducer>,
-    /// Dead-letter produces and commit outcomes under way.
+    /// Who subscribers are: the pods the route's selector picks and the watch that follows it.
+    identity: Identity,
+    /// Dead-letter produces under way.
+    dead_letters: DeadLetterLoop,
+    /// Dead-letter produces, claims and commit outcomes under way.
     tasks: JoinSet<Internal>,
-    /// Dead letters produced but not yet acknowledged by Kafka.
-    dead_letters_in_flight: usize,
     /// The duplicate filter of an effectively-once route.
     dedup: Option<RouteDedup>,
-    /// At-most-once batches taken from the registry, waiting for the commit that covers them.
-    staged: Vec<StagedSend>,
-    /// A commit for at-most-once batches is under way.
-    committing_before_send: bool,
-    /// A commit of acked offsets is under way (one at a time).
-    committing: bool,
-    /// Revokes waiting for their partitions' in-flight deliveries, oldest first.
-    revoking: Vec<Revoking>,
+    /// Commits under way, and at-most-once batches waiting for theirs.
+    commits: CommitScheduler<StagedSend>,
     reported: Reported,
     /// Per-cohort delivery counts over time, for the observed split.
-    split: status::SplitSamples,
-    /// Replay batches under way: records left to settle, and whom to tell when none are.
-    replay_batches: HashMap<u64, (usize, oneshot::Sender<()>)>,
-    next_replay_batch: u64,
+    split: SplitSamples,
+    /// Replay batches under way.
+    replays: ReplayBatches,
     /// The route's fetch-to-ack latency histogram.
     delivery_latency: prometheus_client::metrics::histogram::Histogram,
     /// When the route last warned that it holds messages for a cohort without subscribers.
-    hold_warned: Option<Instant>,
+    hold_warning: HoldWarning,
 }
+
+// === impl Dispatcher: the task ===
 
 impl Dispatcher {
     pub fn new(registry: Registry, stats: Arc<Stats>, settings: DispatcherSettings) -> Self {
         let delivery_latency = stats.histograms.delivery(&registry.route_config().name);
+        let identity = Identity::new(settings.discovery);
         Self {
             registry,
-            partitions: HashMap::new(),
-            next_epoch: 1,
+            partitions: Partitions::new(),
+            revokes: Revokes::default(),
             stats,
             settings,
             stopping: false,
-            pods: PodIndex::default(),
-            watched_selector: None,
-            dead_letter_producer: None,
+            identity,
+            dead_letters: DeadLetterLoop::default(),
             tasks: JoinSet::new(),
-            dead_letters_in_flight: 0,
             dedup: None,
-            staged: Vec::new(),
-            committing_before_send: false,
-            committing: false,
-            revoking: Vec::new(),
+            commits: CommitScheduler::default(),
             reported: Reported::default(),
-            split: status::SplitSamples::default(),
-            replay_batches: HashMap::new(),
-            next_replay_batch: 1,
-            hold_warned: None,
+            split: SplitSamples::default(),
+            replays: ReplayBatches::new(),
+            hold_warning: HoldWarning::default(),
             delivery_latency,
         }
     }
 
     /// Hands over the producer for routes with a dead-letter topic.
     pub fn with_dead_letter_producer(mut self, producer: Option<DeadLetterProducer>) -> Self {
-        self.dead_letter_producer = producer;
+        self.dead_letters = DeadLetterLoop::new(producer);
         self
     }
 
     /// Hands over the sender that steers the route's pod watch (Kubernetes discovery).
     pub fn with_watched_selector(mut self, selector: Option<watch::Sender<String>>) -> Self {
-        self.watched_selector = selector;
+        self.identity.watch_with(selector);
+        self
+    }
+
+    /// Hands over the duplicate filter of an effectively-once route.
+    pub fn with_dedup(mut self, dedup: Option<RouteDedup>) -> Self {
+        self.dedup = dedup;
         self
     }
 
@@ -179,7 +183,8 @@ impl Dispatcher {
             Command::Register { hello, peer, reply } => {
                 let route = hello.route.clone();
                 let result = self
-                    .identify(&hello, peer)
+                    .identity
+                    .identify(&hello, peer, self.registry.route_config())
                     .and_then(|subscriber| self.registry.register(&hello.route, hello.max_in_flight, subscriber));
                 let name = subscriber_name(&hello, peer);
                 match &result {
@@ -221,16 +226,7 @@ impl Dispatcher {
             Command::UpdateRoute { route, reply } => {
                 let applied = self.registry.update_route(&route);
                 if applied {
-                    if let Some(sender) = &self.watched_selector {
-                        sender.send_if_modified(|current| {
-                            let changed = *current != route.selector;
-                            if changed {
-                                info!(selector = route.selector, "selector changed; watching its pods anew");
-                                current.clone_from(&route.selector);
-                            }
-                            changed
-                        });
-                    }
+                    self.identity.follow_selector(&route.selector);
                     info!("route settings updated");
                 } else {
                     warn!(other = route.name, "settings for another route were ignored");
@@ -267,9 +263,7 @@ impl Dispatcher {
 
     fn handle_internal(&mut self, done: Internal) {
         match done {
-            Internal::DeadLettered { tp, offset, epoch, retry, replay } => {
-                self.on_dead_lettered(&tp, offset, epoch, retry, replay)
-            }
+            Internal::DeadLettered(produced) => self.on_dead_lettered(produced),
             Internal::Claimed { batch, verdicts } => self.on_claimed(batch, verdicts),
             Internal::CommittedBeforeSend { points, ok, sends } => self.on_committed_before_send(points, ok, sends),
             Internal::Committed { points, ok, generation } => self.on_committed(points, ok, generation),
@@ -313,7 +307,7 @@ impl Dispatcher {
     }
 
     fn after_each(&mut self, kafka: &std::sync::mpsc::Sender<KafkaCommand>) {
-        if !self.revoking.is_empty() {
+        if !self.revokes.is_empty() {
             self.finish_revokes(Instant::now());
         }
         self.start_claims();
@@ -329,16 +323,89 @@ impl Dispatcher {
         if !letters.is_empty() {
             self.send_dead_letters(letters);
         }
-        let (pause, resume) = self.flow_control();
-        if !pause.is_empty() {
-            Stats::bump(&self.stats.partitions_paused, pause.len() as u64);
-            debug!(partitions = pause.len(), "pausing partitions: un-committed bound reached");
-            let _ = kafka.send(KafkaCommand::Pause(pause));
+        self.flow_control(kafka);
+    }
+
+    /// Applies a change in the pods the route's selector picks: relabelled pods re-route
+    /// their sessions, gone or stopped pods have theirs drained and closed.
+    pub fn on_pod_event(&mut self, event: PodEvent) {
+        self.identity.apply(event);
+        let sessions: Vec<(SessionId, (String, String))> = self.registry.pod_sessions().into_iter().collect();
+        for (id, (namespace, name)) in sessions {
+            match self.identity.fate(&namespace, &name) {
+                PodFate::Live(labels) => self.registry.update_labels(id, labels.clone()),
+                PodFate::Stopped => {
+                    if self.registry.evict(id, format!("pod {namespace}/{name} is no longer running")) {
+                        info!(session = id, namespace, name, "pod stopped running; draining its subscriber");
+                    }
+                }
+                PodFate::Gone => {
+                    let why = format!("pod {namespace}/{name} was deleted or no longer matches the route's selector");
+                    if self.registry.evict(id, why) {
+                        info!(session = id, namespace, name, "pod gone or no longer selected; draining its subscriber");
+                    }
+                }
+            }
         }
-        if !resume.is_empty() {
-            Stats::bump(&self.stats.partitions_resumed, resume.len() as u64);
-            debug!(partitions = resume.len(), "resuming partitions");
-            let _ = kafka.send(KafkaCommand::Resume(resume));
+    }
+
+    /// Takes a batch of an operator's replay: each record goes to the route's subscribers,
+    /// marked, and `done` fires when the last of them is settled.
+    fn on_replay(&mut self, replay: u64, records: Vec<Record>, done: oneshot::Sender<()>) {
+        let Some(batch) = self.replays.start(records.len(), done) else { return };
+        for record in records {
+            self.registry.dispatch_replay(Arc::new(record), ReplayTag { replay, batch });
+        }
+    }
+
+    /// Samples the per-cohort counts (called on the commit tick).
+    fn sample_split(&mut self, now: Instant) {
+        self.split.sample(now, &self.registry.delivered_by_cohort());
+    }
+
+    /// Says in the log, every [`status::HOLD_WARN_EVERY`] while it lasts, which cohort's
+    /// messages the route holds for want of a subscriber here: a blue-green cutover to pods
+    /// that are not there yet strands messages, and readiness rightly stays about Kafka, so
+    /// the log, Status and `fanout_cohort_held_messages` are where it shows.
+    fn warn_if_holding(&mut self, now: Instant) {
+        if !self.hold_warning.due(now) || self.registry.held() == 0 {
+            return;
+        }
+        let config = self.registry.route_config();
+        let label = config.split_label.as_deref().unwrap_or_default();
+        let held = self.registry.held_by_cohort();
+        for (cohort, count) in &held {
+            warn!(
+                route = config.name,
+                cohort,
+                held = count,
+                "route holds messages for a cohort without subscribers on this replica: start subscribers with \
+                 {label}={cohort}, or give the cohort weight 0 (fanoutctl weights set)"
+            );
+        }
+        if !held.is_empty() {
+            self.hold_warning.given(now);
+        }
+    }
+
+    fn snapshot(&self) -> RouteSnapshot {
+        let r = &self.registry;
+        RouteSnapshot {
+            config: r.route_config().clone(),
+            cohorts: r.cohorts(),
+            delivered_last_minute: self.split.over_window(Instant::now(), &r.delivered_by_cohort()),
+            counts: r.by_cohort.clone(),
+            subscribers: r.subscribers(),
+            partitions: self.partitions.snapshot(),
+            held: r.held(),
+            retrying: r.delayed(),
+            delivered: r.delivered,
+            pod_cohorts: r
+                .route_config()
+                .split_label
+                .as_deref()
+                .map(|l| self.identity.label_values(l))
+                .unwrap_or_default(),
         }
     }
 }
@@ -362,7 +429,7 @@ pub async fn run(
     let mut next_deadline_scan = Instant::now() + DEADLINE_SCAN;
 
     loop {
-        let revoke_deadline = d.next_revoke_deadline();
+        let revoke_deadline = d.revokes.next_deadline();
         tokio::select! {
             biased;
             Some(command) = commands.recv() => d.handle_command(command),
@@ -407,13 +474,13 @@ pub async fn run(
             }
         }
         d.after_each(&kafka);
-        if grace_deadline.is_some() && d.registry.in_flight() == 0 && d.dead_letters_in_flight == 0 {
+        if grace_deadline.is_some() && d.registry.in_flight() == 0 && d.dead_letters.in_flight() == 0 {
             break;
         }
     }
 
     // Revokes still draining are answered now: what they hold goes to their next owner.
-    for r in std::mem::take(&mut d.revoking) {
+    for r in d.revokes.take_all() {
         let _ = r.reply.send(d.on_revoked(&r.partitions));
     }
     // Final commit, synchronous, then leave the group.

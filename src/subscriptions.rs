@@ -3,105 +3,58 @@
 //!
 //! Owned by the route's dispatcher task and changed only by its calls; no I/O besides pushing
 //! into each session's outbox (an unbounded channel whose length the window bounds). A message
-//! goes to one member chosen by [`routing::instance_for`]; a member's queue holds what its
-//! window cannot take yet. When membership changes, queued (not yet sent) messages are routed
-//! again, and a departed member's in-flight deliveries are redelivered. Acked deliveries leave
-//! the registry and go back to the dispatcher, which records them in the offset trackers.
+//! goes to one member chosen by [`crate::routing::instance_for`]; a member's queue holds what
+//! its window cannot take yet. When membership changes, queued (not yet sent) messages are
+//! routed again, and a departed member's in-flight deliveries are redelivered. Acked deliveries
+//! leave the registry and go back to the dispatcher, which records them in the offset trackers.
 //!
-//! This file holds sessions (register, ack, credit, drain, unregister). Rooms:
-//! [`route`] (selector, members, cohorts, targets), [`keys`] (key ownership, parking, drain
-//! before move; records enter here), [`retrying`] (nacks, ack deadlines, backoff, dead letters),
-//! [`commit_window`] (acks that hold window places until committed), [`staging`] (at-most-once
-//! batches held until committed), [`batching`] (windows out to streams), [`revoke`] (partitions
-//! withheld and purged), [`membership`] (reloads, relabels, pods gone), [`snapshot`] (what the
-//! operator sees, operator drains).
+//! [`Registry`] orchestrates parts that each own their state and are tested alone:
+//! [`session`] (one subscriber's window, queue and in-flight deliveries), [`route`] (selector,
+//! members, cohorts, targets), [`keys`] (key ownership and parking, drain before move),
+//! [`retrying`] (failed messages waiting out their backoff), [`commit_window`] (acks that hold
+//! window places until committed), [`staging`] (at-most-once batches held until committed),
+//! [`batching`] (windows out to streams in bounded batches). This file holds the registry and
+//! its sessions' lifecycle (register, ack, credit, send, drain, close, what the operator
+//! sees); [`placement`] holds where messages go: records in, failures and retries, revoked
+//! partitions, membership changes.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{DeliveryMode, EmptyCohort, Ordering, RouteConfig};
-use crate::kafka::{Record, TopicPartition};
-use crate::retry::{self, Next};
-use crate::routing;
-use crate::selector::Selector;
+use crate::config::{DeliveryMode, RouteConfig};
+use crate::kafka::TopicPartition;
 
 mod batching;
 mod commit_window;
 mod keys;
-mod membership;
+mod placement;
 mod retrying;
-mod revoke;
 mod route;
-mod snapshot;
+mod session;
 mod staging;
 #[cfg(test)]
 mod testing;
 
 pub use batching::MAX_BATCH_BYTES;
 pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
-pub use snapshot::{CohortSnapshot, SubscriberSnapshot};
+pub use route::CohortSnapshot;
+pub use session::{
+    AckId, Acked, CloseReason, Outgoing, Pending, Registered, ReplayTag, SessionId, SessionMessage, Subscriber,
+    SubscriberSnapshot,
+};
 pub use staging::StagedSend;
 
-use keys::KeyState;
-use membership::format_labels;
-use retrying::Delayed;
+use batching::Batcher;
+use commit_window::CommitWindow;
+use keys::KeyTable;
+use retrying::RetryQueue;
 use route::RouteState;
-
-pub type SessionId = u64;
-
-/// What the gRPC layer receives for a session.
-#[derive(Debug)]
-pub enum SessionMessage {
-    Deliveries(Vec<Outgoing>),
-    /// The session is over; the stream ends with this reason.
-    Closed(CloseReason),
-}
-
-/// A delivery on its way to a subscriber's stream. The gRPC layer turns it into the contract's
-/// `Delivery`: the registry never builds wire types.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub record: Arc<Record>,
-    /// Delivery attempt, from 1.
-    pub attempt: u32,
-    /// The subscriber's cohort (its value of the route's split label); empty without a split.
-    pub cohort: Arc<str>,
-    /// What the subscriber acks or nacks this delivery by: unique on its stream.
-    pub ack_id: AckId,
-    /// The message's idempotency key on effectively-once routes (empty elsewhere).
-    pub idempotency_key: Option<Arc<str>>,
-    /// The replay it belongs to; 0 for a live delivery.
-    pub replay: u64,
-}
-
-/// Marks a message of an operator's replay: it is delivered and acked like any other, but its
-/// ack settles the replay's batch instead of moving a partition's commit point, and a revoke of
-/// its partition does not drop it (the replay reads the range on its own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayTag {
-    pub replay: u64,
-    pub batch: u64,
-}
-
-/// A delivery's handle on its stream (`Delivery.ack_id`): a per-session sequence number, so
-/// an ack is resolved by one hash lookup, with no text to format or parse. Starts at 1 (0 is
-/// protobuf's "unset").
-pub type AckId = u64;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The subscriber asked to drain and everything in flight is settled.
-    Drained,
-    /// The gateway is shutting down; reconnect (to another replica) with backoff.
-    ShuttingDown,
-    /// The subscriber's pod no longer qualifies (deleted, or its labels left the selector).
-    NotSelected(String),
-}
+use session::Session;
+use staging::Staging;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegisterError {
@@ -120,100 +73,6 @@ pub enum RegisterError {
     #[error("{0}")]
     Unauthenticated(String),
 }
-
-/// Who a new session is.
-#[derive(Debug, Clone, Default)]
-pub struct Subscriber {
-    /// Pod name or peer address, for logs and status.
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// (namespace, pod) when discovery is Kubernetes: pod events find the session by it.
-    pub pod: Option<(String, String)>,
-}
-
-/// A message waiting for, or out on, a delivery.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub record: Arc<Record>,
-    /// Delivery attempt this message will be (or was) sent as, from 1.
-    pub attempt: u32,
-    /// Assignment epoch of the partition when the record was received; acks from an older
-    /// epoch (the partition was revoked meanwhile) do not count.
-    pub epoch: u64,
-    /// From the route's dedup key source, on effectively-once routes.
-    pub idempotency_key: Option<Arc<str>>,
-    /// Set on a replayed message (see [`ReplayTag`]).
-    pub replay: Option<ReplayTag>,
-    /// Routing hash: of the key, the partition or the position, per the route's ordering.
-    hash: u64,
-    /// When the subscriber's time to ack runs out (set when sent, if the route has one).
-    deadline: Option<Instant>,
-    /// When the gateway received the record from Kafka: delivery latency runs from here to
-    /// the ack.
-    pub received: Instant,
-}
-
-impl Pending {
-    /// A message as it arrives: not sent yet, received now.
-    fn new(
-        record: Arc<Record>,
-        attempt: u32,
-        epoch: u64,
-        idempotency_key: Option<Arc<str>>,
-        hash: u64,
-        replay: Option<ReplayTag>,
-    ) -> Self {
-        Self { record, attempt, epoch, idempotency_key, replay, hash, deadline: None, received: Instant::now() }
-    }
-
-    fn order(&self) -> (&TopicPartition, i64) {
-        (&self.record.tp, self.record.offset)
-    }
-}
-
-struct Session {
-    window: u32,
-    queue: VecDeque<Pending>,
-    /// Keyed by ack id. xxh3 rather than SipHash: the ids are our own sequence numbers, a
-    /// flooding attacker has nothing to aim at, and this map is touched twice per message.
-    in_flight: HashMap<AckId, Pending, xxhash_rust::xxh3::Xxh3Builder>,
-    /// The ack id of the next delivery sent on this session.
-    next_ack_id: AckId,
-    outbox: mpsc::UnboundedSender<SessionMessage>,
-    /// No new deliveries; closed when `in_flight` empties.
-    draining: bool,
-    /// Why the session will close once drained (None: the subscriber asked).
-    close_reason: Option<CloseReason>,
-    subscriber: Subscriber,
-    /// Value of the route's split label, if the route has one.
-    cohort: Option<String>,
-    /// Acks not yet covered by a landed commit, by the commit generation they arrived in
-    /// (routes with `window_until_commit`: they keep their places in the window).
-    unconfirmed: VecDeque<(u64, u32)>,
-    unconfirmed_total: u32,
-    /// Deliveries sent and acks received on this session (operator status).
-    delivered: u64,
-    acked: u64,
-    connected_at: std::time::SystemTime,
-}
-
-/// A new session's handles.
-#[derive(Debug)]
-pub struct Registered {
-    pub session: SessionId,
-    pub outbox: mpsc::UnboundedReceiver<SessionMessage>,
-    pub window: u32,
-}
-
-/// Result of an ack batch.
-#[derive(Debug, Default)]
-pub struct Acked {
-    pub settled: Vec<Pending>,
-    pub unknown: u64,
-    /// Set when the session drained and has now been closed.
-    pub closed: bool,
-}
-
 /// A cohort's totals on a route since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CohortCounts {
@@ -241,25 +100,27 @@ fn cohort_counts<'a>(by_cohort: &'a mut BTreeMap<String, CohortCounts>, cohort: 
     by_cohort.get_mut(cohort).expect("inserted above")
 }
 
+fn format_labels(labels: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
 pub struct Registry {
     route: RouteState,
+    /// Who holds each key, and the messages parked until their key's old owner settles.
+    keys: KeyTable,
     sessions: HashMap<SessionId, Session>,
     next_id: SessionId,
     /// While set, nothing new is sent (graceful shutdown).
     paused: bool,
     /// Sessions whose queue may be sendable.
     dirty: BTreeSet<SessionId>,
-    /// Failed messages waiting out their backoff, by due time (then sequence number).
-    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
-    delayed_items: HashMap<u64, Delayed>,
-    next_delayed: u64,
+    /// Failed messages waiting out their backoff.
+    retries: RetryQueue,
     /// Messages that go to a dead-letter topic, for the dispatcher to take.
     dead_letters: Vec<DeadLetter>,
-    /// At-most-once deliveries that failed or were lost with their stream: never redelivered;
-    /// the dispatcher takes them to count them and free their partition's buffer.
-    dropped: Vec<Pending>,
-    /// At-most-once batches taken out of the queues, to be sent once committed.
-    staged: Vec<StagedSend>,
+    /// At-most-once batches waiting for their commit, and at-most-once deliveries lost.
+    staging: Staging,
     /// Deliveries sent, and how many of them were redeliveries.
     pub delivered: u64,
     /// What happened per cohort ("" for subscribers without one), for metrics and the
@@ -275,27 +136,27 @@ pub struct Registry {
     /// Messages that used up their attempts on a route without a dead-letter topic (they keep
     /// being retried at the longest backoff).
     pub exhausted_without_dlq: u64,
-    /// Generation of the next commit: acks are stamped with it, a landed commit confirms the
-    /// acks stamped at or before its own generation.
-    commit_generation: u64,
+    /// Commit generations, which acks are stamped with (routes with `window_until_commit`).
+    commits: CommitWindow,
     /// Partitions being revoked (draining): nothing of theirs is sent any more; their
     /// in-flight deliveries may still be acked until the partitions are purged.
     revoked: BTreeSet<TopicPartition>,
 }
+
+// === impl Registry: sessions ===
+
 impl Registry {
     pub fn new(route: RouteConfig) -> Self {
         Self {
             route: RouteState::new(route),
+            keys: KeyTable::default(),
             sessions: HashMap::new(),
             next_id: 1,
             paused: false,
             dirty: BTreeSet::new(),
-            delayed: BinaryHeap::new(),
-            delayed_items: HashMap::new(),
-            next_delayed: 0,
+            retries: RetryQueue::default(),
             dead_letters: Vec::new(),
-            dropped: Vec::new(),
-            staged: Vec::new(),
+            staging: Staging::default(),
             delivered: 0,
             by_cohort: BTreeMap::new(),
             redelivered: 0,
@@ -303,7 +164,7 @@ impl Registry {
             expired: 0,
             retries_scheduled: 0,
             exhausted_without_dlq: 0,
-            commit_generation: 0,
+            commits: CommitWindow::default(),
             revoked: BTreeSet::new(),
         }
     }
@@ -355,25 +216,7 @@ impl Registry {
         self.next_id += 1;
         let (tx, rx) = mpsc::unbounded_channel();
         self.route.add_member(id, cohort.as_ref());
-        self.sessions.insert(
-            id,
-            Session {
-                window,
-                queue: VecDeque::new(),
-                in_flight: HashMap::default(),
-                next_ack_id: 1,
-                outbox: tx,
-                draining: false,
-                close_reason: None,
-                subscriber,
-                cohort,
-                unconfirmed: VecDeque::new(),
-                unconfirmed_total: 0,
-                delivered: 0,
-                acked: 0,
-                connected_at: std::time::SystemTime::now(),
-            },
-        );
+        self.sessions.insert(id, Session::new(window, tx, subscriber, cohort));
         self.reroute(Vec::new());
         Ok(Registered { session: id, outbox: rx, window })
     }
@@ -391,9 +234,9 @@ impl Registry {
         let at_most_once = route.config.delivery == DeliveryMode::AtMostOnce;
         let mut orphans = Vec::new();
         for mut p in session.in_flight.into_values() {
-            route.release_one(p.hash);
+            self.keys.release_one(p.hash);
             if at_most_once {
-                self.dropped.push(p);
+                self.staging.lose(p);
                 continue;
             }
             // A message whose subscribers keep dying with it (a poison pill) must not loop
@@ -409,7 +252,7 @@ impl Registry {
             orphans.push(p);
         }
         for p in &session.queue {
-            route.release_one(p.hash);
+            self.keys.release_one(p.hash);
         }
         orphans.extend(session.queue);
         // Rerouting takes the parked messages too, those of dead-lettered keys included.
@@ -430,10 +273,9 @@ impl Registry {
             session.close_reason = reason;
         }
         let queued: Vec<Pending> = session.queue.drain(..).collect();
-        let route = &mut self.route;
-        route.remove_member(id);
+        self.route.remove_member(id);
         for p in &queued {
-            route.release_one(p.hash);
+            self.keys.release_one(p.hash);
         }
         self.reroute(queued);
         self.close_if_drained(id);
@@ -449,6 +291,26 @@ impl Registry {
             }
         }
         done
+    }
+
+    /// Drains the sessions whose name or session number is `who` (an operator's Drain):
+    /// nothing new goes to them, their queues go to the other members, and each closes once
+    /// its in-flight deliveries are settled. Returns each matched session with its in-flight
+    /// count; sessions already draining are counted, not drained twice.
+    pub fn drain_matching(&mut self, who: &str) -> Vec<(SessionId, usize)> {
+        let mut matched: Vec<(SessionId, usize, bool)> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| s.subscriber.name == who || id.to_string() == who)
+            .map(|(id, s)| (*id, s.in_flight.len(), s.draining))
+            .collect();
+        matched.sort_unstable();
+        for (id, _, draining) in &matched {
+            if !draining {
+                self.drain(*id);
+            }
+        }
+        matched.into_iter().map(|(id, in_flight, _)| (id, in_flight)).collect()
     }
 
     /// Raises a session's window by `additional`, up to its route's cap.
@@ -478,16 +340,11 @@ impl Registry {
         session.acked += out.settled.len() as u64;
         cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).acked += out.settled.len() as u64;
         if self.route.config.window_until_commit && !out.settled.is_empty() {
-            let n = out.settled.len() as u32;
-            match session.unconfirmed.back_mut() {
-                Some((generation, count)) if *generation == self.commit_generation => *count += n,
-                _ => session.unconfirmed.push_back((self.commit_generation, n)),
-            }
-            session.unconfirmed_total += n;
+            session.unconfirmed.add(self.commits.current(), out.settled.len() as u32);
         }
         let mut freed = Vec::new();
         for p in &out.settled {
-            if self.route.release_one(p.hash) {
+            if self.keys.release_one(p.hash) {
                 freed.push(p.hash);
             }
         }
@@ -496,6 +353,121 @@ impl Registry {
         }
         out.closed = self.close_if_drained(id);
         out
+    }
+
+    /// Sends what the windows allow to every session that may have room, in batches of at
+    /// most [`MAX_BATCH_BYTES`], each delivery stamped with its ack deadline. At-most-once
+    /// batches are staged instead, to go once their commit lands.
+    pub fn flush(&mut self) {
+        if self.paused {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let timeout = self.route.config.ack_timeout_ms;
+        let at_most_once = self.route.config.delivery == DeliveryMode::AtMostOnce;
+        for id in dirty {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if s.draining {
+                continue;
+            }
+            let room = s.room();
+            if room == 0 || s.queue.is_empty() {
+                continue;
+            }
+            let take = room.min(s.queue.len());
+            // One string per batch, shared by its deliveries.
+            let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
+            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
+            let mut batcher = Batcher::default();
+            let mut redelivered = 0u64;
+            for mut p in s.queue.drain(..take) {
+                p.deadline = deadline;
+                let ack_id = s.next_ack_id;
+                s.next_ack_id += 1;
+                let delivery = Outgoing {
+                    record: p.record.clone(),
+                    attempt: p.attempt,
+                    cohort: cohort.clone(),
+                    ack_id,
+                    idempotency_key: p.idempotency_key.clone(),
+                    replay: p.replay.map_or(0, |t| t.replay),
+                };
+                if p.attempt > 1 {
+                    redelivered += 1;
+                }
+                batcher.push(delivery, at_most_once.then(|| p.clone()));
+                s.in_flight.insert(ack_id, p);
+            }
+            self.delivered += take as u64;
+            self.redelivered += redelivered;
+            s.delivered += take as u64;
+            let counts = cohort_counts(&mut self.by_cohort, s.cohort.as_deref());
+            counts.delivered += take as u64;
+            counts.redelivered += redelivered;
+            for batch in batcher.finish() {
+                if at_most_once {
+                    self.staging.stage(StagedSend {
+                        session: id,
+                        deliveries: batch.deliveries,
+                        pending: batch.pending,
+                    });
+                } else {
+                    // A closed outbox means the stream is going away; its unregister redelivers.
+                    let _ = s.outbox.send(SessionMessage::Deliveries(batch.deliveries));
+                }
+            }
+        }
+    }
+
+    /// A commit is being computed now: returns its generation, which covers every ack so far.
+    pub fn commit_started(&mut self) -> u64 {
+        self.commits.start()
+    }
+
+    /// The commit of `generation` landed: the acks it covers free their window places.
+    pub fn commit_landed(&mut self, generation: u64) {
+        for (id, s) in &mut self.sessions {
+            if s.unconfirmed.confirm(generation) {
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    /// Whether some subscriber's window holds acks waiting for a commit.
+    pub fn awaiting_commit(&self) -> bool {
+        self.sessions.values().any(|s| s.unconfirmed.total() > 0)
+    }
+
+    /// At-most-once batches to commit before they are sent.
+    pub fn take_staged(&mut self) -> Vec<StagedSend> {
+        self.staging.take_staged()
+    }
+
+    /// Sends a staged batch whose offsets are now committed, if its stream is still there.
+    pub fn release_staged(&mut self, send: StagedSend) {
+        // A session that ended meanwhile counted these among its dropped deliveries.
+        if let Some(s) = self.sessions.get(&send.session) {
+            let _ = s.outbox.send(SessionMessage::Deliveries(send.deliveries));
+        }
+    }
+
+    /// Gives up on a staged batch whose partition went away before it was committed: its
+    /// in-flight places are freed, nothing is sent.
+    pub fn abandon_staged(&mut self, send: StagedSend) {
+        let Some(s) = self.sessions.get_mut(&send.session) else { return };
+        for d in &send.deliveries {
+            s.in_flight.remove(&d.ack_id);
+        }
+        for p in &send.pending {
+            self.release_key(p.hash);
+        }
+        self.dirty.insert(send.session);
+        self.close_if_drained(send.session);
+    }
+
+    /// At-most-once deliveries dropped since the last call.
+    pub fn take_dropped(&mut self) -> Vec<Pending> {
+        self.staging.take_dropped()
     }
 
     /// Stops (or restarts) all sending.
@@ -518,8 +490,29 @@ impl Registry {
 
     /// Messages waiting for a subscriber of their cohort, or for their key to move.
     pub fn held(&self) -> usize {
-        let r = &self.route;
-        r.unassigned.len() + r.parked.values().map(VecDeque::len).sum::<usize>()
+        self.route.unassigned.len() + self.keys.parked()
+    }
+
+    /// Every open session, by session number.
+    pub fn subscribers(&self) -> Vec<SubscriberSnapshot> {
+        let mut out: Vec<SubscriberSnapshot> = self.sessions.iter().map(|(id, s)| s.snapshot(*id)).collect();
+        out.sort_by_key(|s| s.session);
+        out
+    }
+
+    /// The route's cohorts: every weighted one, and any that has sessions without a weight.
+    pub fn cohorts(&self) -> Vec<CohortSnapshot> {
+        self.route.cohort_snapshots()
+    }
+
+    /// Messages waiting for a subscriber of their cohort, per cohort without one.
+    pub fn held_by_cohort(&self) -> BTreeMap<&str, usize> {
+        self.route.held_by_cohort()
+    }
+
+    /// Every session bound to a pod, with the pod.
+    pub fn pod_sessions(&self) -> Vec<(SessionId, (String, String))> {
+        self.sessions.iter().filter_map(|(id, s)| s.subscriber.pod.clone().map(|p| (*id, p))).collect()
     }
 
     /// Ends every session with `reason`.
@@ -530,8 +523,17 @@ impl Registry {
         }
         self.route.members.clear();
         self.route.cohorts.clear();
-        self.delayed.clear();
-        self.delayed_items.clear();
+        self.retries.clear();
+    }
+
+    /// The ack id under which `session` holds the delivery of record `topic/partition/offset`
+    /// in flight; an id never issued when it holds none.
+    #[cfg(test)]
+    fn handle(&self, session: SessionId, record: &str) -> AckId {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.in_flight.iter().find(|(_, p)| p.record.delivery_id().to_string() == record))
+            .map_or(AckId::MAX, |(ack_id, _)| *ack_id)
     }
 }
 
@@ -539,6 +541,7 @@ impl Registry {
 mod tests {
     use super::testing::*;
     use super::*;
+    use crate::config::EmptyCohort;
 
     #[test]
     fn unknown_route_is_refused_with_the_known_ones() {
@@ -635,5 +638,138 @@ mod tests {
         reg.flush();
         assert!(received(&mut a.outbox).is_empty());
         assert_eq!(reg.register("r", 0, sub("b")).expect_err("closed"), RegisterError::ShuttingDown);
+    }
+
+    #[test]
+    fn with_window_until_commit_acked_deliveries_hold_their_places_until_the_commit_lands() {
+        let mut config = route("r", 2);
+        config.window_until_commit = true;
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..6 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
+        }
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 2);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0"), reg.handle(a.session, "t/0/1")]);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "acked but not committed: still in the window");
+        assert!(reg.awaiting_commit());
+        let generation = reg.commit_started();
+        // An ack after the commit was computed is not covered by it.
+        reg.commit_landed(generation);
+        reg.flush();
+        let next = received(&mut a.outbox);
+        assert_eq!(next.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/2")]);
+        reg.commit_landed(generation);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "offset 2's ack came after that commit");
+        let later = reg.commit_started();
+        reg.commit_landed(later);
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![4]);
+        assert!(!reg.awaiting_commit());
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let mut reg = Registry::new(route("r", 100));
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..5 {
+            let mut r = (*record(0, o, "k")).clone();
+            r.value = Some(Bytes::from(vec![0u8; 400 * 1024]));
+            reg.dispatch(Arc::new(r), 1);
+        }
+        reg.flush();
+        let mut sizes = Vec::new();
+        while let Ok(SessionMessage::Deliveries(d)) = a.outbox.try_recv() {
+            assert!(d.iter().map(|d| d.record.size()).sum::<usize>() <= MAX_BATCH_BYTES);
+            sizes.push(d.len());
+        }
+        assert_eq!(sizes, vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn subscribers_show_their_counts_and_cohorts_their_members() {
+        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 50, 50));
+        let blue = reg.register("r", 100, labelled("b", "blue")).expect("ok");
+        let _green = reg.register("r", 100, labelled("g", "green")).expect("ok");
+        let _stray = reg.register("r", 100, labelled("s", "canary")).expect("ok");
+        for o in 0..100 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
+        }
+        reg.flush();
+        let subs = reg.subscribers();
+        assert_eq!(subs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["b", "g", "s"]);
+        let b = &subs[0];
+        assert_eq!((b.cohort.as_deref(), b.window), (Some("blue"), 100));
+        assert_eq!(b.delivered, u64::from(b.in_flight));
+        assert_eq!(subs.iter().map(|s| s.delivered).sum::<u64>(), 100);
+        assert_eq!(subs[2].delivered, 0, "an unweighted cohort gets nothing");
+        let by_cohort: u64 = reg.delivered_by_cohort().values().sum();
+        assert_eq!(by_cohort, 100);
+        assert_eq!(reg.delivered_by_cohort().get("blue"), Some(&b.delivered));
+
+        let acked = reg.ack(blue.session, &[reg.handle(blue.session, "t/0/0"), reg.handle(blue.session, "t/0/1")]);
+        let acked_here = acked.settled.len() as u64;
+        assert_eq!(reg.subscribers()[0].acked, acked_here);
+
+        assert_eq!(
+            reg.cohorts(),
+            vec![
+                CohortSnapshot { name: "blue".into(), weight: 50, subscribers: 1, held: 0 },
+                CohortSnapshot { name: "canary".into(), weight: 0, subscribers: 1, held: 0 },
+                CohortSnapshot { name: "green".into(), weight: 50, subscribers: 1, held: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_operator_drain_finds_sessions_by_name_or_number_and_closes_them_when_settled() {
+        let mut reg = Registry::new(route("r", 5));
+        let mut a = reg.register("r", 0, sub("pod-a")).expect("ok");
+        let b = reg.register("r", 0, sub("pod-b")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1);
+        reg.flush();
+        let (holder, mut other) = if received(&mut a.outbox).is_empty() { (b.session, a) } else { (a.session, b) };
+        let holder_name = if holder == 1 { "pod-a" } else { "pod-b" };
+
+        assert_eq!(reg.drain_matching("nobody"), vec![]);
+        assert_eq!(reg.drain_matching(holder_name), vec![(holder, 1)]);
+        assert_eq!(reg.drain_matching(&holder.to_string()), vec![(holder, 1)], "already draining: counted again");
+        assert!(reg.subscribers().iter().any(|s| s.session == holder && s.draining));
+        reg.dispatch(record(0, 1, "other"), 1);
+        reg.flush();
+        assert_eq!(received(&mut other.outbox).len(), 1, "new messages go to the other subscriber");
+        let acked = reg.ack(holder, &[reg.handle(holder, "t/0/0")]);
+        assert!(acked.closed, "closed once its in-flight delivery settled");
+        assert_eq!(reg.subscribers().len(), 1);
+    }
+
+    #[test]
+    fn at_most_once_batches_wait_for_their_commit_and_failures_are_never_redelivered() {
+        let mut config = retrying_route(5, 5, None);
+        config.delivery = DeliveryMode::AtMostOnce;
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        for o in 0..3 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
+        }
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "nothing goes before its commit");
+        let staged = reg.take_staged();
+        assert_eq!(staged.iter().map(|s| s.pending.len()).sum::<usize>(), 3);
+        for send in staged {
+            reg.release_staged(send);
+        }
+        assert_eq!(received(&mut a.outbox).len(), 3);
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("x")));
+        assert_eq!(reg.expire(later(3_600)), 2);
+        reg.release_due(later(7_200));
+        reg.flush();
+        assert!(reg.take_staged().is_empty() && received(&mut a.outbox).is_empty(), "never redelivered");
+        assert_eq!(reg.take_dropped().len(), 3);
+        assert_eq!(reg.delayed(), 0);
     }
 }

@@ -1,6 +1,14 @@
 //! The in-process store: one gateway process's claims, bounded and lazily expired.
 
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use tokio::time::Instant;
+
+use super::{Claim, DedupError, DedupStore, Verdict, MAX_TTL_MS};
 
 /// Claims in this process: a map from key to holder plus the keys in claim order.
 ///

@@ -1,6 +1,11 @@
 //! The Redis store: claims shared by every replica, one pipelined round trip per batch.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+
+use super::{Claim, DedupError, DedupStore, Verdict, MAX_TTL_MS};
 
 /// Each connection attempt gives up after this long (an unroutable host would otherwise hang).
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -3,23 +3,24 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use futures::future::BoxFuture;
 
-use super::{Dispatcher, Internal};
 use crate::dedup::{Claim, DedupConfig, DedupError, DedupStore, Verdict};
 use crate::kafka::Record;
-use crate::stats::Stats;
 
 /// A record on its way through the gate: its epoch, and its idempotency key with the index of
 /// its claim (None: the record has no key and is never deduplicated).
 pub(super) type Keyed = (Arc<Record>, u64, Option<(usize, Arc<str>)>);
+
+/// The store's answer to a claim batch, one verdict per claim.
+pub(super) type Verdicts = BoxFuture<'static, Result<Vec<Verdict>, DedupError>>;
 
 /// An effectively-once route's duplicate filter. Records wait here, in order, for the store's
 /// verdict; one claim batch is out at a time, so verdicts (and deliveries) keep Kafka's order.
 pub struct RouteDedup {
     pub store: Arc<dyn DedupStore>,
     pub config: DedupConfig,
-    pub(super) waiting: Vec<(Arc<Record>, u64)>,
+    waiting: Vec<(Arc<Record>, u64)>,
     claiming: bool,
 }
 
@@ -27,72 +28,78 @@ impl RouteDedup {
     pub fn new(store: Arc<dyn DedupStore>, config: DedupConfig) -> Self {
         Self { store, config, waiting: Vec::new(), claiming: false }
     }
+
+    /// A record of assignment `epoch` waits for the next claim batch.
+    pub(super) fn wait(&mut self, record: Arc<Record>, epoch: u64) {
+        self.waiting.push((record, epoch));
+    }
+
+    /// The waiting records as one claim batch, with the store's answer to come, unless a
+    /// batch is still out (or nothing waits).
+    pub(super) fn start_claims(&mut self) -> Option<(Vec<Keyed>, Verdicts)> {
+        if self.claiming || self.waiting.is_empty() {
+            return None;
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut claims = Vec::new();
+        let batch: Vec<Keyed> = waiting
+            .into_iter()
+            .map(|(record, epoch)| {
+                let key = crate::dedup::key_of(&self.config, &record).map(|key| {
+                    let shared: Arc<str> = Arc::from(key.as_str());
+                    claims.push(Claim::for_record(key, &record));
+                    (claims.len() - 1, shared)
+                });
+                (record, epoch, key)
+            })
+            .collect();
+        self.claiming = true;
+        Some((batch, self.store.claim(claims)))
+    }
+
+    /// The store answered the batch out: the next one may go.
+    pub(super) fn answered(&mut self) {
+        self.claiming = false;
+    }
 }
 
-impl Dispatcher {
-    /// Hands over the duplicate filter of an effectively-once route.
-    pub fn with_dedup(mut self, dedup: Option<RouteDedup>) -> Self {
-        self.dedup = dedup;
-        self
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::dedup::MemoryStore;
+    use crate::kafka::TopicPartition;
+
+    fn record(offset: i64) -> Arc<Record> {
+        Arc::new(Record {
+            tp: TopicPartition { topic: "t".into(), partition: 0 },
+            offset,
+            key: Some(Bytes::from(format!("k{offset}"))),
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![],
+            timestamp_ms: None,
+        })
     }
 
-    /// Sends the waiting records to the dedup store, unless a batch is still out.
-    pub(super) fn start_claims(&mut self) {
-        if let Some(d) = &mut self.dedup {
-            if d.claiming || d.waiting.is_empty() {
-                return;
-            }
-            let waiting = std::mem::take(&mut d.waiting);
-            let mut claims = Vec::new();
-            let batch: Vec<Keyed> = waiting
-                .into_iter()
-                .map(|(record, epoch)| {
-                    let key = crate::dedup::key_of(&d.config, &record).map(|key| {
-                        let shared: Arc<str> = Arc::from(key.as_str());
-                        claims.push(Claim::for_record(key, &record));
-                        (claims.len() - 1, shared)
-                    });
-                    (record, epoch, key)
-                })
-                .collect();
-            d.claiming = true;
-            let claim = d.store.claim(claims);
-            self.tasks.spawn(async move {
-                let verdicts = claim.await;
-                Internal::Claimed { batch, verdicts }
-            });
-        }
-    }
-
-    /// Delivers what the store says is new (or a redelivery of the same record); acks
-    /// duplicates to Kafka without delivering them. If the store failed, delivers everything:
-    /// a duplicate is better than a loss.
-    pub(super) fn on_claimed(&mut self, batch: Vec<Keyed>, verdicts: Result<Vec<Verdict>, DedupError>) {
-        if let Some(d) = &mut self.dedup {
-            d.claiming = false;
-        }
-        let verdicts = match verdicts {
-            Ok(v) => Some(v),
-            Err(error) => {
-                Stats::bump(&self.stats.dedup_errors, 1);
-                warn!(%error, records = batch.len(), "dedup store failed; delivering without duplicate checks");
-                None
-            }
-        };
-        for (record, epoch, key) in batch {
-            if self.stopping {
-                break; // the next owner has them
-            }
-            let Some(state) = self.current(&record.tp, epoch) else {
-                continue; // revoked meanwhile: the next owner has it
-            };
-            let verdict = key.as_ref().and_then(|(i, _)| verdicts.as_ref().and_then(|v| v.get(*i)));
-            if verdict.is_some_and(Verdict::is_duplicate) {
-                state.tracker.ack(record.offset);
-                Stats::bump(&self.stats.dedup_duplicates, 1);
-                continue;
-            }
-            self.registry.dispatch_keyed(record, epoch, key.map(|(_, key)| key));
-        }
+    #[tokio::test]
+    async fn one_claim_batch_is_out_at_a_time_in_the_order_records_came() {
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 100));
+        let mut gate = RouteDedup::new(store, DedupConfig::default());
+        assert!(gate.start_claims().is_none(), "nothing waits");
+        gate.wait(record(0), 1);
+        gate.wait(record(1), 1);
+        let (batch, verdicts) = gate.start_claims().expect("a batch");
+        assert_eq!(batch.iter().map(|(r, _, _)| r.offset).collect::<Vec<_>>(), vec![0, 1]);
+        gate.wait(record(2), 1);
+        assert!(gate.start_claims().is_none(), "the first batch is still out");
+        let verdicts = verdicts.await.expect("memory store answers");
+        let claimed = batch.iter().filter(|(_, _, key)| key.is_some()).count();
+        assert_eq!(verdicts.len(), claimed, "one verdict per record with a key");
+        gate.answered();
+        let (batch, _) = gate.start_claims().expect("the next batch");
+        assert_eq!(batch.iter().map(|(r, _, _)| r.offset).collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -1,18 +1,13 @@
 //! Partition state and flow control: what the route holds of each assigned partition (its
-//! offset tracker, pause state, last commit), records coming in, revokes that drain before they
-//! release, and the pause/resume decisions that bound memory. Acks land here; commit points
-//! go on to [`super::commits`].
+//! offset tracker, pause state, last commit), whether a record coming in is taken, and the
+//! pause/resume decisions that bound memory. Acks land here; commit points go on to the
+//! commits ([`super::commits`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use tokio::time::Instant;
-use tracing::{info, warn};
-
-use super::Dispatcher;
-use crate::config::DeliveryMode;
+use super::status::PartitionSnapshot;
 use crate::kafka::{Assignment, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
-use crate::stats::Stats;
 
 pub(super) struct PartitionState {
     pub(super) tracker: PartitionTracker,
@@ -86,153 +81,121 @@ impl PartitionState {
     }
 }
 
-/// Partitions being taken away: nothing new of theirs is sent, and the consumer thread waits
-/// in its revoke callback for `reply` until their in-flight deliveries are settled or
-/// `deadline` passes.
-pub(super) struct Revoking {
-    pub(super) partitions: Vec<TopicPartition>,
-    pub(super) reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
-    pub(super) deadline: Instant,
+/// What became of a record that arrived for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Intake {
+    /// New: route it; `epoch` is its partition's assignment.
+    New { epoch: u64 },
+    /// Dropped unseen: it is fetched again later.
+    Refetch,
+    /// Recorded as acked by a previous owner: not delivered.
+    AlreadyAcked,
+    /// Kafka re-sent it: ignored.
+    Stale,
+    /// Not (or no longer) ours: a batch put together while its partition was being revoked.
+    NotOurs,
 }
 
-impl Dispatcher {
-    /// The partition's state if it is still the assignment `epoch` names (not revoked since).
-    pub(super) fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
-        self.partitions.get_mut(tp).filter(|s| s.epoch == epoch)
+/// Where the flow-control pass left the partitions.
+#[derive(Debug, Default)]
+pub(super) struct FlowControl {
+    /// Partitions to pause (buffer full).
+    pub(super) pause: Vec<TopicPartition>,
+    /// Partitions to resume (back under half), with the offset to fetch again from if records
+    /// were dropped at the bound.
+    pub(super) resume: Vec<(TopicPartition, Option<i64>)>,
+    /// Records held un-committed, all partitions.
+    pub(super) held: u64,
+}
+
+/// The route's assigned partitions, each under the assignment epoch it was given: acks and
+/// verdicts of an older epoch (the partition was revoked meanwhile) find nothing.
+pub(super) struct Partitions {
+    states: HashMap<TopicPartition, PartitionState>,
+    next_epoch: u64,
+}
+
+impl Partitions {
+    pub(super) fn new() -> Self {
+        Self { states: HashMap::new(), next_epoch: 1 }
     }
 
-    /// The consumer's positions: where nothing is owed, commits may reach them (offsets the
-    /// consumer stepped over, transaction markers and aborted records, are never delivered).
-    /// At-most-once routes commit what they send, before sending, and are left as they are.
-    /// Once a stop has begun, records that arrive are dropped untracked (the next owner
-    /// delivers them), so a position then may cover records nobody got: ignored.
-    pub(super) fn on_positions(&mut self, positions: Vec<(TopicPartition, i64)>) {
-        if self.stopping || self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
-            return;
+    /// Partitions assigned: each starts from the group's committed offset, skipping what the
+    /// previous owner recorded as acked above it.
+    pub(super) fn assign(&mut self, assignments: Vec<Assignment>) {
+        for a in assignments {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            let tracker = PartitionTracker::new(a.committed, a.acked_above);
+            self.states.insert(a.tp, PartitionState::new(tracker, epoch, a.committed));
         }
+    }
+
+    /// Whether a record is taken with at most `max` offsets held per partition, and tracked if
+    /// so.
+    pub(super) fn take(&mut self, record: &Record, max: usize) -> Intake {
+        let Some(state) = self.states.get_mut(&record.tp) else { return Intake::NotOurs };
+        if state.admit(record.offset, max) == Admit::Refetch {
+            return Intake::Refetch;
+        }
+        match state.tracker.track(record.offset) {
+            Track::New => Intake::New { epoch: state.epoch },
+            Track::AlreadyAcked => Intake::AlreadyAcked,
+            Track::Stale => Intake::Stale,
+        }
+    }
+
+    /// Records the ack of `offset` if its partition is still the assignment `epoch` names;
+    /// None when it is not (revoked since).
+    pub(super) fn ack(&mut self, tp: &TopicPartition, epoch: u64, offset: i64) -> Option<AckOutcome> {
+        self.current(tp, epoch).map(|state| state.tracker.ack(offset))
+    }
+
+    /// The partition's commit point now, noted as sent, if it is still the assignment `epoch`
+    /// names.
+    pub(super) fn point_to_send(&mut self, tp: &TopicPartition, epoch: u64) -> Option<CommitPoint> {
+        let state = self.current(tp, epoch)?;
+        let point = state.tracker.commit_point()?;
+        state.last_commit = Some(point.clone());
+        Some(point)
+    }
+
+    /// Whether `tp` is still the assignment `epoch` names (not revoked since).
+    pub(super) fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
+        self.states.get(tp).is_some_and(|s| s.epoch == epoch)
+    }
+
+    fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
+        self.states.get_mut(tp).filter(|s| s.epoch == epoch)
+    }
+
+    /// The consumer's positions: where nothing is owed, commits may reach them.
+    pub(super) fn reached(&mut self, positions: Vec<(TopicPartition, i64)>) {
         for (tp, position) in positions {
-            if let Some(state) = self.partitions.get_mut(&tp) {
+            if let Some(state) = self.states.get_mut(&tp) {
                 state.reached(position);
             }
         }
     }
 
-    pub(super) fn on_assigned(&mut self, assignments: Vec<Assignment>) {
-        for a in assignments {
-            let epoch = self.next_epoch;
-            self.next_epoch += 1;
-            let tracker = PartitionTracker::new(a.committed, a.acked_above);
-            self.partitions.insert(a.tp, PartitionState::new(tracker, epoch, a.committed));
-        }
-    }
-
-    /// Partitions are being taken away. At-most-once routes release them at once (their
-    /// offsets were committed before sending, acks move nothing). Others drain: nothing new of
-    /// theirs is sent, their waiting messages are dropped (the next owner delivers them), and
-    /// the answer waits until their in-flight deliveries are settled or the drain deadline
-    /// passes, so a rebalance redelivers only what missed the deadline.
-    pub(super) fn start_revoke(
-        &mut self,
-        partitions: Vec<TopicPartition>,
-        reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
-    ) {
-        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce || self.stopping {
-            let _ = reply.send(self.on_revoked(&partitions));
-            return;
-        }
-        let unsent = self.registry.withhold(&partitions);
-        let in_flight = self.registry.in_flight_of(&partitions);
-        info!(
-            partitions = partitions.len(),
-            in_flight,
-            unsent,
-            "partitions revoked: draining their in-flight deliveries; records not sent yet are left to the partitions' next owner"
-        );
-        let deadline = Instant::now() + self.settings.revoke_drain;
-        self.revoking.push(Revoking { partitions, reply, deadline });
-    }
-
-    /// Answers the revokes whose partitions have drained or whose deadline passed.
-    pub(super) fn finish_revokes(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.revoking.len() {
-            let r = &self.revoking[i];
-            let left = self.registry.in_flight_of(&r.partitions);
-            if left > 0 && now < r.deadline {
-                i += 1;
-                continue;
-            }
-            let r = self.revoking.remove(i);
-            if left > 0 {
-                Stats::bump(&self.stats.revoke_abandoned, left as u64);
-                warn!(partitions = r.partitions.len(), in_flight = left, "drain deadline passed: releasing partitions with deliveries in flight; their next owner redelivers them");
-            }
-            let _ = r.reply.send(self.on_revoked(&r.partitions));
-        }
-    }
-
-    /// The earliest drain deadline of the revokes under way.
-    pub(super) fn next_revoke_deadline(&self) -> Option<Instant> {
-        self.revoking.iter().map(|r| r.deadline).min()
-    }
-
-    /// Drops the partitions' buffered messages and returns their final commit points.
-    pub fn on_revoked(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, CommitPoint)> {
-        let unsent = self.registry.purge(partitions);
+    /// Forgets the partitions and returns their final commit points.
+    pub(super) fn release(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, CommitPoint)> {
         let mut points = Vec::new();
         for tp in partitions {
-            if let Some(state) = self.partitions.remove(tp) {
+            if let Some(state) = self.states.remove(tp) {
                 // Even if the same point was sent before: that commit may not have landed.
                 if let Some(point) = state.tracker.commit_point() {
                     points.push((tp.clone(), point));
                 }
             }
         }
-        info!(
-            partitions = partitions.len(),
-            unsent,
-            "revoked partitions released; their uncommitted records are read again by the next owner (nothing is lost)"
-        );
         points
     }
 
-    pub(super) fn on_records(&mut self, records: Vec<Record>) {
-        if self.stopping {
-            // Not tracked, so never committed: the next owner delivers them.
-            return;
-        }
-        for record in records {
-            let Some(state) = self.partitions.get_mut(&record.tp) else {
-                // Not (or no longer) ours: a batch put together while its partition was being
-                // revoked. The partition's next owner delivers it.
-                Stats::bump(&self.stats.stale_records, 1);
-                continue;
-            };
-            if state.admit(record.offset, self.settings.max_uncommitted) == Admit::Refetch {
-                Stats::bump(&self.stats.refetched, 1);
-                continue;
-            }
-            match state.tracker.track(record.offset) {
-                Track::New => {
-                    let epoch = state.epoch;
-                    let record = Arc::new(record);
-                    // A retry is the same message again, not a duplicate: it skips the filter.
-                    let retry = self.registry.route_config().retries_through(&record.tp.topic);
-                    match &mut self.dedup {
-                        Some(d) if !retry => d.waiting.push((record, epoch)),
-                        _ => self.registry.dispatch(record, epoch),
-                    }
-                }
-                Track::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
-                Track::Stale => Stats::bump(&self.stats.stale_records, 1),
-            }
-        }
-    }
-
     /// Commit points that moved since the last commit.
-    pub fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
+    pub(super) fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
         let mut points = Vec::new();
-        for (tp, state) in &mut self.partitions {
+        for (tp, state) in &mut self.states {
             if let Some(point) = state.tracker.commit_point() {
                 if state.last_commit.as_ref() != Some(&point) {
                     state.last_commit = Some(point.clone());
@@ -243,52 +206,64 @@ impl Dispatcher {
         points
     }
 
-    /// Partitions to pause (buffer full) and to resume (back under half), the latter with the
-    /// offset to fetch again from if records were dropped at the bound.
-    pub(super) fn flow_control(&mut self) -> (Vec<TopicPartition>, Vec<(TopicPartition, Option<i64>)>) {
-        let max = self.settings.max_uncommitted;
-        let (mut pause, mut resume) = (Vec::new(), Vec::new());
-        let mut held_total = 0u64;
-        for (tp, state) in &mut self.partitions {
+    /// Forgets that these points were sent (their commit failed), so the next commit sends
+    /// them again even if no new ack moves them.
+    pub(super) fn forget_sent(&mut self, points: Vec<(TopicPartition, CommitPoint)>) {
+        for (tp, point) in points {
+            if let Some(state) = self.states.get_mut(&tp) {
+                if state.last_commit.as_ref() == Some(&point) {
+                    state.last_commit = None;
+                }
+            }
+        }
+    }
+
+    /// Notes where landed commits left their partitions (operator status).
+    pub(super) fn landed(&mut self, points: &[(TopicPartition, CommitPoint)]) {
+        for (tp, point) in points {
+            if let Some(state) = self.states.get_mut(tp) {
+                state.committed = state.committed.max(Some(point.offset));
+            }
+        }
+    }
+
+    /// Partitions to pause (buffer of `max` full) and to resume (back under half).
+    pub(super) fn flow_control(&mut self, max: usize) -> FlowControl {
+        let mut out = FlowControl::default();
+        for (tp, state) in &mut self.states {
             let held = state.tracker.uncommitted();
-            held_total += held as u64;
+            out.held += held as u64;
             let full = held >= max || state.refetch_from.is_some();
             if !state.paused && full {
                 state.paused = true;
-                pause.push(tp.clone());
+                out.pause.push(tp.clone());
             } else if state.paused && held <= max / 2 {
-                resume.push((tp.clone(), state.resume()));
+                out.resume.push((tp.clone(), state.resume()));
             }
         }
-        self.stats.shift_buffered(self.reported.buffered, held_total);
-        self.reported.buffered = held_total;
-        (pause, resume)
+        out
     }
 
-    /// Records one route's ack of a delivery in its partition's tracker.
-    pub(super) fn settle(&mut self, p: &crate::subscriptions::Pending) {
-        if let Some(tag) = p.replay {
-            // A replayed message: its offset was committed long ago.
-            self.replay_settled(tag);
-            return;
-        }
-        if self.registry.route_config().delivery == DeliveryMode::AtMostOnce {
-            // Its offset was committed before it was sent.
-            Stats::bump(&self.stats.acked, 1);
-            return;
-        }
-        let Some(state) = self.partitions.get_mut(&p.record.tp) else {
-            Stats::bump(&self.stats.unknown_acks, 1);
-            return;
-        };
-        if state.epoch != p.epoch {
-            Stats::bump(&self.stats.unknown_acks, 1);
-            return;
-        }
-        match state.tracker.ack(p.record.offset) {
-            AckOutcome::Done => Stats::bump(&self.stats.acked, 1),
-            AckOutcome::Unknown => Stats::bump(&self.stats.unknown_acks, 1),
-        }
+    /// Every assigned partition as the operator sees it, in topic and partition order.
+    pub(super) fn snapshot(&self) -> Vec<PartitionSnapshot> {
+        let mut partitions: Vec<PartitionSnapshot> = self
+            .states
+            .iter()
+            .map(|(tp, s)| PartitionSnapshot {
+                tp: tp.clone(),
+                committed: s.committed,
+                paused: s.paused,
+                buffered: s.tracker.uncommitted(),
+            })
+            .collect();
+        partitions.sort_by(|a, b| (&a.tp.topic, a.tp.partition).cmp(&(&b.tp.topic, b.tp.partition)));
+        partitions
+    }
+
+    /// What may be committed of `tp` now, if it is assigned.
+    #[cfg(test)]
+    pub(super) fn committable(&self, tp: &TopicPartition) -> Option<i64> {
+        self.states.get(tp).and_then(|s| s.tracker.committable())
     }
 }
 
@@ -347,27 +322,50 @@ mod tests {
         assert_eq!(state.tracker.committable(), Some(10), "10 is fetched again, not committed over");
     }
 
+    fn tp(partition: i32) -> TopicPartition {
+        TopicPartition { topic: "t".into(), partition }
+    }
+
+    fn record(partition: i32, offset: i64) -> Record {
+        Record { tp: tp(partition), offset, key: None, value: None, headers: vec![], timestamp_ms: None }
+    }
+
     #[test]
-    fn a_stopping_route_takes_no_position() {
-        use std::time::Duration;
-        let settings = super::super::DispatcherSettings {
-            commit_interval: Duration::from_millis(100),
-            max_uncommitted: 10,
-            shutdown_grace: Duration::from_secs(1),
-            revoke_drain: Duration::from_secs(1),
-            discovery: crate::config::DiscoveryMode::Static,
-        };
-        let route = crate::config::RouteConfig::new("r", &["t"]);
-        let mut d = Dispatcher::new(crate::subscriptions::Registry::new(route), Default::default(), settings);
-        let tp = TopicPartition { topic: "t".into(), partition: 0 };
-        d.partitions.insert(tp.clone(), state_holding(0..0));
-        d.stopping = true;
-        // Records arriving now are dropped untracked: a position past them covers nothing delivered.
-        d.on_positions(vec![(tp.clone(), 50)]);
-        assert_eq!(d.partitions[&tp].tracker.committable(), None);
-        d.stopping = false;
-        d.on_positions(vec![(tp.clone(), 50)]);
-        assert_eq!(d.partitions[&tp].tracker.committable(), Some(50));
+    fn records_are_taken_under_their_assignment_and_acks_of_an_old_one_find_nothing() {
+        let mut partitions = Partitions::new();
+        assert_eq!(partitions.take(&record(0, 0), 10), Intake::NotOurs);
+        partitions.assign(vec![Assignment { tp: tp(0), committed: Some(5), acked_above: vec![(7, 7)] }]);
+        assert_eq!(partitions.take(&record(0, 5), 10), Intake::New { epoch: 1 });
+        assert_eq!(partitions.take(&record(0, 5), 10), Intake::Stale);
+        assert_eq!(partitions.take(&record(0, 7), 10), Intake::AlreadyAcked);
+        assert_eq!(partitions.ack(&tp(0), 2, 5), None, "another assignment's ack");
+        assert_eq!(partitions.ack(&tp(0), 1, 5), Some(AckOutcome::Done));
+        let points = partitions.commit_points();
+        assert_eq!(points.iter().map(|(_, p)| p.offset).collect::<Vec<_>>(), vec![8]);
+        assert!(partitions.commit_points().is_empty(), "sent already");
+        partitions.forget_sent(points.clone());
+        assert_eq!(partitions.commit_points(), points, "a failed commit is sent again");
+        partitions.landed(&points);
+        assert_eq!(partitions.snapshot()[0].committed, Some(8));
+        assert_eq!(partitions.release(&[tp(0)]), points, "the final point, even if sent before");
+        assert!(partitions.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_full_partition_pauses_and_resumes_under_half_from_where_it_dropped() {
+        let mut partitions = Partitions::new();
+        partitions.assign(vec![Assignment { tp: tp(0), committed: None, acked_above: vec![] }]);
+        for o in 0..4 {
+            assert!(matches!(partitions.take(&record(0, o), 4), Intake::New { .. }));
+        }
+        assert_eq!(partitions.take(&record(0, 4), 4), Intake::Refetch);
+        let flow = partitions.flow_control(4);
+        assert_eq!((flow.pause, flow.held), (vec![tp(0)], 4));
+        for o in 0..3 {
+            partitions.ack(&tp(0), 1, o);
+        }
+        let flow = partitions.flow_control(4);
+        assert_eq!(flow.resume, vec![(tp(0), Some(4))]);
     }
 
     #[test]

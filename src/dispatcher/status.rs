@@ -1,19 +1,16 @@
-//! The route as the operator sees it and acts on it: a snapshot of its settings, cohorts,
-//! sessions and partitions taken by the dispatcher (the one owner of that state) when the admin
-//! API asks, the samples behind "observed split over the last minute", and the batches of an
-//! operator's replay.
+//! The route as the operator sees it: a snapshot of its settings, cohorts, sessions and
+//! partitions taken by the dispatcher (the one owner of that state) when the admin API asks,
+//! the samples behind "observed split over the last minute", and how often the route may warn
+//! that it holds messages for a cohort without subscribers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::warn;
 
-use super::Dispatcher;
 use crate::config::RouteConfig;
 use crate::kafka::TopicPartition;
-use crate::subscriptions::{CohortCounts, CohortSnapshot, ReplayTag, SubscriberSnapshot};
+use crate::subscriptions::{CohortCounts, CohortSnapshot, SubscriberSnapshot};
 
 /// The window the observed split is measured over.
 pub const SPLIT_WINDOW: Duration = Duration::from_secs(60);
@@ -70,7 +67,7 @@ pub struct PartitionSnapshot {
 
 /// Least time between two warnings that a route holds messages for a cohort without
 /// subscribers: often enough to be seen in a cutover, rarely enough not to flood the log.
-const HOLD_WARN_EVERY: Duration = Duration::from_secs(10);
+pub(super) const HOLD_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Cumulative per-cohort delivery counts, sampled over time.
 #[derive(Debug, Default)]
@@ -111,90 +108,21 @@ impl SplitSamples {
     }
 }
 
-impl Dispatcher {
-    /// Takes a batch of an operator's replay: each record goes to the route's subscribers,
-    /// marked, and `done` fires when the last of them is settled.
-    pub(super) fn on_replay(&mut self, replay: u64, records: Vec<crate::kafka::Record>, done: oneshot::Sender<()>) {
-        if records.is_empty() {
-            let _ = done.send(());
-            return;
-        }
-        let batch = self.next_replay_batch;
-        self.next_replay_batch += 1;
-        self.replay_batches.insert(batch, (records.len(), done));
-        for record in records {
-            self.registry.dispatch_replay(std::sync::Arc::new(record), ReplayTag { replay, batch });
-        }
+/// When the route last warned that it holds messages for a cohort without subscribers.
+#[derive(Debug, Default)]
+pub(super) struct HoldWarning {
+    last: Option<Instant>,
+}
+
+impl HoldWarning {
+    /// Whether a warning may be given at `now` (none in the last [`HOLD_WARN_EVERY`]).
+    pub(super) fn due(&self, now: Instant) -> bool {
+        self.last.is_none_or(|at| now.duration_since(at) >= HOLD_WARN_EVERY)
     }
 
-    /// One replayed message is settled.
-    pub(super) fn replay_settled(&mut self, tag: ReplayTag) {
-        if let Some((left, _)) = self.replay_batches.get_mut(&tag.batch) {
-            *left -= 1;
-            if *left == 0 {
-                if let Some((_, done)) = self.replay_batches.remove(&tag.batch) {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-
-    /// Samples the per-cohort counts (called on the commit tick).
-    pub(super) fn sample_split(&mut self, now: Instant) {
-        self.split.sample(now, &self.registry.delivered_by_cohort());
-    }
-
-    /// Says in the log, every [`HOLD_WARN_EVERY`] while it lasts, which cohort's messages the
-    /// route holds for want of a subscriber here: a blue-green cutover to pods that are not
-    /// there yet strands messages, and readiness rightly stays about Kafka, so the log, Status
-    /// and `fanout_cohort_held_messages` are where it shows.
-    pub(super) fn warn_if_holding(&mut self, now: Instant) {
-        let recent = self.hold_warned.is_some_and(|at| now.duration_since(at) < HOLD_WARN_EVERY);
-        if recent || self.registry.held() == 0 {
-            return;
-        }
-        let config = self.registry.route_config();
-        let label = config.split_label.as_deref().unwrap_or_default();
-        let held = self.registry.held_by_cohort();
-        for (cohort, count) in &held {
-            warn!(
-                route = config.name,
-                cohort,
-                held = count,
-                "route holds messages for a cohort without subscribers on this replica: start subscribers with \
-                 {label}={cohort}, or give the cohort weight 0 (fanoutctl weights set)"
-            );
-        }
-        if !held.is_empty() {
-            self.hold_warned = Some(now);
-        }
-    }
-
-    pub(super) fn snapshot(&self) -> RouteSnapshot {
-        let r = &self.registry;
-        let mut partitions: Vec<PartitionSnapshot> = self
-            .partitions
-            .iter()
-            .map(|(tp, s)| PartitionSnapshot {
-                tp: tp.clone(),
-                committed: s.committed,
-                paused: s.paused,
-                buffered: s.tracker.uncommitted(),
-            })
-            .collect();
-        partitions.sort_by(|a, b| (&a.tp.topic, a.tp.partition).cmp(&(&b.tp.topic, b.tp.partition)));
-        RouteSnapshot {
-            config: r.route_config().clone(),
-            cohorts: r.cohorts(),
-            delivered_last_minute: self.split.over_window(Instant::now(), &r.delivered_by_cohort()),
-            counts: r.by_cohort.clone(),
-            subscribers: r.subscribers(),
-            partitions,
-            held: r.held(),
-            retrying: r.delayed(),
-            delivered: r.delivered,
-            pod_cohorts: r.route_config().split_label.as_deref().map(|l| self.pods.label_values(l)).unwrap_or_default(),
-        }
+    /// A warning was given at `now`.
+    pub(super) fn given(&mut self, now: Instant) {
+        self.last = Some(now);
     }
 }
 
@@ -220,6 +148,16 @@ mod tests {
         assert_eq!(samples.over_window(at(91), &counts(100, 150)), counts(0, 150));
         samples.sample(at(92), &counts(100, 150));
         assert_eq!(samples.samples.len(), 3, "the 0 s sample is covered by the 30 s one and gone");
+    }
+
+    #[test]
+    fn the_hold_warning_repeats_at_most_every_ten_seconds() {
+        let start = Instant::now();
+        let mut warning = HoldWarning::default();
+        assert!(warning.due(start));
+        warning.given(start);
+        assert!(!warning.due(start + Duration::from_secs(9)));
+        assert!(warning.due(start + HOLD_WARN_EVERY));
     }
 
     #[test]

@@ -1,75 +1,92 @@
 //! Commit windows (routes with `window_until_commit`): an acked delivery keeps its place in
 //! its subscriber's window until a landed commit covers its ack, so a crash redelivers at most
 //! the windows.
+//!
+//! Commits are numbered ([`CommitWindow`]); each session stamps its acks with the number of the
+//! next commit ([`Unconfirmed`]), and a landed commit frees the places of the acks stamped at or
+//! before its own number.
 
-use super::*;
+use std::collections::VecDeque;
 
-impl Registry {
+/// Generation of the next commit: acks are stamped with it, a landed commit confirms the
+/// acks stamped at or before its own generation.
+#[derive(Debug, Default)]
+pub(super) struct CommitWindow {
+    next: u64,
+}
+
+impl CommitWindow {
     /// A commit is being computed now: returns its generation, which covers every ack so far.
-    pub fn commit_started(&mut self) -> u64 {
-        let generation = self.commit_generation;
-        self.commit_generation += 1;
+    pub(super) fn start(&mut self) -> u64 {
+        let generation = self.next;
+        self.next += 1;
         generation
     }
 
-    /// The commit of `generation` landed: the acks it covers free their window places.
-    pub fn commit_landed(&mut self, generation: u64) {
-        for (id, s) in &mut self.sessions {
-            let mut freed = false;
-            while let Some(&(g, n)) = s.unconfirmed.front() {
-                if g > generation {
-                    break;
-                }
-                s.unconfirmed.pop_front();
-                s.unconfirmed_total -= n;
-                freed = true;
-            }
-            if freed {
-                self.dirty.insert(*id);
-            }
+    /// The generation an ack arriving now is stamped with (that of the next commit).
+    pub(super) fn current(&self) -> u64 {
+        self.next
+    }
+}
+
+/// A session's acks not yet covered by a landed commit, by the commit generation they arrived
+/// in: they keep their places in the session's window.
+#[derive(Debug, Default)]
+pub(super) struct Unconfirmed {
+    by_generation: VecDeque<(u64, u32)>,
+    total: u32,
+}
+
+impl Unconfirmed {
+    /// `n` acks arrived in `generation` (generations only grow).
+    pub(super) fn add(&mut self, generation: u64, n: u32) {
+        match self.by_generation.back_mut() {
+            Some((g, count)) if *g == generation => *count += n,
+            _ => self.by_generation.push_back((generation, n)),
         }
+        self.total += n;
     }
 
-    /// Whether some subscriber's window holds acks waiting for a commit.
-    pub fn awaiting_commit(&self) -> bool {
-        self.sessions.values().any(|s| s.unconfirmed_total > 0)
+    /// The commit of `generation` landed: the acks it covers are confirmed. Returns whether
+    /// any places were freed.
+    pub(super) fn confirm(&mut self, generation: u64) -> bool {
+        let mut freed = false;
+        while let Some(&(g, n)) = self.by_generation.front() {
+            if g > generation {
+                break;
+            }
+            self.by_generation.pop_front();
+            self.total -= n;
+            freed = true;
+        }
+        freed
+    }
+
+    /// Window places the unconfirmed acks hold.
+    pub(super) fn total(&self) -> u32 {
+        self.total
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
     use super::*;
 
     #[test]
-    fn with_window_until_commit_acked_deliveries_hold_their_places_until_the_commit_lands() {
-        let mut config = route("r", 2);
-        config.window_until_commit = true;
-        let mut reg = Registry::new(config);
-        let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        for o in 0..6 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1);
-        }
-        reg.flush();
-        assert_eq!(received(&mut a.outbox).len(), 2);
-        reg.ack(a.session, &[reg.handle(a.session, "t/0/0"), reg.handle(a.session, "t/0/1")]);
-        reg.flush();
-        assert!(received(&mut a.outbox).is_empty(), "acked but not committed: still in the window");
-        assert!(reg.awaiting_commit());
-        let generation = reg.commit_started();
-        // An ack after the commit was computed is not covered by it.
-        reg.commit_landed(generation);
-        reg.flush();
-        let next = received(&mut a.outbox);
-        assert_eq!(next.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
-        reg.ack(a.session, &[reg.handle(a.session, "t/0/2")]);
-        reg.commit_landed(generation);
-        reg.flush();
-        assert!(received(&mut a.outbox).is_empty(), "offset 2's ack came after that commit");
-        let later = reg.commit_started();
-        reg.commit_landed(later);
-        reg.flush();
-        assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![4]);
-        assert!(!reg.awaiting_commit());
+    fn a_commit_covers_the_acks_before_it_started_and_not_those_after() {
+        let mut commits = CommitWindow::default();
+        let mut acks = Unconfirmed::default();
+        acks.add(commits.current(), 2);
+        acks.add(commits.current(), 1);
+        let first = commits.start();
+        acks.add(commits.current(), 4);
+        assert_eq!(acks.total(), 7);
+        assert!(acks.confirm(first));
+        assert_eq!(acks.total(), 4, "the ack after the commit was computed is not covered");
+        assert!(!acks.confirm(first), "nothing more to free");
+        let second = commits.start();
+        assert!(second > first);
+        assert!(acks.confirm(second));
+        assert_eq!(acks.total(), 0);
     }
 }

@@ -1,195 +1,180 @@
-//! Key ownership and parking: where a message goes, and drain before move. A key (the
-//! message key, the partition or the position, per the route's ordering) has one owner at a
-//! time; when its target changes, its later messages park until the old owner has settled
-//! everything of the key, then follow. New records enter here ([`Registry::dispatch`]).
+//! The key table: who holds each key's messages and which messages wait for their key to move.
+//!
+//! A key (the message key, the partition or the position, per the route's ordering) has one
+//! owner at a time; when its target changes, its later messages park here until the old owner
+//! has settled everything of the key, then follow (drain before move). A message of the key
+//! waiting out a retry backoff holds the key's later messages back the same way. Pure state:
+//! the registry asks it whether a message must park, and hands parked messages on when it says
+//! a key is free.
 
-use super::retrying::{header, now_ms, NO_SESSION};
-use super::*;
+use std::collections::{HashMap, VecDeque};
+
+use super::{Pending, SessionId};
 
 /// Who holds a key's messages (ordering key or partition): one owner at a time, so a key
 /// moves only once its messages at the old owner are settled (drain before move).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct KeyState {
-    pub(super) owner: SessionId,
+struct KeyState {
+    owner: SessionId,
     /// Messages of the key queued at or in flight to `owner`, or waiting out a backoff.
-    pub(super) outstanding: u32,
+    outstanding: u32,
     /// Messages of the key waiting out a retry backoff: the key's later messages wait behind them.
-    pub(super) delayed: u32,
+    delayed: u32,
 }
 
-impl Registry {
-    /// Routes a newly received record.
-    pub fn dispatch(&mut self, record: Arc<Record>, epoch: u64) {
-        self.dispatch_keyed(record, epoch, None);
+/// Key ownership and parking of an ordered route (an unordered route never takes a key, so
+/// its table stays empty).
+#[derive(Default)]
+pub(super) struct KeyTable {
+    keys: HashMap<u64, KeyState>,
+    /// Messages waiting for their key's old owner to settle, per key, in order.
+    parked: HashMap<u64, VecDeque<Pending>>,
+}
+
+impl KeyTable {
+    /// Whether a message of key `hash` must park instead of going to `target`: messages of its
+    /// key are parked already (they go first), its key is held by another owner (drain before
+    /// move), or one of its messages waits out a retry backoff.
+    pub(super) fn must_park(&self, hash: u64, target: Option<SessionId>) -> bool {
+        let behind_parked = self.parked.get(&hash).is_some_and(|q| !q.is_empty());
+        let key = self.keys.get(&hash);
+        let owner_elsewhere = key.is_some_and(|k| Some(k.owner) != target);
+        let waiting_on_retry = key.is_some_and(|k| k.delayed > 0);
+        behind_parked || owner_elsewhere || waiting_on_retry
     }
 
-    /// Routes a newly received record of an effectively-once route, with its idempotency key.
-    pub fn dispatch_keyed(&mut self, record: Arc<Record>, epoch: u64, idempotency_key: Option<Arc<str>>) {
-        let hash = self.route.hash_of(&record);
-        if !self.route.config.retries_through(&record.tp.topic) {
-            self.assign(Pending::new(record, 1, epoch, idempotency_key, hash, None), false);
-            return;
-        }
-        // A retry: the attempt after those its headers count, not before its time.
-        let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
-        let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending::new(record, made.saturating_add(1), epoch, idempotency_key, hash, None);
-        let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
-        match wait {
-            // No owner holds a retried message's key: it waits on its own.
-            Some(ms) => self.schedule(NO_SESSION, p, Duration::from_millis(ms as u64)),
-            None => self.assign(p, false),
-        }
-    }
-
-    /// Routes a record of an operator's replay (see [`ReplayTag`]); its key's order holds
-    /// among live and replayed messages alike.
-    pub fn dispatch_replay(&mut self, record: Arc<Record>, tag: ReplayTag) {
-        let hash = self.route.hash_of(&record);
-        let p = Pending::new(record, 1, 0, None, hash, Some(tag));
-        self.assign(p, false);
-    }
-
-    pub(super) fn assign(&mut self, p: Pending, front: bool) {
-        if p.replay.is_none() && self.revoked.contains(&p.record.tp) {
-            return; // its partition's next owner delivers it
-        }
-        let route = &mut self.route;
-        let target = route.target(p.hash);
-        if route.ordered() {
-            let behind_parked = route.parked.get(&p.hash).is_some_and(|q| !q.is_empty());
-            let key = route.keys.get(&p.hash);
-            let owner_elsewhere = key.is_some_and(|k| Some(k.owner) != target);
-            let waiting_on_retry = key.is_some_and(|k| k.delayed > 0);
-            if behind_parked || owner_elsewhere || waiting_on_retry {
-                // Drain before move: wait until the key's messages at its old owner settle.
-                let q = route.parked.entry(p.hash).or_default();
-                if front {
-                    q.push_front(p)
-                } else {
-                    q.push_back(p)
-                }
-                return;
-            }
-        }
-        let Some(id) = target else {
-            if front {
-                route.unassigned.push_front(p)
-            } else {
-                route.unassigned.push_back(p)
-            }
-            return;
-        };
-        if route.ordered() {
-            route.keys.entry(p.hash).or_insert(KeyState { owner: id, outstanding: 0, delayed: 0 }).outstanding += 1;
-        }
-        if let Some(s) = self.sessions.get_mut(&id) {
-            if front {
-                s.queue.push_front(p)
-            } else {
-                s.queue.push_back(p)
-            }
-            self.dirty.insert(id);
+    /// Parks a message behind its key's others (or in front of them, for one coming back).
+    pub(super) fn park(&mut self, p: Pending, front: bool) {
+        let q = self.parked.entry(p.hash).or_default();
+        if front {
+            q.push_front(p)
+        } else {
+            q.push_back(p)
         }
     }
 
-    /// Takes one settled or withdrawn message of `hash` off its key's count; once the key has
-    /// nothing outstanding, its parked messages go.
-    pub(super) fn release_key(&mut self, hash: u64) {
-        if self.route.release_one(hash) {
-            self.unpark(hash);
+    /// Parks `messages` of key `hash`, in their order, in front of those parked already.
+    pub(super) fn park_in_front(&mut self, hash: u64, messages: Vec<Pending>) {
+        let parked = self.parked.entry(hash).or_default();
+        for q in messages.into_iter().rev() {
+            parked.push_front(q);
         }
     }
 
-    /// A key's old owner settled everything: its parked messages go to its new target.
-    pub(super) fn unpark(&mut self, hash: u64) {
-        if let Some(q) = self.route.parked.remove(&hash) {
-            for p in q {
-                self.assign(p, false);
-            }
+    /// One more message of key `hash` goes to `owner`, which holds the key from now if nobody
+    /// did.
+    pub(super) fn take(&mut self, hash: u64, owner: SessionId) {
+        self.keys.entry(hash).or_insert(KeyState { owner, outstanding: 0, delayed: 0 }).outstanding += 1;
+    }
+
+    /// Takes one settled or withdrawn message of `hash` off its owner's count. Returns true
+    /// when the key has nothing outstanding any more (its parked messages may go).
+    pub(super) fn release_one(&mut self, hash: u64) -> bool {
+        let Some(state) = self.keys.get_mut(&hash) else { return false };
+        state.outstanding = state.outstanding.saturating_sub(1);
+        if state.outstanding == 0 {
+            self.keys.remove(&hash);
+            return true;
+        }
+        false
+    }
+
+    /// A message of key `hash` starts waiting out a backoff: the key's later messages wait.
+    pub(super) fn retry_started(&mut self, hash: u64) {
+        if let Some(k) = self.keys.get_mut(&hash) {
+            k.delayed += 1;
         }
     }
 
-    /// Routes again every queued, parked or unassigned message plus `extra`, oldest first per
-    /// partition, after membership, labels or weights changed.
-    pub(super) fn reroute(&mut self, extra: Vec<Pending>) {
-        let mut all = extra;
-        let route = &mut self.route;
-        all.extend(route.unassigned.drain(..));
-        for (_, q) in route.parked.drain() {
-            all.extend(q);
+    /// A message of key `hash` is done waiting out its backoff (or is gone).
+    pub(super) fn retry_ended(&mut self, hash: u64) {
+        if let Some(k) = self.keys.get_mut(&hash) {
+            k.delayed = k.delayed.saturating_sub(1);
         }
-        for s in self.sessions.values_mut() {
-            for p in s.queue.drain(..) {
-                route.release_one(p.hash);
-                all.push(p);
-            }
+    }
+
+    /// Whether nothing of key `hash` is outstanding at an owner.
+    pub(super) fn is_settled(&self, hash: u64) -> bool {
+        self.keys.get(&hash).is_none_or(|k| k.outstanding == 0)
+    }
+
+    /// The parked messages of key `hash`, in order, taken out of the table.
+    pub(super) fn unpark(&mut self, hash: u64) -> Option<VecDeque<Pending>> {
+        self.parked.remove(&hash)
+    }
+
+    /// Every parked message, taken out of the table (to be routed again).
+    pub(super) fn take_parked(&mut self) -> Vec<Pending> {
+        self.parked.drain().flat_map(|(_, q)| q).collect()
+    }
+
+    /// Messages parked, all keys.
+    pub(super) fn parked(&self) -> usize {
+        self.parked.values().map(VecDeque::len).sum()
+    }
+
+    /// Drops the parked messages for which `gone` holds; returns how many.
+    pub(super) fn drop_parked(&mut self, gone: impl Fn(&Pending) -> bool) -> usize {
+        let mut dropped = 0;
+        for q in self.parked.values_mut() {
+            let before = q.len();
+            q.retain(|p| !gone(p));
+            dropped += before - q.len();
         }
-        all.sort_by(|a, b| a.order().cmp(&b.order()));
-        for p in all {
-            self.assign(p, false);
-        }
+        dropped
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use super::super::testing::record;
     use super::*;
 
-    #[test]
-    fn messages_wait_for_a_member_and_keys_stick() {
-        let mut reg = Registry::new(route("r", 100));
-        for o in 0..50 {
-            reg.dispatch(record(0, o, &format!("k{}", o % 5)), 1);
-        }
-        reg.flush();
-        let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        let mut b = reg.register("r", 0, sub("b")).expect("ok");
-        reg.flush();
-        let to_a = received(&mut a.outbox);
-        let to_b = received(&mut b.outbox);
-        assert_eq!(to_a.len() + to_b.len(), 50);
-        for d in &to_a {
-            assert!(!to_b.iter().any(|e| e.key == d.key), "a key went to both members");
-        }
-        // Order within a key holds.
-        for k in 0..5 {
-            let key = Bytes::from(format!("k{k}"));
-            let offsets: Vec<i64> = to_a.iter().chain(&to_b).filter(|d| d.key == key).map(|d| d.offset).collect();
-            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
-        }
+    fn pending(offset: i64, hash: u64) -> Pending {
+        Pending::new(record(0, offset, "k"), 1, 1, None, hash, None)
     }
 
     #[test]
-    fn a_relabelled_subscribers_keys_move_only_after_its_in_flight_messages_settle() {
-        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 100, 0));
-        let mut a = reg.register("r", 10, labelled("a", "blue")).expect("ok");
-        let mut b = reg.register("r", 10, labelled("b", "green")).expect("ok");
-        reg.dispatch(record(0, 0, "k"), 1);
-        reg.dispatch(record(0, 1, "k"), 1);
-        reg.flush();
-        assert_eq!(received(&mut a.outbox).len(), 2);
-        // The operator flips the weights: key k now belongs to green, but two of its messages
-        // are in flight at blue.
-        reg.update_route(&split_route(EmptyCohort::Hold, 0, 100));
-        reg.dispatch(record(0, 2, "k"), 1);
-        reg.flush();
-        assert!(received(&mut b.outbox).is_empty(), "k waits for blue to settle");
-        reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]);
-        reg.flush();
-        assert!(received(&mut b.outbox).is_empty(), "one still in flight");
-        reg.ack(a.session, &[reg.handle(a.session, "t/0/1")]);
-        reg.flush();
-        assert_eq!(received(&mut b.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
-        // And a label change moves keys the same way.
-        reg.update_labels(b.session, [("track".to_string(), "blue".to_string())].into_iter().collect());
-        reg.dispatch(record(0, 3, "k"), 1);
-        reg.flush();
-        assert!(
-            received(&mut a.outbox).is_empty() && received(&mut b.outbox).is_empty(),
-            "green holds; nothing to blue"
-        );
-        assert_eq!(reg.held(), 1);
+    fn a_key_stays_with_its_owner_until_everything_of_it_is_settled() {
+        let mut keys = KeyTable::default();
+        assert!(!keys.must_park(7, Some(1)), "a new key goes to its target");
+        keys.take(7, 1);
+        keys.take(7, 1);
+        assert!(!keys.must_park(7, Some(1)));
+        assert!(keys.must_park(7, Some(2)), "another target waits for the owner to settle");
+        assert!(!keys.release_one(7), "one still outstanding");
+        assert!(keys.release_one(7), "the last one frees the key");
+        assert!(keys.is_settled(7));
+        assert!(!keys.must_park(7, Some(2)));
+        assert!(!keys.release_one(7), "an unknown key frees nothing");
+    }
+
+    #[test]
+    fn a_keys_messages_park_in_order_and_behind_each_other() {
+        let mut keys = KeyTable::default();
+        keys.park(pending(2, 7), false);
+        keys.park(pending(3, 7), false);
+        keys.park(pending(1, 7), true);
+        keys.park_in_front(7, vec![pending(-1, 7), pending(0, 7)]);
+        keys.park(pending(9, 8), false);
+        assert!(keys.must_park(7, None), "later messages go behind the parked ones");
+        assert_eq!(keys.parked(), 6);
+        let order: Vec<i64> = keys.unpark(7).expect("parked").iter().map(|p| p.record.offset).collect();
+        assert_eq!(order, vec![-1, 0, 1, 2, 3]);
+        assert!(!keys.must_park(7, None));
+        assert_eq!(keys.drop_parked(|p| p.record.offset == 9), 1);
+        assert!(keys.take_parked().is_empty());
+    }
+
+    #[test]
+    fn a_message_waiting_out_a_backoff_holds_its_key_back() {
+        let mut keys = KeyTable::default();
+        keys.take(7, 1);
+        keys.retry_started(7);
+        assert!(keys.must_park(7, Some(1)), "even at its owner, the key waits for its retry");
+        keys.retry_ended(7);
+        keys.retry_ended(7);
+        assert!(!keys.must_park(7, Some(1)));
+        assert!(!keys.is_settled(7));
     }
 }

@@ -1,40 +1,46 @@
-//! A route as the registry sees it: its selector, its members and cohorts, and the target a
+//! A route as the registry sees it: its selector, its members and cohorts, the target a
 //! routing hash picks among them ([`crate::routing`] decides; this keeps the member lists it
-//! decides over).
+//! decides over), and the messages that have no member to go to yet.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::{Pending, SessionId};
+use crate::config::{EmptyCohort, Ordering, RouteConfig};
+use crate::kafka::Record;
+use crate::routing;
+use crate::selector::Selector;
+
+/// One cohort of a route that splits: its weight and the sessions that take its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CohortSnapshot {
+    pub name: String,
+    pub weight: u32,
+    /// Open, non-draining sessions of the cohort.
+    pub subscribers: u32,
+    /// Messages waiting because the cohort has no session here and the route holds
+    /// (`empty_cohort = "hold"`): what a weight change to an empty cohort strands.
+    pub held: usize,
+}
 
 pub(super) struct RouteState {
     pub(super) config: RouteConfig,
     pub(super) weights: Vec<(String, u32)>,
     /// Ok(None): every subscriber qualifies; Err: the selector did not parse, nobody does
     /// (fail closed; config validation refuses such a route before it gets here).
-    pub(super) selector: Result<Option<Selector>, String>,
+    selector: Result<Option<Selector>, String>,
     /// Members that take new messages, ascending.
     pub(super) members: Vec<SessionId>,
     /// Members per cohort, ascending.
     pub(super) cohorts: HashMap<String, Vec<SessionId>>,
     /// Messages that have no member to go to yet (or whose cohort is held empty).
     pub(super) unassigned: VecDeque<Pending>,
-    pub(super) keys: HashMap<u64, KeyState>,
-    /// Messages waiting for their key's old owner to settle, per key, in order.
-    pub(super) parked: HashMap<u64, VecDeque<Pending>>,
 }
 
 impl RouteState {
     pub(super) fn new(config: RouteConfig) -> Self {
         let weights = config.weight_list();
         let selector = config.parsed_selector().map(|s| Some(s).filter(|s| !s.is_empty())).map_err(|e| e.to_string());
-        Self {
-            config,
-            weights,
-            selector,
-            members: Vec::new(),
-            cohorts: HashMap::new(),
-            unassigned: VecDeque::new(),
-            keys: HashMap::new(),
-            parked: HashMap::new(),
-        }
+        Self { config, weights, selector, members: Vec::new(), cohorts: HashMap::new(), unassigned: VecDeque::new() }
     }
 
     pub(super) fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -82,21 +88,6 @@ impl RouteState {
         }
     }
 
-    /// Takes one settled or withdrawn message of `hash` off its owner's count. Returns true
-    /// when the key has nothing outstanding any more (its parked messages may go).
-    pub(super) fn release_one(&mut self, hash: u64) -> bool {
-        if !self.ordered() {
-            return false;
-        }
-        let Some(state) = self.keys.get_mut(&hash) else { return false };
-        state.outstanding = state.outstanding.saturating_sub(1);
-        if state.outstanding == 0 {
-            self.keys.remove(&hash);
-            return true;
-        }
-        false
-    }
-
     pub(super) fn cohort_of(&self, labels: &BTreeMap<String, String>) -> Option<String> {
         self.config.split_label.as_ref().and_then(|l| labels.get(l).cloned())
     }
@@ -117,58 +108,94 @@ impl RouteState {
             m.retain(|x| *x != id);
         }
     }
+
+    /// The route's cohorts: every weighted one, and any that has sessions without a weight
+    /// (a subscriber whose track the weights do not name yet gets nothing: worth seeing).
+    pub(super) fn cohort_snapshots(&self) -> Vec<CohortSnapshot> {
+        if self.config.split_label.is_none() {
+            return Vec::new();
+        }
+        let members = |name: &str| self.cohorts.get(name).map_or(0, Vec::len) as u32;
+        let held = self.held_by_cohort();
+        let mut out: Vec<CohortSnapshot> = self
+            .weights
+            .iter()
+            .map(|(name, weight)| CohortSnapshot {
+                name: name.clone(),
+                weight: *weight,
+                subscribers: members(name),
+                held: held.get(name.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        for (name, ids) in &self.cohorts {
+            if !ids.is_empty() && !self.config.weights.contains_key(name) {
+                out.push(CohortSnapshot { name: name.clone(), weight: 0, subscribers: ids.len() as u32, held: 0 });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Messages waiting for a subscriber of their cohort, per cohort without one. Counted when
+    /// asked (a Status call, a scrape, the hold warning), not kept per message: the queue is
+    /// walked once and each message's cohort is the routing hash's, as when it is sent.
+    pub(super) fn held_by_cohort(&self) -> BTreeMap<&str, usize> {
+        let mut out = BTreeMap::new();
+        if self.config.split_label.is_none() || self.config.empty_cohort != EmptyCohort::Hold {
+            return out;
+        }
+        for pending in &self.unassigned {
+            if let Some(cohort) = routing::cohort_for(pending.hash, &self.weights) {
+                if self.cohorts.get(cohort).is_none_or(Vec::is_empty) {
+                    *out.entry(cohort).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use super::super::testing::{labelled, route, split_route};
     use super::*;
 
     #[test]
-    pub(super) fn weights_send_each_cohort_its_share_only() {
-        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 0, 100));
-        let mut blue = reg.register("r", 100, labelled("b", "blue")).expect("ok");
-        let mut green = reg.register("r", 100, labelled("g", "green")).expect("ok");
-        for o in 0..100 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1);
-        }
-        reg.flush();
-        assert!(received(&mut blue.outbox).is_empty(), "blue has weight 0");
-        let got = received(&mut green.outbox);
-        assert_eq!(got.len(), 100);
-        assert!(got.iter().all(|d| d.cohort == "green"));
+    fn without_a_split_every_member_may_be_a_target_and_none_without_members() {
+        let mut state = RouteState::new(route("r", 10));
+        assert_eq!(state.target(42), None);
+        state.add_member(2, None);
+        state.add_member(1, None);
+        assert_eq!(state.members, vec![1, 2], "ascending");
+        let targets: std::collections::BTreeSet<SessionId> = (0..64).filter_map(|h| state.target(h)).collect();
+        assert_eq!(targets.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        state.remove_member(1);
+        assert!((0..64).all(|h| state.target(h) == Some(2)));
     }
 
     #[test]
-    pub(super) fn empty_cohort_hold_keeps_its_share_until_a_member_comes() {
-        let mut reg = Registry::new(split_route(EmptyCohort::Hold, 50, 50));
-        let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
-        for o in 0..200 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1);
-        }
-        reg.flush();
-        let to_blue = received(&mut blue.outbox).len();
-        assert!(to_blue > 50 && to_blue < 150, "{to_blue}");
-        assert_eq!(reg.held(), 200 - to_blue, "green's share waits, nothing goes to blue");
-        let held: BTreeMap<&str, usize> = [("green", 200 - to_blue)].into_iter().collect();
-        assert_eq!(reg.held_by_cohort(), held, "the held messages are green's");
-        let green_row = reg.cohorts().into_iter().find(|c| c.name == "green").expect("green");
-        assert_eq!((green_row.subscribers, green_row.held), (0, 200 - to_blue));
-        let mut green = reg.register("r", 200, labelled("g", "green")).expect("ok");
-        reg.flush();
-        assert_eq!(received(&mut green.outbox).len(), 200 - to_blue);
-        assert_eq!(reg.held(), 0);
-        assert!(reg.held_by_cohort().is_empty());
+    fn a_cohort_without_members_holds_or_spills_its_share() {
+        let blue = Some("blue".to_string());
+        let mut hold = RouteState::new(split_route(EmptyCohort::Hold, 0, 100));
+        hold.add_member(1, blue.as_ref());
+        assert_eq!(hold.cohort_of(&labelled("b", "blue").labels), blue);
+        assert!((0..64).all(|h| hold.target(h).is_none()), "green's share waits");
+        let mut spill = RouteState::new(split_route(EmptyCohort::Spill, 0, 100));
+        spill.add_member(1, blue.as_ref());
+        assert!((0..64).all(|h| spill.target(h) == Some(1)), "green's share goes to the others");
+        let rows = spill.cohort_snapshots();
+        assert_eq!(
+            rows.iter().map(|c| (c.name.as_str(), c.subscribers)).collect::<Vec<_>>(),
+            vec![("blue", 1), ("green", 0)]
+        );
     }
 
     #[test]
-    pub(super) fn empty_cohort_spill_sends_its_share_to_the_others() {
-        let mut reg = Registry::new(split_route(EmptyCohort::Spill, 50, 50));
-        let mut blue = reg.register("r", 200, labelled("b", "blue")).expect("ok");
-        for o in 0..200 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1);
-        }
-        reg.flush();
-        assert_eq!(received(&mut blue.outbox).len(), 200);
+    fn a_selector_that_does_not_parse_selects_nobody() {
+        let mut config = route("r", 10);
+        config.selector = "app in (".into();
+        let state = RouteState::new(config);
+        assert!(!state.selects(&BTreeMap::new()));
+        assert!(state.selector_text().contains("invalid"), "{}", state.selector_text());
     }
 }

@@ -1,8 +1,8 @@
 //! At-most-once staging: batches taken out of the queues wait here until the commit that
 //! covers their offsets lands, then go to their streams; what fails after that is dropped,
-//! never redelivered.
+//! never redelivered, and waits here for the dispatcher to count it.
 
-use super::*;
+use super::{Outgoing, Pending, SessionId};
 
 /// A batch for an at-most-once session, held back until its offsets are committed.
 #[derive(Debug)]
@@ -12,68 +12,58 @@ pub struct StagedSend {
     pub pending: Vec<Pending>,
 }
 
-impl Registry {
-    /// At-most-once batches to commit before they are sent.
-    pub fn take_staged(&mut self) -> Vec<StagedSend> {
+/// What an at-most-once route holds for the dispatcher: batches to commit before they are
+/// sent, and deliveries lost for good.
+#[derive(Debug, Default)]
+pub(super) struct Staging {
+    /// At-most-once batches taken out of the queues, to be sent once committed.
+    staged: Vec<StagedSend>,
+    /// At-most-once deliveries that failed or were lost with their stream: never redelivered;
+    /// the dispatcher takes them to count them and free their partition's buffer.
+    dropped: Vec<Pending>,
+}
+
+impl Staging {
+    /// Holds a batch until the commit that covers it.
+    pub(super) fn stage(&mut self, send: StagedSend) {
+        self.staged.push(send);
+    }
+
+    /// Batches staged since the last call.
+    pub(super) fn take_staged(&mut self) -> Vec<StagedSend> {
         std::mem::take(&mut self.staged)
     }
 
-    /// Sends a staged batch whose offsets are now committed, if its stream is still there.
-    pub fn release_staged(&mut self, send: StagedSend) {
-        // A session that ended meanwhile counted these among its dropped deliveries.
-        if let Some(s) = self.sessions.get(&send.session) {
-            let _ = s.outbox.send(SessionMessage::Deliveries(send.deliveries));
-        }
+    /// A delivery already committed failed or was lost: it is never sent again.
+    pub(super) fn lose(&mut self, pending: Pending) {
+        self.dropped.push(pending);
     }
 
-    /// Gives up on a staged batch whose partition went away before it was committed: its
-    /// in-flight places are freed, nothing is sent.
-    pub fn abandon_staged(&mut self, send: StagedSend) {
-        let Some(s) = self.sessions.get_mut(&send.session) else { return };
-        for d in &send.deliveries {
-            s.in_flight.remove(&d.ack_id);
-        }
-        for p in &send.pending {
-            self.release_key(p.hash);
-        }
-        self.dirty.insert(send.session);
-        self.close_if_drained(send.session);
-    }
-
-    /// At-most-once deliveries dropped since the last call.
-    pub fn take_dropped(&mut self) -> Vec<Pending> {
+    /// Deliveries lost since the last call.
+    pub(super) fn take_dropped(&mut self) -> Vec<Pending> {
         std::mem::take(&mut self.dropped)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use super::super::testing::record;
     use super::*;
 
+    fn pending(offset: i64) -> Pending {
+        Pending::new(record(0, offset, "k"), 1, 1, None, 7, None)
+    }
+
     #[test]
-    fn at_most_once_batches_wait_for_their_commit_and_failures_are_never_redelivered() {
-        let mut config = retrying_route(5, 5, None);
-        config.delivery = DeliveryMode::AtMostOnce;
-        let mut reg = Registry::new(config);
-        let mut a = reg.register("r", 0, sub("a")).expect("ok");
-        for o in 0..3 {
-            reg.dispatch(record(0, o, &format!("k{o}")), 1);
-        }
-        reg.flush();
-        assert!(received(&mut a.outbox).is_empty(), "nothing goes before its commit");
-        let staged = reg.take_staged();
-        assert_eq!(staged.iter().map(|s| s.pending.len()).sum::<usize>(), 3);
-        for send in staged {
-            reg.release_staged(send);
-        }
-        assert_eq!(received(&mut a.outbox).len(), 3);
-        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("x")));
-        assert_eq!(reg.expire(later(3_600)), 2);
-        reg.release_due(later(7_200));
-        reg.flush();
-        assert!(reg.take_staged().is_empty() && received(&mut a.outbox).is_empty(), "never redelivered");
-        assert_eq!(reg.take_dropped().len(), 3);
-        assert_eq!(reg.delayed(), 0);
+    fn staged_batches_and_lost_deliveries_are_each_taken_once() {
+        let mut staging = Staging::default();
+        staging.stage(StagedSend { session: 1, deliveries: Vec::new(), pending: vec![pending(0), pending(1)] });
+        staging.stage(StagedSend { session: 2, deliveries: Vec::new(), pending: vec![pending(2)] });
+        staging.lose(pending(3));
+        let staged = staging.take_staged();
+        assert_eq!(staged.iter().map(|s| s.session).collect::<Vec<_>>(), vec![1, 2], "in the order staged");
+        assert!(staging.take_staged().is_empty());
+        assert_eq!(staging.take_dropped().iter().map(|p| p.record.offset).collect::<Vec<_>>(), vec![3]);
+        assert!(staging.take_dropped().is_empty());
     }
 }

@@ -1,8 +1,15 @@
 //! Helpers shared by the registry's tests.
 
-pub(super) use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::*;
+pub(super) use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{SessionMessage, Subscriber};
+use crate::config::{EmptyCohort, RouteConfig};
+use crate::kafka::{Record, TopicPartition};
 
 pub(super) fn route(name: &str, window: u32) -> RouteConfig {
     let mut r = RouteConfig::new(name, &["t"]);
@@ -80,15 +87,4 @@ pub(super) fn retrying_route(window: u32, max_attempts: u32, dlq: Option<&str>) 
     };
     r.dead_letter_topic = dlq.map(str::to_string);
     r
-}
-
-impl Registry {
-    /// The ack id under which `session` holds the delivery of record `topic/partition/offset`
-    /// in flight; an id never issued when it holds none.
-    pub(super) fn handle(&self, session: SessionId, record: &str) -> AckId {
-        self.sessions
-            .get(&session)
-            .and_then(|s| s.in_flight.iter().find(|(_, p)| p.record.delivery_id().to_string() == record))
-            .map_or(AckId::MAX, |(ack_id, _)| *ack_id)
-    }
 }
