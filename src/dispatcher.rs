@@ -49,7 +49,7 @@ use status::{HoldWarning, SplitSamples};
 pub use status::{PartitionSnapshot, RouteSnapshot, SPLIT_WINDOW};
 
 use crate::config::DiscoveryMode;
-use crate::deadletter::DeadLetterProducer;
+use crate::dead_letters::DeadLetterProducer;
 use crate::dedup::{DedupError, Verdict};
 use crate::discovery::PodEvent;
 use crate::kafka::consumer::ConsumerHandle;
@@ -190,7 +190,7 @@ impl Dispatcher {
                 match &result {
                     Ok(r) => {
                         Stats::bump(&self.stats.sessions_opened, 1);
-                        info!(session = r.session, route, name, peer = %peer_text(peer), window = r.window, "subscriber joined");
+                        info!(session = r.session.0, route, name, peer = %peer_text(peer), window = r.window, "subscriber joined");
                     }
                     Err(error) => info!(route, name, peer = %peer_text(peer), %error, "subscriber refused"),
                 }
@@ -203,7 +203,11 @@ impl Dispatcher {
                 let acked = self.registry.ack(session, &ack_ids);
                 if acked.unknown > 0 {
                     Stats::bump(&self.stats.unknown_acks, acked.unknown);
-                    debug!(session, unknown = acked.unknown, "ignored acks of ids not in flight on this stream");
+                    debug!(
+                        session = session.0,
+                        unknown = acked.unknown,
+                        "ignored acks of ids not in flight on this stream"
+                    );
                 }
                 for p in acked.settled {
                     if p.replay.is_none() {
@@ -212,7 +216,7 @@ impl Dispatcher {
                     self.settle(&p);
                 }
                 if acked.closed {
-                    info!(session, "subscriber drained and closed");
+                    info!(session = session.0, "subscriber drained and closed");
                 }
             }
             Command::Nack { session, ack_id, failure } => {
@@ -236,7 +240,7 @@ impl Dispatcher {
                 }
             }
             Command::Drain { session } => {
-                info!(session, "subscriber draining");
+                info!(session = session.0, "subscriber draining");
                 self.registry.drain(session);
             }
             Command::Replay { replay, records, done } => self.on_replay(replay, records, done),
@@ -255,7 +259,7 @@ impl Dispatcher {
             }
             Command::Unregister { session } => {
                 if self.registry.unregister(session) {
-                    info!(session, "subscriber left; its in-flight deliveries go to other subscribers");
+                    info!(session = session.0, "subscriber left; its in-flight deliveries go to other subscribers");
                 }
             }
         }
@@ -336,13 +340,16 @@ impl Dispatcher {
                 PodFate::Live(labels) => self.registry.update_labels(id, labels.clone()),
                 PodFate::Stopped => {
                     if self.registry.evict(id, format!("pod {namespace}/{name} is no longer running")) {
-                        info!(session = id, namespace, name, "pod stopped running; draining its subscriber");
+                        info!(session = id.0, namespace, name, "pod stopped running; draining its subscriber");
                     }
                 }
                 PodFate::Gone => {
                     let why = format!("pod {namespace}/{name} was deleted or no longer matches the route's selector");
                     if self.registry.evict(id, why) {
-                        info!(session = id, namespace, name, "pod gone or no longer selected; draining its subscriber");
+                        info!(
+                            session = id.0,
+                            namespace, name, "pod gone or no longer selected; draining its subscriber"
+                        );
                     }
                 }
             }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::admin::{ConfigSource, Control};
 use crate::config::{Config, DiscoveryMode, RouteConfig};
-use crate::deadletter::DeadLetterProducer;
+use crate::dead_letters::DeadLetterProducer;
 use crate::grpc::admin::{AdminService, DeadLettersService};
 use crate::grpc::auth::{AdminAuth, AuthLayer};
 use crate::grpc::connections;

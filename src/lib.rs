@@ -27,7 +27,7 @@
 //! - [`offsets`], [`routing`], [`retry`], [`selector`]: pure decisions (what may be committed,
 //!   which cohort and subscriber, when to retry, which labels match; `selector/parse.rs` holds the
 //!   selector grammar).
-//! - [`deadletter`]: the producer for dead-letter and retry topics; [`dedup`]: idempotency-key
+//! - [`dead_letters`]: the producer for dead-letter and retry topics; [`dedup`]: idempotency-key
 //!   stores for effectively-once routes.
 //! - [`discovery`]: subscribers' labels and identity, from Kubernetes pods or from their Hello.
 //! - [`grpc`]: the tonic `Fanout` and `Admin` services; the only room that builds the contract's types
@@ -49,7 +49,7 @@
 
 pub mod admin;
 pub mod config;
-pub mod deadletter;
+pub mod dead_letters;
 pub mod dedup;
 pub mod discovery;
 pub mod dispatcher;

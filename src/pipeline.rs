@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, Instrument};
 
 use crate::config::{Config, RouteConfig};
-use crate::deadletter::DeadLetterProducer;
+use crate::dead_letters::DeadLetterProducer;
 use crate::dispatcher::{self, Dispatcher, DispatcherSettings, RouteDedup, RouteHandle};
 use crate::kafka::consumer::{self, ConsumerError};
 use crate::kafka::ClientReports;

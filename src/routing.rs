@@ -25,11 +25,12 @@ pub fn key_hash(key: Option<&[u8]>, partition: i32, offset: i64) -> u64 {
 /// Index of the instance that owns `key_hash` among `instances` (stable instance ids), or
 /// `None` when there is none. Rendezvous hashing: every instance scores the key and the
 /// highest score wins, so the winner depends only on the key and the instance's own id.
-pub fn instance_for(key_hash: u64, instances: &[u64]) -> Option<usize> {
+pub fn instance_for<I: Copy + Into<u64>>(key_hash: u64, instances: &[I]) -> Option<usize> {
     instances
         .iter()
+        .map(|&id| id.into())
         .enumerate()
-        .max_by_key(|(_, id)| (xxh3_64_with_seed(&key_hash.to_le_bytes(), **id), **id))
+        .max_by_key(|&(_, id)| (xxh3_64_with_seed(&key_hash.to_le_bytes(), id), id))
         .map(|(i, _)| i)
 }
 
@@ -91,25 +92,25 @@ mod tests {
 
     #[test]
     fn no_instances_no_owner() {
-        assert_eq!(instance_for(42, &[]), None);
+        assert_eq!(instance_for::<u64>(42, &[]), None);
     }
 
     #[test]
     fn same_key_same_instance() {
-        let ids = [11, 22, 33, 44];
+        let ids = [11u64, 22, 33, 44];
         let h = key_hash(Some(b"customer-7"), 0, 0);
         let first = instance_for(h, &ids);
         for _ in 0..10 {
             assert_eq!(instance_for(h, &ids), first);
         }
         // Order of the slice does not matter, only the ids.
-        let reversed = [44, 33, 22, 11];
+        let reversed = [44u64, 33, 22, 11];
         assert_eq!(first.map(|i| ids[i]), instance_for(h, &reversed).map(|i| reversed[i]));
     }
 
     #[test]
     fn keys_spread_evenly() {
-        let ids = [1, 2, 3, 4];
+        let ids = [1u64, 2, 3, 4];
         let mut counts = [0usize; 4];
         for k in 0..40_000 {
             let h = key_hash(Some(format!("key-{k}").as_bytes()), 0, 0);
@@ -122,8 +123,8 @@ mod tests {
 
     #[test]
     fn adding_an_instance_moves_only_keys_to_it() {
-        let before = [1, 2, 3];
-        let after = [1, 2, 3, 4];
+        let before = [1u64, 2, 3];
+        let after = [1u64, 2, 3, 4];
         let mut moved = 0;
         for k in 0..30_000 {
             let h = key_hash(Some(format!("key-{k}").as_bytes()), 0, 0);
@@ -237,7 +238,7 @@ mod tests {
     fn cohort_and_instance_choices_are_independent() {
         // Keys of a narrow cohort still spread evenly over that cohort's instances.
         let w = weights(&[("stable", 95), ("canary", 5)]);
-        let ids = [1, 2, 3, 4];
+        let ids = [1u64, 2, 3, 4];
         let mut counts = [0u64; 4];
         for k in 0..200_000 {
             let h = hash_of("order", k);

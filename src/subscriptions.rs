@@ -151,7 +151,7 @@ impl Registry {
             route: RouteState::new(route),
             keys: KeyTable::default(),
             sessions: HashMap::new(),
-            next_id: 1,
+            next_id: SessionId(1),
             paused: false,
             dirty: BTreeSet::new(),
             retries: RetryQueue::default(),
@@ -213,7 +213,7 @@ impl Registry {
         let window = if requested == 0 { config.default_in_flight } else { requested.min(config.max_in_flight) };
         let cohort = state.cohort_of(&subscriber.labels);
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = SessionId(self.next_id.0 + 1);
         let (tx, rx) = mpsc::unbounded_channel();
         self.route.add_member(id, cohort.as_ref());
         self.sessions.insert(id, Session::new(window, tx, subscriber, cohort));
@@ -383,14 +383,14 @@ impl Registry {
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
                 let ack_id = s.next_ack_id;
-                s.next_ack_id += 1;
+                s.next_ack_id = s.next_ack_id.next();
                 let delivery = Outgoing {
                     record: p.record.clone(),
                     attempt: p.attempt,
                     cohort: cohort.clone(),
                     ack_id,
                     idempotency_key: p.idempotency_key.clone(),
-                    replay: p.replay.map_or(0, |t| t.replay),
+                    replay: p.replay,
                 };
                 if p.attempt > 1 {
                     redelivered += 1;
@@ -533,7 +533,7 @@ impl Registry {
         self.sessions
             .get(&session)
             .and_then(|s| s.in_flight.iter().find(|(_, p)| p.record.delivery_id().to_string() == record))
-            .map_or(AckId::MAX, |(ack_id, _)| *ack_id)
+            .map_or(AckId(u64::MAX), |(ack_id, _)| *ack_id)
     }
 }
 
@@ -733,7 +733,7 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         let (holder, mut other) = if received(&mut a.outbox).is_empty() { (b.session, a) } else { (a.session, b) };
-        let holder_name = if holder == 1 { "pod-a" } else { "pod-b" };
+        let holder_name = if holder == SessionId(1) { "pod-a" } else { "pod-b" };
 
         assert_eq!(reg.drain_matching("nobody"), vec![]);
         assert_eq!(reg.drain_matching(holder_name), vec![(holder, 1)]);

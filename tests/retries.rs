@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::RetryPolicy;
-use fanout_gateway::deadletter;
+use fanout_gateway::dead_letters;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -196,29 +196,29 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
     assert_eq!(offsets.values().sum::<i64>(), total as i64);
     for (value, h) in &letters {
         for name in [
-            deadletter::HEADER_ORIGIN_TOPIC,
-            deadletter::HEADER_ORIGIN_PARTITION,
-            deadletter::HEADER_ORIGIN_OFFSET,
-            deadletter::HEADER_ATTEMPTS,
-            deadletter::HEADER_REASON,
-            deadletter::HEADER_ROUTE,
+            dead_letters::HEADER_ORIGIN_TOPIC,
+            dead_letters::HEADER_ORIGIN_PARTITION,
+            dead_letters::HEADER_ORIGIN_OFFSET,
+            dead_letters::HEADER_ATTEMPTS,
+            dead_letters::HEADER_REASON,
+            dead_letters::HEADER_ROUTE,
         ] {
             assert!(h.contains_key(name), "{value} lacks {name}: {h:?}");
         }
-        assert_eq!(h[deadletter::HEADER_ORIGIN_TOPIC], TOPIC);
-        assert_eq!(h[deadletter::HEADER_ROUTE], ROUTE);
+        assert_eq!(h[dead_letters::HEADER_ORIGIN_TOPIC], TOPIC);
+        assert_eq!(h[dead_letters::HEADER_ROUTE], ROUTE);
         assert_eq!(h["trace-id"], *value, "original headers are kept");
-        let partition: i32 = h[deadletter::HEADER_ORIGIN_PARTITION].parse().expect("partition number");
-        let offset: i64 = h[deadletter::HEADER_ORIGIN_OFFSET].parse().expect("offset number");
+        let partition: i32 = h[dead_letters::HEADER_ORIGIN_PARTITION].parse().expect("partition number");
+        let offset: i64 = h[dead_letters::HEADER_ORIGIN_OFFSET].parse().expect("offset number");
         assert!((0..PARTITIONS).contains(&partition) && offset >= 0 && offset < offsets[&partition]);
         match kind(value.as_bytes()) {
             "poison" => {
-                assert_eq!(h[deadletter::HEADER_ATTEMPTS], "3");
-                assert_eq!(h[deadletter::HEADER_REASON], format!("cannot parse {value}"));
+                assert_eq!(h[dead_letters::HEADER_ATTEMPTS], "3");
+                assert_eq!(h[dead_letters::HEADER_REASON], format!("cannot parse {value}"));
             }
             "rejected" => {
-                assert_eq!(h[deadletter::HEADER_ATTEMPTS], "1");
-                assert_eq!(h[deadletter::HEADER_REASON], "schema rejected");
+                assert_eq!(h[dead_letters::HEADER_ATTEMPTS], "1");
+                assert_eq!(h[dead_letters::HEADER_REASON], "schema rejected");
             }
             other => panic!("{value} ({other}) should not be in the dead-letter topic"),
         }
@@ -271,7 +271,7 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
                         .headers
                         .iter()
                         .rev()
-                        .find(|h| h.name == deadletter::HEADER_ORIGIN_TOPIC)
+                        .find(|h| h.name == dead_letters::HEADER_ORIGIN_TOPIC)
                         .and_then(|h| h.value.as_deref())
                         .map(|v| String::from_utf8_lossy(v).into_owned());
                     retried.insert((value.clone(), d.attempt), (d.topic.clone(), origin.unwrap_or_default()));
@@ -316,11 +316,11 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
     assert_eq!(letters.len(), poison);
     let ends = high_watermarks(&bootstrap, PARTITIONS);
     for (value, h) in &letters {
-        assert_eq!(h[deadletter::HEADER_ORIGIN_TOPIC], TOPIC, "{value}: the origin, not the retry topic");
-        let partition: i32 = h[deadletter::HEADER_ORIGIN_PARTITION].parse().expect("partition");
-        let offset: i64 = h[deadletter::HEADER_ORIGIN_OFFSET].parse().expect("offset");
+        assert_eq!(h[dead_letters::HEADER_ORIGIN_TOPIC], TOPIC, "{value}: the origin, not the retry topic");
+        let partition: i32 = h[dead_letters::HEADER_ORIGIN_PARTITION].parse().expect("partition");
+        let offset: i64 = h[dead_letters::HEADER_ORIGIN_OFFSET].parse().expect("offset");
         assert!(offset < ends[&partition], "{value}: origin offset {offset} is in {TOPIC}/{partition}");
-        assert_eq!(h[deadletter::HEADER_ATTEMPTS], "3");
+        assert_eq!(h[dead_letters::HEADER_ATTEMPTS], "3");
         assert_eq!(h["trace-id"], *value);
     }
     drop(cluster);

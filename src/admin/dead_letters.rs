@@ -1,5 +1,5 @@
 //! A route's dead-letter topic as an operator sees it: the letters with their origin, attempts
-//! and reason (the headers [`crate::deadletter`] wrote), and redrive back to the origin topic.
+//! and reason (the headers [`crate::dead_letters`] wrote), and redrive back to the origin topic.
 //!
 //! What was redriven is recorded in Kafka, not in a replica's memory: the route group's
 //! `<group>.redrive` commits on the dead-letter topic, a commit point below which every letter
@@ -21,7 +21,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, RouteConfig};
-use crate::deadletter::{
+use crate::dead_letters::{
     producer_config, HEADER_ATTEMPTS, HEADER_ORIGIN_OFFSET, HEADER_ORIGIN_PARTITION, HEADER_ORIGIN_TOPIC, HEADER_REASON,
 };
 use crate::offsets::{decode_acked, encode_acked};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::config::RouteConfig;
-use crate::deadletter::DeadLetterProducer;
+use crate::dead_letters::DeadLetterProducer;
 use crate::kafka::TopicPartition;
 use crate::stats::Stats;
 use crate::subscriptions::{DeadLetter, ReplayTag};

@@ -122,7 +122,7 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
         .subscribers
         .into_iter()
         .map(|sub| pb::Subscriber {
-            session: sub.session,
+            session: sub.session.0,
             name: sub.name,
             cohort: sub.cohort.unwrap_or_default(),
             labels: sub.labels,
@@ -273,7 +273,7 @@ impl Admin for AdminService {
         let sessions = self.control.drain(route, subscriber).await.map_err(status_of)?;
         Ok(Response::new(pb::DrainResponse {
             in_flight: sessions.iter().map(|(_, n)| *n as u32).sum(),
-            sessions: sessions.into_iter().map(|(id, _)| id).collect(),
+            sessions: sessions.into_iter().map(|(id, _)| id.0).collect(),
         }))
     }
 

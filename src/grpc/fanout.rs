@@ -19,7 +19,7 @@ use crate::pipeline::Routes;
 use crate::proto::fanout_server::Fanout;
 use crate::proto::subscribe_request::Kind;
 use crate::proto::{self, Disposition, SubscribeRequest, SubscribeResponse};
-use crate::subscriptions::{Failure, Outgoing, SessionId, SessionMessage};
+use crate::subscriptions::{AckId, Failure, Outgoing, SessionId, SessionMessage};
 
 /// How long a new stream may take to send its hello; a stream that never does would hold a
 /// handler forever.
@@ -154,7 +154,7 @@ async fn read_client(
         let message = match inbound.message().await {
             Ok(Some(m)) => m,
             Ok(None) => {
-                debug!(session, "client closed its side of the stream");
+                debug!(session = session.0, "client closed its side of the stream");
                 return Some(Status::cancelled(
                     "the client closed its side of the stream: nothing more can be acked, so the session ended \
                      and its in-flight deliveries will be redelivered (send Drain and keep the stream open to \
@@ -164,8 +164,8 @@ async fn read_client(
             Err(status) => return bad_frame(session, status),
         };
         let sent = match message.kind {
-            Some(Kind::Ack(ack)) => route.ack(session, ack.ack_ids).await,
-            Some(Kind::Nack(nack)) => route.nack(session, nack.ack_id, failure_of(&nack)).await,
+            Some(Kind::Ack(ack)) => route.ack(session, ack.ack_ids.into_iter().map(AckId).collect()).await,
+            Some(Kind::Nack(nack)) => route.nack(session, AckId(nack.ack_id), failure_of(&nack)).await,
             Some(Kind::Credit(credit)) => route.credit(session, credit.additional).await,
             Some(Kind::Drain(_)) => route.drain(session).await,
             Some(Kind::Hello(_)) => {
@@ -173,12 +173,12 @@ async fn read_client(
                     "SubscribeRequest.hello may be sent only once, first; the stream ended and its in-flight \
                      deliveries will be redelivered (open a new stream to subscribe again)",
                 );
-                warn!(session, message = status.message(), "subscriber broke the contract; stream ended");
+                warn!(session = session.0, message = status.message(), "subscriber broke the contract; stream ended");
                 return Some(status);
             }
             // A kind this gateway does not know (a newer client): ignored, like unknown fields.
             None => {
-                debug!(session, "SubscribeRequest without a known kind ignored");
+                debug!(session = session.0, "SubscribeRequest without a known kind ignored");
                 continue;
             }
         };
@@ -193,11 +193,11 @@ async fn read_client(
 /// with a bug, or a hostile one); a reset or a broken connection has nobody left to tell.
 fn bad_frame(session: SessionId, read: Status) -> Option<Status> {
     let Some(status) = frame_status(&read) else {
-        debug!(session, status = %read, "client stream failed");
+        debug!(session = session.0, status = %read, "client stream failed");
         return None;
     };
     warn!(
-        session,
+        session = session.0,
         code = status.code().description(),
         message = status.message(),
         "subscriber sent a bad frame; stream ended"
@@ -293,7 +293,7 @@ fn introduction(hello: proto::Hello) -> Introduction {
 fn to_delivery(d: &Outgoing) -> proto::Delivery {
     let r = &d.record;
     proto::Delivery {
-        ack_id: d.ack_id,
+        ack_id: d.ack_id.0,
         topic: r.tp.topic.to_string(),
         partition: r.tp.partition,
         offset: r.offset,
@@ -311,7 +311,7 @@ fn to_delivery(d: &Outgoing) -> proto::Delivery {
         attempt: d.attempt,
         cohort: d.cohort.to_string(),
         idempotency_key: d.idempotency_key.as_deref().unwrap_or_default().to_string(),
-        replay_id: d.replay,
+        replay_id: d.replay.map_or(0, |t| t.replay),
     }
 }
 

@@ -50,11 +50,19 @@ mod tests {
 
     use super::super::testing::{record, Bytes};
     use super::*;
+    use crate::subscriptions::AckId;
 
     fn outgoing(offset: i64, bytes: usize) -> Outgoing {
         let mut r = (*record(0, offset, "k")).clone();
         r.value = Some(Bytes::from(vec![0u8; bytes]));
-        Outgoing { record: Arc::new(r), attempt: 1, cohort: Arc::from(""), ack_id: 1, idempotency_key: None, replay: 0 }
+        Outgoing {
+            record: Arc::new(r),
+            attempt: 1,
+            cohort: Arc::from(""),
+            ack_id: AckId(1),
+            idempotency_key: None,
+            replay: None,
+        }
     }
 
     #[test]

@@ -137,15 +137,15 @@ mod tests {
     #[test]
     fn a_key_stays_with_its_owner_until_everything_of_it_is_settled() {
         let mut keys = KeyTable::default();
-        assert!(!keys.must_park(7, Some(1)), "a new key goes to its target");
-        keys.take(7, 1);
-        keys.take(7, 1);
-        assert!(!keys.must_park(7, Some(1)));
-        assert!(keys.must_park(7, Some(2)), "another target waits for the owner to settle");
+        assert!(!keys.must_park(7, Some(SessionId(1))), "a new key goes to its target");
+        keys.take(7, SessionId(1));
+        keys.take(7, SessionId(1));
+        assert!(!keys.must_park(7, Some(SessionId(1))));
+        assert!(keys.must_park(7, Some(SessionId(2))), "another target waits for the owner to settle");
         assert!(!keys.release_one(7), "one still outstanding");
         assert!(keys.release_one(7), "the last one frees the key");
         assert!(keys.is_settled(7));
-        assert!(!keys.must_park(7, Some(2)));
+        assert!(!keys.must_park(7, Some(SessionId(2))));
         assert!(!keys.release_one(7), "an unknown key frees nothing");
     }
 
@@ -169,12 +169,12 @@ mod tests {
     #[test]
     fn a_message_waiting_out_a_backoff_holds_its_key_back() {
         let mut keys = KeyTable::default();
-        keys.take(7, 1);
+        keys.take(7, SessionId(1));
         keys.retry_started(7);
-        assert!(keys.must_park(7, Some(1)), "even at its owner, the key waits for its retry");
+        assert!(keys.must_park(7, Some(SessionId(1))), "even at its owner, the key waits for its retry");
         keys.retry_ended(7);
         keys.retry_ended(7);
-        assert!(!keys.must_park(7, Some(1)));
+        assert!(!keys.must_park(7, Some(SessionId(1))));
         assert!(!keys.is_settled(7));
     }
 }

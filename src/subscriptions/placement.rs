@@ -749,9 +749,9 @@ mod tests {
         reg.flush();
         let mut got = Vec::new();
         while let Ok(SessionMessage::Deliveries(batch)) = a.outbox.try_recv() {
-            got.extend(batch.into_iter().map(|d| (d.record.offset, d.replay)));
+            got.extend(batch.into_iter().map(|d| (d.record.offset, d.replay.map(|t| t.replay))));
         }
-        assert_eq!(got, vec![(1, 7), (2, 7)], "replayed messages are sent while their partition drains");
+        assert_eq!(got, vec![(1, Some(7)), (2, Some(7))], "replayed messages are sent while their partition drains");
         assert_eq!(reg.in_flight_of(std::slice::from_ref(&tp)), 0, "a revoke does not wait for them");
         assert_eq!(reg.purge(std::slice::from_ref(&tp)), 0);
         let acked = reg.ack(a.session, &[reg.handle(a.session, "t/0/1"), reg.handle(a.session, "t/0/2")]);

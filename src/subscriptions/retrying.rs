@@ -55,7 +55,7 @@ pub(super) struct Delayed {
 }
 
 /// Never a session's id (they start at 1): the owner of a retry-topic message waiting for its time.
-pub(super) const NO_SESSION: SessionId = 0;
+pub(super) const NO_SESSION: SessionId = SessionId(0);
 
 /// The time now in Unix milliseconds (0 on a clock before 1970).
 pub fn now_ms() -> i64 {
@@ -131,14 +131,14 @@ mod tests {
     fn messages_come_back_when_due_earliest_first_then_in_the_order_they_failed() {
         let mut queue = RetryQueue::default();
         let (soon, late) = (later(1), later(5));
-        queue.push(1, pending(0), late);
-        queue.push(1, pending(1), soon);
-        queue.push(2, pending(2), soon);
+        queue.push(SessionId(1), pending(0), late);
+        queue.push(SessionId(1), pending(1), soon);
+        queue.push(SessionId(2), pending(2), soon);
         assert!(queue.pop_due(Instant::now()).is_none(), "nothing is due yet");
         assert_eq!(queue.len(), 3);
         let due: Vec<(SessionId, i64)> =
             std::iter::from_fn(|| queue.pop_due(soon)).map(|d| (d.owner, d.pending.record.offset)).collect();
-        assert_eq!(due, vec![(1, 1), (2, 2)]);
+        assert_eq!(due, vec![(SessionId(1), 1), (SessionId(2), 2)]);
         assert_eq!(queue.pop_due(late).map(|d| d.pending.record.offset), Some(0));
         assert_eq!(queue.len(), 0);
     }
@@ -146,13 +146,13 @@ mod tests {
     #[test]
     fn removed_messages_never_come_due() {
         let mut queue = RetryQueue::default();
-        queue.push(1, pending(0), later(1));
-        queue.push(1, pending(1), later(1));
+        queue.push(SessionId(1), pending(0), later(1));
+        queue.push(SessionId(1), pending(1), later(1));
         let removed = queue.remove_where(|p| p.record.offset == 0);
         assert_eq!(removed.iter().map(|p| p.record.offset).collect::<Vec<_>>(), vec![0]);
         assert_eq!(queue.pop_due(later(2)).map(|d| d.pending.record.offset), Some(1));
         assert!(queue.pop_due(later(2)).is_none());
-        queue.push(1, pending(2), later(1));
+        queue.push(SessionId(1), pending(2), later(1));
         queue.clear();
         assert!(queue.pop_due(later(2)).is_none() && queue.len() == 0);
     }

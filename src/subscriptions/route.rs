@@ -164,25 +164,25 @@ mod tests {
     fn without_a_split_every_member_may_be_a_target_and_none_without_members() {
         let mut state = RouteState::new(route("r", 10));
         assert_eq!(state.target(42), None);
-        state.add_member(2, None);
-        state.add_member(1, None);
-        assert_eq!(state.members, vec![1, 2], "ascending");
+        state.add_member(SessionId(2), None);
+        state.add_member(SessionId(1), None);
+        assert_eq!(state.members, vec![SessionId(1), SessionId(2)], "ascending");
         let targets: std::collections::BTreeSet<SessionId> = (0..64).filter_map(|h| state.target(h)).collect();
-        assert_eq!(targets.into_iter().collect::<Vec<_>>(), vec![1, 2]);
-        state.remove_member(1);
-        assert!((0..64).all(|h| state.target(h) == Some(2)));
+        assert_eq!(targets.into_iter().collect::<Vec<_>>(), vec![SessionId(1), SessionId(2)]);
+        state.remove_member(SessionId(1));
+        assert!((0..64).all(|h| state.target(h) == Some(SessionId(2))));
     }
 
     #[test]
     fn a_cohort_without_members_holds_or_spills_its_share() {
         let blue = Some("blue".to_string());
         let mut hold = RouteState::new(split_route(EmptyCohort::Hold, 0, 100));
-        hold.add_member(1, blue.as_ref());
+        hold.add_member(SessionId(1), blue.as_ref());
         assert_eq!(hold.cohort_of(&labelled("b", "blue").labels), blue);
         assert!((0..64).all(|h| hold.target(h).is_none()), "green's share waits");
         let mut spill = RouteState::new(split_route(EmptyCohort::Spill, 0, 100));
-        spill.add_member(1, blue.as_ref());
-        assert!((0..64).all(|h| spill.target(h) == Some(1)), "green's share goes to the others");
+        spill.add_member(SessionId(1), blue.as_ref());
+        assert!((0..64).all(|h| spill.target(h) == Some(SessionId(1))), "green's share goes to the others");
         let rows = spill.cohort_snapshots();
         assert_eq!(
             rows.iter().map(|c| (c.name.as_str(), c.subscribers)).collect::<Vec<_>>(),

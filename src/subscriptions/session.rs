@@ -11,7 +11,22 @@ use tokio::time::Instant;
 use super::commit_window::Unconfirmed;
 use crate::kafka::{Record, TopicPartition};
 
-pub type SessionId = u64;
+/// A subscriber stream's number on this replica, unique for the gateway's lifetime: what
+/// `Status` lists and `fanoutctl drain` takes besides a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl From<SessionId> for u64 {
+    fn from(id: SessionId) -> u64 {
+        id.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What the gRPC layer receives for a session.
 #[derive(Debug)]
@@ -34,8 +49,8 @@ pub struct Outgoing {
     pub ack_id: AckId,
     /// The message's idempotency key on effectively-once routes (empty elsewhere).
     pub idempotency_key: Option<Arc<str>>,
-    /// The replay it belongs to; 0 for a live delivery.
-    pub replay: u64,
+    /// The replay it belongs to; None for a live delivery.
+    pub replay: Option<ReplayTag>,
 }
 
 /// Marks a message of an operator's replay: it is delivered and acked like any other, but its
@@ -50,7 +65,15 @@ pub struct ReplayTag {
 /// A delivery's handle on its stream (`Delivery.ack_id`): a per-session sequence number, so
 /// an ack is resolved by one hash lookup, with no text to format or parse. Starts at 1 (0 is
 /// protobuf's "unset").
-pub type AckId = u64;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AckId(pub u64);
+
+impl AckId {
+    /// The handle after this one on the same stream.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -150,7 +173,7 @@ impl Session {
             window,
             queue: VecDeque::new(),
             in_flight: HashMap::default(),
-            next_ack_id: 1,
+            next_ack_id: AckId(1),
             outbox,
             draining: false,
             close_reason: None,
@@ -227,13 +250,13 @@ mod tests {
         let (outbox, _rx) = mpsc::unbounded_channel();
         let mut session = Session::new(3, outbox, sub("a"), Some("blue".into()));
         assert_eq!(session.room(), 3);
-        session.in_flight.insert(1, Pending::new(record(0, 0, "k"), 1, 1, None, 7, None));
+        session.in_flight.insert(AckId(1), Pending::new(record(0, 0, "k"), 1, 1, None, 7, None));
         session.unconfirmed.add(0, 1);
         assert_eq!(session.room(), 1);
         session.unconfirmed.add(0, 5);
         assert_eq!(session.room(), 0, "never below zero");
-        let seen = session.snapshot(4);
-        assert_eq!((seen.session, seen.name.as_str(), seen.cohort.as_deref()), (4, "a", Some("blue")));
+        let seen = session.snapshot(SessionId(4));
+        assert_eq!((seen.session, seen.name.as_str(), seen.cohort.as_deref()), (SessionId(4), "a", Some("blue")));
         assert_eq!((seen.window, seen.in_flight, seen.draining), (3, 1, false));
     }
 }

@@ -57,11 +57,19 @@ mod tests {
     #[test]
     fn staged_batches_and_lost_deliveries_are_each_taken_once() {
         let mut staging = Staging::default();
-        staging.stage(StagedSend { session: 1, deliveries: Vec::new(), pending: vec![pending(0), pending(1)] });
-        staging.stage(StagedSend { session: 2, deliveries: Vec::new(), pending: vec![pending(2)] });
+        staging.stage(StagedSend {
+            session: SessionId(1),
+            deliveries: Vec::new(),
+            pending: vec![pending(0), pending(1)],
+        });
+        staging.stage(StagedSend { session: SessionId(2), deliveries: Vec::new(), pending: vec![pending(2)] });
         staging.lose(pending(3));
         let staged = staging.take_staged();
-        assert_eq!(staged.iter().map(|s| s.session).collect::<Vec<_>>(), vec![1, 2], "in the order staged");
+        assert_eq!(
+            staged.iter().map(|s| s.session).collect::<Vec<_>>(),
+            vec![SessionId(1), SessionId(2)],
+            "in the order staged"
+        );
         assert!(staging.take_staged().is_empty());
         assert_eq!(staging.take_dropped().iter().map(|p| p.record.offset).collect::<Vec<_>>(), vec![3]);
         assert!(staging.take_dropped().is_empty());
