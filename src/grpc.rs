@@ -12,6 +12,7 @@ pub mod tls;
 
 use tonic::Status;
 
+use crate::discovery::IdentityError;
 use crate::subscriptions::{CloseReason, RegisterError};
 
 /// Server reflection over the contract and the health service, so `grpcurl list` and friends
@@ -59,8 +60,10 @@ pub fn register_status(error: RegisterError) -> Status {
     match error {
         RegisterError::UnknownRoute { .. } => Status::not_found(message),
         RegisterError::MissingRoute => Status::invalid_argument(message),
-        RegisterError::NotSelected { .. } | RegisterError::Identity(_) => Status::permission_denied(message),
-        RegisterError::Unauthenticated(_) => Status::unauthenticated(message),
+        RegisterError::NotSelected { .. } | RegisterError::Identity(IdentityError::Denied(_)) => {
+            Status::permission_denied(message)
+        }
+        RegisterError::Identity(IdentityError::Unauthenticated(_)) => Status::unauthenticated(message),
         RegisterError::ShuttingDown => {
             Status::unavailable("the gateway is shutting down; reconnect with backoff (another replica may serve you)")
         }

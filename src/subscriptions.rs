@@ -66,12 +66,10 @@ pub enum RegisterError {
     ShuttingDown,
     #[error("subscriber labels {labels} do not match route `{route}`'s selector `{selector}`")]
     NotSelected { route: String, selector: String, labels: String },
-    /// The subscriber proved who it is, and that pod may not subscribe.
-    #[error("{0}")]
-    Identity(String),
-    /// The subscriber did not prove who it is (a missing or refused token).
-    #[error("{0}")]
-    Unauthenticated(String),
+    /// The subscriber's identity was not accepted: unproven (a missing or refused token) or
+    /// proven and not allowed.
+    #[error(transparent)]
+    Identity(#[from] crate::discovery::IdentityError),
 }
 /// A cohort's totals on a route since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -59,10 +59,7 @@ impl Identity {
             DiscoveryMode::Kube => {
                 let pod =
                     discovery::check_identity(hello, peer, &self.pods, &hello.route, &route.selector, route.identity)
-                        .map_err(|e| match e {
-                        discovery::IdentityError::Unauthenticated(m) => RegisterError::Unauthenticated(m),
-                        discovery::IdentityError::Denied(m) => RegisterError::Identity(m),
-                    })?;
+                        .map_err(RegisterError::Identity)?;
                 // A token's pod names the subscriber when its Hello does not.
                 let name = if hello.pod_name.is_empty() { format!("{}/{}", pod.namespace, pod.name) } else { name };
                 Ok(Subscriber {

@@ -1,58 +1,84 @@
 //! What the gateway's tests and the tools' (`tools/tests/`, through `#[path]`) share: the
 //! workspace's other binaries, run as an operator would (cargo hands a test the binaries of its
 //! own package only, `CARGO_BIN_EXE_*`, and `fanoutctl` and `fanout-tools` are packages of their
-//! own), free ports and test logs. std, tokio, parking_lot and tracing-subscriber only.
+//! own), free ports and test logs. std, tokio and tracing-subscriber only.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
-
-/// `bin` of workspace package `package`, built once per test binary (`cargo build`, a no-op
-/// when `cargo test --workspace` built it already) into the test's own profile directory
-/// (`target/<profile>/`).
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    // One build at a time: two tests asking at once would wait on cargo's lock anyway.
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    let mut built = built.lock();
-    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
-        return path.clone();
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(other) => other.to_string(),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--locked", "--quiet", "--profile", &profile, "-p", package, "--bin", bin])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+/// `bin`, a binary of the workspace, from the test's own profile directory
+/// (`target/<profile>/`), where `cargo test --workspace` puts every package's binaries.
+///
+/// Built first by the same command the test suite runs, `cargo test --workspace --no-run`:
+/// a no-op when that command built this test (what CI and `.ci/test` run), and otherwise
+/// (`cargo test -p fanout-gateway --test process`) it builds the workspace's tests once, with
+/// the same features. Building only `-p fanout-tools` instead would resolve features without
+/// the test's dev-dependencies and compile a second copy of tokio and all that uses it, minutes
+/// spent inside some test's time limit.
+pub fn workspace_bin(bin: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        // As the suite was built: no profile flag for target/debug (cargo test's default).
+        let profile: Vec<String> = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => Vec::new(),
+            Some(other) => vec!["--profile".into(), other.into()],
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        // What cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_*, OUT_DIR, ...) must not
+        // reach the build: build scripts that read such a variable would see it change and
+        // rebuild (ring does), turning a no-op into a minute of compiling.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            ) || name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_EXE_");
+            if set_by_cargo {
+                command.env_remove(name.as_ref());
+            }
+        }
+        let status = command
+            .args(["test", "--locked", "--quiet", "--workspace", "--no-run"])
+            .args(&profile)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo test --workspace --no-run failed");
+        dir
+    });
     let path = dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{bin} was built, but not at {}", path.display());
-    built.push((bin.to_string(), path.clone()));
+    assert!(path.exists(), "the workspace was built, but {bin} is not at {}", path.display());
     path
 }
 
 /// The `fanoutctl` binary (the workspace crate `ctl/`: no librdkafka).
 pub fn fanoutctl_bin() -> PathBuf {
-    workspace_bin("fanoutctl", "fanoutctl")
+    workspace_bin("fanoutctl")
 }
 
 /// The developer tools' binary (`tools/`): `dev-kafka`, `subscribe`, `demo`, `bench`.
 pub fn tools_bin() -> PathBuf {
-    workspace_bin("fanout-tools", "fanout-tools")
+    workspace_bin("fanout-tools")
 }
 
 /// The service's binary (`serve`, `check-config`), for tests outside its package.
 pub fn gateway_bin() -> PathBuf {
-    workspace_bin("fanout-gateway", "fanout-gateway")
+    workspace_bin("fanout-gateway")
 }
 
 /// The `fanoutctl` binary, with no gateway or token from the test's own environment.
