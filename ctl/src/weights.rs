@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::args::Output;
 use super::reach::{ask_all, authorized, failure_lines, with_tail, Failure, Missing, Replica};
-use super::{render_changes, table, Answer, CtlError, Outcome, Output, ReplicaStatus};
+use super::view::render_changes;
+use super::{table, Answer, CtlError, Outcome, ReplicaStatus};
 use fanout_proto::admin::{Cohort, SetWeightsRequest, SetWeightsResponse};
 
 /// What `weights set` adds to a refusal that `--force` would override.

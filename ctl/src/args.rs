@@ -1,0 +1,342 @@
+//! fanoutctl's command line: the commands, their options and examples, and the parsers that
+//! turn an argument into a value or a one-line message saying what to write.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The heading of the options that say which replicas to reach and how.
+pub(crate) const CONNECTION: &str = "Connection";
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  fanoutctl --gateway 127.0.0.1:9090 status
+  fanoutctl --gateways-dns fanout-gateway-headless.shop.svc:9090 routes
+  fanoutctl weights get orders
+  fanoutctl --token-file token weights set orders blue=90 green=10
+  fanoutctl -o json subscribers orders";
+
+pub(crate) const SET_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token weights set orders blue=90 green=10
+  fanoutctl --token-file token weights set orders blue=0 green=100
+  fanoutctl --token-file token weights set orders blue=100 green=50 --force   # green not deployed yet";
+
+pub(crate) const DRAIN_EXAMPLES: &str = "\
+Examples:
+  fanoutctl subscribers orders                             # find the name or session
+  fanoutctl --token-file token drain orders orders-blue-0
+  fanoutctl --token-file token drain orders 17";
+
+pub(crate) const REPLAY_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token replay orders --from-time 2026-12-02T18:00:00Z
+  fanoutctl --token-file token replay orders --from-time 2026-12-02T18:00:00Z --to-time 2026-12-02T18:30:00Z
+  fanoutctl --token-file token replay orders --from-offsets orders/0=1500,orders/1=1200 --no-wait";
+
+pub(crate) const DLQ_EXAMPLES: &str = "\
+Examples:
+  fanoutctl dlq list orders
+  fanoutctl --token-file token dlq redrive orders 0:42 1:7
+  fanoutctl --token-file token dlq redrive orders --all";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fanoutctl",
+    version,
+    about = "Operate fanout-gateway replicas through their admin API",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// Admin address of a replica (server.admin_listen), host:port; repeat or separate with
+    /// commas for several.
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_GATEWAY",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9090",
+        help_heading = CONNECTION
+    )]
+    pub(crate) gateway: Vec<String>,
+    /// A name that resolves to every replica (the gateway's headless Service, e.g.
+    /// fanout-gateway-headless.shop.svc:9090); used instead of --gateway.
+    #[arg(long, global = true, env = "FANOUT_GATEWAYS_DNS", help_heading = CONNECTION)]
+    pub(crate) gateways_dns: Option<String>,
+    /// File holding the admin bearer token (changing calls need it).
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN_FILE", help_heading = CONNECTION)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// The admin bearer token itself (prefer --token-file: arguments show in `ps`).
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true, help_heading = CONNECTION)]
+    pub(crate) token: Option<String>,
+    /// TLS to the admin port (server.admin_tls): the CA (PEM) that signed the replicas'
+    /// certificate.
+    #[arg(long, global = true, env = "FANOUT_TLS_CA", value_name = "FILE", help_heading = CONNECTION)]
+    pub(crate) tls_ca: Option<String>,
+    /// mTLS: this operator's certificate (PEM); needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = CONNECTION
+    )]
+    pub(crate) tls_cert: Option<String>,
+    /// mTLS: the key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = CONNECTION
+    )]
+    pub(crate) tls_key: Option<String>,
+    /// The name the replicas' certificate carries, when it is not the address's host (an IP
+    /// from --gateways-dns, say).
+    #[arg(long, global = true, env = "FANOUT_TLS_DOMAIN", value_name = "NAME", help_heading = CONNECTION)]
+    pub(crate) tls_domain: Option<String>,
+    /// Output format: tables for people, json or yaml for scripts (a replica that did not
+    /// answer is an entry with its address and error).
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table, help_heading = "Output")]
+    pub(crate) output: Output,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Each replica (version, config generation, Kafka) and each route.
+    Status,
+    /// Routes: cohorts with weights against the observed split, subscribers, lag.
+    Routes,
+    /// The subscribers of a route on every replica.
+    Subscribers {
+        /// The route (as `routes` lists them).
+        route: String,
+    },
+    /// Partitions of every route (or one): committed, high watermark, lag, paused, buffered.
+    Partitions {
+        /// Only this route.
+        route: Option<String>,
+    },
+    /// A route's cohort weights: show them, or change them on every replica.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+    /// Stop sending to a subscriber, let its in-flight deliveries settle, close its streams.
+    ///
+    /// The subscriber is named as `subscribers` shows it (its name or session number); every
+    /// replica it has a stream on drains it, so every replica must answer.
+    #[command(after_help = DRAIN_EXAMPLES)]
+    Drain {
+        /// The route the subscriber reads.
+        route: String,
+        /// The subscriber's name (its pod) or session number, as `subscribers` shows them.
+        subscriber: String,
+    },
+    /// A route's dead-letter topic: list its letters, redrive them to their origin topics.
+    #[command(subcommand, after_help = DLQ_EXAMPLES)]
+    Dlq(DlqCommand),
+    /// Deliver a range of a route's topics again to its subscribers (marked as replayed).
+    ///
+    /// Committed offsets never move back and live traffic goes on. Follows the replay with a
+    /// progress bar until it ends (Ctrl-C leaves it running). Asks the first replica named:
+    /// `replays` and `cancel-replay` must name the same one.
+    #[command(after_help = REPLAY_EXAMPLES)]
+    Replay(ReplayArgs),
+    /// Replays of a replica (the first named) or one, by id, and their progress.
+    Replays {
+        /// Only this replay (the id `replay` printed).
+        id: Option<u64>,
+    },
+    /// Stop a replay (what was handed out already is still delivered).
+    CancelReplay {
+        /// The replay's id (as `replays` lists them).
+        id: u64,
+    },
+}
+
+impl Command {
+    /// Whether the command concerns one replica's own state (its replays): it then asks the
+    /// first replica named, and only that one.
+    pub(crate) fn first_replica_only(&self) -> bool {
+        matches!(self, Command::Replay(_) | Command::Replays { .. } | Command::CancelReplay { .. })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// The route whose topics are read again.
+    pub(crate) route: String,
+    /// Start at the first record at or after this time: RFC 3339 (2026-12-02T18:00:00Z) or
+    /// Unix milliseconds.
+    #[arg(long, value_parser = parse_time, required_unless_present = "from_offsets", conflicts_with = "from_offsets")]
+    pub(crate) from_time: Option<i64>,
+    /// Start at these offsets, TOPIC/PARTITION=OFFSET,... (only those partitions are replayed).
+    #[arg(long, value_delimiter = ',', value_parser = parse_partition_offset)]
+    pub(crate) from_offsets: Vec<(String, i32, i64)>,
+    /// Stop before the first record at or after this time (default: each partition's end now).
+    #[arg(long, value_parser = parse_time, conflicts_with = "to_offsets")]
+    pub(crate) to_time: Option<i64>,
+    /// Stop before these offsets, TOPIC/PARTITION=OFFSET,...
+    #[arg(long, value_delimiter = ',', value_parser = parse_partition_offset)]
+    pub(crate) to_offsets: Vec<(String, i32, i64)>,
+    /// Only this topic of the route (repeat for more).
+    #[arg(long = "topic")]
+    pub(crate) topics: Vec<String>,
+    /// Start it and return its id at once.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+}
+
+pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    text.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| format!("`{text}` is not a time: write RFC 3339 (2026-12-02T18:00:00Z) or Unix milliseconds"))
+}
+
+pub(crate) fn parse_partition_offset(text: &str) -> Result<(String, i32, i64), String> {
+    let bad = || format!("`{text}` is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1500)");
+    let (tp, offset) = text.split_once('=').ok_or_else(bad)?;
+    let (topic, partition) = tp.rsplit_once('/').ok_or_else(bad)?;
+    if topic.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        topic.trim().to_string(),
+        partition.trim().parse().map_err(|_| bad())?,
+        offset.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// The letters not yet redriven (and redriven ones among them), oldest first.
+    List {
+        /// The route whose dead-letter topic is listed.
+        route: String,
+        /// Letters at most.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Produce letters back to their origin topic and partition; each letter goes back once.
+    /// Asks one replica: the record of what was redriven is in Kafka.
+    Redrive {
+        /// The route whose letters go back.
+        route: String,
+        /// Letters as PARTITION:OFFSET (as `dlq list` shows them).
+        #[arg(value_name = "PARTITION:OFFSET", value_parser = parse_letter, required_unless_present = "all", conflicts_with = "all")]
+        letters: Vec<(i32, i64)>,
+        /// Every letter not redriven yet.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub(crate) fn parse_letter(text: &str) -> Result<(i32, i64), String> {
+    let bad = || format!("`{text}` is not PARTITION:OFFSET (e.g. 0:42, as `fanoutctl dlq list` shows)");
+    let (p, o) = text.split_once(':').ok_or_else(bad)?;
+    Ok((p.trim().parse().map_err(|_| bad())?, o.trim().parse().map_err(|_| bad())?))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WeightsCommand {
+    /// Replace a route's weights on every replica, e.g. `weights set orders blue=0 green=100`.
+    ///
+    /// Every replica checks the change first (a dry run); if any refuses it, none changes. A
+    /// replica refuses a cohort the route has never seen, and a share for a cohort with no
+    /// subscriber on a route that holds (empty_cohort = "hold"), unless --force.
+    #[command(after_help = SET_EXAMPLES)]
+    Set {
+        /// The route whose weights change.
+        route: String,
+        /// A cohort (a value of the route's split label) and its weight; cohorts left out are
+        /// removed.
+        #[arg(required = true, value_name = "COHORT=WEIGHT", value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+        /// Change the weights even where a replica refuses them because they would strand
+        /// messages (dangerous).
+        ///
+        /// Overrides the refusal of a cohort the route has never seen (a typo?) and of a share
+        /// for a cohort with no subscriber on a route that holds (empty_cohort = "hold").
+        /// Dangerous: that share of the messages is held, and the route's lag grows, until a
+        /// subscriber of that cohort connects or its weight goes back to 0.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A route's weight per cohort and, on each replica, the cohort's subscribers and the
+    /// messages held for it.
+    Get {
+        /// The route (as `routes` lists them).
+        route: String,
+    },
+}
+
+pub(crate) fn parse_weight(text: &str) -> Result<(String, u32), String> {
+    let (cohort, weight) =
+        text.split_once('=').ok_or_else(|| format!("`{text}` is not COHORT=WEIGHT (e.g. green=100)"))?;
+    let cohort = cohort.trim();
+    if cohort.is_empty() {
+        return Err(format!("`{text}` names no cohort: write COHORT=WEIGHT (e.g. green=100)"));
+    }
+    let weight = weight
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("the weight in `{text}` must be a whole number from 0 (e.g. {cohort}=100)"))?;
+    Ok((cohort.to_string(), weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_as_cohort_equals_number() {
+        assert_eq!(parse_weight("green=100"), Ok(("green".into(), 100)));
+        assert!(parse_weight("green").expect_err("no =").contains("COHORT=WEIGHT"));
+        assert!(parse_weight("=5").expect_err("no cohort").contains("names no cohort"));
+        assert!(parse_weight("blue=-1").expect_err("negative").contains("whole number"));
+    }
+
+    #[test]
+    fn times_offsets_and_letters_parse_or_say_what_to_write() {
+        assert_eq!(parse_time("1700000000123"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time("yesterday").expect_err("not a time").contains("RFC 3339"));
+        assert_eq!(parse_partition_offset("orders.v2/3=15"), Ok(("orders.v2".into(), 3, 15)));
+        assert!(parse_partition_offset("orders=15").expect_err("no partition").contains("TOPIC/PARTITION=OFFSET"));
+        assert_eq!(parse_letter("1:42"), Ok((1, 42)));
+        assert!(parse_letter("1-42").expect_err("bad").contains("PARTITION:OFFSET"));
+    }
+
+    #[test]
+    fn every_argument_and_option_has_a_description() {
+        use clap::CommandFactory;
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(arg.get_help().is_some(), "{path} {id} has no description");
+                }
+            }
+            for sub in command.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{path} {} has no description", sub.get_name());
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "fanoutctl");
+        Cli::command().debug_assert();
+    }
+}
