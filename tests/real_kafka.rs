@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::real_kafka::RealKafka;
+use support::real_kafka::{RealKafka, SCRAM_PASSWORD, SCRAM_USER};
 use support::*;
 
 /// The route over `topic`, on the real broker, with quick commits.
@@ -412,4 +412,87 @@ async fn every_route_kind_reads_every_codec_and_commits_to_the_end() {
             assert_eq!(twice, 0, "{route}: nothing delivered twice");
         }
     }
+}
+
+/// `route_config` through the broker's SASL_SSL listener: SCRAM-SHA-512 over TLS, the broker's
+/// certificate checked against the test's CA, the password read from a secret file as a
+/// deployment mounts it.
+fn sasl_ssl_config(kafka: &RealKafka, group: &str, topic: &str, password_file: &std::path::Path) -> Config {
+    let mut c = route_config(kafka.sasl_ssl(), group, topic);
+    let properties = [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", SCRAM_USER),
+        ("ssl.ca.location", &kafka.ca_file().display().to_string()),
+    ];
+    for (key, value) in properties {
+        c.kafka.properties.insert(key.into(), value.to_string());
+    }
+    c.kafka.secrets.insert("sasl.password".into(), format!("file:{}", password_file.display()));
+    c.resolve_secrets(|_| None).expect("the password file is read");
+    c.validate().expect("valid config");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_reads_and_commits_through_a_sasl_ssl_listener() {
+    const MESSAGES: usize = 2_000;
+    const PARTITIONS: i32 = 2;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("sasl");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 100).await;
+    let expected: HashSet<String> = produced.iter().cloned().collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("sasl-password");
+    std::fs::write(&password, format!("{SCRAM_PASSWORD}\n")).expect("password file");
+    let group = unique_group("real-sasl");
+
+    let run = async {
+        let gw = start_gateway(sasl_ssl_config(&kafka, &group, &topic, &password)).await;
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &expected, Duration::from_millis(300)).await;
+        // Read through the plaintext listener: the same broker, an independent client.
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        drop(sub);
+        gw.shutdown().await;
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    let lost = expected.iter().filter(|id| !got.contains(id)).count();
+    assert_eq!(lost, 0, "every message read over SASL_SSL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_scram_password_is_named_as_a_sasl_failure_and_the_replica_is_not_ready() {
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("sasl-wrong");
+    kafka.create_topic(&topic, 1, &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("sasl-password");
+    std::fs::write(&password, "not-the-password\n").expect("password file");
+
+    let run = async {
+        let gw = start_gateway(sasl_ssl_config(&kafka, &unique_group("real-sasl-wrong"), &topic, &password)).await;
+        let stats = gw.stats();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let said = loop {
+            if let Some(error) = stats.last_kafka_error.read().clone() {
+                break error;
+            }
+            assert!(Instant::now() < deadline, "no Kafka error recorded in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            said.starts_with("SASL authentication with kafka at") && said.contains("sasl.password"),
+            "the status names the failure and what to check: {said}"
+        );
+        assert!(!said.contains(SCRAM_PASSWORD) && !said.contains("not-the-password"), "no password in it: {said}");
+        let (code, body) = http_get(gw.admin_addr(), "/readyz").await;
+        assert_eq!(code, 503, "not ready while Kafka refuses it: {body}");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
 }

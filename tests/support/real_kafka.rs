@@ -8,6 +8,11 @@
 //! holds and kills the JVM by PID when it closes, however the binary ends. A broker made with
 //! [`RealKafka::single_node`] and owned by a test is killed on drop instead.
 //!
+//! Besides its plaintext listener the broker has a SASL_SSL one ([`RealKafka::sasl_ssl`]):
+//! TLS with a certificate made by the test's own CA ([`RealKafka::ca_file`]) and SCRAM-SHA-256
+//! and -512 for the user [`SCRAM_USER`], whose credentials are written into the KRaft metadata
+//! when the storage is formatted (KIP-900), as a managed cluster would have them.
+//!
 //! Without the jars the tests that need a broker are skipped with a note (a developer without
 //! Java still runs everything else); with `CI=true` their absence fails the test.
 
@@ -26,6 +31,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// The SCRAM user the SASL_SSL listener knows, and its password.
+pub const SCRAM_USER: &str = "fanout";
+pub const SCRAM_PASSWORD: &str = "fanout-scram-secret";
+
 /// How long the broker may take to answer a metadata request after its JVM started.
 const START_LIMIT: Duration = Duration::from_secs(90);
 /// Lines of the broker's log printed when a test fails.
@@ -34,6 +43,10 @@ const TAIL_LINES: usize = 60;
 /// One running broker.
 pub struct RealKafka {
     bootstrap: String,
+    /// The SASL_SSL listener's address.
+    sasl_ssl: String,
+    /// The CA (PEM) that signed the broker's certificate.
+    ca_file: PathBuf,
     /// The broker's data and log; removed when the broker ends unless a test failed.
     dir: PathBuf,
     log: PathBuf,
@@ -89,16 +102,27 @@ impl RealKafka {
         let classpath = format!("{}/*", jars.display());
         let dir = tempfile::Builder::new().prefix("fanout-kafka-").tempdir().expect("a temp dir").keep();
         let log = dir.join("broker.log");
-        let (port, controller_port) = (super::free_port(), super::free_port());
+        let ports =
+            Ports { plaintext: super::free_port(), controller: super::free_port(), sasl_ssl: super::free_port() };
+        // The SASL_SSL listener's certificate, for 127.0.0.1 and localhost: the key and its
+        // chain in one PEM file (Kafka's PEM keystore; an unencrypted key needs Kafka 3.2+).
+        let ca = super::pki::TestCa::new("kafka");
+        let leaf = ca.server();
+        let keystore = dir.join("broker-keystore.pem");
+        std::fs::write(&keystore, format!("{}{}", leaf.key_pem, leaf.cert_pem)).expect("keystore written");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).expect("CA written");
         let properties = dir.join("server.properties");
-        std::fs::write(&properties, server_properties(&dir.join("data"), port, controller_port))
+        std::fs::write(&properties, server_properties(&dir.join("data"), &ports, &keystore))
             .expect("server.properties written");
         let log_file = || std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("broker log");
 
         let started = Instant::now();
+        let scram = |mechanism: &str| format!("{mechanism}=[name={SCRAM_USER},password={SCRAM_PASSWORD}]");
         let format = Command::new("java")
             .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id(), "-c"])
             .arg(&properties)
+            .args(["--add-scram", &scram("SCRAM-SHA-256"), "--add-scram", &scram("SCRAM-SHA-512")])
             .stdout(log_file())
             .stderr(log_file())
             .status()
@@ -121,7 +145,15 @@ impl RealKafka {
             .spawn()
             .expect("java starts");
         let watchdog = watchdog.then(|| spawn_watchdog(java.id(), &dir));
-        let mut kafka = Self { bootstrap: format!("127.0.0.1:{port}"), dir, log, java, watchdog };
+        let mut kafka = Self {
+            bootstrap: format!("127.0.0.1:{}", ports.plaintext),
+            sasl_ssl: format!("127.0.0.1:{}", ports.sasl_ssl),
+            ca_file,
+            dir,
+            log,
+            java,
+            watchdog,
+        };
         kafka.wait_until_answering(started);
         kafka
     }
@@ -154,6 +186,16 @@ impl RealKafka {
 
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// The SASL_SSL listener (TLS, then SCRAM-SHA-256 or -512 as [`SCRAM_USER`]).
+    pub fn sasl_ssl(&self) -> &str {
+        &self.sasl_ssl
+    }
+
+    /// The CA (PEM file) that signed the SASL_SSL listener's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
     }
 
     /// The broker's log file.
@@ -325,18 +367,33 @@ fn cluster_id() -> String {
     }
 }
 
+/// The broker's loopback ports.
+struct Ports {
+    plaintext: u16,
+    controller: u16,
+    sasl_ssl: u16,
+}
+
 /// One node, broker and controller, replication factors 1, small internal topics, quick
-/// group joins and a quick log cleaner (compacted topics in tests).
-fn server_properties(data: &Path, port: u16, controller_port: u16) -> String {
+/// group joins and a quick log cleaner (compacted topics in tests); a plaintext listener and
+/// a SASL_SSL one (SCRAM over TLS, its certificate and key in `keystore`).
+fn server_properties(data: &Path, ports: &Ports, keystore: &Path) -> String {
+    let Ports { plaintext, controller, sasl_ssl } = ports;
+    let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
     format!(
         "process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_SSL://127.0.0.1:{sasl_ssl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
 log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
@@ -352,7 +409,8 @@ group.initial.rebalance.delay.ms=0
 log.cleaner.backoff.ms=200
 log.retention.check.interval.ms=1000
 ",
-        data = data.display()
+        data = data.display(),
+        keystore = keystore.display(),
     )
 }
 
