@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::dedup::DedupConfig;
 use fanout_gateway::config::{Config, DeliveryMode};
+use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -495,4 +496,88 @@ async fn a_wrong_scram_password_is_named_as_a_sasl_failure_and_the_replica_is_no
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
+}
+
+/// The committed offset and metadata of `group` on partition 0 of `topic`, as an independent
+/// client reads them from the broker.
+fn committed_with_metadata(kafka: &RealKafka, group: &str, topic: &str) -> Option<(i64, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    let element = committed.elements().into_iter().next()?;
+    match element.offset() {
+        Offset::Offset(o) => Some((o, element.metadata().to_string())),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_out_of_order_fill_the_commit_metadata_and_kafka_takes_every_commit() {
+    // Every other message acked while the first is held: about 2,500 separate acked ranges
+    // above the commit point, far more than 4 KiB of metadata could name.
+    const MESSAGES: usize = 5_000;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("metadata");
+    kafka.create_topic(&topic, 1, &[]).await;
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 100).await;
+    let expected: HashSet<String> = produced.iter().cloned().collect();
+    let group = unique_group("real-metadata");
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    config.routes[0].max_in_flight = 10_000;
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 10_000)).await.expect("subscribes");
+        let mut held: Vec<String> = Vec::new();
+        let mut got: HashSet<String> = HashSet::new();
+        while got.len() < MESSAGES {
+            for id in next_batch(&mut sub).await.iter().map(stream::id_of) {
+                got.insert(id.clone());
+                held.push(id);
+            }
+        }
+        let offset = |id: &String| id.rsplit('/').next().and_then(|o| o.parse::<i64>().ok()).expect("an offset");
+        let (odd, even): (Vec<String>, Vec<String>) = held.into_iter().partition(|id| offset(id) % 2 == 1);
+        sub.ack(odd).await.expect("acks sent");
+        // Commits every 100 ms carry what fits of the ranges; each must be taken.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let metadata = loop {
+            if let Some((0, metadata)) = committed_with_metadata(&kafka, &group, &topic) {
+                if metadata.len() > 3_000 {
+                    break metadata;
+                }
+            }
+            assert!(Instant::now() < deadline, "no commit with the acked ranges in its metadata within 20 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            Stats::get(&stats.commit_failures),
+            0,
+            "Kafka refused no commit (metadata of {} bytes)",
+            metadata.len()
+        );
+        assert!(metadata.len() <= 4_096, "within Kafka's offset.metadata.max.bytes: {}", metadata.len());
+        sub.ack(even).await.expect("acks sent");
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        assert_eq!(Stats::get(&stats.commit_failures), 0, "no commit failed");
+        drop(sub);
+        gw.shutdown().await;
+        (got, metadata.len())
+    };
+    let (got, metadata) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    eprintln!(
+        "out-of-order acks on Kafka: {} delivered, commit metadata {metadata} bytes, no commit refused",
+        got.len()
+    );
+    assert_eq!(got, expected, "every message delivered once");
 }
