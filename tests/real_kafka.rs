@@ -581,3 +581,91 @@ async fn acks_out_of_order_fill_the_commit_metadata_and_kafka_takes_every_commit
     );
     assert_eq!(got, expected, "every message delivered once");
 }
+
+/// The gateway's `name{route,topic,partition}` series for `topic`, per partition.
+fn partition_gauge(samples: &std::collections::HashMap<String, f64>, name: &str, topic: &str) -> Vec<(i32, i64)> {
+    let mut out: Vec<(i32, i64)> = samples
+        .iter()
+        .filter_map(|(series, value)| {
+            let labels = series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+            if !labels.contains(&format!("route=\"{ROUTE}\"")) || !labels.contains(&format!("topic=\"{topic}\"")) {
+                return None;
+            }
+            let partition = labels.split("partition=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            Some((partition, *value as i64))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until the gateway's lag and high-watermark series of every partition equal what
+/// Kafka itself says (its end offsets, the group's committed offsets), and returns the lag.
+async fn lag_agrees_with_kafka(
+    kafka: &RealKafka,
+    admin: std::net::SocketAddr,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i32, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ends = kafka.end_offsets(topic, partitions);
+        let committed = kafka.committed(group, topic, partitions);
+        let kafka_lag: Vec<(i32, i64)> =
+            (0..partitions).map(|p| (p, ends[&p] - committed.get(&p).copied().unwrap_or(0))).collect();
+        let kafka_ends: Vec<(i32, i64)> = (0..partitions).map(|p| (p, ends[&p])).collect();
+        let (_, samples) = scrape(admin).await;
+        let lag = partition_gauge(&samples, "fanout_partition_lag", topic);
+        let marks = partition_gauge(&samples, "fanout_partition_high_watermark", topic);
+        if lag == kafka_lag && marks == kafka_ends {
+            return lag;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's view never matched Kafka's in 20 s: lag {lag:?} vs {kafka_lag:?}, high watermarks {marks:?} vs {kafka_ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_and_high_watermark_metrics_agree_with_kafkas_own_view_of_the_group() {
+    const MESSAGES: usize = 3_000;
+    const PARTITIONS: i32 = 3;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("lag");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 300).await;
+    let group = unique_group("real-lag");
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    // The consumer's statistics (the high watermarks) every 500 ms.
+    config.kafka.properties.insert("statistics.interval.ms".into(), "500".into());
+    config.routes[0].max_in_flight = 5_000;
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 5_000)).await.expect("subscribes");
+        // Everything delivered, nothing acked: the whole backlog is lag, on both sides.
+        let mut held = Vec::new();
+        while held.len() < MESSAGES {
+            held.extend(next_batch(&mut sub).await.iter().map(stream::id_of));
+        }
+        let before = lag_agrees_with_kafka(&kafka, gw.admin_addr(), &group, &topic, PARTITIONS).await;
+        sub.ack(held).await.expect("acks sent");
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        let after = lag_agrees_with_kafka(&kafka, gw.admin_addr(), &group, &topic, PARTITIONS).await;
+        drop(sub);
+        gw.shutdown().await;
+        (before, after)
+    };
+    let (before, after) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+    assert_eq!(
+        before.iter().map(|(_, lag)| lag).sum::<i64>(),
+        produced.len() as i64,
+        "un-acked, all of it is lag: {before:?}"
+    );
+    assert!(after.iter().all(|(_, lag)| *lag == 0), "acked and committed, no lag: {after:?}");
+}
