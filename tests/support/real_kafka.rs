@@ -3,10 +3,13 @@
 //! `target/kafka-jars` (`.ci/setup` does it), run as its own JVM on free loopback ports.
 //!
 //! [`RealKafka::shared`] starts one broker per test binary, on first use; each test gets a
-//! [`Lease`] that prints the broker's log tail and keeps its log when the test fails. The
-//! broker ends with the test binary: a watchdog shell waits on a pipe only this process
-//! holds and kills the JVM by PID when it closes, however the binary ends. A broker made with
-//! [`RealKafka::single_node`] and owned by a test is killed on drop instead.
+//! [`Lease`] that prints the broker's log tail and keeps its log when the test fails.
+//! [`RealKafka::cluster`] starts a cluster of its own for a fault test: three nodes, each
+//! broker and controller, replication factor 3 and `min.insync.replicas=2`, whose nodes the
+//! test kills and restarts ([`RealKafka::kill`], [`RealKafka::restart`]). Every JVM ends with
+//! the test binary: a watchdog shell waits on a pipe only this process holds and, when it
+//! closes, however the binary ends, kills every JVM the cluster started (by PID); a cluster
+//! owned by a test is also killed when it is dropped.
 //!
 //! Besides its plaintext listener the broker has a SASL_SSL one ([`RealKafka::sasl_ssl`]):
 //! TLS with a certificate made by the test's own CA ([`RealKafka::ca_file`]) and SCRAM-SHA-256
@@ -40,20 +43,31 @@ const START_LIMIT: Duration = Duration::from_secs(90);
 /// Lines of the broker's log printed when a test fails.
 const TAIL_LINES: usize = 60;
 
-/// One running broker.
+/// A running cluster of one or more nodes.
 pub struct RealKafka {
+    /// Every node's plaintext listener.
     bootstrap: String,
-    /// The SASL_SSL listener's address.
+    /// The SASL_SSL listener's address (node 1 of a single-node cluster; empty otherwise).
     sasl_ssl: String,
     /// The CA (PEM) that signed the broker's certificate.
     ca_file: PathBuf,
-    /// The broker's data and log; removed when the broker ends unless a test failed.
+    /// The nodes' data and logs; removed when the cluster ends unless a test failed.
     dir: PathBuf,
-    log: PathBuf,
-    java: Child,
+    /// Node `n` (its `node.id`) is `nodes[n - 1]`.
+    nodes: Vec<Node>,
     /// Its write end is the watchdog's pipe: closing it (dropping it, or the process ending)
-    /// makes the watchdog kill the JVM.
+    /// makes the watchdog kill every JVM listed in `pids`.
     watchdog: Option<(Child, ChildStdin)>,
+}
+
+/// One node: broker and controller in one JVM.
+struct Node {
+    id: usize,
+    plaintext: u16,
+    properties: PathBuf,
+    log: PathBuf,
+    /// None while the node is killed.
+    java: Option<Child>,
 }
 
 /// Where `.ci/setup` copies the broker's jars: FANOUT_KAFKA_JARS, or `target/kafka-jars`.
@@ -87,23 +101,30 @@ impl RealKafka {
         if !available() {
             return None;
         }
-        let kafka = SHARED.get_or_init(|| Self::start(true));
+        let kafka = SHARED.get_or_init(|| Self::start(1));
         Some(Lease { kafka })
     }
 
-    /// A broker of the caller's own, killed when it is dropped; None when the jars are
-    /// missing outside CI.
-    pub fn single_node() -> Option<Self> {
-        available().then(|| Self::start(false))
+    /// A cluster of `nodes` nodes of the caller's own (replication factor and
+    /// `min.insync.replicas` as a production cluster has them: 3 and 2 for three nodes), killed
+    /// when it is dropped; None when the jars are missing outside CI.
+    pub fn cluster(nodes: usize) -> Option<Self> {
+        available().then(|| Self::start(nodes))
     }
 
-    fn start(watchdog: bool) -> Self {
+    fn start(count: usize) -> Self {
         let jars = jars_dir();
         let classpath = format!("{}/*", jars.display());
         let dir = tempfile::Builder::new().prefix("fanout-kafka-").tempdir().expect("a temp dir").keep();
-        let log = dir.join("broker.log");
-        let ports =
-            Ports { plaintext: super::free_port(), controller: super::free_port(), sasl_ssl: super::free_port() };
+        let ports: Vec<Ports> = (0..count)
+            .map(|_| Ports {
+                plaintext: super::free_port(),
+                controller: super::free_port(),
+                sasl_ssl: super::free_port(),
+            })
+            .collect();
+        let voters: Vec<String> =
+            ports.iter().enumerate().map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller)).collect();
         // The SASL_SSL listener's certificate, for 127.0.0.1 and localhost: the key and its
         // chain in one PEM file (Kafka's PEM keystore; an unencrypted key needs Kafka 3.2+).
         let ca = super::pki::TestCa::new("kafka");
@@ -112,23 +133,46 @@ impl RealKafka {
         std::fs::write(&keystore, format!("{}{}", leaf.key_pem, leaf.cert_pem)).expect("keystore written");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca.pem).expect("CA written");
-        let properties = dir.join("server.properties");
-        std::fs::write(&properties, server_properties(&dir.join("data"), &ports, &keystore))
-            .expect("server.properties written");
-        let log_file = || std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("broker log");
 
         let started = Instant::now();
+        let cluster_id = cluster_id();
         let scram = |mechanism: &str| format!("{mechanism}=[name={SCRAM_USER},password={SCRAM_PASSWORD}]");
-        let format = Command::new("java")
-            .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id(), "-c"])
-            .arg(&properties)
-            .args(["--add-scram", &scram("SCRAM-SHA-256"), "--add-scram", &scram("SCRAM-SHA-512")])
-            .stdout(log_file())
-            .stderr(log_file())
-            .status()
-            .expect("java runs (Java 17 or newer)");
-        assert!(format.success(), "formatting KRaft storage failed: {}", tail(&log));
+        let mut nodes = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let id = i + 1;
+            let properties = dir.join(format!("server-{id}.properties"));
+            let log = dir.join(if count == 1 { "broker.log".to_string() } else { format!("node-{id}.log") });
+            // A single node also serves SASL_SSL; a cluster is for faults, plaintext only.
+            let sasl = (count == 1).then_some(keystore.as_path());
+            let text = server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, sasl);
+            std::fs::write(&properties, text).expect("server.properties written");
+            let format = Command::new("java")
+                .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+                .arg(&properties)
+                .args(["--add-scram", &scram("SCRAM-SHA-256"), "--add-scram", &scram("SCRAM-SHA-512")])
+                .stdout(log_file(&log))
+                .stderr(log_file(&log))
+                .status()
+                .expect("java runs (Java 17 or newer)");
+            assert!(format.success(), "formatting KRaft storage of node {id} failed: {}", tail(&log));
+            nodes.push(Node { id, plaintext: p.plaintext, properties, log, java: None });
+        }
+        let watchdog = Some(spawn_watchdog(&dir));
+        let bootstrap = ports.iter().map(|p| format!("127.0.0.1:{}", p.plaintext)).collect::<Vec<_>>().join(",");
+        let sasl_ssl = if count == 1 { format!("127.0.0.1:{}", ports[0].sasl_ssl) } else { String::new() };
+        let mut kafka = Self { bootstrap, sasl_ssl, ca_file, dir, nodes, watchdog };
+        for id in 1..=count {
+            kafka.launch(id);
+        }
+        kafka.wait_until_answering(started);
+        kafka
+    }
 
+    /// Starts node `id`'s JVM (its storage formatted already) and lists its PID for the
+    /// watchdog.
+    fn launch(&mut self, id: usize) {
+        let classpath = format!("{}/*", jars_dir().display());
+        let node = &mut self.nodes[id - 1];
         let java = Command::new("java")
             .args(["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true"])
             // Timestamps in the log; the config dumps of every client and server at warn.
@@ -138,50 +182,83 @@ impl RealKafka {
                 "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn",
             ])
             .args(["-cp", &classpath, "kafka.Kafka"])
-            .arg(&properties)
+            .arg(&node.properties)
             .stdin(Stdio::null())
-            .stdout(log_file())
-            .stderr(log_file())
+            .stdout(log_file(&node.log))
+            .stderr(log_file(&node.log))
             .spawn()
             .expect("java starts");
-        let watchdog = watchdog.then(|| spawn_watchdog(java.id(), &dir));
-        let mut kafka = Self {
-            bootstrap: format!("127.0.0.1:{}", ports.plaintext),
-            sasl_ssl: format!("127.0.0.1:{}", ports.sasl_ssl),
-            ca_file,
-            dir,
-            log,
-            java,
-            watchdog,
-        };
-        kafka.wait_until_answering(started);
-        kafka
+        let mut pids =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")).expect("pid list");
+        writeln!(pids, "{}", java.id()).expect("pid listed");
+        node.java = Some(java);
     }
 
+    /// Kills node `id` (SIGKILL: no controlled shutdown, as a crashed machine).
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut java) = self.nodes[id - 1].java.take() {
+            let _ = java.kill();
+            let _ = java.wait();
+        }
+    }
+
+    /// Starts node `id` again on its storage and waits until the cluster lists it.
+    pub fn restart(&mut self, id: usize) {
+        assert!(self.nodes[id - 1].java.is_none(), "node {id} runs");
+        let started = Instant::now();
+        self.launch(id);
+        self.wait_until_answering(started);
+    }
+
+    /// The node that leads `partition` of `topic`, as the cluster's metadata says (-1 for none).
+    pub fn leader_of(&self, topic: &str, partition: i32) -> i32 {
+        let consumer = self.client("leader-check");
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions())
+            .find(|p| p.id() == partition)
+            .map_or(-1, |p| p.leader())
+    }
+
+    /// Waits until every running node answers in the cluster's metadata.
     fn wait_until_answering(&mut self, started: Instant) {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("log_level", "3")
             .create()
             .expect("metadata client");
+        let running: Vec<i32> = self.nodes.iter().filter(|n| n.java.is_some()).map(|n| n.id as i32).collect();
         loop {
-            if let Some(status) = self.java.try_wait().expect("broker process state") {
-                panic!("the Kafka broker exited ({status}) before it answered: {}", tail(&self.log));
+            for node in &mut self.nodes {
+                if let Some(status) = node.java.as_mut().and_then(|j| j.try_wait().expect("broker process state")) {
+                    panic!("Kafka node {} exited ({status}) before it answered: {}", node.id, tail(&node.log));
+                }
             }
             if let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_millis(500)) {
-                if !metadata.brokers().is_empty() {
+                let listed: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+                if running.iter().all(|id| listed.contains(id)) {
                     eprintln!(
-                        "real Kafka broker at {} answered after {:.1} s (log: {})",
+                        "real Kafka ({} node{}) at {} answered after {:.1} s (logs: {})",
+                        running.len(),
+                        if running.len() == 1 { "" } else { "s" },
                         self.bootstrap,
                         started.elapsed().as_secs_f64(),
-                        self.log.display()
+                        self.dir.display()
                     );
                     return;
                 }
             }
-            assert!(started.elapsed() < START_LIMIT, "the Kafka broker did not answer in time: {}", tail(&self.log));
+            assert!(started.elapsed() < START_LIMIT, "the Kafka cluster did not answer in time: {}", self.tails());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The last lines of every node's log.
+    fn tails(&self) -> String {
+        self.nodes.iter().map(|n| format!("--- node {} ({}) ---\n{}", n.id, n.log.display(), tail(&n.log))).collect()
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -198,18 +275,18 @@ impl RealKafka {
         &self.ca_file
     }
 
-    /// The broker's log file.
+    /// Node 1's log file.
     pub fn log(&self) -> &Path {
-        &self.log
+        &self.nodes[0].log
     }
 
-    /// Creates `topic` with `partitions` partitions (replication factor 1) and topic-level
+    /// Creates `topic` with `partitions` partitions (replicated on every node) and topic-level
     /// `configs` (`cleanup.policy`, `segment.ms`, ...), through rdkafka's admin client, and
     /// waits until its partitions have leaders.
     pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().expect("admin client");
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.nodes.len() as i32));
         for (key, value) in configs {
             new = new.set(key, value);
         }
@@ -297,16 +374,19 @@ impl RealKafka {
 
 impl Drop for RealKafka {
     fn drop(&mut self) {
-        let _ = self.java.kill();
-        let _ = self.java.wait();
+        for node in &mut self.nodes {
+            if let Some(mut java) = node.java.take() {
+                let _ = java.kill();
+                let _ = java.wait();
+            }
+        }
+        if std::thread::panicking() {
+            let _ = std::fs::write(self.dir.join("keep"), "a test failed\n");
+            eprintln!("--- tails of the Kafka logs in {} (kept) ---\n{}", self.dir.display(), self.tails());
+        }
         if let Some((mut watchdog, pipe)) = self.watchdog.take() {
             drop(pipe);
             let _ = watchdog.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- tail of the Kafka broker's log {} ---\n{}", self.log.display(), tail(&self.log));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -328,23 +408,18 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = std::fs::write(self.kafka.dir.join("keep"), "a test failed\n");
-            eprintln!(
-                "--- tail of the Kafka broker's log {} (kept) ---\n{}",
-                self.kafka.log.display(),
-                tail(&self.kafka.log)
-            );
+            eprintln!("--- tails of the Kafka logs in {} (kept) ---\n{}", self.kafka.dir.display(), self.kafka.tails());
         }
     }
 }
 
-/// A shell that kills the JVM `pid` when its stdin closes, which happens when this process
-/// ends however it ends (the pipe's write end is close-on-exec, held by no one else), then
-/// removes the broker's directory unless a failed test left a `keep` file in it.
-fn spawn_watchdog(pid: u32, dir: &Path) -> (Child, ChildStdin) {
-    let script = r#"read -r _ ; kill -9 "$0" 2>/dev/null ; [ -e "$1/keep" ] || rm -rf "$1""#;
+/// A shell that, when its stdin closes, kills every JVM listed in `dir/pids` (which happens
+/// when this process ends however it ends: the pipe's write end is close-on-exec, held by no
+/// one else), then removes `dir` unless a failed test left a `keep` file in it.
+fn spawn_watchdog(dir: &Path) -> (Child, ChildStdin) {
+    let script = r#"read -r _ ; for pid in $(cat "$0/pids" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done ; [ -e "$0/keep" ] || rm -rf "$0""#;
     let mut child = Command::new("sh")
         .args(["-c", script])
-        .arg(pid.to_string())
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -353,6 +428,11 @@ fn spawn_watchdog(pid: u32, dir: &Path) -> (Child, ChildStdin) {
         .expect("watchdog shell starts");
     let pipe = child.stdin.take().expect("watchdog's stdin");
     (child, pipe)
+}
+
+/// Appends to a node's log.
+fn log_file(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(log).expect("broker log")
 }
 
 /// A KRaft cluster id: 16 random bytes, base64url without padding (what
@@ -374,43 +454,74 @@ struct Ports {
     sasl_ssl: u16,
 }
 
-/// One node, broker and controller, replication factors 1, small internal topics, quick
-/// group joins and a quick log cleaner (compacted topics in tests); a plaintext listener and
-/// a SASL_SSL one (SCRAM over TLS, its certificate and key in `keystore`).
-fn server_properties(data: &Path, ports: &Ports, keystore: &Path) -> String {
+/// Node `id` of `count`, broker and controller, with the cluster's `voters`; replication as
+/// the cluster's size allows (1, or 3 with `min.insync.replicas` 2), small internal topics,
+/// quick group joins and a quick log cleaner (compacted topics in tests). A plaintext
+/// listener, and with `sasl_keystore` a SASL_SSL one (SCRAM over TLS, its certificate and
+/// key in that file).
+fn server_properties(
+    id: usize,
+    data: &Path,
+    ports: &Ports,
+    voters: &str,
+    count: usize,
+    sasl_keystore: Option<&Path>,
+) -> String {
     let Ports { plaintext, controller, sasl_ssl } = ports;
-    let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
-    format!(
-        "process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_SSL://127.0.0.1:{sasl_ssl}
-advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
-sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+    let replicas = count.min(3);
+    let min_isr = if replicas >= 3 { 2 } else { 1 };
+    let (listeners, advertised, protocols, sasl) = match sasl_keystore {
+        Some(keystore) => {
+            let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+            (
+                format!("PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_SSL://127.0.0.1:{sasl_ssl}"),
+                format!("PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl}"),
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+                format!(
+                    "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
 listener.name.sasl_ssl.ssl.keystore.type=PEM
-listener.name.sasl_ssl.ssl.keystore.location={keystore}
-log.dirs={data}
+listener.name.sasl_ssl.ssl.keystore.location={}
+",
+                    keystore.display()
+                ),
+            )
+        }
+        None => (
+            format!("PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller}"),
+            format!("PLAINTEXT://127.0.0.1:{plaintext}"),
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            String::new(),
+        ),
+    };
+    format!(
+        "process.roles=broker,controller
+node.id={id}
+controller.quorum.voters={voters}
+listeners={listeners}
+advertised.listeners={advertised}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map={protocols}
+{sasl}log.dirs={data}
 num.partitions=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 log.cleaner.backoff.ms=200
 log.retention.check.interval.ms=1000
 ",
         data = data.display(),
-        keystore = keystore.display(),
     )
 }
 
