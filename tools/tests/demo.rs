@@ -55,7 +55,7 @@ fn demo_acks_everything_it_produces_and_reports_one_line() {
     assert!(subscribe.ends_with("--route demo --label track=canary"), "{stdout}");
     assert!(attach("status:").contains("--token demo-token status") && !attach("status:").contains(":0 "), "{stdout}");
     for what in ["weights:", "drain:", "replay:", "dlq:", "redrive:"] {
-        assert!(attach(what).contains("-p fanoutctl -- --gateway 127.0.0.1:"), "{what} {stdout}");
+        assert!(attach(what).contains("cargo fanoutctl --gateway 127.0.0.1:"), "{what} {stdout}");
     }
 }
 
