@@ -8,7 +8,6 @@
 //!
 //! [`ClientReports`] ([`reports`]) is what every gateway client does with its failures.
 
-mod commits;
 pub mod consumer;
 pub mod replay;
 pub mod reports;

@@ -26,7 +26,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::commits::Committer;
 use super::{Assignment, ClientReports, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
@@ -67,7 +66,7 @@ pub struct ConsumerHandle {
     pub exited: oneshot::Receiver<()>,
 }
 
-pub(super) struct GatewayContext {
+struct GatewayContext {
     events: mpsc::Sender<KafkaEvent>,
     stats: Arc<Stats>,
     /// The route's consumer group, which the committed offsets in `stats` are filed under.
@@ -81,9 +80,6 @@ pub(super) struct GatewayContext {
     reports: Arc<ClientReports>,
     /// The route's commit latency histogram.
     commit_latency: prometheus_client::metrics::histogram::Histogram,
-    /// Held while a commit is made: the commit thread's ([`super::commits`]) and a revoke's
-    /// never overlap, so none lands after a revoke's own.
-    pub(super) commit_lock: parking_lot::Mutex<()>,
 }
 
 /// Interned topic names, so every record of a topic shares one `Arc<str>`.
@@ -207,8 +203,7 @@ impl ConsumerContext for GatewayContext {
                 }
                 match answer.recv_timeout(self.revoke_timeout) {
                     Ok(points) if !points.is_empty() => {
-                        let _one_at_a_time = self.commit_lock.lock();
-                        if let Err(error) = send_commit(consumer, &points, CommitMode::Sync) {
+                        if let Err(error) = commit(consumer, &points, CommitMode::Sync) {
                             Stats::bump(&self.stats.commit_failures, 1);
                             Stats::bump(&self.stats.revoke_commits_refused, 1);
                             warn!(%error, "commit on revoke failed; the next owner redelivers from the last commit");
@@ -263,7 +258,7 @@ impl ConsumerContext for GatewayContext {
 }
 
 impl GatewayContext {
-    pub(super) fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
+    fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
         let mut committed = self.stats.committed.write();
         for (tp, point) in points {
             let at = GroupPartition { group: self.group.clone(), topic: tp.topic.to_string(), partition: tp.partition };
@@ -272,8 +267,7 @@ impl GatewayContext {
     }
 }
 
-/// Commits `points` (with their metadata) and times it.
-pub(super) fn send_commit(
+fn commit(
     consumer: &BaseConsumer<GatewayContext>,
     points: &[(TopicPartition, CommitPoint)],
     mode: CommitMode,
@@ -307,7 +301,7 @@ fn seek(consumer: &BaseConsumer<GatewayContext>, tp: &TopicPartition, offset: i6
 }
 
 /// The points of partitions the consumer holds now.
-pub(super) fn still_assigned(
+fn still_assigned(
     consumer: &BaseConsumer<GatewayContext>,
     mut points: Vec<(TopicPartition, CommitPoint)>,
 ) -> Vec<(TopicPartition, CommitPoint)> {
@@ -389,7 +383,6 @@ pub fn spawn(
         topics: parking_lot::Mutex::new(TopicNames::default()),
         reports: reports.clone(),
         commit_latency: stats.histograms.commit(&route.name),
-        commit_lock: parking_lot::Mutex::new(()),
     };
     // Creating the client checks its properties (a start with a property librdkafka refuses
     // fails here, naming it) and connects to nothing yet.
@@ -431,29 +424,20 @@ fn run(
     reports: Arc<ClientReports>,
     joining: Joining,
 ) {
-    let consumer = Arc::new(consumer);
-    let committer = match Committer::spawn(consumer.clone(), stats.clone(), commit_thread_name()) {
-        Ok(committer) => committer,
-        Err(error) => {
-            error!(%error, "cannot start the commit thread; the route stops");
-            return;
-        }
-    };
     let mut fetching = true;
     let mut probe = Probe::new();
     // Partitions to resume once their seek back succeeds, and when to try again.
     let mut unsought: Vec<(TopicPartition, i64)> = Vec::new();
     let mut next_seek = Instant::now();
-    if let Flow::Close =
-        join(&consumer, &committer, &commands, &reports, &mut probe, &mut fetching, &mut unsought, joining)
+    if let Flow::Close = join(&consumer, &commands, &stats, &reports, &mut probe, &mut fetching, &mut unsought, joining)
     {
-        close(consumer, committer);
+        close(consumer);
         return;
     }
     let mut next_positions = Instant::now();
     loop {
-        if let Flow::Close = take_commands(&consumer, &committer, &commands, &mut fetching, &mut unsought) {
-            close(consumer, committer);
+        if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
+            close(consumer);
             return;
         }
         // Here every record polled so far has been sent: the positions cover nothing still
@@ -521,13 +505,12 @@ fn run(
                 Ok(()) => break,
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     info!("dispatcher gone; closing the consumer");
-                    close(consumer, committer);
                     return;
                 }
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     event = back;
-                    if let Flow::Close = take_commands(&consumer, &committer, &commands, &mut fetching, &mut unsought) {
-                        close(consumer, committer);
+                    if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
+                        close(consumer);
                         return;
                     }
                     std::thread::sleep(Duration::from_micros(500));
@@ -564,8 +547,8 @@ fn positions(consumer: &BaseConsumer<GatewayContext>) -> Vec<(TopicPartition, i6
 #[allow(clippy::too_many_arguments)] // the thread's own state, lent for a while
 fn join(
     consumer: &BaseConsumer<GatewayContext>,
-    committer: &Committer,
     commands: &std_mpsc::Receiver<KafkaCommand>,
+    stats: &Stats,
     reports: &ClientReports,
     probe: &mut Probe,
     fetching: &mut bool,
@@ -574,7 +557,7 @@ fn join(
 ) -> Flow {
     if let Some(seed) = joining.seed {
         loop {
-            if let Flow::Close = take_commands(consumer, committer, commands, fetching, unsought) {
+            if let Flow::Close = take_commands(consumer, commands, stats, fetching, unsought) {
                 return Flow::Close;
             }
             if probe.check(consumer, reports) == Some(true) {
@@ -602,16 +585,7 @@ fn join(
     }
 }
 
-/// The commit thread's name, from the consumer thread's (`kafka-<route>` → `commit-<route>`,
-/// within Linux's 15 characters).
-fn commit_thread_name() -> String {
-    let name = std::thread::current().name().unwrap_or("kafka").replacen("kafka-", "commit-", 1);
-    name.chars().take(15).collect()
-}
-
-/// Makes the commits queued so far, then leaves the group.
-fn close(consumer: Arc<BaseConsumer<GatewayContext>>, committer: Committer) {
-    committer.close();
+fn close(consumer: BaseConsumer<GatewayContext>) {
     info!("closing the consumer: leaving the group");
     drop(consumer);
     info!("consumer closed");
@@ -620,8 +594,8 @@ fn close(consumer: Arc<BaseConsumer<GatewayContext>>, committer: Committer) {
 /// Carries out the dispatcher's commands queued so far.
 fn take_commands(
     consumer: &BaseConsumer<GatewayContext>,
-    committer: &Committer,
     commands: &std_mpsc::Receiver<KafkaCommand>,
+    stats: &Stats,
     fetching: &mut bool,
     unsought: &mut Vec<(TopicPartition, i64)>,
 ) -> Flow {
@@ -632,8 +606,30 @@ fn take_commands(
             Err(std_mpsc::TryRecvError::Disconnected) => KafkaCommand::Close,
         };
         match command {
-            // Made on the commit thread ([`super::commits`]): this one goes on polling.
-            KafkaCommand::Commit { points, done } => committer.commit(points, done),
+            KafkaCommand::Commit { points, done } => {
+                // Synchronous: librdkafka reports async commit results only through a
+                // callback rust-rdkafka does not install, and a commit a second costs one
+                // round trip on this thread while librdkafka keeps prefetching.
+                // Only partitions still assigned: a commit asked for before a revoke but taken
+                // up after it would move the revoked partitions back behind the revoke's own
+                // commit, and their next owner would redeliver what was acked in between.
+                let points = still_assigned(consumer, points);
+                debug!(partitions = points.len(), "committing");
+                let result = if points.is_empty() { Ok(()) } else { commit(consumer, &points, CommitMode::Sync) };
+                match &result {
+                    Ok(()) => {
+                        Stats::bump(&stats.commits, 1);
+                        consumer.context().record_committed(&points);
+                    }
+                    Err(error) => {
+                        Stats::bump(&stats.commit_failures, 1);
+                        warn!(%error, "offset commit failed; the next commit retries it");
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result.map_err(super::CommitError));
+                }
+            }
             KafkaCommand::Pause(partitions) => {
                 if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
                     warn!(%error, "pause failed");
