@@ -279,6 +279,8 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
         let victim = deployment.replicas.remove(1);
         let (settings, config) = (victim.settings.clone(), victim.config.clone());
         let victim_port = settings.port;
+        let sub_log = dir.path().join("scale-kill-0.log");
+        let log_lines_before_kill = std::fs::read_to_string(&sub_log).unwrap_or_default().lines().count();
         drop(victim); // SIGKILL: the guard kills and reaps it
         let killed_at_line = sub.output().progress.len();
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -300,8 +302,9 @@ async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
             assert!(!log.contains("partitions revoked"), "replica {n} kept its partitions through the kill:\n{log}");
         }
         let victim = format!("replica=127.0.0.1:{}", victim_port);
-        let sub_log = std::fs::read_to_string(dir.path().join("scale-kill-0.log")).unwrap_or_default();
-        let lost: Vec<&str> = sub_log.lines().filter(|l| l.contains("stream lost")).collect();
+        let sub_log = std::fs::read_to_string(&sub_log).unwrap_or_default();
+        let lost: Vec<&str> =
+            sub_log.lines().skip(log_lines_before_kill).filter(|l| l.contains("stream lost")).collect();
         assert!(!lost.is_empty(), "the killed replica's stream was lost");
         assert!(
             lost.iter().all(|l| l.contains(&victim)),
