@@ -141,12 +141,26 @@ impl Control {
         let stats = &self.inner.stats;
         let groups = self.replica_groups();
         let states = stats.groups.read();
+        let fatal = self.liveness().err();
         crate::readiness::assess(
             stats.stopping.load(std::sync::atomic::Ordering::Relaxed),
+            fatal.as_deref(),
             stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
             &groups,
             &states,
         )
+    }
+
+    /// Whether this replica should be restarted: Err with what was said of each Kafka client
+    /// that hit a fatal error (a fenced route consumer delivers nothing until a new process
+    /// joins its group again).
+    pub fn liveness(&self) -> Result<(), String> {
+        let fatal = self.inner.stats.fatal_errors.read();
+        if fatal.is_empty() {
+            Ok(())
+        } else {
+            Err(fatal.values().cloned().collect::<Vec<_>>().join("; "))
+        }
     }
 
     /// The consumer groups of the routes this replica runs.

@@ -142,11 +142,7 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 24]
             "Messages out of attempts on a route without a dead-letter topic",
             &s.exhausted_without_dlq,
         ),
-        (
-            "dedup_hits",
-            "Records acked without delivery as duplicates of an earlier idempotency key",
-            &s.dedup_duplicates,
-        ),
+        ("dedup_hits", "Records acked without delivery as duplicates of an earlier idempotency key", &s.dedup_hits),
         ("dedup_errors", "Claim batches the dedup store failed (delivered unchecked)", &s.dedup_errors),
         (
             "dedup_evictions",
@@ -179,8 +175,8 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 24]
         ("commits", "Offset commits that succeeded", &s.commits),
         ("commit_failures", "Offset commits that failed (the next one covers them)", &s.commit_failures),
         ("rebalances", "Partition assignments and revocations seen by the route consumers", &s.rebalances),
-        ("partition_pauses", "Times a partition was paused because its buffer was full", &s.partitions_paused),
-        ("partition_resumes", "Times a paused partition was resumed", &s.partitions_resumed),
+        ("partition_pauses", "Times a partition was paused because its buffer was full", &s.partition_pauses),
+        ("partition_resumes", "Times a paused partition was resumed", &s.partition_resumes),
         ("kafka_errors", "Errors the Kafka client reported", &s.kafka_errors),
         ("sessions_opened", "Subscriber streams accepted", &s.sessions_opened),
         ("sessions_closed", "Subscriber streams ended, whatever the reason", &s.sessions_closed),

@@ -21,9 +21,11 @@ pub struct Readiness {
     pub reason: String,
 }
 
-/// Ready when not stopping, Kafka is reachable and every group in `groups` is settled.
+/// Ready when not stopping, no Kafka client of the replica hit a fatal error (`fatal`, what
+/// was said of the first), Kafka is reachable and every group in `groups` is settled.
 pub fn assess(
     stopping: bool,
+    fatal: Option<&str>,
     kafka_reachable: bool,
     groups: &[String],
     states: &HashMap<Arc<str>, GroupState>,
@@ -31,6 +33,9 @@ pub fn assess(
     let not = |reason: String| Readiness { ready: false, reason };
     if stopping {
         return not("stopping".into());
+    }
+    if let Some(fatal) = fatal {
+        return not(fatal.to_string());
     }
     if !kafka_reachable {
         // Also what a replica says from its start until Kafka first answers: it serves at
@@ -57,18 +62,23 @@ mod tests {
     fn ready_only_with_kafka_and_every_group_settled() {
         let groups = vec!["a".to_string(), "b".to_string()];
         let all = states(&[("a", true), ("b", true)]);
-        assert!(assess(false, true, &groups, &all).ready);
-        assert!(assess(false, true, &[], &HashMap::new()).ready, "no routes: nothing to wait for");
+        assert!(assess(false, None, true, &groups, &all).ready);
+        assert!(assess(false, None, true, &[], &HashMap::new()).ready, "no routes: nothing to wait for");
 
-        let stopping = assess(true, true, &groups, &all);
+        let stopping = assess(true, None, true, &groups, &all);
         assert_eq!((stopping.ready, stopping.reason.as_str()), (false, "stopping"));
-        let unreachable = assess(false, false, &groups, &all);
+        let unreachable = assess(false, None, false, &groups, &all);
         assert!(!unreachable.ready && unreachable.reason.contains("waiting for it"), "{}", unreachable.reason);
+        let fenced = assess(false, Some("fatal Kafka error in the consumer of group a: fenced"), true, &groups, &all);
+        assert_eq!(
+            (fenced.ready, fenced.reason.as_str()),
+            (false, "fatal Kafka error in the consumer of group a: fenced")
+        );
 
-        let joining = assess(false, true, &groups, &states(&[("a", true), ("b", false)]));
+        let joining = assess(false, None, true, &groups, &states(&[("a", true), ("b", false)]));
         assert!(!joining.ready);
         assert!(joining.reason.ends_with(": b"), "{}", joining.reason);
-        let unknown = assess(false, true, &groups, &states(&[("a", true)]));
+        let unknown = assess(false, None, true, &groups, &states(&[("a", true)]));
         assert!(!unknown.ready && unknown.reason.contains('b'), "a group not heard of yet is not settled");
     }
 }

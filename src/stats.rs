@@ -1,7 +1,7 @@
 //! Counters the gateway keeps about itself, shared read-only with the operator surface, the
 //! demo and tests (which assert on them). Writers are the tasks that own the events counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ pub struct Stats {
     pub exhausted_without_dlq: AtomicU64,
     /// Records of effectively-once routes acked without delivery: another record with the same
     /// idempotency key came first within the dedup TTL.
-    pub dedup_duplicates: AtomicU64,
+    pub dedup_hits: AtomicU64,
     /// Claim batches the dedup store failed (their records were delivered unchecked).
     pub dedup_errors: AtomicU64,
     /// Keys the dedup stores forgot early to stay within their capacity.
@@ -70,8 +70,8 @@ pub struct Stats {
     pub commit_failures: AtomicU64,
     /// Partition assignments and revocations seen by the gateway's consumer.
     pub rebalances: AtomicU64,
-    pub partitions_paused: AtomicU64,
-    pub partitions_resumed: AtomicU64,
+    pub partition_pauses: AtomicU64,
+    pub partition_resumes: AtomicU64,
     /// Errors reported by the Kafka client (unreachable brokers, failed requests).
     pub kafka_errors: AtomicU64,
     pub sessions_opened: AtomicU64,
@@ -87,6 +87,11 @@ pub struct Stats {
     pub kafka_reachable: AtomicBool,
     /// Last error the Kafka client reported, for status pages and logs.
     pub last_kafka_error: RwLock<Option<String>>,
+    /// Kafka clients of the gateway that hit a fatal error (librdkafka's word for a client
+    /// that can do nothing more: a consumer fenced by another with its `group.instance.id`, an
+    /// idempotent producer that lost its sequence), each with what was said of it. Liveness
+    /// fails while there is one: only a new process brings such a client back.
+    pub fatal_errors: RwLock<BTreeMap<String, String>>,
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,
@@ -202,7 +207,7 @@ impl Stats {
             rebalances: Self::get(&self.rebalances),
             sessions: Self::get(&self.sessions),
             buffered: Self::get(&self.buffered),
-            paused_partitions: Self::get(&self.partitions_paused).saturating_sub(Self::get(&self.partitions_resumed)),
+            paused_partitions: Self::get(&self.partition_pauses).saturating_sub(Self::get(&self.partition_resumes)),
         }
     }
 

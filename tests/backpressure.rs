@@ -83,14 +83,14 @@ async fn a_window_of_ten_against_a_100k_backlog_stays_within_the_buffer_bound() 
     eprintln!(
         "backpressure: peak buffered={peak} bound={} paused={} resumed={} refetched={} window_before_credit={most_before_credit} window_at_cap={held_at_cap:?}",
         BOUND * PARTITIONS as usize,
-        Stats::get(&stats.partitions_paused),
-        Stats::get(&stats.partitions_resumed),
+        Stats::get(&stats.partition_pauses),
+        Stats::get(&stats.partition_resumes),
         Stats::get(&stats.refetched),
     );
     assert!(peak <= (BOUND * PARTITIONS as usize) as u64, "buffered {peak} passed the bound {BOUND} x {PARTITIONS}");
     assert!(peak > 0);
-    assert!(Stats::get(&stats.partitions_paused) > 0, "partitions were paused");
-    assert!(Stats::get(&stats.partitions_resumed) > 0, "and resumed");
+    assert!(Stats::get(&stats.partition_pauses) > 0, "partitions were paused");
+    assert!(Stats::get(&stats.partition_resumes) > 0, "and resumed");
     assert!(most_before_credit <= WINDOW as usize, "window of {WINDOW} exceeded: {most_before_credit} out at once");
     assert_eq!(most_before_credit, WINDOW as usize, "the window was used");
     assert_eq!(held_at_cap, Some(CAP as usize), "credit raises the window up to the route's cap and no further");

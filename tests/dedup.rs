@@ -100,7 +100,7 @@ async fn each_sent_twice_is_delivered_once(store: StoreKind, prefix: Option<Stri
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     assert_eq!(counts.len(), unique);
-    assert_eq!(Stats::get(&stats.dedup_duplicates), unique as u64);
+    assert_eq!(Stats::get(&stats.dedup_hits), unique as u64);
     assert_eq!(Stats::get(&stats.dedup_errors), 0);
     drop(cluster);
 }
@@ -169,6 +169,6 @@ async fn keys_come_back_after_the_ttl_or_when_capacity_evicts_them() {
         assert_eq!(counts[&format!("cap-{i:02}")], expected, "cap-{i:02}");
     }
     assert_eq!(counts["ttl-a"], 2, "delivered again after its TTL");
-    assert_eq!(Stats::get(&stats.dedup_duplicates), 20, "the 20 keys still held were duplicates");
+    assert_eq!(Stats::get(&stats.dedup_hits), 20, "the 20 keys still held were duplicates");
     drop(cluster);
 }

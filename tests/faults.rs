@@ -409,11 +409,34 @@ async fn a_partition_leader_down_and_up_loses_nothing() {
         let mut run = Run::start_in(&cluster, "leader-down", group).await;
         run.until_acked(FAULT_AT).await;
         run.fault_moment();
+        let admin = run.gateway.admin_addr();
+        let mut ready = false;
+        for _ in 0..100 {
+            ready = http_get(admin, "/readyz").await.0 == 200;
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "the gateway is ready before the fault");
         cluster.broker_down(2).expect("broker 2 down");
+        let readiness = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..25 {
+                answers.push(http_get(admin, "/readyz").await.0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answers
+        });
         let (acked, received) = run.during(Duration::from_secs(3)).await;
+        let readiness = readiness.await.expect("readiness probe");
         cluster.broker_up(2).expect("broker 2 up");
-        eprintln!("leader-down: while broker 2 was down the gateway received {received} records, {acked} were acked");
+        eprintln!(
+            "leader-down: while broker 2 was down the gateway received {received} records, {acked} were acked; /readyz said {readiness:?}"
+        );
         assert!(received > 0, "the partitions led by brokers 1 and 3 kept flowing while broker 2 was down");
+        // One broker of three is not Kafka: the replica stays in its Service.
+        assert!(readiness.iter().all(|code| *code == 200), "/readyz stayed 200 with one broker down: {readiness:?}");
         // The coordinator stayed up: the gateway kept its partitions, nothing to redeliver.
         let outcome = run.finish(0).await;
         assert!(outcome.kafka_errors > 0, "the gateway's client saw the broker go away");

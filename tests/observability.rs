@@ -288,3 +288,39 @@ async fn ready_only_while_kafka_answers() {
     cluster.broker_up(-1).expect("brokers up");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_consumer_fenced_by_its_instance_id_fails_liveness_and_says_why() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    init_logs();
+    let cluster = mock_cluster(2);
+    let group = unique_group("fenced");
+    let mut config = config(&cluster.bootstrap_servers(), &group);
+    config.kafka.group_instance_id = Some("replica-0".into());
+    let route_group = config.routes[0].group(&config.kafka);
+    let gw = start_gateway(config).await;
+    let admin = gw.admin_addr();
+    wait_ready(admin, Duration::from_secs(60)).await;
+    assert_eq!(http_get(admin, "/healthz").await.0, 200, "alive before");
+
+    // What the coordinator answers the member once another consumer has joined with the same
+    // group.instance.id.
+    cluster.request_errors(RDKafkaApiKey::Heartbeat, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 3]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        let (code, body) = http_get(admin, "/healthz").await;
+        if code != 200 || tokio::time::Instant::now() >= deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 503, "a fenced consumer can do nothing more: the replica must restart ({body})");
+    assert!(body.contains(&route_group), "names the route's group: {body}");
+    assert!(
+        body.contains("group.instance.id") && body.contains("kafka.group_instance_id"),
+        "says what to check: {body}"
+    );
+    let (ready, why) = http_get(admin, "/readyz").await;
+    assert_eq!((ready, why.trim()), (503, body.trim()), "and it gets no traffic meanwhile");
+    gw.shutdown().await;
+}

@@ -53,7 +53,7 @@ async fn nothing_is_lost_across_a_dropped_stream_and_a_gateway_restart() {
         .await;
         let stats1 = gw1.stats();
         gw1.shutdown().await;
-        assert!(Stats::get(&stats1.partitions_paused) > 0, "partitions were paused at the bound");
+        assert!(Stats::get(&stats1.partition_pauses) > 0, "partitions were paused at the bound");
         let gw2 = start_gateway(config.clone()).await;
         endpoint_tx.send(gw2.endpoint()).expect("subscribers listen");
 

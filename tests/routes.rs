@@ -104,7 +104,7 @@ async fn a_route_nobody_subscribes_to_holds_back_no_other_route_on_its_topic() {
             fully_committed(&bootstrap, &orders_group, PARTITIONS)
         })
         .await;
-        let paused = Stats::get(&gw.stats().partitions_paused);
+        let paused = Stats::get(&gw.stats().partition_pauses);
         gw.shutdown().await;
         drop(sub);
         paused

@@ -3,8 +3,9 @@
 //!
 //! - `GET /metrics`: the Prometheus exposition ([`crate::metrics`]), OpenMetrics or the
 //!   classic text format as the scraper's `Accept` asks.
-//! - `GET /healthz`: 200 while the process serves (liveness: a restart would not help
-//!   otherwise).
+//! - `GET /healthz`: 200 while the process serves; 503, saying why, once a Kafka client of it
+//!   hit a fatal error (a route consumer fenced by another with its `group.instance.id`): only
+//!   a restart helps then, and only then.
 //! - `GET /readyz`: 200 when the replica is ready ([`crate::readiness`]), 503 with what it
 //!   waits for otherwise.
 //!
@@ -56,8 +57,11 @@ async fn metrics(State(control): State<Control>, headers: HeaderMap) -> impl Int
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(control): State<Control>) -> impl IntoResponse {
+    match control.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(fatal) => (StatusCode::SERVICE_UNAVAILABLE, format!("{fatal}\n")),
+    }
 }
 
 async fn readyz(State(control): State<Control>) -> impl IntoResponse {

@@ -274,7 +274,7 @@ impl Dispatcher {
             let verdict = key.as_ref().and_then(|(i, _)| verdicts.as_ref().and_then(|v| v.get(*i)));
             if verdict.is_some_and(Verdict::is_duplicate) {
                 self.partitions.ack(&record.tp, epoch, record.offset);
-                Stats::bump(&self.stats.dedup_duplicates, 1);
+                Stats::bump(&self.stats.dedup_hits, 1);
                 continue;
             }
             self.registry.dispatch_keyed(record, epoch, key.map(|(_, key)| key));
@@ -311,12 +311,12 @@ impl Dispatcher {
         self.stats.shift_buffered(self.reported.buffered, flow.held);
         self.reported.buffered = flow.held;
         if !flow.pause.is_empty() {
-            Stats::bump(&self.stats.partitions_paused, flow.pause.len() as u64);
+            Stats::bump(&self.stats.partition_pauses, flow.pause.len() as u64);
             debug!(partitions = flow.pause.len(), "pausing partitions: un-committed bound reached");
             let _ = kafka.send(KafkaCommand::Pause(flow.pause));
         }
         if !flow.resume.is_empty() {
-            Stats::bump(&self.stats.partitions_resumed, flow.resume.len() as u64);
+            Stats::bump(&self.stats.partition_resumes, flow.resume.len() as u64);
             debug!(partitions = flow.resume.len(), "resuming partitions");
             let _ = kafka.send(KafkaCommand::Resume(flow.resume));
         }

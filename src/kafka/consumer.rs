@@ -12,7 +12,6 @@
 //! waits on nothing, so the gateway's ports serve at once and readiness says what it waits for.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -471,7 +470,7 @@ fn run(
             }
         }
 
-        if !stats.kafka_reachable.load(Ordering::Relaxed) {
+        if reports.needs_probe() {
             probe.check(&consumer, &reports);
         }
 
@@ -479,8 +478,12 @@ fn run(
         probe.report(&reports);
         let Some(first) = polled else { continue };
         let mut batch = Vec::with_capacity(BATCH);
-        let handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
+        let mut fatal = false;
+        let mut handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
             Ok(m) => batch.push(to_record(consumer.context(), &m)),
+            // librdkafka gives a consumer's fatal error (fenced by a consumer with the same
+            // group.instance.id) to its poll alone, not to the error callback.
+            Err(KafkaError::MessageConsumptionFatal(_)) => fatal = true,
             // Global errors (unreachable brokers) arrive here and through the context's
             // error callback, which counts and reports them.
             Err(error) => debug!(%error, "consumer error"),
@@ -491,6 +494,13 @@ fn run(
                 Some(m) => handle(m, &mut batch),
                 None => break,
             }
+        }
+        if fatal {
+            let (code, reason) = consumer
+                .client()
+                .fatal_error()
+                .map_or_else(|| ("Fatal".to_string(), String::new()), |(c, r)| (format!("{c:?}"), r));
+            reports.fatal(&format!("the consumer of group {}", consumer.context().group), &format!("{code}: {reason}"));
         }
         if !fetching || batch.is_empty() {
             continue;

@@ -4,7 +4,7 @@
 //! check), counted, and shown on the status.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,9 +81,20 @@ impl ClientFailure {
         matches!(self, Self::Unresolvable | Self::Refused | Self::Tls | Self::Authentication)
     }
 
-    /// Whether the failure means the gateway cannot talk to Kafka (what readiness waits for).
-    fn cuts_off(self) -> bool {
-        self != Self::Other
+    /// What the failure says about reaching Kafka (what readiness waits for). Only a failure
+    /// of the whole cluster cuts the gateway off: `_ALL_BROKERS_DOWN`, or a request that no
+    /// broker answered (the probe). librdkafka reports each broker's failure on its own (one
+    /// dead node of three says "Connection refused" at every reconnect), and says
+    /// `_ALL_BROKERS_DOWN` only when every broker it knows is down, which a broker it never
+    /// connected to never is: one broker's failure puts Kafka in doubt, and the route
+    /// consumers' probe asks the cluster. One dead broker of three is Kafka's own failover to
+    /// make, not a reason for Kubernetes to take every gateway replica out of its Service.
+    fn effect(self, scope: Scope) -> Effect {
+        match (self, scope) {
+            (Self::Other, _) => Effect::None,
+            (_, Scope::Broker) => Effect::Doubt,
+            (_, Scope::Cluster) => Effect::CutOff,
+        }
     }
 
     /// A short name for the log field `failure`, to count lines by.
@@ -122,6 +133,52 @@ impl ClientFailure {
             Self::Other => format!("kafka client error: {reason}"),
         }
     }
+}
+
+/// Whose failure a report is: one broker's (librdkafka's per-broker errors and log lines) or
+/// the cluster's (`_ALL_BROKERS_DOWN`, a request that no broker answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Broker,
+    Cluster,
+}
+
+impl Scope {
+    /// The scope of an error librdkafka's error callback reports.
+    fn of(code: Option<RDKafkaErrorCode>) -> Self {
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            Self::Cluster
+        } else {
+            Self::Broker
+        }
+    }
+}
+
+/// What to check after a fatal error, from librdkafka's reason ("Fatal error: Broker: Static
+/// consumer fenced by other consumer with same group.instance.id: ...").
+fn fatal_advice(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("fenced") && lower.contains("group.instance.id") {
+        "another consumer joined the route's group with this replica's group.instance.id: two replicas \
+         share kafka.group_instance_id (or FANOUT_GROUP_INSTANCE_ID; a StatefulSet gives each pod its own), or an \
+         earlier process of this replica still runs"
+    } else if lower.contains("sequence") || lower.contains("producer id") || lower.contains("epoch") {
+        "the idempotent producer and the broker disagree on its sequence (records lost or reordered \
+         between them); a new producer starts a new sequence"
+    } else {
+        "librdkafka can do nothing more with this client"
+    }
+}
+
+/// What a failure does to the gateway's view of Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing: not a failure to reach Kafka.
+    None,
+    /// One broker failed: ask the cluster (the probe) before calling Kafka unreachable.
+    Doubt,
+    /// No broker answers: Kafka is unreachable, the gateway not ready.
+    CutOff,
 }
 
 /// The host of librdkafka's "Failed to resolve 'HOST:PORT': ...", without its port.
@@ -198,16 +255,29 @@ pub struct ClientReports {
     /// The configured bootstrap list, which the messages name.
     bootstrap: String,
     said: parking_lot::Mutex<Said>,
+    /// A broker failed since the cluster last answered: the route consumers probe it.
+    doubt: AtomicBool,
 }
 
 impl ClientReports {
     pub fn new(stats: Arc<Stats>, bootstrap: &str) -> Arc<Self> {
-        Arc::new(Self { stats, bootstrap: bootstrap.to_string(), said: parking_lot::Mutex::new(Said::default()) })
+        Arc::new(Self {
+            stats,
+            bootstrap: bootstrap.to_string(),
+            said: parking_lot::Mutex::new(Said::default()),
+            doubt: AtomicBool::new(false),
+        })
     }
 
     /// A client's error callback.
     pub fn client_error(&self, error: &KafkaError, reason: &str) {
-        self.report(ClientFailure::of(error.rdkafka_error_code(), reason), reason, Some(error));
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            // A producer's fatal error arrives here (a consumer's through its poll).
+            self.fatal("a Kafka producer of the gateway", reason);
+            return;
+        }
+        self.report(ClientFailure::of(code, reason), Scope::of(code), reason, Some(error));
     }
 
     /// A request to the cluster that got no answer (the metadata probe): brokers unreachable,
@@ -218,13 +288,15 @@ impl ClientReports {
             ClientFailure::Other => ClientFailure::Unreachable,
             kind => kind,
         };
-        self.report(kind, &reason, Some(error));
+        self.report(kind, Scope::Cluster, &reason, Some(error));
     }
 
-    fn report(&self, kind: ClientFailure, reason: &str, error: Option<&KafkaError>) {
+    fn report(&self, kind: ClientFailure, scope: Scope, reason: &str, error: Option<&KafkaError>) {
         Stats::bump(&self.stats.kafka_errors, 1);
-        if kind.cuts_off() {
-            self.stats.kafka_reachable.store(false, Ordering::Relaxed);
+        match kind.effect(scope) {
+            Effect::CutOff => self.stats.kafka_reachable.store(false, Ordering::Relaxed),
+            Effect::Doubt => self.doubt.store(true, Ordering::Relaxed),
+            Effect::None => {}
         }
         let verdict = self.said.lock().verdict(kind, Instant::now());
         let error = error.map(ToString::to_string);
@@ -244,10 +316,37 @@ impl ClientReports {
         }
     }
 
+    /// `client` hit a fatal error: it can do nothing more, so the replica must restart. Said
+    /// once per client at ERROR with what to check, and kept for liveness and the status.
+    pub fn fatal(&self, client: &str, reason: &str) {
+        Stats::bump(&self.stats.kafka_errors, 1);
+        let mut fatal = self.stats.fatal_errors.write();
+        if fatal.contains_key(client) {
+            return;
+        }
+        let message = crate::redact::redact(&format!(
+            "fatal Kafka error in {client}: {reason}; {}; /healthz fails so that the replica restarts",
+            fatal_advice(reason)
+        ))
+        .into_owned();
+        error!("{message}");
+        *self.stats.last_kafka_error.write() = Some(message.clone());
+        fatal.insert(client.to_string(), message);
+    }
+
+    /// Whether a route consumer should ask the cluster whether it answers: Kafka is not known
+    /// to be reachable, or a broker failed since it last answered.
+    pub fn needs_probe(&self) -> bool {
+        !self.stats.kafka_reachable.load(Ordering::Relaxed) || self.doubt.load(Ordering::Relaxed)
+    }
+
     /// The cluster answered a client: Kafka is reachable again. Says so when that is news.
     pub fn answered(&self) {
         // Read first: every batch of records says so, and a write each time would bounce the
-        // flag's cache line between the routes' threads.
+        // flags' cache lines between the routes' threads.
+        if self.doubt.load(Ordering::Relaxed) {
+            self.doubt.store(false, Ordering::Relaxed);
+        }
         if self.stats.kafka_reachable.load(Ordering::Relaxed) {
             return;
         }
@@ -275,9 +374,9 @@ impl ClientReports {
             return;
         }
         let kind = ClientFailure::of(None, message);
-        if serious && kind.cuts_off() {
+        if serious && kind != ClientFailure::Other {
             debug!(target: "librdkafka", fac, "{message}");
-            self.report(kind, message, None);
+            self.report(kind, Scope::Broker, message, None);
             return;
         }
         match level {
@@ -404,8 +503,74 @@ mod tests {
             ClientFailure::Authentication
         ]
         .iter()
-        .all(|k| k.names_cause() && k.cuts_off()));
-        assert!(!ClientFailure::Unreachable.names_cause() && !ClientFailure::Other.cuts_off());
+        .all(|k| k.names_cause() && k.effect(Scope::Cluster) == Effect::CutOff));
+        assert!(
+            !ClientFailure::Unreachable.names_cause() && ClientFailure::Other.effect(Scope::Cluster) == Effect::None
+        );
+    }
+
+    #[test]
+    fn one_broker_failing_is_not_kafka_unreachable() {
+        let one_of_three =
+            "127.0.0.1:9092/2: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state CONNECT)";
+        let code = Some(RDKafkaErrorCode::BrokerTransportFailure);
+        let kind = ClientFailure::of(code, one_of_three);
+        assert_eq!(kind, ClientFailure::Refused, "still said as what it is");
+        assert_eq!(kind.effect(Scope::of(code)), Effect::Doubt, "the other brokers may answer");
+        for kind in
+            [ClientFailure::Refused, ClientFailure::Tls, ClientFailure::Authentication, ClientFailure::Unresolvable]
+        {
+            assert_eq!(kind.effect(Scope::Broker), Effect::Doubt, "{kind:?} of one broker");
+        }
+        let all = Some(RDKafkaErrorCode::AllBrokersDown);
+        let cut = |reason| ClientFailure::of(all, reason).effect(Scope::of(all));
+        assert_eq!(cut(ALL_DOWN), Effect::CutOff, "every broker down is Kafka unreachable");
+        assert_eq!(cut(REFUSED), Effect::CutOff);
+        assert_eq!(ClientFailure::Other.effect(Scope::Broker), Effect::None, "not a connection failure");
+    }
+
+    #[test]
+    fn readiness_holds_through_one_broker_and_falls_with_all_of_them() {
+        let stats = Arc::new(Stats::default());
+        let reports = ClientReports::new(stats.clone(), "a:9092,b:9092,c:9092");
+        reports.answered();
+        let reachable = || stats.kafka_reachable.load(Ordering::Relaxed);
+        let refused = "b:9092/2: Connect to ipv4#10.0.0.2:9092 failed: Connection refused (after 0ms in state CONNECT)";
+        reports.client_error(&KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), refused);
+        assert!(stats.last_kafka_error.read().as_deref().is_some_and(|e| e.contains("10.0.0.2:9092")), "it is said");
+        reports.client_log(RDKafkaLogLevel::Warning, "SSL", TLS);
+        assert!(reachable(), "one broker refusing, or failing its TLS handshake, is not Kafka unreachable");
+        assert!(reports.needs_probe(), "but the cluster is asked");
+        reports.answered();
+        assert!(!reports.needs_probe(), "and its answer settles it");
+        reports.client_error(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "3/3 brokers are down");
+        assert!(!reachable(), "every broker down is");
+        reports.answered();
+        assert!(!reports.needs_probe());
+        reports.request_failed(&KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut), "metadata request");
+        assert!(!reachable(), "a request that no broker answered is");
+    }
+
+    #[test]
+    fn a_fatal_error_is_kept_once_per_client_with_what_to_check() {
+        let stats = Arc::new(Stats::default());
+        let reports = ClientReports::new(stats.clone(), "b:9092");
+        // As librdkafka 2.12 words it (rd_kafka_set_fatal_error in rdkafka_cgrp.c).
+        let fenced = "FencedInstanceId: Fatal consumer error: Broker: Static consumer fenced by other consumer with same group.instance.id";
+        reports.fatal("the consumer of group g.orders", fenced);
+        reports.fatal("the consumer of group g.orders", "again");
+        let fatal = stats.fatal_errors.read().clone();
+        assert_eq!(fatal.len(), 1, "{fatal:?}");
+        let said = &fatal["the consumer of group g.orders"];
+        assert!(said.starts_with("fatal Kafka error in the consumer of group g.orders: FencedInstanceId"), "{said}");
+        assert!(said.contains("kafka.group_instance_id") && said.contains("/healthz fails"), "{said}");
+        reports.client_error(
+            &KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Broker: Broker received an out of order sequence number: ProduceRequest failed",
+        );
+        let fatal = stats.fatal_errors.read().clone();
+        assert!(fatal["a Kafka producer of the gateway"].contains("idempotent producer"), "{fatal:?}");
+        assert!(fatal_advice("Local: something new").contains("nothing more"), "an unknown cause still gets a line");
     }
 
     const SAY: Verdict = Verdict { say: true, record: true };
