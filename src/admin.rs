@@ -139,7 +139,10 @@ impl Control {
     /// Whether this replica should get traffic (see [`crate::readiness`]).
     pub fn readiness(&self) -> crate::readiness::Readiness {
         let stats = &self.inner.stats;
-        let groups = self.replica_groups();
+        let (unreadable, blind) = self.unreadable_topics();
+        // A route that can read none of its topics has no partitions to settle on (librdkafka
+        // does not join its group); it is said, not waited for.
+        let groups: Vec<String> = self.replica_groups().into_iter().filter(|g| !blind.contains(g)).collect();
         let states = stats.groups.read();
         let fatal = self.liveness().err();
         crate::readiness::assess(
@@ -148,7 +151,29 @@ impl Control {
             stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
             &groups,
             &states,
+            &unreadable,
         )
+    }
+
+    /// "route R cannot read topic T: why", for each routed topic a route's consumer found it
+    /// cannot read; and the groups of the routes that can read none of theirs.
+    fn unreadable_topics(&self) -> (Vec<String>, Vec<String>) {
+        let filed = self.inner.stats.unreadable_topics.read();
+        if filed.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let applied = self.inner.applied.read();
+        let kafka = &applied.config.kafka;
+        let (mut said, mut blind) = (Vec::new(), Vec::new());
+        for route in &applied.config.routes {
+            let group = route.group(kafka);
+            let Some(topics) = filed.get(group.as_str()) else { continue };
+            said.extend(topics.iter().map(|(t, why)| format!("route {} cannot read topic {t}: {why}", route.name)));
+            if route.consumed_topics().iter().all(|t| topics.contains_key(t)) {
+                blind.push(group);
+            }
+        }
+        (said, blind)
     }
 
     /// Whether this replica should be restarted: Err with what was said of each Kafka client
@@ -208,7 +233,9 @@ impl Control {
                     PartitionStatus { snapshot: p.clone(), high_watermark, lag: lag(high_watermark, p.committed) }
                 })
                 .collect();
-            out.push(RouteStatus { group, snapshot, partitions });
+            let unreadable_topics =
+                self.inner.stats.unreadable_topics.read().get(group.as_str()).cloned().unwrap_or_default();
+            out.push(RouteStatus { group, snapshot, partitions, unreadable_topics });
         }
         Ok(out)
     }

@@ -13,7 +13,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::kafka::{ClientReports, Record, ReportingContext};
@@ -25,6 +27,48 @@ pub const HEADER_ORIGIN_OFFSET: &str = "fanout-origin-offset";
 pub const HEADER_ATTEMPTS: &str = "fanout-attempts";
 pub const HEADER_REASON: &str = "fanout-reason";
 pub const HEADER_ROUTE: &str = "fanout-route";
+/// On a dead letter the dead-letter topic would not take whole: the original value's size in
+/// bytes; the letter carries no value (the original stays at its origin while the topic's
+/// retention keeps it).
+pub const HEADER_VALUE_OMITTED: &str = "fanout-value-omitted";
+/// On a letter whose original timestamp the topic refused (older than its
+/// `message.timestamp.before.max.ms`): that timestamp, in ms; the letter gets the time it was
+/// written.
+pub const HEADER_ORIGIN_TIMESTAMP: &str = "fanout-origin-timestamp";
+
+/// What of the original record a dead letter carries, and how it is sent. Kafka refuses some
+/// letters for good as they are: a value that the topic's `max.message.bytes` cannot take
+/// once the `fanout-*` headers are added, a timestamp older than the topic accepts. Retried as
+/// they are, they would hold their partition's commits forever; instead each such refusal
+/// drops the part at fault and says so in a header. Kafka judges a whole record batch, and
+/// the producer batches letters that go out together, so a refused letter is first sent again
+/// in a batch of its own: only a refusal of the letter alone is the letter's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub timestamp: bool,
+    pub value: bool,
+    /// Sent in a record batch of its own.
+    pub alone: bool,
+}
+
+impl Shape {
+    pub const WHOLE: Self = Self { timestamp: true, value: true, alone: false };
+
+    /// How to send after Kafka refused this with `code`; None when the refusal is not about
+    /// the letter's shape (then it is retried as it is). A retry-topic record keeps its value
+    /// whatever happens: it is delivered again from there.
+    pub fn after(self, code: RDKafkaErrorCode, retry: bool) -> Option<Self> {
+        let without_fault = match code {
+            RDKafkaErrorCode::InvalidTimestamp if self.timestamp => Self { timestamp: false, ..self },
+            RDKafkaErrorCode::MessageSizeTooLarge if self.value && !retry => Self { value: false, ..self },
+            _ => return None,
+        };
+        if !self.alone {
+            return Some(Self { alone: true, ..self });
+        }
+        Some(without_fault)
+    }
+}
 
 /// librdkafka properties that are the consumer's business and make no sense on the producer
 /// (it warns about each); everything else in `kafka.properties` (security, timeouts) applies
@@ -61,6 +105,12 @@ pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
             cc.set(key, value);
         }
     }
+    // librdkafka's own bound (1,000,000) is below Kafka's default max.message.bytes
+    // (1,048,588): a record the source topic took would be refused here once the fanout-*
+    // headers are added, before the topic had its say.
+    if !config.kafka.properties.contains_key("message.max.bytes") {
+        cc.set("message.max.bytes", "10485760");
+    }
     cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("client.id", client_id)
         .set("acks", "all")
@@ -73,6 +123,10 @@ pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
 #[derive(Clone)]
 pub struct DeadLetterProducer {
     producer: FutureProducer<ReportingContext>,
+    /// One record per batch, for a letter Kafka refused in a batch (see [`Shape`]).
+    alone: Arc<std::sync::OnceLock<FutureProducer<ReportingContext>>>,
+    alone_config: ClientConfig,
+    reports: Arc<ClientReports>,
 }
 
 impl DeadLetterProducer {
@@ -80,33 +134,86 @@ impl DeadLetterProducer {
     /// said once per interval with their hint like the route consumers', instead of
     /// librdkafka's default context logging each one at ERROR several times.
     pub fn new(config: &Config, reports: Arc<ClientReports>) -> Result<Self, KafkaError> {
+        let alone_config = producer_config(config, "fanout-gateway-dead-letters-alone");
         let config = producer_config(config, "fanout-gateway-dead-letters");
-        Ok(Self { producer: config.create_with_context(ReportingContext(reports))? })
+        Ok(Self {
+            producer: config.create_with_context(ReportingContext(reports.clone()))?,
+            alone: Arc::default(),
+            alone_config,
+            reports,
+        })
     }
 
-    /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement.
+    /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement; a letter
+    /// Kafka refuses for its shape goes again without the part at fault (see [`Shape`]).
     pub async fn send(&self, topic: &str, route: &str, letter: &DeadLetter) -> Result<(), KafkaError> {
+        let retry = letter.retry_at.is_some();
+        let mut shape = Shape::WHOLE;
+        loop {
+            let error = match self.send_shaped(topic, route, letter, shape).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let next = match &error {
+                KafkaError::MessageProduction(code) => shape.after(*code, retry),
+                _ => None,
+            };
+            let Some(next) = next else { return Err(error) };
+            let record = &letter.pending.record;
+            if (next.value, next.timestamp) != (shape.value, shape.timestamp) {
+                warn!(
+                    %error, topic, tp = %record.tp, offset = record.offset,
+                    without_value = !next.value, without_timestamp = !next.timestamp,
+                    "the topic refuses this letter as it is; sending it without the part at fault (a fanout-* header says what was left out)"
+                );
+            } else {
+                debug!(%error, topic, tp = %record.tp, offset = record.offset, "a batch with this letter was refused; sending it alone");
+            }
+            shape = next;
+        }
+    }
+
+    async fn send_shaped(&self, topic: &str, route: &str, letter: &DeadLetter, shape: Shape) -> Result<(), KafkaError> {
         let record = &letter.pending.record;
         let mut headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
         if let Some(at) = letter.retry_at {
             headers.push((crate::subscriptions::HEADER_RETRY_AT.to_string(), Some(at.to_string().into_bytes())));
+        }
+        if let (false, Some(ts)) = (shape.timestamp, record.timestamp_ms) {
+            headers.push((HEADER_ORIGIN_TIMESTAMP.to_string(), Some(ts.to_string().into_bytes())));
+        }
+        if let (false, Some(value)) = (shape.value, &record.value) {
+            headers.push((HEADER_VALUE_OMITTED.to_string(), Some(value.len().to_string().into_bytes())));
         }
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (key, value) in &headers {
             owned = owned.insert(Header { key, value: value.as_deref() });
         }
         let mut out = FutureRecord::<[u8], [u8]>::to(topic).headers(owned);
-        // A tombstone stays a tombstone.
-        if let Some(value) = &record.value {
+        // A tombstone stays a tombstone (and a letter without its value is not one: its
+        // header says so).
+        if let (true, Some(value)) = (shape.value, &record.value) {
             out = out.payload(&value[..]);
         }
         if let Some(key) = &record.key {
             out = out.key(&key[..]);
         }
-        if let Some(ts) = record.timestamp_ms {
+        if let (true, Some(ts)) = (shape.timestamp, record.timestamp_ms) {
             out = out.timestamp(ts);
         }
-        self.producer.send(out, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
+        let producer = if shape.alone { self.alone()? } else { &self.producer };
+        producer.send(out, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
+    }
+
+    /// The producer that sends each record in a batch of its own, made on first need.
+    fn alone(&self) -> Result<&FutureProducer<ReportingContext>, KafkaError> {
+        if let Some(p) = self.alone.get() {
+            return Ok(p);
+        }
+        let mut config = self.alone_config.clone();
+        config.set("batch.num.messages", "1");
+        let made = config.create_with_context(ReportingContext(self.reports.clone()))?;
+        Ok(self.alone.get_or_init(|| made))
     }
 }
 
@@ -161,6 +268,28 @@ mod tests {
     use crate::kafka::TopicPartition;
     use bytes::Bytes;
     use std::sync::Arc;
+
+    #[test]
+    fn a_refused_letter_drops_only_the_part_at_fault() {
+        use RDKafkaErrorCode::*;
+        let alone = Shape::WHOLE.after(InvalidTimestamp, false).expect("sent again");
+        assert_eq!(alone, Shape { alone: true, ..Shape::WHOLE }, "first alone: its batch may have been at fault");
+        let old = alone.after(InvalidTimestamp, false).expect("reshaped");
+        assert_eq!(old, Shape { timestamp: false, value: true, alone: true });
+        assert_eq!(old.after(InvalidTimestamp, false), None, "nothing more to drop for a timestamp");
+        let big = old.after(MessageSizeTooLarge, false).expect("reshaped");
+        assert_eq!(big, Shape { timestamp: false, value: false, alone: true });
+        assert_eq!(big.after(MessageSizeTooLarge, false), None, "still too large: retried as it is");
+        assert_eq!(alone.after(MessageSizeTooLarge, true), None, "a retry keeps its value");
+        assert_eq!(
+            alone.after(InvalidTimestamp, true),
+            Some(Shape { timestamp: false, ..alone }),
+            "a retry's timestamp may go"
+        );
+        for transient in [UnknownTopicOrPartition, TopicAuthorizationFailed, NotEnoughReplicas, MessageTimedOut] {
+            assert_eq!(Shape::WHOLE.after(transient, false), None, "{transient:?} is not about the letter");
+        }
+    }
 
     #[test]
     fn headers_say_where_it_came_from_and_why_and_replace_earlier_ones() {

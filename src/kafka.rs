@@ -11,6 +11,7 @@
 pub mod consumer;
 pub mod replay;
 pub mod reports;
+mod topics;
 pub mod upgrade;
 
 pub use reports::{ClientReports, ReportingContext};

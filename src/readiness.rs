@@ -23,12 +23,16 @@ pub struct Readiness {
 
 /// Ready when not stopping, no Kafka client of the replica hit a fatal error (`fatal`, what
 /// was said of the first), Kafka is reachable and every group in `groups` is settled.
+/// `unreadable` (a route's topic that does not exist or may not be read) is said in the
+/// reason but does not make the replica unready: the other routes serve, and taking every
+/// replica out of its Service would stop them too.
 pub fn assess(
     stopping: bool,
     fatal: Option<&str>,
     kafka_reachable: bool,
     groups: &[String],
     states: &HashMap<Arc<str>, GroupState>,
+    unreadable: &[String],
 ) -> Readiness {
     let not = |reason: String| Readiness { ready: false, reason };
     if stopping {
@@ -47,7 +51,10 @@ pub fn assess(
     if !waiting.is_empty() {
         return not(format!("consumer group(s) not settled yet: {}", waiting.join(", ")));
     }
-    Readiness { ready: true, reason: "ready".into() }
+    if unreadable.is_empty() {
+        return Readiness { ready: true, reason: "ready".into() };
+    }
+    Readiness { ready: true, reason: format!("ready; {}", unreadable.join("; ")) }
 }
 
 #[cfg(test)]
@@ -62,23 +69,28 @@ mod tests {
     fn ready_only_with_kafka_and_every_group_settled() {
         let groups = vec!["a".to_string(), "b".to_string()];
         let all = states(&[("a", true), ("b", true)]);
-        assert!(assess(false, None, true, &groups, &all).ready);
-        assert!(assess(false, None, true, &[], &HashMap::new()).ready, "no routes: nothing to wait for");
+        assert!(assess(false, None, true, &groups, &all, &[]).ready);
+        assert!(assess(false, None, true, &[], &HashMap::new(), &[]).ready, "no routes: nothing to wait for");
+        let missing = ["route b cannot read topic t: it does not exist".to_string()];
+        let one_route_blind = assess(false, None, true, &groups, &all, &missing);
+        assert!(one_route_blind.ready, "the other routes serve");
+        assert_eq!(one_route_blind.reason, "ready; route b cannot read topic t: it does not exist");
 
-        let stopping = assess(true, None, true, &groups, &all);
+        let stopping = assess(true, None, true, &groups, &all, &[]);
         assert_eq!((stopping.ready, stopping.reason.as_str()), (false, "stopping"));
-        let unreachable = assess(false, None, false, &groups, &all);
+        let unreachable = assess(false, None, false, &groups, &all, &[]);
         assert!(!unreachable.ready && unreachable.reason.contains("waiting for it"), "{}", unreachable.reason);
-        let fenced = assess(false, Some("fatal Kafka error in the consumer of group a: fenced"), true, &groups, &all);
+        let fenced =
+            assess(false, Some("fatal Kafka error in the consumer of group a: fenced"), true, &groups, &all, &missing);
         assert_eq!(
             (fenced.ready, fenced.reason.as_str()),
             (false, "fatal Kafka error in the consumer of group a: fenced")
         );
 
-        let joining = assess(false, None, true, &groups, &states(&[("a", true), ("b", false)]));
+        let joining = assess(false, None, true, &groups, &states(&[("a", true), ("b", false)]), &[]);
         assert!(!joining.ready);
         assert!(joining.reason.ends_with(": b"), "{}", joining.reason);
-        let unknown = assess(false, None, true, &groups, &states(&[("a", true)]));
+        let unknown = assess(false, None, true, &groups, &states(&[("a", true)]), &[]);
         assert!(!unknown.ready && unknown.reason.contains('b'), "a group not heard of yet is not settled");
     }
 }

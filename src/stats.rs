@@ -92,6 +92,9 @@ pub struct Stats {
     /// idempotent producer that lost its sequence), each with what was said of it. Liveness
     /// fails while there is one: only a new process brings such a client back.
     pub fatal_errors: RwLock<BTreeMap<String, String>>,
+    /// Per route group, the routed topics its consumer cannot read (missing, not
+    /// authorized) and why, as the route's consumer last found them.
+    pub unreadable_topics: RwLock<HashMap<Arc<str>, BTreeMap<String, String>>>,
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,

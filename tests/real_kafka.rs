@@ -669,3 +669,115 @@ async fn lag_and_high_watermark_metrics_agree_with_kafkas_own_view_of_the_group(
     );
     assert!(after.iter().all(|(_, lag)| *lag == 0), "acked and committed, no lag: {after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_added_to_a_routed_topic_are_delivered_without_a_restart() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("grows");
+    kafka.create_topic(&topic, 2, &[]).await;
+    let group = unique_group("real-grows");
+    let run = async {
+        let gw = start_gateway(route_config(kafka.bootstrap_servers(), &group, &topic)).await;
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let before: HashSet<String> =
+            produce_to(kafka.bootstrap_servers(), &topic, 100, 10).await.into_iter().collect();
+        receive_all(&mut sub, &before, Duration::from_millis(100)).await;
+
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("admin");
+        let grown = admin
+            .create_partitions(&[NewPartitions::new(&topic, 4)], &AdminOptions::new())
+            .await
+            .expect("create partitions");
+        assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+        let added_at = Instant::now();
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("producer");
+        let mut after = HashSet::new();
+        for i in 0..100 {
+            let partition = 2 + i % 2;
+            let payload = format!("new-{i}");
+            let sent = producer
+                .send(FutureRecord::<(), _>::to(&topic).partition(partition).payload(&payload), Duration::from_secs(30))
+                .await
+                .expect("produced to a new partition");
+            after.insert(format!("{topic}/{}/{}", sent.partition, sent.offset));
+        }
+        // Well inside librdkafka's default metadata refresh (5 min): the gateway asks every 10 s.
+        let got =
+            tokio::time::timeout(Duration::from_secs(40), receive_all(&mut sub, &after, Duration::from_millis(100)))
+                .await
+                .expect("the new partitions' records arrived within 40 s of their creation");
+        eprintln!(
+            "partitions added: the new partitions' {} records arrived {:?} after the partitions were added",
+            after.len(),
+            added_at.elapsed()
+        );
+        assert!(after.iter().all(|id| got.contains(id)));
+        commits_reach_the_end(&kafka, &group, &topic, 4).await;
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn letters_the_dead_letter_topic_refuses_as_they_are_go_without_the_part_at_fault() {
+    use fanout_gateway::admin::dead_letters::Selection;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let (topic, dlq) = (unique_topic("letters"), unique_topic("letters-dlq"));
+    kafka.create_topic(&topic, 1, &[]).await;
+    // Smaller records, and younger timestamps, than the source topic takes.
+    kafka.create_topic(&dlq, 1, &[("max.message.bytes", "3000"), ("message.timestamp.before.max.ms", "3600000")]).await;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("producer");
+    let two_hours_ago = jiff::Timestamp::now().as_millisecond() - 2 * 3_600_000;
+    let big = "x".repeat(2_950);
+    for (key, value, timestamp) in
+        [("big", big.as_str(), None), ("old", "old", Some(two_hours_ago)), ("fine", "fine", None)]
+    {
+        let mut record = FutureRecord::to(&topic).key(key).payload(value);
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        producer.send(record, Duration::from_secs(30)).await.expect("produced");
+    }
+    let group = unique_group("real-letters");
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    config.routes[0].dead_letter_topic = Some(dlq.clone());
+    config.routes[0].retry.max_attempts = 1;
+    let run = async {
+        let gw = start_gateway(config).await;
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 10)).await.expect("subscribes");
+        let mut nacked = 0;
+        while nacked < 3 {
+            for d in next_batch(&mut sub).await {
+                sub.nack(stream::id_of(&d), "the service refuses it").await.expect("nack sent");
+                nacked += 1;
+            }
+        }
+        // Nothing holds the partition: every letter landed, so the route committed to the end.
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        let listing = gw.control().dead_letters(ROUTE, 10).await.expect("listing");
+        let by_key = |k: &str| {
+            listing.letters.iter().find(|l| l.key.as_deref() == Some(k.as_bytes())).cloned().expect("a letter")
+        };
+        assert_eq!(listing.letters.len(), 3, "{:?}", listing.letters);
+        let (big, old, fine) = (by_key("big"), by_key("old"), by_key("fine"));
+        assert_eq!((big.value, big.value_omitted), (None, Some(2_950)), "too large whole: sent without its value");
+        assert_eq!(big.origin_offset, Some(0), "the original's place is on the letter");
+        assert!(old.timestamp_ms.is_some_and(|ts| ts > two_hours_ago + 3_600_000), "given the time it was written");
+        assert_eq!(old.value.as_deref(), Some(&b"old"[..]));
+        assert_eq!((fine.value.as_deref(), fine.value_omitted), (Some(&b"fine"[..]), None), "the rest go whole");
+        let refused = gw.control().redrive(ROUTE, Selection::All, tokio::sync::mpsc::channel(8).0).await;
+        let refused = refused.expect_err("a letter without its value is not redriven");
+        assert!(refused.to_string().contains("carries no value"), "{refused}");
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}

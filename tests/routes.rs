@@ -215,3 +215,71 @@ async fn an_at_most_once_route_and_an_at_least_once_route_share_a_topic_and_each
         "{dropped} of {unacked} unacked dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_whose_topic_is_missing_or_refused_says_so_and_the_others_flow() {
+    init_logs();
+    let cluster = mock_cluster(PARTITIONS);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("routes-unreadable");
+    // `audit` routes a topic nobody has created yet and one the gateway may not read.
+    cluster.create_topic("secret-events", 1, 3).expect("create topic");
+    cluster
+        .topic_error("secret-events", rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .expect("topic error");
+    let config = two_routes(&bootstrap, &group, RouteConfig::new("audit", &["audit-events", "secret-events"]));
+    let ids: HashSet<String> = produce(&bootstrap, 1_000, 100).await.into_iter().collect();
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let control = gw.control();
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
+        let seen = receive_all(&mut sub, &ids, |_| true).await;
+        assert_eq!(seen.len(), 1_000, "the other route delivered everything");
+
+        // The status, /readyz and fanoutctl say which topic of which route, and what to do.
+        let mut audit = Default::default();
+        for _ in 0..150 {
+            let routes = control.routes_status(Some("audit")).await.expect("status");
+            audit = routes[0].unreadable_topics.clone();
+            if audit.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(audit.get("audit-events").is_some_and(|why| why.starts_with("it does not exist")), "{audit:?}");
+        assert!(audit.get("secret-events").is_some_and(|why| why.contains("may not read it")), "{audit:?}");
+        let (mut code, mut body) = (0, String::new());
+        for _ in 0..150 {
+            (code, body) = http_get(gw.admin_addr(), "/readyz").await;
+            if code == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(code, 200, "the replica serves its other routes: {body}");
+        assert!(body.contains("route audit cannot read topic audit-events: it does not exist"), "{body}");
+        let orders = control.routes_status(Some(ROUTE)).await.expect("status");
+        assert!(orders[0].unreadable_topics.is_empty(), "{:?}", orders[0].unreadable_topics);
+
+        // Created, the topic is read without a restart, and the problem clears.
+        cluster.create_topic("audit-events", 2, 3).expect("create topic");
+        let audit_ids: HashSet<String> = produce_to(&bootstrap, "audit-events", 50, 10).await.into_iter().collect();
+        let mut audit_sub =
+            Subscription::connect(&gw.endpoint(), stream::hello("audit", "audit-0", 100)).await.expect("subscribes");
+        let seen = receive_all(&mut audit_sub, &audit_ids, |_| true).await;
+        assert_eq!(seen.len(), 50, "the new topic's records reached the route");
+        let mut left = Default::default();
+        for _ in 0..150 {
+            left = control.routes_status(Some("audit")).await.expect("status")[0].unreadable_topics.clone();
+            if left.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["secret-events"], "only the refused topic is left: {left:?}");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finishes in time");
+}

@@ -218,7 +218,7 @@ pub(crate) fn routes_table(all: &[ReplicaStatus]) -> String {
             ]
         })
         .collect();
-    table::render(
+    let table = table::render(
         &[
             "ROUTE",
             "GROUP",
@@ -231,7 +231,22 @@ pub(crate) fn routes_table(all: &[ReplicaStatus]) -> String {
             "RETRYING",
         ],
         &rows,
-    )
+    );
+    // Under the table, as the replicas found them (each asks on its own; said once).
+    let unreadable: std::collections::BTreeSet<String> = by_route
+        .iter()
+        .flat_map(|(name, parts)| {
+            parts
+                .iter()
+                .flat_map(|p| &p.unreadable_topics)
+                .map(move |u| format!("route {name} cannot read topic {}: {}", u.topic, u.reason))
+        })
+        .collect();
+    if unreadable.is_empty() {
+        return table;
+    }
+    let lines: Vec<String> = unreadable.into_iter().collect();
+    format!("{table}\n{}\n", lines.join("\n"))
 }
 
 /// Marked rows for tables whose first column is the replica: its address, and why it has no
@@ -373,6 +388,22 @@ mod tests {
         assert_eq!(cohort_cell("blue", 0.5, 0.5, 0), "blue=50%/50%");
         let routes = routes_table(&[answered("a:9090", 1000), answered("b:9090", 2000)]);
         assert!(routes.contains("blue=0%/0% green=100%/0% held=3000"), "held adds up across replicas: {routes}");
+    }
+
+    #[test]
+    fn an_unreadable_topic_is_said_once_under_the_routes_table() {
+        let unreadable = || {
+            let mut r = answered("a:9090", 0);
+            r.status.routes[0].unreadable_topics = vec![fanout_proto::admin::UnreadableTopic {
+                topic: "orders-v2".into(),
+                reason: "it does not exist: create it".into(),
+            }];
+            r
+        };
+        let out = routes_table(&[unreadable(), unreadable()]);
+        assert!(out.ends_with("\nroute orders cannot read topic orders-v2: it does not exist: create it\n"), "{out}");
+        assert_eq!(out.matches("cannot read").count(), 1, "both replicas found it; said once: {out}");
+        assert!(!routes_table(&[answered("a:9090", 0)]).contains("cannot read"));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, RouteConfig};
 use crate::dead_letters::{
-    producer_config, HEADER_ATTEMPTS, HEADER_ORIGIN_OFFSET, HEADER_ORIGIN_PARTITION, HEADER_ORIGIN_TOPIC, HEADER_REASON,
+    producer_config, HEADER_ATTEMPTS, HEADER_ORIGIN_OFFSET, HEADER_ORIGIN_PARTITION, HEADER_ORIGIN_TOPIC,
+    HEADER_REASON, HEADER_VALUE_OMITTED,
 };
 use crate::offsets::{decode_acked, encode_acked};
 
@@ -41,6 +42,10 @@ pub enum DeadLetterError {
     AlreadyRedriven(String),
     #[error("{0}")]
     NoSuchLetter(String),
+    /// A letter written without its value (the dead-letter topic would not take it whole):
+    /// redriving it would put an empty record back.
+    #[error("{0}")]
+    ValueOmitted(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     /// The dead-letter topic is not there: no letter was ever written to it.
@@ -66,6 +71,9 @@ pub struct Letter {
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The original value's size when the letter was written without it (the dead-letter
+    /// topic would not take it whole).
+    pub value_omitted: Option<u64>,
     /// The record's headers other than the gateway's own (`fanout-*`).
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub redriven: bool,
@@ -256,6 +264,7 @@ fn read(
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
+            value_omitted: header_text(&all, HEADER_VALUE_OMITTED).and_then(|v| v.parse().ok()),
             headers: all.into_iter().filter(|(k, _)| !k.starts_with("fanout-")).collect(),
             redriven: ledger.contains(m.offset()),
         });
@@ -345,6 +354,17 @@ pub fn redrive(
         return Err(DeadLetterError::NoSuchLetter(format!(
             "letter {}:{} has no fanout-origin-* headers: it was not written by the gateway and has no origin to go back to",
             l.partition, l.offset
+        )));
+    }
+    if let Some(l) = letters.iter().find(|l| l.value_omitted.is_some()) {
+        return Err(DeadLetterError::ValueOmitted(format!(
+            "letter {}:{} carries no value (the dead-letter topic would not take it whole): its original is at {}/{}/{} \
+             while that topic keeps it; replay that offset instead, or leave the letter out",
+            l.partition,
+            l.offset,
+            l.origin_topic,
+            l.origin_partition.unwrap_or_default(),
+            l.origin_offset.unwrap_or_default()
         )));
     }
     let producer: FutureProducer =

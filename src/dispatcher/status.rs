@@ -44,6 +44,8 @@ pub struct RouteStatus {
     pub group: String,
     pub snapshot: RouteSnapshot,
     pub partitions: Vec<PartitionStatus>,
+    /// Routed topics the route's consumer cannot read (missing, not authorized), and why.
+    pub unreadable_topics: std::collections::BTreeMap<String, String>,
 }
 
 /// One assigned partition with the broker's view of it.

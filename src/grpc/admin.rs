@@ -51,7 +51,9 @@ fn status_of(error: AdminError) -> Status {
             _ => Status::invalid_argument(message),
         },
         AdminError::DeadLetters(e) => match e {
-            DeadLetterError::NoTopic(_) | DeadLetterError::AlreadyRedriven(_) => Status::failed_precondition(message),
+            DeadLetterError::NoTopic(_) | DeadLetterError::AlreadyRedriven(_) | DeadLetterError::ValueOmitted(_) => {
+                Status::failed_precondition(message)
+            }
             DeadLetterError::NoSuchLetter(_) => Status::not_found(message),
             DeadLetterError::Kafka(_)
             | DeadLetterError::MissingTopic(_)
@@ -176,6 +178,11 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
         retrying: s.retrying as u64,
         delivered: s.delivered,
         subscribers_omitted,
+        unreadable_topics: r
+            .unreadable_topics
+            .into_iter()
+            .map(|(topic, reason)| pb::UnreadableTopic { topic, reason })
+            .collect(),
     }
 }
 

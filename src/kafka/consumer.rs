@@ -350,6 +350,10 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         // second brake only leaves the pipeline empty: `bench` measured 1 KiB throughput at
         // half with the default, with half a second of empty polls after every burst.
         .set("fetch.queue.backoff.ms", "10")
+        // librdkafka learns of a routed topic created after the start, and of partitions
+        // added to one, at its metadata refresh: every 5 min by default, and a route with
+        // auto_offset_reset = latest skips what new partitions got meanwhile.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // High watermarks for the operator's lag figures come from these statistics.
         .set("statistics.interval.ms", "1000");
     if let Some(id) = route.group_instance_id(k) {
@@ -392,6 +396,8 @@ pub fn spawn(
         group: route.group(&config.kafka),
         seed: super::upgrade::plan(config, route, reports.clone()),
     };
+    let topic_check =
+        super::topics::TopicCheck::new(&route.name, Arc::from(route.group(&config.kafka)), route.consumed_topics());
     // The thread's logs say which route they are about.
     let span = tracing::info_span!("route", route = route.name);
     std::thread::Builder::new()
@@ -399,7 +405,7 @@ pub fn spawn(
         .name(format!("kafka-{}", route.name).chars().take(15).collect())
         .spawn(move || {
             let _route = span.enter();
-            run(consumer, events_tx, commands_rx, stats, reports, joining);
+            run(consumer, events_tx, commands_rx, stats, reports, joining, topic_check);
             let _ = exited_tx.send(());
         })
         .map_err(ConsumerError::Thread)?;
@@ -422,6 +428,7 @@ fn run(
     stats: Arc<Stats>,
     reports: Arc<ClientReports>,
     joining: Joining,
+    mut topic_check: super::topics::TopicCheck,
 ) {
     let mut fetching = true;
     let mut probe = Probe::new();
@@ -472,6 +479,8 @@ fn run(
 
         if reports.needs_probe() {
             probe.check(&consumer, &reports);
+        } else {
+            topic_check.run(&consumer, &stats);
         }
 
         let polled = consumer.poll(POLL);
@@ -479,11 +488,14 @@ fn run(
         let Some(first) = polled else { continue };
         let mut batch = Vec::with_capacity(BATCH);
         let mut fatal = false;
+        let mut ask_about_topics = false;
         let mut handle = |m: KafkaResult<BorrowedMessage<'_>>, batch: &mut Vec<Record>| match m {
             Ok(m) => batch.push(to_record(consumer.context(), &m)),
             // librdkafka gives a consumer's fatal error (fenced by a consumer with the same
             // group.instance.id) to its poll alone, not to the error callback.
             Err(KafkaError::MessageConsumptionFatal(_)) => fatal = true,
+            // "Subscribed topic not available", without the topic's name.
+            Err(KafkaError::MessageConsumption(code)) if super::topics::about_a_topic(code) => ask_about_topics = true,
             // Global errors (unreachable brokers) arrive here and through the context's
             // error callback, which counts and reports them.
             Err(error) => debug!(%error, "consumer error"),
@@ -494,6 +506,9 @@ fn run(
                 Some(m) => handle(m, &mut batch),
                 None => break,
             }
+        }
+        if ask_about_topics {
+            topic_check.soon();
         }
         if fatal {
             let (code, reason) = consumer
