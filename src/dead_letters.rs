@@ -123,7 +123,8 @@ pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
 #[derive(Clone)]
 pub struct DeadLetterProducer {
     producer: FutureProducer<ReportingContext>,
-    /// One record per batch, for a letter Kafka refused in a batch (see [`Shape`]).
+    /// One record per batch, for a letter Kafka refused in a batch (see [`Shape`]); made
+    /// from `alone_config` on first need, as most gateways never need it.
     alone: Arc<std::sync::OnceLock<FutureProducer<ReportingContext>>>,
     alone_config: ClientConfig,
     reports: Arc<ClientReports>,
@@ -134,7 +135,8 @@ impl DeadLetterProducer {
     /// said once per interval with their hint like the route consumers', instead of
     /// librdkafka's default context logging each one at ERROR several times.
     pub fn new(config: &Config, reports: Arc<ClientReports>) -> Result<Self, KafkaError> {
-        let alone_config = producer_config(config, "fanout-gateway-dead-letters-alone");
+        let mut alone_config = producer_config(config, "fanout-gateway-dead-letters-alone");
+        alone_config.set("batch.num.messages", "1");
         let config = producer_config(config, "fanout-gateway-dead-letters");
         Ok(Self {
             producer: config.create_with_context(ReportingContext(reports.clone()))?,
@@ -210,9 +212,7 @@ impl DeadLetterProducer {
         if let Some(p) = self.alone.get() {
             return Ok(p);
         }
-        let mut config = self.alone_config.clone();
-        config.set("batch.num.messages", "1");
-        let made = config.create_with_context(ReportingContext(self.reports.clone()))?;
+        let made = self.alone_config.create_with_context(ReportingContext(self.reports.clone()))?;
         Ok(self.alone.get_or_init(|| made))
     }
 }

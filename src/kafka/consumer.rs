@@ -378,10 +378,12 @@ pub fn spawn(
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let (commands, commands_rx) = std_mpsc::channel();
     let (exited_tx, exited) = oneshot::channel();
+    let group: Arc<str> = Arc::from(route.group(&config.kafka));
+    let topics = route.consumed_topics();
     let context = GatewayContext {
         events: events_tx.clone(),
         stats: stats.clone(),
-        group: Arc::from(route.group(&config.kafka)),
+        group: group.clone(),
         revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
         topics: parking_lot::Mutex::new(TopicNames::default()),
         reports: reports.clone(),
@@ -391,13 +393,9 @@ pub fn spawn(
     // fails here, naming it) and connects to nothing yet.
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
-    let joining = Joining {
-        topics: route.consumed_topics(),
-        group: route.group(&config.kafka),
-        seed: super::upgrade::plan(config, route, reports.clone()),
-    };
-    let topic_check =
-        super::topics::TopicCheck::new(&route.name, Arc::from(route.group(&config.kafka)), route.consumed_topics());
+    let topic_check = super::topics::TopicCheck::new(&route.name, group.clone(), topics.clone());
+    let joining =
+        Joining { topics, group: group.to_string(), seed: super::upgrade::plan(config, route, reports.clone()) };
     // The thread's logs say which route they are about.
     let span = tracing::info_span!("route", route = route.name);
     std::thread::Builder::new()
