@@ -410,15 +410,8 @@ async fn a_partition_leader_down_and_up_loses_nothing() {
         run.until_acked(FAULT_AT).await;
         run.fault_moment();
         let admin = run.gateway.admin_addr();
-        let mut ready = false;
-        for _ in 0..100 {
-            ready = http_get(admin, "/readyz").await.0 == 200;
-            if ready {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "the gateway is ready before the fault");
+        let (ready, _) = poll_until(Duration::from_secs(10), || http_get(admin, "/readyz"), |(c, _)| *c == 200).await;
+        assert_eq!(ready, 200, "the gateway is ready before the fault");
         cluster.broker_down(2).expect("broker 2 down");
         let readiness = tokio::spawn(async move {
             let mut answers = Vec::new();

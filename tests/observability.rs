@@ -50,16 +50,9 @@ async fn subscribe(endpoint: &str, name: &str, track: &str) -> Subscription {
 }
 
 async fn wait_ready(admin: std::net::SocketAddr, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let (code, body) = http_get(admin, "/readyz").await;
-        if code == 200 {
-            assert_eq!(body.trim(), "ready");
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not ready after {limit:?}: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (code, body) = poll_until(limit, || http_get(admin, "/readyz"), |(c, _)| *c == 200).await;
+    assert_eq!(code, 200, "not ready after {limit:?}: {body}");
+    assert_eq!(body.trim(), "ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,14 +299,7 @@ async fn a_route_consumer_fenced_by_its_instance_id_fails_liveness_and_says_why(
     // What the coordinator answers the member once another consumer has joined with the same
     // group.instance.id.
     cluster.request_errors(RDKafkaApiKey::Heartbeat, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 3]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let (code, body) = loop {
-        let (code, body) = http_get(admin, "/healthz").await;
-        if code != 200 || tokio::time::Instant::now() >= deadline {
-            break (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (code, body) = poll_until(Duration::from_secs(30), || http_get(admin, "/healthz"), |(c, _)| *c != 200).await;
     assert_eq!(code, 503, "a fenced consumer can do nothing more: the replica must restart ({body})");
     assert!(body.contains(&route_group), "names the route's group: {body}");
     assert!(

@@ -233,31 +233,21 @@ async fn a_route_whose_topic_is_missing_or_refused_says_so_and_the_others_flow()
     let run = async {
         let gw = start_gateway(config).await;
         let control = gw.control();
+        let control = &control;
+        let unreadable = move || async move {
+            control.routes_status(Some("audit")).await.expect("status")[0].unreadable_topics.clone()
+        };
         let mut sub =
             Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "orders-0", 100)).await.expect("subscribes");
         let seen = receive_all(&mut sub, &ids, |_| true).await;
         assert_eq!(seen.len(), 1_000, "the other route delivered everything");
 
         // The status, /readyz and fanoutctl say which topic of which route, and what to do.
-        let mut audit = Default::default();
-        for _ in 0..150 {
-            let routes = control.routes_status(Some("audit")).await.expect("status");
-            audit = routes[0].unreadable_topics.clone();
-            if audit.len() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let audit = poll_until(Duration::from_secs(30), unreadable, |a| a.len() == 2).await;
         assert!(audit.get("audit-events").is_some_and(|why| why.starts_with("it does not exist")), "{audit:?}");
         assert!(audit.get("secret-events").is_some_and(|why| why.contains("may not read it")), "{audit:?}");
-        let (mut code, mut body) = (0, String::new());
-        for _ in 0..150 {
-            (code, body) = http_get(gw.admin_addr(), "/readyz").await;
-            if code == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let admin = gw.admin_addr();
+        let (code, body) = poll_until(Duration::from_secs(30), || http_get(admin, "/readyz"), |(c, _)| *c == 200).await;
         assert_eq!(code, 200, "the replica serves its other routes: {body}");
         assert!(body.contains("route audit cannot read topic audit-events: it does not exist"), "{body}");
         let orders = control.routes_status(Some(ROUTE)).await.expect("status");
@@ -270,14 +260,7 @@ async fn a_route_whose_topic_is_missing_or_refused_says_so_and_the_others_flow()
             Subscription::connect(&gw.endpoint(), stream::hello("audit", "audit-0", 100)).await.expect("subscribes");
         let seen = receive_all(&mut audit_sub, &audit_ids, |_| true).await;
         assert_eq!(seen.len(), 50, "the new topic's records reached the route");
-        let mut left = Default::default();
-        for _ in 0..150 {
-            left = control.routes_status(Some("audit")).await.expect("status")[0].unreadable_topics.clone();
-            if left.len() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = poll_until(Duration::from_secs(30), unreadable, |l| l.len() == 1).await;
         assert_eq!(left.keys().collect::<Vec<_>>(), ["secret-events"], "only the refused topic is left: {left:?}");
         gw.shutdown().await;
     };

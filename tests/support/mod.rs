@@ -186,6 +186,23 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
     }
 }
 
+/// Asks `probe` every 100 ms until `done` holds of its answer or `limit` passes, and returns
+/// the last answer either way: the caller's assertion shows what was seen.
+pub async fn poll_until<T, F, Fut>(limit: Duration, mut probe: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let answer = probe().await;
+        if done(&answer) || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What subscribers saw, shared by all of them.
 #[derive(Default)]
 pub struct Recorder {
