@@ -341,6 +341,12 @@ pub struct KafkaConfig {
     /// rebalance the routes' groups. Each route's consumer uses `<group_instance_id>.<route>`.
     #[serde(default)]
     pub group_instance_id: Option<String>,
+    /// The routes' group protocol: `classic` (JoinGroup/SyncGroup, the cooperative-sticky
+    /// assignor chosen by the gateway) or `consumer` (KIP-848: the broker assigns, and a
+    /// member's change moves only its own partitions without stopping the group). A field,
+    /// not a passed-through property, because the gateway sets different properties for each.
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     /// How long a revoked partition may wait for its in-flight deliveries' acks before its
     /// commit and release. Like Vector's Kafka source, well below `session.timeout.ms`
     /// (librdkafka's default 45 s): the group's next generation waits for the release.
@@ -383,6 +389,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("group_id", &self.group_id)
             .field("group_instance_id", &self.group_instance_id)
+            .field("group_protocol", &self.group_protocol)
             .field("revoke_drain_ms", &self.revoke_drain_ms)
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("commit_interval_ms", &self.commit_interval_ms)
@@ -441,6 +448,30 @@ impl AutoOffsetReset {
             Self::Earliest => "earliest",
             Self::Latest => "latest",
             Self::Error => "error",
+        }
+    }
+}
+
+/// The consumer group protocol of the routes' groups (librdkafka's `group.protocol`).
+///
+/// `classic` is the default because it works with every broker the gateway supports; `consumer`
+/// (KIP-848) needs Kafka 4.0 or later. Under `consumer` the broker owns the session timeout,
+/// the heartbeat interval and the assignor (`group.consumer.*` broker settings), and librdkafka
+/// refuses the client-side properties for them, so the gateway sets none and validation
+/// refuses them in `kafka.properties`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    #[default]
+    Classic,
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
         }
     }
 }
@@ -778,6 +809,7 @@ impl Config {
                 bootstrap_servers: bootstrap.to_string(),
                 group_id: group_id.to_string(),
                 group_instance_id: None,
+                group_protocol: GroupProtocol::default(),
                 revoke_drain_ms: default_revoke_drain_ms(),
                 auto_offset_reset: AutoOffsetReset::Earliest,
                 commit_interval_ms: 200,

@@ -279,6 +279,8 @@ impl Dispatcher {
             KafkaEvent::Records(records) => self.on_records(records),
             KafkaEvent::Assigned(assignments) => self.on_assigned(assignments),
             KafkaEvent::Revoked { partitions, reply } => self.start_revoke(partitions, reply),
+            KafkaEvent::Lost(partitions) => self.on_lost(&partitions),
+            KafkaEvent::Sought(tp) => self.partitions.sought(&tp),
             KafkaEvent::Positions(positions) => self.on_positions(positions),
         }
     }
@@ -508,8 +510,12 @@ pub async fn run(
     // us for commit points: keep answering until the thread is gone.
     let serve_revokes = async {
         while let Some(event) = events.recv().await {
-            if let KafkaEvent::Revoked { partitions, reply } = event {
-                let _ = reply.send(d.on_revoked(&partitions));
+            match event {
+                KafkaEvent::Revoked { partitions, reply } => {
+                    let _ = reply.send(d.on_revoked(&partitions));
+                }
+                KafkaEvent::Lost(partitions) => d.on_lost(&partitions),
+                _ => {}
             }
         }
     };

@@ -101,6 +101,17 @@ pub enum KafkaEvent {
         partitions: Vec<TopicPartition>,
         reply: std::sync::mpsc::SyncSender<Vec<(TopicPartition, CommitPoint)>>,
     },
+    /// The partitions were taken away without a revoke (librdkafka's lost assignment: the
+    /// group ended this member's session). Another member may own them already and the
+    /// coordinator no longer takes this member's commits, so nothing is drained or committed:
+    /// the dispatcher forgets them at once.
+    Lost(Vec<TopicPartition>),
+    /// The partition's fetch position went back to where a resume asked
+    /// ([`KafkaCommand::Resume`]): every record of it sent after this event was fetched from
+    /// there, since librdkafka discards what it fetched before a seek. The first of them may be
+    /// above the offset asked for, when that offset is gone (compaction, retention,
+    /// DeleteRecords): the partition then goes on from its first record that remains.
+    Sought(TopicPartition),
     /// The consumer's position per assigned partition, sent after every record it fetched
     /// before was sent: offsets below it were handed out, or stepped over by librdkafka
     /// (transaction markers, aborted records), which never hands those out. With nothing owed,

@@ -126,7 +126,7 @@ struct Scrape {
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
-fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 24] {
+fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 25] {
     [
         ("received", "Records received from Kafka", &s.received),
         ("unknown_acks", "Acks of ids not in flight on their stream (ignored)", &s.unknown_acks),
@@ -171,6 +171,11 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 24]
             "revoke_commits_refused",
             "Commits of revoked partitions the group coordinator refused",
             &s.revoke_commits_refused,
+        ),
+        (
+            "assignments_lost",
+            "Partitions the group took away without a revoke (the member's session ended)",
+            &s.assignments_lost,
         ),
         ("commits", "Offset commits that succeeded", &s.commits),
         ("commit_failures", "Offset commits that failed (the next one covers them)", &s.commit_failures),

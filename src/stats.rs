@@ -63,6 +63,10 @@ pub struct Stats {
     /// coordinator that refuses commits during a rebalance): their next owner starts from the
     /// last commit that landed and redelivers what was acked since.
     pub revoke_commits_refused: AtomicU64,
+    /// Partitions the group took away without a revoke (librdkafka's lost assignment: the
+    /// member's session ended, a frozen process or a network cut): nothing of theirs could be
+    /// committed any more, and their next owner redelivers what was acked since the last commit.
+    pub assignments_lost: AtomicU64,
     /// Graceful stops in which the gRPC server did not finish within its 5 s bound (a stream
     /// that did not end held it).
     pub server_stop_overruns: AtomicU64,

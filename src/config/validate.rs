@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{Config, ConfigError, DeliveryMode, DiscoveryMode, Problem, RouteConfig};
+use super::{Config, ConfigError, DeliveryMode, DiscoveryMode, GroupProtocol, Problem, RouteConfig};
 
 /// librdkafka properties the gateway owns: setting them would break at-least-once commits.
 const MANAGED_PROPERTIES: &[&str] = &[
@@ -18,6 +18,15 @@ const MANAGED_PROPERTIES: &[&str] = &[
     "auto.offset.reset",
     "partition.assignment.strategy",
     "group.instance.id",
+    "group.protocol",
+];
+
+/// Client properties librdkafka refuses with `group.protocol=consumer` (KIP-848), where the
+/// broker decides them: each named with the broker setting that takes its place.
+const CLASSIC_ONLY_PROPERTIES: &[(&str, &str)] = &[
+    ("session.timeout.ms", "group.consumer.session.timeout.ms"),
+    ("heartbeat.interval.ms", "group.consumer.heartbeat.interval.ms"),
+    ("group.protocol.type", "the group's type, consumer"),
 ];
 
 /// Problems found so far; selector syntax errors are kept apart and reported last, after the
@@ -159,10 +168,19 @@ impl Config {
         problems.at_least_one("kafka.commit_interval_ms", kafka.commit_interval_ms);
         problems.at_least_one("kafka.max_uncommitted_per_partition", kafka.max_uncommitted_per_partition as u64);
         for key in kafka.properties.keys() {
+            let field = || format!("kafka.properties.\"{key}\"");
             if MANAGED_PROPERTIES.contains(&key.as_str()) {
+                problems.bad(field(), "is managed by the gateway; use the matching `kafka.*` field or leave it out");
+            } else if let Some((_, instead)) = CLASSIC_ONLY_PROPERTIES
+                .iter()
+                .find(|(name, _)| *name == key && kafka.group_protocol == GroupProtocol::Consumer)
+            {
                 problems.bad(
-                    format!("kafka.properties.\"{key}\""),
-                    "is managed by the gateway; use the matching `kafka.*` field or leave it out",
+                    field(),
+                    format!(
+                        "is not used with kafka.group_protocol = \"consumer\": the broker decides it ({instead}); \
+                         remove it, or use group_protocol = \"classic\""
+                    ),
                 );
             }
         }
@@ -342,6 +360,36 @@ mod tests {
                 "routes[1].default_in_flight",
             ]
         );
+    }
+
+    #[test]
+    fn the_consumer_group_protocol_refuses_what_the_broker_decides() {
+        let text = r#"
+            [kafka]
+            bootstrap_servers = "k:9092"
+            group_protocol = "consumer"
+            [kafka.properties]
+            "session.timeout.ms" = "10000"
+            "heartbeat.interval.ms" = "500"
+            "group.protocol" = "consumer"
+            "fetch.wait.max.ms" = "20"
+            [[routes]]
+            name = "a"
+            topics = ["t"]
+        "#;
+        assert_eq!(
+            problems(text),
+            vec![
+                "kafka.properties.\"group.protocol\"",
+                "kafka.properties.\"heartbeat.interval.ms\"",
+                "kafka.properties.\"session.timeout.ms\"",
+            ]
+        );
+        let said = Config::parse(text).and_then(|c| c.validate()).expect_err("refused").to_string();
+        assert!(said.contains("group.consumer.session.timeout.ms"), "names the broker setting instead: {said}");
+        // The classic protocol keeps its client-side session.
+        let classic = text.replace("group_protocol = \"consumer\"", "group_protocol = \"classic\"");
+        assert_eq!(problems(&classic), vec!["kafka.properties.\"group.protocol\""]);
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub(super) struct PartitionState {
     /// Set when the partition resumed with a seek back to this offset: records above it that
     /// the consumer fetched before the seek may still be on their way, and taking one would
     /// make the tracker see the offsets in between as a gap (committed, never delivered).
-    /// They are dropped until the sought record itself arrives.
+    /// They are dropped until the sought record itself arrives or the consumer says the seek
+    /// was done ([`crate::kafka::KafkaEvent::Sought`]): when the sought offset is gone
+    /// (compaction, retention, DeleteRecords) no record at or below it ever comes.
     pub(super) refetching: Option<i64>,
     /// The group's committed offset: found at assignment, then each commit that landed.
     pub(super) committed: Option<i64>,
@@ -58,6 +60,12 @@ impl PartitionState {
             return Admit::Refetch;
         }
         Admit::Take
+    }
+
+    /// The consumer's fetch position went back to where the resume asked: what arrives from
+    /// now on was fetched from there, whatever its first offset.
+    pub(super) fn sought(&mut self) {
+        self.refetching = None;
     }
 
     /// The consumer's position reached `position` ([`crate::kafka::KafkaEvent::Positions`]). Taken only
@@ -167,6 +175,13 @@ impl Partitions {
 
     fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
         self.states.get_mut(tp).filter(|s| s.epoch == epoch)
+    }
+
+    /// The consumer sought `tp` back (see [`PartitionState::sought`]).
+    pub(super) fn sought(&mut self, tp: &TopicPartition) {
+        if let Some(state) = self.states.get_mut(tp) {
+            state.sought();
+        }
     }
 
     /// The consumer's positions: where nothing is owed, commits may reach them.
@@ -301,6 +316,23 @@ mod tests {
         assert_eq!(state.refetch_from, None, "not a new bound: no second seek");
         assert_eq!(state.admit(10, 10), Admit::Take);
         assert_eq!(state.admit(11, 10), Admit::Take);
+    }
+
+    #[test]
+    fn once_the_seek_is_done_the_partition_goes_on_even_if_the_sought_record_is_gone() {
+        let mut state = state_holding(0..10);
+        assert_eq!(state.admit(10, 10), Admit::Refetch);
+        for o in 0..10 {
+            state.tracker.ack(o);
+        }
+        assert_eq!(state.resume(), Some(10));
+        assert_eq!(state.admit(41, 10), Admit::Refetch, "fetched before the seek");
+        // 10..=99 were deleted meanwhile: the consumer's seek lands on 100.
+        state.sought();
+        assert_eq!(state.admit(100, 10), Admit::Take);
+        assert_eq!(state.tracker.track(100), Track::New);
+        state.tracker.ack(100);
+        assert_eq!(state.tracker.committable(), Some(101), "the deleted offsets are stepped over");
     }
 
     #[test]

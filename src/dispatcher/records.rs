@@ -129,6 +129,20 @@ impl Dispatcher {
         points
     }
 
+    /// Forgets partitions the group took away without a revoke: their buffered messages are
+    /// dropped and their commit points discarded (the coordinator would refuse them); acks of
+    /// what is in flight find no partition and are ignored.
+    pub(super) fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        let unsent = self.registry.purge(partitions);
+        let uncommitted = self.partitions.release(partitions).len();
+        warn!(
+            partitions = partitions.len(),
+            unsent,
+            uncommitted,
+            "lost partitions forgotten: their next owner redelivers what was acked since the last commit"
+        );
+    }
+
     /// Commit points that moved since the last commit.
     pub fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
         self.partitions.commit_points()

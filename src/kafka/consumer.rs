@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::{Assignment, ClientReports, KafkaCommand, KafkaEvent, Record, TopicPartition};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, GroupProtocol, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
 use crate::stats::{GroupPartition, GroupState, Stats};
 
@@ -191,6 +191,19 @@ impl GatewayContext {
 impl ConsumerContext for GatewayContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(tpl) if consumer.assignment_lost() => {
+                Stats::bump(&self.stats.rebalances, 1);
+                let partitions = self.partitions(tpl);
+                Stats::bump(&self.stats.assignments_lost, partitions.len() as u64);
+                let listed: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                warn!(
+                    partitions = %listed.join(", "),
+                    "partitions lost: the group ended this member's session (a frozen process, a cut network, \
+                     or longer than session.timeout.ms without a heartbeat); nothing of theirs can be committed, \
+                     their next owner redelivers what was acked since the last commit"
+                );
+                let _ = self.events.blocking_send(KafkaEvent::Lost(partitions));
+            }
             Rebalance::Revoke(tpl) => {
                 Stats::bump(&self.stats.rebalances, 1);
                 let partitions = self.partitions(tpl);
@@ -341,9 +354,7 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", route.offset_reset(k).as_librdkafka())
-        // Incremental rebalances: a gateway replica joining or leaving moves only the
-        // partitions that change owner; the others keep flowing.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("group.protocol", k.group_protocol.as_librdkafka())
         // librdkafka stops fetching a partition for fetch.queue.backoff.ms (1 s by default)
         // once its prefetch queue passes queued.min.messages / queued.max.messages.kbytes. The
         // gateway bounds its own buffer (max_uncommitted_per_partition, pause/resume), so that
@@ -356,6 +367,12 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "10000")
         // High watermarks for the operator's lag figures come from these statistics.
         .set("statistics.interval.ms", "1000");
+    if k.group_protocol == GroupProtocol::Classic {
+        // Incremental rebalances: a gateway replica joining or leaving moves only the
+        // partitions that change owner; the others keep flowing. (Under KIP-848 the broker
+        // assigns, incrementally, and librdkafka refuses the property.)
+        cc.set("partition.assignment.strategy", "cooperative-sticky");
+    }
     if let Some(id) = route.group_instance_id(k) {
         cc.set("group.instance.id", id);
     }
@@ -463,15 +480,33 @@ fn run(
                 };
                 unsought.retain(|(tp, _)| owned(tp));
             }
+            let mut sought = Vec::new();
             unsought.retain(|(tp, offset)| {
                 let done = seek(&consumer, tp, *offset);
                 if done {
                     resume(&consumer, std::slice::from_ref(tp));
+                    sought.push(tp.clone());
                 }
                 !done
             });
             if unsought.len() == before {
                 next_seek = Instant::now() + Duration::from_millis(500);
+            }
+            // Before anything fetched from the new position: the dispatcher then knows that
+            // what follows comes from there, even when the offset sought is gone.
+            for tp in sought {
+                if let Flow::Close = hand_over(
+                    &consumer,
+                    &events,
+                    &commands,
+                    &stats,
+                    &mut fetching,
+                    &mut unsought,
+                    KafkaEvent::Sought(tp),
+                ) {
+                    close(consumer);
+                    return;
+                }
             }
         }
 
@@ -520,24 +555,39 @@ fn run(
         }
         reports.answered();
         Stats::bump(&stats.received, batch.len() as u64);
-        // While the dispatcher is behind, keep serving its commands: a commit must not wait
-        // for the record channel to have room.
-        let mut event = KafkaEvent::Records(batch);
-        loop {
-            match events.try_send(event) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    info!("dispatcher gone; closing the consumer");
-                    return;
+        let event = KafkaEvent::Records(batch);
+        if let Flow::Close = hand_over(&consumer, &events, &commands, &stats, &mut fetching, &mut unsought, event) {
+            close(consumer);
+            return;
+        }
+    }
+}
+
+/// Sends `event` to the dispatcher. While the dispatcher is behind, keeps serving its
+/// commands: a commit must not wait for the event channel to have room. Close: the
+/// dispatcher is gone or asked to close.
+fn hand_over(
+    consumer: &BaseConsumer<GatewayContext>,
+    events: &mpsc::Sender<KafkaEvent>,
+    commands: &std_mpsc::Receiver<KafkaCommand>,
+    stats: &Stats,
+    fetching: &mut bool,
+    unsought: &mut Vec<(TopicPartition, i64)>,
+    mut event: KafkaEvent,
+) -> Flow {
+    loop {
+        match events.try_send(event) {
+            Ok(()) => return Flow::Continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                info!("dispatcher gone; closing the consumer");
+                return Flow::Close;
+            }
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                event = back;
+                if let Flow::Close = take_commands(consumer, commands, stats, fetching, unsought) {
+                    return Flow::Close;
                 }
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    event = back;
-                    if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
-                        close(consumer);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
+                std::thread::sleep(Duration::from_micros(500));
             }
         }
     }

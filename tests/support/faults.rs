@@ -1,5 +1,5 @@
-//! Fixtures for the rebalance and fault suites (only `tests/rebalance.rs` and `tests/faults.rs`
-//! include this file): a producer that keeps feeding the topic while the gateway consumes, a
+//! Fixtures for the rebalance and fault suites (only `tests/rebalance.rs`, `tests/faults.rs`
+//! and `tests/real_kafka_groups.rs` include this file): a producer that keeps feeding the topic while the gateway consumes, a
 //! subscriber that remembers which gateway delivered each message, and the end-of-run checks
 //! both suites share.
 #![allow(dead_code)]
@@ -40,7 +40,7 @@ pub struct Pace {
     pub rate: Option<u32>,
 }
 
-/// A producer task feeding `TOPIC` while the gateway consumes.
+/// A producer task feeding a topic (`TOPIC` unless told) while the gateway consumes.
 ///
 /// Idempotent with `acks=all`: errors injected on Produce requests are retried by librdkafka
 /// without losing or doubling a message, so whatever is missing at the end was lost by the
@@ -55,6 +55,18 @@ impl Feed {
     /// Starts producing keyed messages (`keys` distinct keys); `consumed` says how many have
     /// been acked so far (for `Pace::ahead`).
     pub fn start(bootstrap: &str, keys: usize, pace: Pace, consumed: impl Fn() -> usize + Send + 'static) -> Self {
+        Self::start_on(bootstrap, TOPIC, keys, pace, consumed)
+    }
+
+    /// [`Feed::start`] on another topic than `TOPIC`.
+    pub fn start_on(
+        bootstrap: &str,
+        topic: &str,
+        keys: usize,
+        pace: Pace,
+        consumed: impl Fn() -> usize + Send + 'static,
+    ) -> Self {
+        let topic = topic.to_string();
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
@@ -85,7 +97,7 @@ impl Feed {
                     let key = format!("key-{}", i % keys);
                     let value = format!("{:<width$}", format!("message {i}"), width = VALUE_BYTES);
                     loop {
-                        match producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value)) {
+                        match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&value)) {
                             Ok(report) => {
                                 reports.push(report);
                                 break;
@@ -106,7 +118,7 @@ impl Feed {
                             let delivery = report
                                 .expect("delivery report")
                                 .unwrap_or_else(|(error, _)| panic!("the test producer lost a message: {error}"));
-                            ids.push(format!("{TOPIC}/{}/{}", delivery.partition, delivery.offset));
+                            ids.push(format!("{topic}/{}/{}", delivery.partition, delivery.offset));
                         }
                         _ = &mut wait => break,
                     }

@@ -456,7 +456,8 @@ struct Ports {
 
 /// Node `id` of `count`, broker and controller, with the cluster's `voters`; replication as
 /// the cluster's size allows (1, or 3 with `min.insync.replicas` 2), small internal topics,
-/// quick group joins and a quick log cleaner (compacted topics in tests). A plaintext
+/// quick group joins (KIP-848 groups heartbeat every 500 ms, so an assignment moves within a
+/// second) and a quick log cleaner (compacted topics in tests). A plaintext
 /// listener, and with `sasl_keystore` a SASL_SSL one (SCRAM over TLS, its certificate and
 /// key in that file).
 fn server_properties(
@@ -518,6 +519,10 @@ share.coordinator.state.topic.replication.factor={replicas}
 share.coordinator.state.topic.min.isr={min_isr}
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=500
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=10000
 log.cleaner.backoff.ms=200
 log.retention.check.interval.ms=1000
 ",
