@@ -53,7 +53,7 @@ use crate::dead_letters::DeadLetterProducer;
 use crate::dedup::{DedupError, Verdict};
 use crate::discovery::PodEvent;
 use crate::kafka::consumer::ConsumerHandle;
-use crate::kafka::{KafkaCommand, KafkaEvent, Record, TopicPartition};
+use crate::kafka::{CommitOutcome, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::offsets::CommitPoint;
 use crate::stats::Stats;
 use crate::subscriptions::{CloseReason, Registry, ReplayTag, SessionId, StagedSend};
@@ -69,9 +69,9 @@ enum Internal {
     /// Kafka acknowledged a dead letter: its origin offset (or its replay message) is done.
     DeadLettered(Produced),
     /// A commit finished; `generation` is the registry's commit generation it covers.
-    Committed { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, generation: Option<u64> },
+    Committed { points: Vec<(TopicPartition, CommitPoint)>, outcome: CommitOutcome, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.
-    CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, ok: bool, sends: Vec<StagedSend> },
+    CommittedBeforeSend { points: Vec<(TopicPartition, CommitPoint)>, outcome: CommitOutcome, sends: Vec<StagedSend> },
     /// The dedup store answered the route's claims: `batch[i].2` indexes `verdicts` for
     /// records that have an idempotency key.
     Claimed { batch: Vec<dedup_gate::Keyed>, verdicts: Result<Vec<Verdict>, DedupError> },
@@ -269,8 +269,10 @@ impl Dispatcher {
         match done {
             Internal::DeadLettered(produced) => self.on_dead_lettered(produced),
             Internal::Claimed { batch, verdicts } => self.on_claimed(batch, verdicts),
-            Internal::CommittedBeforeSend { points, ok, sends } => self.on_committed_before_send(points, ok, sends),
-            Internal::Committed { points, ok, generation } => self.on_committed(points, ok, generation),
+            Internal::CommittedBeforeSend { points, outcome, sends } => {
+                self.on_committed_before_send(points, &outcome, sends)
+            }
+            Internal::Committed { points, outcome, generation } => self.on_committed(points, &outcome, generation),
         }
     }
 
@@ -492,14 +494,15 @@ pub async fn run(
     for r in d.revokes.take_all() {
         let _ = r.reply.send(d.on_revoked(&r.partitions));
     }
-    // Final commit, synchronous, then leave the group.
-    let points = d.commit_points();
+    // Final commit, awaited, then leave the group. Every partition's point, even one sent
+    // before: a commit still out may yet be refused.
+    let points = d.partitions.final_points();
     if !points.is_empty() {
         let count = points.len();
         if let Some(result) = request_commit(&kafka, points) {
             match tokio::time::timeout(Duration::from_secs(10), result).await {
-                Ok(Ok(Ok(()))) => info!(partitions = count, "final commit done"),
-                Ok(Ok(Err(error))) => warn!(%error, "final commit failed"),
+                Ok(Ok(outcome)) if outcome.is_complete() => info!(partitions = count, "final commit done"),
+                Ok(Ok(outcome)) => warn!(refused = ?outcome.refused, "final commit refused for some partitions"),
                 _ => warn!("final commit did not finish in time"),
             }
         }

@@ -8,6 +8,7 @@
 //!
 //! [`ClientReports`] ([`reports`]) is what every gateway client does with its failures.
 
+mod commits;
 pub mod consumer;
 pub mod replay;
 pub mod reports;
@@ -120,10 +121,22 @@ pub enum KafkaEvent {
     Positions(Vec<(TopicPartition, i64)>),
 }
 
-/// Why a commit did not land. The next commit (a tick later) carries the same points again.
-#[derive(Debug, thiserror::Error)]
-#[error("offset commit failed")]
-pub struct CommitError(#[source] pub KafkaError);
+/// How a commit ended, partition by partition: Kafka stores some partitions of one commit and
+/// refuses others (an authorization, a partition gone). The refused ones' points go again with
+/// the next commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub landed: Vec<TopicPartition>,
+    /// Each with why, as Kafka or librdkafka said it.
+    pub refused: Vec<(TopicPartition, String)>,
+}
+
+impl CommitOutcome {
+    /// Whether every partition landed.
+    pub fn is_complete(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
 
 /// What the dispatcher asks of the consumer thread.
 #[derive(Debug)]
@@ -131,7 +144,7 @@ pub enum KafkaCommand {
     /// Commit these points; `done`, if given, hears the outcome.
     Commit {
         points: Vec<(TopicPartition, CommitPoint)>,
-        done: Option<tokio::sync::oneshot::Sender<Result<(), CommitError>>>,
+        done: Option<tokio::sync::oneshot::Sender<CommitOutcome>>,
     },
     Pause(Vec<TopicPartition>),
     /// Resume fetching, first seeking to the offset given (records from there on were dropped

@@ -498,25 +498,6 @@ async fn a_wrong_scram_password_is_named_as_a_sasl_failure_and_the_replica_is_no
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
 }
 
-/// The committed offset and metadata of `group` on partition 0 of `topic`, as an independent
-/// client reads them from the broker.
-fn committed_with_metadata(kafka: &RealKafka, group: &str, topic: &str) -> Option<(i64, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    let element = committed.elements().into_iter().next()?;
-    match element.offset() {
-        Offset::Offset(o) => Some((o, element.metadata().to_string())),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acks_out_of_order_fill_the_commit_metadata_and_kafka_takes_every_commit() {
     // Every other message acked while the first is held: about 2,500 separate acked ranges
@@ -551,7 +532,7 @@ async fn acks_out_of_order_fill_the_commit_metadata_and_kafka_takes_every_commit
         // Commits every 100 ms carry what fits of the ranges; each must be taken.
         let deadline = Instant::now() + Duration::from_secs(20);
         let metadata = loop {
-            if let Some((0, metadata)) = committed_with_metadata(&kafka, &group, &topic) {
+            if let Some((0, metadata)) = kafka.committed_with_metadata(&group, &topic, 1).remove(&0) {
                 if metadata.len() > 3_000 {
                     break metadata;
                 }

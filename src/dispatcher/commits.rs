@@ -3,7 +3,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::kafka::{CommitError, KafkaCommand, TopicPartition};
+use crate::kafka::{CommitOutcome, KafkaCommand, TopicPartition};
 use crate::offsets::CommitPoint;
 
 /// Which commits are out, and the at-most-once batches (`S`) waiting for one: one commit of
@@ -80,7 +80,7 @@ impl<S> CommitScheduler<S> {
 pub(super) fn request_commit(
     kafka: &std::sync::mpsc::Sender<KafkaCommand>,
     points: Vec<(TopicPartition, CommitPoint)>,
-) -> Option<oneshot::Receiver<Result<(), CommitError>>> {
+) -> Option<oneshot::Receiver<CommitOutcome>> {
     let (done, result) = oneshot::channel();
     kafka.send(KafkaCommand::Commit { points, done: Some(done) }).ok()?;
     Some(result)

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::status::PartitionSnapshot;
-use crate::kafka::{Assignment, Record, TopicPartition};
+use crate::kafka::{Assignment, CommitOutcome, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint, PartitionTracker, Track};
 
 pub(super) struct PartitionState {
@@ -231,6 +231,19 @@ impl Partitions {
                 }
             }
         }
+    }
+
+    /// A commit of `points` ended as `outcome` says: the partitions that landed are noted, the
+    /// others' points are sent again next time.
+    pub(super) fn settle(&mut self, points: Vec<(TopicPartition, CommitPoint)>, outcome: &CommitOutcome) {
+        let (landed, refused): (Vec<_>, Vec<_>) = points.into_iter().partition(|(tp, _)| outcome.landed.contains(tp));
+        self.landed(&landed);
+        self.forget_sent(refused);
+    }
+
+    /// Every partition's commit point, sent before or not (the final commit of a stop).
+    pub(super) fn final_points(&self) -> Vec<(TopicPartition, CommitPoint)> {
+        self.states.iter().filter_map(|(tp, s)| s.tracker.commit_point().map(|p| (tp.clone(), p))).collect()
     }
 
     /// Notes where landed commits left their partitions (operator status).

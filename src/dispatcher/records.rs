@@ -15,7 +15,7 @@ use super::revokes::RevokeReply;
 use super::{Dispatcher, Internal};
 use crate::config::DeliveryMode;
 use crate::dedup::{DedupError, Verdict};
-use crate::kafka::{Assignment, KafkaCommand, Record, TopicPartition};
+use crate::kafka::{Assignment, CommitOutcome, KafkaCommand, Record, TopicPartition};
 use crate::offsets::{AckOutcome, CommitPoint};
 use crate::stats::Stats;
 use crate::subscriptions::{DeadLetter, Pending, StagedSend};
@@ -165,8 +165,8 @@ impl Dispatcher {
         let Some(result) = request_commit(kafka, points.clone()) else { return };
         self.commits.commit_sent();
         self.tasks.spawn(async move {
-            let ok = matches!(result.await, Ok(Ok(())));
-            Internal::Committed { points, ok, generation: Some(generation) }
+            let outcome = result.await.unwrap_or_else(|_| unanswered(&points));
+            Internal::Committed { points, outcome, generation: Some(generation) }
         });
     }
 
@@ -204,8 +204,8 @@ impl Dispatcher {
         };
         self.commits.before_send_sent();
         self.tasks.spawn(async move {
-            let ok = matches!(result.await, Ok(Ok(())));
-            Internal::CommittedBeforeSend { points, ok, sends }
+            let outcome = result.await.unwrap_or_else(|_| unanswered(&points));
+            Internal::CommittedBeforeSend { points, outcome, sends }
         });
     }
 
@@ -217,23 +217,20 @@ impl Dispatcher {
         }
     }
 
-    /// A commit of acked offsets finished: windows held for it are freed, or its points are
-    /// sent again next time.
+    /// A commit of acked offsets finished: the partitions that landed are noted, the refused
+    /// ones' points are sent again next time, and windows held for the commit are freed once
+    /// all of it landed.
     pub(super) fn on_committed(
         &mut self,
         points: Vec<(TopicPartition, CommitPoint)>,
-        ok: bool,
+        outcome: &CommitOutcome,
         generation: Option<u64>,
     ) {
         self.commits.commit_finished();
-        if ok {
-            self.partitions.landed(&points);
-            if let Some(generation) = generation {
-                self.registry.commit_landed(generation);
-            }
-            return;
+        self.partitions.settle(points, outcome);
+        if let Some(generation) = generation.filter(|_| outcome.is_complete()) {
+            self.registry.commit_landed(generation);
         }
-        self.partitions.forget_sent(points);
     }
 
     /// The commit covering staged at-most-once batches finished: on success they go to their
@@ -241,15 +238,11 @@ impl Dispatcher {
     pub(super) fn on_committed_before_send(
         &mut self,
         points: Vec<(TopicPartition, CommitPoint)>,
-        ok: bool,
+        outcome: &CommitOutcome,
         sends: Vec<StagedSend>,
     ) {
-        if ok {
-            self.partitions.landed(&points);
-        } else {
-            self.partitions.forget_sent(points);
-        }
-        for send in self.commits.before_send_finished(ok, sends) {
+        self.partitions.settle(points, outcome);
+        for send in self.commits.before_send_finished(outcome.is_complete(), sends) {
             self.registry.release_staged(send);
         }
     }
@@ -335,6 +328,13 @@ impl Dispatcher {
             let _ = kafka.send(KafkaCommand::Resume(flow.resume));
         }
     }
+}
+
+/// The outcome of a commit the consumer thread never answered (it is gone: the gateway is
+/// stopping): nothing landed.
+fn unanswered(points: &[(TopicPartition, CommitPoint)]) -> CommitOutcome {
+    let refused = points.iter().map(|(tp, _)| (tp.clone(), "the consumer is gone".to_string())).collect();
+    CommitOutcome { landed: Vec::new(), refused }
 }
 
 #[cfg(test)]

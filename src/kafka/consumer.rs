@@ -21,11 +21,13 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::{Assignment, ClientReports, KafkaCommand, KafkaEvent, Record, TopicPartition};
+use super::commits::{Answer, InFlight, Request, ANSWER_LIMIT};
+use super::{Assignment, ClientReports, CommitOutcome, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, GroupProtocol, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
 use crate::stats::{GroupPartition, GroupState, Stats};
@@ -79,6 +81,9 @@ struct GatewayContext {
     reports: Arc<ClientReports>,
     /// The route's commit latency histogram.
     commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// What librdkafka's commit callback said, for the thread to settle after its poll (the
+    /// callback runs inside `poll`, where the thread's own state is out of reach).
+    answers: parking_lot::Mutex<Vec<Answer>>,
 }
 
 /// Interned topic names, so every record of a topic shares one `Arc<str>`.
@@ -215,7 +220,7 @@ impl ConsumerContext for GatewayContext {
                 }
                 match answer.recv_timeout(self.revoke_timeout) {
                     Ok(points) if !points.is_empty() => {
-                        if let Err(error) = commit(consumer, &points, CommitMode::Sync) {
+                        if let Err(error) = commit_now(consumer, &points) {
                             Stats::bump(&self.stats.commit_failures, 1);
                             Stats::bump(&self.stats.revoke_commits_refused, 1);
                             warn!(%error, "commit on revoke failed; the next owner redelivers from the last commit");
@@ -231,6 +236,21 @@ impl ConsumerContext for GatewayContext {
             Rebalance::Assign(_) => {}
             Rebalance::Error(error) => warn!(%error, "rebalance error"),
         }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let parts = offsets
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => {
+                    Some((self.tp(e.topic(), e.partition()), o, e.error().err().and_then(|e| e.rdkafka_error_code())))
+                }
+                _ => None,
+            })
+            .collect();
+        let error = result.err().map(|e| e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown));
+        self.answers.lock().push(Answer { parts, error });
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -270,28 +290,91 @@ impl ConsumerContext for GatewayContext {
 }
 
 impl GatewayContext {
+    /// Files what landed; never back (an answer can come after a later commit's).
     fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
         let mut committed = self.stats.committed.write();
         for (tp, point) in points {
             let at = GroupPartition { group: self.group.clone(), topic: tp.topic.to_string(), partition: tp.partition };
-            committed.insert(at, point.offset);
+            let offset = committed.entry(at).or_insert(point.offset);
+            *offset = (*offset).max(point.offset);
         }
     }
 }
 
-fn commit(
+/// Sends `requests` as asynchronous commits; one librdkafka refuses at once is settled at
+/// once (and what that sends again, sent).
+fn send_commits(
     consumer: &BaseConsumer<GatewayContext>,
-    points: &[(TopicPartition, CommitPoint)],
-    mode: CommitMode,
-) -> KafkaResult<()> {
+    stats: &Stats,
+    inflight: &mut InFlight,
+    mut requests: Vec<Request>,
+) {
+    while let Some(request) = requests.pop() {
+        let sent = tpl_of_points(&request.points).and_then(|tpl| fanout_kafka_ffi::commit_async(consumer, &tpl));
+        if let Err(error) = sent {
+            let parts = request.points.iter().map(|(tp, p)| (tp.clone(), p.offset, None)).collect();
+            let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown);
+            let (again, finished) = inflight.answered(Answer { parts, error: Some(code) });
+            requests.extend(again);
+            report_commits(consumer.context(), stats, finished);
+        }
+    }
+}
+
+/// Settles what librdkafka's commit callback said since the last look, and gives up on
+/// commits that went unanswered too long. Called after every `poll`.
+fn settle_commits(consumer: &BaseConsumer<GatewayContext>, stats: &Stats, inflight: &mut InFlight) {
+    if inflight.is_empty() {
+        consumer.context().answers.lock().clear();
+        return;
+    }
+    let answers = std::mem::take(&mut *consumer.context().answers.lock());
+    for answer in answers {
+        let (again, finished) = inflight.answered(answer);
+        report_commits(consumer.context(), stats, finished);
+        send_commits(consumer, stats, inflight, again);
+    }
+    let expired = inflight.expire(Instant::now(), ANSWER_LIMIT);
+    report_commits(consumer.context(), stats, expired);
+}
+
+/// Counts, files and tells the dispatcher how finished commits fared.
+fn report_commits(context: &GatewayContext, stats: &Stats, finished: Vec<super::commits::Finished>) {
+    for f in finished {
+        context.commit_latency.observe(f.started.elapsed().as_secs_f64());
+        context.record_committed(&f.landed);
+        if f.outcome.is_complete() {
+            Stats::bump(&stats.commits, 1);
+        } else {
+            Stats::bump(&stats.commit_failures, 1);
+            let refused: Vec<String> = f.outcome.refused.iter().map(|(tp, why)| format!("{tp}: {why}")).collect();
+            warn!(
+                landed = f.outcome.landed.len(),
+                refused = %refused.join(", "),
+                "offset commit refused for some partitions; the next commit carries them again"
+            );
+        }
+        if let Some(done) = f.done {
+            let _ = done.send(f.outcome);
+        }
+    }
+}
+
+fn tpl_of_points(points: &[(TopicPartition, CommitPoint)]) -> KafkaResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::with_capacity(points.len());
     for (tp, point) in points {
         let mut elem = tpl.add_partition(&tp.topic, tp.partition);
         elem.set_offset(Offset::Offset(point.offset))?;
         elem.set_metadata(point.metadata.clone());
     }
+    Ok(tpl)
+}
+
+/// A synchronous commit: a revoke's, which must land before its partitions go.
+fn commit_now(consumer: &BaseConsumer<GatewayContext>, points: &[(TopicPartition, CommitPoint)]) -> KafkaResult<()> {
+    let tpl = tpl_of_points(points)?;
     let started = Instant::now();
-    let result = consumer.commit(&tpl, mode);
+    let result = consumer.commit(&tpl, CommitMode::Sync);
     consumer.context().commit_latency.observe(started.elapsed().as_secs_f64());
     result
 }
@@ -405,6 +488,7 @@ pub fn spawn(
         topics: parking_lot::Mutex::new(TopicNames::default()),
         reports: reports.clone(),
         commit_latency: stats.histograms.commit(&route.name),
+        answers: parking_lot::Mutex::new(Vec::new()),
     };
     // Creating the client checks its properties (a start with a property librdkafka refuses
     // fails here, naming it) and connects to nothing yet.
@@ -436,6 +520,16 @@ struct Joining {
     seed: Option<super::upgrade::Plan>,
 }
 
+/// What the thread keeps between polls.
+struct Local {
+    /// False once a stop began: records polled are no longer handed out.
+    fetching: bool,
+    /// Partitions to resume once their seek back succeeds.
+    unsought: Vec<(TopicPartition, i64)>,
+    /// Commits out, waiting for librdkafka's callback.
+    commits: InFlight,
+}
+
 fn run(
     consumer: BaseConsumer<GatewayContext>,
     events: mpsc::Sender<KafkaEvent>,
@@ -445,25 +539,23 @@ fn run(
     joining: Joining,
     mut topic_check: super::topics::TopicCheck,
 ) {
-    let mut fetching = true;
+    let mut local = Local { fetching: true, unsought: Vec::new(), commits: InFlight::default() };
     let mut probe = Probe::new();
-    // Partitions to resume once their seek back succeeds, and when to try again.
-    let mut unsought: Vec<(TopicPartition, i64)> = Vec::new();
+    // When to try the seeks back again.
     let mut next_seek = Instant::now();
-    if let Flow::Close = join(&consumer, &commands, &stats, &reports, &mut probe, &mut fetching, &mut unsought, joining)
-    {
+    if let Flow::Close = join(&consumer, &commands, &stats, &reports, &mut probe, &mut local, joining) {
         close(consumer);
         return;
     }
     let mut next_positions = Instant::now();
     loop {
-        if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut fetching, &mut unsought) {
+        if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut local) {
             close(consumer);
             return;
         }
         // Here every record polled so far has been sent: the positions cover nothing still
         // on its way. Not while records are discarded (a stop), and only when there is room.
-        if fetching && Instant::now() >= next_positions {
+        if local.fetching && Instant::now() >= next_positions {
             next_positions = Instant::now() + POSITIONS_EVERY;
             let positions = positions(&consumer);
             if !positions.is_empty() {
@@ -471,17 +563,17 @@ fn run(
             }
         }
 
-        if !unsought.is_empty() && Instant::now() >= next_seek {
-            let before = unsought.len();
+        if !local.unsought.is_empty() && Instant::now() >= next_seek {
+            let before = local.unsought.len();
             // A partition revoked meanwhile restarts from its commit wherever it goes next.
             if let Ok(assigned) = consumer.assignment() {
                 let owned = |tp: &TopicPartition| {
                     assigned.elements().iter().any(|e| e.topic() == &*tp.topic && e.partition() == tp.partition)
                 };
-                unsought.retain(|(tp, _)| owned(tp));
+                local.unsought.retain(|(tp, _)| owned(tp));
             }
             let mut sought = Vec::new();
-            unsought.retain(|(tp, offset)| {
+            local.unsought.retain(|(tp, offset)| {
                 let done = seek(&consumer, tp, *offset);
                 if done {
                     resume(&consumer, std::slice::from_ref(tp));
@@ -489,21 +581,15 @@ fn run(
                 }
                 !done
             });
-            if unsought.len() == before {
+            if local.unsought.len() == before {
                 next_seek = Instant::now() + Duration::from_millis(500);
             }
             // Before anything fetched from the new position: the dispatcher then knows that
             // what follows comes from there, even when the offset sought is gone.
             for tp in sought {
-                if let Flow::Close = hand_over(
-                    &consumer,
-                    &events,
-                    &commands,
-                    &stats,
-                    &mut fetching,
-                    &mut unsought,
-                    KafkaEvent::Sought(tp),
-                ) {
+                if let Flow::Close =
+                    hand_over(&consumer, &events, &commands, &stats, &mut local, KafkaEvent::Sought(tp))
+                {
                     close(consumer);
                     return;
                 }
@@ -518,6 +604,7 @@ fn run(
 
         let polled = consumer.poll(POLL);
         probe.report(&reports);
+        settle_commits(&consumer, &stats, &mut local.commits);
         let Some(first) = polled else { continue };
         let mut batch = Vec::with_capacity(BATCH);
         let mut fatal = false;
@@ -550,13 +637,13 @@ fn run(
                 .map_or_else(|| ("Fatal".to_string(), String::new()), |(c, r)| (format!("{c:?}"), r));
             reports.fatal(&format!("the consumer of group {}", consumer.context().group), &format!("{code}: {reason}"));
         }
-        if !fetching || batch.is_empty() {
+        if !local.fetching || batch.is_empty() {
             continue;
         }
         reports.answered();
         Stats::bump(&stats.received, batch.len() as u64);
         let event = KafkaEvent::Records(batch);
-        if let Flow::Close = hand_over(&consumer, &events, &commands, &stats, &mut fetching, &mut unsought, event) {
+        if let Flow::Close = hand_over(&consumer, &events, &commands, &stats, &mut local, event) {
             close(consumer);
             return;
         }
@@ -571,8 +658,7 @@ fn hand_over(
     events: &mpsc::Sender<KafkaEvent>,
     commands: &std_mpsc::Receiver<KafkaCommand>,
     stats: &Stats,
-    fetching: &mut bool,
-    unsought: &mut Vec<(TopicPartition, i64)>,
+    local: &mut Local,
     mut event: KafkaEvent,
 ) -> Flow {
     loop {
@@ -584,7 +670,7 @@ fn hand_over(
             }
             Err(mpsc::error::TrySendError::Full(back)) => {
                 event = back;
-                if let Flow::Close = take_commands(consumer, commands, stats, fetching, unsought) {
+                if let Flow::Close = take_commands(consumer, commands, stats, local) {
                     return Flow::Close;
                 }
                 std::thread::sleep(Duration::from_micros(500));
@@ -617,20 +703,18 @@ fn positions(consumer: &BaseConsumer<GatewayContext>) -> Vec<(TopicPartition, i6
 /// waits until Kafka answers and copies them (serving the dispatcher's commands meanwhile, so
 /// a stop is not held up); then subscribes. Close: the gateway stops, or the subscription was
 /// refused.
-#[allow(clippy::too_many_arguments)] // the thread's own state, lent for a while
 fn join(
     consumer: &BaseConsumer<GatewayContext>,
     commands: &std_mpsc::Receiver<KafkaCommand>,
     stats: &Stats,
     reports: &ClientReports,
     probe: &mut Probe,
-    fetching: &mut bool,
-    unsought: &mut Vec<(TopicPartition, i64)>,
+    local: &mut Local,
     joining: Joining,
 ) -> Flow {
     if let Some(seed) = joining.seed {
         loop {
-            if let Flow::Close = take_commands(consumer, commands, stats, fetching, unsought) {
+            if let Flow::Close = take_commands(consumer, commands, stats, local) {
                 return Flow::Close;
             }
             if probe.check(consumer, reports) == Some(true) {
@@ -669,8 +753,7 @@ fn take_commands(
     consumer: &BaseConsumer<GatewayContext>,
     commands: &std_mpsc::Receiver<KafkaCommand>,
     stats: &Stats,
-    fetching: &mut bool,
-    unsought: &mut Vec<(TopicPartition, i64)>,
+    local: &mut Local,
 ) -> Flow {
     loop {
         let command = match commands.try_recv() {
@@ -680,28 +763,21 @@ fn take_commands(
         };
         match command {
             KafkaCommand::Commit { points, done } => {
-                // Synchronous: librdkafka reports async commit results only through a
-                // callback rust-rdkafka does not install, and a commit a second costs one
-                // round trip on this thread while librdkafka keeps prefetching.
                 // Only partitions still assigned: a commit asked for before a revoke but taken
                 // up after it would move the revoked partitions back behind the revoke's own
                 // commit, and their next owner would redeliver what was acked in between.
                 let points = still_assigned(consumer, points);
                 debug!(partitions = points.len(), "committing");
-                let result = if points.is_empty() { Ok(()) } else { commit(consumer, &points, CommitMode::Sync) };
-                match &result {
-                    Ok(()) => {
-                        Stats::bump(&stats.commits, 1);
-                        consumer.context().record_committed(&points);
+                if points.is_empty() {
+                    if let Some(done) = done {
+                        let _ = done.send(CommitOutcome::default());
                     }
-                    Err(error) => {
-                        Stats::bump(&stats.commit_failures, 1);
-                        warn!(%error, "offset commit failed; the next commit retries it");
-                    }
+                    continue;
                 }
-                if let Some(done) = done {
-                    let _ = done.send(result.map_err(super::CommitError));
-                }
+                // Asynchronous: the thread goes on polling, and librdkafka's commit callback
+                // says how each partition fared (see `settle_commits`).
+                let requests = local.commits.start(points, done, Instant::now());
+                send_commits(consumer, stats, &mut local.commits, requests);
             }
             KafkaCommand::Pause(partitions) => {
                 if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
@@ -711,13 +787,13 @@ fn take_commands(
             KafkaCommand::Resume(partitions) => {
                 for (tp, from) in partitions {
                     match from {
-                        Some(offset) => unsought.push((tp, offset)),
+                        Some(offset) => local.unsought.push((tp, offset)),
                         None => resume(consumer, &[tp]),
                     }
                 }
             }
             KafkaCommand::StopFetching => {
-                *fetching = false;
+                local.fetching = false;
                 if let Ok(assigned) = consumer.assignment() {
                     let _ = consumer.pause(&assigned);
                 }

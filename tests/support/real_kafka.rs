@@ -101,7 +101,7 @@ impl RealKafka {
         if !available() {
             return None;
         }
-        let kafka = SHARED.get_or_init(|| Self::start(1));
+        let kafka = SHARED.get_or_init(|| Self::start(1, ""));
         Some(Lease { kafka })
     }
 
@@ -109,10 +109,16 @@ impl RealKafka {
     /// `min.insync.replicas` as a production cluster has them: 3 and 2 for three nodes), killed
     /// when it is dropped; None when the jars are missing outside CI.
     pub fn cluster(nodes: usize) -> Option<Self> {
-        available().then(|| Self::start(nodes))
+        available().then(|| Self::start(nodes, ""))
     }
 
-    fn start(count: usize) -> Self {
+    /// One node of the caller's own whose server.properties end with `extra` (limits a test
+    /// lowers: `offset.metadata.max.bytes`, `message.max.bytes`), killed when it is dropped.
+    pub fn node_with(extra: &str) -> Option<Self> {
+        available().then(|| Self::start(1, extra))
+    }
+
+    fn start(count: usize, extra: &str) -> Self {
         let jars = jars_dir();
         let classpath = format!("{}/*", jars.display());
         let dir = tempfile::Builder::new().prefix("fanout-kafka-").tempdir().expect("a temp dir").keep();
@@ -144,7 +150,8 @@ impl RealKafka {
             let log = dir.join(if count == 1 { "broker.log".to_string() } else { format!("node-{id}.log") });
             // A single node also serves SASL_SSL; a cluster is for faults, plaintext only.
             let sasl = (count == 1).then_some(keystore.as_path());
-            let text = server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, sasl);
+            let text =
+                server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, sasl) + extra;
             std::fs::write(&properties, text).expect("server.properties written");
             let format = Command::new("java")
                 .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
@@ -342,6 +349,12 @@ impl RealKafka {
     /// The group's committed offset per partition of `topic` (partitions without one are
     /// left out).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        self.committed_with_metadata(group, topic, partitions).into_iter().map(|(p, (o, _))| (p, o)).collect()
+    }
+
+    /// `group`'s committed offset and metadata for each partition of `topic` that has one, as
+    /// an independent client reads them.
+    pub fn committed_with_metadata(&self, group: &str, topic: &str, partitions: i32) -> HashMap<i32, (i64, String)> {
         let consumer = self.client(group);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_range(topic, 0, partitions - 1);
@@ -350,7 +363,7 @@ impl RealKafka {
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
+                Offset::Offset(o) => Some((e.partition(), (o, e.metadata().to_string()))),
                 _ => None,
             })
             .collect()
