@@ -762,3 +762,93 @@ async fn letters_the_dead_letter_topic_refuses_as_they_are_go_without_the_part_a
     };
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
 }
+
+/// A replay of a transactional topic, by offsets from the start and by a time past its last
+/// record. Each partition's range ends at the partition's end, where the last transaction's
+/// commit marker lies, which no reader is ever handed: the replay ends when the reader's
+/// position has passed it. Before, the reader waited for a record at the marker until the
+/// replay's stall limit (30 s) and the replay ended failed after delivering everything; and a
+/// time past the last record timed out reading the marker's timestamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records() {
+    const PARTITIONS: i32 = 2;
+    const TOKEN: &str = "replay-token";
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("replay-transactions");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let (bootstrap, t) = (kafka.bootstrap_servers().to_string(), topic.clone());
+    let written = tokio::task::spawn_blocking(move || produce_transactions(&bootstrap, &t, 6, 50))
+        .await
+        .expect("transactions produced");
+    // Later than every record and marker, and in the past when the replay asks.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after_all = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let group = unique_group("real-replay-transactions");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token written");
+    let token = token_file.display().to_string();
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    config.server.admin_token_file = Some(token.clone());
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let admin = gw.admin_addr().to_string();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        receive_all(&mut sub, &written.committed, Duration::from_millis(200)).await;
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        // The subscriber acks on in the background while fanoutctl waits for the replay.
+        let replayed = tokio::spawn(async move {
+            let mut ids: Vec<(String, u64)> = Vec::new();
+            while let Ok(Ok(Some(batch))) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                ids.extend(batch.iter().map(|d| (stream::id_of(d), d.replay_id)));
+                sub.ack(batch.iter().map(stream::id_of).collect()).await.expect("acks sent");
+            }
+            ids
+        });
+
+        let from: Vec<String> = (0..PARTITIONS).map(|p| format!("{topic}/{p}=0")).collect();
+        let started = Instant::now();
+        let (code, out, err) = fanoutctl(&[
+            "--gateway",
+            &admin,
+            "--token-file",
+            &token,
+            "replay",
+            ROUTE,
+            "--from-offsets",
+            &from.join(","),
+        ])
+        .await;
+        let took = started.elapsed();
+        let n = written.committed.len();
+        eprintln!("replay of a transactional topic: {} in {:.1} s", out.trim(), took.as_secs_f64());
+        assert_eq!(code, 0, "{out}{err}");
+        // The total counts offsets, markers and aborted records included.
+        assert!(out.contains(&format!("done, {n} of ")), "{out}");
+
+        let (code, out, err) = fanoutctl(&[
+            "--gateway",
+            &admin,
+            "--token-file",
+            &token,
+            "replay",
+            ROUTE,
+            "--from-time",
+            &after_all.to_string(),
+        ])
+        .await;
+        eprintln!("replay from after the last record: {}", out.trim());
+        assert_eq!(code, 0, "a time past the last record is an empty replay, not an error: {out}{err}");
+        assert!(out.contains("done, 0 of 0 record(s) settled"), "{out}");
+
+        let replayed = replayed.await.expect("subscriber");
+        let again: HashSet<&String> = replayed.iter().filter(|(_, r)| *r > 0).map(|(id, _)| id).collect();
+        assert_eq!(again.len(), n, "every committed record came again");
+        assert!(again.iter().all(|id| written.committed.contains(*id)), "nothing aborted replayed");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}

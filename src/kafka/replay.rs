@@ -93,7 +93,9 @@ fn offsets_of(
                     // "Nothing at or after that time", unless the partition's last record says
                     // otherwise: a broker that cannot look offsets up by time (librdkafka's
                     // mock cluster) answers so too. Then the records' own timestamps decide.
-                    None if low < high && timestamp_at(consumer, t, *p, high - 1)?.is_some_and(|last| last >= *ms) => {
+                    None if low < high
+                        && timestamp_at(consumer, t, *p, high - 1, *high)?.is_some_and(|last| last >= *ms) =>
+                    {
                         first_at_or_after(consumer, t, *p, *low, *high, *ms)?
                     }
                     None => *high,
@@ -105,21 +107,43 @@ fn offsets_of(
     }
 }
 
-/// The timestamp of the record at `offset`, read with an assignment of its own.
-fn timestamp_at(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64) -> Result<Option<i64>, ReplayError> {
+/// The timestamp of the first record at or after `offset`, read with an assignment of its own;
+/// None when there is none below `end`: the offsets up to it hold no record a reader gets
+/// (transaction markers, aborted records), which the consumer steps over without a message.
+fn timestamp_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    end: i64,
+) -> Result<Option<i64>, ReplayError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            if m.topic() == topic && m.partition() == partition && m.offset() >= offset {
-                return Ok(m.timestamp().to_millis());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(m) => {
+                let m = m?;
+                if m.topic() == topic && m.partition() == partition && m.offset() >= offset {
+                    return Ok(m.timestamp().to_millis());
+                }
             }
+            None if position_of(consumer, topic, partition).is_some_and(|at| at >= end) => return Ok(None),
+            None => {}
         }
     }
     Err(ReplayError::Unreadable { topic: topic.to_string(), partition, offset })
+}
+
+/// The consumer's position on a partition it is assigned: the offset it reads next, past any
+/// transaction markers and aborted records it stepped over.
+fn position_of(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        Offset::Offset(at) => Some(at),
+        _ => None,
+    }
 }
 
 /// The first offset in `low..high` whose record is at or after `ms`, by binary search over the
@@ -135,7 +159,7 @@ fn first_at_or_after(
     let (mut lo, mut hi) = (low, high);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if timestamp_at(consumer, topic, partition, mid)?.is_some_and(|t| t >= ms) {
+        if timestamp_at(consumer, topic, partition, mid, high)?.is_some_and(|t| t >= ms) {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -248,6 +272,11 @@ pub fn read(
                     timestamp_ms: m.timestamp().to_millis(),
                 });
             }
+        }
+        if idle {
+            // A range whose last offsets are a transaction's marker or aborted records ends
+            // with no message: the consumer's position says it was read.
+            open.retain(|(t, p), end| position_of(&consumer, t, *p).is_none_or(|at| at < *end));
         }
         let flush = pending.len() >= batch || ((idle || open.is_empty()) && !pending.is_empty());
         if flush && out.blocking_send(std::mem::take(&mut pending)).is_err() {
