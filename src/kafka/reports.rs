@@ -213,14 +213,15 @@ struct Verdict {
 /// Pure: the caller says what time it is.
 #[derive(Debug, Default)]
 struct Said {
-    /// When each kind was last logged.
-    last: HashMap<ClientFailure, Instant>,
+    /// When each kind was last logged; errors of no named kind each by their code, so that
+    /// one (a topic's authorization, a request timeout) never hides another behind its limit.
+    last: HashMap<(ClientFailure, Option<i32>), Instant>,
     /// The last failure that named its cause, while Kafka has not answered since.
     cause: Option<Instant>,
 }
 
 impl Said {
-    fn verdict(&mut self, kind: ClientFailure, now: Instant) -> Verdict {
+    fn verdict(&mut self, kind: ClientFailure, code: Option<RDKafkaErrorCode>, now: Instant) -> Verdict {
         if kind.names_cause() {
             self.cause = Some(now);
         }
@@ -231,9 +232,10 @@ impl Said {
         if subsumed && kind == ClientFailure::Unreachable {
             return Verdict { say: false, record: false };
         }
-        let due = self.last.get(&kind).is_none_or(|at| now.saturating_duration_since(*at) >= SAY_EVERY);
+        let key = (kind, code.filter(|_| kind == ClientFailure::Other).map(|c| c as i32));
+        let due = self.last.get(&key).is_none_or(|at| now.saturating_duration_since(*at) >= SAY_EVERY);
         if due {
-            self.last.insert(kind, now);
+            self.last.insert(key, now);
         }
         Verdict { say: due, record: !subsumed }
     }
@@ -298,7 +300,8 @@ impl ClientReports {
             Effect::Doubt => self.doubt.store(true, Ordering::Relaxed),
             Effect::None => {}
         }
-        let verdict = self.said.lock().verdict(kind, Instant::now());
+        let code = error.and_then(KafkaError::rdkafka_error_code);
+        let verdict = self.said.lock().verdict(kind, code, Instant::now());
         let error = error.map(ToString::to_string);
         let error = error.as_deref();
         if !verdict.say && !verdict.record {
@@ -580,45 +583,60 @@ mod tests {
     fn each_kind_of_failure_is_said_once_per_interval() {
         let mut said = Said::default();
         let t0 = Instant::now();
-        assert_eq!(said.verdict(ClientFailure::Refused, t0), SAY);
+        assert_eq!(said.verdict(ClientFailure::Refused, None, t0), SAY);
         for ms in [1, 500, 9_999] {
-            let again = said.verdict(ClientFailure::Refused, t0 + Duration::from_millis(ms));
+            let again = said.verdict(ClientFailure::Refused, None, t0 + Duration::from_millis(ms));
             assert_eq!(again, Verdict { say: false, record: true }, "at {ms} ms: counted and kept, not said");
         }
         assert_eq!(
-            said.verdict(ClientFailure::Tls, t0 + Duration::from_secs(1)),
+            said.verdict(ClientFailure::Tls, None, t0 + Duration::from_secs(1)),
             SAY,
             "another kind has its own limit"
         );
-        assert_eq!(said.verdict(ClientFailure::Refused, t0 + SAY_EVERY), SAY);
+        assert_eq!(said.verdict(ClientFailure::Refused, None, t0 + SAY_EVERY), SAY);
         said.answered();
         assert!(
-            !said.verdict(ClientFailure::Refused, t0 + SAY_EVERY + Duration::from_secs(1)).say,
+            !said.verdict(ClientFailure::Refused, None, t0 + SAY_EVERY + Duration::from_secs(1)).say,
             "a flapping Kafka is not said at every flap"
         );
+    }
+
+    #[test]
+    fn errors_of_no_named_kind_each_have_their_own_limit() {
+        let mut said = Said::default();
+        let t0 = Instant::now();
+        let authorization = Some(RDKafkaErrorCode::TopicAuthorizationFailed);
+        let timeout = Some(RDKafkaErrorCode::RequestTimedOut);
+        assert_eq!(said.verdict(ClientFailure::Other, authorization, t0), SAY);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(said.verdict(ClientFailure::Other, timeout, later), SAY, "not hidden behind the first");
+        assert!(!said.verdict(ClientFailure::Other, authorization, later).say, "the same again waits its turn");
+        // A named kind is one limit whatever its code: every broker's refusal is one line.
+        assert!(said.verdict(ClientFailure::Refused, Some(RDKafkaErrorCode::BrokerTransportFailure), t0).say);
+        assert!(!said.verdict(ClientFailure::Refused, Some(RDKafkaErrorCode::AllBrokersDown), later).say);
     }
 
     #[test]
     fn brokers_down_after_a_named_cause_add_nothing_until_kafka_answers() {
         let mut said = Said::default();
         let t0 = Instant::now();
-        assert_eq!(said.verdict(ClientFailure::Unresolvable, t0), SAY);
+        assert_eq!(said.verdict(ClientFailure::Unresolvable, None, t0), SAY);
         let later = t0 + Duration::from_secs(45);
-        assert_eq!(said.verdict(ClientFailure::Unreachable, t0), COUNT_ONLY, "1/1 brokers are down: a symptom");
-        assert_eq!(said.verdict(ClientFailure::Unreachable, later), COUNT_ONLY, "the probe's timeouts: symptoms");
-        let other = said.verdict(ClientFailure::Other, later);
+        assert_eq!(said.verdict(ClientFailure::Unreachable, None, t0), COUNT_ONLY, "1/1 brokers are down: a symptom");
+        assert_eq!(said.verdict(ClientFailure::Unreachable, None, later), COUNT_ONLY, "the probe's timeouts: symptoms");
+        let other = said.verdict(ClientFailure::Other, None, later);
         assert_eq!(other, Verdict { say: true, record: false }, "another error is said, the status keeps the cause");
         assert_eq!(
-            said.verdict(ClientFailure::Unreachable, t0 + CAUSE_HOLDS),
+            said.verdict(ClientFailure::Unreachable, None, t0 + CAUSE_HOLDS),
             SAY,
             "a cause not heard of for long lapses"
         );
 
         let mut said = Said::default();
-        said.verdict(ClientFailure::Refused, t0);
+        said.verdict(ClientFailure::Refused, None, t0);
         said.answered();
         assert_eq!(
-            said.verdict(ClientFailure::Unreachable, t0 + SAY_EVERY),
+            said.verdict(ClientFailure::Unreachable, None, t0 + SAY_EVERY),
             SAY,
             "a new outage after Kafka answered is news"
         );
