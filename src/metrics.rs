@@ -126,7 +126,7 @@ struct Scrape {
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
-fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 25] {
+fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 26] {
     [
         ("received", "Records received from Kafka", &s.received),
         ("unknown_acks", "Acks of ids not in flight on their stream (ignored)", &s.unknown_acks),
@@ -176,6 +176,11 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 25]
             "assignments_lost",
             "Partitions the group took away without a revoke (the member's session ended)",
             &s.assignments_lost,
+        ),
+        (
+            "partition_restarts",
+            "Partitions whose log went back below the route's commits (topic recreated, log truncated)",
+            &s.partition_restarts,
         ),
         ("commits", "Offset commits that succeeded", &s.commits),
         ("commit_failures", "Offset commits that failed (the next one covers them)", &s.commit_failures),

@@ -39,6 +39,10 @@ pub enum Track {
     AlreadyAcked,
     /// At or below an offset already received: Kafka re-sent it, ignore.
     Stale,
+    /// Below the commit point: everything there was acked or is no record, so the log itself
+    /// went back (a topic deleted and created again, a log truncated by an unclean leader
+    /// election, an offset reset): the partition must start over from this offset.
+    Behind,
 }
 
 /// Outcome of one ack.
@@ -82,6 +86,9 @@ impl PartitionTracker {
 
     /// Records a received offset, owed an ack unless a previous owner recorded it as acked.
     pub fn track(&mut self, offset: i64) -> Track {
+        if self.committable().is_some_and(|point| offset < point) {
+            return Track::Behind;
+        }
         // Everything below `floor` has been received already (or committed before we started).
         let floor = self.pending.back().map(|e| e.offset + 1).or(self.next);
         if floor.is_some_and(|floor| offset < floor) {
@@ -283,6 +290,20 @@ fn take_varint(input: &mut &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_below_the_commit_point_means_the_log_went_back() {
+        let mut t = PartitionTracker::new(Some(100), Vec::new());
+        assert_eq!(t.track(100), Track::New);
+        assert_eq!(t.track(101), Track::New);
+        assert_eq!(t.track(100), Track::Stale, "a re-send of what is held");
+        assert_eq!(t.track(99), Track::Behind, "below the group's commit: the log started over");
+        t.ack(100);
+        t.ack(101);
+        assert_eq!(t.track(101), Track::Behind);
+        assert_eq!(t.track(0), Track::Behind);
+        assert_eq!(PartitionTracker::new(None, Vec::new()).track(0), Track::New, "nothing known yet");
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -350,13 +371,13 @@ mod tests {
     }
 
     #[test]
-    fn resent_offsets_are_stale() {
+    fn resent_offsets_are_stale_and_offsets_below_the_commit_point_behind() {
         let mut t = PartitionTracker::new(Some(10), vec![]);
-        assert_eq!(t.track(9), Track::Stale);
+        assert_eq!(t.track(9), Track::Behind, "below what the group committed");
         assert_eq!(t.track(10), Track::New);
-        assert_eq!(t.track(10), Track::Stale);
+        assert_eq!(t.track(10), Track::Stale, "held: a re-send");
         t.ack(10);
-        assert_eq!(t.track(10), Track::Stale);
+        assert_eq!(t.track(10), Track::Behind, "acked and committable: only a log that began again has it");
         assert_eq!(t.track(11), Track::New);
     }
 

@@ -67,6 +67,9 @@ pub struct Stats {
     /// member's session ended, a frozen process or a network cut): nothing of theirs could be
     /// committed any more, and their next owner redelivers what was acked since the last commit.
     pub assignments_lost: AtomicU64,
+    /// Partitions whose log went back below what the route committed (a topic deleted and
+    /// created again, a log truncated): each started over from the record that came.
+    pub partition_restarts: AtomicU64,
     /// Graceful stops in which the gRPC server did not finish within its 5 s bound (a stream
     /// that did not end held it).
     pub server_stop_overruns: AtomicU64,

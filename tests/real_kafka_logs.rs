@@ -1,8 +1,9 @@
 //! A partition's log changing under the gateway on a real Apache Kafka broker (one KRaft node,
 //! see `support::real_kafka`): records deleted (DeleteRecords, as retention or an operator
-//! does) while the gateway holds the partition paused at its buffer bound. The records the
-//! gateway still has to fetch again are gone; it must go on from the first that remains, and
-//! its commits must reach the partition's end.
+//! does) while the gateway holds the partition paused at its buffer bound, which it must step
+//! over; and a routed topic deleted and created again, whose offsets start over, which it must
+//! deliver from its new start and commit as the new topic's. Either way its commits must reach
+//! the partition's end.
 
 mod support;
 
@@ -119,4 +120,103 @@ async fn records_deleted_while_a_partition_is_paused_are_stepped_over_and_the_re
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}
+
+/// Deletes `topic` and waits until the broker no longer lists it.
+async fn delete_topic(kafka: &RealKafka, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.delete_topics(&[topic], &options).await.expect("DeleteTopics answered");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("topic {name} not deleted: {code}"));
+    }
+    let gone = poll_until(
+        Duration::from_secs(30),
+        || async {
+            let consumer: rdkafka::consumer::BaseConsumer =
+                ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("client");
+            use rdkafka::consumer::Consumer;
+            consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .map(|m| m.topics().iter().all(|t| t.name() != topic || t.error().is_some()))
+                .unwrap_or(false)
+        },
+        |gone| *gone,
+    )
+    .await;
+    assert!(gone, "topic {topic} still listed 30 s after its deletion");
+}
+
+/// Receives and acks until every id of `expected` arrived (each arrival added to `got`);
+/// fails naming how many did not come within 30 s of the last.
+async fn receive_acking(sub: &mut Subscription, got: &mut Vec<String>, expected: &[String]) {
+    let mut seen: HashSet<String> = HashSet::new();
+    while !expected.iter().all(|id| seen.contains(id)) {
+        let batch = tokio::time::timeout(Duration::from_secs(30), sub.next()).await;
+        let Ok(Ok(Some(batch))) = batch else {
+            let missing = expected.iter().filter(|id| !seen.contains(*id)).count();
+            panic!("{missing} of {} records never came", expected.len());
+        };
+        let ids: Vec<String> = batch.iter().map(stream::id_of).collect();
+        sub.ack(ids.clone()).await.expect("acks sent");
+        seen.extend(ids.iter().cloned());
+        got.extend(ids);
+    }
+}
+
+/// A routed topic deleted and created again under the same name while the gateway reads it (a
+/// reset of a test environment, a topic recreated with more partitions): its offsets start
+/// over. The new records must all be delivered, and the route's commits must follow the new
+/// topic's offsets, never the old topic's (which would skip the new topic's records up to there
+/// after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_routed_topic_deleted_and_created_again_is_delivered_from_its_new_start() {
+    const PARTITIONS: i32 = 2;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_group("logs-recreated");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let old = produce_to(kafka.bootstrap_servers(), &topic, 2_000, 100).await;
+    let group = unique_group("real-logs-recreated");
+    let gw = start_gateway(route_config(kafka.bootstrap_servers(), &group, &topic, 10_000)).await;
+    let stats = gw.stats();
+
+    let run = async {
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let mut got: Vec<String> = Vec::new();
+        receive_acking(&mut sub, &mut got, &old).await;
+        let behind = poll_until(
+            Duration::from_secs(30),
+            || async { kafka.uncommitted(&group, &topic, PARTITIONS) },
+            Vec::is_empty,
+        )
+        .await;
+        assert!(behind.is_empty(), "the old topic committed to its end: {behind:?}");
+
+        delete_topic(&kafka, &topic).await;
+        kafka.create_topic(&topic, PARTITIONS, &[]).await;
+        let new = produce_to(kafka.bootstrap_servers(), &topic, 300, 100).await;
+        let before = got.len();
+        receive_acking(&mut sub, &mut got, &new).await;
+        let committed = poll_until(
+            Duration::from_secs(30),
+            || async { kafka.uncommitted(&group, &topic, PARTITIONS) },
+            Vec::is_empty,
+        )
+        .await;
+        eprintln!(
+            "topic recreated: {} old records, {} new, {} delivered after the recreation; partitions started over {}; \
+             the new topic's commits behind: {committed:?}",
+            old.len(),
+            new.len(),
+            got.len() - before,
+            Stats::get(&stats.partition_restarts)
+        );
+        assert!(committed.is_empty(), "the route commits the new topic's offsets: {committed:?}");
+        assert_eq!(Stats::get(&stats.partition_restarts), PARTITIONS as u64, "each partition started over, counted");
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(180), run).await.expect("test finished in time");
 }

@@ -102,6 +102,9 @@ pub(super) enum Intake {
     Stale,
     /// Not (or no longer) ours: a batch put together while its partition was being revoked.
     NotOurs,
+    /// Below what the partition already committed: its log went back (see
+    /// [`Track::Behind`]); `from` is the commit point it had.
+    WentBack { from: i64 },
 }
 
 /// Where the flow-control pass left the partitions.
@@ -150,6 +153,20 @@ impl Partitions {
             Track::New => Intake::New { epoch: state.epoch },
             Track::AlreadyAcked => Intake::AlreadyAcked,
             Track::Stale => Intake::Stale,
+            Track::Behind => Intake::WentBack { from: state.tracker.committable().unwrap_or(record.offset) },
+        }
+    }
+
+    /// Starts `tp` over as a new assignment with nothing committed: its log went back, so what
+    /// it held and its commit point belong to a log that is gone. Acks of the old epoch find
+    /// nothing; a pause stays (the consumer still has it).
+    pub(super) fn restart(&mut self, tp: &TopicPartition) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        if let Some(state) = self.states.get_mut(tp) {
+            let paused = state.paused;
+            *state = PartitionState::new(PartitionTracker::new(None, Vec::new()), epoch, None);
+            state.paused = paused;
         }
     }
 

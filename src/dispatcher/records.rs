@@ -45,7 +45,24 @@ impl Dispatcher {
             return;
         }
         for record in records {
-            match self.partitions.take(&record, self.settings.max_uncommitted) {
+            let mut intake = self.partitions.take(&record, self.settings.max_uncommitted);
+            if let Intake::WentBack { from } = intake {
+                // Kafka's log of the partition started over: what is held belongs to a log
+                // that is gone, and committing its offsets would skip the new one's records.
+                Stats::bump(&self.stats.partition_restarts, 1);
+                let dropped = self.registry.purge(std::slice::from_ref(&record.tp));
+                warn!(
+                    partition = %record.tp,
+                    offset = record.offset,
+                    committed_up_to = from,
+                    dropped,
+                    "the partition's log went back below what the route committed (the topic was deleted and \
+                     created again, or its log truncated): starting the partition over from this record"
+                );
+                self.partitions.restart(&record.tp);
+                intake = self.partitions.take(&record, self.settings.max_uncommitted);
+            }
+            match intake {
                 Intake::New { epoch } => {
                     let record = Arc::new(record);
                     // A retry is the same message again, not a duplicate: it skips the filter.
@@ -60,7 +77,7 @@ impl Dispatcher {
                 Intake::NotOurs => Stats::bump(&self.stats.stale_records, 1),
                 Intake::Refetch => Stats::bump(&self.stats.refetched, 1),
                 Intake::AlreadyAcked => Stats::bump(&self.stats.skipped_already_acked, 1),
-                Intake::Stale => Stats::bump(&self.stats.stale_records, 1),
+                Intake::Stale | Intake::WentBack { .. } => Stats::bump(&self.stats.stale_records, 1),
             }
         }
     }

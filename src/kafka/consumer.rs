@@ -290,13 +290,12 @@ impl ConsumerContext for GatewayContext {
 }
 
 impl GatewayContext {
-    /// Files what landed; never back (an answer can come after a later commit's).
+    /// Files what landed (it may go back: a partition whose log went back starts over).
     fn record_committed(&self, points: &[(TopicPartition, CommitPoint)]) {
         let mut committed = self.stats.committed.write();
         for (tp, point) in points {
             let at = GroupPartition { group: self.group.clone(), topic: tp.topic.to_string(), partition: tp.partition };
-            let offset = committed.entry(at).or_insert(point.offset);
-            *offset = (*offset).max(point.offset);
+            committed.insert(at, point.offset);
         }
     }
 }
