@@ -276,75 +276,108 @@ async fn three_replicas_one_library_subscriber_every_message_acked_and_committed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_and_replaced_never_stops_the_other_streams() {
-    const MESSAGES: usize = 60_000;
-    const WINDOW: u64 = 200;
     let _serial = SERIAL.lock().await;
     let dir = scratch();
     let run = async {
-        let mut deployment = Deployment::start(dir.path(), "scale-kill", MESSAGES, 1_000).await;
-        // Handlers of 5 ms, 16 at once: a few thousand a second, so the backlog outlasts the
-        // kill, the session timeout and the replacement.
-        let window = WINDOW.to_string();
-        let mut sub = SubscriberProcess::start(
-            dir.path(),
-            "scale-kill-0",
-            &deployment.endpoints,
-            &["--max-in-flight", &window, "--concurrency", "16", "--handle-ms", "5"],
-        );
-        sub.wait_mid_stream(MESSAGES / 6).await;
-        let victim = deployment.replicas.remove(1);
-        let (settings, config) = (victim.settings.clone(), victim.config.clone());
-        let victim_port = settings.port;
-        let sub_log = dir.path().join("scale-kill-0.log");
-        let log_lines_before_kill = std::fs::read_to_string(&sub_log).unwrap_or_default().lines().count();
-        drop(victim); // SIGKILL: the guard kills and reaps it
-        let killed_at_line = sub.output().progress.len();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let gateway = Gateway::start(&config, dir.path().join("serve-1-replacement.log"));
-        deployment.replicas.push(Replica { settings, config, gateway });
-
-        deployment.settle_and_stop(&mut sub, Duration::from_secs(300)).await;
-        let out = sub.output();
-        assert_none_lost(&deployment.ids, &out.unique());
-        // Throughout: from the kill until the backlog was done, acks rose every second, so the
-        // streams of the replicas that stayed never stopped.
-        let after_kill: Vec<(u64, u64)> = out.progress[killed_at_line.saturating_sub(1)..].to_vec();
-        let stalls = stalls(&after_kill, MESSAGES);
-        assert!(stalls.is_empty(), "acks stopped for {STOP_SECS} s after the kill: {stalls:?} in {after_kill:?}");
-        // What kept them going: the replicas that stayed kept their partitions (static
-        // membership holds the killed one's until its replacement takes them) and their streams.
-        for n in [0, 2] {
-            let log = std::fs::read_to_string(dir.path().join(format!("serve-{n}.log"))).unwrap_or_default();
-            assert!(!log.contains("partitions revoked"), "replica {n} kept its partitions through the kill:\n{log}");
-        }
-        let victim = format!("replica=127.0.0.1:{}", victim_port);
-        let sub_log = std::fs::read_to_string(&sub_log).unwrap_or_default();
-        let lost: Vec<&str> =
-            sub_log.lines().skip(log_lines_before_kill).filter(|l| l.contains("stream lost")).collect();
-        assert!(!lost.is_empty(), "the killed replica's stream was lost");
-        assert!(
-            lost.iter().all(|l| l.contains(&victim)),
-            "only the killed replica's stream was lost ({victim}):\n{}",
-            lost.join("\n")
-        );
-        assert!(after_kill.iter().any(|(_, s)| *s == 2), "the killed replica's stream went: {after_kill:?}");
-        assert_eq!(after_kill.last().map(|(_, s)| *s), Some(3), "the replacement got a stream: {after_kill:?}");
-        // What a crash may redeliver: the killed stream's window, plus what was acked to it
-        // and not yet committed (one commit interval, and one more for the commit's round trip),
-        // at the fastest rate the subscriber acked.
-        let peak_rate = out.progress.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)).max().unwrap_or(0);
-        let bound = WINDOW + peak_rate * 2 * COMMIT_INTERVAL_MS / 1_000;
-        let duplicates = out.duplicates() as u64;
-        eprintln!(
-            "scale-out sigkill: messages={MESSAGES} handled={} lost=0 duplicates={duplicates} bound={bound} \
-             (window {WINDOW} + peak {peak_rate}/s x 2 x {COMMIT_INTERVAL_MS} ms) reconnects={:?} progress_after_kill={after_kill:?}",
-            out.handled.len(),
-            out.summary.get("reconnects"),
-        );
-        assert!(duplicates <= bound, "duplicates {duplicates} exceed window + two commit intervals of acks ({bound})");
-        assert!(out.summary.get("reconnects").copied().unwrap_or(0) >= 1, "the killed stream was retried");
+        let deployment = Deployment::start(dir.path(), "scale-kill", KILL_MESSAGES, 1_000).await;
+        killed_and_replaced(deployment, dir.path(), "mock cluster").await;
     };
     tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
+}
+
+/// The same kill -9 on Apache Kafka: the static member's partitions wait for its replacement
+/// (5 s later, within the 6 s session), which takes them back without a rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_kafka_a_replica_killed_and_replaced_never_stops_the_other_streams() {
+    let _serial = SERIAL.lock().await;
+    let Some(kafka) = support::real_kafka::RealKafka::shared() else { return };
+    kafka_topic(&kafka).await;
+    let dir = scratch();
+    let run = async {
+        let bootstrap = kafka.bootstrap_servers().to_string();
+        let deployment = Deployment::on(None, bootstrap, dir.path(), "kafka-kill", KILL_MESSAGES, 1_000).await;
+        killed_and_replaced(deployment, dir.path(), "Kafka").await;
+    };
+    tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
+}
+
+const KILL_MESSAGES: usize = 60_000;
+
+/// `TOPIC` on this binary's real broker, made by the first test that needs it (the next one's
+/// route group reads the records already there too).
+async fn kafka_topic(kafka: &support::real_kafka::RealKafka) {
+    static MADE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    MADE.get_or_init(|| kafka.create_topic(TOPIC, PARTITIONS, &[])).await;
+}
+/// The subscriber's window in the kill test: at most this many deliveries were out on the
+/// killed replica's stream.
+const WINDOW: u64 = 200;
+
+/// Kills one of `deployment`'s replicas with SIGKILL mid-stream and starts its replacement 5 s
+/// later; checks that nothing was lost, the other replicas kept their partitions and streams,
+/// acks never stopped, and the duplicates fit the killed stream's window plus two commit
+/// intervals of acks.
+async fn killed_and_replaced(mut deployment: Deployment, dir: &Path, on: &str) {
+    // Handlers of 5 ms, 16 at once: a few thousand a second, so the backlog outlasts the
+    // kill, the session timeout and the replacement.
+    let window = WINDOW.to_string();
+    let mut sub = SubscriberProcess::start(
+        dir,
+        "scale-kill-0",
+        &deployment.endpoints,
+        &["--max-in-flight", &window, "--concurrency", "16", "--handle-ms", "5"],
+    );
+    sub.wait_mid_stream(KILL_MESSAGES / 6).await;
+    let victim = deployment.replicas.remove(1);
+    let (settings, config) = (victim.settings.clone(), victim.config.clone());
+    let victim_port = settings.port;
+    let sub_log = dir.join("scale-kill-0.log");
+    let log_lines_before_kill = std::fs::read_to_string(&sub_log).unwrap_or_default().lines().count();
+    drop(victim); // SIGKILL: the guard kills and reaps it
+    let killed_at_line = sub.output().progress.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gateway = Gateway::start(&config, dir.join("serve-1-replacement.log"));
+    deployment.replicas.push(Replica { settings, config, gateway });
+
+    deployment.settle_and_stop(&mut sub, Duration::from_secs(300)).await;
+    let out = sub.output();
+    assert_none_lost(&deployment.ids, &out.unique());
+    // Throughout: from the kill until the backlog was done, acks rose every second, so the
+    // streams of the replicas that stayed never stopped.
+    let after_kill: Vec<(u64, u64)> = out.progress[killed_at_line.saturating_sub(1)..].to_vec();
+    let stalls = stalls(&after_kill, KILL_MESSAGES);
+    assert!(stalls.is_empty(), "acks stopped for {STOP_SECS} s after the kill: {stalls:?} in {after_kill:?}");
+    // What kept them going: the replicas that stayed kept their partitions (static
+    // membership holds the killed one's until its replacement takes them) and their streams.
+    for n in [0, 2] {
+        let log = std::fs::read_to_string(dir.join(format!("serve-{n}.log"))).unwrap_or_default();
+        assert!(!log.contains("partitions revoked"), "replica {n} kept its partitions through the kill:\n{log}");
+    }
+    let victim = format!("replica=127.0.0.1:{}", victim_port);
+    let sub_log = std::fs::read_to_string(&sub_log).unwrap_or_default();
+    let lost: Vec<&str> = sub_log.lines().skip(log_lines_before_kill).filter(|l| l.contains("stream lost")).collect();
+    assert!(!lost.is_empty(), "the killed replica's stream was lost");
+    assert!(
+        lost.iter().all(|l| l.contains(&victim)),
+        "only the killed replica's stream was lost ({victim}):\n{}",
+        lost.join("\n")
+    );
+    assert!(after_kill.iter().any(|(_, s)| *s == 2), "the killed replica's stream went: {after_kill:?}");
+    assert_eq!(after_kill.last().map(|(_, s)| *s), Some(3), "the replacement got a stream: {after_kill:?}");
+    // What a crash may redeliver: the killed stream's window, plus what was acked to it
+    // and not yet committed (one commit interval, and one more for the commit's round trip),
+    // at the fastest rate the subscriber acked.
+    let peak_rate = out.progress.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)).max().unwrap_or(0);
+    let bound = WINDOW + peak_rate * 2 * COMMIT_INTERVAL_MS / 1_000;
+    let duplicates = out.duplicates() as u64;
+    eprintln!(
+        "scale-out sigkill on {on}: messages={KILL_MESSAGES} handled={} lost=0 duplicates={duplicates} bound={bound} \
+         (window {WINDOW} + peak {peak_rate}/s x 2 x {COMMIT_INTERVAL_MS} ms) reconnects={:?} progress_after_kill={after_kill:?}",
+        out.handled.len(),
+        out.summary.get("reconnects"),
+    );
+    assert!(duplicates <= bound, "duplicates {duplicates} exceed window + two commit intervals of acks ({bound})");
+    assert!(out.summary.get("reconnects").copied().unwrap_or(0) >= 1, "the killed stream was retried");
 }
 
 /// Whether the replica whose admin port this is answers `/readyz` with 200.
@@ -383,7 +416,7 @@ async fn a_rolling_restart_of_the_replicas_loses_nothing_and_never_stops_the_sub
 async fn on_kafka_a_rolling_restart_of_the_replicas_redelivers_nothing() {
     let _serial = SERIAL.lock().await;
     let Some(kafka) = support::real_kafka::RealKafka::shared() else { return };
-    kafka.create_topic(TOPIC, PARTITIONS, &[]).await;
+    kafka_topic(&kafka).await;
     let dir = scratch();
     let run = async {
         let bootstrap = kafka.bootstrap_servers().to_string();
