@@ -156,15 +156,26 @@ impl Control {
     }
 
     /// "route R cannot read topic T: why", for each routed topic a route's consumer found it
-    /// cannot read; and the groups of the routes that can read none of theirs.
+    /// cannot read, and "route R cannot write letters to topic T: why" for each dead-letter or
+    /// retry topic refusing them; and the groups of the routes that can read none of theirs.
     fn unreadable_topics(&self) -> (Vec<String>, Vec<String>) {
+        let mut said: Vec<String> = self
+            .inner
+            .stats
+            .unwritable_topics
+            .read()
+            .iter()
+            .flat_map(|(route, topics)| {
+                topics.iter().map(move |(t, why)| format!("route {route} cannot write letters to topic {t}: {why}"))
+            })
+            .collect();
         let filed = self.inner.stats.unreadable_topics.read();
         if filed.is_empty() {
-            return (Vec::new(), Vec::new());
+            return (said, Vec::new());
         }
         let applied = self.inner.applied.read();
         let kafka = &applied.config.kafka;
-        let (mut said, mut blind) = (Vec::new(), Vec::new());
+        let mut blind = Vec::new();
         for route in &applied.config.routes {
             let group = route.group(kafka);
             let Some(topics) = filed.get(group.as_str()) else { continue };

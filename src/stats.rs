@@ -102,6 +102,9 @@ pub struct Stats {
     /// Per route group, the routed topics its consumer cannot read (missing, not
     /// authorized) and why, as the route's consumer last found them.
     pub unreadable_topics: RwLock<HashMap<Arc<str>, BTreeMap<String, String>>>,
+    /// Per route (by name), its dead-letter or retry topic while it refuses letters, and why
+    /// (missing, not authorized): the letters wait and their offsets stay uncommitted.
+    pub unwritable_topics: RwLock<HashMap<String, BTreeMap<String, String>>>,
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,

@@ -852,3 +852,60 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
     };
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
 }
+
+/// A route whose dead-letter topic does not exist yet: its letters wait (their offsets stay
+/// uncommitted, nothing is lost), the replica stays ready and `/readyz` and the log say which
+/// topic refuses them and what to do, once per interval however many letters wait; once the
+/// topic is created the letters land, each once, and the route commits to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn letters_for_a_missing_dead_letter_topic_wait_and_say_so_until_it_is_created() {
+    const LETTERS: usize = 50;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let (topic, dlq) = (unique_topic("waiting"), unique_topic("waiting-dlq"));
+    kafka.create_topic(&topic, 1, &[]).await;
+    produce_to(kafka.bootstrap_servers(), &topic, LETTERS, 10).await;
+    let group = unique_group("real-waiting");
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    config.routes[0].dead_letter_topic = Some(dlq.clone());
+    config.routes[0].retry.max_attempts = 1;
+    // librdkafka fails a produce to a topic it cannot find after this long (30 s by default).
+    config.kafka.properties.insert("topic.metadata.propagation.max.ms".into(), "1000".into());
+    let run = async {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 100)).await.expect("subscribes");
+        let mut nacked = 0;
+        while nacked < LETTERS {
+            for d in next_batch(&mut sub).await {
+                sub.nack(stream::id_of(&d), "the service refuses it").await.expect("nack sent");
+                nacked += 1;
+            }
+        }
+        let said = |body: &String| body.contains(&format!("cannot write letters to topic {dlq}: it does not exist"));
+        let (code, body) = poll_until(
+            Duration::from_secs(30),
+            || async { http_get(gw.admin_addr(), "/readyz").await },
+            |(_, b)| said(b),
+        )
+        .await;
+        assert_eq!(code, 200, "the replica stays ready for its other routes: {body}");
+        assert!(said(&body), "/readyz names the topic and why: {body}");
+        assert!(!kafka.uncommitted(&group, &topic, 1).is_empty(), "waiting letters hold their offsets back");
+        let failures = Stats::get(&stats.dead_letter_failures);
+
+        kafka.create_topic(&dlq, 1, &[]).await;
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        let letters = records_in(kafka.bootstrap_servers(), &dlq, 1).len();
+        let (_, body) = http_get(gw.admin_addr(), "/readyz").await;
+        eprintln!(
+            "missing dead-letter topic on Kafka: {failures} refused produce attempts before it was created, \
+             {letters} letters in it after; /readyz now {body:?}"
+        );
+        assert_eq!(letters, LETTERS, "every letter landed once the topic was there");
+        assert_eq!(body.trim(), "ready", "nothing is said of the topic once it takes letters");
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}

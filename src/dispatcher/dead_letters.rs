@@ -1,11 +1,13 @@
 //! The dead-letter loop: exhausted or refused messages are produced to the route's dead-letter
 //! (or retry) topic, retried with backoff until Kafka has them; then their origin offset is done.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::{debug, info, warn};
 
 use crate::config::RouteConfig;
 use crate::dead_letters::DeadLetterProducer;
@@ -15,6 +17,9 @@ use crate::subscriptions::{DeadLetter, ReplayTag};
 
 /// Backoff between attempts to produce a dead letter that Kafka refused.
 const DEAD_LETTER_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+/// How often one reason a topic refuses letters is said at WARN, whatever the number of letters
+/// waiting and their attempts.
+const SAY_EVERY: Duration = Duration::from_secs(10);
 
 /// A dead letter (or retry-topic record) Kafka acknowledged: its origin is done.
 #[derive(Debug)]
@@ -33,11 +38,13 @@ pub(super) struct DeadLetterLoop {
     producer: Option<DeadLetterProducer>,
     /// Dead letters produced but not yet acknowledged by Kafka.
     in_flight: usize,
+    /// When each (topic, reason) a topic refused letters for was last said.
+    said: Arc<parking_lot::Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl DeadLetterLoop {
     pub(super) fn new(producer: Option<DeadLetterProducer>) -> Self {
-        Self { producer, in_flight: 0 }
+        Self { producer, in_flight: 0, said: Arc::default() }
     }
 
     /// Dead letters out and not yet acknowledged by Kafka.
@@ -66,15 +73,31 @@ impl DeadLetterLoop {
         let (offset, epoch, replay) = (letter.pending.record.offset, letter.pending.epoch, letter.pending.replay);
         debug!(%tp, offset, attempts = letter.pending.attempt, reason = letter.reason, topic, "dead-lettering");
         self.in_flight += 1;
+        let said = self.said.clone();
         Some(async move {
             let mut backoff = DEAD_LETTER_RETRY.0;
             loop {
                 match producer.send(&topic, &route, &letter).await {
-                    Ok(()) => return Produced { tp, offset, epoch, retry, replay },
+                    Ok(()) => {
+                        writable_again(&stats, &route, &topic);
+                        return Produced { tp, offset, epoch, retry, replay };
+                    }
                     Err(error) => {
                         Stats::bump(&stats.dead_letter_failures, 1);
-                        warn!(%error, topic, %tp, offset, retry_in_ms = backoff.as_millis() as u64,
-                            "cannot produce a dead letter; its offset stays uncommitted; retrying");
+                        let why = unwritable(error.rdkafka_error_code(), &error.to_string(), retry);
+                        let what = if retry { "retries" } else { "dead letters" };
+                        stats
+                            .unwritable_topics
+                            .write()
+                            .entry(route.clone())
+                            .or_default()
+                            .insert(topic.clone(), why.clone());
+                        if due(&mut said.lock(), (topic.clone(), why.clone()), Instant::now()) {
+                            warn!(%error, route, topic, "route {route} cannot write {what} to topic {topic}: {why}; they \
+                                wait and their offsets stay uncommitted, retried with backoff until the topic takes them");
+                        } else {
+                            debug!(%error, topic, %tp, offset, retry_in_ms = backoff.as_millis() as u64, "letter refused; retrying");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(DEAD_LETTER_RETRY.1);
                     }
@@ -87,6 +110,51 @@ impl DeadLetterLoop {
     pub(super) fn landed(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
+}
+
+/// A letter landed on `topic`: if it was filed as refusing them, it takes them again.
+fn writable_again(stats: &Stats, route: &str, topic: &str) {
+    if !stats.unwritable_topics.read().get(route).is_some_and(|t| t.contains_key(topic)) {
+        return;
+    }
+    let mut filed = stats.unwritable_topics.write();
+    if let Some(topics) = filed.get_mut(route) {
+        if topics.remove(topic).is_some() {
+            info!(route, topic, "topic takes the route's letters again");
+        }
+        if topics.is_empty() {
+            filed.remove(route);
+        }
+    }
+}
+
+/// Why a topic refuses letters, with what to do about it, from Kafka's error.
+fn unwritable(code: Option<RDKafkaErrorCode>, error: &str, retry: bool) -> String {
+    let field = if retry { "routes[].retry.retry_topic" } else { "routes[].dead_letter_topic" };
+    match code {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            format!("it does not exist: create it (the gateway never creates topics), or correct {field}")
+        }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+            "the gateway may not write it: grant its principal Write and Describe on the topic".into()
+        }
+        Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+            "the gateway's idempotent producer is refused: grant its principal IdempotentWrite on the cluster".into()
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) if retry => {
+            "a record is larger than the topic takes: raise the retry topic's max.message.bytes".into()
+        }
+        _ => format!("Kafka refused them ({error})"),
+    }
+}
+
+/// Whether `key` is due to be said at `now` (once per [`SAY_EVERY`]); notes it if so.
+fn due(said: &mut HashMap<(String, String), Instant>, key: (String, String), now: Instant) -> bool {
+    let due = said.get(&key).is_none_or(|at| now.saturating_duration_since(*at) >= SAY_EVERY);
+    if due {
+        said.insert(key, now);
+    }
+    due
 }
 
 /// The topic a dead letter goes to: the retry topic for a retry, else the dead-letter topic.
@@ -110,6 +178,22 @@ mod tests {
         route.retry.retry_topic = Some("retries".into());
         assert_eq!(topic_for(&route, false).as_deref(), Some("dlq"));
         assert_eq!(topic_for(&route, true).as_deref(), Some("retries"));
+    }
+
+    #[test]
+    fn a_refusing_topic_is_said_with_what_to_do_once_per_interval_per_reason() {
+        let missing = unwritable(Some(RDKafkaErrorCode::UnknownTopicOrPartition), "", false);
+        assert!(missing.contains("does not exist") && missing.contains("routes[].dead_letter_topic"), "{missing}");
+        let denied = unwritable(Some(RDKafkaErrorCode::TopicAuthorizationFailed), "", true);
+        assert!(denied.contains("grant its principal Write"), "{denied}");
+        assert!(unwritable(None, "Local: Message timed out", false).contains("Message timed out"));
+        let mut said = HashMap::new();
+        let t0 = Instant::now();
+        let key = ("dlq".to_string(), missing.clone());
+        assert!(due(&mut said, key.clone(), t0));
+        assert!(!due(&mut said, key.clone(), t0 + Duration::from_secs(9)), "a thousand letters, one line");
+        assert!(due(&mut said, ("dlq".into(), denied), t0 + Duration::from_secs(1)), "another reason is news");
+        assert!(due(&mut said, key, t0 + SAY_EVERY));
     }
 
     #[test]
