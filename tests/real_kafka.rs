@@ -799,10 +799,17 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
         receive_all(&mut sub, &written.committed, Duration::from_millis(200)).await;
         commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
-        // The subscriber acks on in the background while fanoutctl waits for the replay.
+        // The subscriber acks on in the background while fanoutctl waits for the replay, until
+        // told to stop (however long a loaded machine takes to start the replay).
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let replayed = tokio::spawn(async move {
             let mut ids: Vec<(String, u64)> = Vec::new();
-            while let Ok(Ok(Some(batch))) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            loop {
+                let batch = tokio::select! {
+                    batch = sub.next() => batch,
+                    _ = &mut stopped => break,
+                };
+                let Ok(Some(batch)) = batch else { break };
                 ids.extend(batch.iter().map(|d| (stream::id_of(d), d.replay_id)));
                 sub.ack(batch.iter().map(stream::id_of).collect()).await.expect("acks sent");
             }
@@ -844,6 +851,7 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
         assert_eq!(code, 0, "a time past the last record is an empty replay, not an error: {out}{err}");
         assert!(out.contains("done, 0 of 0 record(s) settled"), "{out}");
 
+        let _ = stop.send(());
         let replayed = replayed.await.expect("subscriber");
         let again: HashSet<&String> = replayed.iter().filter(|(_, r)| *r > 0).map(|(id, _)| id).collect();
         assert_eq!(again.len(), n, "every committed record came again");
@@ -908,4 +916,65 @@ async fn letters_for_a_missing_dead_letter_topic_wait_and_say_so_until_it_is_cre
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
+}
+
+/// The route over `topic` through the mutual-TLS listener: the CA, and the client certificate
+/// unless `certificate` is false.
+fn mtls_config(kafka: &RealKafka, group: &str, topic: &str, certificate: bool) -> Config {
+    let mut c = route_config(kafka.ssl(), group, topic);
+    let mut properties =
+        vec![("security.protocol", "ssl".to_string()), ("ssl.ca.location", kafka.ca_file().display().to_string())];
+    if certificate {
+        let (cert, key) = kafka.client_certificate();
+        properties.push(("ssl.certificate.location", cert.display().to_string()));
+        properties.push(("ssl.key.location", key.display().to_string()));
+    }
+    for (key, value) in properties {
+        c.kafka.properties.insert(key.into(), value);
+    }
+    c.validate().expect("valid config");
+    c
+}
+
+/// A listener that speaks TLS only and requires the client's certificate (mutual TLS, no
+/// SASL): the gateway reads and commits through it with its certificate, and without one it is
+/// refused in the handshake, which the status names as a TLS failure with what to check while
+/// the replica stays unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_reads_through_a_mutual_tls_listener_and_a_missing_certificate_is_named() {
+    const MESSAGES: usize = 1_000;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("mtls");
+    kafka.create_topic(&topic, 2, &[]).await;
+    let produced = produce_to(kafka.bootstrap_servers(), &topic, MESSAGES, 100).await;
+    let expected: HashSet<String> = produced.iter().cloned().collect();
+    let group = unique_group("real-mtls");
+
+    let run = async {
+        let gw = start_gateway(mtls_config(&kafka, &group, &topic, true)).await;
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &expected, Duration::from_millis(300)).await;
+        commits_reach_the_end(&kafka, &group, &topic, 2).await;
+        let lost = expected.iter().filter(|id| !got.contains(id)).count();
+        assert_eq!(lost, 0, "every message read over mutual TLS");
+        drop(sub);
+        gw.shutdown().await;
+
+        let gw = start_gateway(mtls_config(&kafka, &unique_group("real-mtls-refused"), &topic, false)).await;
+        let stats = gw.stats();
+        let said =
+            poll_until(Duration::from_secs(30), || async { stats.last_kafka_error.read().clone() }, Option::is_some)
+                .await
+                .expect("a Kafka error recorded within 30 s");
+        let (code, body) = http_get(gw.admin_addr(), "/readyz").await;
+        eprintln!("mutual TLS on Kafka: {MESSAGES} read with a certificate; without one: {said:?}; /readyz {code}");
+        assert!(
+            said.starts_with("TLS with kafka at") && said.contains("ssl."),
+            "named as TLS, with what to check: {said}"
+        );
+        assert_eq!(code, 503, "not ready while Kafka refuses it: {body}");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("test finished in time");
 }

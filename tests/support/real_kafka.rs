@@ -14,7 +14,9 @@
 //! Besides its plaintext listener the broker has a SASL_SSL one ([`RealKafka::sasl_ssl`]):
 //! TLS with a certificate made by the test's own CA ([`RealKafka::ca_file`]) and SCRAM-SHA-256
 //! and -512 for the user [`SCRAM_USER`], whose credentials are written into the KRaft metadata
-//! when the storage is formatted (KIP-900), as a managed cluster would have them.
+//! when the storage is formatted (KIP-900), as a managed cluster would have them; and an SSL
+//! one that requires a client certificate from the same CA ([`RealKafka::ssl`],
+//! [`RealKafka::client_certificate`]): mutual TLS without SASL.
 //!
 //! Without the jars the tests that need a broker are skipped with a note (a developer without
 //! Java still runs everything else); with `CI=true` their absence fails the test.
@@ -49,6 +51,10 @@ pub struct RealKafka {
     bootstrap: String,
     /// The SASL_SSL listener's address (node 1 of a single-node cluster; empty otherwise).
     sasl_ssl: String,
+    /// The mutual-TLS listener's address (likewise).
+    ssl: String,
+    /// A client certificate and key (PEM files) the mutual-TLS listener accepts.
+    client_certificate: (PathBuf, PathBuf),
     /// The CA (PEM) that signed the broker's certificate.
     ca_file: PathBuf,
     /// The nodes' data and logs; removed when the cluster ends unless a test failed.
@@ -127,6 +133,7 @@ impl RealKafka {
                 plaintext: super::free_port(),
                 controller: super::free_port(),
                 sasl_ssl: super::free_port(),
+                ssl: super::free_port(),
             })
             .collect();
         let voters: Vec<String> =
@@ -139,6 +146,7 @@ impl RealKafka {
         std::fs::write(&keystore, format!("{}{}", leaf.key_pem, leaf.cert_pem)).expect("keystore written");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca.pem).expect("CA written");
+        let client_certificate = ca.client("fanout-gateway").write(&dir, "client");
 
         let started = Instant::now();
         let cluster_id = cluster_id();
@@ -148,10 +156,10 @@ impl RealKafka {
             let id = i + 1;
             let properties = dir.join(format!("server-{id}.properties"));
             let log = dir.join(if count == 1 { "broker.log".to_string() } else { format!("node-{id}.log") });
-            // A single node also serves SASL_SSL; a cluster is for faults, plaintext only.
-            let sasl = (count == 1).then_some(keystore.as_path());
-            let text =
-                server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, sasl) + extra;
+            // A single node also serves SASL_SSL and mutual TLS; a cluster is for faults,
+            // plaintext only.
+            let tls = (count == 1).then_some((keystore.as_path(), ca_file.as_path()));
+            let text = server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, tls) + extra;
             std::fs::write(&properties, text).expect("server.properties written");
             let format = Command::new("java")
                 .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
@@ -167,7 +175,8 @@ impl RealKafka {
         let watchdog = Some(spawn_watchdog(&dir));
         let bootstrap = ports.iter().map(|p| format!("127.0.0.1:{}", p.plaintext)).collect::<Vec<_>>().join(",");
         let sasl_ssl = if count == 1 { format!("127.0.0.1:{}", ports[0].sasl_ssl) } else { String::new() };
-        let mut kafka = Self { bootstrap, sasl_ssl, ca_file, dir, nodes, watchdog };
+        let ssl = if count == 1 { format!("127.0.0.1:{}", ports[0].ssl) } else { String::new() };
+        let mut kafka = Self { bootstrap, sasl_ssl, ssl, client_certificate, ca_file, dir, nodes, watchdog };
         for id in 1..=count {
             kafka.launch(id);
         }
@@ -275,6 +284,16 @@ impl RealKafka {
     /// The SASL_SSL listener (TLS, then SCRAM-SHA-256 or -512 as [`SCRAM_USER`]).
     pub fn sasl_ssl(&self) -> &str {
         &self.sasl_ssl
+    }
+
+    /// The mutual-TLS listener (SSL, a client certificate required; single-node clusters).
+    pub fn ssl(&self) -> &str {
+        &self.ssl
+    }
+
+    /// A certificate and key (PEM files) the mutual-TLS listener accepts.
+    pub fn client_certificate(&self) -> (&Path, &Path) {
+        (&self.client_certificate.0, &self.client_certificate.1)
     }
 
     /// The CA (PEM file) that signed the SASL_SSL listener's certificate.
@@ -465,40 +484,50 @@ struct Ports {
     plaintext: u16,
     controller: u16,
     sasl_ssl: u16,
+    ssl: u16,
 }
 
 /// Node `id` of `count`, broker and controller, with the cluster's `voters`; replication as
 /// the cluster's size allows (1, or 3 with `min.insync.replicas` 2), small internal topics,
 /// quick group joins (KIP-848 groups heartbeat every 500 ms, so an assignment moves within a
 /// second) and a quick log cleaner (compacted topics in tests). A plaintext
-/// listener, and with `sasl_keystore` a SASL_SSL one (SCRAM over TLS, its certificate and
-/// key in that file).
+/// listener, and with `tls` (a keystore with the broker's certificate and key, and the CA) a
+/// SASL_SSL one (SCRAM over TLS) and an SSL one requiring a client certificate from that CA.
 fn server_properties(
     id: usize,
     data: &Path,
     ports: &Ports,
     voters: &str,
     count: usize,
-    sasl_keystore: Option<&Path>,
+    tls: Option<(&Path, &Path)>,
 ) -> String {
-    let Ports { plaintext, controller, sasl_ssl } = ports;
+    let Ports { plaintext, controller, sasl_ssl, ssl } = ports;
     let replicas = count.min(3);
     let min_isr = if replicas >= 3 { 2 } else { 1 };
-    let (listeners, advertised, protocols, sasl) = match sasl_keystore {
-        Some(keystore) => {
+    let (listeners, advertised, protocols, sasl) = match tls {
+        Some((keystore, ca)) => {
             let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
             (
-                format!("PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_SSL://127.0.0.1:{sasl_ssl}"),
-                format!("PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl}"),
-                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},\
+                     SASL_SSL://127.0.0.1:{sasl_ssl},SSL://127.0.0.1:{ssl}"
+                ),
+                format!("PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SSL://127.0.0.1:{ssl}"),
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
                 format!(
                     "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
 listener.name.sasl_ssl.ssl.keystore.type=PEM
-listener.name.sasl_ssl.ssl.keystore.location={}
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location={keystore}
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location={ca}
+listener.name.ssl.ssl.client.auth=required
 ",
-                    keystore.display()
+                    keystore = keystore.display(),
+                    ca = ca.display(),
                 ),
             )
         }
