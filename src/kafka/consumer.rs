@@ -135,18 +135,22 @@ struct ClientStatistics {
     cgrp: Option<GroupStatistics>,
 }
 
+/// The group part librdkafka reports; its `state` (the coordinator's) is left out on purpose,
+/// see [`GroupStatistics::state`].
 #[derive(serde::Deserialize)]
 struct GroupStatistics {
-    #[serde(default)]
-    state: String,
     #[serde(default)]
     join_state: String,
 }
 
 impl GroupStatistics {
-    /// "up": the coordinator is known; "steady": not joining, syncing or (un)assigning.
+    /// Settled: "steady", not joining, syncing or (un)assigning, so the member keeps the
+    /// partitions it holds. Whether the coordinator is known right now (`state` "up") does not
+    /// count: when the broker that coordinates the group dies, the member keeps its assignment
+    /// while Kafka moves the coordinator, and counting it would take every replica out of its
+    /// Service for one broker of three (the same rule as reachability: Kafka's own failover).
     fn state(&self) -> GroupState {
-        GroupState { settled: self.state == "up" && self.join_state == "steady" }
+        GroupState { settled: self.join_state == "steady" }
     }
 }
 
@@ -863,5 +867,22 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
             .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect())
             .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_whose_coordinator_moves_stays_settled_and_a_joining_one_does_not() {
+        let settled = |json: &str| serde_json::from_str::<GroupStatistics>(json).expect("parses").state().settled;
+        assert!(settled(r#"{"state": "up", "join_state": "steady"}"#));
+        assert!(
+            settled(r#"{"state": "query-coord", "join_state": "steady"}"#),
+            "the coordinator's broker died: the member keeps its partitions"
+        );
+        assert!(!settled(r#"{"state": "up", "join_state": "wait-join"}"#), "a rebalance under way");
+        assert!(!settled(r#"{"state": "query-coord", "join_state": "init"}"#), "never joined yet");
     }
 }
