@@ -164,6 +164,11 @@ pub fn reader(
     group: &str,
     client_id: &str,
 ) -> Result<rdkafka::consumer::BaseConsumer, KafkaError> {
+    reader_config(config, group, client_id).create()
+}
+
+/// The settings of a [`reader`], for a caller that must override one of the gateway's.
+pub fn reader_config(config: &crate::config::Config, group: &str, client_id: &str) -> rdkafka::ClientConfig {
     let mut cc = rdkafka::ClientConfig::new();
     for (key, value) in &config.kafka.properties {
         cc.set(key, value);
@@ -174,7 +179,18 @@ pub fn reader(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    cc.create()
+    cc
+}
+
+/// A reader's position on a partition it is assigned: the offset it reads next, past any
+/// transaction markers and aborted records it stepped over (which no message announces).
+pub fn position_of(consumer: &rdkafka::consumer::BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        rdkafka::Offset::Offset(at) => Some(at),
+        _ => None,
+    }
 }
 
 /// The partitions of `topic`, as the cluster's metadata lists them (none: no such topic).

@@ -58,7 +58,8 @@ fn status_of(error: AdminError) -> Status {
             DeadLetterError::Kafka(_)
             | DeadLetterError::MissingTopic(_)
             | DeadLetterError::ReadTimeout { .. }
-            | DeadLetterError::Produce(_) => Status::unavailable(message),
+            | DeadLetterError::Produce { .. } => Status::unavailable(message),
+            DeadLetterError::Superseded(_) => Status::aborted(message),
         },
     }
 }

@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Record, TopicPartition};
+use super::{position_of, Record, TopicPartition};
 use crate::config::{Config, RouteConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,16 +134,6 @@ fn timestamp_at(
         }
     }
     Err(ReplayError::Unreadable { topic: topic.to_string(), partition, offset })
-}
-
-/// The consumer's position on a partition it is assigned: the offset it reads next, past any
-/// transaction markers and aborted records it stepped over.
-fn position_of(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
-    let positions = consumer.position().ok()?;
-    match positions.find_partition(topic, partition)?.offset() {
-        Offset::Offset(at) => Some(at),
-        _ => None,
-    }
 }
 
 /// The first offset in `low..high` whose record is at or after `ms`, by binary search over the
