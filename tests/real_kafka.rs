@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::real_kafka::{RealKafka, SCRAM_PASSWORD, SCRAM_USER};
+use support::real_kafka::{RealKafka, SCRAM_PASSWORD};
 use support::*;
 
 /// The route over `topic`, on the real broker, with quick commits.
@@ -415,24 +415,11 @@ async fn every_route_kind_reads_every_codec_and_commits_to_the_end() {
     }
 }
 
-/// `route_config` through the broker's SASL_SSL listener: SCRAM-SHA-512 over TLS, the broker's
-/// certificate checked against the test's CA, the password read from a secret file as a
-/// deployment mounts it.
+/// `route_config` through the broker's SASL_SSL listener (see [`RealKafka::over_sasl_ssl`]):
+/// SCRAM-SHA-512 over TLS, the broker's certificate checked against the test's CA, the
+/// password read from a secret file as a deployment mounts it.
 fn sasl_ssl_config(kafka: &RealKafka, group: &str, topic: &str, password_file: &std::path::Path) -> Config {
-    let mut c = route_config(kafka.sasl_ssl(), group, topic);
-    let properties = [
-        ("security.protocol", "SASL_SSL"),
-        ("sasl.mechanism", "SCRAM-SHA-512"),
-        ("sasl.username", SCRAM_USER),
-        ("ssl.ca.location", &kafka.ca_file().display().to_string()),
-    ];
-    for (key, value) in properties {
-        c.kafka.properties.insert(key.into(), value.to_string());
-    }
-    c.kafka.secrets.insert("sasl.password".into(), format!("file:{}", password_file.display()));
-    c.resolve_secrets(|_| None).expect("the password file is read");
-    c.validate().expect("valid config");
-    c
+    kafka.over_sasl_ssl(route_config(kafka.sasl_ssl(), group, topic), password_file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

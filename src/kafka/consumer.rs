@@ -497,7 +497,8 @@ pub fn spawn(
     // fails here, naming it) and connects to nothing yet.
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
-    let topic_check = super::topics::TopicCheck::new(&route.name, group.clone(), topics.clone());
+    let principal = super::topics::principal(&config.kafka);
+    let topic_check = super::topics::TopicCheck::new(&route.name, group.clone(), topics.clone(), principal);
     let joining =
         Joining { topics, group: group.to_string(), seed: super::upgrade::plan(config, route, reports.clone()) };
     // The thread's logs say which route they are about.

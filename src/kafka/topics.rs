@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tracing::{info, warn};
 
+use crate::config::KafkaConfig;
 use crate::stats::Stats;
 
 /// How often the topics are asked about while all of them can be read.
@@ -22,18 +23,48 @@ const EVERY_WHILE_UNREADABLE: Duration = Duration::from_secs(5);
 /// One metadata request's bound: the consumer thread waits for it.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why a routed topic gives no records, in words that say what to do.
-fn unreadable(code: RDKafkaRespErr) -> Option<String> {
+/// Whom the brokers' ACLs see when the gateway connects with these settings, for a message
+/// that says whom to grant what: `User:NAME` where the client properties decide it (no SASL:
+/// `User:ANONYMOUS`; SASL PLAIN or SCRAM: the SASL user), else where the brokers take it from.
+/// A user name given as a secret is not repeated.
+pub(crate) fn principal(kafka: &KafkaConfig) -> String {
+    let property = |name: &str| kafka.properties.get(name).map(|v| v.trim().to_ascii_uppercase());
+    let protocol = property("security.protocol").unwrap_or_else(|| "PLAINTEXT".into());
+    // librdkafka takes either spelling; GSSAPI is its default.
+    let mechanism =
+        property("sasl.mechanism").or_else(|| property("sasl.mechanisms")).unwrap_or_else(|| "GSSAPI".into());
+    match protocol.as_str() {
+        "SSL" => "the principal of the gateway's client certificate (User:<its subject>, as the brokers' \
+                  ssl.principal.mapping.rules map it)"
+            .into(),
+        "SASL_PLAINTEXT" | "SASL_SSL" => match mechanism.as_str() {
+            "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => match kafka.properties.get("sasl.username") {
+                Some(user) if !kafka.secrets.contains_key("sasl.username") => format!("User:{}", user.trim()),
+                _ => "the gateway's SASL user (User:<sasl.username>)".into(),
+            },
+            "OAUTHBEARER" => "the gateway's OAuth principal (User:<its token's subject>)".into(),
+            _ => "the gateway's Kerberos principal (User:<sasl.kerberos.principal's primary name>)".into(),
+        },
+        _ => "User:ANONYMOUS".into(),
+    }
+}
+
+/// Why `topic`, routed by `group`, gives no records to the gateway's `principal`, in words
+/// that say what to do.
+fn unreadable(code: RDKafkaRespErr, topic: &str, group: &str, principal: &str) -> Option<String> {
     let code = RDKafkaErrorCode::from(code);
     match code {
         RDKafkaErrorCode::NoError => None,
-        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Some(
-            "it does not exist: create it (the gateway never creates topics), or correct routes[].topics".into(),
-        ),
-        RDKafkaErrorCode::TopicAuthorizationFailed => Some(
-            "the gateway may not read it: grant its principal Describe and Read on the topic, and Read on the route's group"
-                .into(),
-        ),
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+            Some("it does not exist: create it (the gateway never creates topics), or correct routes[].topics".into())
+        }
+        // Kafka answers this, rather than "unknown topic", to a principal that may not even
+        // Describe the topic; Read is what fetching it needs, and the group's Read what
+        // joining and committing need.
+        RDKafkaErrorCode::TopicAuthorizationFailed => Some(format!(
+            "the gateway may not read it (topic authorization failed for {principal}): grant {principal} \
+             Describe and Read on topic {topic}, and Read on group {group}"
+        )),
         // A leader election or a broker still loading the topic: not the route's problem.
         RDKafkaErrorCode::LeaderNotAvailable | RDKafkaErrorCode::NotLeaderForPartition => None,
         other => Some(format!("Kafka answers {other:?} for it")),
@@ -56,14 +87,16 @@ pub(super) struct TopicCheck {
     route: String,
     group: Arc<str>,
     topics: Vec<String>,
+    /// Whom the brokers' ACLs see (see [`principal`]): named in what to grant.
+    principal: String,
     /// Topic → why it cannot be read, as last found.
     unreadable: BTreeMap<String, String>,
     next: Instant,
 }
 
 impl TopicCheck {
-    pub(super) fn new(route: &str, group: Arc<str>, topics: Vec<String>) -> Self {
-        Self { route: route.to_string(), group, topics, unreadable: BTreeMap::new(), next: Instant::now() }
+    pub(super) fn new(route: &str, group: Arc<str>, topics: Vec<String>, principal: String) -> Self {
+        Self { route: route.to_string(), group, topics, principal, unreadable: BTreeMap::new(), next: Instant::now() }
     }
 
     /// Asks at the next chance rather than when due.
@@ -82,7 +115,7 @@ impl TopicCheck {
         for topic in &self.topics {
             let Ok(metadata) = consumer.fetch_metadata(Some(topic), ASK_TIMEOUT) else { continue };
             let answer = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.error());
-            match answer.flatten().and_then(unreadable) {
+            match answer.flatten().and_then(|code| unreadable(code, topic, &self.group, &self.principal)) {
                 Some(why) => found.insert(topic.clone(), why),
                 None if answer.is_some() => found.remove(topic),
                 None => None,
@@ -120,10 +153,15 @@ mod tests {
 
     #[test]
     fn a_missing_topic_and_a_refused_one_say_what_to_do() {
+        let unreadable = |code| unreadable(code, "payroll", "fanout.payroll", "User:fanout");
         let missing = unreadable(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).expect("unreadable");
         assert!(missing.starts_with("it does not exist") && missing.contains("routes[].topics"), "{missing}");
         let refused = unreadable(RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).expect("unreadable");
-        assert!(refused.contains("Describe and Read"), "{refused}");
+        assert_eq!(
+            refused,
+            "the gateway may not read it (topic authorization failed for User:fanout): grant User:fanout \
+             Describe and Read on topic payroll, and Read on group fanout.payroll"
+        );
         assert_eq!(unreadable(RD_KAFKA_RESP_ERR_NO_ERROR), None);
         assert_eq!(unreadable(RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE), None, "an election is not the route's problem");
         assert!(unreadable(RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION).is_some_and(|w| w.contains("InvalidTopic")));
@@ -131,11 +169,36 @@ mod tests {
         assert!(!about_a_topic(RDKafkaErrorCode::BrokerTransportFailure));
     }
 
+    fn kafka(properties: &[(&str, &str)], secrets: &[&str]) -> KafkaConfig {
+        let mut kafka = crate::config::Config::single_route("b:9092", "g", "r", &["t"]).kafka;
+        kafka.properties = properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        kafka.secrets = secrets.iter().map(|k| (k.to_string(), "file:/run/secrets/x".to_string())).collect();
+        kafka
+    }
+
+    #[test]
+    fn the_principal_is_named_where_the_client_properties_decide_it() {
+        assert_eq!(principal(&kafka(&[], &[])), "User:ANONYMOUS", "plaintext");
+        let scram =
+            [("security.protocol", "sasl_ssl"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "fanout")];
+        assert_eq!(principal(&kafka(&scram, &[])), "User:fanout");
+        let plain = [("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanisms", "PLAIN"), ("sasl.username", "gw")];
+        assert_eq!(principal(&kafka(&plain, &[])), "User:gw", "either spelling of the mechanism");
+        let secret = principal(&kafka(&scram, &["sasl.username"]));
+        assert!(!secret.contains("fanout") && secret.contains("sasl.username"), "a secret user is not said: {secret}");
+        let ssl = principal(&kafka(&[("security.protocol", "SSL")], &[]));
+        assert!(ssl.contains("client certificate") && ssl.contains("ssl.principal.mapping.rules"), "{ssl}");
+        let oauth = [("security.protocol", "SASL_SSL"), ("sasl.mechanism", "OAUTHBEARER")];
+        assert!(principal(&kafka(&oauth, &[])).contains("OAuth"));
+        let kerberos = principal(&kafka(&[("security.protocol", "SASL_SSL")], &[]));
+        assert!(kerberos.contains("Kerberos"), "GSSAPI is librdkafka's default mechanism: {kerberos}");
+    }
+
     #[test]
     fn each_change_is_filed_and_a_fixed_topic_leaves_the_file() {
         let stats = Stats::default();
         let group: Arc<str> = Arc::from("g.audit");
-        let mut check = TopicCheck::new("audit", group.clone(), vec!["a".into(), "b".into()]);
+        let mut check = TopicCheck::new("audit", group.clone(), vec!["a".into(), "b".into()], "User:ANONYMOUS".into());
         let found = BTreeMap::from([("a".to_string(), "it does not exist".to_string())]);
         check.settle(found.clone(), &stats);
         assert_eq!(stats.unreadable_topics.read().get(&group), Some(&found));

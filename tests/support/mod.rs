@@ -374,6 +374,7 @@ pub fn promtool_check(exposition: &str) -> String {
 }
 pub mod shared;
 pub use shared::*;
+pub mod logs;
 pub mod pki;
 pub mod real_kafka;
 pub mod runbook;

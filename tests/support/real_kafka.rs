@@ -16,7 +16,13 @@
 //! and -512 for the user [`SCRAM_USER`], whose credentials are written into the KRaft metadata
 //! when the storage is formatted (KIP-900), as a managed cluster would have them; and an SSL
 //! one that requires a client certificate from the same CA ([`RealKafka::ssl`],
-//! [`RealKafka::client_certificate`]): mutual TLS without SASL.
+//! [`RealKafka::client_certificate`]): mutual TLS without SASL. [`RealKafka::over_sasl_ssl`]
+//! points a gateway config at the SASL_SSL listener.
+//!
+//! [`RealKafka::with_acls`] starts a node whose brokers authorize every request (Kafka's
+//! StandardAuthorizer, no ACL means no access): the plaintext listener and the controller's
+//! traffic stay unrestricted, and [`SCRAM_USER`] on the SASL_SSL listener may do only what a
+//! test allows it with [`RealKafka::allow`].
 //!
 //! Without the jars the tests that need a broker are skipped with a note (a developer without
 //! Java still runs everything else); with `CI=true` their absence fails the test.
@@ -29,6 +35,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use fanout_gateway::config::Config;
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -122,6 +129,22 @@ impl RealKafka {
     /// lowers: `offset.metadata.max.bytes`, `message.max.bytes`), killed when it is dropped.
     pub fn node_with(extra: &str) -> Option<Self> {
         available().then(|| Self::start(1, extra))
+    }
+
+    /// One node of the caller's own whose brokers authorize every request against Kafka's
+    /// ACLs (the StandardAuthorizer of KRaft clusters, no ACL meaning no access). The
+    /// plaintext listener's principal, `User:ANONYMOUS`, is a super user: the controller
+    /// listener and the inter-broker listener are plaintext too, so the node's own traffic and
+    /// the test's setup (topics, records, [`RealKafka::allow`], committed offsets) keep every
+    /// right. [`SCRAM_USER`] on the SASL_SSL listener is an ordinary principal,
+    /// `User:fanout`, as is the mutual-TLS listener's certificate. Killed when it is dropped.
+    pub fn with_acls() -> Option<Self> {
+        Self::node_with(
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+",
+        )
     }
 
     fn start(count: usize, extra: &str) -> Self {
@@ -306,6 +329,55 @@ impl RealKafka {
         &self.nodes[0].log
     }
 
+    /// `config` (its routes and settings) through the SASL_SSL listener as [`SCRAM_USER`]:
+    /// SCRAM-SHA-512 over TLS, the broker's certificate checked against the test's CA, the
+    /// password read from `password_file` as a deployment mounts a Secret.
+    pub fn over_sasl_ssl(&self, mut config: Config, password_file: &Path) -> Config {
+        config.kafka.bootstrap_servers = self.sasl_ssl.clone();
+        let properties = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", SCRAM_USER),
+            ("ssl.ca.location", &self.ca_file.display().to_string()),
+        ];
+        for (key, value) in properties {
+            config.kafka.properties.insert(key.into(), value.to_string());
+        }
+        config.kafka.secrets.insert("sasl.password".into(), format!("file:{}", password_file.display()));
+        config.resolve_secrets(|_| None).expect("the password file is read");
+        config.validate().expect("valid config");
+        config
+    }
+
+    /// Allows `principal` (`User:fanout`) each of the operations (`Read`, `Describe`, ...)
+    /// listed with each resource, as `kafka-acls.sh --add --allow-principal` would, through
+    /// Kafka's Admin API on the plaintext listener (the jars' own client, run by `java` from
+    /// a source file: the broker's jars bring no ACL tool), and waits until the broker
+    /// enforces them. A group or topic named `*` stands for every one.
+    pub fn allow(&self, principal: &str, grants: &[(Resource<'_>, &[&str])]) {
+        let source = self.dir.join("Acls.java");
+        std::fs::write(&source, ACLS_JAVA).expect("Acls.java written");
+        let mut command = Command::new("java");
+        command
+            .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", &format!("{}/*", jars_dir().display())])
+            .arg(&source)
+            .args([self.bootstrap.as_str(), principal]);
+        for (resource, operations) in grants {
+            let (kind, name) = match resource {
+                Resource::Topic(name) => ("topic", name),
+                Resource::Group(name) => ("group", name),
+            };
+            command.args([kind, name, &operations.join(",")]);
+        }
+        let out = command.output().expect("java runs (Java 17 or newer)");
+        assert!(
+            out.status.success(),
+            "ACLs for {principal} not created: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Creates `topic` with `partitions` partitions (replicated on every node) and topic-level
     /// `configs` (`cleanup.policy`, `segment.ms`, ...), through rdkafka's admin client, and
     /// waits until its partitions have leaders.
@@ -422,6 +494,62 @@ impl Drop for RealKafka {
         }
     }
 }
+
+/// What an ACL of [`RealKafka::allow`] is about.
+pub enum Resource<'a> {
+    Topic(&'a str),
+    Group(&'a str),
+}
+
+/// `java Acls.java BOOTSTRAP PRINCIPAL (TYPE NAME OPERATION[,OPERATION...])...`: creates an
+/// ALLOW ACL (any host, a literal resource name) for each operation on each resource, then
+/// waits until the broker lists every one of them (its authorizer has taken them).
+const ACLS_JAVA: &str = r#"
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.List;
+import java.util.Properties;
+
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.common.acl.AccessControlEntry;
+import org.apache.kafka.common.acl.AclBinding;
+import org.apache.kafka.common.acl.AclBindingFilter;
+import org.apache.kafka.common.acl.AclOperation;
+import org.apache.kafka.common.acl.AclPermissionType;
+import org.apache.kafka.common.resource.PatternType;
+import org.apache.kafka.common.resource.ResourcePattern;
+import org.apache.kafka.common.resource.ResourceType;
+
+public class Acls {
+    public static void main(String[] args) throws Exception {
+        Properties properties = new Properties();
+        properties.put("bootstrap.servers", args[0]);
+        String principal = args[1];
+        List<AclBinding> acls = new ArrayList<>();
+        for (int i = 2; i + 2 < args.length; i += 3) {
+            ResourceType type = ResourceType.fromString(args[i]);
+            if (type == ResourceType.UNKNOWN) throw new IllegalArgumentException("resource type " + args[i]);
+            ResourcePattern resource = new ResourcePattern(type, args[i + 1], PatternType.LITERAL);
+            for (String name : args[i + 2].split(",")) {
+                AclOperation operation = AclOperation.fromString(name);
+                if (operation == AclOperation.UNKNOWN) throw new IllegalArgumentException("operation " + name);
+                acls.add(new AclBinding(resource,
+                    new AccessControlEntry(principal, "*", operation, AclPermissionType.ALLOW)));
+            }
+        }
+        try (Admin admin = Admin.create(properties)) {
+            admin.createAcls(acls).all().get();
+            long deadline = System.currentTimeMillis() + 30_000;
+            while (true) {
+                Collection<AclBinding> listed = admin.describeAcls(AclBindingFilter.ANY).values().get();
+                if (listed.containsAll(acls)) return;
+                if (System.currentTimeMillis() > deadline) throw new IllegalStateException("not listed: " + acls);
+                Thread.sleep(100);
+            }
+        }
+    }
+}
+"#;
 
 /// A test's use of the shared broker: when the test fails, prints the broker's log tail and
 /// keeps its directory after the binary ends.
