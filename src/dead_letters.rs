@@ -55,18 +55,21 @@ impl Shape {
     pub const WHOLE: Self = Self { timestamp: true, value: true, alone: false };
 
     /// How to send after Kafka refused this with `code`; None when the refusal is not about
-    /// the letter's shape (then it is retried as it is). A retry-topic record keeps its value
-    /// whatever happens: it is delivered again from there.
+    /// the letter's shape (then it is retried as it is), or when nothing is left to try. A
+    /// retry-topic record keeps its value whatever happens (it is delivered again from
+    /// there): one too large alone is refused for good, and retried in place instead (see
+    /// [`crate::dispatcher`]).
     pub fn after(self, code: RDKafkaErrorCode, retry: bool) -> Option<Self> {
         let without_fault = match code {
-            RDKafkaErrorCode::InvalidTimestamp if self.timestamp => Self { timestamp: false, ..self },
-            RDKafkaErrorCode::MessageSizeTooLarge if self.value && !retry => Self { value: false, ..self },
+            RDKafkaErrorCode::InvalidTimestamp if self.timestamp => Some(Self { timestamp: false, ..self }),
+            RDKafkaErrorCode::MessageSizeTooLarge if self.value && !retry => Some(Self { value: false, ..self }),
+            RDKafkaErrorCode::MessageSizeTooLarge if retry => None,
             _ => return None,
         };
         if !self.alone {
             return Some(Self { alone: true, ..self });
         }
-        Some(without_fault)
+        without_fault
     }
 }
 
@@ -280,7 +283,12 @@ mod tests {
         let big = old.after(MessageSizeTooLarge, false).expect("reshaped");
         assert_eq!(big, Shape { timestamp: false, value: false, alone: true });
         assert_eq!(big.after(MessageSizeTooLarge, false), None, "still too large: retried as it is");
-        assert_eq!(alone.after(MessageSizeTooLarge, true), None, "a retry keeps its value");
+        assert_eq!(
+            Shape::WHOLE.after(MessageSizeTooLarge, true),
+            Some(alone),
+            "a retry refused in a batch goes alone: the batch may have been too large"
+        );
+        assert_eq!(alone.after(MessageSizeTooLarge, true), None, "a retry keeps its value: refused for good");
         assert_eq!(
             alone.after(InvalidTimestamp, true),
             Some(Shape { timestamp: false, ..alone }),

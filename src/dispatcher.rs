@@ -37,7 +37,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use commits::{request_commit, CommitScheduler};
-use dead_letters::{DeadLetterLoop, Produced};
+use dead_letters::{DeadLetterLoop, Outcome};
 pub use dedup_gate::RouteDedup;
 use handle::Command;
 pub use handle::{channel, Commands, RouteHandle, Stopped};
@@ -67,7 +67,7 @@ const DEADLINE_SCAN: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 enum Internal {
     /// Kafka acknowledged a dead letter: its origin offset (or its replay message) is done.
-    DeadLettered(Produced),
+    DeadLettered(Outcome),
     /// A commit finished; `generation` is the registry's commit generation it covers.
     Committed { points: Vec<(TopicPartition, CommitPoint)>, outcome: CommitOutcome, generation: Option<u64> },
     /// The commit that covers these at-most-once records finished: if it succeeded they may go.

@@ -126,7 +126,7 @@ struct Scrape {
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
-fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 26] {
+fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 27] {
     [
         ("received", "Records received from Kafka", &s.received),
         ("unknown_acks", "Acks of ids not in flight on their stream (ignored)", &s.unknown_acks),
@@ -181,6 +181,11 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 26]
             "partition_restarts",
             "Partitions whose log went back below the route's commits (topic recreated, log truncated)",
             &s.partition_restarts,
+        ),
+        (
+            "retries_in_place",
+            "Retries the retry topic refused as too large for it, retried in place instead",
+            &s.retries_in_place,
         ),
         ("commits", "Offset commits that succeeded", &s.commits),
         ("commit_failures", "Offset commits that failed (the next one covers them)", &s.commit_failures),

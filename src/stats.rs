@@ -70,6 +70,8 @@ pub struct Stats {
     /// Partitions whose log went back below what the route committed (a topic deleted and
     /// created again, a log truncated): each started over from the record that came.
     pub partition_restarts: AtomicU64,
+    /// Retries the retry topic refused for their size (alone in a batch): retried in place.
+    pub retries_in_place: AtomicU64,
     /// Graceful stops in which the gRPC server did not finish within its 5 s bound (a stream
     /// that did not end held it).
     pub server_stop_overruns: AtomicU64,

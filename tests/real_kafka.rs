@@ -750,6 +750,60 @@ async fn letters_the_dead_letter_topic_refuses_as_they_are_go_without_the_part_a
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
 }
 
+/// A retry the retry topic refuses as too large (its `max.message.bytes` below the source
+/// topic's, the gateway's headers added) is retried in place instead: delivered again as its
+/// next attempt, and once acked its partition commits to the end. Before, it was produced
+/// again and again and the partition's commits never passed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_too_large_for_the_retry_topic_is_retried_in_place_and_committed() {
+    let Some(kafka) = RealKafka::shared() else { return };
+    let (topic, retries) = (unique_topic("retried"), unique_topic("retried-retry"));
+    kafka.create_topic(&topic, 1, &[]).await;
+    kafka.create_topic(&retries, 1, &[("max.message.bytes", "3000")]).await;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().expect("producer");
+    let big = "x".repeat(2_950);
+    for (key, value) in [("small", "small"), ("big", big.as_str()), ("after", "after")] {
+        producer
+            .send(FutureRecord::to(&topic).key(key).payload(value), Duration::from_secs(30))
+            .await
+            .expect("produced");
+    }
+    let group = unique_group("real-retried");
+    let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
+    config.routes[0].retry.retry_topic = Some(retries.clone());
+    config.routes[0].retry.initial_backoff_ms = 200;
+    let run = async {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 10)).await.expect("subscribes");
+        // Each fails its first attempt and is acked at its second.
+        let mut attempts: Vec<(String, u32)> = Vec::new();
+        while attempts.iter().filter(|(_, a)| *a == 2).count() < 3 {
+            for d in next_batch(&mut sub).await {
+                let key = String::from_utf8_lossy(d.key.as_deref().unwrap_or_default()).into_owned();
+                attempts.push((key, d.attempt));
+                if d.attempt == 1 {
+                    sub.nack(stream::id_of(&d), "not yet").await.expect("nack sent");
+                } else {
+                    sub.ack(vec![stream::id_of(&d)]).await.expect("ack sent");
+                }
+            }
+        }
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        let mut seen = attempts.clone();
+        seen.sort();
+        let expected: Vec<(String, u32)> =
+            ["after", "big", "small"].iter().flat_map(|k| [(k.to_string(), 1), (k.to_string(), 2)]).collect();
+        assert_eq!(seen, expected, "each delivered twice, as attempts 1 and 2");
+        assert_eq!(Stats::get(&stats.retries_in_place), 1, "the big one was retried in place");
+        assert_eq!(Stats::get(&stats.retried_via_topic), 2, "the others went through the retry topic");
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("test finished in time");
+}
+
 /// A replay of a transactional topic, by offsets from the start and by a time past its last
 /// record. Each partition's range ends at the partition's end, where the last transaction's
 /// commit marker lies, which no reader is ever handed: the replay ends when the reader's

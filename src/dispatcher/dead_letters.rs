@@ -32,6 +32,17 @@ pub(super) struct Produced {
     pub(super) replay: Option<ReplayTag>,
 }
 
+/// How a dead letter (or retry-topic record) left the loop.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Kafka acknowledged it: its origin is done.
+    Landed(Produced),
+    /// A retry the retry topic refuses for good, alone in its batch: too large for the topic
+    /// (its `max.message.bytes`) once the gateway's headers are added. It is retried in place
+    /// instead, as on a route without a retry topic, its offset uncommitted meanwhile.
+    TooLargeToRetryThere(DeadLetter),
+}
+
 /// The route's dead-letter producer and the dead letters it has out.
 #[derive(Default)]
 pub(super) struct DeadLetterLoop {
@@ -61,7 +72,7 @@ impl DeadLetterLoop {
         route: &RouteConfig,
         letter: DeadLetter,
         stats: Arc<Stats>,
-    ) -> Option<impl Future<Output = Produced> + Send + 'static> {
+    ) -> Option<impl Future<Output = Outcome> + Send + 'static> {
         let retry = letter.retry_at.is_some();
         let (Some(topic), Some(producer)) = (topic_for(route, retry), self.producer.clone()) else {
             // Config validation and start-up make this unreachable; never drop silently.
@@ -80,7 +91,21 @@ impl DeadLetterLoop {
                 match producer.send(&topic, &route, &letter).await {
                     Ok(()) => {
                         writable_again(&stats, &route, &topic);
-                        return Produced { tp, offset, epoch, retry, replay };
+                        return Outcome::Landed(Produced { tp, offset, epoch, retry, replay });
+                    }
+                    Err(error)
+                        if retry && error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+                    {
+                        Stats::bump(&stats.retries_in_place, 1);
+                        let size = letter.pending.record.value.as_ref().map_or(0, |v| v.len());
+                        let why = "a record is larger than the topic takes".to_string();
+                        if due(&mut said.lock(), (topic.clone(), why), Instant::now()) {
+                            warn!(%error, route, topic, %tp, offset, value_bytes = size,
+                                "route {route}'s retry topic {topic} refuses a record this large (the gateway's headers \
+                                added); it is retried in place instead, its partition's commits waiting for it: raise \
+                                {topic}'s max.message.bytes");
+                        }
+                        return Outcome::TooLargeToRetryThere(letter);
                     }
                     Err(error) => {
                         Stats::bump(&stats.dead_letter_failures, 1);
@@ -140,9 +165,6 @@ fn unwritable(code: Option<RDKafkaErrorCode>, error: &str, retry: bool) -> Strin
         }
         Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => {
             "the gateway's idempotent producer is refused: grant its principal IdempotentWrite on the cluster".into()
-        }
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) if retry => {
-            "a record is larger than the topic takes: raise the retry topic's max.message.bytes".into()
         }
         _ => format!("Kafka refused them ({error})"),
     }

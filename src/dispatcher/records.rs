@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::commits::request_commit;
-use super::dead_letters::Produced;
+use super::dead_letters::{Outcome, Produced};
 use super::dedup_gate::Keyed;
 use super::partitions::Intake;
 use super::revokes::RevokeReply;
@@ -316,9 +316,21 @@ impl Dispatcher {
     }
 
     /// Kafka acknowledged a dead letter (or a retry-topic record): its origin offset is done.
-    pub(super) fn on_dead_lettered(&mut self, produced: Produced) {
-        let Produced { tp, offset, epoch, retry, replay } = produced;
+    /// A retry too large for the retry topic waits out its backoff here instead, if its
+    /// partition is still this assignment's (else its next owner delivers it).
+    pub(super) fn on_dead_lettered(&mut self, outcome: Outcome) {
         self.dead_letters.landed();
+        let produced = match outcome {
+            Outcome::Landed(produced) => produced,
+            Outcome::TooLargeToRetryThere(letter) => {
+                let p = &letter.pending;
+                if p.replay.is_some() || self.partitions.is_current(&p.record.tp, p.epoch) {
+                    self.registry.retry_here(letter);
+                }
+                return;
+            }
+        };
+        let Produced { tp, offset, epoch, retry, replay } = produced;
         Stats::bump(if retry { &self.stats.retried_via_topic } else { &self.stats.dead_lettered }, 1);
         if let Some(tag) = replay {
             self.replays.settled(tag);

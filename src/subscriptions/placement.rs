@@ -215,6 +215,21 @@ impl Registry {
         self.schedule(id, p, delay);
     }
 
+    /// A retry the retry topic refused for good (too large for it): it waits out the rest of
+    /// its backoff here, as on a route without a retry topic, then goes out as its next attempt.
+    /// Its offset stays uncommitted meanwhile.
+    pub fn retry_here(&mut self, letter: DeadLetter) {
+        let DeadLetter { pending: mut p, retry_at, .. } = letter;
+        if p.replay.is_none() && self.revoked.contains(&p.record.tp) {
+            return; // its partition's next owner delivers it
+        }
+        p.attempt = p.attempt.saturating_add(1);
+        p.deadline = None;
+        let wait = retry_at.map_or(0, |at| at.saturating_sub(now_ms()).max(0));
+        // Its key was let go when it left for the retry topic: no owner holds it.
+        self.schedule(NO_SESSION, p, Duration::from_millis(wait as u64));
+    }
+
     /// Holds a failed message for `delay`, its key with it: the key's queued messages at the
     /// owner step back into the parked line behind it, so they are not delivered before it.
     fn schedule(&mut self, owner: SessionId, p: Pending, delay: Duration) {
@@ -630,6 +645,32 @@ mod tests {
         reg.dispatch(record(0, 2, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_retry_the_retry_topic_refuses_waits_here_and_goes_out_as_its_next_attempt() {
+        let mut config = retrying_route(5, 5, Some("dlq"));
+        config.retry.retry_topic = Some("retries".into());
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1);
+        reg.flush();
+        received(&mut a.outbox);
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("busy")));
+        let mut letters = reg.take_dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].retry_at.is_some(), "bound for the retry topic");
+        reg.retry_here(letters.remove(0));
+        assert_eq!(reg.delayed(), 1, "waits out its backoff here");
+        reg.release_due(Instant::now());
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "not before its time (at least half of 1 s)");
+        reg.release_due(later(2));
+        reg.flush();
+        let again = received(&mut a.outbox);
+        assert_eq!(again.iter().map(|d| (d.offset, d.attempt)).collect::<Vec<_>>(), vec![(0, 2)]);
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/0")]);
+        assert!(reg.take_dead_letters().is_empty());
     }
 
     #[test]
