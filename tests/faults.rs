@@ -206,13 +206,13 @@ impl Run {
             let r = recorder.lock();
             let duplicates = r.duplicates();
             let bound = window_sum() * redelivery_moments;
-            eprintln!(
+            figure(format!(
                 "{name}: produced {MESSAGES}, acked all, duplicates {} (bound {bound} = windows {} x {redelivery_moments} \
                  redelivery moments), faults at acked {moments:?}; {}",
                 duplicates.len(),
                 window_sum(),
                 summary(&stats),
-            );
+            ));
             assert!(
                 duplicates.len() <= bound,
                 "{name}: {} duplicates exceed the in-flight windows at the faults ({} x {redelivery_moments} = {bound}); \
@@ -396,7 +396,7 @@ async fn group_join_and_heartbeat_errors_force_a_rejoin_without_loss() {
         );
         // Each forced rejoin is a moment where the gateway could lose its partitions.
         let outcome = run.finish(2).await;
-        eprintln!("group-errors: rebalances before the faults {before}, after {}", outcome.rebalances);
+        figure(format!("group-errors: rebalances before the faults {before}, after {}", outcome.rebalances));
         // The initial join was done before the faults: a JoinGroup error means a rejoin.
         assert!(outcome.kafka_errors > 0, "the forced rejoin met the injected JoinGroup errors");
     })
@@ -430,9 +430,9 @@ async fn a_partition_leader_down_and_up_loses_nothing() {
         let (acked, received) = run.during(Duration::from_secs(3)).await;
         let readiness = readiness.await.expect("readiness probe");
         cluster.broker_up(2).expect("broker 2 up");
-        eprintln!(
+        figure(format!(
             "leader-down: while broker 2 was down the gateway received {received} records, {acked} were acked; /readyz said {readiness:?}"
-        );
+        ));
         assert!(received > 0, "the partitions led by brokers 1 and 3 kept flowing while broker 2 was down");
         // One broker of three is not Kafka: the replica stays in its Service.
         assert!(readiness.iter().all(|code| *code == 200), "/readyz stayed 200 with one broker down: {readiness:?}");
@@ -463,10 +463,10 @@ async fn the_group_coordinator_down_and_up_loses_nothing() {
         cluster.broker_down(3).expect("broker 3 down");
         let (acked, received) = run.during(Duration::from_secs(1)).await;
         cluster.broker_up(3).expect("broker 3 up");
-        eprintln!(
+        figure(format!(
             "coordinator-down: in the second before the outage the gateway received {received_before} records; in \
              the second the coordinator was down {received}, and {acked} were acked"
-        );
+        ));
         // Commits go out without waiting: a commit the coordinator cannot answer never stops
         // the consumer thread (a synchronous one held it for the whole outage: a tenth of the
         // records of the second before, measured).

@@ -121,12 +121,12 @@ async fn every_message_is_delivered_and_commits_reach_each_partitions_end() {
 
     let got = deliver_all(&kafka, &group, &topic, PARTITIONS, &expected, Duration::from_millis(500)).await;
     let lost = expected.iter().filter(|id| !got.contains(id)).count();
-    eprintln!(
+    figure(format!(
         "core loop on Kafka: {MESSAGES} produced, {} delivered, lost={lost}, duplicates={}, {:.1} s",
         got.len(),
         duplicates(&got),
         started.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(lost, 0, "every message produced was delivered");
     assert!(got.iter().all(|id| expected.contains(id)), "nothing delivered that was not produced");
 }
@@ -215,14 +215,14 @@ async fn transactional_topics_deliver_committed_records_only_and_commits_step_ov
         &aborted_delivered[..aborted_delivered.len().min(10)]
     );
     let lost = written.committed.iter().filter(|id| !got.contains(id)).count();
-    eprintln!(
+    figure(format!(
         "transactions on Kafka: {} committed, {} aborted, {} delivered, lost={lost}, duplicates={}, {:.1} s",
         written.committed.len(),
         written.aborted.len(),
         got.len(),
         duplicates(&got),
         started.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(lost, 0, "every committed record was delivered");
 }
 
@@ -304,14 +304,14 @@ async fn compacted_topics_with_gaps_in_their_offsets_are_committed_to_the_end() 
 
     let got = deliver_all(&kafka, &group, &topic, PARTITIONS, &expected, Duration::from_millis(500)).await;
     let lost = expected.iter().filter(|id| !got.contains(id)).count();
-    eprintln!(
+    figure(format!(
         "compacted topic on Kafka: {} written, {} left after compaction, {} delivered, lost={lost}, duplicates={}, {:.1} s",
         produced.len() + 40,
         survivors.len(),
         got.len(),
         duplicates(&got),
         started.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(lost, 0, "every record the cleaner left was delivered");
 }
 
@@ -402,11 +402,11 @@ async fn every_route_kind_reads_every_codec_and_commits_to_the_end() {
     for (route, got) in outcomes {
         let lost = expected.iter().filter(|id| !got.contains(id)).count();
         let twice = duplicates(&got);
-        eprintln!(
+        figure(format!(
             "{route} on Kafka, every codec: {} produced, {} delivered, lost={lost}, duplicates={twice}",
             expected.len(),
             got.len()
-        );
+        ));
         assert_eq!(lost, 0, "{route}: every message of every codec was delivered");
         assert!(got.iter().all(|id| expected.contains(id)), "{route}: nothing delivered that was not produced");
         if route != "at-least-once" {
@@ -543,10 +543,10 @@ async fn acks_out_of_order_fill_the_commit_metadata_and_kafka_takes_every_commit
         (got, metadata.len())
     };
     let (got, metadata) = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
-    eprintln!(
+    figure(format!(
         "out-of-order acks on Kafka: {} delivered, commit metadata {metadata} bytes, no commit refused",
         got.len()
-    );
+    ));
     assert_eq!(got, expected, "every message delivered once");
 }
 
@@ -679,11 +679,11 @@ async fn partitions_added_to_a_routed_topic_are_delivered_without_a_restart() {
             tokio::time::timeout(Duration::from_secs(40), receive_all(&mut sub, &after, Duration::from_millis(100)))
                 .await
                 .expect("the new partitions' records arrived within 40 s of their creation");
-        eprintln!(
+        figure(format!(
             "partitions added: the new partitions' {} records arrived {:?} after the partitions were added",
             after.len(),
             added_at.elapsed()
-        );
+        ));
         assert!(after.iter().all(|id| got.contains(id)));
         commits_reach_the_end(&kafka, &group, &topic, 4).await;
         drop(sub);
@@ -872,7 +872,7 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
         .await;
         let took = started.elapsed();
         let n = written.committed.len();
-        eprintln!("replay of a transactional topic: {} in {:.1} s", out.trim(), took.as_secs_f64());
+        figure(format!("replay of a transactional topic: {} in {:.1} s", out.trim(), took.as_secs_f64()));
         assert_eq!(code, 0, "{out}{err}");
         // The total counts offsets, markers and aborted records included.
         assert!(out.contains(&format!("done, {n} of ")), "{out}");
@@ -888,7 +888,7 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
             &after_all.to_string(),
         ])
         .await;
-        eprintln!("replay from after the last record: {}", out.trim());
+        figure(format!("replay from after the last record: {}", out.trim()));
         assert_eq!(code, 0, "a time past the last record is an empty replay, not an error: {out}{err}");
         assert!(out.contains("done, 0 of 0 record(s) settled"), "{out}");
 
@@ -947,10 +947,10 @@ async fn letters_for_a_missing_dead_letter_topic_wait_and_say_so_until_it_is_cre
         commits_reach_the_end(&kafka, &group, &topic, 1).await;
         let letters = records_in(kafka.bootstrap_servers(), &dlq, 1).len();
         let (_, body) = http_get(gw.admin_addr(), "/readyz").await;
-        eprintln!(
+        figure(format!(
             "missing dead-letter topic on Kafka: {failures} refused produce attempts before it was created, \
              {letters} letters in it after; /readyz now {body:?}"
-        );
+        ));
         assert_eq!(letters, LETTERS, "every letter landed once the topic was there");
         assert_eq!(body.trim(), "ready", "nothing is said of the topic once it takes letters");
         drop(sub);
@@ -1009,7 +1009,9 @@ async fn the_gateway_reads_through_a_mutual_tls_listener_and_a_missing_certifica
                 .await
                 .expect("a Kafka error recorded within 30 s");
         let (code, body) = http_get(gw.admin_addr(), "/readyz").await;
-        eprintln!("mutual TLS on Kafka: {MESSAGES} read with a certificate; without one: {said:?}; /readyz {code}");
+        figure(format!(
+            "mutual TLS on Kafka: {MESSAGES} read with a certificate; without one: {said:?}; /readyz {code}"
+        ));
         assert!(
             said.starts_with("TLS with kafka at") && said.contains("ssl."),
             "named as TLS, with what to check: {said}"

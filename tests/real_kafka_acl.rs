@@ -99,12 +99,12 @@ async fn a_topic_the_gateway_may_not_read_is_named_with_what_to_grant_and_the_ot
         // The log: once, at WARN, the same words.
         let warned = logs.lines_with("WARN", &[&said]);
         let (ctl_code, status, ctl_err) = fanoutctl(&["--gateway", &admin.to_string(), "status"]).await;
-        eprintln!(
+        figure(format!(
             "ACLs on Kafka: {} of {MESSAGES} delivered on the allowed route in {:.1} s; /readyz {code} {readyz:?}; \
              log {warned:?}; fanoutctl status:\n{status}{ctl_err}",
             got.len(),
             started.elapsed().as_secs_f64()
-        );
+        ));
         assert!(readyz.contains(&said), "/readyz names the topic, the principal and what to grant: {readyz}");
         assert_eq!(code, 200, "the replica stays ready for its other route: {readyz}");
         assert_eq!(warned.len(), 1, "said once at WARN: {warned:?}");

@@ -87,7 +87,7 @@ async fn a_partition_whose_metadata_kafka_refuses_is_committed_without_it_and_th
             let at = GroupPartition { group: group.as_str().into(), topic: topic.clone(), partition };
             stats.committed.read().get(&at).copied()
         };
-        eprintln!(
+        figure(format!(
             "metadata refused on Kafka: holding {} records from offset {held_offset}; Kafka's committed {committed:?} (ends {ends:?}); the gateway's \
              {:?}/{:?}; commits {}, commit failures {}",
             held.len(),
@@ -95,7 +95,7 @@ async fn a_partition_whose_metadata_kafka_refuses_is_committed_without_it_and_th
             filed(1),
             Stats::get(&stats.commits),
             Stats::get(&stats.commit_failures)
-        );
+        ));
         assert!(
             want.iter().all(|(p, o)| committed.get(p) == Some(o)),
             "partition 0 committed at the held record without metadata, partition 1 at its end: want {want:?}, \
@@ -186,12 +186,12 @@ async fn a_commit_kafka_refuses_for_its_size_goes_in_parts_and_at_worst_without_
             s.sort();
             s
         };
-        eprintln!(
+        figure(format!(
             "commit over the broker's record limit: Kafka has (partition, offset, metadata bytes) {sizes:?}; commits {}, \
              commit failures {}",
             Stats::get(&stats.commits),
             Stats::get(&stats.commit_failures)
-        );
+        ));
         assert!(plain(&committed), "every partition's point landed: {sizes:?}");
         assert_eq!(Stats::get(&stats.commit_failures), 0, "parts sent again are no failure");
 

@@ -141,14 +141,14 @@ async fn join_then_leave(name: &str, protocol: GroupProtocol) {
             .sum();
         let mut taken: Vec<i32> = taken.into_iter().collect();
         taken.sort();
-        eprintln!(
+        figure(format!(
             "groups ({name}) on Kafka: produced {MESSAGES}, lost 0; B took partitions {taken:?} and gave them back; \
              duplicates {}; in flight past a drain deadline {abandoned}; revoke commits refused {refused}; \
              A rebalances {}, B received {}",
             duplicates.len(),
             Stats::get(&a_stats.rebalances),
             Stats::get(&b_stats.received),
-        );
+        ));
         assert!(!taken.is_empty() && taken.len() < PARTITIONS as usize, "B took some partitions, not all: {taken:?}");
         assert_eq!(refused, 0, "Kafka's coordinator takes a revoke's commit");
         assert_eq!(abandoned, 0, "every in-flight delivery was acked within the drain");
@@ -251,12 +251,12 @@ async fn a_static_member_that_stops_keeps_its_partitions_until_its_session_ends(
         let everything_acked = || ids.iter().all(|id| ledger.lock().acked.contains(id));
         poll_until(Duration::from_secs(60), || async { everything_acked() }, |done| *done).await;
         let lost = missing(&ids, &ledger.lock().acked).len();
-        eprintln!(
+        figure(format!(
             "static member on Kafka: B's partitions {b_partitions:?} unread for {:.1} s after B stopped \
              (session.timeout.ms {} s); lost {lost}",
             gap.as_secs_f64(),
             SESSION.as_secs()
-        );
+        ));
         assert_eq!(lost, 0, "nothing produced was lost");
         assert!(
             gap >= SESSION - Duration::from_secs(2),
@@ -355,14 +355,14 @@ async fn a_gateway_frozen_past_its_session_finds_its_partitions_lost_and_goes_on
         let (_, samples) = scrape(admin_addr).await;
         let counter = |name: &str| samples.get(name).copied().unwrap_or(-1.0);
         let log = std::fs::read_to_string(&gateway.log).unwrap_or_default();
-        eprintln!(
+        figure(format!(
             "frozen gateway on Kafka: 10 s stopped (session 6 s); lost {lost}; duplicates {}; assignments lost {}; \
              revoke commits refused {}; commit failures {}",
             ledger.lock().duplicates().len(),
             counter("fanout_assignments_lost_total"),
             counter("fanout_revoke_commits_refused_total"),
             counter("fanout_commit_failures_total"),
-        );
+        ));
         assert_eq!(lost, 0, "nothing produced was lost");
         assert_eq!(counter("fanout_revoke_commits_refused_total"), 0.0, "a lost partition is not a refused revoke");
         assert!(counter("fanout_assignments_lost_total") >= 1.0, "the loss is counted");

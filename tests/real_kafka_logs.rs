@@ -107,13 +107,13 @@ async fn records_deleted_while_a_partition_is_paused_are_stepped_over_and_the_re
         let behind =
             poll_until(Duration::from_secs(30), || async { kafka.uncommitted(&group, &topic, 1) }, Vec::is_empty).await;
         let first_after: Vec<i64> = got.iter().map(offset_of).filter(|o| *o >= BOUND as i64).take(1).collect();
-        eprintln!(
+        figure(format!(
             "records deleted while paused: {} delivered ({} of them below the bound), the first after it at \
              offset {first_after:?}; commits at the end: {}",
             got.len(),
             got.iter().filter(|id| offset_of(id) < BOUND as i64).count(),
             behind.is_empty()
-        );
+        ));
         assert!(behind.is_empty(), "commits reach the end: (partition, committed, end) {behind:?}");
         assert_eq!(first_after, vec![DELETED_BELOW], "the partition went on from the first record that remains");
         drop(sub);
@@ -205,14 +205,14 @@ async fn a_routed_topic_deleted_and_created_again_is_delivered_from_its_new_star
             Vec::is_empty,
         )
         .await;
-        eprintln!(
+        figure(format!(
             "topic recreated: {} old records, {} new, {} delivered after the recreation; partitions started over {}; \
              the new topic's commits behind: {committed:?}",
             old.len(),
             new.len(),
             got.len() - before,
             Stats::get(&stats.partition_restarts)
-        );
+        ));
         assert!(committed.is_empty(), "the route commits the new topic's offsets: {committed:?}");
         assert_eq!(Stats::get(&stats.partition_restarts), PARTITIONS as u64, "each partition started over, counted");
         drop(sub);

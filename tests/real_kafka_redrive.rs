@@ -177,7 +177,7 @@ async fn the_ledger_outlives_expired_group_offsets_and_holds_any_number_of_scatt
         other => panic!("a second redrive of everything is refused, got {other:?}"),
     }
     let back = redriven(&bootstrap, &topic);
-    eprintln!("redrive ledger: {} letters back, {} duplicates", back.len(), duplicates(&back));
+    figure(format!("redrive ledger: {} letters back, {} duplicates", back.len(), duplicates(&back)));
     assert_eq!((back.len(), duplicates(&back)), (LETTERS, 0), "each letter went back once");
 }
 
@@ -222,7 +222,11 @@ async fn two_redrives_of_one_route_at_once_put_each_letter_back_once() {
     let a = a.join().expect("replica A's redrive ends");
     let b = b.join().expect("replica B's redrive ends");
     let back = redriven(&bootstrap, &topic);
-    eprintln!("two redrives at once: A {a:?}, B {b:?}; {} letters back, {} duplicates", back.len(), duplicates(&back));
+    figure(format!(
+        "two redrives at once: A {a:?}, B {b:?}; {} letters back, {} duplicates",
+        back.len(),
+        duplicates(&back)
+    ));
     assert_eq!((back.len(), duplicates(&back)), (LETTERS, 0), "each letter went back once");
     match a {
         Err(DeadLetterError::Superseded(why)) => {
@@ -272,7 +276,7 @@ async fn a_dead_letter_topic_that_takes_longer_than_ten_seconds_to_read_is_liste
         .await
         .expect("joined")
         .expect("a slow read is no failure");
-    eprintln!("slow dead-letter topic: listed in {listed_in:?}, {count} redriven in {:?}", started.elapsed());
+    figure(format!("slow dead-letter topic: listed in {listed_in:?}, {count} redriven in {:?}", started.elapsed()));
     assert_eq!(count, LETTERS as u64);
     assert!(listed_in > Duration::from_secs(10), "the read took longer than the old 10 s deadline: {listed_in:?}");
     assert_eq!(redriven(&bootstrap, &topic).len(), LETTERS);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use fanout_client::{Delivery, Nack, Replicas, Resolver, Subscriber};
 use parking_lot::Mutex;
 use processes::*;
-use support::{committed, high_watermarks, produce, tools_bin, ROUTE, TOPIC};
+use support::{committed, figure, high_watermarks, produce, tools_bin, ROUTE, TOPIC};
 
 const PARTITIONS: i32 = 12;
 
@@ -248,13 +248,13 @@ async fn three_replicas_one_library_subscriber_every_message_acked_and_committed
 
         let out = sub.output();
         let most_streams = out.progress.iter().map(|(_, s)| *s).max().unwrap_or(0);
-        eprintln!(
+        figure(format!(
             "scale-out: replicas=3 partitions={PARTITIONS} messages={MESSAGES} handled={} duplicates={} streams={most_streams} \
              took={took:?} summary={:?}",
             out.handled.len(),
             out.duplicates(),
             out.summary
-        );
+        ));
         assert_none_lost(ids, &out.unique());
         assert_eq!(most_streams, 3, "one stream per replica: {:?}", out.progress);
         // Whichever replica owned a partition, its messages reached the subscriber: each
@@ -266,7 +266,7 @@ async fn three_replicas_one_library_subscriber_every_message_acked_and_committed
                 samples.iter().filter(|(series, _)| series.starts_with("fanout_delivered_total")).map(|(_, v)| v).sum();
             shares.push(delivered as u64);
         }
-        eprintln!("scale-out: delivered per replica {shares:?}");
+        figure(format!("scale-out: delivered per replica {shares:?}"));
         assert!(shares.iter().all(|d| *d > 0), "every replica delivered: {shares:?}");
         assert!(shares.iter().sum::<u64>() >= MESSAGES as u64, "{shares:?}");
         assert!(out.summary.get("acked").copied().unwrap_or(0) >= MESSAGES as u64, "{:?}", out.summary);
@@ -378,12 +378,12 @@ async fn killed_and_replaced(mut deployment: Deployment, dir: &Path, on: &str) {
     let peak_rate = out.progress.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)).max().unwrap_or(0);
     let bound = WINDOW + peak_rate * 2 * COMMIT_INTERVAL_MS / 1_000;
     let duplicates = out.duplicates() as u64;
-    eprintln!(
+    figure(format!(
         "scale-out sigkill on {on}: messages={KILL_MESSAGES} handled={} lost=0 duplicates={duplicates} bound={bound} \
          (window {WINDOW} + peak {peak_rate}/s x 2 x {COMMIT_INTERVAL_MS} ms) reconnects={:?} progress_after_kill={after_kill:?}",
         out.handled.len(),
         out.summary.get("reconnects"),
-    );
+    ));
     assert!(duplicates <= bound, "duplicates {duplicates} exceed window + two commit intervals of acks ({bound})");
     assert!(out.summary.get("reconnects").copied().unwrap_or(0) >= 1, "the killed stream was retried");
 }
@@ -499,12 +499,12 @@ async fn rolling_restart(mut deployment: Deployment, dir: &Path, on: &str) -> us
     let during: Vec<(u64, u64)> = out.progress[roll_from.saturating_sub(1)..].to_vec();
     let stalls = stalls(&during, ROLL_MESSAGES);
     let duplicates = out.duplicates();
-    eprintln!(
+    figure(format!(
         "scale-out rolling restart on {on}: messages={ROLL_MESSAGES} handled={} lost=0 duplicates={duplicates} \
          replica_stops={stops:?} reconnects={:?} progress_during_roll={during:?}",
         out.handled.len(),
         out.summary.get("reconnects"),
-    );
+    ));
     // Each stopping replica's in-flight deliveries were acked within the grace, not left
     // to its successor.
     for n in 0..deployment.replicas.len() {
@@ -574,12 +574,12 @@ async fn sigterm_drains_the_subscriber_and_nothing_it_handled_comes_again() {
         let second = next.output();
         let (before, after) = (first.unique(), second.unique());
         let again: Vec<&&String> = after.iter().filter(|id| before.contains(*id)).collect();
-        eprintln!(
+        figure(format!(
             "scale-out sigterm: drained in {took:?} handled_before_exit={} handled_after={} redelivered_after_exit={}",
             before.len(),
             after.len(),
             again.len()
-        );
+        ));
         assert!(
             again.is_empty(),
             "{} handled by the drained subscriber came again, e.g. {:?}",
@@ -668,12 +668,12 @@ async fn a_dns_name_is_followed_as_replicas_join_and_leave_its_answer() {
         assert!(asked.lock().iter().all(|n| n == "fanout-gateway-headless.test.svc:50051"), "{:?}", asked.lock());
         let handled = handled.lock();
         assert_none_lost(&deployment.ids, &handled.iter().collect());
-        eprintln!(
+        figure(format!(
             "scale-out dns: handled={} deliveries={} stats={:?}",
             handled.len(),
             count.load(Ordering::SeqCst),
             stats.snapshot()
-        );
+        ));
     };
     tokio::time::timeout(Duration::from_secs(300), run).await.expect("in time");
 }

@@ -122,3 +122,25 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A scenario's figures (lost, duplicates, time to resume, what was said): printed with the
+/// test's output, and appended, with the test binary's and the test's names, to
+/// `target/scenario-figures.txt`, which `.ci/test` empties first and prints last, so one run's
+/// figures are read in one place whether the tests passed or not.
+pub fn figure(line: String) {
+    eprintln!("{line}");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let Some(target) =
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    else {
+        return;
+    };
+    let entry = format!("{} {test}: {}\n", env!("CARGO_CRATE_NAME"), line.replace('\n', " "));
+    if let Ok(mut file) =
+        std::fs::OpenOptions::new().create(true).append(true).open(target.join("scenario-figures.txt"))
+    {
+        use std::io::Write;
+        // One write per line: lines of tests that run at once do not interleave.
+        let _ = file.write_all(entry.as_bytes());
+    }
+}
