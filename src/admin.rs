@@ -169,8 +169,8 @@ impl Control {
                 topics.iter().map(move |(t, why)| format!("route {route} cannot write letters to topic {t}: {why}"))
             })
             .collect();
-        let filed = self.inner.stats.unreadable_topics.read();
-        if filed.is_empty() {
+        let stats = &self.inner.stats;
+        if stats.unreadable_topics.read().is_empty() && stats.refused_groups.read().is_empty() {
             return (said, Vec::new());
         }
         let applied = self.inner.applied.read();
@@ -178,9 +178,10 @@ impl Control {
         let mut blind = Vec::new();
         for route in &applied.config.routes {
             let group = route.group(kafka);
-            let Some(topics) = filed.get(group.as_str()) else { continue };
+            let consumed = route.consumed_topics();
+            let topics = stats.unreadable_of(&group, &consumed);
             said.extend(topics.iter().map(|(t, why)| format!("route {} cannot read topic {t}: {why}", route.name)));
-            if route.consumed_topics().iter().all(|t| topics.contains_key(t)) {
+            if !topics.is_empty() && consumed.iter().all(|t| topics.contains_key(t)) {
                 blind.push(group);
             }
         }
@@ -244,8 +245,7 @@ impl Control {
                     PartitionStatus { snapshot: p.clone(), high_watermark, lag: lag(high_watermark, p.committed) }
                 })
                 .collect();
-            let unreadable_topics =
-                self.inner.stats.unreadable_topics.read().get(group.as_str()).cloned().unwrap_or_default();
+            let unreadable_topics = self.inner.stats.unreadable_of(&group, &snapshot.config.consumed_topics());
             out.push(RouteStatus { group, snapshot, partitions, unreadable_topics });
         }
         Ok(out)

@@ -104,6 +104,10 @@ pub struct Stats {
     /// Per route group, the routed topics its consumer cannot read (missing, not
     /// authorized) and why, as the route's consumer last found them.
     pub unreadable_topics: RwLock<HashMap<Arc<str>, BTreeMap<String, String>>>,
+    /// Route groups the brokers do not let the gateway use (group authorization failed), with
+    /// what to grant; every topic of such a route counts as unreadable. Cleared once the
+    /// group is joined.
+    pub refused_groups: RwLock<HashMap<Arc<str>, String>>,
     /// Per route (by name), its dead-letter or retry topic while it refuses letters, and why
     /// (missing, not authorized): the letters wait and their offsets stay uncommitted.
     pub unwritable_topics: RwLock<HashMap<String, BTreeMap<String, String>>>,
@@ -252,6 +256,18 @@ impl Stats {
     /// Sum of committed offsets across groups and partitions.
     pub fn committed_sum(&self) -> i64 {
         self.committed.read().values().sum()
+    }
+
+    /// The topics of `topics` that `group`'s consumer cannot read, and why: those it found so,
+    /// and all of them while the group itself is refused.
+    pub fn unreadable_of(&self, group: &str, topics: &[String]) -> BTreeMap<String, String> {
+        let mut found = self.unreadable_topics.read().get(group).cloned().unwrap_or_default();
+        if let Some(why) = self.refused_groups.read().get(group) {
+            for topic in topics {
+                found.entry(topic.clone()).or_insert_with(|| why.clone());
+            }
+        }
+        found
     }
 
     /// The high watermark of a partition as `group`'s consumer last saw it.

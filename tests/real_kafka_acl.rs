@@ -19,14 +19,19 @@ use support::*;
 
 /// The route over the topic the gateway's principal may not read.
 const REFUSED_ROUTE: &str = "payroll";
+/// The route whose topic the principal may read, but not its consumer group.
+const NO_GROUP_ROUTE: &str = "audit";
 
-/// Two routes through the SASL_SSL listener: `ROUTE` over `allowed` in group `group`, and
-/// [`REFUSED_ROUTE`] over `refused` in `<group>.payroll`; quick commits.
-fn two_routes(kafka: &RealKafka, group: &str, allowed: &str, refused: &str, password_file: &std::path::Path) -> Config {
+/// Three routes through the SASL_SSL listener: `ROUTE` over `allowed` in group `group`,
+/// [`REFUSED_ROUTE`] over `refused` in `<group>.payroll` and [`NO_GROUP_ROUTE`] over
+/// `ungrouped` in `<group>.audit`; quick commits.
+fn three_routes(kafka: &RealKafka, group: &str, topics: [&str; 3], password_file: &std::path::Path) -> Config {
+    let [allowed, refused, ungrouped] = topics;
     let mut c = Config::single_route(kafka.sasl_ssl(), group, ROUTE, &[allowed]);
     c.kafka.commit_interval_ms = 100;
     c.server.shutdown_grace_ms = 5_000;
     c.routes.push(RouteConfig::new(REFUSED_ROUTE, &[refused]));
+    c.routes.push(RouteConfig::new(NO_GROUP_ROUTE, &[ungrouped]));
     kafka.over_sasl_ssl(c, password_file)
 }
 
@@ -45,7 +50,7 @@ async fn receive_all(sub: &mut Subscription, expected: &HashSet<String>) -> Vec<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_topic_the_gateway_may_not_read_is_named_with_what_to_grant_and_the_other_route_flows() {
+async fn a_topic_or_group_the_gateway_may_not_use_is_named_with_what_to_grant_and_the_other_route_flows() {
     const MESSAGES: usize = 2_000;
     const PARTITIONS: i32 = 2;
     let logs = Logs::capture();
@@ -57,13 +62,26 @@ async fn a_topic_the_gateway_may_not_read_is_named_with_what_to_grant_and_the_ot
     fanoutctl_bin();
     let Some(kafka) = RealKafka::with_acls() else { return };
     let started = Instant::now();
-    let (allowed, refused) = (unique_group("acl-allowed"), unique_group("acl-refused"));
+    let (allowed, refused, ungrouped) =
+        (unique_group("acl-allowed"), unique_group("acl-refused"), unique_group("acl-ungrouped"));
     kafka.create_topic(&allowed, PARTITIONS, &[]).await;
     kafka.create_topic(&refused, 1, &[]).await;
-    // What a cluster's operator grants a consumer: its topic, and its groups (any: the
-    // routes' groups and the shared group the upgrade check reads). Nothing on `refused`.
+    kafka.create_topic(&ungrouped, 1, &[]).await;
+    let group = unique_group("real-acl");
+    let (refused_group, no_group) = (format!("{group}.{REFUSED_ROUTE}"), format!("{group}.{NO_GROUP_ROUTE}"));
+    // What a cluster's operator grants a consumer: its topics, and its groups (the routes'
+    // and the shared one the upgrade check reads, which is `group`). Nothing on `refused`;
+    // nothing on the audit route's group.
     let principal = format!("User:{SCRAM_USER}");
-    kafka.allow(&principal, &[(Resource::Topic(&allowed), &["Describe", "Read"]), (Resource::Group("*"), &["Read"])]);
+    kafka.allow(
+        &principal,
+        &[
+            (Resource::Topic(&allowed), &["Describe", "Read"]),
+            (Resource::Topic(&ungrouped), &["Describe", "Read"]),
+            (Resource::Group(&group), &["Read"]),
+            (Resource::Group(&refused_group), &["Read"]),
+        ],
+    );
     // Both written through the plaintext listener (a super user's).
     let produced = produce_to(kafka.bootstrap_servers(), &allowed, MESSAGES, 100).await;
     produce_to(kafka.bootstrap_servers(), &refused, 100, 10).await;
@@ -71,16 +89,18 @@ async fn a_topic_the_gateway_may_not_read_is_named_with_what_to_grant_and_the_ot
     let dir = tempfile::tempdir().expect("temp dir");
     let password = dir.path().join("sasl-password");
     std::fs::write(&password, format!("{SCRAM_PASSWORD}\n")).expect("password file");
-    let group = unique_group("real-acl");
-    let refused_group = format!("{group}.{REFUSED_ROUTE}");
     let said = format!(
         "route {REFUSED_ROUTE} cannot read topic {refused}: the gateway may not read it (topic authorization \
          failed for {principal}): grant {principal} Describe and Read on topic {refused}, and Read on group \
          {refused_group}"
     );
+    let said_of_group = format!(
+        "route {NO_GROUP_ROUTE} cannot read topic {ungrouped}: the gateway may not use its consumer group {no_group} \
+         (group authorization failed for {principal}): grant {principal} Read on group {no_group}"
+    );
 
     let run = async {
-        let gw = start_gateway(two_routes(&kafka, &group, &allowed, &refused, &password)).await;
+        let gw = start_gateway(three_routes(&kafka, &group, [&allowed, &refused, &ungrouped], &password)).await;
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
         let got = receive_all(&mut sub, &expected).await;
         let behind = poll_until(
@@ -94,20 +114,28 @@ async fn a_topic_the_gateway_may_not_read_is_named_with_what_to_grant_and_the_ot
         // /readyz: ready (the other route serves, as with a missing topic), and says why the
         // refused route reads nothing and what to grant.
         let admin = gw.admin_addr();
-        let (code, readyz) =
-            poll_until(Duration::from_secs(30), || http_get(admin, "/readyz"), |(_, body)| body.contains(&said)).await;
-        // The log: once, at WARN, the same words.
+        let (code, readyz) = poll_until(
+            Duration::from_secs(30),
+            || http_get(admin, "/readyz"),
+            |(_, body)| body.contains(&said) && body.contains(&said_of_group),
+        )
+        .await;
+        // The log: once each, at WARN, the same words.
         let warned = logs.lines_with("WARN", &[&said]);
+        let warned_of_group = logs.lines_with("WARN", &[&format!("route {NO_GROUP_ROUTE}: the gateway may not use")]);
         let (ctl_code, status, ctl_err) = fanoutctl(&["--gateway", &admin.to_string(), "status"]).await;
         figure(format!(
             "ACLs on Kafka: {} of {MESSAGES} delivered on the allowed route in {:.1} s; /readyz {code} {readyz:?}; \
-             log {warned:?}; fanoutctl status:\n{status}{ctl_err}",
+             log {warned:?} {warned_of_group:?}; fanoutctl status:\n{status}{ctl_err}",
             got.len(),
             started.elapsed().as_secs_f64()
         ));
         assert!(readyz.contains(&said), "/readyz names the topic, the principal and what to grant: {readyz}");
         assert_eq!(code, 200, "the replica stays ready for its other route: {readyz}");
         assert_eq!(warned.len(), 1, "said once at WARN: {warned:?}");
+        assert!(readyz.contains(&said_of_group), "/readyz names the group and what to grant: {readyz}");
+        assert_eq!(warned_of_group.len(), 1, "the group said once at WARN: {warned_of_group:?}");
+        assert!(status.contains(&said_of_group), "fanoutctl status names the group: {status}");
         assert_eq!(ctl_code, 0, "fanoutctl status answers: {ctl_err}");
         assert!(status.contains(&said), "fanoutctl status names it under the routes table: {status}");
 

@@ -72,6 +72,9 @@ struct GatewayContext {
     stats: Arc<Stats>,
     /// The route's consumer group, which the committed offsets in `stats` are filed under.
     group: Arc<str>,
+    route: String,
+    /// What to say (and file) when the brokers refuse the group: see [`super::topics::group_refused`].
+    group_refusal: String,
     /// How long a revoke waits for the dispatcher's commit points (its drain deadline and
     /// some room for the answer).
     revoke_timeout: Duration,
@@ -117,6 +120,16 @@ impl ClientContext for GatewayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
+            // The route's own problem, said once with the group and the grant (librdkafka's
+            // words name neither); the other routes are not told.
+            Stats::bump(&self.stats.kafka_errors, 1);
+            let filed = self.stats.refused_groups.write().insert(self.group.clone(), self.group_refusal.clone());
+            if filed.is_none() {
+                warn!(route = self.route, group = %self.group, %error, "route {}: {}", self.route, self.group_refusal);
+            }
+            return;
+        }
         self.reports.client_error(&error, reason);
     }
 
@@ -182,7 +195,11 @@ impl GatewayContext {
             }
         };
         if let Some(group) = &parsed.cgrp {
-            self.stats.groups.write().insert(self.group.clone(), group.state());
+            let state = group.state();
+            if state.settled && self.stats.refused_groups.write().remove(&self.group).is_some() {
+                info!(route = self.route, group = %self.group, "route group joined: the brokers let the gateway use it");
+            }
+            self.stats.groups.write().insert(self.group.clone(), state);
         }
         let mut marks = self.stats.high_watermarks.write();
         for (topic, t) in parsed.topics {
@@ -483,10 +500,13 @@ pub fn spawn(
     let (exited_tx, exited) = oneshot::channel();
     let group: Arc<str> = Arc::from(route.group(&config.kafka));
     let topics = route.consumed_topics();
+    let principal = super::topics::principal(&config.kafka);
     let context = GatewayContext {
         events: events_tx.clone(),
         stats: stats.clone(),
         group: group.clone(),
+        route: route.name.clone(),
+        group_refusal: super::topics::group_refused(&group, &principal),
         revoke_timeout: Duration::from_millis(config.kafka.revoke_drain_ms) + REVOKE_ANSWER_SLACK,
         topics: parking_lot::Mutex::new(TopicNames::default()),
         reports: reports.clone(),
@@ -497,7 +517,6 @@ pub fn spawn(
     // fails here, naming it) and connects to nothing yet.
     let consumer: BaseConsumer<GatewayContext> =
         client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
-    let principal = super::topics::principal(&config.kafka);
     let topic_check = super::topics::TopicCheck::new(&route.name, group.clone(), topics.clone(), principal);
     let joining =
         Joining { topics, group: group.to_string(), seed: super::upgrade::plan(config, route, reports.clone()) };

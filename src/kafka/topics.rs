@@ -49,6 +49,16 @@ pub(crate) fn principal(kafka: &KafkaConfig) -> String {
     }
 }
 
+/// Why a route reads nothing when the brokers refuse its consumer `group` to `principal`, in
+/// words that say what to do. Kafka answers FindCoordinator, JoinGroup and OffsetCommit with
+/// GROUP_AUTHORIZATION_FAILED without naming the group; librdkafka says only that.
+pub(crate) fn group_refused(group: &str, principal: &str) -> String {
+    format!(
+        "the gateway may not use its consumer group {group} (group authorization failed for {principal}): grant \
+         {principal} Read on group {group}"
+    )
+}
+
 /// Why `topic`, routed by `group`, gives no records to the gateway's `principal`, in words
 /// that say what to do.
 fn unreadable(code: RDKafkaRespErr, topic: &str, group: &str, principal: &str) -> Option<String> {
@@ -192,6 +202,15 @@ mod tests {
         assert!(principal(&kafka(&oauth, &[])).contains("OAuth"));
         let kerberos = principal(&kafka(&[("security.protocol", "SASL_SSL")], &[]));
         assert!(kerberos.contains("Kerberos"), "GSSAPI is librdkafka's default mechanism: {kerberos}");
+    }
+
+    #[test]
+    fn a_refused_group_is_named_with_what_to_grant() {
+        assert_eq!(
+            group_refused("fanout.payroll", "User:fanout"),
+            "the gateway may not use its consumer group fanout.payroll (group authorization failed for \
+             User:fanout): grant User:fanout Read on group fanout.payroll"
+        );
     }
 
     #[test]
