@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use fanout_client::stream::{self, Subscription};
 use fanout_gateway::config::{Config, RetryPolicy};
+use fanout_gateway::gateway::GatewayHandle;
 use fanout_gateway::stats::Stats;
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -245,6 +246,35 @@ fn dead_letter_values(bootstrap: &str, expected: usize) -> Vec<String> {
     values
 }
 
+/// The poison messages of a run: nacked at every attempt, then dead-lettered.
+fn poison() -> HashSet<String> {
+    (0..MESSAGES).filter(|i| kind(*i) == "poison").map(|i| format!("poison-{i}")).collect()
+}
+
+/// A gateway under load: its subscriber acking (see [`subscriber`]) and the producer running.
+struct Load {
+    gw: GatewayHandle,
+    stats: Arc<Stats>,
+    started: Instant,
+    seen: Arc<Mutex<Seen>>,
+    worker: tokio::task::JoinHandle<()>,
+    producing: tokio::task::JoinHandle<(Vec<String>, Vec<usize>)>,
+}
+
+impl Load {
+    async fn start(config: Config, bootstrap: &str) -> Self {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let started = Instant::now();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let sub =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", WINDOW)).await.expect("subscribes");
+        let worker = tokio::spawn(subscriber(sub, seen.clone(), started));
+        let producing = tokio::spawn(produce_under_faults(bootstrap.to_string(), started));
+        Self { gw, stats, started, seen, worker, producing }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_partition_leader_killed_and_restarted_under_load_loses_nothing_and_dead_letters_land_once() {
     init_logs();
@@ -257,16 +287,8 @@ async fn the_partition_leader_killed_and_restarted_under_load_loses_nothing_and_
     let group = unique_group("real-faults");
     let config = route(&bootstrap, &group);
     let route_group = config.routes[0].group(&config.kafka);
-    let poison: HashSet<String> =
-        (0..MESSAGES).filter(|i| kind(*i) == "poison").map(|i| format!("poison-{i}")).collect();
-
-    let gw = start_gateway(config).await;
-    let stats = gw.stats();
-    let started = Instant::now();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", WINDOW)).await.expect("subscribes");
-    let worker = tokio::spawn(subscriber(sub, seen.clone(), started));
-    let producing = tokio::spawn(produce_under_faults(bootstrap.clone(), started));
+    let poison = poison();
+    let Load { gw, stats, started, seen, worker, producing } = Load::start(config, &bootstrap).await;
 
     // A third into the run, the node leading partition 0 dies; it comes back 8 s later.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -352,16 +374,8 @@ async fn the_group_coordinator_killed_and_restarted_under_load_loses_nothing_and
     for topic in [FAULT_TOPIC, RETRY_TOPIC, DLQ] {
         create_topic_led_by(&kafka, topic, [others[0], others[1]], victim).await;
     }
-    let poison: HashSet<String> =
-        (0..MESSAGES).filter(|i| kind(*i) == "poison").map(|i| format!("poison-{i}")).collect();
-
-    let gw = start_gateway(config).await;
-    let stats = gw.stats();
-    let started = Instant::now();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "worker", WINDOW)).await.expect("subscribes");
-    let worker = tokio::spawn(subscriber(sub, seen.clone(), started));
-    let producing = tokio::spawn(produce_under_faults(bootstrap.clone(), started));
+    let poison = poison();
+    let Load { gw, stats, started, seen, worker, producing } = Load::start(config, &bootstrap).await;
 
     assert_eq!(kafka.leader_of(OFFSETS_TOPIC, offsets_partition), victim, "the coordinator stayed where it was");
     for topic in [FAULT_TOPIC, RETRY_TOPIC, DLQ] {

@@ -69,6 +69,36 @@ fn write_letters(bootstrap: &str, topic: &str, dlq: &str, count: usize, alone: b
     producer.flush(Duration::from_secs(30)).expect("every letter written");
 }
 
+/// A route whose dead-letter topic holds `count` letters (see [`write_letters`]), on topics of
+/// its own named after `prefix`: (bootstrap, origin topic, dead-letter topic, config, route).
+async fn route_with_letters(
+    kafka: &RealKafka,
+    prefix: &str,
+    count: usize,
+    alone: bool,
+) -> (String, String, String, Config, RouteConfig) {
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let topic = unique_group(prefix);
+    let dlq = format!("{topic}.dlq");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    kafka.create_topic(&dlq, PARTITIONS, &[]).await;
+    write_letters(&bootstrap, &topic, &dlq, count, alone);
+    let (config, route) = route(&bootstrap, &unique_group("redrive"), &topic, &dlq);
+    (bootstrap, topic, dlq, config, route)
+}
+
+/// A redrive of `selection`, as the control surface runs it (on a blocking thread).
+async fn redrive(config: &Config, route: &RouteConfig, selection: Selection) -> Result<u64, DeadLetterError> {
+    let (c, r) = (config.clone(), route.clone());
+    tokio::task::spawn_blocking(move || dead_letters::redrive(&c, &r, selection, |_, _| {})).await.expect("joined")
+}
+
+/// The listing `dlq list` shows, at most `limit` letters.
+async fn list(config: &Config, route: &RouteConfig, limit: usize) -> dead_letters::Listing {
+    let (c, r) = (config.clone(), route.clone());
+    tokio::task::spawn_blocking(move || dead_letters::list(&c, &r, limit)).await.expect("joined").expect("listed")
+}
+
 /// Every record of `topic` that carries the redrive header, as a reader of committed records
 /// sees them: redriven-from per record.
 fn redriven(bootstrap: &str, topic: &str) -> Vec<String> {
@@ -132,45 +162,27 @@ async fn expire_group(bootstrap: &str, group: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ledger_outlives_expired_group_offsets_and_holds_any_number_of_scattered_letters() {
     let Some(kafka) = RealKafka::shared() else { return };
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    let topic = unique_group("redrive-origin");
-    let dlq = format!("{topic}.dlq");
-    kafka.create_topic(&topic, PARTITIONS, &[]).await;
-    kafka.create_topic(&dlq, PARTITIONS, &[]).await;
     const LETTERS: usize = 3_000;
-    write_letters(&bootstrap, &topic, &dlq, LETTERS, false);
-    let (config, route) = route(&bootstrap, &unique_group("redrive"), &topic, &dlq);
+    let (bootstrap, topic, dlq, config, route) = route_with_letters(&kafka, "redrive-origin", LETTERS, false).await;
 
     // Every third letter by name: a thousand ranges of one, far past the 4 KiB Kafka allows a
     // commit's metadata.
     let scattered: Vec<(i32, i64)> =
         (0..PARTITIONS).flat_map(|p| (0..(LETTERS as i64 / 2)).step_by(3).map(move |o| (p, o))).collect();
-    let (c, r, s) = (config.clone(), route.clone(), scattered.clone());
-    let first = tokio::task::spawn_blocking(move || dead_letters::redrive(&c, &r, Selection::Letters(s), |_, _| {}))
+    let first = redrive(&config, &route, Selection::Letters(scattered.clone()))
         .await
-        .expect("joined")
         .expect("the scattered letters are redriven");
     assert_eq!(first, scattered.len() as u64);
-    let (c, r) = (config.clone(), route.clone());
-    let listing =
-        tokio::task::spawn_blocking(move || dead_letters::list(&c, &r, 10)).await.expect("joined").expect("listed");
+    let listing = list(&config, &route, 10).await;
     assert_eq!((listing.total, listing.redriven), (LETTERS as u64, scattered.len() as u64), "every one is recorded");
     assert!(listing.letters.iter().any(|l| !l.redriven) && listing.letters.first().is_some_and(|l| !l.redriven));
 
     expire_group(&bootstrap, &dead_letters::ledger_group(&config, &route)).await;
 
-    let (c, r) = (config.clone(), route.clone());
-    let rest = tokio::task::spawn_blocking(move || dead_letters::redrive(&c, &r, Selection::All, |_, _| {}))
-        .await
-        .expect("joined")
-        .expect("the rest is redriven");
+    let rest = redrive(&config, &route, Selection::All).await.expect("the rest is redriven");
     assert_eq!(rest, (LETTERS - scattered.len()) as u64, "only what was not redriven already goes back");
 
-    let (c, r) = (config.clone(), route.clone());
-    let again = tokio::task::spawn_blocking(move || dead_letters::redrive(&c, &r, Selection::All, |_, _| {}))
-        .await
-        .expect("joined");
-    match again {
+    match redrive(&config, &route, Selection::All).await {
         Err(DeadLetterError::AlreadyRedriven(why)) => {
             assert!(why.contains(&format!("the {LETTERS} letter(s) in {dlq} were redriven already")), "{why}")
         }
@@ -184,14 +196,8 @@ async fn the_ledger_outlives_expired_group_offsets_and_holds_any_number_of_scatt
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_redrives_of_one_route_at_once_put_each_letter_back_once() {
     let Some(kafka) = RealKafka::shared() else { return };
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    let topic = unique_group("redrive-race");
-    let dlq = format!("{topic}.dlq");
-    kafka.create_topic(&topic, PARTITIONS, &[]).await;
-    kafka.create_topic(&dlq, PARTITIONS, &[]).await;
     const LETTERS: usize = 3_000;
-    write_letters(&bootstrap, &topic, &dlq, LETTERS, false);
-    let (config, route) = route(&bootstrap, &unique_group("redrive"), &topic, &dlq);
+    let (bootstrap, topic, _, config, route) = route_with_letters(&kafka, "redrive-race", LETTERS, false).await;
 
     // Replica A stops after its first step until replica B's redrive has begun (B fenced A,
     // then read the ledger); then A goes on. B starts once A has a step behind it.
@@ -238,23 +244,15 @@ async fn two_redrives_of_one_route_at_once_put_each_letter_back_once() {
         other => panic!("replica A is told that B took over, got {other:?}"),
     }
     assert_eq!(b.expect("the later redrive finishes"), (LETTERS - 500) as u64, "B took what A had not done");
-    let (c, r) = (config.clone(), route.clone());
-    let listing =
-        tokio::task::spawn_blocking(move || dead_letters::list(&c, &r, 10)).await.expect("joined").expect("listed");
+    let listing = list(&config, &route, 10).await;
     assert_eq!((listing.total, listing.redriven, listing.letters.len()), (LETTERS as u64, LETTERS as u64, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_letter_topic_that_takes_longer_than_ten_seconds_to_read_is_listed_and_redriven() {
     let Some(kafka) = RealKafka::shared() else { return };
-    let bootstrap = kafka.bootstrap_servers().to_string();
-    let topic = unique_group("redrive-slow");
-    let dlq = format!("{topic}.dlq");
-    kafka.create_topic(&topic, PARTITIONS, &[]).await;
-    kafka.create_topic(&dlq, PARTITIONS, &[]).await;
     const LETTERS: usize = 30;
-    write_letters(&bootstrap, &topic, &dlq, LETTERS, true);
-    let (mut config, _) = route(&bootstrap, &unique_group("redrive"), &topic, &dlq);
+    let (bootstrap, topic, _, mut config, _) = route_with_letters(&kafka, "redrive-slow", LETTERS, true).await;
     // A slow read, as of a large topic: the broker answers each fetch after 500 ms with one
     // batch (one letter) per partition.
     for (key, value) in
@@ -265,17 +263,11 @@ async fn a_dead_letter_topic_that_takes_longer_than_ten_seconds_to_read_is_liste
     let route = config.routes[0].clone();
 
     let started = std::time::Instant::now();
-    let (c, r) = (config.clone(), route.clone());
-    let listing =
-        tokio::task::spawn_blocking(move || dead_letters::list(&c, &r, 5)).await.expect("joined").expect("listed");
+    let listing = list(&config, &route, 5).await;
     let listed_in = started.elapsed();
     assert_eq!((listing.total, listing.redriven, listing.letters.len()), (LETTERS as u64, 0, 5));
     let started = std::time::Instant::now();
-    let (c, r) = (config.clone(), route.clone());
-    let count = tokio::task::spawn_blocking(move || dead_letters::redrive(&c, &r, Selection::All, |_, _| {}))
-        .await
-        .expect("joined")
-        .expect("a slow read is no failure");
+    let count = redrive(&config, &route, Selection::All).await.expect("a slow read is no failure");
     figure(format!("slow dead-letter topic: listed in {listed_in:?}, {count} redriven in {:?}", started.elapsed()));
     assert_eq!(count, LETTERS as u64);
     assert!(listed_in > Duration::from_secs(10), "the read took longer than the old 10 s deadline: {listed_in:?}");
