@@ -463,7 +463,8 @@ pub async fn run(
             }
             // after_each answers the revokes whose deadline this is.
             _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far)), if revoke_deadline.is_some() => {}
-            now = retry_tick.tick() => {
+            // Only while something waits for a time: an idle route sleeps.
+            now = retry_tick.tick(), if d.registry.delayed() > 0 || d.registry.in_flight() > 0 => {
                 d.registry.release_due(now);
                 if now >= next_deadline_scan {
                     d.registry.expire(now);

@@ -11,7 +11,7 @@
 //! the upgrade check of [`super::upgrade`], which waits until Kafka answers): starting a route
 //! waits on nothing, so the gateway's ports serve at once and readiness says what it waits for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +45,25 @@ const REVOKE_ANSWER_SLACK: Duration = Duration::from_secs(5);
 /// commit (which frees windows under `window_until_commit`) waits at most this long for the
 /// thread. 200 wake-ups a second cost next to nothing.
 const POLL: Duration = Duration::from_millis(5);
+/// Longest the thread waits in `poll` while its route is quiet (see [`poll_wait`]): a record
+/// ends the wait at once, a command of the dispatcher waits at most this long. An idle route's
+/// thread then wakes 10 times a second instead of 200.
+const QUIET_POLL: Duration = Duration::from_millis(100);
+/// A route is quiet once nothing came from Kafka or the dispatcher for this long.
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the thread's next `poll` may wait: [`POLL`] while anything is going on (something
+/// came from Kafka or the dispatcher within [`QUIET_AFTER`], commits are out, a partition is
+/// paused or waits for its seek back: the dispatcher's next command, a commit or a resume, must
+/// not wait), else [`QUIET_POLL`].
+fn poll_wait(since_last_activity: Duration, waiting_on_kafka: bool) -> Duration {
+    if waiting_on_kafka || since_last_activity < QUIET_AFTER {
+        POLL
+    } else {
+        QUIET_POLL
+    }
+}
+
 /// How long the metadata probe waits for an answer: the thread serves no command meanwhile.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the thread waits in `poll` while it waits for Kafka before joining its group
@@ -551,6 +570,17 @@ struct Local {
     unsought: Vec<(TopicPartition, i64)>,
     /// Commits out, waiting for librdkafka's callback.
     commits: InFlight,
+    /// Partitions paused by the dispatcher and not resumed since.
+    paused: HashSet<TopicPartition>,
+    /// When a record or a command last came.
+    last_activity: Instant,
+}
+
+impl Local {
+    /// Whether the dispatcher may be waiting on this thread (see [`poll_wait`]).
+    fn waiting_on_kafka(&self) -> bool {
+        !self.commits.is_empty() || !self.unsought.is_empty() || !self.paused.is_empty()
+    }
 }
 
 fn run(
@@ -562,7 +592,13 @@ fn run(
     joining: Joining,
     mut topic_check: super::topics::TopicCheck,
 ) {
-    let mut local = Local { fetching: true, unsought: Vec::new(), commits: InFlight::default() };
+    let mut local = Local {
+        fetching: true,
+        unsought: Vec::new(),
+        commits: InFlight::default(),
+        paused: HashSet::new(),
+        last_activity: Instant::now(),
+    };
     let mut probe = Probe::new();
     // When to try the seeks back again.
     let mut next_seek = Instant::now();
@@ -571,6 +607,8 @@ fn run(
         return;
     }
     let mut next_positions = Instant::now();
+    // The positions last sent, and when.
+    let mut sent: (Vec<(TopicPartition, i64)>, Instant) = (Vec::new(), Instant::now());
     loop {
         if let Flow::Close = take_commands(&consumer, &commands, &stats, &mut local) {
             close(consumer);
@@ -581,8 +619,20 @@ fn run(
         if local.fetching && Instant::now() >= next_positions {
             next_positions = Instant::now() + POSITIONS_EVERY;
             let positions = positions(&consumer);
-            if !positions.is_empty() {
-                let _ = events.try_send(KafkaEvent::Positions(positions));
+            // Unchanged positions go again only now and then: an idle route's dispatcher is not
+            // woken ten times a second for nothing.
+            let due = positions != sent.0 || sent.1.elapsed() >= POSITIONS_AGAIN;
+            if !positions.is_empty() && due && events.try_send(KafkaEvent::Positions(positions.clone())).is_ok() {
+                sent = (positions, Instant::now());
+            }
+            if !local.paused.is_empty() {
+                // Paused partitions revoked since are nobody's to resume.
+                if let Ok(assigned) = consumer.assignment() {
+                    let owned = |tp: &TopicPartition| {
+                        assigned.elements().iter().any(|e| e.topic() == &*tp.topic && e.partition() == tp.partition)
+                    };
+                    local.paused.retain(owned);
+                }
             }
         }
 
@@ -625,7 +675,10 @@ fn run(
             topic_check.run(&consumer, &stats);
         }
 
-        let polled = consumer.poll(POLL);
+        let polled = consumer.poll(poll_wait(local.last_activity.elapsed(), local.waiting_on_kafka()));
+        if polled.is_some() {
+            local.last_activity = Instant::now();
+        }
         probe.report(&reports);
         settle_commits(&consumer, &stats, &mut local.commits);
         let Some(first) = polled else { continue };
@@ -707,8 +760,10 @@ enum Flow {
     Close,
 }
 
-/// How often the consumer's positions go to the dispatcher ([`KafkaEvent::Positions`]).
+/// How often the consumer's positions go to the dispatcher ([`KafkaEvent::Positions`]) when
+/// they moved, and when they did not.
 const POSITIONS_EVERY: Duration = Duration::from_millis(100);
+const POSITIONS_AGAIN: Duration = Duration::from_secs(1);
 
 /// The consumer's position of each assigned partition that has one.
 fn positions(consumer: &BaseConsumer<GatewayContext>) -> Vec<(TopicPartition, i64)> {
@@ -784,6 +839,7 @@ fn take_commands(
             Err(std_mpsc::TryRecvError::Empty) => break,
             Err(std_mpsc::TryRecvError::Disconnected) => KafkaCommand::Close,
         };
+        local.last_activity = Instant::now();
         match command {
             KafkaCommand::Commit { points, done } => {
                 // Only partitions still assigned: a commit asked for before a revoke but taken
@@ -806,9 +862,11 @@ fn take_commands(
                 if let Err(error) = consumer.pause(&tpl_of(&partitions)) {
                     warn!(%error, "pause failed");
                 }
+                local.paused.extend(partitions);
             }
             KafkaCommand::Resume(partitions) => {
                 for (tp, from) in partitions {
+                    local.paused.remove(&tp);
                     match from {
                         Some(offset) => local.unsought.push((tp, offset)),
                         None => resume(consumer, &[tp]),
@@ -893,6 +951,13 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_route_polls_slowly_unless_the_dispatcher_may_be_waiting() {
+        assert_eq!(poll_wait(Duration::from_millis(10), false), POLL, "just busy");
+        assert_eq!(poll_wait(Duration::from_secs(5), false), QUIET_POLL, "quiet for long");
+        assert_eq!(poll_wait(Duration::from_secs(5), true), POLL, "a commit out or a partition paused");
+    }
 
     #[test]
     fn a_group_whose_coordinator_moves_stays_settled_and_a_joining_one_does_not() {
