@@ -10,6 +10,7 @@ pub mod handover;
 pub mod latency;
 pub mod load;
 pub mod memory;
+pub mod routes;
 pub mod throughput;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,7 @@ pub enum Part {
     Latency,
     Memory,
     Switch,
+    Routes,
 }
 
 /// How much of everything to run. [`BenchOptions::default`] is the published run;
@@ -83,6 +85,11 @@ pub struct BenchOptions {
     pub gateway_exe: Option<std::path::PathBuf>,
     pub switch_duration: Duration,
     pub switch_rate: u32,
+    /// Gateways of this many idle routes each, measured one after the other.
+    pub idle_routes: Vec<usize>,
+    /// How long idle routes get to join their groups before they are measured, and for how long.
+    pub idle_settle: Duration,
+    pub idle_window: Duration,
 }
 
 impl Default for BenchOptions {
@@ -107,6 +114,9 @@ impl Default for BenchOptions {
             // leave fall into one rebalance.
             switch_duration: Duration::from_secs(20),
             switch_rate: 4_000,
+            idle_routes: vec![1, 10, 100],
+            idle_settle: Duration::from_secs(10),
+            idle_window: Duration::from_secs(5),
         }
     }
 }
@@ -135,6 +145,9 @@ impl BenchOptions {
             gateway_exe: None,
             switch_duration: Duration::from_secs(6),
             switch_rate: 2_000,
+            idle_routes: vec![1, 3],
+            idle_settle: Duration::from_secs(3),
+            idle_window: Duration::from_secs(1),
         }
     }
 }
@@ -201,6 +214,7 @@ pub struct BenchReport {
     pub latency: Vec<LatencyRow>,
     pub memory: Vec<MemoryRow>,
     pub switch: Vec<SwitchRow>,
+    pub routes: Vec<routes::IdleRoutes>,
 }
 
 /// Runs every benchmark; `progress` gets a line as each one starts.
@@ -256,6 +270,20 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
 
     if options.runs(Part::Memory) {
         memory_part(&cluster, options, &mut report, &progress).await?;
+    }
+    if options.runs(Part::Routes) {
+        let topic = "idle";
+        cluster.create_topic(topic, 8, 1)?;
+        let exe = match &options.gateway_exe {
+            Some(path) => path.clone(),
+            None => gateway_exe()?,
+        };
+        for &n in &options.idle_routes {
+            progress(&format!("routes: gateway process with {n} idle route(s)"));
+            report
+                .routes
+                .push(routes::idle(&exe, &bootstrap, topic, n, options.idle_settle, options.idle_window).await?);
+        }
     }
     if options.runs(Part::Switch) {
         switch_part(cluster, options, &mut report, &progress).await?;
@@ -427,6 +455,21 @@ impl BenchReport {
             put(format!("backlog_mib_bound_{}", row.bound), format!("{:.0}", mib(row.backlog_bytes)));
             put(format!("peak_rss_mib_bound_{}", row.bound), format!("{:.0}", row.memory.peak_rss_kib as f64 / 1024.0));
         }
+        for r in &self.routes {
+            let n = r.routes;
+            put(format!("idle_routes_{n}_rss_mib"), format!("{:.0}", r.rss_kib as f64 / 1024.0));
+            put(format!("idle_routes_{n}_threads"), r.threads.to_string());
+            put(format!("idle_routes_{n}_cores"), format!("{:.3}", r.cores));
+        }
+        if let (Some(first), Some(last)) = (self.routes.first(), self.routes.last()) {
+            if last.routes > first.routes {
+                let per = |a: f64, b: f64| (b - a) / (last.routes - first.routes) as f64;
+                let rss = per(first.rss_kib as f64, last.rss_kib as f64) / 1024.0;
+                put("idle_rss_mib_per_route".into(), format!("{rss:.2}"));
+                put("idle_threads_per_route".into(), format!("{:.1}", per(first.threads as f64, last.threads as f64)));
+                put("idle_cores_per_route".into(), format!("{:.4}", per(first.cores, last.cores)));
+            }
+        }
         for row in &self.switch {
             let name = row.key;
             put(format!("switch_{name}_rebalances"), row.report.rebalances.to_string());
@@ -510,6 +553,12 @@ impl fmt::Display for BenchReport {
                 m.peak_rss_kib as f64 / 1024.0,
                 m.delivered
             );
+        }
+        let _ = writeln!(t, "idle routes (gateway process, one empty topic of 8 partitions, no subscriber)");
+        let _ = writeln!(t, "  {:<8} {:>8} {:>8} {:>10}", "routes", "RSS MiB", "threads", "CPU cores");
+        for r in &self.routes {
+            let _ =
+                writeln!(t, "  {:<8} {:>8.0} {:>8} {:>10.3}", r.routes, r.rss_kib as f64 / 1024.0, r.threads, r.cores);
         }
         let _ = writeln!(t, "deploy switch (blue -> green while producing)");
         let _ = writeln!(

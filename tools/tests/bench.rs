@@ -27,6 +27,8 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
         "switch_gateway_rebalances",
         "switch_group_eager_rebalances",
         "switch_group_cooperative_max_gap_ms",
+        "idle_routes_3_threads",
+        "idle_rss_mib_per_route",
     ] {
         assert!(figures.contains_key(name), "missing figure {name} in\n{text}");
         assert!(text.contains(&format!("bench: {name}=")), "figure {name} not printed");
@@ -39,6 +41,9 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
     let m = report.memory[0].memory;
     assert!(m.peak_rss_kib >= m.start_rss_kib && m.start_rss_kib > 0, "{m:?}");
     assert!(m.delivered > 0, "the slow subscriber got messages");
+    // Idle routes: each route is a consumer of its own, with threads of its own.
+    let (one, three) = (report.routes[0], report.routes[1]);
+    assert!(three.threads > one.threads && one.rss_kib > 0, "{one:?} {three:?}");
 
     // The deploy switch: the gateway's moves no partition and loses or repeats nothing; the
     // status quo is measured (its figures are whatever they are), but must lose nothing either.

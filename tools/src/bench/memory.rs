@@ -27,7 +27,7 @@ pub struct Memory {
 }
 
 /// Kills the child when dropped, so that no gateway outlives a failed run.
-struct Gateway(Child);
+pub(super) struct Gateway(pub(super) Child);
 
 impl Drop for Gateway {
     fn drop(&mut self) {
@@ -37,12 +37,12 @@ impl Drop for Gateway {
 }
 
 /// Reads a `VmRSS`/`VmHWM`-style line of /proc/PID/status, in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(super) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_status_kib(&status, field)
 }
 
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+pub(super) fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
