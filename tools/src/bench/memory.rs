@@ -36,6 +36,32 @@ impl Drop for Gateway {
     }
 }
 
+/// Starts `fanout-gateway serve` (`exe`) with the config at `config_path` and waits until it
+/// listens on `port`.
+pub(super) async fn serve(
+    exe: &std::path::Path,
+    config_path: &std::path::Path,
+    port: u16,
+) -> Result<Gateway, BenchError> {
+    let child = Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let gateway = Gateway(child);
+    let listening_by = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > listening_by {
+            return Err(BenchError::Gateway(format!("the gateway process did not listen on port {port} within 30 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(gateway)
+}
+
 /// Reads a `VmRSS`/`VmHWM`-style line of /proc/PID/status, in KiB.
 pub(super) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -84,25 +110,10 @@ topics = ["{topic}"]
             topic = backlog.topic
         ),
     )?;
-    let child = Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let gateway = Gateway(child);
+    let gateway = serve(exe, &config_path, port).await?;
     let pid = gateway.0.id();
     let endpoint = format!("http://127.0.0.1:{port}");
 
-    let listening_by = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > listening_by {
-            return Err(BenchError::Gateway(format!("the gateway process did not listen on port {port} within 30 s")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let start_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     // The slow subscriber, on the subscriber library: SLOW_WINDOW handlers of SLOW_WORK each.
     let subscriber = Subscriber::builder("slow")

@@ -4,10 +4,9 @@
 //! message flows. The gateway runs as its own `serve` process, measured from /proc.
 
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::memory::{proc_status_kib, Gateway};
+use super::memory::{proc_status_kib, serve};
 use super::BenchError;
 
 /// What one gateway process with `routes` idle routes costs, measured over a window after
@@ -69,23 +68,8 @@ pub async fn idle(
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("fanout.toml");
     std::fs::write(&config_path, config(port, bootstrap, &group, topic, routes))?;
-    let child = Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let gateway = Gateway(child);
+    let gateway = serve(exe, &config_path, port).await?;
     let pid = gateway.0.id();
-    let listening_by = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > listening_by {
-            return Err(BenchError::Gateway(format!("the gateway process did not listen on port {port} within 30 s")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     tokio::time::sleep(settle).await;
     let before = cpu_seconds(pid);
     let started = Instant::now();
