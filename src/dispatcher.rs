@@ -464,7 +464,7 @@ pub async fn run(
             // after_each answers the revokes whose deadline this is.
             _ = tokio::time::sleep_until(revoke_deadline.unwrap_or(far)), if revoke_deadline.is_some() => {}
             // Only while something waits for a time: an idle route sleeps.
-            now = retry_tick.tick(), if d.registry.delayed() > 0 || d.registry.in_flight() > 0 => {
+            now = retry_tick.tick(), if d.registry.waits_for_time() => {
                 d.registry.release_due(now);
                 if now >= next_deadline_scan {
                     d.registry.expire(now);

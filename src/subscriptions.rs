@@ -481,6 +481,12 @@ impl Registry {
         self.sessions.values().map(|s| s.in_flight.len()).sum()
     }
 
+    /// Whether anything waits for a time: a retry's backoff or a delivery's ack deadline.
+    /// Stops at the first session with a delivery out, so a busy route answers at once.
+    pub fn waits_for_time(&self) -> bool {
+        self.delayed() > 0 || self.sessions.values().any(|s| !s.in_flight.is_empty())
+    }
+
     /// Open sessions, draining ones included.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -135,6 +135,27 @@ impl ClientFailure {
     }
 }
 
+impl ClientFailure {
+    /// One broker's failure while the cluster answers (a node down, restarting or moved): not
+    /// a wrong address to check, Kafka's own failover; None for failures that say the same
+    /// whoever fails (TLS, SASL: the next broker will refuse them too).
+    fn one_broker_message(self, reason: &str) -> Option<String> {
+        const FAILOVER: &str = "the cluster answers: Kafka serves the broker's partitions from the others meanwhile";
+        match self {
+            Self::Refused => Some(format!(
+                "kafka broker at {} refuses connections (nothing listens there) while {FAILOVER}; retrying ({reason})",
+                refused_address(reason).unwrap_or("a known address")
+            )),
+            Self::Unresolvable => Some(format!(
+                "kafka broker {} cannot be resolved while {FAILOVER}; retrying ({reason})",
+                unresolved_host(reason).unwrap_or("of the cluster")
+            )),
+            Self::Unreachable => Some(format!("kafka broker unreachable while {FAILOVER}; retrying ({reason})")),
+            Self::Tls | Self::Authentication | Self::Other => None,
+        }
+    }
+}
+
 /// Whose failure a report is: one broker's (librdkafka's per-broker errors and log lines) or
 /// the cluster's (`_ALL_BROKERS_DOWN`, a request that no broker answered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,14 +242,30 @@ struct Said {
 }
 
 impl Said {
+    /// The verdict for a failure that names its cause exactly when its kind does.
+    #[cfg(test)]
     fn verdict(&mut self, kind: ClientFailure, code: Option<RDKafkaErrorCode>, now: Instant) -> Verdict {
-        if kind.names_cause() {
+        self.verdict_for(kind, code, kind.names_cause(), now)
+    }
+
+    /// Whether to say and record a failure of `kind`: once per interval per kind, and a
+    /// symptom not over the cause said last. It names the cause of Kafka not answering only if
+    /// `names_cause` (one broker's failure while the cluster answers names none: should the
+    /// cluster fail next, that is said).
+    fn verdict_for(
+        &mut self,
+        kind: ClientFailure,
+        code: Option<RDKafkaErrorCode>,
+        names_cause: bool,
+        now: Instant,
+    ) -> Verdict {
+        if names_cause {
             self.cause = Some(now);
         }
         let cause_holds = self.cause.is_some_and(|at| now.saturating_duration_since(at) < CAUSE_HOLDS);
         // A symptom of the cause already said adds nothing; another kind of error still gets
         // its line, but the status keeps showing the cause.
-        let subsumed = cause_holds && !kind.names_cause();
+        let subsumed = cause_holds && !names_cause;
         if subsumed && kind == ClientFailure::Unreachable {
             return Verdict { say: false, record: false };
         }
@@ -295,20 +332,25 @@ impl ClientReports {
 
     fn report(&self, kind: ClientFailure, scope: Scope, reason: &str, error: Option<&KafkaError>) {
         Stats::bump(&self.stats.kafka_errors, 1);
+        // Before this report's effect: whether the cluster answered until now.
+        let cluster_answers = self.stats.kafka_reachable.load(Ordering::Relaxed);
         match kind.effect(scope) {
             Effect::CutOff => self.stats.kafka_reachable.store(false, Ordering::Relaxed),
             Effect::Doubt => self.doubt.store(true, Ordering::Relaxed),
             Effect::None => {}
         }
+        let one_broker = (scope == Scope::Broker && cluster_answers).then(|| kind.one_broker_message(reason)).flatten();
         let code = error.and_then(KafkaError::rdkafka_error_code);
-        let verdict = self.said.lock().verdict(kind, code, Instant::now());
+        let verdict =
+            self.said.lock().verdict_for(kind, code, kind.names_cause() && one_broker.is_none(), Instant::now());
         let error = error.map(ToString::to_string);
         let error = error.as_deref();
         if !verdict.say && !verdict.record {
             debug!(error, failure = kind.name(), "{reason}");
             return;
         }
-        let message = crate::redact::redact(&kind.message(&self.bootstrap, reason)).into_owned();
+        let message = one_broker.unwrap_or_else(|| kind.message(&self.bootstrap, reason));
+        let message = crate::redact::redact(&message).into_owned();
         if verdict.say {
             warn!(error, failure = kind.name(), "{message}");
         } else {
@@ -467,6 +509,33 @@ mod tests {
             ClientFailure::Refused.message("b:1", ALL_DOWN).contains("nothing listens at b:1"),
             "falls back to the bootstrap list"
         );
+    }
+
+    #[test]
+    fn one_broker_failing_while_the_cluster_answers_is_not_a_wrong_address() {
+        let refused = ClientFailure::Refused.one_broker_message(REFUSED).expect("said differently");
+        assert!(refused.starts_with("kafka broker at 127.0.0.1:9 refuses connections"), "{refused}");
+        assert!(refused.contains("the cluster answers") && !refused.contains("bootstrap_servers"), "{refused}");
+        let resolve = ClientFailure::Unresolvable.one_broker_message(UNRESOLVABLE).expect("said differently");
+        assert!(resolve.contains("no-such-broker.invalid") && !resolve.contains("bootstrap_servers"), "{resolve}");
+        assert_eq!(ClientFailure::Tls.one_broker_message(TLS), None, "the next broker refuses TLS the same way");
+        assert_eq!(ClientFailure::Other.one_broker_message("x"), None);
+
+        // Through the reports: the same refusal reads as a wrong address until Kafka answered.
+        let error = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        let said = |answered: bool| {
+            let stats = Arc::new(Stats::default());
+            stats.kafka_reachable.store(answered, Ordering::Relaxed);
+            ClientReports::new(stats.clone(), "127.0.0.1:9").client_error(&error, REFUSED);
+            let said = stats.last_kafka_error.read().clone().unwrap_or_default();
+            said
+        };
+        // One broker's failure names no cause: the cluster's failure after it is still said.
+        let (mut limit, t0) = (Said::default(), Instant::now());
+        assert!(limit.verdict_for(ClientFailure::Refused, None, false, t0).say);
+        assert_eq!(limit.verdict(ClientFailure::Unreachable, None, t0 + Duration::from_secs(1)), SAY);
+        assert!(said(false).contains("check kafka.bootstrap_servers"), "{}", said(false));
+        assert!(said(true).starts_with("kafka broker at 127.0.0.1:9 refuses connections"), "{}", said(true));
     }
 
     #[test]
