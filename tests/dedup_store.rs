@@ -13,6 +13,8 @@ use std::time::Duration;
 use fanout_gateway::dedup::{self, Claim, DedupConfig, DedupError, DedupStore, RedisStore, StoreKind, Verdict};
 use futures::FutureExt;
 
+mod support;
+
 const REDIS: &str = "redis://127.0.0.1:6379";
 const LONG_TTL: Duration = Duration::from_secs(60);
 /// Overall limit of each test: a hang fails instead of blocking CI.
@@ -247,7 +249,7 @@ impl PrivateRedis {
 #[tokio::test]
 async fn claims_fail_clearly_while_redis_is_down_and_work_again_after_it_restarts() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = support::free_port();
         let redis = PrivateRedis::start(port).await;
         let url = format!("redis://127.0.0.1:{port}");
         let store = RedisStore::connect(&url, "dedup:", LONG_TTL).await.expect("connects");
