@@ -209,9 +209,11 @@ impl Dispatcher {
                         "ignored acks of ids not in flight on this stream"
                     );
                 }
+                // One clock read per batch of acks, not one per ack.
+                let now = Instant::now();
                 for p in acked.settled {
                     if p.replay.is_none() {
-                        self.delivery_latency.observe(p.received.elapsed().as_secs_f64());
+                        self.delivery_latency.observe(now.saturating_duration_since(p.received).as_secs_f64());
                     }
                     self.settle(&p);
                 }

@@ -107,7 +107,9 @@ pub struct Registry {
     route: RouteState,
     /// Who holds each key, and the messages parked until their key's old owner settles.
     keys: KeyTable,
-    sessions: HashMap<SessionId, Session>,
+    /// Looked up for every ack and every batch sent: hashed with xxh3 rather than SipHash (the
+    /// ids are the gateway's own counter, nothing a client picks).
+    sessions: HashMap<SessionId, Session, xxhash_rust::xxh3::Xxh3Builder>,
     next_id: SessionId,
     /// While set, nothing new is sent (graceful shutdown).
     paused: bool,
@@ -136,6 +138,10 @@ pub struct Registry {
     pub exhausted_without_dlq: u64,
     /// Commit generations, which acks are stamped with (routes with `window_until_commit`).
     commits: CommitWindow,
+    /// Acks in every session's window waiting for a commit to cover them (the sum of the
+    /// sessions' unconfirmed totals), kept as they change: the dispatcher asks after every
+    /// event whether a commit is wanted, and that must not cost a pass over the sessions.
+    unconfirmed: u64,
     /// Partitions being revoked (draining): nothing of theirs is sent any more; their
     /// in-flight deliveries may still be acked until the partitions are purged.
     revoked: BTreeSet<TopicPartition>,
@@ -148,7 +154,7 @@ impl Registry {
         Self {
             route: RouteState::new(route),
             keys: KeyTable::default(),
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             next_id: SessionId(1),
             paused: false,
             dirty: BTreeSet::new(),
@@ -163,6 +169,7 @@ impl Registry {
             retries_scheduled: 0,
             exhausted_without_dlq: 0,
             commits: CommitWindow::default(),
+            unconfirmed: 0,
             revoked: BTreeSet::new(),
         }
     }
@@ -223,6 +230,7 @@ impl Registry {
     /// Unknown ids are ignored (the stream may end twice: reader and writer side).
     pub fn unregister(&mut self, id: SessionId) -> bool {
         let Some(session) = self.sessions.remove(&id) else { return false };
+        self.unconfirmed -= u64::from(session.unconfirmed.total());
         self.closed += 1;
         self.dirty.remove(&id);
         let route = &mut self.route;
@@ -283,6 +291,7 @@ impl Registry {
         let done = self.sessions.get(&id).is_some_and(|s| s.draining && s.in_flight.is_empty());
         if done {
             if let Some(s) = self.sessions.remove(&id) {
+                self.unconfirmed -= u64::from(s.unconfirmed.total());
                 self.closed += 1;
                 let reason = s.close_reason.unwrap_or(CloseReason::Drained);
                 let _ = s.outbox.send(SessionMessage::Closed(reason));
@@ -339,6 +348,7 @@ impl Registry {
         cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).acked += out.settled.len() as u64;
         if self.route.config.window_until_commit && !out.settled.is_empty() {
             session.unconfirmed.add(self.commits.current(), out.settled.len() as u32);
+            self.unconfirmed += out.settled.len() as u64;
         }
         let mut freed = Vec::new();
         for p in &out.settled {
@@ -425,7 +435,9 @@ impl Registry {
     /// The commit of `generation` landed: the acks it covers free their window places.
     pub fn commit_landed(&mut self, generation: u64) {
         for (id, s) in &mut self.sessions {
-            if s.unconfirmed.confirm(generation) {
+            let freed = s.unconfirmed.confirm(generation);
+            if freed > 0 {
+                self.unconfirmed -= u64::from(freed);
                 self.dirty.insert(*id);
             }
         }
@@ -433,7 +445,7 @@ impl Registry {
 
     /// Whether some subscriber's window holds acks waiting for a commit.
     pub fn awaiting_commit(&self) -> bool {
-        self.sessions.values().any(|s| s.unconfirmed.total() > 0)
+        self.unconfirmed > 0
     }
 
     /// At-most-once batches to commit before they are sent.
@@ -521,6 +533,7 @@ impl Registry {
 
     /// Ends every session with `reason`.
     pub fn close_all(&mut self, reason: CloseReason) {
+        self.unconfirmed = 0;
         for (_, s) in self.sessions.drain() {
             self.closed += 1;
             let _ = s.outbox.send(SessionMessage::Closed(reason.clone()));
@@ -674,6 +687,10 @@ mod tests {
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|d| d.offset).collect::<Vec<_>>(), vec![4]);
         assert!(!reg.awaiting_commit());
+        reg.ack(a.session, &[reg.handle(a.session, "t/0/3")]);
+        assert!(reg.awaiting_commit());
+        reg.unregister(a.session);
+        assert!(!reg.awaiting_commit(), "a closed session's acks wait for nothing");
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub(super) struct PartitionState {
     pub(super) refetching: Option<i64>,
     /// The group's committed offset: found at assignment, then each commit that landed.
     pub(super) committed: Option<i64>,
+    /// Listed in [`Partitions`]' flow-control and commit work lists (see [`Touched`]).
+    touched: Touched,
+    /// Records held as the last flow-control pass counted them (its share of the route's total).
+    counted: usize,
+}
+
+/// Which of [`Partitions`]' work lists a partition is on: each is drained by the pass that
+/// needs it, so a pass costs the partitions that changed since the last one, not all of them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Touched {
+    flow: bool,
+    commit: bool,
 }
 
 /// What to do with a record that arrives for a partition.
@@ -41,7 +53,17 @@ pub(super) enum Admit {
 
 impl PartitionState {
     pub(super) fn new(tracker: PartitionTracker, epoch: u64, committed: Option<i64>) -> Self {
-        Self { tracker, epoch, paused: false, last_commit: None, refetch_from: None, refetching: None, committed }
+        Self {
+            tracker,
+            epoch,
+            paused: false,
+            last_commit: None,
+            refetch_from: None,
+            refetching: None,
+            committed,
+            touched: Touched::default(),
+            counted: 0,
+        }
     }
 
     /// Whether the record at `offset` may be taken with at most `max` offsets held.
@@ -121,14 +143,55 @@ pub(super) struct FlowControl {
 
 /// The route's assigned partitions, each under the assignment epoch it was given: acks and
 /// verdicts of an older epoch (the partition was revoked meanwhile) find nothing.
+///
+/// The dispatcher runs flow control after every event and computes commit points whenever a
+/// commit may go; both visit only the partitions an event touched since their last pass (a
+/// record taken, an ack, a position, an assignment), so a route's work per event follows the
+/// event, not the number of partitions it owns.
 pub(super) struct Partitions {
-    states: HashMap<TopicPartition, PartitionState>,
+    states: HashMap<TopicPartition, PartitionState, xxhash_rust::xxh3::Xxh3Builder>,
     next_epoch: u64,
+    /// Partitions whose held count or pause state may have changed since the last flow control.
+    flow_touched: Vec<TopicPartition>,
+    /// Partitions whose commit point may have moved since the last [`Partitions::commit_points`].
+    commit_touched: Vec<TopicPartition>,
+    /// Records held, all partitions, as their last flow-control pass counted them.
+    held: u64,
+}
+
+/// Puts `tp` on both work lists, once.
+fn touch(
+    state: &mut PartitionState,
+    tp: &TopicPartition,
+    flow: &mut Vec<TopicPartition>,
+    commit: &mut Vec<TopicPartition>,
+) {
+    if !state.touched.flow {
+        state.touched.flow = true;
+        flow.push(tp.clone());
+    }
+    if !state.touched.commit {
+        state.touched.commit = true;
+        commit.push(tp.clone());
+    }
 }
 
 impl Partitions {
     pub(super) fn new() -> Self {
-        Self { states: HashMap::new(), next_epoch: 1 }
+        Self {
+            states: HashMap::default(),
+            next_epoch: 1,
+            flow_touched: Vec::new(),
+            commit_touched: Vec::new(),
+            held: 0,
+        }
+    }
+
+    /// The state of `tp` and the work lists, for an event that changed it.
+    fn touched(&mut self, tp: &TopicPartition) -> Option<&mut PartitionState> {
+        let state = self.states.get_mut(tp)?;
+        touch(state, tp, &mut self.flow_touched, &mut self.commit_touched);
+        Some(state)
     }
 
     /// Partitions assigned: each starts from the group's committed offset, skipping what the
@@ -138,14 +201,18 @@ impl Partitions {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
             let tracker = PartitionTracker::new(a.committed, a.acked_above);
-            self.states.insert(a.tp, PartitionState::new(tracker, epoch, a.committed));
+            let mut state = PartitionState::new(tracker, epoch, a.committed);
+            touch(&mut state, &a.tp, &mut self.flow_touched, &mut self.commit_touched);
+            if let Some(before) = self.states.insert(a.tp, state) {
+                self.held -= before.counted as u64;
+            }
         }
     }
 
     /// Whether a record is taken with at most `max` offsets held per partition, and tracked if
     /// so.
     pub(super) fn take(&mut self, record: &Record, max: usize) -> Intake {
-        let Some(state) = self.states.get_mut(&record.tp) else { return Intake::NotOurs };
+        let Some(state) = self.touched(&record.tp) else { return Intake::NotOurs };
         if state.admit(record.offset, max) == Admit::Refetch {
             return Intake::Refetch;
         }
@@ -163,17 +230,17 @@ impl Partitions {
     pub(super) fn restart(&mut self, tp: &TopicPartition) {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
-        if let Some(state) = self.states.get_mut(tp) {
-            let paused = state.paused;
+        if let Some(state) = self.touched(tp) {
+            let (paused, touched, counted) = (state.paused, state.touched, state.counted);
             *state = PartitionState::new(PartitionTracker::new(None, Vec::new()), epoch, None);
-            state.paused = paused;
+            (state.paused, state.touched, state.counted) = (paused, touched, counted);
         }
     }
 
     /// Records the ack of `offset` if its partition is still the assignment `epoch` names;
     /// None when it is not (revoked since).
     pub(super) fn ack(&mut self, tp: &TopicPartition, epoch: u64, offset: i64) -> Option<AckOutcome> {
-        self.current(tp, epoch).map(|state| state.tracker.ack(offset))
+        self.current_touched(tp, epoch).map(|state| state.tracker.ack(offset))
     }
 
     /// The partition's commit point now, noted as sent, if it is still the assignment `epoch`
@@ -194,6 +261,13 @@ impl Partitions {
         self.states.get_mut(tp).filter(|s| s.epoch == epoch)
     }
 
+    /// [`Partitions::current`], put on the work lists: an ack changed it.
+    fn current_touched(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
+        let state = self.states.get_mut(tp).filter(|s| s.epoch == epoch)?;
+        touch(state, tp, &mut self.flow_touched, &mut self.commit_touched);
+        Some(state)
+    }
+
     /// The consumer sought `tp` back (see [`PartitionState::sought`]).
     pub(super) fn sought(&mut self, tp: &TopicPartition) {
         if let Some(state) = self.states.get_mut(tp) {
@@ -204,7 +278,7 @@ impl Partitions {
     /// The consumer's positions: where nothing is owed, commits may reach them.
     pub(super) fn reached(&mut self, positions: Vec<(TopicPartition, i64)>) {
         for (tp, position) in positions {
-            if let Some(state) = self.states.get_mut(&tp) {
+            if let Some(state) = self.touched(&tp) {
                 state.reached(position);
             }
         }
@@ -215,6 +289,7 @@ impl Partitions {
         let mut points = Vec::new();
         for tp in partitions {
             if let Some(state) = self.states.remove(tp) {
+                self.held -= state.counted as u64;
                 // Even if the same point was sent before: that commit may not have landed.
                 if let Some(point) = state.tracker.commit_point() {
                     points.push((tp.clone(), point));
@@ -227,11 +302,14 @@ impl Partitions {
     /// Commit points that moved since the last commit.
     pub(super) fn commit_points(&mut self) -> Vec<(TopicPartition, CommitPoint)> {
         let mut points = Vec::new();
-        for (tp, state) in &mut self.states {
+        for tp in std::mem::take(&mut self.commit_touched) {
+            // Released since it was touched: its final point went with the release.
+            let Some(state) = self.states.get_mut(&tp) else { continue };
+            state.touched.commit = false;
             if let Some(point) = state.tracker.commit_point() {
                 if state.last_commit.as_ref() != Some(&point) {
                     state.last_commit = Some(point.clone());
-                    points.push((tp.clone(), point));
+                    points.push((tp, point));
                 }
             }
         }
@@ -242,7 +320,7 @@ impl Partitions {
     /// them again even if no new ack moves them.
     pub(super) fn forget_sent(&mut self, points: Vec<(TopicPartition, CommitPoint)>) {
         for (tp, point) in points {
-            if let Some(state) = self.states.get_mut(&tp) {
+            if let Some(state) = self.touched(&tp) {
                 if state.last_commit.as_ref() == Some(&point) {
                     state.last_commit = None;
                 }
@@ -275,17 +353,22 @@ impl Partitions {
     /// Partitions to pause (buffer of `max` full) and to resume (back under half).
     pub(super) fn flow_control(&mut self, max: usize) -> FlowControl {
         let mut out = FlowControl::default();
-        for (tp, state) in &mut self.states {
+        for tp in std::mem::take(&mut self.flow_touched) {
+            // Released since it was touched: nothing to pause or resume, its count went with it.
+            let Some(state) = self.states.get_mut(&tp) else { continue };
+            state.touched.flow = false;
             let held = state.tracker.uncommitted();
-            out.held += held as u64;
+            self.held = self.held + held as u64 - state.counted as u64;
+            state.counted = held;
             let full = held >= max || state.refetch_from.is_some();
             if !state.paused && full {
                 state.paused = true;
-                out.pause.push(tp.clone());
+                out.pause.push(tp);
             } else if state.paused && held <= max / 2 {
-                out.resume.push((tp.clone(), state.resume()));
+                out.resume.push((tp, state.resume()));
             }
         }
+        out.held = self.held;
         out
     }
 
@@ -303,6 +386,12 @@ impl Partitions {
             .collect();
         partitions.sort_by(|a, b| (&a.tp.topic, a.tp.partition).cmp(&(&b.tp.topic, b.tp.partition)));
         partitions
+    }
+
+    /// How many partitions the next flow-control pass and the next commit-point pass visit.
+    #[cfg(test)]
+    fn work(&self) -> (usize, usize) {
+        (self.flow_touched.len(), self.commit_touched.len())
     }
 
     /// What may be committed of `tp` now, if it is assigned.
@@ -428,6 +517,42 @@ mod tests {
         }
         let flow = partitions.flow_control(4);
         assert_eq!(flow.resume, vec![(tp(0), Some(4))]);
+    }
+
+    #[test]
+    fn each_pass_visits_only_the_partitions_touched_since_the_last_and_the_total_held_follows() {
+        let mut partitions = Partitions::new();
+        let assign = |p| Assignment { tp: tp(p), committed: None, acked_above: vec![] };
+        partitions.assign((0..100).map(assign).collect());
+        assert_eq!(partitions.work(), (100, 100), "a new assignment is looked at once");
+        assert_eq!(partitions.flow_control(4).held, 0);
+        assert!(partitions.commit_points().is_empty(), "nothing acked, nothing committed yet");
+        assert_eq!(partitions.work(), (0, 0));
+
+        for o in 0..4 {
+            partitions.take(&record(7, o), 4);
+        }
+        partitions.take(&record(9, 0), 4);
+        assert_eq!(partitions.work(), (2, 2), "two partitions took records");
+        let flow = partitions.flow_control(4);
+        assert_eq!((flow.pause, flow.held), (vec![tp(7)], 5));
+        let again = partitions.flow_control(4);
+        assert_eq!((again.pause.len(), again.resume.len(), again.held), (0, 0, 5), "no event, no change");
+
+        for o in 0..3 {
+            partitions.ack(&tp(7), partitions.states[&tp(7)].epoch, o);
+        }
+        assert_eq!(partitions.work(), (1, 2), "the acks touched one partition; 9 still awaits a commit pass");
+        let flow = partitions.flow_control(4);
+        assert_eq!((flow.resume, flow.held), (vec![(tp(7), None)], 2));
+        let points = partitions.commit_points();
+        assert_eq!(points.iter().map(|(tp, p)| (tp.partition, p.offset)).collect::<Vec<_>>(), vec![(7, 3), (9, 0)]);
+        assert!(partitions.commit_points().is_empty(), "sent, and nothing touched since");
+
+        partitions.forget_sent(points.clone());
+        assert_eq!(partitions.commit_points(), points, "a failed commit's point goes again");
+        assert_eq!(partitions.release(&[tp(7)]).len(), 1);
+        assert_eq!(partitions.flow_control(4).held, 1, "a released partition's records leave the total");
     }
 
     #[test]

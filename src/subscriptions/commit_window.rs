@@ -47,17 +47,17 @@ impl Unconfirmed {
         self.total += n;
     }
 
-    /// The commit of `generation` landed: the acks it covers are confirmed. Returns whether
-    /// any places were freed.
-    pub(super) fn confirm(&mut self, generation: u64) -> bool {
-        let mut freed = false;
+    /// The commit of `generation` landed: the acks it covers are confirmed. Returns how many
+    /// window places were freed.
+    pub(super) fn confirm(&mut self, generation: u64) -> u32 {
+        let mut freed = 0;
         while let Some(&(g, n)) = self.by_generation.front() {
             if g > generation {
                 break;
             }
             self.by_generation.pop_front();
             self.total -= n;
-            freed = true;
+            freed += n;
         }
         freed
     }
@@ -81,12 +81,12 @@ mod tests {
         let first = commits.start();
         acks.add(commits.current(), 4);
         assert_eq!(acks.total(), 7);
-        assert!(acks.confirm(first));
+        assert_eq!(acks.confirm(first), 3);
         assert_eq!(acks.total(), 4, "the ack after the commit was computed is not covered");
-        assert!(!acks.confirm(first), "nothing more to free");
+        assert_eq!(acks.confirm(first), 0, "nothing more to free");
         let second = commits.start();
         assert!(second > first);
-        assert!(acks.confirm(second));
+        assert_eq!(acks.confirm(second), 4);
         assert_eq!(acks.total(), 0);
     }
 }
