@@ -3,23 +3,39 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
+use xxhash_rust::xxh3::{Xxh3, Xxh3Builder};
 
-/// What orders a delivery: its topic and Kafka key. Deliveries without a key are unordered
-/// (as with Pub/Sub's ordering keys): they run as soon as a handler slot is free.
-pub(crate) type OrderKey = (String, Bytes);
+/// What orders a delivery: its topic and Kafka key, as a 64-bit hash ([`order_key`]).
+/// Deliveries without a key are unordered (as with Pub/Sub's ordering keys): they run as soon
+/// as a handler slot is free.
+///
+/// A hash rather than the topic and key themselves: it is computed once per delivery and
+/// copied freely, where the pair cost two allocations per delivery and more per queued one.
+/// Two different keys with the same hash (one chance in 2^64 for a pair) only run one after
+/// the other, as one key would: every key's own order still holds.
+pub(crate) type OrderKey = u64;
+
+/// The order key of a delivery of `topic` with Kafka key `key`. The topic's length goes first,
+/// so no topic and key pair runs into another (`"ab" + "c"` is not `"a" + "bc"`).
+pub(crate) fn order_key(topic: &str, key: &[u8]) -> OrderKey {
+    let mut hasher = Xxh3::new();
+    hasher.update(&(topic.len() as u64).to_le_bytes());
+    hasher.update(topic.as_bytes());
+    hasher.update(key);
+    hasher.digest()
+}
 
 /// Jobs not yet running. A key is *busy* from the moment one of its jobs is ready until that
 /// job finishes; the key's later jobs wait behind it.
 pub(crate) struct KeyedQueue<T> {
     ready: VecDeque<(Option<OrderKey>, T)>,
     /// Busy keys, each with the jobs waiting behind its ready or running one.
-    waiting: HashMap<OrderKey, VecDeque<T>>,
+    waiting: HashMap<OrderKey, VecDeque<T>, Xxh3Builder>,
 }
 
 impl<T> KeyedQueue<T> {
     pub(crate) fn new() -> Self {
-        Self { ready: VecDeque::new(), waiting: HashMap::new() }
+        Self { ready: VecDeque::new(), waiting: HashMap::default() }
     }
 
     pub(crate) fn push(&mut self, key: Option<OrderKey>, job: T) {
@@ -30,7 +46,7 @@ impl<T> KeyedQueue<T> {
         match self.waiting.get_mut(&key) {
             Some(behind) => behind.push_back(job),
             None => {
-                self.waiting.insert(key.clone(), VecDeque::new());
+                self.waiting.insert(key, VecDeque::new());
                 self.ready.push_back((Some(key), job));
             }
         }
@@ -42,12 +58,12 @@ impl<T> KeyedQueue<T> {
     }
 
     /// The running job of `key` finished: the next of that key, if any, becomes ready.
-    pub(crate) fn finished(&mut self, key: &OrderKey) {
-        let Some(behind) = self.waiting.get_mut(key) else { return };
+    pub(crate) fn finished(&mut self, key: OrderKey) {
+        let Some(behind) = self.waiting.get_mut(&key) else { return };
         match behind.pop_front() {
-            Some(next) => self.ready.push_back((Some(key.clone()), next)),
+            Some(next) => self.ready.push_back((Some(key), next)),
             None => {
-                self.waiting.remove(key);
+                self.waiting.remove(&key);
             }
         }
     }
@@ -62,7 +78,7 @@ mod tests {
     use super::*;
 
     fn key(k: &str) -> Option<OrderKey> {
-        Some(("t".to_string(), Bytes::copy_from_slice(k.as_bytes())))
+        Some(order_key("t", k.as_bytes()))
     }
 
     #[test]
@@ -74,12 +90,12 @@ mod tests {
         let (k, first) = q.pop().expect("first of a is ready");
         assert_eq!(first, 1);
         assert!(q.pop().is_none(), "a's second waits for its first");
-        q.finished(k.as_ref().expect("keyed"));
+        q.finished(k.expect("keyed"));
         assert_eq!(q.pop().map(|(_, j)| j), Some(2));
         assert!(q.pop().is_none());
-        q.finished(k.as_ref().expect("keyed"));
+        q.finished(k.expect("keyed"));
         assert_eq!(q.pop().map(|(_, j)| j), Some(3));
-        q.finished(k.as_ref().expect("keyed"));
+        q.finished(k.expect("keyed"));
         assert!(q.is_empty());
     }
 
@@ -99,8 +115,10 @@ mod tests {
     #[test]
     fn the_same_key_on_another_topic_is_another_key() {
         let mut q = KeyedQueue::new();
-        q.push(Some(("t1".into(), Bytes::from_static(b"k"))), 1);
-        q.push(Some(("t2".into(), Bytes::from_static(b"k"))), 2);
+        q.push(Some(order_key("t1", b"k")), 1);
+        q.push(Some(order_key("t2", b"k")), 2);
         assert_eq!(std::iter::from_fn(|| q.pop().map(|(_, j)| j)).count(), 2);
+        assert_ne!(order_key("ab", b"c"), order_key("a", b"bc"), "the topic ends where its length says");
+        assert_eq!(order_key("t", b"k"), order_key("t", b"k"));
     }
 }

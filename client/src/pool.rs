@@ -11,7 +11,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::handler::{Handler, Nack};
-use crate::keyed::{KeyedQueue, OrderKey};
+use crate::keyed::{self, KeyedQueue, OrderKey};
 use crate::stats::Counters;
 
 /// What a stream sends up for a handled delivery.
@@ -55,7 +55,7 @@ pub(crate) fn spawn<H: Handler>(
 }
 
 fn order_key(d: &Delivery) -> Option<OrderKey> {
-    d.key.as_ref().map(|k| (d.topic.clone(), k.clone()))
+    d.key.as_ref().map(|k| keyed::order_key(&d.topic, k))
 }
 
 async fn run<H: Handler>(
@@ -73,7 +73,7 @@ async fn run<H: Handler>(
             let Some((key, job)) = queue.pop() else { break };
             if job.origin.0.is_closed() {
                 Counters::add(&counters.abandoned, 1);
-                if let Some(key) = &key {
+                if let Some(key) = key {
                     queue.finished(key);
                 }
                 continue;
@@ -93,7 +93,7 @@ async fn run<H: Handler>(
             Some(key) = done.recv() => {
                 running -= 1;
                 Counters::sub(&counters.running, 1);
-                if let Some(key) = &key {
+                if let Some(key) = key {
                     queue.finished(key);
                 }
             }
