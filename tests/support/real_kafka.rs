@@ -1,6 +1,10 @@
 //! A real Apache Kafka broker for tests: one node in KRaft combined mode (broker and
 //! controller), its jars fetched from Maven Central by `tests/kafka/pom.xml` into
-//! `target/kafka-jars` (`.ci/setup` does it), run as its own JVM on free loopback ports.
+//! `target/kafka-jars` (`.ci/setup` does it), run as its own JVM on free loopback ports. The
+//! processes (storage format, start, kill, restart, readiness, watchdog, logs) are the
+//! workspace's `fanout-kafka-fixture` crate, which the benchmark starts its broker with too;
+//! this module adds what tests need around it: the TLS files, the SCRAM user, gateway configs,
+//! topics, offsets and ACLs.
 //!
 //! [`RealKafka::shared`] starts one broker per test binary, on first use; each test gets a
 //! [`Lease`] that prints the broker's log tail and keeps its log when the test fails.
@@ -28,79 +32,42 @@
 //! Java still runs everything else); with `CI=true` their absence fails the test.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use fanout_gateway::config::Config;
-use rand::Rng;
+use fanout_kafka_fixture::{Cluster, ClusterSpec, TlsListeners};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+pub use fanout_kafka_fixture::jars_dir;
+
 /// The SCRAM user the SASL_SSL listener knows, and its password.
 pub const SCRAM_USER: &str = "fanout";
 pub const SCRAM_PASSWORD: &str = "fanout-scram-secret";
 
-/// How long the broker may take to answer a metadata request after its JVM started.
-const START_LIMIT: Duration = Duration::from_secs(90);
-/// Lines of the broker's log printed when a test fails.
-const TAIL_LINES: usize = 60;
-
-/// A running cluster of one or more nodes.
+/// A running cluster of one or more nodes, and the files a test's clients need to reach it.
 pub struct RealKafka {
-    /// Every node's plaintext listener.
-    bootstrap: String,
-    /// The SASL_SSL listener's address (node 1 of a single-node cluster; empty otherwise).
-    sasl_ssl: String,
-    /// The mutual-TLS listener's address (likewise).
-    ssl: String,
+    /// The nodes' JVMs, ports and logs.
+    cluster: Cluster,
     /// A client certificate and key (PEM files) the mutual-TLS listener accepts.
     client_certificate: (PathBuf, PathBuf),
     /// The CA (PEM) that signed the broker's certificate.
     ca_file: PathBuf,
-    /// The nodes' data and logs; removed when the cluster ends unless a test failed.
-    dir: PathBuf,
-    /// Node `n` (its `node.id`) is `nodes[n - 1]`.
-    nodes: Vec<Node>,
-    /// Its write end is the watchdog's pipe: closing it (dropping it, or the process ending)
-    /// makes the watchdog kill every JVM listed in `pids`.
-    watchdog: Option<(Child, ChildStdin)>,
-}
-
-/// One node: broker and controller in one JVM.
-struct Node {
-    id: usize,
-    plaintext: u16,
-    properties: PathBuf,
-    log: PathBuf,
-    /// None while the node is killed.
-    java: Option<Child>,
-}
-
-/// Where `.ci/setup` copies the broker's jars: FANOUT_KAFKA_JARS, or `target/kafka-jars`.
-pub fn jars_dir() -> PathBuf {
-    std::env::var_os("FANOUT_KAFKA_JARS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka-jars"))
 }
 
 /// Whether the jars are there. Without them: a note and `false` (the caller skips its test),
 /// or, in CI, a failure.
 pub fn available() -> bool {
-    let dir = jars_dir();
-    let has_broker = std::fs::read_dir(&dir)
-        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("kafka_2.13-")))
-        .unwrap_or(false);
-    if has_broker {
+    if fanout_kafka_fixture::jars_present() {
         return true;
     }
-    let what = format!("no Apache Kafka jars in {} (run .ci/setup, which needs java and mvn)", dir.display());
+    let what = format!("no Apache Kafka jars in {} (run .ci/setup, which needs java and mvn)", jars_dir().display());
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}: CI must run the real-broker tests");
     eprintln!("SKIPPED: {what}");
     false
@@ -147,22 +114,12 @@ allow.everyone.if.no.acl.found=false
         )
     }
 
+    /// `count` nodes; a single node also serves SASL_SSL and mutual TLS with certificates of
+    /// the test's own CA (a cluster is for faults, plaintext only).
     fn start(count: usize, extra: &str) -> Self {
-        let jars = jars_dir();
-        let classpath = format!("{}/*", jars.display());
-        let dir = tempfile::Builder::new().prefix("fanout-kafka-").tempdir().expect("a temp dir").keep();
-        let ports: Vec<Ports> = (0..count)
-            .map(|_| Ports {
-                plaintext: super::free_port(),
-                controller: super::free_port(),
-                sasl_ssl: super::free_port(),
-                ssl: super::free_port(),
-            })
-            .collect();
-        let voters: Vec<String> =
-            ports.iter().enumerate().map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller)).collect();
-        // The SASL_SSL listener's certificate, for 127.0.0.1 and localhost: the key and its
-        // chain in one PEM file (Kafka's PEM keystore; an unencrypted key needs Kafka 3.2+).
+        let dir = fanout_kafka_fixture::cluster::temp_dir().expect("a directory for the cluster");
+        // The TLS listeners' certificate, for 127.0.0.1 and localhost: the key and its chain
+        // in one PEM file (Kafka's PEM keystore; an unencrypted key needs Kafka 3.2+).
         let ca = super::pki::TestCa::new("kafka");
         let leaf = ca.server();
         let keystore = dir.join("broker-keystore.pem");
@@ -170,83 +127,40 @@ allow.everyone.if.no.acl.found=false
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca.pem).expect("CA written");
         let client_certificate = ca.client("fanout-gateway").write(&dir, "client");
-
+        let spec = ClusterSpec {
+            extra_properties: extra.to_string(),
+            tls: (count == 1).then(|| TlsListeners { keystore, ca: ca_file.clone() }),
+            scram_user: Some((SCRAM_USER.into(), SCRAM_PASSWORD.into())),
+            ..ClusterSpec::plaintext(count)
+        };
         let started = Instant::now();
-        let cluster_id = cluster_id();
-        let scram = |mechanism: &str| format!("{mechanism}=[name={SCRAM_USER},password={SCRAM_PASSWORD}]");
-        let mut nodes = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            let id = i + 1;
-            let properties = dir.join(format!("server-{id}.properties"));
-            let log = dir.join(if count == 1 { "broker.log".to_string() } else { format!("node-{id}.log") });
-            // A single node also serves SASL_SSL and mutual TLS; a cluster is for faults,
-            // plaintext only.
-            let tls = (count == 1).then_some((keystore.as_path(), ca_file.as_path()));
-            let text = server_properties(id, &dir.join(format!("data-{id}")), p, &voters.join(","), count, tls) + extra;
-            std::fs::write(&properties, text).expect("server.properties written");
-            let format = Command::new("java")
-                .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
-                .arg(&properties)
-                .args(["--add-scram", &scram("SCRAM-SHA-256"), "--add-scram", &scram("SCRAM-SHA-512")])
-                .stdout(log_file(&log))
-                .stderr(log_file(&log))
-                .status()
-                .expect("java runs (Java 17 or newer)");
-            assert!(format.success(), "formatting KRaft storage of node {id} failed: {}", tail(&log));
-            nodes.push(Node { id, plaintext: p.plaintext, properties, log, java: None });
-        }
-        let watchdog = Some(spawn_watchdog(&dir));
-        let bootstrap = ports.iter().map(|p| format!("127.0.0.1:{}", p.plaintext)).collect::<Vec<_>>().join(",");
-        let sasl_ssl = if count == 1 { format!("127.0.0.1:{}", ports[0].sasl_ssl) } else { String::new() };
-        let ssl = if count == 1 { format!("127.0.0.1:{}", ports[0].ssl) } else { String::new() };
-        let mut kafka = Self { bootstrap, sasl_ssl, ssl, client_certificate, ca_file, dir, nodes, watchdog };
-        for id in 1..=count {
-            kafka.launch(id);
-        }
-        kafka.wait_until_answering(started);
+        let cluster = Cluster::start(dir, &spec).unwrap_or_else(|error| panic!("real Kafka did not start: {error}"));
+        let kafka = Self { cluster, client_certificate, ca_file };
+        kafka.said_answering(count, started);
         kafka
     }
 
-    /// Starts node `id`'s JVM (its storage formatted already) and lists its PID for the
-    /// watchdog.
-    fn launch(&mut self, id: usize) {
-        let classpath = format!("{}/*", jars_dir().display());
-        let node = &mut self.nodes[id - 1];
-        let java = Command::new("java")
-            .args(["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true"])
-            // Timestamps in the log; the config dumps of every client and server at warn.
-            .args([
-                "-Dorg.slf4j.simpleLogger.showDateTime=true",
-                "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
-                "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn",
-            ])
-            .args(["-cp", &classpath, "kafka.Kafka"])
-            .arg(&node.properties)
-            .stdin(Stdio::null())
-            .stdout(log_file(&node.log))
-            .stderr(log_file(&node.log))
-            .spawn()
-            .expect("java starts");
-        let mut pids =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")).expect("pid list");
-        writeln!(pids, "{}", java.id()).expect("pid listed");
-        node.java = Some(java);
+    fn said_answering(&self, running: usize, started: Instant) {
+        eprintln!(
+            "real Kafka ({running} node{}) at {} answered after {:.1} s (logs: {})",
+            if running == 1 { "" } else { "s" },
+            self.cluster.bootstrap_servers(),
+            started.elapsed().as_secs_f64(),
+            self.cluster.dir().display()
+        );
     }
 
     /// Kills node `id` (SIGKILL: no controlled shutdown, as a crashed machine).
     pub fn kill(&mut self, id: usize) {
-        if let Some(mut java) = self.nodes[id - 1].java.take() {
-            let _ = java.kill();
-            let _ = java.wait();
-        }
+        self.cluster.kill(id);
     }
 
     /// Starts node `id` again on its storage and waits until the cluster lists it.
     pub fn restart(&mut self, id: usize) {
-        assert!(self.nodes[id - 1].java.is_none(), "node {id} runs");
         let started = Instant::now();
-        self.launch(id);
-        self.wait_until_answering(started);
+        self.cluster.restart(id).unwrap_or_else(|error| panic!("node {id} did not come back: {error}"));
+        let running = (1..=self.cluster.size()).filter(|n| self.cluster.pid(*n).is_some()).count();
+        self.said_answering(running, started);
     }
 
     /// The node that leads `partition` of `topic`, as the cluster's metadata says (-1 for none).
@@ -262,56 +176,23 @@ allow.everyone.if.no.acl.found=false
             .map_or(-1, |p| p.leader())
     }
 
-    /// Waits until every running node answers in the cluster's metadata.
-    fn wait_until_answering(&mut self, started: Instant) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("log_level", "3")
-            .create()
-            .expect("metadata client");
-        let running: Vec<i32> = self.nodes.iter().filter(|n| n.java.is_some()).map(|n| n.id as i32).collect();
-        loop {
-            for node in &mut self.nodes {
-                if let Some(status) = node.java.as_mut().and_then(|j| j.try_wait().expect("broker process state")) {
-                    panic!("Kafka node {} exited ({status}) before it answered: {}", node.id, tail(&node.log));
-                }
-            }
-            if let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_millis(500)) {
-                let listed: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
-                if running.iter().all(|id| listed.contains(id)) {
-                    eprintln!(
-                        "real Kafka ({} node{}) at {} answered after {:.1} s (logs: {})",
-                        running.len(),
-                        if running.len() == 1 { "" } else { "s" },
-                        self.bootstrap,
-                        started.elapsed().as_secs_f64(),
-                        self.dir.display()
-                    );
-                    return;
-                }
-            }
-            assert!(started.elapsed() < START_LIMIT, "the Kafka cluster did not answer in time: {}", self.tails());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// The last lines of every node's log.
     fn tails(&self) -> String {
-        self.nodes.iter().map(|n| format!("--- node {} ({}) ---\n{}", n.id, n.log.display(), tail(&n.log))).collect()
+        self.cluster.tails()
     }
 
     pub fn bootstrap_servers(&self) -> &str {
-        &self.bootstrap
+        self.cluster.bootstrap_servers()
     }
 
     /// The SASL_SSL listener (TLS, then SCRAM-SHA-256 or -512 as [`SCRAM_USER`]).
     pub fn sasl_ssl(&self) -> &str {
-        &self.sasl_ssl
+        self.cluster.sasl_ssl()
     }
 
     /// The mutual-TLS listener (SSL, a client certificate required; single-node clusters).
     pub fn ssl(&self) -> &str {
-        &self.ssl
+        self.cluster.ssl()
     }
 
     /// A certificate and key (PEM files) the mutual-TLS listener accepts.
@@ -326,14 +207,14 @@ allow.everyone.if.no.acl.found=false
 
     /// Node 1's log file.
     pub fn log(&self) -> &Path {
-        &self.nodes[0].log
+        self.cluster.log(1).expect("every cluster has a node 1")
     }
 
     /// `config` (its routes and settings) through the SASL_SSL listener as [`SCRAM_USER`]:
     /// SCRAM-SHA-512 over TLS, the broker's certificate checked against the test's CA, the
     /// password read from `password_file` as a deployment mounts a Secret.
     pub fn over_sasl_ssl(&self, mut config: Config, password_file: &Path) -> Config {
-        config.kafka.bootstrap_servers = self.sasl_ssl.clone();
+        config.kafka.bootstrap_servers = self.sasl_ssl().to_string();
         let properties = [
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanism", "SCRAM-SHA-512"),
@@ -355,13 +236,13 @@ allow.everyone.if.no.acl.found=false
     /// a source file: the broker's jars bring no ACL tool), and waits until the broker
     /// enforces them. A group or topic named `*` stands for every one.
     pub fn allow(&self, principal: &str, grants: &[(Resource<'_>, &[&str])]) {
-        let source = self.dir.join("Acls.java");
+        let source = self.cluster.dir().join("Acls.java");
         std::fs::write(&source, ACLS_JAVA).expect("Acls.java written");
         let mut command = Command::new("java");
         command
-            .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", &format!("{}/*", jars_dir().display())])
+            .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", &fanout_kafka_fixture::classpath()])
             .arg(&source)
-            .args([self.bootstrap.as_str(), principal]);
+            .args([self.bootstrap_servers(), principal]);
         for (resource, operations) in grants {
             let (kind, name) = match resource {
                 Resource::Topic(name) => ("topic", name),
@@ -383,8 +264,8 @@ allow.everyone.if.no.acl.found=false
     /// waits until its partitions have leaders.
     pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().expect("admin client");
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.nodes.len() as i32));
+            ClientConfig::new().set("bootstrap.servers", self.bootstrap_servers()).create().expect("admin client");
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.cluster.size() as i32));
         for (key, value) in configs {
             new = new.set(key, value);
         }
@@ -414,7 +295,7 @@ allow.everyone.if.no.acl.found=false
 
     fn client(&self, group: &str) -> BaseConsumer {
         ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+            .set("bootstrap.servers", self.bootstrap_servers())
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -425,7 +306,7 @@ allow.everyone.if.no.acl.found=false
     /// stable offset, which is the high watermark when no transaction is open.
     pub fn end_offsets(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+            .set("bootstrap.servers", self.bootstrap_servers())
             .set("isolation.level", "read_committed")
             .create()
             .expect("consumer");
@@ -475,22 +356,13 @@ allow.everyone.if.no.acl.found=false
         behind
     }
 }
-
 impl Drop for RealKafka {
+    /// The JVMs end with the cluster (dropped after this); a failed test keeps the logs and
+    /// sees their tails.
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut java) = node.java.take() {
-                let _ = java.kill();
-                let _ = java.wait();
-            }
-        }
         if std::thread::panicking() {
-            let _ = std::fs::write(self.dir.join("keep"), "a test failed\n");
-            eprintln!("--- tails of the Kafka logs in {} (kept) ---\n{}", self.dir.display(), self.tails());
-        }
-        if let Some((mut watchdog, pipe)) = self.watchdog.take() {
-            drop(pipe);
-            let _ = watchdog.wait();
+            self.cluster.keep_logs();
+            eprintln!("--- tails of the Kafka logs in {} (kept) ---\n{}", self.cluster.dir().display(), self.tails());
         }
     }
 }
@@ -567,147 +439,9 @@ impl std::ops::Deref for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = std::fs::write(self.kafka.dir.join("keep"), "a test failed\n");
-            eprintln!("--- tails of the Kafka logs in {} (kept) ---\n{}", self.kafka.dir.display(), self.kafka.tails());
+            self.kafka.cluster.keep_logs();
+            let dir = self.kafka.cluster.dir().display();
+            eprintln!("--- tails of the Kafka logs in {dir} (kept) ---\n{}", self.kafka.tails());
         }
     }
-}
-
-/// A shell that, when its stdin closes, kills every JVM listed in `dir/pids` (which happens
-/// when this process ends however it ends: the pipe's write end is close-on-exec, held by no
-/// one else), then removes `dir` unless a failed test left a `keep` file in it.
-fn spawn_watchdog(dir: &Path) -> (Child, ChildStdin) {
-    let script = r#"read -r _ ; for pid in $(cat "$0/pids" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done ; [ -e "$0/keep" ] || rm -rf "$0""#;
-    let mut child = Command::new("sh")
-        .args(["-c", script])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("watchdog shell starts");
-    let pipe = child.stdin.take().expect("watchdog's stdin");
-    (child, pipe)
-}
-
-/// Appends to a node's log.
-fn log_file(log: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new().create(true).append(true).open(log).expect("broker log")
-}
-
-/// A KRaft cluster id: 16 random bytes, base64url without padding (what
-/// `kafka-storage.sh random-uuid` prints), not starting with `-` (which Kafka's tools refuse).
-fn cluster_id() -> String {
-    loop {
-        let bytes: [u8; 16] = rand::rng().random();
-        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        if !id.starts_with('-') {
-            return id;
-        }
-    }
-}
-
-/// The broker's loopback ports.
-struct Ports {
-    plaintext: u16,
-    controller: u16,
-    sasl_ssl: u16,
-    ssl: u16,
-}
-
-/// Node `id` of `count`, broker and controller, with the cluster's `voters`; replication as
-/// the cluster's size allows (1, or 3 with `min.insync.replicas` 2), small internal topics,
-/// quick group joins (KIP-848 groups heartbeat every 500 ms, so an assignment moves within a
-/// second) and a quick log cleaner (compacted topics in tests). A plaintext
-/// listener, and with `tls` (a keystore with the broker's certificate and key, and the CA) a
-/// SASL_SSL one (SCRAM over TLS) and an SSL one requiring a client certificate from that CA.
-fn server_properties(
-    id: usize,
-    data: &Path,
-    ports: &Ports,
-    voters: &str,
-    count: usize,
-    tls: Option<(&Path, &Path)>,
-) -> String {
-    let Ports { plaintext, controller, sasl_ssl, ssl } = ports;
-    let replicas = count.min(3);
-    let min_isr = if replicas >= 3 { 2 } else { 1 };
-    let (listeners, advertised, protocols, sasl) = match tls {
-        Some((keystore, ca)) => {
-            let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
-            (
-                format!(
-                    "PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},\
-                     SASL_SSL://127.0.0.1:{sasl_ssl},SSL://127.0.0.1:{ssl}"
-                ),
-                format!("PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SSL://127.0.0.1:{ssl}"),
-                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
-                format!(
-                    "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
-listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
-listener.name.sasl_ssl.ssl.keystore.type=PEM
-listener.name.sasl_ssl.ssl.keystore.location={keystore}
-listener.name.ssl.ssl.keystore.type=PEM
-listener.name.ssl.ssl.keystore.location={keystore}
-listener.name.ssl.ssl.truststore.type=PEM
-listener.name.ssl.ssl.truststore.location={ca}
-listener.name.ssl.ssl.client.auth=required
-",
-                    keystore = keystore.display(),
-                    ca = ca.display(),
-                ),
-            )
-        }
-        None => (
-            format!("PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller}"),
-            format!("PLAINTEXT://127.0.0.1:{plaintext}"),
-            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            String::new(),
-        ),
-    };
-    format!(
-        "process.roles=broker,controller
-node.id={id}
-controller.quorum.voters={voters}
-listeners={listeners}
-advertised.listeners={advertised}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map={protocols}
-{sasl}log.dirs={data}
-num.partitions=1
-default.replication.factor={replicas}
-min.insync.replicas={min_isr}
-auto.create.topics.enable=false
-offsets.topic.replication.factor={replicas}
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor={replicas}
-transaction.state.log.min.isr={min_isr}
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor={replicas}
-share.coordinator.state.topic.min.isr={min_isr}
-share.coordinator.state.topic.num.partitions=1
-group.initial.rebalance.delay.ms=0
-group.consumer.min.heartbeat.interval.ms=500
-group.consumer.heartbeat.interval.ms=500
-group.consumer.min.session.timeout.ms=6000
-group.consumer.session.timeout.ms=10000
-log.cleaner.backoff.ms=200
-log.retention.check.interval.ms=1000
-",
-        data = data.display(),
-    )
-}
-
-/// The last lines of `log`.
-fn tail(log: &Path) -> String {
-    let Ok(file) = std::fs::File::open(log) else { return format!("(no log at {})", log.display()) };
-    let lines: Vec<String> = std::io::BufReader::new(file).lines().map_while(Result::ok).collect();
-    let from = lines.len().saturating_sub(TAIL_LINES);
-    let mut out = Vec::new();
-    for line in &lines[from..] {
-        let _ = writeln!(out, "{line}");
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,7 +1,8 @@
 //! What the gateway's tests and the tools' (`tools/tests/`, through `#[path]`) share: the
 //! workspace's other binaries, run as an operator would (cargo hands a test the binaries of its
 //! own package only, `CARGO_BIN_EXE_*`, and `fanoutctl` and `fanout-tools` are packages of their
-//! own), free ports and test logs. std, tokio and tracing-subscriber only.
+//! own), free ports and test logs. std, tokio, tracing-subscriber and the broker fixture's
+//! `free_port` only.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -107,32 +108,12 @@ pub async fn fanoutctl(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
 }
 
-/// A loopback port nothing listens on right now, for a child process to listen on.
-///
-/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port the kernel
-/// hands out (`bind(0)`) is also what it gives the next outgoing connection, so a Kafka client or
-/// Redis connection of a test running beside this one could take it between its release here and
-/// the child's bind ("Address already in use"). Ports below the range are given to no one
-/// unasked; each test process walks its own stretch of them (from its pid) and skips any in use.
+/// A loopback port nothing listens on right now, for a child process to listen on: below the
+/// kernel's ephemeral range, so that no test's outgoing connection takes it before the child
+/// binds it (the broker fixture's, one rule for every port a test hands out; its doc comment
+/// says why).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    const LOW: u32 = 10_000;
-    if ephemeral_low > LOW + 1_000 {
-        let span = ephemeral_low - LOW;
-        let start = std::process::id().wrapping_mul(7_919) % span;
-        for _ in 0..span {
-            let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-                return port as u16;
-            }
-        }
-    }
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    fanout_kafka_fixture::free_port()
 }
 
 /// Logs to the test's output (shown for failing tests); RUST_LOG filters.

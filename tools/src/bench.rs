@@ -1,16 +1,21 @@
 //! `fanout-tools bench`: what the gateway costs against a plain consumer, and what a deploy
-//! costs with and without it, measured in one run on the same embedded Kafka.
+//! costs with and without it, measured in one run on the same embedded Kafka; or, with
+//! `--kafka apache` / `--bootstrap-servers`, on a real Apache Kafka broker ([`real`]), where
+//! Kafka share groups ([`share`]) read the same backlog too.
 //!
 //! Every figure comes from this process's own run: a plain rdkafka consumer and the gateway
-//! read the same backlog on the same mock cluster, one after the other, so their ratio holds
-//! on this machine even where the absolute numbers would not carry to another. The report is
-//! a table for people and `bench: name=value` lines for scripts.
+//! read the same backlog on the same cluster, one after the other, so their ratio holds on
+//! this machine even where the absolute numbers would not carry to another. The report is a
+//! table for people and `bench: name=value` lines for scripts (prefixed `apache_` on a real
+//! broker).
 
 pub mod handover;
 pub mod latency;
 pub mod load;
 pub mod memory;
+pub mod real;
 pub mod routes;
+pub mod share;
 pub mod throughput;
 
 use std::collections::BTreeMap;
@@ -44,6 +49,34 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error("a benchmark task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The real broker's launcher, or the share-group reader's compilation.
+    #[error("real broker: {0}")]
+    Fixture(#[from] fanout_kafka_fixture::FixtureError),
+    #[error("{0}")]
+    NoJars(String),
+    /// The share-group reader failed, or the cluster refused share groups.
+    #[error("share group: {0}")]
+    Share(String),
+    #[error("{0}")]
+    Topic(String),
+}
+
+/// The Kafka a run reads from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Kafka {
+    /// librdkafka's mock cluster in this process: every part.
+    #[default]
+    Mock,
+    /// An Apache Kafka broker the bench starts (one KRaft node from `target/kafka-jars`).
+    Apache,
+    /// An existing cluster at these bootstrap servers.
+    Existing(String),
+}
+
+impl Kafka {
+    pub fn is_real(&self) -> bool {
+        !matches!(self, Kafka::Mock)
+    }
 }
 
 /// A part of the benchmark, for `--only` while profiling one of them.
@@ -60,8 +93,10 @@ pub enum Part {
 /// [`BenchOptions::smoke`] checks that every part works, in far less time.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Parts to run; empty runs them all.
+    /// Parts to run; empty runs them all (on a real broker: throughput and latency).
     pub only: Vec<Part>,
+    /// Where the backlogs live.
+    pub kafka: Kafka,
     /// librdkafka properties added to both consumers of each comparison (for experiments).
     pub properties: Vec<(String, String)>,
     pub sizes: Vec<usize>,
@@ -70,6 +105,16 @@ pub struct BenchOptions {
     pub partitions: i32,
     /// Backlog per partition for throughput: under the mock's 5 MiB retention.
     pub backlog_per_partition: usize,
+    /// Messages of each throughput backlog of messages below 512 bytes on a real broker
+    /// (spread over `partitions` partitions); larger messages get a quarter as many
+    /// ([`BenchOptions::apache_backlog`]). No retention limit there, but a budget of time and
+    /// disk: on two cores shared with the broker the raw consumer reads some 2M msg/s of 100 B
+    /// and the gateway and a share group 200k-400k, so 4M messages give the raw consumer about
+    /// two seconds a pass (its start is noise), the others ten to twenty seconds (under
+    /// [`throughput`]'s 90 s limit), and the two backlogs some 1.7 GiB on disk.
+    pub apache_messages: u64,
+    /// Passes of the raw consumer on a real broker (the median is reported).
+    pub apache_raw_passes: usize,
     pub subscriber_counts: Vec<usize>,
     /// Window of each throughput subscriber.
     pub window: u32,
@@ -96,10 +141,13 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             only: Vec::new(),
+            kafka: Kafka::Mock,
             properties: Vec::new(),
             sizes: vec![100, 1024],
             partitions: 16,
             backlog_per_partition: 4 << 20,
+            apache_messages: 4_000_000,
+            apache_raw_passes: 3,
             subscriber_counts: vec![1, 4, 16],
             window: 1_000,
             latency_rates: vec![5_000, 20_000],
@@ -126,14 +174,26 @@ impl BenchOptions {
         self.only.is_empty() || self.only.contains(&part)
     }
 
+    /// Messages of a real broker's throughput backlog of `size`-byte messages.
+    pub fn apache_backlog(&self, size: usize) -> u64 {
+        if size < 512 {
+            self.apache_messages
+        } else {
+            self.apache_messages / 4
+        }
+    }
+
     /// Every part, small: for the test that keeps the command working.
     pub fn smoke() -> Self {
         Self {
             only: Vec::new(),
+            kafka: Kafka::Mock,
             properties: Vec::new(),
             sizes: vec![100],
             partitions: 4,
             backlog_per_partition: 256 << 10,
+            apache_messages: 20_000,
+            apache_raw_passes: 1,
             subscriber_counts: vec![2],
             window: 200,
             latency_rates: vec![1_000],
@@ -181,6 +241,8 @@ pub struct ThroughputRow {
     pub raw: Rate,
     /// (subscribers, rate)
     pub gateway: Vec<(usize, Rate)>,
+    /// (share-group members, rate): real brokers only.
+    pub share: Vec<(usize, Rate)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -210,6 +272,8 @@ pub struct SwitchRow {
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
+    /// Where it was measured.
+    pub kafka: Kafka,
     pub throughput: Vec<ThroughputRow>,
     pub latency: Vec<LatencyRow>,
     pub memory: Vec<MemoryRow>,
@@ -219,6 +283,9 @@ pub struct BenchReport {
 
 /// Runs every benchmark; `progress` gets a line as each one starts.
 pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchReport, BenchError> {
+    if options.kafka.is_real() {
+        return real::run(options, progress).await;
+    }
     let cluster = MockCluster::new(3)?;
     let bootstrap = cluster.bootstrap_servers();
     let properties = consumer_properties(&options.properties);
@@ -234,13 +301,20 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         let backlog =
             tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition)).await??;
         progress(&format!("throughput {size} B: raw consumer, {} messages", backlog.messages));
-        let raw = throughput::raw(&bootstrap, &backlog, 3, &properties).await?;
-        let mut row = ThroughputRow { size, raw, gateway: Vec::new() };
+        let raw = throughput::raw(&bootstrap, &backlog, 3, &properties, None).await?;
+        let mut row = ThroughputRow { size, raw, ..ThroughputRow::default() };
         for &n in &options.subscriber_counts {
             progress(&format!("throughput {size} B: gateway, {n} subscribers"));
-            let rate =
-                throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), n, options.window, &properties)
-                    .await?;
+            let rate = throughput::gateway(
+                &bootstrap,
+                &backlog,
+                &format!("{topic}-gw{n}"),
+                n,
+                options.window,
+                &properties,
+                None,
+            )
+            .await?;
             row.gateway.push((n, rate));
         }
         report.throughput.push(row);
@@ -420,19 +494,34 @@ fn size_name(size: usize) -> String {
     }
 }
 
+/// A reader's CPU per message on a real broker: its own process's, and the broker's when it
+/// was measured (`cpu_us_per_msg_<reader>`, `broker_cpu_us_per_msg_<reader>`).
+fn cpu_figures(put: &mut impl FnMut(String, String), reader: &str, rate: &Rate) {
+    put(format!("cpu_us_per_msg_{reader}"), format!("{:.2}", rate.cpu_us_per_msg()));
+    if let Some(broker) = rate.broker_us_per_msg() {
+        put(format!("broker_cpu_us_per_msg_{reader}"), format!("{broker:.2}"));
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
 impl BenchReport {
-    /// The `bench: name=value` figures, in order.
+    /// The `bench: name=value` figures, in order; on a real broker each name starts with
+    /// `apache_`, and the CPU per message and the share group's figures come too.
     pub fn figures(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut put = |name: String, value: String| out.push((name, value));
+        let real = self.kafka.is_real();
+        let p = if real { "apache_" } else { "" };
+        let mut put = |name: String, value: String| out.push((format!("{p}{name}"), value));
         for row in &self.throughput {
             let s = size_name(row.size);
             put(format!("raw_msgs_per_sec_{s}"), format!("{:.0}", row.raw.per_sec()));
             put(format!("raw_mib_per_sec_{s}"), format!("{:.1}", row.raw.mib_per_sec()));
+            if real {
+                cpu_figures(&mut put, &format!("raw_{s}"), &row.raw);
+            }
             for (n, rate) in &row.gateway {
                 put(format!("gateway_msgs_per_sec_{s}_{n}subs"), format!("{:.0}", rate.per_sec()));
                 put(format!("gateway_mib_per_sec_{s}_{n}subs"), format!("{:.1}", rate.mib_per_sec()));
@@ -440,6 +529,20 @@ impl BenchReport {
                     format!("throughput_ratio_{s}_{n}subs"),
                     format!("{:.2}", rate.per_sec() / row.raw.per_sec().max(1e-9)),
                 );
+                if real {
+                    cpu_figures(&mut put, &format!("gateway_{s}_{n}subs"), rate);
+                }
+            }
+            for (n, rate) in &row.share {
+                put(format!("share_msgs_per_sec_{s}_{n}members"), format!("{:.0}", rate.per_sec()));
+                put(format!("share_mib_per_sec_{s}_{n}members"), format!("{:.1}", rate.mib_per_sec()));
+                cpu_figures(&mut put, &format!("share_{s}_{n}members"), rate);
+                if let Some((_, gateway)) = row.gateway.iter().find(|(subs, _)| subs == n) {
+                    put(
+                        format!("gateway_vs_share_{s}_{n}"),
+                        format!("{:.2}", gateway.per_sec() / rate.per_sec().max(1e-9)),
+                    );
+                }
             }
         }
         for row in &self.latency {
@@ -484,35 +587,10 @@ impl BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut t = String::new();
-        let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
-        let _ = writeln!(
-            t,
-            "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}",
-            "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores"
-        );
-        for row in &self.throughput {
-            let s = size_name(row.size);
-            let r = row.raw;
-            let _ = writeln!(
-                t,
-                "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}",
-                s,
-                "raw consumer",
-                r.per_sec(),
-                r.mib_per_sec(),
-                "1.00",
-                r.cores
-            );
-            for (n, rate) in &row.gateway {
-                let ratio = rate.per_sec() / row.raw.per_sec().max(1e-9);
-                let reader = format!("gateway, {n} subscriber{}", if *n == 1 { "" } else { "s" });
-                let (ps, mibs) = (rate.per_sec(), rate.mib_per_sec());
-                let _ = writeln!(
-                    t,
-                    "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}",
-                    s, reader, ps, mibs, ratio, rate.cores
-                );
-            }
+        if self.kafka.is_real() {
+            self.real_throughput(&mut t);
+        } else {
+            self.mock_throughput(&mut t);
         }
         let _ = writeln!(t, "latency (produce to receive, µs)");
         let _ = writeln!(
@@ -535,6 +613,13 @@ impl fmt::Display for BenchReport {
                 "  {:<6} {:>7} {:<8} {:>8} {:>8} {:>8} {:>10}",
                 s, row.rate, "gateway", g.p50, g.p99, g.p999, added
             );
+        }
+        if self.kafka.is_real() {
+            // Memory, idle routes and the deploy switch are measured on the mock only.
+            for (name, value) in self.figures() {
+                let _ = writeln!(t, "bench: {name}={value}");
+            }
+            return f.write_str(t.trim_end());
         }
         let _ = writeln!(t, "memory (gateway process, slow subscriber, backlog ahead)");
         let _ = writeln!(
@@ -584,5 +669,87 @@ impl fmt::Display for BenchReport {
             let _ = writeln!(t, "bench: {name}={value}");
         }
         f.write_str(t.trim_end())
+    }
+}
+
+// === impl BenchReport (tables) ===
+
+impl BenchReport {
+    /// The mock's throughput table: CPU in cores of this one process (mock broker included).
+    fn mock_throughput(&self, t: &mut String) {
+        let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
+        let _ = writeln!(
+            t,
+            "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}",
+            "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores"
+        );
+        for row in &self.throughput {
+            let s = size_name(row.size);
+            let r = row.raw;
+            let _ = writeln!(
+                t,
+                "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}",
+                s,
+                "raw consumer",
+                r.per_sec(),
+                r.mib_per_sec(),
+                "1.00",
+                r.cores
+            );
+            for (n, rate) in &row.gateway {
+                let ratio = rate.per_sec() / row.raw.per_sec().max(1e-9);
+                let reader = format!("gateway, {n} subscriber{}", if *n == 1 { "" } else { "s" });
+                let (ps, mibs) = (rate.per_sec(), rate.mib_per_sec());
+                let _ = writeln!(
+                    t,
+                    "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}",
+                    s, reader, ps, mibs, ratio, rate.cores
+                );
+            }
+        }
+    }
+
+    /// A real broker's throughput table: each reader's CPU per message, its own process's
+    /// (the bench's for raw and gateway, the Java reader's for the share group) and the
+    /// broker's over the same stretch.
+    fn real_throughput(&self, t: &mut String) {
+        let _ = writeln!(
+            t,
+            "throughput on Apache Kafka (backlog read from first message to last ack; CPU µs per message: reader process / broker)"
+        );
+        let _ = writeln!(
+            t,
+            "  {:<6} {:<24} {:>10} {:>9} {:>8} {:>10} {:>10}",
+            "size", "reader", "msg/s", "MiB/s", "vs raw", "reader µs", "broker µs"
+        );
+        for row in &self.throughput {
+            let s = size_name(row.size);
+            let raw = row.raw.per_sec().max(1e-9);
+            let lines = std::iter::once(("raw consumer".to_string(), row.raw))
+                .chain(row.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
+                .chain(row.share.iter().map(|(n, r)| (format!("share group, {n} member{}", plural(*n)), *r)));
+            for (reader, r) in lines {
+                let broker = r.broker_us_per_msg().map_or("-".to_string(), |b| format!("{b:.2}"));
+                let _ = writeln!(
+                    t,
+                    "  {:<6} {:<24} {:>10.0} {:>9.1} {:>8.2} {:>10.2} {:>10}",
+                    s,
+                    reader,
+                    r.per_sec(),
+                    r.mib_per_sec(),
+                    r.per_sec() / raw,
+                    r.cpu_us_per_msg(),
+                    broker
+                );
+            }
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }

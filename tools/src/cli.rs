@@ -101,6 +101,23 @@ pub struct BenchArgs {
     /// Message sizes in bytes (comma-separated); default 100,1024.
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<usize>,
+    /// Which Kafka: `mock` (librdkafka's mock cluster in this process, every part) or `apache`
+    /// (a real Apache Kafka broker the bench starts from target/kafka-jars: throughput, with a
+    /// Kafka share group beside the gateway, and latency).
+    #[arg(long, value_enum, default_value_t = KafkaArg::Mock)]
+    pub kafka: KafkaArg,
+    /// An existing Kafka cluster instead (HOST:PORT,...; implies a real broker): the run's
+    /// topics are named after it and deleted at the end. Share groups need Kafka 4.1+ with
+    /// the share.version feature on.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap_servers: Option<String>,
+}
+
+/// `bench --kafka`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KafkaArg {
+    Mock,
+    Apache,
 }
 
 /// `subscribe`: a subscriber by hand, through the subscriber library (`fanout-client`): a
@@ -232,12 +249,21 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// Runs `bench`: the table on stdout, progress on stderr.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut options = if args.smoke { bench::BenchOptions::smoke() } else { bench::BenchOptions::default() };
+    options.kafka = match (args.bootstrap_servers, args.kafka) {
+        (Some(bootstrap), _) => bench::Kafka::Existing(bootstrap),
+        (None, KafkaArg::Apache) => bench::Kafka::Apache,
+        (None, KafkaArg::Mock) => bench::Kafka::Mock,
+    };
+    let mock_only = [bench::Part::Memory, bench::Part::Routes, bench::Part::Switch];
+    if options.kafka.is_real() && args.only.iter().any(|p| mock_only.contains(p)) {
+        anyhow::bail!("on a real broker the bench runs throughput and latency only (memory, routes and switch run on --kafka mock)");
+    }
     options.only = args.only;
     options.properties = args.properties;
     if !args.sizes.is_empty() {
         options.sizes = args.sizes;
     }
-    println!("{}", machine_line());
+    println!("{}", machine_line(&options.kafka));
     let started = std::time::Instant::now();
     let report = bench::run(&options, |line| eprintln!("[{:>4}s] {line}", started.elapsed().as_secs())).await?;
     println!("{report}");
@@ -252,8 +278,8 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Where the benchmark ran: cores, memory and the CPU's name, from /proc.
-fn machine_line() -> String {
+/// Where the benchmark ran: cores, memory and the CPU's name, from /proc, and which Kafka.
+fn machine_line(kafka: &bench::Kafka) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -265,9 +291,17 @@ fn machine_line() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
-    format!(
-        "machine: {cores} cores ({model}), {mem_gib:.0} GiB memory; embedded Kafka: librdkafka mock cluster, 3 brokers"
-    )
+    let version = || fanout_kafka_fixture::kafka_version().unwrap_or_else(|| "?".into());
+    let kafka = match kafka {
+        bench::Kafka::Mock => "embedded Kafka: librdkafka mock cluster, 3 brokers".to_string(),
+        bench::Kafka::Apache => {
+            format!("Kafka: Apache Kafka {}, one KRaft node started by the bench on this machine", version())
+        }
+        bench::Kafka::Existing(bootstrap) => {
+            format!("Kafka: the cluster at {bootstrap} (share-group reader: Kafka client {})", version())
+        }
+    };
+    format!("machine: {cores} cores ({model}), {mem_gib:.0} GiB memory; {kafka}")
 }
 
 /// Runs `dev-kafka`. The mock cluster is not `Send`: it stays in this future, which the

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
     name = "fanout-tools",
     version,
     about = "The demo, benchmark, subscriber and mock Kafka around fanout-gateway",
-    after_help = "Examples (from the repository, through the aliases in .cargo/config.toml):\n  cargo demo\n  cargo demo --duration 300\n  cargo tools subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary\n  cargo tools bench --smoke\n  cargo tools dev-kafka --topic events:8"
+    after_help = "Examples (from the repository, through the aliases in .cargo/config.toml):\n  cargo demo\n  cargo demo --duration 300\n  cargo tools subscribe --gateway 127.0.0.1:50051 --route demo --label track=canary\n  cargo tools bench --smoke\n  cargo tools bench --kafka apache --only throughput,latency\n  cargo tools dev-kafka --topic events:8"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,7 +26,9 @@ enum Command {
     Demo(DemoArgs),
     /// Measure the gateway against a plain consumer (throughput, latency), its memory with a
     /// slow subscriber, and a blue-green switch against a consumer-group handover, all on an
-    /// embedded Kafka in one run. Prints a table, then one `bench: name=value` line per figure.
+    /// embedded Kafka in one run; or, with --kafka apache or --bootstrap-servers, throughput
+    /// (beside a Kafka share group) and latency on a real broker. Prints a table, then one
+    /// `bench: name=value` line per figure.
     Bench(BenchArgs),
     /// Subscribe to a route on every gateway replica (the subscriber library), print
     /// deliveries, ack them; SIGTERM or Ctrl-C drains.

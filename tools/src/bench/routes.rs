@@ -24,8 +24,9 @@ pub struct IdleRoutes {
 /// exposes to user space, whatever the kernel's own tick.
 const USER_HZ: f64 = 100.0;
 
-/// utime + stime of /proc/PID/stat, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// utime + stime of /proc/PID/stat, in seconds (the bench's own process, a broker's JVM, the
+/// share-group reader's).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

@@ -28,9 +28,15 @@ pub struct Rate {
     pub messages: u64,
     pub bytes: u64,
     pub elapsed: Duration,
-    /// CPU time this process used over the run (all threads: broker, gateway, subscribers),
-    /// in cores: 2.0 on two cores means the run was bound by the CPU.
+    /// CPU time the reader's process used over the run (all threads: on the mock, broker,
+    /// gateway and subscribers; on a real broker, the bench's process or the share-group
+    /// reader's), in cores: 2.0 on two cores means the run was bound by the CPU.
     pub cores: f64,
+    /// The same CPU time, as a total (per message: [`Rate::cpu_us_per_msg`]).
+    pub cpu: Duration,
+    /// CPU time a real broker's process used over the run (None on the mock, which lives in
+    /// this process, and for a cluster elsewhere).
+    pub broker_cpu: Option<Duration>,
 }
 
 /// CPU time used by this process so far (user + system), from /proc/self/stat.
@@ -52,6 +58,26 @@ impl Rate {
     pub fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The reader process's CPU per message, in µs.
+    pub fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.messages.max(1) as f64
+    }
+
+    /// The broker's CPU per message, in µs, when it was measured.
+    pub fn broker_us_per_msg(&self) -> Option<f64> {
+        self.broker_cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / self.messages.max(1) as f64)
+    }
+}
+
+/// CPU seconds of process `pid` (the broker's JVM), if it is measured.
+fn broker_seconds(pid: Option<u32>) -> Option<f64> {
+    pid.and_then(super::routes::cpu_seconds)
+}
+
+/// The broker's CPU between two readings.
+pub(crate) fn broker_between(first: Option<f64>, last: Option<f64>) -> Option<Duration> {
+    first.zip(last).map(|(a, b)| Duration::from_secs_f64((b - a).max(0.0)))
 }
 
 /// A consumer with the properties both sides of a comparison share.
@@ -67,12 +93,14 @@ pub(crate) fn consumer_config(bootstrap: &str, group: &str, properties: &BTreeMa
 /// A plain rdkafka consumer reads the whole backlog, `passes` times over, and the median pass
 /// is reported. It takes the partitions by assignment, not through a group: joining is not
 /// what is measured (each gateway run is timed from its first delivery for the same reason).
-/// It touches nothing but the payload length, the least a consumer can do.
+/// It touches nothing but the payload length, the least a consumer can do. `broker`: a real
+/// broker's PID, whose CPU over each pass is reported too.
 pub async fn raw(
     bootstrap: &str,
     backlog: &Backlog,
     passes: usize,
     properties: &BTreeMap<String, String>,
+    broker: Option<u32>,
 ) -> Result<Rate, BenchError> {
     let mut rates = Vec::new();
     for pass in 0..passes.max(1) {
@@ -84,26 +112,30 @@ pub async fn raw(
         }
         consumer.assign(&tpl)?;
         let ends = backlog.ends.clone();
-        let cpu = process_cpu();
-        let mut rate = tokio::task::spawn_blocking(move || read_to_ends(&consumer, &ends)).await?;
-        rate.cores = (process_cpu() - cpu).as_secs_f64() / rate.elapsed.as_secs_f64().max(1e-9);
+        let rate = tokio::task::spawn_blocking(move || read_to_ends(&consumer, &ends, broker)).await?;
         rates.push(rate);
     }
     rates.sort_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
     Ok(rates[rates.len() / 2])
 }
 
-/// Polls until every partition has been read to its end.
-fn read_to_ends(consumer: &BaseConsumer, ends: &[i64]) -> Rate {
+/// Polls until every partition has been read to its end. CPU (this process's, and `broker`'s)
+/// is counted from the first message to the last, as the time is: the consumer's start
+/// (offset lookups, a fresh fetch session) is not what is measured.
+fn read_to_ends(consumer: &BaseConsumer, ends: &[i64], broker: Option<u32>) -> Rate {
     let mut next = vec![0i64; ends.len()];
     let mut remaining = ends.iter().filter(|e| **e > 0).count();
     let mut rate = Rate::default();
     let mut first = None;
+    let mut cpu_at_first = (Duration::ZERO, None);
     let started = Instant::now();
     while remaining > 0 && started.elapsed() < LIMIT {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
         let now = Instant::now();
-        let first = *first.get_or_insert(now);
+        let first = *first.get_or_insert_with(|| {
+            cpu_at_first = (process_cpu(), broker_seconds(broker));
+            now
+        });
         rate.messages += 1;
         rate.bytes += m.payload_len() as u64;
         rate.elapsed = now - first;
@@ -114,6 +146,9 @@ fn read_to_ends(consumer: &BaseConsumer, ends: &[i64]) -> Rate {
         }
         *n = (*n).max(m.offset() + 1);
     }
+    rate.cpu = process_cpu().saturating_sub(cpu_at_first.0);
+    rate.cores = rate.cpu.as_secs_f64() / rate.elapsed.as_secs_f64().max(1e-9);
+    rate.broker_cpu = broker_between(cpu_at_first.1, broker_seconds(broker));
     rate
 }
 
@@ -127,7 +162,8 @@ struct Seen {
 /// The gateway reads the backlog and delivers it over loopback gRPC to `subscribers`
 /// subscribers, each with a window of `window`, that ack every batch as it arrives. Timed from
 /// the first delivery to the last ack the gateway took; the commits that follow are waited
-/// for but not timed.
+/// for but not timed. `broker`: a real broker's PID, whose CPU over the same stretch is
+/// reported too.
 pub async fn gateway(
     bootstrap: &str,
     backlog: &Backlog,
@@ -135,6 +171,7 @@ pub async fn gateway(
     subscribers: usize,
     window: u32,
     properties: &BTreeMap<String, String>,
+    broker: Option<u32>,
 ) -> Result<Rate, BenchError> {
     let route = "bench";
     let mut config = Config::single_route(bootstrap, group, route, &[&backlog.topic]);
@@ -164,6 +201,7 @@ pub async fn gateway(
     let started = Instant::now();
     let mut last = (0, Instant::now());
     let mut cpu_at_first = None;
+    let mut broker_at_first = None;
     while started.elapsed() < LIMIT {
         let acked = stats.counters().acked;
         if acked != last.0 {
@@ -171,6 +209,7 @@ pub async fn gateway(
         }
         if cpu_at_first.is_none() && seen.first.lock().is_some() {
             cpu_at_first = Some(process_cpu());
+            broker_at_first = broker_seconds(broker);
         }
         if acked >= backlog.messages {
             break;
@@ -185,6 +224,8 @@ pub async fn gateway(
         bytes: seen.bytes.load(Ordering::Relaxed),
         elapsed,
         cores: cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        cpu,
+        broker_cpu: broker_between(broker_at_first, broker_seconds(broker)),
     };
     // Let the last acks be committed, as a real run would, before the next measurement.
     let committed_by = Instant::now() + Duration::from_secs(10);
