@@ -30,7 +30,7 @@ use crate::scenario::{self, Scenario, ScenarioOptions};
 use handover::{HandoverOptions, HandoverReport, Strategy};
 use latency::Percentiles;
 use memory::Memory;
-use throughput::Rate;
+use throughput::{Rate, Readers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -116,6 +116,10 @@ pub struct BenchOptions {
     /// Passes of the raw consumer on a real broker (the median is reported).
     pub apache_raw_passes: usize,
     pub subscriber_counts: Vec<usize>,
+    /// The scaling row: the gateway with `scaling_subscribers` subscribers on a runtime of each
+    /// of these numbers of worker threads (one route: does it go faster with more?).
+    pub scaling_workers: Vec<usize>,
+    pub scaling_subscribers: usize,
     /// Window of each throughput subscriber.
     pub window: u32,
     pub latency_rates: Vec<u32>,
@@ -149,6 +153,8 @@ impl Default for BenchOptions {
             apache_messages: 4_000_000,
             apache_raw_passes: 3,
             subscriber_counts: vec![1, 4, 16],
+            scaling_workers: vec![1, 2],
+            scaling_subscribers: 4,
             window: 1_000,
             latency_rates: vec![5_000, 20_000],
             latency_duration: Duration::from_secs(5),
@@ -195,6 +201,8 @@ impl BenchOptions {
             apache_messages: 20_000,
             apache_raw_passes: 1,
             subscriber_counts: vec![2],
+            scaling_workers: vec![1, 2],
+            scaling_subscribers: 2,
             window: 200,
             latency_rates: vec![1_000],
             latency_duration: Duration::from_secs(2),
@@ -243,6 +251,24 @@ pub struct ThroughputRow {
     pub gateway: Vec<(usize, Rate)>,
     /// (share-group members, rate): real brokers only.
     pub share: Vec<(usize, Rate)>,
+    /// The scaling row: the gateway on runtimes of different numbers of worker threads.
+    pub scaling: Vec<Scaled>,
+}
+
+/// One run of the scaling row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scaled {
+    /// The gateway runtime's worker threads.
+    pub workers: usize,
+    pub subscribers: usize,
+    pub rate: Rate,
+}
+
+/// How much faster the run with the most workers went than the one with the fewest.
+fn scaling_ratio(scaling: &[Scaled]) -> Option<f64> {
+    let fewest = scaling.iter().min_by_key(|s| s.workers)?;
+    let most = scaling.iter().max_by_key(|s| s.workers)?;
+    (most.workers > fewest.workers).then(|| most.rate.per_sec() / fewest.rate.per_sec().max(1e-9))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -305,18 +331,12 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         let mut row = ThroughputRow { size, raw, ..ThroughputRow::default() };
         for &n in &options.subscriber_counts {
             progress(&format!("throughput {size} B: gateway, {n} subscribers"));
-            let rate = throughput::gateway(
-                &bootstrap,
-                &backlog,
-                &format!("{topic}-gw{n}"),
-                n,
-                options.window,
-                &properties,
-                None,
-            )
-            .await?;
+            let readers = Readers { subscribers: n, window: options.window, workers: None };
+            let rate = throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), readers, &properties, None)
+                .await?;
             row.gateway.push((n, rate));
         }
+        row.scaling = scaling(&bootstrap, &backlog, options, &properties, None, &progress).await?;
         report.throughput.push(row);
     }
 
@@ -485,6 +505,31 @@ async fn switch_part(
     Ok(())
 }
 
+/// The scaling row of one backlog: the same gateway run on a runtime of each of
+/// [`BenchOptions::scaling_workers`] worker threads. A route's dispatcher is one task, so its
+/// share of the work is one thread's whatever the runtime; what a second worker takes is the
+/// rest (the gRPC streams' encoding, HTTP/2, acks decoded), which shows how far one route
+/// scales with the machine today.
+async fn scaling(
+    bootstrap: &str,
+    backlog: &load::Backlog,
+    options: &BenchOptions,
+    properties: &BTreeMap<String, String>,
+    broker: Option<u32>,
+    progress: impl Fn(&str),
+) -> Result<Vec<Scaled>, BenchError> {
+    let subscribers = options.scaling_subscribers;
+    let mut out = Vec::new();
+    for &workers in &options.scaling_workers {
+        progress(&format!("throughput: gateway, {subscribers} subscribers, {workers} worker thread(s)"));
+        let readers = Readers { subscribers, window: options.window, workers: Some(workers) };
+        let group = format!("{}-scaling{workers}", backlog.topic);
+        let rate = throughput::gateway(bootstrap, backlog, &group, readers, properties, broker).await?;
+        out.push(Scaled { workers, subscribers, rate });
+    }
+    Ok(out)
+}
+
 /// `100b`, `1k`: how sizes read in figure names.
 fn size_name(size: usize) -> String {
     if size >= 1024 && size.is_multiple_of(1024) {
@@ -519,9 +564,7 @@ impl BenchReport {
             let s = size_name(row.size);
             put(format!("raw_msgs_per_sec_{s}"), format!("{:.0}", row.raw.per_sec()));
             put(format!("raw_mib_per_sec_{s}"), format!("{:.1}", row.raw.mib_per_sec()));
-            if real {
-                cpu_figures(&mut put, &format!("raw_{s}"), &row.raw);
-            }
+            cpu_figures(&mut put, &format!("raw_{s}"), &row.raw);
             for (n, rate) in &row.gateway {
                 put(format!("gateway_msgs_per_sec_{s}_{n}subs"), format!("{:.0}", rate.per_sec()));
                 put(format!("gateway_mib_per_sec_{s}_{n}subs"), format!("{:.1}", rate.mib_per_sec()));
@@ -529,9 +572,14 @@ impl BenchReport {
                     format!("throughput_ratio_{s}_{n}subs"),
                     format!("{:.2}", rate.per_sec() / row.raw.per_sec().max(1e-9)),
                 );
-                if real {
-                    cpu_figures(&mut put, &format!("gateway_{s}_{n}subs"), rate);
-                }
+                cpu_figures(&mut put, &format!("gateway_{s}_{n}subs"), rate);
+            }
+            for Scaled { workers, subscribers: n, rate } in &row.scaling {
+                put(format!("gateway_msgs_per_sec_{s}_{n}subs_{workers}workers"), format!("{:.0}", rate.per_sec()));
+                cpu_figures(&mut put, &format!("gateway_{s}_{n}subs_{workers}workers"), rate);
+            }
+            if let Some(ratio) = scaling_ratio(&row.scaling) {
+                put(format!("scaling_ratio_{s}"), format!("{ratio:.2}"));
             }
             for (n, rate) in &row.share {
                 put(format!("share_msgs_per_sec_{s}_{n}members"), format!("{:.0}", rate.per_sec()));
@@ -680,30 +728,29 @@ impl BenchReport {
         let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
         let _ = writeln!(
             t,
-            "  {:<6} {:<22} {:>10} {:>9} {:>8} {:>10}",
-            "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores"
+            "  {:<6} {:<30} {:>10} {:>9} {:>8} {:>10} {:>8}",
+            "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores", "CPU µs"
         );
         for row in &self.throughput {
             let s = size_name(row.size);
-            let r = row.raw;
-            let _ = writeln!(
-                t,
-                "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8} {:>10.2}",
-                s,
-                "raw consumer",
-                r.per_sec(),
-                r.mib_per_sec(),
-                "1.00",
-                r.cores
-            );
-            for (n, rate) in &row.gateway {
-                let ratio = rate.per_sec() / row.raw.per_sec().max(1e-9);
-                let reader = format!("gateway, {n} subscriber{}", if *n == 1 { "" } else { "s" });
-                let (ps, mibs) = (rate.per_sec(), rate.mib_per_sec());
+            let raw = row.raw.per_sec().max(1e-9);
+            let lines = std::iter::once(("raw consumer".to_string(), row.raw))
+                .chain(row.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
+                .chain(row.scaling.iter().map(|sc| {
+                    let (n, w) = (sc.subscribers, sc.workers);
+                    (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
+                }));
+            for (reader, r) in lines {
                 let _ = writeln!(
                     t,
-                    "  {:<6} {:<22} {:>10.0} {:>9.1} {:>8.2} {:>10.2}",
-                    s, reader, ps, mibs, ratio, rate.cores
+                    "  {:<6} {:<30} {:>10.0} {:>9.1} {:>8.2} {:>10.2} {:>8.2}",
+                    s,
+                    reader,
+                    r.per_sec(),
+                    r.mib_per_sec(),
+                    r.per_sec() / raw,
+                    r.cores,
+                    r.cpu_us_per_msg()
                 );
             }
         }
@@ -727,6 +774,10 @@ impl BenchReport {
             let raw = row.raw.per_sec().max(1e-9);
             let lines = std::iter::once(("raw consumer".to_string(), row.raw))
                 .chain(row.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
+                .chain(row.scaling.iter().map(|sc| {
+                    let (n, w) = (sc.subscribers, sc.workers);
+                    (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
+                }))
                 .chain(row.share.iter().map(|(n, r)| (format!("share group, {n} member{}", plural(*n)), *r)));
             for (reader, r) in lines {
                 let broker = r.broker_us_per_msg().map_or("-".to_string(), |b| format!("{b:.2}"));

@@ -22,6 +22,10 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
         "raw_msgs_per_sec_100b",
         "gateway_msgs_per_sec_100b_2subs",
         "throughput_ratio_100b_2subs",
+        "cpu_us_per_msg_gateway_100b_2subs",
+        "gateway_msgs_per_sec_100b_2subs_1workers",
+        "gateway_msgs_per_sec_100b_2subs_2workers",
+        "scaling_ratio_100b",
         "latency_added_p99_us_100b_1000",
         "peak_rss_mib_bound_500",
         "switch_gateway_rebalances",
@@ -37,6 +41,9 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
     // Every backlog message went through the gateway, and every latency run heard back.
     let t = &report.throughput[0];
     assert_eq!(t.gateway[0].1.messages, t.raw.messages, "the gateway delivered the whole backlog");
+    // So did the gateway on a runtime of its own, with one worker thread and with two.
+    let workers: Vec<(usize, u64)> = t.scaling.iter().map(|s| (s.workers, s.rate.messages)).collect();
+    assert_eq!(workers, vec![(1, t.raw.messages), (2, t.raw.messages)], "the scaling row");
     assert!(report.latency[0].raw.count > 0 && report.latency[0].gateway.count > 0);
     let m = report.memory[0].memory;
     assert!(m.peak_rss_kib >= m.start_rss_kib && m.start_rss_kib > 0, "{m:?}");

@@ -17,9 +17,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use super::throughput::Readers;
 use super::{
-    consumer_properties, latency, load, share, throughput, BenchError, BenchOptions, BenchReport, Kafka, LatencyRow,
-    Part, ThroughputRow, LATENCY_PARTITIONS,
+    consumer_properties, latency, load, scaling, share, throughput, BenchError, BenchOptions, BenchReport, Kafka,
+    LatencyRow, Part, ThroughputRow, LATENCY_PARTITIONS,
 };
 use fanout_kafka_fixture::{Cluster, ClusterSpec};
 
@@ -118,10 +119,11 @@ async fn measure(broker: &Broker, options: &BenchOptions, progress: &impl Fn(&st
             for &n in &options.subscriber_counts {
                 progress(&format!("throughput {size} B: gateway, {n} subscribers"));
                 let group = format!("{topic}-gw{n}");
-                let rate =
-                    throughput::gateway(bootstrap, &backlog, &group, n, options.window, &properties, pid).await?;
+                let readers = Readers { subscribers: n, window: options.window, workers: None };
+                let rate = throughput::gateway(bootstrap, &backlog, &group, readers, &properties, pid).await?;
                 row.gateway.push((n, rate));
             }
+            row.scaling = scaling(bootstrap, &backlog, options, &properties, pid, &progress).await?;
             for &n in &options.subscriber_counts {
                 progress(&format!("throughput {size} B: share group, {n} members"));
                 let (rate, result) =

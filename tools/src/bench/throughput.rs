@@ -159,26 +159,75 @@ struct Seen {
     first: Mutex<Option<Instant>>,
 }
 
-/// The gateway reads the backlog and delivers it over loopback gRPC to `subscribers`
-/// subscribers, each with a window of `window`, that ack every batch as it arrives. Timed from
-/// the first delivery to the last ack the gateway took; the commits that follow are waited
-/// for but not timed. `broker`: a real broker's PID, whose CPU over the same stretch is
-/// reported too.
+/// Who reads a gateway run: `subscribers` subscribers with a window of `window` each, and the
+/// gateway on the bench's runtime (`workers: None`) or on a runtime of its own with that many
+/// worker threads, for the scaling row: the subscribers stay on the bench's runtime, so what
+/// changes is the threads the gateway's own tasks (its route's dispatcher, the gRPC streams)
+/// may run on. The route's Kafka thread and librdkafka's are threads of their own either way.
+#[derive(Debug, Clone, Copy)]
+pub struct Readers {
+    pub subscribers: usize,
+    pub window: u32,
+    pub workers: Option<usize>,
+}
+
+/// The gateway's runtime in a run with [`Readers::workers`] set.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn new(workers: Option<usize>) -> Result<Self, BenchError> {
+        let Some(n) = workers else { return Ok(Self(None)) };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .thread_name("gateway-worker")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// Runs `future` on the gateway's runtime (or this one) and waits for it.
+    async fn run<F>(&self, future: F) -> Result<F::Output, BenchError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => Ok(runtime.spawn(future).await?),
+            None => Ok(future.await),
+        }
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the bench's runtime, where blocking on the workers is not allowed;
+        // the gateway has shut down by then.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The gateway reads the backlog and delivers it over loopback gRPC to the subscribers of
+/// `readers`, that ack every delivery. Timed from the first delivery to the last ack the
+/// gateway took; the commits that follow are waited for but not timed. `broker`: a real
+/// broker's PID, whose CPU over the same stretch is reported too.
 pub async fn gateway(
     bootstrap: &str,
     backlog: &Backlog,
     group: &str,
-    subscribers: usize,
-    window: u32,
+    readers: Readers,
     properties: &BTreeMap<String, String>,
     broker: Option<u32>,
 ) -> Result<Rate, BenchError> {
+    let Readers { subscribers, window, workers } = readers;
     let route = "bench";
     let mut config = Config::single_route(bootstrap, group, route, &[&backlog.topic]);
     config.kafka.commit_interval_ms = 1_000;
     config.kafka.properties = properties.clone();
     config.routes[0].max_in_flight = window;
-    let gw = gateway::start(config).await?;
+    let runtime = OwnRuntime::new(workers)?;
+    let gw = runtime.run(gateway::start(config)).await??;
     let stats = gw.stats();
     let seen = Arc::new(Seen::default());
     let (stop_tx, stop) = watch::channel(false);
@@ -236,7 +285,7 @@ pub async fn gateway(
     for t in tasks {
         let _ = t.await;
     }
-    gw.shutdown().await;
+    runtime.run(gw.shutdown()).await?;
     Ok(rate)
 }
 
