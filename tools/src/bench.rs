@@ -344,20 +344,9 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         for &rate in &options.latency_rates {
             progress(&format!("latency {size} B at {rate} msg/s"));
             let topic = format!("latency-{size}b-{rate}");
-            cluster.create_topic(&format!("{topic}-raw"), LATENCY_PARTITIONS, 1)?;
-            cluster.create_topic(&format!("{topic}-gw"), LATENCY_PARTITIONS, 1)?;
-            let d = options.latency_duration;
-            let raw = latency::raw(&bootstrap, &format!("{topic}-raw"), rate, size, d, &properties).await?;
-            let gateway = latency::gateway(
-                &bootstrap,
-                &format!("{topic}-gw"),
-                rate,
-                size,
-                d,
-                options.latency_subscribers,
-                &properties,
-            )
-            .await?;
+            cluster.create_topic(&topic, LATENCY_PARTITIONS, 1)?;
+            let (d, n) = (options.latency_duration, options.latency_subscribers);
+            let (raw, gateway) = latency::paced(&bootstrap, &topic, rate, size, d, n, &properties).await?;
             report.latency.push(LatencyRow { size, rate, raw, gateway });
         }
     }

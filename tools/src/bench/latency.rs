@@ -55,56 +55,17 @@ fn record(h: &mut Histogram<u64>, payload: &[u8], run_started: Instant) {
     h.saturating_record(age.as_micros().max(1) as u64);
 }
 
-/// One paced run: what a plain consumer sees.
-pub async fn raw(
-    bootstrap: &str,
-    topic: &str,
-    rate: u32,
-    size: usize,
-    duration: Duration,
-    properties: &BTreeMap<String, String>,
-) -> Result<Percentiles, BenchError> {
-    let consumer: BaseConsumer = consumer_config(bootstrap, &format!("{topic}-raw"), properties).create()?;
-    consumer.subscribe(&[topic])?;
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    // The number of messages sent, once producing is over: the reader stops when it has them
-    // all (or after TAIL), so the slowest messages are in the histogram too.
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<u64>();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut h = histogram();
-        let mut ready_tx = Some(ready_tx);
-        let mut started = Instant::now();
-        let mut received = 0u64;
-        let mut until: Option<(u64, Instant)> = None;
-        loop {
-            if let Some(tx) = ready_tx.take_if(|_| consumer.assignment().is_ok_and(|a| a.count() > 0)) {
-                started = Instant::now();
-                let _ = tx.send(());
-            }
-            if let Ok(sent) = sent_rx.try_recv() {
-                until = Some((sent, Instant::now() + TAIL));
-            }
-            if until.is_some_and(|(sent, by)| received >= sent || Instant::now() > by) {
-                break;
-            }
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
-                received += 1;
-                if let Some(p) = m.payload() {
-                    record(&mut h, p, started);
-                }
-            }
-        }
-        consumer.unsubscribe();
-        h
-    });
-    let _ = ready.await;
-    let sent = produce(bootstrap, topic, rate, size, duration).await?;
-    let _ = sent_tx.send(sent);
-    Ok(percentiles(&reader.await?))
-}
+/// The clock both readers' warm-ups are counted from: set once the readers are ready, just
+/// before producing starts.
+type Start = Arc<Mutex<Instant>>;
 
-/// One paced run through the gateway to `subscribers` subscribers that ack at once.
-pub async fn gateway(
+/// One paced run read by both sides at once: a plain consumer (what Kafka alone gives) and the
+/// gateway's `subscribers` subscribers, which ack at once, take the same messages from the same
+/// topic, each side in a consumer group of its own. A stall of the machine or the broker then
+/// lands in both histograms, so the difference of their percentiles is the gateway's; run one
+/// after the other, a single stall in either window moved the "added" p99 by tens of
+/// milliseconds either way. Returns (raw, gateway).
+pub async fn paced(
     bootstrap: &str,
     topic: &str,
     rate: u32,
@@ -112,7 +73,8 @@ pub async fn gateway(
     duration: Duration,
     subscribers: usize,
     properties: &BTreeMap<String, String>,
-) -> Result<Percentiles, BenchError> {
+) -> Result<(Percentiles, Percentiles), BenchError> {
+    let start: Start = Arc::new(Mutex::new(Instant::now()));
     let route = "latency";
     let mut config = Config::single_route(bootstrap, &format!("{topic}-gw"), route, &[topic]);
     config.kafka.commit_interval_ms = 1_000;
@@ -120,14 +82,13 @@ pub async fn gateway(
     let gw = gateway::start(config).await?;
     let stats = gw.stats();
     let h = Arc::new(Mutex::new(histogram()));
-    let started = Arc::new(Mutex::new(Instant::now()));
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for i in 0..subscribers {
-        let (h, started, received) = (h.clone(), started.clone(), received.clone());
+        let (h, start, received) = (h.clone(), start.clone(), received.clone());
         let look = move |d: &fanout_gateway::proto::Delivery| {
-            let since = *started.lock();
+            let since = *start.lock();
             record(&mut h.lock(), d.value.as_deref().unwrap_or_default(), since);
             received.fetch_add(1, Ordering::Relaxed);
         };
@@ -140,19 +101,84 @@ pub async fn gateway(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    *started.lock() = Instant::now();
+    let mut raw = RawReader::start(bootstrap, topic, properties, start.clone())?;
+    raw.ready().await;
+
+    *start.lock() = Instant::now();
     let sent = produce(bootstrap, topic, rate, size, duration).await?;
     let tail = Instant::now() + TAIL;
     while received.load(Ordering::Relaxed) < sent && Instant::now() < tail {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let raw = raw.finish(sent).await?;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
     gw.shutdown().await;
-    let h = h.lock();
-    Ok(percentiles(&h))
+    let gateway = percentiles(&h.lock());
+    Ok((percentiles(&raw), gateway))
+}
+
+/// A plain consumer on a blocking thread, recording each message's age.
+struct RawReader {
+    ready: tokio::sync::oneshot::Receiver<()>,
+    /// The number of messages sent, once producing is over: the reader stops when it has them
+    /// all (or after [`TAIL`]), so the slowest messages are in the histogram too.
+    sent: std::sync::mpsc::Sender<u64>,
+    reader: tokio::task::JoinHandle<Histogram<u64>>,
+}
+
+impl RawReader {
+    fn start(
+        bootstrap: &str,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+        start: Start,
+    ) -> Result<Self, BenchError> {
+        let consumer: BaseConsumer = consumer_config(bootstrap, &format!("{topic}-raw"), properties).create()?;
+        consumer.subscribe(&[topic])?;
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (sent, sent_rx) = std::sync::mpsc::channel::<u64>();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut h = histogram();
+            let mut ready_tx = Some(ready_tx);
+            let mut received = 0u64;
+            let mut until: Option<(u64, Instant)> = None;
+            loop {
+                if let Some(tx) = ready_tx.take_if(|_| consumer.assignment().is_ok_and(|a| a.count() > 0)) {
+                    let _ = tx.send(());
+                }
+                if let Ok(sent) = sent_rx.try_recv() {
+                    until = Some((sent, Instant::now() + TAIL));
+                }
+                if until.is_some_and(|(sent, by)| received >= sent || Instant::now() > by) {
+                    break;
+                }
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                    received += 1;
+                    if let Some(p) = m.payload() {
+                        let since = *start.lock();
+                        record(&mut h, p, since);
+                    }
+                }
+            }
+            consumer.unsubscribe();
+            h
+        });
+        Ok(Self { ready, sent, reader })
+    }
+
+    /// Until the consumer has its partitions (or gave up: the histogram says so).
+    async fn ready(&mut self) {
+        let _ = (&mut self.ready).await;
+    }
+
+    /// Tells it how many were sent and takes its histogram once it has them all.
+    async fn finish(self, sent: u64) -> Result<Histogram<u64>, BenchError> {
+        let _ = self.sent.send(sent);
+        Ok(self.reader.await?)
+    }
 }
 
 /// Produces at `rate` for `duration` on a blocking thread; returns how many were sent.

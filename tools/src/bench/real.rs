@@ -143,13 +143,9 @@ async fn measure(broker: &Broker, options: &BenchOptions, progress: &impl Fn(&st
             for &rate in &options.latency_rates {
                 progress(&format!("latency {size} B at {rate} msg/s"));
                 let topic = format!("{run}-latency-{size}b-{rate}");
-                let (raw_topic, gw_topic) = (format!("{topic}-raw"), format!("{topic}-gw"));
-                topics.create(&raw_topic, LATENCY_PARTITIONS).await?;
-                topics.create(&gw_topic, LATENCY_PARTITIONS).await?;
-                let d = options.latency_duration;
-                let raw = latency::raw(bootstrap, &raw_topic, rate, size, d, &properties).await?;
-                let n = options.latency_subscribers;
-                let gateway = latency::gateway(bootstrap, &gw_topic, rate, size, d, n, &properties).await?;
+                topics.create(&topic, LATENCY_PARTITIONS).await?;
+                let (d, n) = (options.latency_duration, options.latency_subscribers);
+                let (raw, gateway) = latency::paced(bootstrap, &topic, rate, size, d, n, &properties).await?;
                 report.latency.push(LatencyRow { size, rate, raw, gateway });
             }
         }
