@@ -18,6 +18,18 @@ pub use cluster::{Cluster, ClusterSpec, TlsListeners};
 pub use jars::{classpath, compile_java, jars_dir, jars_present, kafka_version};
 pub use ports::free_port;
 
+/// Whether `metadata` shows `topic` created with `partitions` partitions, each with a leader:
+/// a topic just created answers metadata before its partitions have leaders, and producing or
+/// assigning before then fails or waits.
+pub fn topic_led(metadata: &rdkafka::metadata::Metadata, topic: &str, partitions: i32) -> bool {
+    metadata.topics().iter().any(|t| {
+        t.name() == topic
+            && t.error().is_none()
+            && t.partitions().len() == partitions as usize
+            && t.partitions().iter().all(|p| p.leader() >= 0)
+    })
+}
+
 /// Why a cluster could not be started or a Java program not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {

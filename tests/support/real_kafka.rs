@@ -277,14 +277,9 @@ allow.everyone.if.no.acl.found=false
         let consumer = self.client("topic-check");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let led = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|m| {
-                m.topics().iter().any(|t| {
-                    t.name() == topic
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
+            let led = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .is_ok_and(|m| fanout_kafka_fixture::topic_led(&m, topic, partitions));
             if led {
                 return;
             }

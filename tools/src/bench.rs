@@ -255,6 +255,21 @@ pub struct ThroughputRow {
     pub scaling: Vec<Scaled>,
 }
 
+impl ThroughputRow {
+    /// Every reader of the row as the tables name it, in their order: the raw consumer, the
+    /// gateway by subscribers, the scaling runs, the share group by members.
+    fn readers(&self) -> Vec<(String, Rate)> {
+        std::iter::once(("raw consumer".to_string(), self.raw))
+            .chain(self.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
+            .chain(self.scaling.iter().map(|sc| {
+                let (n, w) = (sc.subscribers, sc.workers);
+                (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
+            }))
+            .chain(self.share.iter().map(|(n, r)| (format!("share group, {n} member{}", plural(*n)), *r)))
+            .collect()
+    }
+}
+
 /// One run of the scaling row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Scaled {
@@ -723,13 +738,7 @@ impl BenchReport {
         for row in &self.throughput {
             let s = size_name(row.size);
             let raw = row.raw.per_sec().max(1e-9);
-            let lines = std::iter::once(("raw consumer".to_string(), row.raw))
-                .chain(row.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
-                .chain(row.scaling.iter().map(|sc| {
-                    let (n, w) = (sc.subscribers, sc.workers);
-                    (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
-                }));
-            for (reader, r) in lines {
+            for (reader, r) in row.readers() {
                 let _ = writeln!(
                     t,
                     "  {:<6} {:<30} {:>10.0} {:>9.1} {:>8.2} {:>10.2} {:>8.2}",
@@ -761,14 +770,7 @@ impl BenchReport {
         for row in &self.throughput {
             let s = size_name(row.size);
             let raw = row.raw.per_sec().max(1e-9);
-            let lines = std::iter::once(("raw consumer".to_string(), row.raw))
-                .chain(row.gateway.iter().map(|(n, r)| (format!("gateway, {n} subscriber{}", plural(*n)), *r)))
-                .chain(row.scaling.iter().map(|sc| {
-                    let (n, w) = (sc.subscribers, sc.workers);
-                    (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
-                }))
-                .chain(row.share.iter().map(|(n, r)| (format!("share group, {n} member{}", plural(*n)), *r)));
-            for (reader, r) in lines {
+            for (reader, r) in row.readers() {
                 let broker = r.broker_us_per_msg().map_or("-".to_string(), |b| format!("{b:.2}"));
                 let _ = writeln!(
                     t,

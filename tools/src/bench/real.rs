@@ -216,14 +216,10 @@ impl Topics {
         self.created.lock().push(topic.to_string());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let led = self.metadata.fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|m| {
-                m.topics().iter().any(|t| {
-                    t.name() == topic
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
+            let led = self
+                .metadata
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .is_ok_and(|m| fanout_kafka_fixture::topic_led(&m, topic, partitions));
             if led {
                 return Ok(());
             }
