@@ -237,12 +237,16 @@ impl Control {
                 .map(|p| {
                     // The statistics are up to a second old: a partition's end is at least
                     // what the group has committed.
-                    let high_watermark = self
-                        .inner
-                        .stats
-                        .high_watermark_of(&group, &p.tp.topic, p.tp.partition)
-                        .map(|hw| hw.max(p.committed.unwrap_or(0)));
-                    PartitionStatus { snapshot: p.clone(), high_watermark, lag: lag(high_watermark, p.committed) }
+                    let ends = self.inner.stats.ends_of(&group, &p.tp.topic, p.tp.partition);
+                    let at_least = |end: i64| end.max(p.committed.unwrap_or(0));
+                    let high_watermark = ends.map(|e| at_least(e.high_watermark));
+                    let last_stable_offset = ends.map(|e| at_least(e.readable));
+                    PartitionStatus {
+                        snapshot: p.clone(),
+                        high_watermark,
+                        last_stable_offset,
+                        lag: lag(last_stable_offset, p.committed),
+                    }
                 })
                 .collect();
             let unreadable_topics = self.inner.stats.unreadable_of(&group, &snapshot.config.consumed_topics());
@@ -503,10 +507,10 @@ impl Control {
     }
 }
 
-/// How far the group's commits are behind the partition's end.
-fn lag(high_watermark: Option<i64>, committed: Option<i64>) -> Option<i64> {
-    let hw = high_watermark?;
-    Some((hw - committed.unwrap_or(0)).max(0))
+/// How far the group's commits are behind where its consumer can read up to.
+fn lag(readable_end: Option<i64>, committed: Option<i64>) -> Option<i64> {
+    let end = readable_end?;
+    Some((end - committed.unwrap_or(0)).max(0))
 }
 
 #[cfg(test)]

@@ -406,7 +406,8 @@ impl Collector for Scrape {
         family(
             &mut e,
             "partition_lag",
-            "Records of the partition the route's group has not committed (high watermark - committed)",
+            "Records of the partition the route's group has not committed of what it can read \
+             (last stable offset - committed; an open transaction's records are not counted)",
             MetricType::Gauge,
             partition_series(|p| p.lag),
         )?;
@@ -437,6 +438,14 @@ impl Collector for Scrape {
             "The partition's high watermark, from the consumer's statistics (up to a second old)",
             MetricType::Gauge,
             partition_series(|p| p.high_watermark),
+        )?;
+        family(
+            &mut e,
+            "partition_last_stable_offset",
+            "Where the route's consumer can read the partition up to: below the first record of a \
+             transaction still open under isolation.level=read_committed, else the high watermark",
+            MetricType::Gauge,
+            partition_series(|p| p.last_stable_offset),
         )?;
         Ok(())
     }

@@ -114,9 +114,10 @@ pub struct Stats {
     /// Last successfully committed offset per (consumer group, topic, partition): each route
     /// commits in a group of its own.
     pub committed: RwLock<HashMap<GroupPartition, i64>>,
-    /// High watermark per (consumer group, topic, partition), from the route consumers'
-    /// statistics (every `statistics.interval.ms`, 1 s unless set): what lag is measured against.
-    pub high_watermarks: RwLock<HashMap<GroupPartition, i64>>,
+    /// Where each partition ends per (consumer group, topic, partition), from the route
+    /// consumers' statistics (every `statistics.interval.ms`, 1 s unless set): what lag is
+    /// measured against.
+    pub partition_ends: RwLock<HashMap<GroupPartition, PartitionEnds>>,
     /// Config changes applied (file, ConfigMap or admin API) and refused since start.
     pub config_reloads: AtomicU64,
     pub config_refused: AtomicU64,
@@ -208,6 +209,19 @@ pub struct GroupPartition {
     pub partition: i32,
 }
 
+/// Where a partition ends, as a route's consumer last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionEnds {
+    /// The high watermark: one past the last record written and replicated.
+    pub high_watermark: i64,
+    /// Where the route's consumer can read up to: the last stable offset under
+    /// `isolation.level = read_committed` (librdkafka's default), below the first record of a
+    /// transaction still open; the high watermark under `read_uncommitted`. Lag counts up to
+    /// here: the records of an open transaction are not the route's to read yet, and counting
+    /// them would raise a lag alarm for a route that is keeping up.
+    pub readable: i64,
+}
+
 impl GroupPartition {
     pub fn new(group: &str, topic: &str, partition: i32) -> Self {
         Self { group: Arc::from(group), topic: topic.to_string(), partition }
@@ -270,9 +284,9 @@ impl Stats {
         found
     }
 
-    /// The high watermark of a partition as `group`'s consumer last saw it.
-    pub fn high_watermark_of(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.high_watermarks.read().get(&GroupPartition::new(group, topic, partition)).copied()
+    /// Where a partition ends as `group`'s consumer last saw it.
+    pub fn ends_of(&self, group: &str, topic: &str, partition: i32) -> Option<PartitionEnds> {
+        self.partition_ends.read().get(&GroupPartition::new(group, topic, partition)).copied()
     }
 
     /// The last offset `group` committed for a partition, if this gateway committed one.

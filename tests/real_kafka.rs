@@ -567,8 +567,9 @@ fn partition_gauge(samples: &std::collections::HashMap<String, f64>, name: &str,
     out
 }
 
-/// Waits until the gateway's lag and high-watermark series of every partition equal what
-/// Kafka itself says (its end offsets, the group's committed offsets), and returns the lag.
+/// Waits until the gateway's lag, high-watermark and last-stable-offset series of every
+/// partition equal what Kafka itself says (its high watermarks, its ends to a `read_committed`
+/// reader, the group's committed offsets), and returns the lag.
 async fn lag_agrees_with_kafka(
     kafka: &RealKafka,
     admin: std::net::SocketAddr,
@@ -578,20 +579,25 @@ async fn lag_agrees_with_kafka(
 ) -> Vec<(i32, i64)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ends = kafka.end_offsets(topic, partitions);
+        let (stable, high) = (kafka.end_offsets(topic, partitions), kafka.high_watermarks(topic, partitions));
         let committed = kafka.committed(group, topic, partitions);
         let kafka_lag: Vec<(i32, i64)> =
-            (0..partitions).map(|p| (p, ends[&p] - committed.get(&p).copied().unwrap_or(0))).collect();
-        let kafka_ends: Vec<(i32, i64)> = (0..partitions).map(|p| (p, ends[&p])).collect();
+            (0..partitions).map(|p| (p, stable[&p] - committed.get(&p).copied().unwrap_or(0))).collect();
+        let listed = |ends: &std::collections::HashMap<i32, i64>| -> Vec<(i32, i64)> {
+            (0..partitions).map(|p| (p, ends[&p])).collect()
+        };
+        let (kafka_stable, kafka_high) = (listed(&stable), listed(&high));
         let (_, samples) = scrape(admin).await;
         let lag = partition_gauge(&samples, "fanout_partition_lag", topic);
         let marks = partition_gauge(&samples, "fanout_partition_high_watermark", topic);
-        if lag == kafka_lag && marks == kafka_ends {
+        let stable_marks = partition_gauge(&samples, "fanout_partition_last_stable_offset", topic);
+        if lag == kafka_lag && marks == kafka_high && stable_marks == kafka_stable {
             return lag;
         }
         assert!(
             Instant::now() < deadline,
-            "the gateway's view never matched Kafka's in 20 s: lag {lag:?} vs {kafka_lag:?}, high watermarks {marks:?} vs {kafka_ends:?}"
+            "the gateway's view never matched Kafka's in 20 s: lag {lag:?} vs {kafka_lag:?}, high watermarks \
+             {marks:?} vs {kafka_high:?}, last stable offsets {stable_marks:?} vs {kafka_stable:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -636,6 +642,102 @@ async fn lag_and_high_watermark_metrics_agree_with_kafkas_own_view_of_the_group(
         "un-acked, all of it is lag: {before:?}"
     );
     assert!(after.iter().all(|(_, lag)| *lag == 0), "acked and committed, no lag: {after:?}");
+    figure(format!(
+        "lag on Kafka: {} un-acked = lag {before:?} (partition, lag), as Kafka counts it; acked and committed: {after:?}",
+        produced.len()
+    ));
+}
+
+/// A transactional producer's transaction, left open: the records it wrote are not committed.
+struct OpenTransaction {
+    producer: FutureProducer,
+    ids: HashSet<String>,
+}
+
+impl OpenTransaction {
+    /// Opens a transaction and writes `count` records to partition 0 of `topic` in it.
+    async fn write(bootstrap: &str, topic: &str, count: usize) -> OpenTransaction {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", format!("{topic}-open"))
+            .create()
+            .expect("transactional producer");
+        tokio::task::block_in_place(|| {
+            producer.init_transactions(Duration::from_secs(30)).expect("transactions initialised");
+            producer.begin_transaction().expect("transaction begins");
+        });
+        let mut ids = HashSet::new();
+        for i in 0..count {
+            let value = format!("in the open transaction {i}");
+            let sent = producer
+                .send(FutureRecord::<(), _>::to(topic).partition(0).payload(&value), Duration::from_secs(30))
+                .await
+                .expect("written in the transaction");
+            ids.insert(format!("{topic}/{}/{}", sent.partition, sent.offset));
+        }
+        OpenTransaction { producer, ids }
+    }
+
+    fn commit(self) -> HashSet<String> {
+        tokio::task::block_in_place(|| self.producer.commit_transaction(Duration::from_secs(30)))
+            .expect("transaction commits");
+        self.ids
+    }
+}
+
+/// While a transaction is open, a `read_committed` route reads up to its first record (the
+/// last stable offset) and no further, not even the plain records written after it. Lag counts
+/// up to there: counted to the high watermark, a route that has committed everything it may
+/// read would show the open transaction and all behind it as lag, and page someone about a
+/// producer. Before the gateway took the last stable offset, lag was [(0, 150)] here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_counts_up_to_the_last_stable_offset_while_a_transaction_is_open() {
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("open-transaction");
+    kafka.create_topic(&topic, 1, &[]).await;
+    let bootstrap = kafka.bootstrap_servers();
+    let readable: HashSet<String> = produce_to(bootstrap, &topic, 100, 10).await.into_iter().collect();
+    let open = OpenTransaction::write(bootstrap, &topic, 50).await;
+    let behind: HashSet<String> = produce_to(bootstrap, &topic, 100, 10).await.into_iter().collect();
+    let group = unique_group("real-open-transaction");
+    let mut config = route_config(bootstrap, &group, &topic);
+    config.kafka.properties.insert("statistics.interval.ms".into(), "500".into());
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &readable, Duration::from_secs(2)).await;
+        let early: Vec<&String> = got.iter().filter(|id| !readable.contains(*id)).collect();
+        assert!(early.is_empty(), "records at or past the open transaction were delivered: {early:?}");
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        let (stable, high) = (kafka.end_offsets(&topic, 1)[&0], kafka.high_watermarks(&topic, 1)[&0]);
+        assert_eq!(
+            (stable, high),
+            (100, 250),
+            "Kafka holds the transaction open: (last stable offset, high watermark)"
+        );
+        let open_lag = lag_agrees_with_kafka(&kafka, gw.admin_addr(), &group, &topic, 1).await;
+        assert_eq!(open_lag, vec![(0, 0)], "everything readable was committed: no lag");
+
+        let written = open.commit();
+        let rest: HashSet<String> = written.union(&behind).cloned().collect();
+        let more = receive_all(&mut sub, &rest, Duration::from_millis(500)).await;
+        commits_reach_the_end(&kafka, &group, &topic, 1).await;
+        let closed_lag = lag_agrees_with_kafka(&kafka, gw.admin_addr(), &group, &topic, 1).await;
+        drop(sub);
+        gw.shutdown().await;
+        figure(format!(
+            "open transaction on Kafka: last stable offset {stable}, high watermark {high}; lag while open \
+             {open_lag:?}, after the commit {closed_lag:?}; {} + {} delivered, duplicates={}",
+            got.len(),
+            more.len(),
+            duplicates(&[got.clone(), more.clone()].concat())
+        ));
+        assert_eq!(closed_lag, vec![(0, 0)]);
+        assert_eq!(more.len(), rest.len(), "the transaction's records and those behind it, once each");
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

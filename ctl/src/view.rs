@@ -314,6 +314,7 @@ pub(crate) fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> St
                     p.partition.to_string(),
                     table::or_dash(p.committed),
                     table::or_dash(p.high_watermark),
+                    table::or_dash(p.last_stable_offset),
                     table::or_dash(p.lag),
                     if p.paused { "yes".into() } else { "no".into() },
                     p.buffered.to_string(),
@@ -322,7 +323,18 @@ pub(crate) fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> St
         }
     }
     table::render_marked(
-        &["REPLICA", "ROUTE", "TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG", "PAUSED", "BUFFERED"],
+        &[
+            "REPLICA",
+            "ROUTE",
+            "TOPIC",
+            "PARTITION",
+            "COMMITTED",
+            "HIGH-WATERMARK",
+            "LAST-STABLE",
+            "LAG",
+            "PAUSED",
+            "BUFFERED",
+        ],
         &rows,
         &missing_rows(missing),
     )

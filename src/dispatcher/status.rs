@@ -53,6 +53,9 @@ pub struct RouteStatus {
 pub struct PartitionStatus {
     pub snapshot: PartitionSnapshot,
     pub high_watermark: Option<i64>,
+    /// Where the route can read up to (see [`crate::stats::PartitionEnds::readable`]).
+    pub last_stable_offset: Option<i64>,
+    /// `last_stable_offset - committed`.
     pub lag: Option<i64>,
 }
 

@@ -154,6 +154,7 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
             partition: p.snapshot.tp.partition,
             committed: p.snapshot.committed,
             high_watermark: p.high_watermark,
+            last_stable_offset: p.last_stable_offset,
             lag: p.lag,
             paused: p.snapshot.paused,
             buffered: p.snapshot.buffered as u64,

@@ -30,7 +30,7 @@ use super::commits::{Answer, InFlight, Request, ANSWER_LIMIT};
 use super::{Assignment, ClientReports, CommitOutcome, KafkaCommand, KafkaEvent, Record, TopicPartition};
 use crate::config::{Config, GroupProtocol, RouteConfig};
 use crate::offsets::{decode_acked, CommitPoint};
-use crate::stats::{GroupPartition, GroupState, Stats};
+use crate::stats::{GroupPartition, GroupState, PartitionEnds, Stats};
 
 /// Records handed over per event: large enough to amortise the channel, small enough that
 /// one batch is little memory.
@@ -106,6 +106,9 @@ struct GatewayContext {
     /// What librdkafka's commit callback said, for the thread to settle after its poll (the
     /// callback runs inside `poll`, where the thread's own state is out of reach).
     answers: parking_lot::Mutex<Vec<Answer>>,
+    /// Whether the consumer skips aborted and open transactions (`isolation.level`), which
+    /// decides where lag is counted up to.
+    read_committed: bool,
 }
 
 /// Interned topic names, so every record of a topic shares one `Arc<str>`. Looked up for every
@@ -197,6 +200,20 @@ struct TopicStatistics {
 struct PartitionStatistics {
     #[serde(default = "unknown_offset")]
     hi_offset: i64,
+    /// The last stable offset (the high watermark when no transaction is open).
+    #[serde(default = "unknown_offset")]
+    ls_offset: i64,
+}
+
+impl PartitionStatistics {
+    /// The partition's ends, or `None` while the consumer has not fetched it yet.
+    fn ends(&self, read_committed: bool) -> Option<PartitionEnds> {
+        if self.hi_offset < 0 {
+            return None;
+        }
+        let readable = if read_committed && self.ls_offset >= 0 { self.ls_offset } else { self.hi_offset };
+        Some(PartitionEnds { high_watermark: self.hi_offset, readable })
+    }
 }
 
 const fn unknown_offset() -> i64 {
@@ -221,13 +238,13 @@ impl GatewayContext {
             }
             self.stats.groups.write().insert(self.group.clone(), state);
         }
-        let mut marks = self.stats.high_watermarks.write();
+        let mut marks = self.stats.partition_ends.write();
         for (topic, t) in parsed.topics {
             for (partition, p) in t.partitions {
                 let Ok(partition) = partition.parse::<i32>() else { continue };
-                if partition >= 0 && p.hi_offset >= 0 {
+                if let (true, Some(ends)) = (partition >= 0, p.ends(self.read_committed)) {
                     let at = GroupPartition { group: self.group.clone(), topic: topic.clone(), partition };
-                    marks.insert(at, p.hi_offset);
+                    marks.insert(at, ends);
                 }
             }
         }
@@ -534,6 +551,12 @@ pub fn client_config(config: &Config, route: &RouteConfig) -> ClientConfig {
     cc
 }
 
+/// Whether a consumer made from `client` reads committed records only: librdkafka's default,
+/// unless `isolation.level` says `read_uncommitted`.
+fn reads_committed(client: &ClientConfig) -> bool {
+    client.get("isolation.level").is_none_or(|level| !level.trim().eq_ignore_ascii_case("read_uncommitted"))
+}
+
 /// Creates route `route`'s consumer and starts its thread, which joins the route's group once
 /// it may (see [`Joining`]). Nothing here waits on Kafka: a gateway with many routes and no
 /// Kafka starts at once, and readiness says what it waits for. `reports` is the gateway's, shared
@@ -550,6 +573,7 @@ pub fn spawn(
     let group: Arc<str> = Arc::from(route.group(&config.kafka));
     let topics = route.consumed_topics();
     let principal = super::topics::principal(&config.kafka);
+    let client = client_config(config, route);
     let context = GatewayContext {
         events: events_tx.clone(),
         stats: stats.clone(),
@@ -561,11 +585,11 @@ pub fn spawn(
         reports: reports.clone(),
         commit_latency: stats.histograms.commit(&route.name),
         answers: parking_lot::Mutex::new(Vec::new()),
+        read_committed: reads_committed(&client),
     };
     // Creating the client checks its properties (a start with a property librdkafka refuses
     // fails here, naming it) and connects to nothing yet.
-    let consumer: BaseConsumer<GatewayContext> =
-        client_config(config, route).create_with_context(context).map_err(ConsumerError::Create)?;
+    let consumer: BaseConsumer<GatewayContext> = client.create_with_context(context).map_err(ConsumerError::Create)?;
     let topic_check = super::topics::TopicCheck::new(&route.name, group.clone(), topics.clone(), principal);
     let joining =
         Joining { topics, group: group.to_string(), seed: super::upgrade::plan(config, route, reports.clone()) };
@@ -981,6 +1005,23 @@ fn to_record(context: &GatewayContext, m: &BorrowedMessage<'_>) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_is_counted_to_the_last_stable_offset_when_the_consumer_reads_committed_records() {
+        let open = PartitionStatistics { hi_offset: 250, ls_offset: 100 };
+        assert_eq!(open.ends(true), Some(PartitionEnds { high_watermark: 250, readable: 100 }));
+        assert_eq!(open.ends(false), Some(PartitionEnds { high_watermark: 250, readable: 250 }), "read_uncommitted");
+        let old_broker = PartitionStatistics { hi_offset: 250, ls_offset: -1 };
+        assert_eq!(old_broker.ends(true).map(|e| e.readable), Some(250), "no last stable offset reported");
+        assert_eq!(PartitionStatistics { hi_offset: -1, ls_offset: -1 }.ends(true), None, "not fetched yet");
+
+        let mut client = ClientConfig::new();
+        assert!(reads_committed(&client), "librdkafka's default");
+        client.set("isolation.level", " Read_Uncommitted");
+        assert!(!reads_committed(&client));
+        client.set("isolation.level", "read_committed");
+        assert!(reads_committed(&client));
+    }
 
     #[test]
     fn librdkafka_reads_ahead_one_partitions_bound_of_records_and_a_few_mib() {

@@ -300,9 +300,21 @@ allow.everyone.if.no.acl.found=false
     /// Each partition's end as the broker reports it to a `read_committed` reader: the last
     /// stable offset, which is the high watermark when no transaction is open.
     pub fn end_offsets(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        self.ends(topic, partitions, "read_committed")
+    }
+
+    /// Each partition's high watermark (its end to a `read_uncommitted` reader), open
+    /// transactions included.
+    pub fn high_watermarks(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        self.ends(topic, partitions, "read_uncommitted")
+    }
+
+    /// Each partition's end to a reader of `isolation`: librdkafka asks ListOffsets with the
+    /// client's isolation level.
+    fn ends(&self, topic: &str, partitions: i32, isolation: &str) -> HashMap<i32, i64> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap_servers())
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .create()
             .expect("consumer");
         (0..partitions)
