@@ -1,5 +1,7 @@
-//! A routed topic the gateway may not read, on a real Apache Kafka broker that enforces ACLs
-//! (one KRaft node with the StandardAuthorizer, see `support::real_kafka`): the gateway reads
+//! A routed topic the gateway cannot read, on a real Apache Kafka broker: one that does not
+//! exist yet is named in the log, `/readyz` and `fanoutctl status` while the other route flows,
+//! and read without a restart once created. One the gateway may not read, on a broker that
+//! enforces ACLs (one KRaft node with the StandardAuthorizer, see `support::real_kafka`): the gateway reads
 //! through the SASL_SSL listener as an ordinary principal, allowed one topic and refused
 //! another. The route over the refused topic is named, with the principal and what to grant
 //! it, in the log, in `/readyz` and in `fanoutctl status`; the replica stays ready and its other
@@ -152,4 +154,85 @@ async fn a_topic_or_group_the_gateway_may_not_use_is_named_with_what_to_grant_an
     let got = tokio::time::timeout(Duration::from_secs(90), run).await.expect("test finished in time");
     let lost = expected.iter().filter(|id| !got.contains(*id)).count();
     assert_eq!(lost, 0, "every record of the allowed topic was delivered");
+}
+
+/// The routed topic nobody has created yet: the route says so where an operator looks, the
+/// replica stays ready and its other route delivers and commits; created, the topic is read
+/// within the gateway's metadata refresh (10 s), without a restart, and the note goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_routed_topic_that_does_not_exist_yet_is_named_and_read_once_created() {
+    const MESSAGES: usize = 1_000;
+    const AUDIT: &str = "audit";
+    let logs = Logs::capture();
+    if !support::real_kafka::available() {
+        return;
+    }
+    fanoutctl_bin();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let (existing, missing) = (unique_group("existing"), unique_group("not-yet"));
+    kafka.create_topic(&existing, 2, &[]).await;
+    let group = unique_group("real-missing");
+    let mut config = Config::single_route(kafka.bootstrap_servers(), &group, ROUTE, &[&existing]);
+    config.kafka.commit_interval_ms = 100;
+    config.server.shutdown_grace_ms = 5_000;
+    config.routes.push(RouteConfig::new(AUDIT, &[&missing]));
+    let expected: HashSet<String> =
+        produce_to(kafka.bootstrap_servers(), &existing, MESSAGES, 100).await.into_iter().collect();
+    let said = format!("route {AUDIT} cannot read topic {missing}: it does not exist");
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let admin = gw.admin_addr();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        let got = receive_all(&mut sub, &expected).await;
+        let behind =
+            poll_until(Duration::from_secs(30), || async { kafka.uncommitted(&group, &existing, 2) }, Vec::is_empty)
+                .await;
+        assert!(behind.is_empty(), "the other route commits to the end: (partition, committed, end) {behind:?}");
+        let (code, readyz) =
+            poll_until(Duration::from_secs(30), || http_get(admin, "/readyz"), |(_, body)| body.contains(&said)).await;
+        assert!(readyz.contains(&said), "/readyz names the route, the topic and why: {readyz}");
+        assert_eq!(code, 200, "the replica stays ready for its other route: {readyz}");
+        let warned = logs.lines_with("WARN", &[&said]);
+        assert_eq!(warned.len(), 1, "said once at WARN: {warned:?}");
+        let (ctl_code, status, ctl_err) = fanoutctl(&["--gateway", &admin.to_string(), "status"]).await;
+        assert_eq!(ctl_code, 0, "fanoutctl status answers: {ctl_err}");
+        assert!(status.contains(&said), "fanoutctl status names it: {status}");
+
+        // Created: read without a restart, committed to the end, and no longer said.
+        kafka.create_topic(&missing, 2, &[]).await;
+        let created_at = Instant::now();
+        let audit_ids: HashSet<String> =
+            produce_to(kafka.bootstrap_servers(), &missing, 100, 10).await.into_iter().collect();
+        let mut audit =
+            Subscription::connect(&gw.endpoint(), stream::hello(AUDIT, "b", 100)).await.expect("subscribes");
+        let audit_got = tokio::time::timeout(Duration::from_secs(40), receive_all(&mut audit, &audit_ids))
+            .await
+            .expect("the created topic's records arrived within 40 s");
+        let read_after = created_at.elapsed();
+        let audit_group = format!("{group}.{AUDIT}");
+        let behind = poll_until(
+            Duration::from_secs(30),
+            || async { kafka.uncommitted(&audit_group, &missing, 2) },
+            Vec::is_empty,
+        )
+        .await;
+        assert!(behind.is_empty(), "the created topic is committed to its end: {behind:?}");
+        let (_, cleared) =
+            poll_until(Duration::from_secs(30), || http_get(admin, "/readyz"), |(_, body)| !body.contains(&said)).await;
+        figure(format!(
+            "missing topic on Kafka: the other route delivered {} of {MESSAGES}; /readyz {code} {readyz:?}; log {warned:?}; \
+             once created, its {} records arrived {:.1} s later (duplicates {}); /readyz then {cleared:?}",
+            got.len(),
+            audit_got.len(),
+            read_after.as_secs_f64(),
+            audit_got.len() - audit_got.iter().collect::<HashSet<_>>().len(),
+        ));
+        assert!(!cleared.contains(&said), "the note goes once the topic is read: {cleared}");
+        drop((sub, audit));
+        gw.shutdown().await;
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(150), run).await.expect("test finished in time");
+    assert_eq!(expected.iter().filter(|id| !got.contains(*id)).count(), 0, "lost nothing of the other route");
 }
