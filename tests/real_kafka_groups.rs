@@ -373,3 +373,70 @@ async fn a_gateway_frozen_past_its_session_finds_its_partitions_lost_and_goes_on
     };
     tokio::time::timeout(Duration::from_secs(240), run).await.expect("test finished in time");
 }
+
+/// Two replicas given the same `group.instance.id` (a copied StatefulSet, a pod name reused by
+/// hand): Kafka's coordinator fences the older member once the newer one joins, and librdkafka
+/// makes that fatal. The fenced replica can read and commit nothing more, so it fails liveness,
+/// naming the group, the id and the setting to check, and Kubernetes restarts it; the newer
+/// replica reads the route. The mock shows it with an injected error
+/// (`tests/observability.rs`); here Kafka's own coordinator fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_fenced_by_another_with_its_instance_id_fails_liveness_and_the_other_reads_on() {
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let topic = unique_group("groups-fenced");
+    kafka.create_topic(&topic, 2, &[]).await;
+    let group = unique_group("real-groups-fenced");
+    let mut config = route_config(&bootstrap, &group, &topic, GroupProtocol::Classic);
+    config.kafka.commit_interval_ms = 200;
+    config.kafka.group_instance_id = Some("replica-0".into());
+    let route_group = config.routes[0].group(&config.kafka);
+
+    let run = async {
+        let a = start_gateway(config.clone()).await;
+        let ready = |admin| async move { http_get(admin, "/readyz").await.0 };
+        poll_until(Duration::from_secs(60), || ready(a.admin_addr()), |code| *code == 200).await;
+        assert_eq!(http_get(a.admin_addr(), "/healthz").await.0, 200, "A alive before");
+
+        let b = start_gateway(config.clone()).await;
+        let joined = tokio::time::Instant::now();
+        let (code, body) =
+            poll_until(Duration::from_secs(60), || http_get(a.admin_addr(), "/healthz"), |(c, _)| *c != 200).await;
+        let fenced_after = joined.elapsed();
+        assert_eq!(code, 503, "A, fenced, can do nothing more and must restart: {body}");
+        assert!(body.contains(&route_group), "names the route's group: {body}");
+        assert!(
+            body.contains("group.instance.id") && body.contains("kafka.group_instance_id"),
+            "says what to check: {body}"
+        );
+
+        // B holds the member id now and reads the route.
+        let ids: std::collections::HashSet<String> =
+            produce_to(&bootstrap, &topic, 500, 10).await.into_iter().collect();
+        let mut sub =
+            fanout_client::stream::Subscription::connect(&b.endpoint(), fanout_client::stream::hello(ROUTE, "b", 500))
+                .await
+                .expect("subscribes to B");
+        let mut got = std::collections::HashSet::new();
+        while !ids.iter().all(|id| got.contains(id)) {
+            let batch: Vec<String> = next_batch(&mut sub).await.iter().map(fanout_client::stream::id_of).collect();
+            sub.ack(batch.clone()).await.expect("acks sent");
+            got.extend(batch);
+        }
+        let b_health = http_get(b.admin_addr(), "/healthz").await.0;
+        figure(format!(
+            "fenced static member on Kafka: A's /healthz {code} {:.1} s after B joined with its instance id ({}); \
+             B delivered {} of {}, B's /healthz {b_health}",
+            fenced_after.as_secs_f64(),
+            body.trim(),
+            got.len(),
+            ids.len()
+        ));
+        assert_eq!(b_health, 200, "B, the member Kafka kept, is alive");
+        drop(sub);
+        b.shutdown().await;
+        a.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(180), run).await.expect("test finished in time");
+}
