@@ -447,8 +447,16 @@ async fn the_gateway_reads_and_commits_through_a_sasl_ssl_listener() {
         gw.shutdown().await;
         got
     };
+    let started = Instant::now();
     let got = tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
     let lost = expected.iter().filter(|id| !got.contains(id)).count();
+    figure(format!(
+        "SASL_SSL (SCRAM-SHA-512) on Kafka: {MESSAGES} produced, {} delivered, lost={lost}, duplicates={}, \
+         committed to the end, {:.1} s",
+        got.len(),
+        duplicates(&got),
+        started.elapsed().as_secs_f64()
+    ));
     assert_eq!(lost, 0, "every message read over SASL_SSL");
 }
 
@@ -479,6 +487,7 @@ async fn a_wrong_scram_password_is_named_as_a_sasl_failure_and_the_replica_is_no
         );
         assert!(!said.contains(SCRAM_PASSWORD) && !said.contains("not-the-password"), "no password in it: {said}");
         let (code, body) = http_get(gw.admin_addr(), "/readyz").await;
+        figure(format!("wrong SCRAM password on Kafka: status {said:?}; /readyz {code}"));
         assert_eq!(code, 503, "not ready while Kafka refuses it: {body}");
         gw.shutdown().await;
     };
@@ -843,6 +852,14 @@ async fn letters_the_dead_letter_topic_refuses_as_they_are_go_without_the_part_a
         assert!(old.timestamp_ms.is_some_and(|ts| ts > two_hours_ago + 3_600_000), "given the time it was written");
         assert_eq!(old.value.as_deref(), Some(&b"old"[..]));
         assert_eq!((fine.value.as_deref(), fine.value_omitted), (Some(&b"fine"[..]), None), "the rest go whole");
+        figure(format!(
+            "letters the dead-letter topic refuses as they are, on Kafka: 3 nacked, {} letters landed (too large: \
+             value omitted {:?}; too old: written at {:?}, {} ms after the original), committed to the end",
+            listing.letters.len(),
+            big.value_omitted,
+            old.timestamp_ms,
+            old.timestamp_ms.unwrap_or_default() - two_hours_ago
+        ));
         let refused = gw.control().redrive(ROUTE, Selection::All, tokio::sync::mpsc::channel(8).0).await;
         let refused = refused.expect_err("a letter without its value is not redriven");
         assert!(refused.to_string().contains("carries no value"), "{refused}");
@@ -897,6 +914,12 @@ async fn a_retry_too_large_for_the_retry_topic_is_retried_in_place_and_committed
         seen.sort();
         let expected: Vec<(String, u32)> =
             ["after", "big", "small"].iter().flat_map(|k| [(k.to_string(), 1), (k.to_string(), 2)]).collect();
+        figure(format!(
+            "retry too large for the retry topic, on Kafka: deliveries (key, attempt) {attempts:?}; retried in place \
+             {}, through the retry topic {}; committed to the end",
+            Stats::get(&stats.retries_in_place),
+            Stats::get(&stats.retried_via_topic)
+        ));
         assert_eq!(seen, expected, "each delivered twice, as attempts 1 and 2");
         assert_eq!(Stats::get(&stats.retries_in_place), 1, "the big one was retried in place");
         assert_eq!(Stats::get(&stats.retried_via_topic), 2, "the others went through the retry topic");
@@ -904,6 +927,128 @@ async fn a_retry_too_large_for_the_retry_topic_is_retried_in_place_and_committed
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(90), run).await.expect("test finished in time");
+}
+
+/// The subscriber acks on in the background while fanoutctl waits for a replay, until told to
+/// stop (however long a loaded machine takes to start the replay); what it received, with each
+/// delivery's replay id (0 for live ones).
+fn ack_in_background(
+    mut sub: Subscription,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<(String, u64)>>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let received = tokio::spawn(async move {
+        let mut ids: Vec<(String, u64)> = Vec::new();
+        loop {
+            let batch = tokio::select! {
+                batch = sub.next() => batch,
+                _ = &mut stopped => break,
+            };
+            let Ok(Some(batch)) = batch else { break };
+            ids.extend(batch.iter().map(|d| (stream::id_of(d), d.replay_id)));
+            sub.ack(batch.iter().map(stream::id_of).collect()).await.expect("acks sent");
+        }
+        ids
+    });
+    (stop, received)
+}
+
+/// `config` with an admin token in a file of `dir`, which fanoutctl's changing calls need;
+/// the file's path.
+fn with_admin_token(config: &mut Config, dir: &std::path::Path) -> String {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "replay-token").expect("token written");
+    let token = token_file.display().to_string();
+    config.server.admin_token_file = Some(token.clone());
+    token
+}
+
+/// Writes `count` records to `topic` with the time `at` (milliseconds since the epoch, Kafka's
+/// CreateTime); their ids.
+async fn produce_at(bootstrap: &str, topic: &str, count: usize, at: i64) -> HashSet<String> {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().expect("producer");
+    let mut ids = HashSet::new();
+    for i in 0..count {
+        let (key, value) = (format!("key-{}", i % 10), format!("written at {at}: {i}"));
+        let sent = producer
+            .send(FutureRecord::to(topic).key(&key).payload(&value).timestamp(at), Duration::from_secs(30))
+            .await
+            .expect("produced");
+        ids.insert(format!("{topic}/{}/{}", sent.partition, sent.offset));
+    }
+    ids
+}
+
+/// A replay by time range: three batches written a minute, 40 s and 20 s ago (record times set
+/// by the producer); a replay from 50 s to 30 s ago delivers the middle batch again, every
+/// record of it and nothing else, marked as replayed, while the route's committed offsets stay
+/// at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_by_time_range_delivers_that_range_again_and_nothing_else() {
+    const PARTITIONS: i32 = 3;
+    init_logs();
+    let Some(kafka) = RealKafka::shared() else { return };
+    let topic = unique_topic("replay-times");
+    kafka.create_topic(&topic, PARTITIONS, &[]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let bootstrap = kafka.bootstrap_servers();
+    let (early, middle, late) = (
+        produce_at(bootstrap, &topic, 200, now - 60_000).await,
+        produce_at(bootstrap, &topic, 300, now - 40_000).await,
+        produce_at(bootstrap, &topic, 200, now - 20_000).await,
+    );
+    let everything: HashSet<String> = early.iter().chain(&middle).chain(&late).cloned().collect();
+    let group = unique_group("real-replay-times");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = route_config(bootstrap, &group, &topic);
+    let token = with_admin_token(&mut config, dir.path());
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let admin = gw.admin_addr().to_string();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
+        receive_all(&mut sub, &everything, Duration::from_millis(200)).await;
+        commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
+        let (stop, replayed) = ack_in_background(sub);
+        let (from, to) = ((now - 50_000).to_string(), (now - 30_000).to_string());
+        let started = Instant::now();
+        let (code, out, err) = fanoutctl(&[
+            "--gateway",
+            &admin,
+            "--token-file",
+            &token,
+            "replay",
+            ROUTE,
+            "--from-time",
+            &from,
+            "--to-time",
+            &to,
+        ])
+        .await;
+        let took = started.elapsed();
+        assert_eq!(code, 0, "{out}{err}");
+        let _ = stop.send(());
+        let replayed = replayed.await.expect("subscriber");
+        let again: Vec<&String> = replayed.iter().filter(|(_, r)| *r > 0).map(|(id, _)| id).collect();
+        let unique: HashSet<&String> = again.iter().copied().collect();
+        let outside: Vec<&&String> = unique.iter().filter(|id| !middle.contains(**id)).collect();
+        let missed = middle.iter().filter(|id| !unique.contains(id)).count();
+        figure(format!(
+            "replay by time range on Kafka: {} in {:.1} s; the range's {} records came again, missed {missed}, \
+             duplicates {}, outside the range {}",
+            out.trim(),
+            took.as_secs_f64(),
+            unique.len(),
+            again.len() - unique.len(),
+            outside.len()
+        ));
+        assert!(outside.is_empty(), "only the range came again: {:?}", &outside[..outside.len().min(5)]);
+        assert_eq!(missed, 0, "every record of the range came again");
+        assert!(out.contains(&format!("done, {} of {} record(s) settled", middle.len(), middle.len())), "{out}");
+        assert!(kafka.uncommitted(&group, &topic, PARTITIONS).is_empty(), "committed offsets did not move back");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("test finished in time");
 }
 
 /// A replay of a transactional topic, by offsets from the start and by a time past its last
@@ -915,7 +1060,6 @@ async fn a_retry_too_large_for_the_retry_topic_is_retried_in_place_and_committed
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records() {
     const PARTITIONS: i32 = 2;
-    const TOKEN: &str = "replay-token";
     init_logs();
     let Some(kafka) = RealKafka::shared() else { return };
     let topic = unique_topic("replay-transactions");
@@ -930,11 +1074,8 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
     tokio::time::sleep(Duration::from_millis(50)).await;
     let group = unique_group("real-replay-transactions");
     let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).expect("token written");
-    let token = token_file.display().to_string();
     let mut config = route_config(kafka.bootstrap_servers(), &group, &topic);
-    config.server.admin_token_file = Some(token.clone());
+    let token = with_admin_token(&mut config, dir.path());
 
     let run = async {
         let gw = start_gateway(config).await;
@@ -942,22 +1083,7 @@ async fn a_replay_of_a_transactional_topic_ends_done_with_its_committed_records(
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 500)).await.expect("subscribes");
         receive_all(&mut sub, &written.committed, Duration::from_millis(200)).await;
         commits_reach_the_end(&kafka, &group, &topic, PARTITIONS).await;
-        // The subscriber acks on in the background while fanoutctl waits for the replay, until
-        // told to stop (however long a loaded machine takes to start the replay).
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let replayed = tokio::spawn(async move {
-            let mut ids: Vec<(String, u64)> = Vec::new();
-            loop {
-                let batch = tokio::select! {
-                    batch = sub.next() => batch,
-                    _ = &mut stopped => break,
-                };
-                let Ok(Some(batch)) = batch else { break };
-                ids.extend(batch.iter().map(|d| (stream::id_of(d), d.replay_id)));
-                sub.ack(batch.iter().map(stream::id_of).collect()).await.expect("acks sent");
-            }
-            ids
-        });
+        let (stop, replayed) = ack_in_background(sub);
 
         let from: Vec<String> = (0..PARTITIONS).map(|p| format!("{topic}/{p}=0")).collect();
         let started = Instant::now();
