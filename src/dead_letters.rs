@@ -7,12 +7,12 @@
 //! redelivers the message or finds it in the dead-letter topic, never neither.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tracing::{debug, warn};
@@ -125,12 +125,12 @@ pub fn producer_config(config: &Config, client_id: &str) -> ClientConfig {
 
 #[derive(Clone)]
 pub struct DeadLetterProducer {
-    producer: FutureProducer<ReportingContext>,
-    /// One record per batch, for a letter Kafka refused in a batch (see [`Shape`]); made
-    /// from `alone_config` on first need, as most gateways never need it.
-    alone: Arc<std::sync::OnceLock<FutureProducer<ReportingContext>>>,
-    alone_config: ClientConfig,
-    reports: Arc<ClientReports>,
+    producer: Arc<Renewable>,
+    /// One record per batch, for a letter Kafka refused in a batch (see [`Shape`]); made on
+    /// first need, as most gateways never need it.
+    alone: Arc<Renewable>,
+    /// Who the brokers see writing (`User:fanout`), for what to grant when they refuse.
+    principal: Arc<str>,
 }
 
 impl DeadLetterProducer {
@@ -138,15 +138,18 @@ impl DeadLetterProducer {
     /// said once per interval with their hint like the route consumers', instead of
     /// librdkafka's default context logging each one at ERROR several times.
     pub fn new(config: &Config, reports: Arc<ClientReports>) -> Result<Self, KafkaError> {
+        let principal = Arc::from(crate::kafka::principal(&config.kafka));
         let mut alone_config = producer_config(config, "fanout-gateway-dead-letters-alone");
         alone_config.set("batch.num.messages", "1");
-        let config = producer_config(config, "fanout-gateway-dead-letters");
-        Ok(Self {
-            producer: config.create_with_context(ReportingContext(reports.clone()))?,
-            alone: Arc::default(),
-            alone_config,
-            reports,
-        })
+        let producer = Renewable::new(producer_config(config, "fanout-gateway-dead-letters"), reports.clone());
+        // Made now: a property librdkafka refuses fails the start, naming it.
+        let _made = producer.get()?;
+        Ok(Self { producer: Arc::new(producer), alone: Arc::new(Renewable::new(alone_config, reports)), principal })
+    }
+
+    /// The principal the brokers see writing the letters.
+    pub fn principal(&self) -> &str {
+        &self.principal
     }
 
     /// Produces one dead letter to `topic` and waits for Kafka's acknowledgement; a letter
@@ -206,18 +209,67 @@ impl DeadLetterProducer {
         if let (true, Some(ts)) = (shape.timestamp, record.timestamp_ms) {
             out = out.timestamp(ts);
         }
-        let producer = if shape.alone { self.alone()? } else { &self.producer };
-        producer.send(out, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
+        let producer = if shape.alone { self.alone.get()? } else { self.producer.get()? };
+        match producer.send(out, Timeout::After(Duration::from_secs(30))).await {
+            Ok(_) => Ok(()),
+            // The cause, which says what to do (a refused producer id: a missing Write grant),
+            // instead of librdkafka's "Fatal error".
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _)) => {
+                let cause = producer.client().fatal_error().map_or(RDKafkaErrorCode::Fatal, |(code, _)| code);
+                Err(KafkaError::MessageProduction(cause))
+            }
+            Err((error, _)) => Err(error),
+        }
+    }
+}
+
+/// How long a producer that hit a fatal error stays before a letter gets a new one: each new
+/// one starts threads and asks the brokers for a producer id, which a missing grant refuses
+/// again at once.
+const RENEW_AFTER: Duration = Duration::from_secs(5);
+
+/// A producer that a fatal error retires. librdkafka's idempotent producer is done for good
+/// once the brokers refuse it a producer id (its principal may write no topic yet) or its
+/// sequence numbers go astray, and every letter after that fails with "Fatal error" however
+/// the brokers change: a grant made later would never be noticed. The letters wait meanwhile
+/// (their offsets uncommitted) and the next attempt gets a new producer from the same
+/// properties, so a fatal producer costs a wait, not the replica.
+struct Renewable {
+    config: ClientConfig,
+    reports: Arc<ClientReports>,
+    current: parking_lot::Mutex<Option<(FutureProducer<ReportingContext>, Instant)>>,
+}
+
+impl Renewable {
+    fn new(config: ClientConfig, reports: Arc<ClientReports>) -> Self {
+        Self { config, reports, current: parking_lot::Mutex::new(None) }
     }
 
-    /// The producer that sends each record in a batch of its own, made on first need.
-    fn alone(&self) -> Result<&FutureProducer<ReportingContext>, KafkaError> {
-        if let Some(p) = self.alone.get() {
-            return Ok(p);
+    /// The producer to send with: the current one, or a new one if there is none yet or the
+    /// current one hit a fatal error more than [`RENEW_AFTER`] after it was made.
+    fn get(&self) -> Result<FutureProducer<ReportingContext>, KafkaError> {
+        let mut current = self.current.lock();
+        if let Some((producer, made)) = &*current {
+            let fatal = producer.client().fatal_error();
+            if !renew(fatal.is_some(), made.elapsed()) {
+                return Ok(producer.clone());
+            }
+            if let Some((code, reason)) = fatal {
+                warn!(error = ?code, "the producer of dead letters and retries hit a fatal error ({reason}); the \
+                    letters waiting get a new one");
+            }
         }
-        let made = self.alone_config.create_with_context(ReportingContext(self.reports.clone()))?;
-        Ok(self.alone.get_or_init(|| made))
+        let producer: FutureProducer<ReportingContext> =
+            self.config.create_with_context(ReportingContext(self.reports.clone()))?;
+        *current = Some((producer.clone(), Instant::now()));
+        Ok(producer)
     }
+}
+
+/// Whether a producer is replaced: only once fatal, and not sooner than [`RENEW_AFTER`] after
+/// it was made.
+fn renew(fatal: bool, age: Duration) -> bool {
+    fatal && age >= RENEW_AFTER
 }
 
 /// The dead letter's headers: the original ones (without earlier `fanout-*` ones, so a
@@ -271,6 +323,13 @@ mod tests {
     use crate::kafka::TopicPartition;
     use bytes::Bytes;
     use std::sync::Arc;
+
+    #[test]
+    fn a_producer_is_renewed_only_once_fatal_and_not_sooner_than_the_interval() {
+        assert!(!renew(false, Duration::from_secs(60)), "a working producer stays");
+        assert!(!renew(true, Duration::from_secs(1)), "a fatal one made a moment ago waits");
+        assert!(renew(true, RENEW_AFTER), "a fatal one is renewed once the interval passed");
+    }
 
     #[test]
     fn a_refused_letter_drops_only_the_part_at_fault() {

@@ -16,6 +16,7 @@ mod topics;
 pub mod upgrade;
 
 pub use reports::{ClientReports, ReportingContext};
+pub(crate) use topics::principal;
 
 use std::sync::Arc;
 

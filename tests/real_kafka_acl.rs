@@ -236,3 +236,85 @@ async fn a_routed_topic_that_does_not_exist_yet_is_named_and_read_once_created()
     let got = tokio::time::timeout(Duration::from_secs(150), run).await.expect("test finished in time");
     assert_eq!(expected.iter().filter(|id| !got.contains(*id)).count(), 0, "lost nothing of the other route");
 }
+
+/// A dead-letter topic the gateway's principal may not write (on a broker that enforces ACLs):
+/// the letters wait, their offsets uncommitted and nothing lost; the log (once) and `/readyz`
+/// name the topic, the principal and what to grant, and the replica stays ready and alive.
+/// Granted, the letters land, each once, and the route commits to the end. The principal may
+/// write no topic at all here, so Kafka refuses the idempotent producer its id, which
+/// librdkafka makes fatal for that producer: before the producer was renewed, every letter
+/// failed with "Fatal error" forever, the grant changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn letters_for_a_dead_letter_topic_the_gateway_may_not_write_wait_until_it_is_granted() {
+    use fanout_gateway::stats::Stats;
+    const LETTERS: usize = 30;
+    let logs = Logs::capture();
+    if !support::real_kafka::available() {
+        return;
+    }
+    let Some(kafka) = RealKafka::with_acls() else { return };
+    let (topic, dlq) = (unique_group("acl-letters"), unique_group("acl-letters-dlq"));
+    kafka.create_topic(&topic, 1, &[]).await;
+    kafka.create_topic(&dlq, 1, &[]).await;
+    let group = unique_group("real-acl-letters");
+    let principal = format!("User:{SCRAM_USER}");
+    kafka.allow(&principal, &[(Resource::Topic(&topic), &["Describe", "Read"]), (Resource::Group(&group), &["Read"])]);
+    produce_to(kafka.bootstrap_servers(), &topic, LETTERS, 10).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("sasl-password");
+    std::fs::write(&password, format!("{SCRAM_PASSWORD}\n")).expect("password file");
+    let mut config = Config::single_route(kafka.sasl_ssl(), &group, ROUTE, &[&topic]);
+    config.kafka.commit_interval_ms = 100;
+    config.server.shutdown_grace_ms = 5_000;
+    config.routes[0].dead_letter_topic = Some(dlq.clone());
+    config.routes[0].retry.max_attempts = 1;
+    let config = kafka.over_sasl_ssl(config, &password);
+    let said = format!("cannot write letters to topic {dlq}");
+    let grant = format!("grant {principal} Write and Describe on topic {dlq}");
+
+    let run = async {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 100)).await.expect("subscribes");
+        let mut nacked = 0;
+        while nacked < LETTERS {
+            for d in next_batch(&mut sub).await {
+                sub.nack(stream::id_of(&d), "the service refuses it").await.expect("nack sent");
+                nacked += 1;
+            }
+        }
+        let admin = gw.admin_addr();
+        let (code, readyz) = poll_until(
+            Duration::from_secs(60),
+            || http_get(admin, "/readyz"),
+            |(_, body)| body.contains(&said) && body.contains(&grant),
+        )
+        .await;
+        assert!(readyz.contains(&said) && readyz.contains(&grant), "/readyz names the topic and the grant: {readyz}");
+        assert_eq!(code, 200, "the replica stays ready: {readyz}");
+        assert!(!kafka.uncommitted(&group, &topic, 1).is_empty(), "waiting letters hold their offsets back");
+        let (healthz, _) = http_get(admin, "/healthz").await;
+        assert_eq!(healthz, 200, "nothing fatal: the letters wait for the grant");
+        let failures = Stats::get(&stats.dead_letter_failures);
+
+        kafka.allow(&principal, &[(Resource::Topic(&dlq), &["Describe", "Write"])]);
+        let granted_at = Instant::now();
+        let behind =
+            poll_until(Duration::from_secs(60), || async { kafka.uncommitted(&group, &topic, 1) }, Vec::is_empty).await;
+        let landed_after = granted_at.elapsed();
+        assert!(behind.is_empty(), "once granted, the letters land and the route commits to the end: {behind:?}");
+        // Written by an idempotent producer, no transactions: one offset per letter.
+        let letters = kafka.end_offsets(&dlq, 1)[&0] as usize;
+        let warned = logs.lines_with("WARN", &[&format!("cannot write dead letters to topic {dlq}: "), &grant]);
+        figure(format!(
+            "dead-letter topic refused by ACLs on Kafka: {failures} refused produce attempts; /readyz {code} {readyz:?}; \
+             log {warned:?}; granted, {letters} letters landed and commits reached the end {:.1} s later",
+            landed_after.as_secs_f64()
+        ));
+        assert_eq!(letters, LETTERS, "every letter landed, once");
+        assert_eq!(warned.len(), 1, "said once at WARN: {warned:?}");
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(150), run).await.expect("test finished in time");
+}

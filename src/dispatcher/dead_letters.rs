@@ -109,7 +109,8 @@ impl DeadLetterLoop {
                     }
                     Err(error) => {
                         Stats::bump(&stats.dead_letter_failures, 1);
-                        let why = unwritable(error.rdkafka_error_code(), &error.to_string(), retry);
+                        let refused = Refused { topic: &topic, principal: producer.principal(), retry };
+                        let why = refused.why(error.rdkafka_error_code(), &error.to_string());
                         let what = if retry { "retries" } else { "dead letters" };
                         stats
                             .unwritable_topics
@@ -153,20 +154,34 @@ fn writable_again(stats: &Stats, route: &str, topic: &str) {
     }
 }
 
-/// Why a topic refuses letters, with what to do about it, from Kafka's error.
-fn unwritable(code: Option<RDKafkaErrorCode>, error: &str, retry: bool) -> String {
-    let field = if retry { "routes[].retry.retry_topic" } else { "routes[].dead_letter_topic" };
-    match code {
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-            format!("it does not exist: create it (the gateway never creates topics), or correct {field}")
+/// A topic that refused a letter: which, to whom, and whether it is the retry topic.
+struct Refused<'a> {
+    topic: &'a str,
+    principal: &'a str,
+    retry: bool,
+}
+
+impl Refused<'_> {
+    /// Why the topic refuses letters, with what to do about it (in the words an operator types
+    /// into kafka-acls), from Kafka's error.
+    fn why(&self, code: Option<RDKafkaErrorCode>, error: &str) -> String {
+        let Refused { topic, principal, retry } = self;
+        let field = if *retry { "routes[].retry.retry_topic" } else { "routes[].dead_letter_topic" };
+        match code {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                format!("it does not exist: create it (the gateway never creates topics), or correct {field}")
+            }
+            // Kafka refuses the topic, or refuses the idempotent producer its id, which it gives
+            // only to a principal that may write some topic (or holds IdempotentWrite, before
+            // Kafka 3.0): the same grant mends both, so both are said in the same words, once.
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+                format!(
+                    "the gateway may not write it (authorization failed for {principal}): grant {principal} Write and \
+                     Describe on topic {topic}"
+                )
+            }
+            _ => format!("Kafka refused them ({error})"),
         }
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
-            "the gateway may not write it: grant its principal Write and Describe on the topic".into()
-        }
-        Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-            "the gateway's idempotent producer is refused: grant its principal IdempotentWrite on the cluster".into()
-        }
-        _ => format!("Kafka refused them ({error})"),
     }
 }
 
@@ -204,11 +219,15 @@ mod tests {
 
     #[test]
     fn a_refusing_topic_is_said_with_what_to_do_once_per_interval_per_reason() {
-        let missing = unwritable(Some(RDKafkaErrorCode::UnknownTopicOrPartition), "", false);
+        let dlq = Refused { topic: "dlq", principal: "User:fanout", retry: false };
+        let missing = dlq.why(Some(RDKafkaErrorCode::UnknownTopicOrPartition), "");
         assert!(missing.contains("does not exist") && missing.contains("routes[].dead_letter_topic"), "{missing}");
-        let denied = unwritable(Some(RDKafkaErrorCode::TopicAuthorizationFailed), "", true);
-        assert!(denied.contains("grant its principal Write"), "{denied}");
-        assert!(unwritable(None, "Local: Message timed out", false).contains("Message timed out"));
+        let retries = Refused { topic: "retries", principal: "User:fanout", retry: true };
+        let denied = retries.why(Some(RDKafkaErrorCode::TopicAuthorizationFailed), "");
+        assert!(denied.contains("grant User:fanout Write and Describe on topic retries"), "{denied}");
+        let no_id = dlq.why(Some(RDKafkaErrorCode::ClusterAuthorizationFailed), "");
+        assert!(no_id.contains("grant User:fanout Write and Describe on topic dlq"), "{no_id}");
+        assert!(dlq.why(None, "Local: Message timed out").contains("Message timed out"));
         let mut said = HashMap::new();
         let t0 = Instant::now();
         let key = ("dlq".to_string(), missing.clone());
