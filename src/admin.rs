@@ -145,10 +145,15 @@ impl Control {
         let groups: Vec<String> = self.replica_groups().into_iter().filter(|g| !blind.contains(g)).collect();
         let states = stats.groups.read();
         let fatal = self.liveness().err();
+        let last_error = stats.last_kafka_error.read().clone();
+        let kafka = match stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed) {
+            true => crate::readiness::Reach::Yes,
+            false => crate::readiness::Reach::No { last_error: last_error.as_deref() },
+        };
         crate::readiness::assess(
             stats.stopping.load(std::sync::atomic::Ordering::Relaxed),
             fatal.as_deref(),
-            stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed),
+            kafka,
             &groups,
             &states,
             &unreadable,

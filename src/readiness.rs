@@ -21,6 +21,14 @@ pub struct Readiness {
     pub reason: String,
 }
 
+/// Whether Kafka answers the replica, and if not the last failure a client said (refused
+/// SASL credentials, an unknown host, ...).
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    Yes,
+    No { last_error: Option<&'a str> },
+}
+
 /// Ready when not stopping, no Kafka client of the replica hit a fatal error (`fatal`, what
 /// was said of the first), Kafka is reachable and every group in `groups` is settled.
 /// `unreadable` (a route's topic that does not exist or may not be read) is said in the
@@ -29,7 +37,7 @@ pub struct Readiness {
 pub fn assess(
     stopping: bool,
     fatal: Option<&str>,
-    kafka_reachable: bool,
+    kafka: Reach<'_>,
     groups: &[String],
     states: &HashMap<Arc<str>, GroupState>,
     unreadable: &[String],
@@ -41,10 +49,14 @@ pub fn assess(
     if let Some(fatal) = fatal {
         return not(fatal.to_string());
     }
-    if !kafka_reachable {
+    if let Reach::No { last_error } = kafka {
         // Also what a replica says from its start until Kafka first answers: it serves at
-        // once and the route consumers connect in the background.
-        return not("kafka is not reachable: waiting for it to answer".into());
+        // once and the route consumers connect in the background. The probe's body is where
+        // an operator looks first, so it says why when a client said why.
+        return not(match last_error {
+            Some(error) => format!("kafka is not reachable: {error}"),
+            None => "kafka is not reachable: waiting for it to answer".into(),
+        });
     }
     let waiting: Vec<&str> =
         groups.iter().filter(|g| !states.get(g.as_str()).is_some_and(|s| s.settled)).map(String::as_str).collect();
@@ -69,28 +81,42 @@ mod tests {
     fn ready_only_with_kafka_and_every_group_settled() {
         let groups = vec!["a".to_string(), "b".to_string()];
         let all = states(&[("a", true), ("b", true)]);
-        assert!(assess(false, None, true, &groups, &all, &[]).ready);
-        assert!(assess(false, None, true, &[], &HashMap::new(), &[]).ready, "no routes: nothing to wait for");
+        assert!(assess(false, None, Reach::Yes, &groups, &all, &[]).ready);
+        assert!(assess(false, None, Reach::Yes, &[], &HashMap::new(), &[]).ready, "no routes: nothing to wait for");
         let missing = ["route b cannot read topic t: it does not exist".to_string()];
-        let one_route_blind = assess(false, None, true, &groups, &all, &missing);
+        let one_route_blind = assess(false, None, Reach::Yes, &groups, &all, &missing);
         assert!(one_route_blind.ready, "the other routes serve");
         assert_eq!(one_route_blind.reason, "ready; route b cannot read topic t: it does not exist");
 
-        let stopping = assess(true, None, true, &groups, &all, &[]);
+        let stopping = assess(true, None, Reach::Yes, &groups, &all, &[]);
         assert_eq!((stopping.ready, stopping.reason.as_str()), (false, "stopping"));
-        let unreachable = assess(false, None, false, &groups, &all, &[]);
+        let unreachable = assess(false, None, Reach::No { last_error: None }, &groups, &all, &[]);
         assert!(!unreachable.ready && unreachable.reason.contains("waiting for it"), "{}", unreachable.reason);
-        let fenced =
-            assess(false, Some("fatal Kafka error in the consumer of group a: fenced"), true, &groups, &all, &missing);
+        let refused =
+            Reach::No { last_error: Some("SASL authentication with kafka at k:9093 failed: check sasl.password") };
+        let refused = assess(false, None, refused, &groups, &all, &[]);
+        assert_eq!(
+            (refused.ready, refused.reason.as_str()),
+            (false, "kafka is not reachable: SASL authentication with kafka at k:9093 failed: check sasl.password"),
+            "the probe says why"
+        );
+        let fenced = assess(
+            false,
+            Some("fatal Kafka error in the consumer of group a: fenced"),
+            Reach::Yes,
+            &groups,
+            &all,
+            &missing,
+        );
         assert_eq!(
             (fenced.ready, fenced.reason.as_str()),
             (false, "fatal Kafka error in the consumer of group a: fenced")
         );
 
-        let joining = assess(false, None, true, &groups, &states(&[("a", true), ("b", false)]), &[]);
+        let joining = assess(false, None, Reach::Yes, &groups, &states(&[("a", true), ("b", false)]), &[]);
         assert!(!joining.ready);
         assert!(joining.reason.ends_with(": b"), "{}", joining.reason);
-        let unknown = assess(false, None, true, &groups, &states(&[("a", true)]), &[]);
+        let unknown = assess(false, None, Reach::Yes, &groups, &states(&[("a", true)]), &[]);
         assert!(!unknown.ready && unknown.reason.contains('b'), "a group not heard of yet is not settled");
     }
 }

@@ -544,8 +544,9 @@ async fn a_wrong_scram_password_is_named_as_a_sasl_failure_and_the_replica_is_no
         );
         assert!(!said.contains(SCRAM_PASSWORD) && !said.contains("not-the-password"), "no password in it: {said}");
         let (code, body) = http_get(gw.admin_addr(), "/readyz").await;
-        figure(format!("wrong SCRAM password on Kafka: status {said:?}; /readyz {code}"));
+        figure(format!("wrong SCRAM password on Kafka: status {said:?}; /readyz {code} {body:?}"));
         assert_eq!(code, 503, "not ready while Kafka refuses it: {body}");
+        assert!(body.contains("SASL authentication with kafka at"), "/readyz says why: {body}");
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
