@@ -523,6 +523,11 @@ pub struct RouteConfig {
     /// that hangs must not hold its messages, and its partition's commits, hostage.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long after it was sent a delivery's deadline may be extended to (`Extend`), like
+    /// the Pub/Sub client libraries' maximum extension: a handler that keeps extending but
+    /// never finishes is taken back in the end.
+    #[serde(default = "default_max_lease_ms")]
+    pub max_lease_ms: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Where messages go that exhausted `retry.max_attempts` or were nacked as DEAD_LETTER.
@@ -594,6 +599,11 @@ const fn default_ack_timeout_ms() -> u64 {
     30_000
 }
 
+/// An hour, the Pub/Sub client libraries' default maximum extension.
+const fn default_max_lease_ms() -> u64 {
+    3_600_000
+}
+
 /// 5 attempts: Pub/Sub's smallest dead-letter threshold.
 const fn default_max_attempts() -> u32 {
     5
@@ -627,6 +637,7 @@ impl RouteConfig {
             identity: IdentityMode::PeerIp,
             delivery: DeliveryMode::AtLeastOnce,
             ack_timeout_ms: default_ack_timeout_ms(),
+            max_lease_ms: default_max_lease_ms(),
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
             window_until_commit: false,

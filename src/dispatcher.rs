@@ -229,6 +229,14 @@ impl Dispatcher {
                 }
             }
             Command::Credit { session, additional } => self.registry.credit(session, additional),
+            Command::Extend { session, ack_ids, extension } => {
+                let extended = self.registry.extend(session, &ack_ids, extension, Instant::now());
+                Stats::bump(&self.stats.lease_extensions, extended.moved);
+                if extended.unknown > 0 {
+                    Stats::bump(&self.stats.unknown_extensions, extended.unknown);
+                    debug!(session = session.0, unknown = extended.unknown, "ignored extensions of ids not in flight");
+                }
+            }
             Command::UpdateRoute { route, reply } => {
                 let applied = self.registry.update_route(&route);
                 if applied {

@@ -126,10 +126,12 @@ struct Scrape {
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
-fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 27] {
+fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 29] {
     [
         ("received", "Records received from Kafka", &s.received),
         ("unknown_acks", "Acks of ids not in flight on their stream (ignored)", &s.unknown_acks),
+        ("lease_extensions", "Deliveries whose ack deadline a subscriber extended", &s.lease_extensions),
+        ("unknown_extensions", "Extensions of ids not in flight on their stream (ignored)", &s.unknown_extensions),
         ("retries_scheduled", "Failed deliveries scheduled for another attempt after a backoff", &s.retries_scheduled),
         ("retried_via_topic", "Failed messages produced to their route's retry topic", &s.retried_via_topic),
         (

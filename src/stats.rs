@@ -23,6 +23,10 @@ pub struct Stats {
     /// Ack ids that matched nothing in flight on their stream (unknown, already acked, or of
     /// a revoked partition). Ignored, the stream stays up.
     pub unknown_acks: AtomicU64,
+    /// Deliveries whose ack deadline a subscriber moved (`Extend`).
+    pub lease_extensions: AtomicU64,
+    /// Extended ids that matched nothing in flight on their stream. Ignored.
+    pub unknown_extensions: AtomicU64,
     pub nacked: AtomicU64,
     /// Deliveries whose ack deadline passed (taken back as failed attempts).
     pub expired: AtomicU64,

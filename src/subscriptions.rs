@@ -43,8 +43,8 @@ pub use batching::MAX_BATCH_BYTES;
 pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
 pub use route::CohortSnapshot;
 pub use session::{
-    AckId, Acked, CloseReason, Outgoing, Pending, Registered, ReplayTag, SessionId, SessionMessage, Subscriber,
-    SubscriberSnapshot,
+    AckId, Acked, CloseReason, Extended, Outgoing, Pending, Registered, ReplayTag, SessionId, SessionMessage,
+    Subscriber, SubscriberSnapshot,
 };
 pub use staging::StagedSend;
 
@@ -329,6 +329,30 @@ impl Registry {
         }
     }
 
+    /// Moves the ack deadline of a session's in-flight deliveries to `extension` after `now`,
+    /// each at most to its lease end (the route's `max_lease_ms` after it was sent), where
+    /// the next deadline scan takes it back. Deliveries without a deadline (a route with
+    /// none) stay as they are; ids not in flight are counted as unknown.
+    pub fn extend(&mut self, id: SessionId, ack_ids: &[AckId], extension: Duration, now: Instant) -> Extended {
+        let mut out = Extended::default();
+        let Some(session) = self.sessions.get_mut(&id) else {
+            out.unknown = ack_ids.len() as u64;
+            return out;
+        };
+        for d in ack_ids {
+            match session.in_flight.get_mut(d) {
+                Some(p) => {
+                    if let (Some(_), Some(end)) = (p.deadline, p.lease_end) {
+                        p.deadline = Some(now.checked_add(extension).map_or(end, |at| at.min(end)));
+                        out.moved += 1;
+                    }
+                }
+                None => out.unknown += 1,
+            }
+        }
+        out
+    }
+
     /// Settles acked deliveries of a session. Ids not in flight on this session are counted
     /// as unknown and otherwise ignored.
     pub fn ack(&mut self, id: SessionId, ack_ids: &[AckId]) -> Acked {
@@ -385,11 +409,14 @@ impl Registry {
             let take = room.min(s.queue.len());
             // One string per batch, shared by its deliveries.
             let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
-            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout));
+            let now = Instant::now();
+            let deadline = (timeout > 0).then(|| now + Duration::from_millis(timeout));
+            let lease_end = deadline.map(|_| now + Duration::from_millis(self.route.config.max_lease_ms));
             let mut batcher = Batcher::default();
             let mut redelivered = 0u64;
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
+                p.lease_end = lease_end;
                 let ack_id = s.next_ack_id;
                 s.next_ack_id = s.next_ack_id.next();
                 let delivery = Outgoing {

@@ -12,7 +12,7 @@ use tonic::Status;
 
 use fanout_proto::v1::fanout_client::FanoutClient;
 use fanout_proto::v1::subscribe_request::Kind;
-use fanout_proto::v1::{Ack, Credit, Delivery, Disposition, Drain, Hello, Nack, SubscribeRequest};
+use fanout_proto::v1::{Ack, Credit, Delivery, Disposition, Drain, Extend, Hello, Nack, SubscribeRequest};
 
 /// Why a raw stream could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +226,23 @@ impl Subscription {
             retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
         }))
         .await
+    }
+
+    /// Moves the ack deadline of deliveries still being worked on, by record id ([`id_of`]):
+    /// each becomes `extension` from now, up to the route's `max_lease_ms` after it was sent.
+    /// The ids stay known, to be acked or nacked later.
+    pub async fn extend(&self, ids: &[String], extension: std::time::Duration) -> Result<(), ClientError> {
+        let ack_ids: Vec<u64> = {
+            let handles = self.handles.lock();
+            ids.iter().filter_map(|id| handles.get(id).copied()).collect()
+        };
+        self.extend_ids(ack_ids, extension).await
+    }
+
+    /// Moves the ack deadline of deliveries by their `ack_id`.
+    pub async fn extend_ids(&self, ack_ids: Vec<u64>, extension: std::time::Duration) -> Result<(), ClientError> {
+        let extension = prost_types::Duration::try_from(extension).ok();
+        self.send(Kind::Extend(Extend { ack_ids, extension })).await
     }
 
     /// Raises this stream's window by `additional`.

@@ -3,6 +3,7 @@
 //! building its commands; the dispatcher reads them from [`Commands`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,6 +44,12 @@ pub(super) enum Command {
     Credit {
         session: SessionId,
         additional: u32,
+    },
+    /// Moves the ack deadline of a session's deliveries (already bounded by the caller).
+    Extend {
+        session: SessionId,
+        ack_ids: Vec<AckId>,
+        extension: Duration,
     },
     Drain {
         session: SessionId,
@@ -126,6 +133,10 @@ impl RouteHandle {
 
     pub async fn nack(&self, session: SessionId, ack_id: AckId, failure: Failure) -> Result<(), Stopped> {
         self.send(Command::Nack { session, ack_id, failure }).await
+    }
+
+    pub async fn extend(&self, session: SessionId, ack_ids: Vec<AckId>, extension: Duration) -> Result<(), Stopped> {
+        self.send(Command::Extend { session, ack_ids, extension }).await
     }
 
     pub async fn credit(&self, session: SessionId, additional: u32) -> Result<(), Stopped> {

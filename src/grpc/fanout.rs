@@ -167,6 +167,10 @@ async fn read_client(
             Some(Kind::Ack(ack)) => route.ack(session, ack.ack_ids.into_iter().map(AckId).collect()).await,
             Some(Kind::Nack(nack)) => route.nack(session, AckId(nack.ack_id), failure_of(&nack)).await,
             Some(Kind::Credit(credit)) => route.credit(session, credit.additional).await,
+            Some(Kind::Extend(extend)) => {
+                let ack_ids = extend.ack_ids.into_iter().map(AckId).collect();
+                route.extend(session, ack_ids, extension_of(extend.extension)).await
+            }
             Some(Kind::Drain(_)) => route.drain(session).await,
             Some(Kind::Hello(_)) => {
                 let status = Status::invalid_argument(
@@ -316,6 +320,16 @@ fn to_delivery(d: &Outgoing) -> proto::Delivery {
 }
 
 /// What a nack says about the failure, as the retry decision needs it.
+/// The longest an `Extend` moves a deadline at once, as Pub/Sub's modifyAckDeadline: a
+/// subscriber extends again while it works, so a crashed one holds its deliveries no longer.
+const MAX_EXTENSION: Duration = Duration::from_secs(600);
+
+/// An `Extend`'s extension, cut to 0..=[`MAX_EXTENSION`] (absent or negative: 0, the
+/// deliveries go back at once).
+fn extension_of(extension: Option<prost_types::Duration>) -> Duration {
+    extension.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::ZERO).min(MAX_EXTENSION)
+}
+
 fn failure_of(nack: &proto::Nack) -> Failure {
     Failure {
         reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },

@@ -725,6 +725,30 @@ mod tests {
     }
 
     #[test]
+    fn an_extended_delivery_is_taken_back_at_its_new_deadline_and_never_past_its_lease() {
+        use super::super::{AckId, Extended};
+        let mut config = retrying_route(5, 5, None);
+        config.ack_timeout_ms = 10_000;
+        config.max_lease_ms = 30_000;
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        reg.dispatch(record(0, 0, "k"), 1);
+        reg.flush();
+        received(&mut a.outbox);
+        let id = reg.handle(a.session, "t/0/0");
+        // At 8 s, 10 s more: the first deadline (10 s) passes without taking it back.
+        let extended = reg.extend(a.session, &[id, AckId(999)], Duration::from_secs(10), later(8));
+        assert_eq!(extended, Extended { moved: 1, unknown: 1 }, "an id not in flight is counted");
+        assert_eq!(reg.expire(later(11)), 0);
+        // At 17 s, an hour more: cut to the lease's end, 30 s after it was sent.
+        reg.extend(a.session, &[id], Duration::from_secs(3_600), later(17));
+        assert_eq!(reg.expire(later(29)), 0);
+        assert_eq!(reg.expire(later(31)), 1, "taken back at the lease's end");
+        let late = reg.extend(a.session, &[id], Duration::from_secs(1), later(32));
+        assert_eq!(late, Extended { moved: 0, unknown: 1 }, "no longer in flight");
+    }
+
+    #[test]
     fn a_poison_message_that_keeps_killing_its_subscribers_is_dead_lettered() {
         let mut reg = Registry::new(retrying_route(5, 2, Some("dlq")));
         let mut a = reg.register("r", 0, sub("a")).expect("ok");

@@ -112,6 +112,9 @@ pub struct Pending {
     pub(super) hash: u64,
     /// When the subscriber's time to ack runs out (set when sent, if the route has one).
     pub(super) deadline: Option<Instant>,
+    /// The latest the deadline may be extended to: the route's `max_lease_ms` after it was
+    /// sent (set with the deadline).
+    pub(super) lease_end: Option<Instant>,
     /// When the gateway received the record from Kafka: delivery latency runs from here to
     /// the ack.
     pub received: Instant,
@@ -127,7 +130,17 @@ impl Pending {
         hash: u64,
         replay: Option<ReplayTag>,
     ) -> Self {
-        Self { record, attempt, epoch, idempotency_key, replay, hash, deadline: None, received: Instant::now() }
+        Self {
+            record,
+            attempt,
+            epoch,
+            idempotency_key,
+            replay,
+            hash,
+            deadline: None,
+            lease_end: None,
+            received: Instant::now(),
+        }
     }
 
     pub(super) fn order(&self) -> (&TopicPartition, i64) {
@@ -229,6 +242,15 @@ pub struct Registered {
     pub session: SessionId,
     pub outbox: mpsc::UnboundedReceiver<SessionMessage>,
     pub window: u32,
+}
+
+/// What an `Extend` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// Deliveries whose deadline moved.
+    pub moved: u64,
+    /// Ids not in flight on the session (settled, taken back, never sent).
+    pub unknown: u64,
 }
 
 /// Result of an ack batch.
