@@ -257,7 +257,7 @@ async fn follow_readiness(control: Control, health: HealthReporter) {
     loop {
         tick.tick().await;
         let now = control.readiness();
-        if last.as_ref() == Some(&now) {
+        if last.as_ref().is_some_and(|l| l.same_as(&now)) {
             continue;
         }
         health.set("", now.ready);

@@ -19,6 +19,25 @@ pub struct Readiness {
     pub ready: bool,
     /// "ready", or what the replica waits for, for the probe's body and logs.
     pub reason: String,
+    /// Why, as a Kafka client last said it: in the probe's body and the admin status, not in
+    /// the log line a change of readiness writes, since it changes with every failure (each
+    /// broker, each attempt) and the failure is logged where it happens.
+    pub cause: Option<String>,
+}
+
+impl Readiness {
+    /// The probe's body: the reason, and the cause when one is known.
+    pub fn body(&self) -> String {
+        match &self.cause {
+            Some(cause) => format!("{}: {cause}", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+
+    /// Whether readiness changed in what the log says of it (the cause left out).
+    pub fn same_as(&self, other: &Readiness) -> bool {
+        (self.ready, &self.reason) == (other.ready, &other.reason)
+    }
 }
 
 /// Whether Kafka answers the replica, and if not the last failure a client said (refused
@@ -42,7 +61,7 @@ pub fn assess(
     states: &HashMap<Arc<str>, GroupState>,
     unreadable: &[String],
 ) -> Readiness {
-    let not = |reason: String| Readiness { ready: false, reason };
+    let not = |reason: String| Readiness { ready: false, reason, cause: None };
     if stopping {
         return not("stopping".into());
     }
@@ -53,10 +72,12 @@ pub fn assess(
         // Also what a replica says from its start until Kafka first answers: it serves at
         // once and the route consumers connect in the background. The probe's body is where
         // an operator looks first, so it says why when a client said why.
-        return not(match last_error {
-            Some(error) => format!("kafka is not reachable: {error}"),
-            None => "kafka is not reachable: waiting for it to answer".into(),
-        });
+        return match last_error {
+            Some(error) => {
+                Readiness { ready: false, reason: "kafka is not reachable".into(), cause: Some(error.to_string()) }
+            }
+            None => not("kafka is not reachable: waiting for it to answer".into()),
+        };
     }
     let waiting: Vec<&str> =
         groups.iter().filter(|g| !states.get(g.as_str()).is_some_and(|s| s.settled)).map(String::as_str).collect();
@@ -64,9 +85,9 @@ pub fn assess(
         return not(format!("consumer group(s) not settled yet: {}", waiting.join(", ")));
     }
     if unreadable.is_empty() {
-        return Readiness { ready: true, reason: "ready".into() };
+        return Readiness { ready: true, reason: "ready".into(), cause: None };
     }
-    Readiness { ready: true, reason: format!("ready; {}", unreadable.join("; ")) }
+    Readiness { ready: true, reason: format!("ready; {}", unreadable.join("; ")), cause: None }
 }
 
 #[cfg(test)]
@@ -96,10 +117,13 @@ mod tests {
             Reach::No { last_error: Some("SASL authentication with kafka at k:9093 failed: check sasl.password") };
         let refused = assess(false, None, refused, &groups, &all, &[]);
         assert_eq!(
-            (refused.ready, refused.reason.as_str()),
+            (refused.ready, refused.body().as_str()),
             (false, "kafka is not reachable: SASL authentication with kafka at k:9093 failed: check sasl.password"),
             "the probe says why"
         );
+        let later =
+            assess(false, None, Reach::No { last_error: Some("another attempt, another line") }, &groups, &all, &[]);
+        assert!(later.same_as(&refused), "the log says a change of readiness, not of the last error");
         let fenced = assess(
             false,
             Some("fatal Kafka error in the consumer of group a: fenced"),

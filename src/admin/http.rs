@@ -67,5 +67,5 @@ async fn healthz(State(control): State<Control>) -> impl IntoResponse {
 async fn readyz(State(control): State<Control>) -> impl IntoResponse {
     let readiness = control.readiness();
     let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, format!("{}\n", readiness.reason))
+    (code, format!("{}\n", readiness.body()))
 }

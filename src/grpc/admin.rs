@@ -81,7 +81,7 @@ fn replica(r: ReplicaStatus) -> pb::Replica {
         started_at_unix_ms: unix_ms(r.started_at),
         groups: r.groups,
         ready: r.readiness.ready,
-        not_ready_reason: if r.readiness.ready { String::new() } else { r.readiness.reason },
+        not_ready_reason: if r.readiness.ready { String::new() } else { r.readiness.body() },
     }
 }
 
