@@ -223,7 +223,7 @@ impl Registry {
         self.route.add_member(id, cohort.as_ref());
         self.sessions.insert(id, Session::new(window, tx, subscriber, cohort));
         self.reroute(Vec::new());
-        Ok(Registered { session: id, outbox: rx, window })
+        Ok(Registered { session: id, outbox: rx, window, ack_timeout_ms: self.route.config.ack_timeout_ms })
     }
 
     /// Ends a session: its queued messages are routed again, its in-flight ones redelivered.

@@ -2,13 +2,17 @@
 //! `ack_timeout_ms` extends its deliveries' deadlines (`Extend`, like Pub/Sub's
 //! modifyAckDeadline) and is never redelivered to; one that keeps extending past the route's
 //! `max_lease_ms` has its delivery taken back and redelivered as the next attempt; extensions
-//! of ids not in flight are counted and ignored.
+//! of ids not in flight are counted and ignored. The subscriber library extends a running
+//! handler's deliveries by itself.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use fanout_client::stream::{self, Subscription};
+use fanout_client::{Delivery, Nack, Replicas, Subscriber};
 use fanout_gateway::stats::Stats;
 use support::*;
 
@@ -123,4 +127,73 @@ async fn a_handler_that_extends_past_the_routes_max_lease_has_its_delivery_taken
         gw.shutdown().await;
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
+}
+
+/// What a library subscriber whose handler takes 3 s (three of the route's ack timeouts) on
+/// its first attempt saw until a second after that attempt finished: the attempts it handled,
+/// and the gateway's count of extensions and passed deadlines.
+async fn slow_library_handler(max_lease_extension: Duration) -> (Vec<u32>, u64, u64) {
+    init_logs();
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("leases-library");
+    produce(&bootstrap, 1, 1).await;
+    let gw = start_gateway(lease_config(&bootstrap, &group, 60_000)).await;
+    let attempts: Arc<parking_lot::Mutex<Vec<u32>>> = Arc::default();
+    let first_done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (attempts, first_done) = (attempts.clone(), first_done.clone());
+        move |d: Delivery| {
+            attempts.lock().push(d.attempt);
+            let first_done = first_done.clone();
+            async move {
+                if d.attempt == 1 {
+                    tokio::time::sleep(Duration::from_millis(3 * ACK_TIMEOUT_MS)).await;
+                    first_done.notify_one();
+                }
+                Ok::<(), Nack>(())
+            }
+        }
+    };
+    // What came meanwhile (queued behind it: same key) runs right after it.
+    let stop = async move {
+        first_done.notified().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let subscriber = Subscriber::builder(ROUTE)
+        .replicas(Replicas::list([gw.endpoint()]))
+        .max_lease_extension(max_lease_extension)
+        .build()
+        .expect("valid settings");
+    subscriber.run(handler, stop).await.expect("drains cleanly");
+    let stats = gw.stats();
+    let seen = (attempts.lock().clone(), Stats::get(&stats.lease_extensions), Stats::get(&stats.expired));
+    gw.shutdown().await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_extends_a_slow_handlers_delivery_so_it_is_never_redelivered() {
+    let run = slow_library_handler(Duration::from_secs(3_600));
+    let (attempts, extensions, expired) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("in time");
+    figure(format!(
+        "library lease: a handler of 3 x the {ACK_TIMEOUT_MS} ms ack timeout: attempts {attempts:?}, {extensions} \
+         extensions, {expired} deadlines passed"
+    ));
+    assert_eq!(attempts, vec![1], "handled once, never redelivered");
+    assert_eq!(expired, 0, "no deadline passed");
+    assert!(extensions >= 4, "extended about every half second: {extensions}");
+}
+
+/// The same handler with the library's extension off: the gateway takes the delivery back
+/// while the handler still works on it, which is what the extension prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_librarys_extension_the_same_handler_is_redelivered() {
+    let run = slow_library_handler(Duration::ZERO);
+    let (attempts, extensions, expired) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("in time");
+    assert!(
+        attempts.contains(&2),
+        "redelivered while it ran: {attempts:?} (expired {expired}, extensions {extensions})"
+    );
+    assert!(expired >= 1 && extensions == 0, "expired {expired}, extensions {extensions}");
 }

@@ -346,7 +346,9 @@ impl fanout_gateway::proto::fanout_server::Fanout for PodWatchLag {
             attempt: 1,
             ..Default::default()
         };
-        let _ = tx.send(Ok(fanout_gateway::proto::SubscribeResponse { deliveries: vec![delivery] })).await;
+        let _ = tx
+            .send(Ok(fanout_gateway::proto::SubscribeResponse { deliveries: vec![delivery], ack_timeout_ms: 0 }))
+            .await;
         let mut inbound = request.into_inner();
         let acked = self.acked.clone();
         tokio::spawn(async move {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use fanout_proto::v1::fanout_client::FanoutClient;
 use fanout_proto::v1::subscribe_request::Kind;
-use fanout_proto::v1::{Ack, Drain, Hello, SubscribeRequest};
+use fanout_proto::v1::{Ack, Drain, Extend, Hello, SubscribeRequest};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +23,7 @@ use tower::util::rng::HasherRng;
 use tracing::{debug, info, warn};
 
 use crate::acks::AckBatch;
+use crate::lease::Keeper;
 use crate::pool::{Job, Origin, Outcome, PoolHandle};
 use crate::replicas::Replica;
 use crate::stats::Counters;
@@ -44,6 +45,9 @@ pub(crate) struct Settings {
     pub(crate) identity_grace: Duration,
     /// The largest response accepted (one record can be as large as Kafka allows).
     pub(crate) max_message_bytes: usize,
+    /// How long a running handler's delivery is kept by extending its deadline (zero: never
+    /// extended; see [`crate::lease`]).
+    pub(crate) max_lease_extension: Duration,
 }
 
 impl Settings {
@@ -241,6 +245,10 @@ impl Connection {
                         Outcome::Nack(nack) => {
                             flush(&mut batch, &requests).await && send(&requests, Kind::Nack(nack)).await
                         }
+                        Outcome::Extend(ack_id, extension) => {
+                            let extension = prost_types::Duration::try_from(extension).ok();
+                            send(&requests, Kind::Extend(Extend { ack_ids: vec![ack_id], extension })).await
+                        }
                     };
                     if !sent {
                         return Ended::Lost("the request stream closed".into());
@@ -254,8 +262,10 @@ impl Connection {
                 message = deliveries.message() => match message {
                     Ok(Some(response)) => {
                         Counters::add(&self.counters.received, response.deliveries.len() as u64);
+                        let (received, timeout) = (Instant::now(), Duration::from_millis(response.ack_timeout_ms));
                         for delivery in response.deliveries {
-                            self.pool.submit(Job { delivery, origin: origin.clone() });
+                            let lease = Keeper::new(received, timeout, self.settings.max_lease_extension);
+                            self.pool.submit(Job { delivery, origin: origin.clone(), lease });
                         }
                     }
                     Ok(None) if drain_deadline.is_some() => {

@@ -61,6 +61,7 @@ mod acks;
 mod connection;
 mod handler;
 mod keyed;
+mod lease;
 mod pool;
 mod replicas;
 mod stats;

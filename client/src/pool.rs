@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fanout_proto::v1::{self as proto, Delivery};
 use futures::FutureExt;
@@ -12,13 +13,16 @@ use tokio::sync::mpsc;
 
 use crate::handler::{Handler, Nack};
 use crate::keyed::{self, KeyedQueue, OrderKey};
+use crate::lease::{Durations, Keeper};
 use crate::stats::Counters;
 
-/// What a stream sends up for a handled delivery.
+/// What a stream sends up for a delivery: its outcome once handled, and meanwhile the
+/// extensions of its deadline.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Ack(u64),
     Nack(proto::Nack),
+    Extend(u64, Duration),
 }
 
 /// The way back to the stream a delivery came on. Closed once that stream has ended: its
@@ -30,6 +34,8 @@ pub(crate) struct Origin(pub(crate) mpsc::UnboundedSender<Outcome>);
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
     pub(crate) origin: Origin,
+    /// When the delivery's deadline needs extending while its handler runs.
+    pub(crate) lease: Keeper,
 }
 
 /// Where streams hand their deliveries to the pool.
@@ -50,7 +56,7 @@ pub(crate) fn spawn<H: Handler>(
     counters: Arc<Counters>,
 ) -> (PoolHandle, tokio::task::JoinHandle<()>) {
     let (jobs_tx, jobs) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(Arc::new(handler), concurrency.max(1), jobs, counters));
+    let task = tokio::spawn(run(Arc::new(handler), concurrency.max(1), jobs, counters, Arc::default()));
     (PoolHandle(jobs_tx), task)
 }
 
@@ -63,6 +69,7 @@ async fn run<H: Handler>(
     concurrency: usize,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     counters: Arc<Counters>,
+    durations: Arc<Durations>,
 ) {
     let (done_tx, mut done) = mpsc::unbounded_channel::<Option<OrderKey>>();
     let mut queue = KeyedQueue::<Job>::new();
@@ -80,7 +87,9 @@ async fn run<H: Handler>(
             }
             running += 1;
             Counters::add(&counters.running, 1);
-            tokio::spawn(handle_one(handler.clone(), key, job, done_tx.clone(), counters.clone()));
+            let finished =
+                Finished { key, done: done_tx.clone(), counters: counters.clone(), durations: durations.clone() };
+            tokio::spawn(handle_one(handler.clone(), job, finished));
         }
         if !open && running == 0 && queue.is_empty() {
             return;
@@ -101,19 +110,36 @@ async fn run<H: Handler>(
     }
 }
 
-/// Runs the handler on one delivery and sends its outcome to the delivery's stream. The
-/// handler is called inside the guarded future, so a panic while building its future is
-/// caught too.
-async fn handle_one<H: Handler>(
-    handler: Arc<H>,
+/// Where a handler's end is told: the pool (its key is free again), the counters and the
+/// recent durations extensions are sized from.
+struct Finished {
     key: Option<OrderKey>,
-    job: Job,
     done: mpsc::UnboundedSender<Option<OrderKey>>,
     counters: Arc<Counters>,
-) {
-    let Job { delivery, origin } = job;
+    durations: Arc<Durations>,
+}
+
+/// Runs the handler on one delivery and sends its outcome to the delivery's stream, extending
+/// the delivery's deadline while it runs (see [`crate::lease`]). The handler is called inside
+/// the guarded future, so a panic while building its future is caught too.
+async fn handle_one<H: Handler>(handler: Arc<H>, job: Job, finished: Finished) {
+    let Job { delivery, origin, mut lease } = job;
+    let Finished { key, done, counters, durations } = finished;
     let ack_id = delivery.ack_id;
-    let result = AssertUnwindSafe(async { handler.handle(delivery).await }).catch_unwind().await;
+    let started = tokio::time::Instant::now();
+    let handled = AssertUnwindSafe(async { handler.handle(delivery).await }).catch_unwind();
+    tokio::pin!(handled);
+    let result = loop {
+        let Some(due) = lease.due() else { break handled.await };
+        tokio::select! {
+            result = &mut handled => break result,
+            _ = tokio::time::sleep_until(due) => {
+                let extension = lease.extend(tokio::time::Instant::now(), durations.p99());
+                let _ = origin.0.send(Outcome::Extend(ack_id, extension));
+            }
+        }
+    };
+    durations.record(started.elapsed());
     let outcome = match result {
         Ok(Ok(())) => {
             Counters::add(&counters.acked, 1);

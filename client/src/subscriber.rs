@@ -50,6 +50,7 @@ pub struct SubscriberBuilder {
     healthy_after: Duration,
     identity_grace: Duration,
     max_message_bytes: usize,
+    max_lease_extension: Duration,
     tls: Option<ClientTls>,
     token_file: Option<PathBuf>,
     labels_file: Option<PathBuf>,
@@ -105,6 +106,7 @@ impl Subscriber {
             healthy_after: Duration::from_secs(10),
             identity_grace: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
+            max_lease_extension: Duration::from_secs(3_600),
             tls: None,
             token_file: None,
             labels_file: None,
@@ -355,6 +357,16 @@ impl SubscriberBuilder {
         self
     }
 
+    /// How long a delivery whose handler still runs is kept by extending its ack deadline
+    /// (default an hour, as Pub/Sub's `MaxExtension`; `Duration::ZERO` turns extension off).
+    /// The library extends before the route's `ack_timeout_ms` passes, each time by about
+    /// as long as handlers recently took (their 99th percentile, 10 minutes at most); the
+    /// route's `max_lease_ms` bounds it too. Past it the gateway takes the delivery back.
+    pub fn max_lease_extension(mut self, max: Duration) -> Self {
+        self.max_lease_extension = max;
+        self
+    }
+
     /// TLS (or mTLS) toward the gateway.
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
@@ -440,6 +452,7 @@ impl SubscriberBuilder {
                 healthy_after: self.healthy_after,
                 identity_grace: self.identity_grace,
                 max_message_bytes: self.max_message_bytes,
+                max_lease_extension: self.max_lease_extension,
             },
             replicas,
             tls: self.tls,

@@ -133,6 +133,7 @@ impl Fanout for FanoutService {
 
         Ok(Response::new(SessionStream {
             session,
+            ack_timeout_ms: registered.ack_timeout_ms,
             outbox: registered.outbox,
             end,
             route,
@@ -235,6 +236,8 @@ fn frame_status(read: &Status) -> Option<Status> {
 /// session, so its in-flight deliveries are redelivered.
 pub struct SessionStream {
     session: SessionId,
+    /// The route's ack deadline, on every response (see `SubscribeResponse.ack_timeout_ms`).
+    ack_timeout_ms: u64,
     outbox: mpsc::UnboundedReceiver<SessionMessage>,
     /// Set by the reader when the client's side ended the session: the status to end with.
     end: oneshot::Receiver<Status>,
@@ -256,9 +259,10 @@ impl Stream for SessionStream {
             return Poll::Ready(Some(Err(status)));
         }
         match self.outbox.poll_recv(cx) {
-            Poll::Ready(Some(SessionMessage::Deliveries(deliveries))) => {
-                Poll::Ready(Some(Ok(SubscribeResponse { deliveries: deliveries.iter().map(to_delivery).collect() })))
-            }
+            Poll::Ready(Some(SessionMessage::Deliveries(deliveries))) => Poll::Ready(Some(Ok(SubscribeResponse {
+                deliveries: deliveries.iter().map(to_delivery).collect(),
+                ack_timeout_ms: self.ack_timeout_ms,
+            }))),
             Poll::Ready(Some(SessionMessage::Closed(reason))) => {
                 self.finished = true;
                 Poll::Ready(super::close_status(reason).map(Err))

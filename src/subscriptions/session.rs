@@ -242,6 +242,9 @@ pub struct Registered {
     pub session: SessionId,
     pub outbox: mpsc::UnboundedReceiver<SessionMessage>,
     pub window: u32,
+    /// The route's ack deadline when the session started, told to the subscriber with its
+    /// deliveries so that it can extend them in time.
+    pub ack_timeout_ms: u64,
 }
 
 /// What an `Extend` did.
