@@ -9,6 +9,9 @@
   gateway closes the streams (it does once nothing is in flight) or 10 s pass; exit 0.
 - A stream the gateway ends with OK unasked was drained by an operator (`fanoutctl drain`):
   the subscriber drains its other streams too and reconnects to none.
+- A handler that runs past half the route's ack deadline (each response says it,
+  ack_timeout_ms) has its delivery extended (Extend) until it returns, up to MAX_LEASE: a
+  slow handler is not redelivered to while it works.
 
 Run ./generate.sh first: it writes the stubs into gen/ from the repository's proto/.
 """
@@ -24,6 +27,7 @@ import threading
 import time
 
 import grpc
+from google.protobuf import duration_pb2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen"))
 try:
@@ -43,6 +47,7 @@ BACKOFF_START, BACKOFF_CAP = 0.1, 5.0  # seconds
 STABLE_AFTER = 10.0  # a stream up this long resets the backoff
 ACK_INTERVAL = 0.1  # pending acks go out at least this often
 DRAIN_DEADLINE = 10.0
+MAX_LEASE = 3600.0  # seconds a running handler's delivery is kept by extending it
 CLOSE = object()  # tells a stream's request generator to stop
 
 
@@ -57,6 +62,46 @@ def handle(delivery):
     offset), or by delivery.idempotency_key on effectively-once routes."""
     if delivery.HasField("value"):
         _payload = delivery.value  # e.g. json.loads(delivery.value)
+
+
+class Lease:
+    """Extends the delivery its stream's handler is working on (one at a time per stream here),
+    from a thread of its own: every half deadline while the handler runs, an Extend by one
+    deadline, until MAX_LEASE has passed."""
+
+    def __init__(self, outgoing):
+        self.outgoing = outgoing
+        self.lock = threading.Lock()
+        self.current = None  # (ack_id, started, ack_timeout_ms) while a handler runs
+        self.done = threading.Event()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def working_on(self, ack_id, ack_timeout_ms):
+        with self.lock:
+            self.current = (ack_id, time.monotonic(), ack_timeout_ms) if ack_timeout_ms else None
+
+    def finished(self):
+        with self.lock:
+            self.current = None
+
+    def run(self):
+        extended = {}  # ack_id -> when it was last extended
+        while not self.done.wait(0.05):
+            with self.lock:
+                current = self.current
+            if current is None:
+                continue
+            ack_id, started, timeout_ms = current
+            half, now = timeout_ms / 2000.0, time.monotonic()
+            if now - extended.get(ack_id, started) < half or now - started > MAX_LEASE:
+                continue
+            extended = {ack_id: now}
+            extension = duration_pb2.Duration()
+            extension.FromMilliseconds(timeout_ms)
+            self.outgoing.put(pb.SubscribeRequest(extend=pb.Extend(ack_ids=[ack_id], extension=extension)))
+
+    def close(self):
+        self.done.set()
 
 
 class Subscriber:
@@ -131,9 +176,11 @@ class Subscriber:
                 self.open[gateway] = (outgoing, call)
                 if self.draining.is_set():
                     outgoing.put(pb.SubscribeRequest(drain=pb.Drain()))
+            lease = Lease(outgoing)
             try:
                 for response in call:
                     for delivery in response.deliveries:
+                        lease.working_on(delivery.ack_id, response.ack_timeout_ms)
                         try:
                             handle(delivery)
                             outgoing.put(delivery.ack_id)
@@ -141,7 +188,10 @@ class Subscriber:
                             nack = pb.Nack(ack_id=delivery.ack_id, reason=str(error)[:200],
                                            disposition=pb.DISPOSITION_RETRY)
                             outgoing.put(pb.SubscribeRequest(nack=nack))
+                        finally:
+                            lease.finished()
             finally:
+                lease.close()
                 with self.lock:
                     self.open.pop(gateway, None)
                 outgoing.put(CLOSE)
