@@ -129,33 +129,37 @@ async fn a_handler_that_extends_past_the_routes_max_lease_has_its_delivery_taken
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
 }
 
-/// What a library subscriber whose handler takes 3 s (three of the route's ack timeouts) on
-/// its first attempt saw until a second after that attempt finished: the attempts it handled,
-/// and the gateway's count of extensions and passed deadlines.
+/// What a library subscriber with one handler at a time, whose handler takes 3 s (three of
+/// the route's ack timeouts) on the first attempt of each of two messages, saw until a second
+/// after the second one finished: the attempts it handled, and the gateway's count of
+/// extensions and passed deadlines. The second message waits 3 s in the library's queue.
 async fn slow_library_handler(max_lease_extension: Duration) -> (Vec<u32>, u64, u64) {
     init_logs();
     let cluster = mock_cluster(1);
     let bootstrap = cluster.bootstrap_servers();
     let group = unique_group("leases-library");
-    produce(&bootstrap, 1, 1).await;
+    produce(&bootstrap, 2, 2).await;
     let gw = start_gateway(lease_config(&bootstrap, &group, 60_000)).await;
     let attempts: Arc<parking_lot::Mutex<Vec<u32>>> = Arc::default();
+    let slow_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let first_done = Arc::new(tokio::sync::Notify::new());
     let handler = {
-        let (attempts, first_done) = (attempts.clone(), first_done.clone());
+        let (attempts, first_done, slow_done) = (attempts.clone(), first_done.clone(), slow_done.clone());
         move |d: Delivery| {
             attempts.lock().push(d.attempt);
-            let first_done = first_done.clone();
+            let (first_done, slow_done) = (first_done.clone(), slow_done.clone());
             async move {
                 if d.attempt == 1 {
                     tokio::time::sleep(Duration::from_millis(3 * ACK_TIMEOUT_MS)).await;
-                    first_done.notify_one();
+                    if slow_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                        first_done.notify_one();
+                    }
                 }
                 Ok::<(), Nack>(())
             }
         }
     };
-    // What came meanwhile (queued behind it: same key) runs right after it.
+    // What came meanwhile (queued: one handler at a time) runs right after it.
     let stop = async move {
         first_done.notified().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -163,6 +167,7 @@ async fn slow_library_handler(max_lease_extension: Duration) -> (Vec<u32>, u64, 
     let subscriber = Subscriber::builder(ROUTE)
         .replicas(Replicas::list([gw.endpoint()]))
         .max_lease_extension(max_lease_extension)
+        .concurrency(1)
         .build()
         .expect("valid settings");
     subscriber.run(handler, stop).await.expect("drains cleanly");
@@ -177,10 +182,10 @@ async fn the_library_extends_a_slow_handlers_delivery_so_it_is_never_redelivered
     let run = slow_library_handler(Duration::from_secs(3_600));
     let (attempts, extensions, expired) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("in time");
     figure(format!(
-        "library lease: a handler of 3 x the {ACK_TIMEOUT_MS} ms ack timeout: attempts {attempts:?}, {extensions} \
-         extensions, {expired} deadlines passed"
+        "library lease: two messages, one handler at a time, each 3 x the {ACK_TIMEOUT_MS} ms ack timeout: attempts \
+         {attempts:?}, {extensions} extensions, {expired} deadlines passed"
     ));
-    assert_eq!(attempts, vec![1], "handled once, never redelivered");
+    assert_eq!(attempts, vec![1, 1], "each handled once, never redelivered, the queued one neither");
     assert_eq!(expired, 0, "no deadline passed");
     assert!(extensions >= 4, "extended about every half second: {extensions}");
 }

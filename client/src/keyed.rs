@@ -68,6 +68,12 @@ impl<T> KeyedQueue<T> {
         }
     }
 
+    /// Every queued job, ready or waiting behind its key.
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        self.ready.iter_mut().for_each(|(_, job)| f(job));
+        self.waiting.values_mut().flatten().for_each(f);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.waiting.is_empty()
     }
@@ -97,6 +103,18 @@ mod tests {
         assert_eq!(q.pop().map(|(_, j)| j), Some(3));
         q.finished(k.expect("keyed"));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn every_queued_job_is_visited_ready_or_waiting() {
+        let mut q = KeyedQueue::new();
+        q.push(key("a"), 1);
+        q.push(key("a"), 2);
+        q.push(None, 3);
+        let mut seen = Vec::new();
+        q.for_each_mut(|job| seen.push(*job));
+        seen.sort();
+        assert_eq!(seen, vec![1, 2, 3]);
     }
 
     #[test]

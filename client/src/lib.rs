@@ -16,9 +16,9 @@
 //!   and time), a [`Nack`] asks for a retry (optionally after a delay) or a dead letter, a
 //!   panic is a retry. A retried message comes again later, after the key's messages behind
 //!   it (as with the gateway's retries);
-//! - **leases**: a handler slower than the route's `ack_timeout_ms` keeps its delivery: the
-//!   library extends the delivery's deadline halfway to it, each time by about as long as
-//!   handlers recently took, until the
+//! - **leases**: a handler slower than the route's `ack_timeout_ms` keeps its delivery, and so
+//!   do deliveries waiting for a handler: the library extends a delivery's deadline halfway to
+//!   it, each time by about as long as handlers recently took, until the
 //!   [maximum extension](SubscriberBuilder::max_lease_extension) (an hour by default), after
 //!   which the gateway takes it back and redelivers it;
 //! - **drain**: when the shutdown future resolves (see [`shutdown_signal`]), every stream sends

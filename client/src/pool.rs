@@ -75,6 +75,10 @@ async fn run<H: Handler>(
     let mut queue = KeyedQueue::<Job>::new();
     let mut running = 0usize;
     let mut open = true;
+    // Deliveries waiting for a handler (behind their key, or for a free one) are extended too:
+    // with slow handlers they may wait longer than the route's deadline.
+    let mut lease_tick = tokio::time::interval(LEASE_TICK);
+    lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         while running < concurrency {
             let Some((key, job)) = queue.pop() else { break };
@@ -106,8 +110,23 @@ async fn run<H: Handler>(
                     queue.finished(key);
                 }
             }
+            _ = lease_tick.tick(), if !queue.is_empty() => extend_queued(&mut queue, durations.p99()),
         }
     }
+}
+
+/// How often queued deliveries are checked for a due extension.
+const LEASE_TICK: Duration = Duration::from_millis(200);
+
+/// Sends the extensions due for queued deliveries.
+fn extend_queued(queue: &mut KeyedQueue<Job>, recent_p99: Duration) {
+    let now = tokio::time::Instant::now();
+    queue.for_each_mut(|job| {
+        if job.lease.due().is_some_and(|due| due <= now) && !job.origin.0.is_closed() {
+            let extension = job.lease.extend(now, recent_p99);
+            let _ = job.origin.0.send(Outcome::Extend(job.delivery.ack_id, extension));
+        }
+    });
 }
 
 /// Where a handler's end is told: the pool (its key is free again), the counters and the
