@@ -525,7 +525,9 @@ pub struct RouteConfig {
     pub ack_timeout_ms: u64,
     /// How long after it was sent a delivery's deadline may be extended to (`Extend`), like
     /// the Pub/Sub client libraries' maximum extension: a handler that keeps extending but
-    /// never finishes is taken back in the end.
+    /// never finishes is taken back in the end. Never less than `ack_timeout_ms` in effect. A
+    /// delivery held this long holds its partition's commits as long (Kafka commits a
+    /// partition only up to its oldest unsettled offset).
     #[serde(default = "default_max_lease_ms")]
     pub max_lease_ms: u64,
     #[serde(default)]

@@ -411,7 +411,9 @@ impl Registry {
             let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
             let now = Instant::now();
             let deadline = (timeout > 0).then(|| now + Duration::from_millis(timeout));
-            let lease_end = deadline.map(|_| now + Duration::from_millis(self.route.config.max_lease_ms));
+            // Never shorter than the deadline itself (a route whose ack timeout is the longer).
+            let lease = self.route.config.max_lease_ms.max(timeout);
+            let lease_end = deadline.map(|_| now + Duration::from_millis(lease));
             let mut batcher = Batcher::default();
             let mut redelivered = 0u64;
             for mut p in s.queue.drain(..take) {

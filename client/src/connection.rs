@@ -45,8 +45,8 @@ pub(crate) struct Settings {
     pub(crate) identity_grace: Duration,
     /// The largest response accepted (one record can be as large as Kafka allows).
     pub(crate) max_message_bytes: usize,
-    /// How long a running handler's delivery is kept by extending its deadline (zero: never
-    /// extended; see [`crate::lease`]).
+    /// How long a held delivery (handled or waiting) is kept by extending its deadline (zero:
+    /// never extended; see [`crate::lease`]).
     pub(crate) max_lease_extension: Duration,
 }
 

@@ -1,6 +1,7 @@
-//! Lease extension: while a handler still works on a delivery, the library moves the
-//! delivery's ack deadline before it passes (an `Extend`), as Pub/Sub's client libraries do,
-//! so a handler slower than the route's `ack_timeout_ms` is not redelivered to while it runs.
+//! Lease extension: while a delivery is held (its handler runs, or it waits for one), the
+//! library moves the delivery's ack deadline before it passes (an `Extend`), as Pub/Sub's
+//! client libraries do, so a handler slower than the route's `ack_timeout_ms` is not
+//! redelivered to while it runs, nor are the deliveries waiting behind it.
 //! Each extension is sized from how long handlers have recently taken (their 99th
 //! percentile), at least the route's deadline and at most 10 minutes; extensions stop once the
 //! delivery has been held for the subscriber's maximum, after which the gateway takes it back
@@ -19,21 +20,25 @@ const RECENT: usize = 512;
 /// When a delivery's deadline needs moving, and by how much.
 #[derive(Debug)]
 pub(crate) struct Keeper {
-    received: Instant,
     /// The route's ack deadline, counted from when the delivery arrived.
     timeout: Duration,
-    /// The longest this subscriber holds a delivery before letting it go back.
-    max: Duration,
+    /// The latest this subscriber holds the delivery to: its maximum after it arrived.
+    until: Option<Instant>,
+    /// When the delivery's deadline is, as far as the gateway was told.
+    deadline: Instant,
     next: Option<Instant>,
 }
 
 impl Keeper {
     /// A delivery that arrived at `received` on a route whose deadline is `timeout` (zero: the
-    /// route has none, nothing to extend). The first extension is due halfway to the
-    /// deadline, which leaves the other half for the `Extend` to reach the gateway.
+    /// route has none, nothing to extend), held at most `max` (zero: never extended). The
+    /// first extension is due halfway to the deadline, which leaves the other half for the
+    /// `Extend` to reach the gateway.
     pub(crate) fn new(received: Instant, timeout: Duration, max: Duration) -> Self {
         let next = (!timeout.is_zero() && !max.is_zero()).then(|| received + timeout / 2);
-        Self { received, timeout, max, next }
+        // A maximum too far off to count (Duration::MAX) is no maximum.
+        let until = received.checked_add(max);
+        Self { timeout, until, deadline: received + timeout, next }
     }
 
     /// When the next extension is due; `None` when there is none to make.
@@ -42,13 +47,30 @@ impl Keeper {
     }
 
     /// The extension to send at `now`, sized from `recent_p99` (how long handlers have
-    /// recently taken), and when the one after it is due: halfway through this one, unless
-    /// the subscriber's maximum is reached by then.
-    pub(crate) fn extend(&mut self, now: Instant, recent_p99: Duration) -> Duration {
-        let left = (self.received + self.max).saturating_duration_since(now);
-        let extension = recent_p99.clamp(self.timeout, MAX_EXTENSION).min(left);
-        self.next = (left > extension && !extension.is_zero()).then(|| now + extension / 2);
-        extension
+    /// recently taken; at least the route's deadline, at most [`MAX_EXTENSION`]), and when the
+    /// one after it is due: halfway through this one. `None` when an extension now would not
+    /// reach past the deadline the gateway already has (an extension never shortens one): on
+    /// a route whose deadline is longer than [`MAX_EXTENSION`] the next try is due when it
+    /// would, and once the subscriber's maximum is reached there is none.
+    pub(crate) fn extend(&mut self, now: Instant, recent_p99: Duration) -> Option<Duration> {
+        let wanted = recent_p99.max(self.timeout).min(MAX_EXTENSION);
+        let target = now.checked_add(wanted).map_or(self.until, Some);
+        let target = match (target, self.until) {
+            (Some(t), Some(until)) => t.min(until),
+            (t, None) => t.unwrap_or(self.deadline),
+            (None, Some(until)) => until,
+        };
+        if target <= self.deadline {
+            // Nothing to gain now: stop for good once the maximum is reached, else try again
+            // when an extension of this size would reach past the deadline.
+            let more = self.until.is_none_or(|until| until > self.deadline);
+            self.next = more.then(|| self.deadline.checked_sub(wanted / 2).unwrap_or(self.deadline).max(now));
+            return None;
+        }
+        let extension = target.saturating_duration_since(now);
+        self.deadline = target;
+        self.next = Some(now + extension / 2);
+        Some(extension)
     }
 }
 
@@ -87,23 +109,34 @@ mod tests {
         let t0 = Instant::now();
         let mut keeper = Keeper::new(t0, S(10), S(3_600));
         assert_eq!(keeper.due(), Some(t0 + S(5)));
-        assert_eq!(keeper.extend(t0 + S(5), S(2)), S(10), "never shorter than the route's deadline");
+        assert_eq!(keeper.extend(t0 + S(5), S(2)), Some(S(10)), "never shorter than the route's deadline");
         assert_eq!(keeper.due(), Some(t0 + S(10)));
-        assert_eq!(keeper.extend(t0 + S(10), S(120)), S(120), "as long as handlers recently took");
+        assert_eq!(keeper.extend(t0 + S(10), S(120)), Some(S(120)), "as long as handlers recently took");
         assert_eq!(keeper.due(), Some(t0 + S(70)));
-        assert_eq!(keeper.extend(t0 + S(70), S(7_200)), MAX_EXTENSION, "at most ten minutes at once");
+        assert_eq!(keeper.extend(t0 + S(70), S(7_200)), Some(MAX_EXTENSION), "at most ten minutes at once");
     }
 
     #[test]
-    fn extensions_stop_at_the_subscribers_maximum() {
+    fn extensions_stop_at_the_subscribers_maximum_and_never_shorten_a_deadline() {
         let t0 = Instant::now();
         let mut keeper = Keeper::new(t0, S(10), S(25));
-        keeper.extend(t0 + S(5), S(0));
+        assert_eq!(keeper.extend(t0 + S(5), S(0)), Some(S(10)));
         assert_eq!(keeper.due(), Some(t0 + S(10)));
-        assert_eq!(keeper.extend(t0 + S(10), S(0)), S(10));
+        assert_eq!(keeper.extend(t0 + S(10), S(0)), Some(S(10)));
         assert_eq!(keeper.due(), Some(t0 + S(15)));
-        assert_eq!(keeper.extend(t0 + S(15), S(0)), S(10), "up to the maximum, 25 s after it arrived");
-        assert_eq!(keeper.due(), None, "then it is let go");
+        assert_eq!(keeper.extend(t0 + S(15), S(0)), Some(S(10)), "up to the maximum, 25 s after it arrived");
+        assert_eq!(keeper.extend(t0 + S(20), S(0)), None, "then it is let go");
+        assert_eq!(keeper.due(), None);
+
+        let mut short = Keeper::new(t0, S(30), S(10));
+        assert_eq!(short.extend(t0 + S(15), S(0)), None, "a maximum below the route's deadline changes nothing");
+        let mut long_route = Keeper::new(t0, S(3_600), S(7_200));
+        assert_eq!(long_route.extend(t0 + S(1_800), S(0)), None, "ten minutes would shorten an hour's deadline");
+        assert_eq!(long_route.due(), Some(t0 + S(3_300)), "tried again when ten minutes reach past it");
+        assert_eq!(long_route.extend(t0 + S(3_300), S(0)), Some(MAX_EXTENSION));
+        assert_eq!(long_route.due(), Some(t0 + S(3_600)));
+        let mut endless = Keeper::new(t0, S(10), Duration::MAX);
+        assert_eq!(endless.extend(t0 + S(5), S(0)), Some(S(10)), "no maximum at all");
         assert_eq!(Keeper::new(t0, S(0), S(25)).due(), None, "a route without a deadline");
         assert_eq!(Keeper::new(t0, S(10), S(0)).due(), None, "extension turned off");
     }

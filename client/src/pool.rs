@@ -116,15 +116,16 @@ async fn run<H: Handler>(
 }
 
 /// How often queued deliveries are checked for a due extension.
-const LEASE_TICK: Duration = Duration::from_millis(200);
+const LEASE_TICK: Duration = Duration::from_millis(100);
 
 /// Sends the extensions due for queued deliveries.
 fn extend_queued(queue: &mut KeyedQueue<Job>, recent_p99: Duration) {
     let now = tokio::time::Instant::now();
     queue.for_each_mut(|job| {
         if job.lease.due().is_some_and(|due| due <= now) && !job.origin.0.is_closed() {
-            let extension = job.lease.extend(now, recent_p99);
-            let _ = job.origin.0.send(Outcome::Extend(job.delivery.ack_id, extension));
+            if let Some(extension) = job.lease.extend(now, recent_p99) {
+                let _ = job.origin.0.send(Outcome::Extend(job.delivery.ack_id, extension));
+            }
         }
     });
 }
@@ -153,8 +154,9 @@ async fn handle_one<H: Handler>(handler: Arc<H>, job: Job, finished: Finished) {
         tokio::select! {
             result = &mut handled => break result,
             _ = tokio::time::sleep_until(due) => {
-                let extension = lease.extend(tokio::time::Instant::now(), durations.p99());
-                let _ = origin.0.send(Outcome::Extend(ack_id, extension));
+                if let Some(extension) = lease.extend(tokio::time::Instant::now(), durations.p99()) {
+                    let _ = origin.0.send(Outcome::Extend(ack_id, extension));
+                }
             }
         }
     };

@@ -241,6 +241,9 @@ impl Subscription {
 
     /// Moves the ack deadline of deliveries by their `ack_id`.
     pub async fn extend_ids(&self, ack_ids: Vec<u64>, extension: std::time::Duration) -> Result<(), ClientError> {
+        // Longer than the contract's limit (which the gateway cuts it to anyway), or too long
+        // to encode: the limit, never "nothing", which would give the deliveries back.
+        let extension = extension.min(crate::lease::MAX_EXTENSION);
         let extension = prost_types::Duration::try_from(extension).ok();
         self.send(Kind::Extend(Extend { ack_ids, extension })).await
     }

@@ -357,8 +357,9 @@ impl SubscriberBuilder {
         self
     }
 
-    /// How long a delivery whose handler still runs is kept by extending its ack deadline
-    /// (default an hour, as Pub/Sub's `MaxExtension`; `Duration::ZERO` turns extension off).
+    /// How long a held delivery (its handler running, or waiting for one) is kept by extending
+    /// its ack deadline (default an hour, as Pub/Sub's `MaxExtension`; `Duration::ZERO` turns
+    /// extension off).
     /// The library extends before the route's `ack_timeout_ms` passes, each time by about
     /// as long as handlers recently took (their 99th percentile, 10 minutes at most); the
     /// route's `max_lease_ms` bounds it too. Past it the gateway takes the delivery back.

@@ -9,9 +9,10 @@
   gateway closes the streams (it does once nothing is in flight) or 10 s pass; exit 0.
 - A stream the gateway ends with OK unasked was drained by an operator (`fanoutctl drain`):
   the subscriber drains its other streams too and reconnects to none.
-- A handler that runs past half the route's ack deadline (each response says it,
-  ack_timeout_ms) has its delivery extended (Extend) until it returns, up to MAX_LEASE: a
-  slow handler is not redelivered to while it works.
+- Every delivery held past half the route's ack deadline (each response says it,
+  ack_timeout_ms), being handled or waiting behind the handler, is extended (Extend) every
+  half deadline until it is settled, up to MAX_LEASE: a slow handler's deliveries are not
+  redelivered while it works.
 
 Run ./generate.sh first: it writes the stubs into gen/ from the repository's proto/.
 """
@@ -65,43 +66,49 @@ def handle(delivery):
 
 
 class Lease:
-    """Extends the delivery its stream's handler is working on (one at a time per stream here),
-    from a thread of its own: every half deadline while the handler runs, an Extend by one
-    deadline, until MAX_LEASE has passed."""
+    """Extends the deliveries a stream holds (the one its handler works on and those of the same
+    response waiting for it), from a thread of its own: each, every half deadline from when it
+    arrived, by one deadline, until MAX_LEASE has passed. An Extend that crosses the Ack of the
+    same delivery is counted and ignored by the gateway."""
 
     def __init__(self, outgoing):
         self.outgoing = outgoing
         self.lock = threading.Lock()
-        self.current = None  # (ack_id, started, ack_timeout_ms) while a handler runs
+        self.held = {}  # ack_id -> (arrived, deadline_ms, last extended)
         self.done = threading.Event()
-        threading.Thread(target=self.run, daemon=True).start()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
 
-    def working_on(self, ack_id, ack_timeout_ms):
+    def arrived(self, ack_ids, ack_timeout_ms):
+        if not ack_timeout_ms:
+            return  # the route has no deadline
+        now = time.monotonic()
         with self.lock:
-            self.current = (ack_id, time.monotonic(), ack_timeout_ms) if ack_timeout_ms else None
+            for ack_id in ack_ids:
+                self.held[ack_id] = (now, ack_timeout_ms, now)
 
-    def finished(self):
+    def settled(self, ack_id):
         with self.lock:
-            self.current = None
+            self.held.pop(ack_id, None)
 
     def run(self):
-        extended = {}  # ack_id -> when it was last extended
         while not self.done.wait(0.05):
+            now, due = time.monotonic(), []
             with self.lock:
-                current = self.current
-            if current is None:
-                continue
-            ack_id, started, timeout_ms = current
-            half, now = timeout_ms / 2000.0, time.monotonic()
-            if now - extended.get(ack_id, started) < half or now - started > MAX_LEASE:
-                continue
-            extended = {ack_id: now}
-            extension = duration_pb2.Duration()
-            extension.FromMilliseconds(timeout_ms)
-            self.outgoing.put(pb.SubscribeRequest(extend=pb.Extend(ack_ids=[ack_id], extension=extension)))
+                for ack_id, (arrived, timeout_ms, last) in list(self.held.items()):
+                    if now - arrived > MAX_LEASE:
+                        del self.held[ack_id]  # let it go back
+                    elif now - last >= timeout_ms / 2000.0:
+                        self.held[ack_id] = (arrived, timeout_ms, now)
+                        due.append((ack_id, timeout_ms))
+            for ack_id, timeout_ms in due:
+                extension = duration_pb2.Duration()
+                extension.FromMilliseconds(timeout_ms)
+                self.outgoing.put(pb.SubscribeRequest(extend=pb.Extend(ack_ids=[ack_id], extension=extension)))
 
     def close(self):
         self.done.set()
+        self.thread.join()
 
 
 class Subscriber:
@@ -179,8 +186,8 @@ class Subscriber:
             lease = Lease(outgoing)
             try:
                 for response in call:
+                    lease.arrived([d.ack_id for d in response.deliveries], response.ack_timeout_ms)
                     for delivery in response.deliveries:
-                        lease.working_on(delivery.ack_id, response.ack_timeout_ms)
                         try:
                             handle(delivery)
                             outgoing.put(delivery.ack_id)
@@ -189,7 +196,7 @@ class Subscriber:
                                            disposition=pb.DISPOSITION_RETRY)
                             outgoing.put(pb.SubscribeRequest(nack=nack))
                         finally:
-                            lease.finished()
+                            lease.settled(delivery.ack_id)
             finally:
                 lease.close()
                 with self.lock:

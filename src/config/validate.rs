@@ -283,9 +283,6 @@ fn check_delivery(route: &RouteConfig, at: At<'_>, problems: &mut Problems) {
     if route.retry.max_backoff_ms < route.retry.initial_backoff_ms {
         problems.bad(at("retry.max_backoff_ms"), "must be at least retry.initial_backoff_ms");
     }
-    if route.max_lease_ms < route.ack_timeout_ms {
-        problems.bad(at("max_lease_ms"), "must be at least ack_timeout_ms (extensions only lengthen a lease)");
-    }
     if route.delivery == DeliveryMode::AtMostOnce && route.dead_letter_topic.is_some() {
         problems.bad(
             at("dead_letter_topic"),
@@ -450,8 +447,6 @@ mod tests {
             r#"
         delivery = "at-most-once"
         dead_letter_topic = "orders"
-        ack_timeout_ms = 5000
-        max_lease_ms = 1000
         [routes.retry]
         max_attempts = 0
         initial_backoff_ms = 1000
@@ -470,7 +465,6 @@ mod tests {
             "routes[0].retry.max_backoff_ms",
             "routes[0].dead_letter_topic",
             "routes[0].dedup",
-            "routes[0].max_lease_ms",
         ] {
             assert!(fields.contains(&field.to_string()), "{field} not in {fields:?}");
         }

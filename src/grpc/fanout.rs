@@ -323,17 +323,17 @@ fn to_delivery(d: &Outgoing) -> proto::Delivery {
     }
 }
 
-/// What a nack says about the failure, as the retry decision needs it.
 /// The longest an `Extend` moves a deadline at once, as Pub/Sub's modifyAckDeadline: a
 /// subscriber extends again while it works, so a crashed one holds its deliveries no longer.
 const MAX_EXTENSION: Duration = Duration::from_secs(600);
 
 /// An `Extend`'s extension, cut to 0..=[`MAX_EXTENSION`] (absent or negative: 0, the
-/// deliveries go back at once).
+/// deliveries go back at the next deadline scan).
 fn extension_of(extension: Option<prost_types::Duration>) -> Duration {
     extension.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::ZERO).min(MAX_EXTENSION)
 }
 
+/// What a nack says about the failure, as the retry decision needs it.
 fn failure_of(nack: &proto::Nack) -> Failure {
     Failure {
         reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },
