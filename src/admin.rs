@@ -145,8 +145,10 @@ impl Control {
         let groups: Vec<String> = self.replica_groups().into_iter().filter(|g| !blind.contains(g)).collect();
         let states = stats.groups.read();
         let fatal = self.liveness().err();
-        let last_error = stats.last_kafka_error.read().clone();
-        let kafka = match stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed) {
+        // The last error is read (and copied) only when it is what readiness says.
+        let reachable = stats.kafka_reachable.load(std::sync::atomic::Ordering::Relaxed);
+        let last_error = if reachable { None } else { stats.last_kafka_error.read().clone() };
+        let kafka = match reachable {
             true => crate::readiness::Reach::Yes,
             false => crate::readiness::Reach::No { last_error: last_error.as_deref() },
         };

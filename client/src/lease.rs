@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The longest one extension asks for (the gateway cuts longer ones to it too).
-pub(crate) const MAX_EXTENSION: Duration = Duration::from_secs(600);
+pub(crate) use fanout_proto::MAX_EXTENSION;
 /// How many recent handler durations the percentile is taken over.
 const RECENT: usize = 512;
 
@@ -54,11 +53,12 @@ impl Keeper {
     /// would, and once the subscriber's maximum is reached there is none.
     pub(crate) fn extend(&mut self, now: Instant, recent_p99: Duration) -> Option<Duration> {
         let wanted = recent_p99.max(self.timeout).min(MAX_EXTENSION);
-        let target = now.checked_add(wanted).map_or(self.until, Some);
-        let target = match (target, self.until) {
-            (Some(t), Some(until)) => t.min(until),
-            (t, None) => t.unwrap_or(self.deadline),
+        // Neither an instant too far off to count nor a maximum bounds it: the deadline stays.
+        let target = match (now.checked_add(wanted), self.until) {
+            (Some(reach), Some(until)) => reach.min(until),
+            (Some(reach), None) => reach,
             (None, Some(until)) => until,
+            (None, None) => self.deadline,
         };
         if target <= self.deadline {
             // Nothing to gain now: stop for good once the maximum is reached, else try again

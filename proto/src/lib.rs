@@ -15,6 +15,12 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fanout_descriptor");
 }
 
+/// The longest one `Extend` moves a delivery's ack deadline (the contract's limit, as Pub/Sub's
+/// modifyAckDeadline): the gateway cuts longer extensions to it and the subscriber library asks
+/// for no more. A subscriber extends again while it works, so a crashed one holds its deliveries
+/// no longer than this.
+pub const MAX_EXTENSION: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Generated from `fanout/admin/v1/admin.proto`: the operator's API (the gateway serves it,
 /// fanoutctl calls it). `serde::Serialize` with the `serde` feature.
 pub mod admin {

@@ -323,14 +323,10 @@ fn to_delivery(d: &Outgoing) -> proto::Delivery {
     }
 }
 
-/// The longest an `Extend` moves a deadline at once, as Pub/Sub's modifyAckDeadline: a
-/// subscriber extends again while it works, so a crashed one holds its deliveries no longer.
-const MAX_EXTENSION: Duration = Duration::from_secs(600);
-
-/// An `Extend`'s extension, cut to 0..=[`MAX_EXTENSION`] (absent or negative: 0, the
+/// An `Extend`'s extension, cut to 0..=[`fanout_proto::MAX_EXTENSION`] (absent or negative: 0, the
 /// deliveries go back at the next deadline scan).
 fn extension_of(extension: Option<prost_types::Duration>) -> Duration {
-    extension.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::ZERO).min(MAX_EXTENSION)
+    extension.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::ZERO).min(fanout_proto::MAX_EXTENSION)
 }
 
 /// What a nack says about the failure, as the retry decision needs it.
