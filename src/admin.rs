@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::RwLock;
 use tracing::{error, info, warn};
 
+use crate::config::rate_limit::RateLimit;
 use crate::config::{Config, RouteConfig};
 use crate::dispatcher::RouteHandle;
 use crate::pipeline::Routes;
@@ -311,12 +312,45 @@ impl Control {
             return Ok(self.inner.applied.read().generation.clone());
         }
         // Memory holds only what runs: the candidate, validated above, is the new config.
-        let config = match self.inner.source.write_weights(route, &weights).await? {
+        let edit = |text: &str| weights::set_weights(text, route, &weights);
+        let config = match self.inner.source.write_route(route, edit).await? {
             Some(config) => config,
             None => candidate,
         };
         let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
         info!(route, weights = %shown.join(" "), source = %self.inner.source, "weights changed by an operator");
+        self.apply(config).await;
+        Ok(self.inner.applied.read().generation.clone())
+    }
+
+    /// Sets (or with None removes) route `route`'s `rate_limit` in the source of truth and
+    /// applies it here: the route's deliveries follow the new limit from the next refill, and
+    /// other replicas when they see the change. Returns the new config generation (with
+    /// `dry_run`, the current one: the change was checked and not made). A limit that does not
+    /// validate is refused naming the field.
+    pub async fn set_rate_limit(
+        &self,
+        route: &str,
+        limit: Option<RateLimit>,
+        dry_run: bool,
+    ) -> Result<String, AdminError> {
+        self.route(route)?;
+        let mut candidate = self.inner.applied.read().config.clone();
+        if let Some(r) = candidate.routes.iter_mut().find(|r| r.name == route) {
+            r.rate_limit = limit;
+        }
+        candidate.validate().map_err(invalid)?;
+        let _one_at_a_time = self.inner.changing.lock().await;
+        if dry_run {
+            return Ok(self.inner.applied.read().generation.clone());
+        }
+        let edit = |text: &str| weights::set_rate_limit(text, route, limit.as_ref());
+        let config = match self.inner.source.write_route(route, edit).await? {
+            Some(config) => config,
+            None => candidate,
+        };
+        let shown = limit.map_or_else(|| "none".to_string(), |l| l.to_string());
+        info!(route, rate_limit = %shown, source = %self.inner.source, "rate limit changed by an operator");
         self.apply(config).await;
         Ok(self.inner.applied.read().generation.clone())
     }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub mod dedup;
 mod diagnose;
+pub mod rate_limit;
 mod report;
 mod spans;
 mod validate;
@@ -530,6 +531,12 @@ pub struct RouteConfig {
     /// partition only up to its oldest unsettled offset).
     #[serde(default = "default_max_lease_ms")]
     pub max_lease_ms: u64,
+    /// How fast the route may deliver (messages and/or bytes per second, token bucket), for a
+    /// downstream that can take only so much. Messages beyond it wait in the gateway and the
+    /// route's partitions pause at `max_uncommitted_per_partition` as for a slow subscriber:
+    /// nothing is buffered past the bound, and nothing is dropped. Unset: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<rate_limit::RateLimit>,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Where messages go that exhausted `retry.max_attempts` or were nacked as DEAD_LETTER.
@@ -640,6 +647,7 @@ impl RouteConfig {
             delivery: DeliveryMode::AtLeastOnce,
             ack_timeout_ms: default_ack_timeout_ms(),
             max_lease_ms: default_max_lease_ms(),
+            rate_limit: None,
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
             window_until_commit: false,

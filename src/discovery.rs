@@ -24,6 +24,8 @@ pub struct Introduction {
     /// 0: the route's default window.
     pub max_in_flight: u32,
     pub labels: BTreeMap<String, String>,
+    /// How fast the subscriber wants deliveries; capped by the route's `rate_limit`.
+    pub rate_limit: Option<crate::config::rate_limit::RateLimit>,
     /// What the stream's ServiceAccount token says (kube mode).
     pub token: TokenCheck,
 }
@@ -71,6 +73,12 @@ impl Introduction {
             }
             if let Err(error) = crate::selector::validate_label_value(key, value) {
                 return fail(format!("labels[{key:?}]"), format!("is not a label value: {error}"));
+            }
+        }
+        if let Some(limit) = &self.rate_limit {
+            let problems: Vec<String> = limit.problems().into_iter().map(|(f, why)| format!("{f}: {why}")).collect();
+            if !problems.is_empty() {
+                return fail("rate_limit".into(), format!("is not a limit: {}", problems.join("; ")));
             }
         }
         Ok(())

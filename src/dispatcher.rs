@@ -427,6 +427,7 @@ impl Dispatcher {
                 .as_deref()
                 .map(|l| self.identity.label_values(l))
                 .unwrap_or_default(),
+            throttled: r.throttled(),
         }
     }
 }

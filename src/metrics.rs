@@ -229,6 +229,20 @@ fn family<L: EncodeLabelSet>(
     Ok(())
 }
 
+/// A counter family of seconds: one sample per label set.
+fn seconds_family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, f64)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
         let s = &*self.stats;
@@ -353,6 +367,31 @@ impl Collector for Scrape {
             self.routes.iter().map(|r| ([("route", label_value(&r.snapshot.config.name))], r.snapshot.retrying as i64)),
         )?;
 
+        family(
+            &mut e,
+            "route_rate_limit",
+            "The route's rate_limit per second, by unit (messages, bytes); routes without one have no series",
+            MetricType::Gauge,
+            self.routes.iter().flat_map(|r| {
+                let limit = r.snapshot.config.rate_limit.unwrap_or_default();
+                [("messages", limit.messages_per_s), ("bytes", limit.bytes_per_s)]
+                    .into_iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(unit, v)| {
+                        ([("route", label_value(&r.snapshot.config.name)), ("unit", unit.to_string())], v as i64)
+                    })
+            }),
+        )?;
+        seconds_family(
+            &mut e,
+            "route_throttled_seconds",
+            "Time messages of the route waited for its rate_limit",
+            self.routes
+                .iter()
+                .filter(|r| r.snapshot.config.rate_limit.is_some())
+                .map(|r| ([("route", label_value(&r.snapshot.config.name))], r.snapshot.throttled.as_secs_f64())),
+        )?;
+
         // Per subscriber (connected ones only). Two streams may carry one name (two processes
         // with the same pod name, or a pod with two streams here): their values are added up,
         // since one label set twice makes Prometheus refuse the whole scrape.
@@ -383,6 +422,14 @@ impl Collector for Scrape {
             "The subscriber's in-flight window",
             MetricType::Gauge,
             subscriber_series(|s| i64::from(s.window)),
+        )?;
+        family(
+            &mut e,
+            "subscriber_rate_limit_messages",
+            "Messages per second the subscriber's own rate limit lets through (Hello.rate_limit capped by the \
+             route's; 0: none of its own)",
+            MetricType::Gauge,
+            subscriber_series(|s| s.rate_limit.map_or(0, |l| l.messages_per_s as i64)),
         )?;
 
         // Per assigned partition.

@@ -38,6 +38,7 @@ mod session;
 mod staging;
 #[cfg(test)]
 mod testing;
+mod throttle;
 
 pub use batching::MAX_BATCH_BYTES;
 pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
@@ -55,6 +56,7 @@ use retrying::RetryQueue;
 use route::RouteState;
 use session::Session;
 use staging::Staging;
+use throttle::Throttle;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegisterError {
@@ -145,12 +147,21 @@ pub struct Registry {
     /// Partitions being revoked (draining): nothing of theirs is sent any more; their
     /// in-flight deliveries may still be acked until the partitions are purged.
     revoked: BTreeSet<TopicPartition>,
+    /// The route's `rate_limit`, shared by its sessions.
+    throttle: Option<Throttle>,
+    /// Some session's queue waited for a rate limit at the last flush: the dispatcher ticks
+    /// until the buckets let it go.
+    throttled: bool,
+    /// Where the next limited flush starts among the sessions, so that a scarce rate is
+    /// shared in turn rather than taken by the lowest session number every time.
+    next_first: SessionId,
 }
 
 // === impl Registry: sessions ===
 
 impl Registry {
     pub fn new(route: RouteConfig) -> Self {
+        let throttle = route.rate_limit.as_ref().and_then(|l| Throttle::new(l, Instant::now()));
         Self {
             route: RouteState::new(route),
             keys: KeyTable::default(),
@@ -171,6 +182,9 @@ impl Registry {
             commits: CommitWindow::default(),
             unconfirmed: 0,
             revoked: BTreeSet::new(),
+            throttle,
+            throttled: false,
+            next_first: SessionId(1),
         }
     }
 
@@ -220,8 +234,11 @@ impl Registry {
         let id = self.next_id;
         self.next_id = SessionId(self.next_id.0 + 1);
         let (tx, rx) = mpsc::unbounded_channel();
+        let throttle = throttle::session_throttle(&subscriber, config, None, Instant::now());
         self.route.add_member(id, cohort.as_ref());
-        self.sessions.insert(id, Session::new(window, tx, subscriber, cohort));
+        let mut session = Session::new(window, tx, subscriber, cohort);
+        session.throttle = throttle;
+        self.sessions.insert(id, session);
         self.reroute(Vec::new());
         Ok(Registered { session: id, outbox: rx, window, ack_timeout_ms: self.route.config.ack_timeout_ms })
     }
@@ -397,19 +414,54 @@ impl Registry {
         let dirty = std::mem::take(&mut self.dirty);
         let timeout = self.route.config.ack_timeout_ms;
         let at_most_once = self.route.config.delivery == DeliveryMode::AtMostOnce;
-        for id in dirty {
+        let now = Instant::now();
+        let mut route_held = false;
+        self.throttled = false;
+        let order: Vec<SessionId> = if let Some(t) = &mut self.throttle {
+            t.refill(now);
+            // In turn from where the last limited flush stopped.
+            let (from, before): (Vec<_>, Vec<_>) = dirty.iter().partition(|id| **id >= self.next_first);
+            from.into_iter().chain(before).collect()
+        } else {
+            dirty.into_iter().collect()
+        };
+        for id in order {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             if s.draining {
                 continue;
             }
             let room = s.room();
             if room == 0 || s.queue.is_empty() {
+                if let Some(t) = &mut s.throttle {
+                    t.mark(now, false);
+                }
                 continue;
             }
-            let take = room.min(s.queue.len());
+            let wanted = room.min(s.queue.len());
+            let take = match (&mut self.throttle, &mut s.throttle) {
+                (None, None) => wanted,
+                (route, own) => {
+                    let allowed = throttle::admitted(&s.queue, wanted, route.as_mut(), own.as_mut(), now);
+                    if allowed.take < wanted {
+                        // Still dirty: the next flush after the buckets refill takes it on.
+                        self.dirty.insert(id);
+                        self.throttled = true;
+                        route_held |= allowed.by_route;
+                    }
+                    if let Some(t) = own {
+                        t.mark(now, allowed.take < wanted && !allowed.by_route);
+                    }
+                    if allowed.take > 0 {
+                        self.next_first = SessionId(id.0 + 1);
+                    }
+                    allowed.take
+                }
+            };
+            if take == 0 {
+                continue;
+            }
             // One string per batch, shared by its deliveries.
             let cohort: Arc<str> = Arc::from(s.cohort.as_deref().unwrap_or_default());
-            let now = Instant::now();
             let deadline = (timeout > 0).then(|| now + Duration::from_millis(timeout));
             // Never shorter than the deadline itself (a route whose ack timeout is the longer).
             let lease = self.route.config.max_lease_ms.max(timeout);
@@ -453,6 +505,9 @@ impl Registry {
                     let _ = s.outbox.send(SessionMessage::Deliveries(batch.deliveries));
                 }
             }
+        }
+        if let Some(t) = &mut self.throttle {
+            t.mark(now, route_held);
         }
     }
 
@@ -522,10 +577,16 @@ impl Registry {
         self.sessions.values().map(|s| s.in_flight.len()).sum()
     }
 
-    /// Whether anything waits for a time: a retry's backoff or a delivery's ack deadline.
+    /// Whether anything waits for a time: a rate limit's refill, a retry's backoff or a
+    /// delivery's ack deadline.
     /// Stops at the first session with a delivery out, so a busy route answers at once.
     pub fn waits_for_time(&self) -> bool {
-        self.delayed() > 0 || self.sessions.values().any(|s| !s.in_flight.is_empty())
+        self.throttled || self.delayed() > 0 || self.sessions.values().any(|s| !s.in_flight.is_empty())
+    }
+
+    /// How long the route's rate limit has held messages back in all (zero without one).
+    pub fn throttled(&self) -> Duration {
+        self.throttle.as_ref().map_or(Duration::ZERO, |t| t.held_for(Instant::now()))
     }
 
     /// Open sessions, draining ones included.
@@ -587,6 +648,7 @@ impl Registry {
 mod tests {
     use super::testing::*;
     use super::*;
+    use crate::config::rate_limit::RateLimit;
     use crate::config::EmptyCohort;
 
     #[test]
@@ -821,5 +883,36 @@ mod tests {
         assert!(reg.take_staged().is_empty() && received(&mut a.outbox).is_empty(), "never redelivered");
         assert_eq!(reg.take_dropped().len(), 3);
         assert_eq!(reg.delayed(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_route_delivers_at_its_rate_shared_in_turn_and_a_subscriber_below_it() {
+        let mut config = route("r", 1_000);
+        config.rate_limit = Some(RateLimit { messages_per_s: 100, bytes_per_s: 0, burst: 10 });
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 0, sub("a")).expect("ok");
+        let mut b = reg.register("r", 0, sub("b")).expect("ok");
+        let slow =
+            Subscriber { rate_limit: Some(RateLimit { messages_per_s: 20, ..RateLimit::default() }), ..sub("c") };
+        let mut c = reg.register("r", 0, slow).expect("ok");
+        for o in 0..1_000 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
+        }
+        let (mut got_a, mut got_b, mut got_c) = (0, 0, 0);
+        // Two seconds of 10 ms ticks, as the dispatcher's while messages wait.
+        for _ in 0..200 {
+            reg.flush();
+            assert!(reg.waits_for_time(), "messages wait for the limit: the dispatcher keeps ticking");
+            tokio::time::advance(Duration::from_millis(10)).await;
+            got_a += received(&mut a.outbox).len();
+            got_b += received(&mut b.outbox).len();
+            got_c += received(&mut c.outbox).len();
+        }
+        let total = got_a + got_b + got_c;
+        // The burst, then 100 a second for 2 s (the last tick's earnings not yet spent).
+        assert!((205..=210).contains(&total), "{total} = {got_a} + {got_b} + {got_c}");
+        assert!((38..=42).contains(&got_c), "the subscriber's own 20/s: {got_c}");
+        assert!(got_a.abs_diff(got_b) <= 10, "the rest shared in turn: {got_a} and {got_b}");
+        assert!(reg.throttled() >= Duration::from_millis(1_900), "{:?}", reg.throttled());
     }
 }

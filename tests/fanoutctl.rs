@@ -400,11 +400,71 @@ async fn weights_set_with_a_typo_is_refused_everywhere_unless_forced() {
     tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_set_get_and_clear_on_every_replica_and_a_bad_limit_refused_everywhere() {
+    init_logs();
+    let cluster = mock_cluster(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("ctl-rate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let token = token_file.display().to_string();
+    let run = async {
+        let one = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
+        let two = start_gateway(split_config(&bootstrap, &group, &token_file)).await;
+        let gateways = format!("{},{}", one.admin_addr(), two.admin_addr());
+        let ctl = |args: &[&str]| {
+            let mut all = vec!["--gateway", gateways.as_str(), "--token-file", token.as_str(), "rate-limit"];
+            all.extend_from_slice(args);
+            all.into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        let call = |args: Vec<String>| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fanoutctl(&args).await
+        };
+
+        // A burst without a message rate: refused by both, named, nothing changed.
+        let (code, out, err) = call(ctl(&["set", ROUTE, "--burst", "10"])).await;
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert!(err.contains("INVALID_ARGUMENT") && err.contains("routes[0].rate_limit.burst"), "{err}");
+        assert!(err.contains("no replica's rate limit changed"), "{err}");
+
+        let (code, out, err) = call(ctl(&["set", ROUTE, "--messages-per-s", "500", "--burst", "20"])).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().filter(|l| l.contains("rate limit set to 500 msg/s, burst 20")).count(), 2, "{out}");
+        let (code, table, err) = call(ctl(&["get", ROUTE])).await;
+        assert_eq!(code, 0, "{err}");
+        let limited: Vec<&str> = table.lines().filter(|l| l.contains("500 msg/s, burst 20")).collect();
+        assert_eq!(limited.len(), 2, "both replicas run the limit: {table}");
+        let (code, json, err) = call(ctl(&["-o", "json", "get", ROUTE])).await;
+        assert_eq!(code, 0, "{err}");
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(parsed[0]["rate_limit"]["messages_per_s"], 500, "{json}");
+
+        let (code, out, err) = call(ctl(&["clear", ROUTE])).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().filter(|l| l.contains("rate limit removed")).count(), 2, "{out}");
+        let (_, table, _) = call(ctl(&["get", ROUTE])).await;
+        assert_eq!(table.lines().filter(|l| l.contains(" none ")).count(), 2, "{table}");
+
+        // Without the token: refused, as every change is.
+        let (code, _, err) =
+            fanoutctl(&["--gateway", &gateways, "rate-limit", "set", ROUTE, "--messages-per-s", "1"]).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("UNAUTHENTICATED"), "{err}");
+        one.shutdown().await;
+        two.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time");
+}
+
 #[tokio::test]
 async fn help_groups_the_connection_options_and_shows_examples() {
     for args in [
         &["--help"][..],
         &["weights", "set", "--help"],
+        &["rate-limit", "--help"],
         &["drain", "--help"],
         &["replay", "--help"],
         &["dlq", "--help"],

@@ -22,6 +22,13 @@ Examples:
   fanoutctl --token-file token weights set orders blue=0 green=100
   fanoutctl --token-file token weights set orders blue=100 green=50 --force   # green not deployed yet";
 
+pub(crate) const RATE_LIMIT_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token rate-limit set orders --messages-per-s 1000 --burst 100
+  fanoutctl --token-file token rate-limit set orders --bytes-per-s 10485760
+  fanoutctl rate-limit get orders
+  fanoutctl --token-file token rate-limit clear orders";
+
 pub(crate) const DRAIN_EXAMPLES: &str = "\
 Examples:
   fanoutctl subscribers orders                             # find the name or session
@@ -131,6 +138,9 @@ pub(crate) enum Command {
     /// A route's cohort weights: show them, or change them on every replica.
     #[command(subcommand)]
     Weights(WeightsCommand),
+    /// A route's rate limit: show it, or change it on every replica.
+    #[command(subcommand, name = "rate-limit", after_help = RATE_LIMIT_EXAMPLES)]
+    RateLimit(RateLimitCommand),
     /// Stop sending to a subscriber, let its in-flight deliveries settle, close its streams.
     ///
     /// The subscriber is named as `subscribers` shows it (its name or session number); every
@@ -278,6 +288,39 @@ pub(crate) enum WeightsCommand {
     },
     /// A route's weight per cohort and, on each replica, the cohort's subscribers and the
     /// messages held for it.
+    Get {
+        /// The route (as `routes` lists them).
+        route: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RateLimitCommand {
+    /// Limit how fast a route delivers, on every replica (each replica enforces it on its own
+    /// deliveries).
+    ///
+    /// Messages beyond the limit wait in Kafka: the route's partitions pause at its bound, as
+    /// for a slow subscriber. Replaces the whole limit: fields left out are not limited.
+    Set {
+        /// The route to limit.
+        route: String,
+        /// Deliveries per second, redeliveries included.
+        #[arg(long, value_name = "N")]
+        messages_per_s: Option<u64>,
+        /// Bytes per second (key, value and headers of each delivery).
+        #[arg(long, value_name = "N")]
+        bytes_per_s: Option<u64>,
+        /// Deliveries that may go at once after a quiet spell (needs --messages-per-s);
+        /// default a tenth of a second's worth.
+        #[arg(long, value_name = "N")]
+        burst: Option<u64>,
+    },
+    /// Remove a route's rate limit on every replica.
+    Clear {
+        /// The route.
+        route: String,
+    },
+    /// A route's rate limit on each replica, and how long it has held messages back there.
     Get {
         /// The route (as `routes` lists them).
         route: String,

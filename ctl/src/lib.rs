@@ -9,6 +9,8 @@
 //! status 1 for a failed call or a replica that did not answer, 2 for a bad command line.
 
 mod args;
+mod change;
+mod rate_limit;
 mod reach;
 mod table;
 mod view;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tonic::metadata::AsciiMetadataValue;
 
-use args::{Command, DlqCommand, Output, ReplayArgs, WeightsCommand};
+use args::{Command, DlqCommand, Output, RateLimitCommand, ReplayArgs, WeightsCommand};
 use fanout_proto::admin::{
     CancelReplayRequest, DrainRequest, DrainResponse, GetReplayRequest, LetterRef, ListDeadLettersRequest,
     ListReplaysRequest, PartitionOffset, RedriveRequest, ReplayRequest, StatusRequest, StatusResponse,
@@ -278,6 +280,27 @@ async fn execute(cli: &Cli) -> Result<Outcome, CtlError> {
             let flag = reached.flag;
             let replicas = reached.all_for_change("weights change")?;
             weights::set(cli, &replicas, flag, route, weights, *force).await
+        }
+        Command::RateLimit(RateLimitCommand::Get { route }) => {
+            let (all, missing) = statuses(cli, reached, route).await?;
+            let stdout = rate_limit::show(cli.output, route, &all, &missing)?;
+            let failure = (!missing.is_empty()).then(|| partly_answered(&missing, asked));
+            Ok(Outcome { stdout, failure })
+        }
+        Command::RateLimit(RateLimitCommand::Set { route, messages_per_s, bytes_per_s, burst }) => {
+            let flag = reached.flag;
+            let replicas = reached.all_for_change("rate limit change")?;
+            let limit = fanout_proto::admin::RateLimit {
+                messages_per_s: messages_per_s.unwrap_or(0),
+                bytes_per_s: bytes_per_s.unwrap_or(0),
+                burst: burst.unwrap_or(0),
+            };
+            rate_limit::set(cli, &replicas, flag, route, Some(limit)).await
+        }
+        Command::RateLimit(RateLimitCommand::Clear { route }) => {
+            let flag = reached.flag;
+            let replicas = reached.all_for_change("rate limit change")?;
+            rate_limit::set(cli, &replicas, flag, route, None).await
         }
         Command::Drain { route, subscriber } => {
             let mut replicas = reached.all_for_change("drain")?;

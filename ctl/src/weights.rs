@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::args::Output;
-use super::reach::{ask_all, authorized, failure_lines, with_tail, Failure, Missing, Replica};
-use super::view::render_changes;
+use super::change::{everywhere, Change};
+use super::reach::{ask_all, authorized, Missing, Replica};
 use super::{table, Answer, CtlError, Outcome, ReplicaStatus};
 use fanout_proto::admin::{Cohort, SetWeightsRequest, SetWeightsResponse};
 
@@ -37,61 +37,17 @@ pub(super) async fn set(
             async move { client.set_weights(request).await }
         })
     };
-    dry_run_verdict(&ask(true).await, flag)?;
-
-    let mut done: Vec<(String, SetWeightsResponse)> = Vec::new();
-    let mut failed: Vec<Missing> = Vec::new();
-    for (address, answer) in ask(false).await {
-        match answer {
-            Ok(answer) => done.push((address, answer)),
-            Err(failure) => failed.push(Missing { address, failure }),
-        }
-    }
-    if done.is_empty() {
-        return Err(CtlError(failure_lines(&failed, flag).join("\n")));
-    }
     let shown: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
-    let stdout = render_changes(cli.output, &done, |address, a| {
+    let line = |address: &str, a: &SetWeightsResponse| {
         format!(
             "{address}: route {route} weights set to {} (config generation {}, {})",
             shown.join(" "),
             a.config_generation,
             a.config_source
         )
-    })?;
-    let failure = (!failed.is_empty()).then(|| {
-        let changed: Vec<&str> = done.iter().map(|(a, _)| a.as_str()).collect();
-        let tail = format!(
-            "the weights changed on {} only: run the command again once the replica(s) above answer, so all agree",
-            changed.join(", ")
-        );
-        CtlError(with_tail(failure_lines(&failed, flag), &tail))
-    });
-    Ok(Outcome { stdout, failure })
-}
-
-/// The dry run's verdict: the change goes ahead only when every replica accepts it. Otherwise
-/// the error names each refusal (replicas refusing alike share a line) and says nothing changed;
-/// when a refusal is one that `--force` overrides (FAILED_PRECONDITION: an unknown cohort, a
-/// share for a cohort with no subscriber), it says so.
-fn dry_run_verdict<T>(checked: &[(String, Result<T, Failure>)], flag: &str) -> Result<(), CtlError> {
-    let refused: Vec<Missing> = checked
-        .iter()
-        .filter_map(|(address, answer)| {
-            answer.as_ref().err().map(|failure| Missing { address: address.clone(), failure: failure.clone() })
-        })
-        .collect();
-    if refused.is_empty() {
-        return Ok(());
-    }
-    let forcible =
-        refused.iter().any(|m| matches!(m.failure, Failure::Call { code: tonic::Code::FailedPrecondition, .. }));
-    let tail = if forcible {
-        format!("no replica's weights changed {FORCE_HINT}")
-    } else {
-        "no replica's weights changed".to_string()
     };
-    Err(CtlError(with_tail(failure_lines(&refused, flag), &tail)))
+    let change = Change { what: "weights", force_hint: Some(FORCE_HINT) };
+    everywhere(cli.output, flag, change, ask, line).await
 }
 
 /// One replica's weights of a route, as `weights get -o json|yaml` prints them.
@@ -202,6 +158,7 @@ fn disagreement(route: &str, all: &[ReplicaStatus]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reach::Failure;
     use fanout_proto::admin::{Replica as ReplicaInfo, RouteStatus, StatusResponse};
 
     fn cohort(name: &str, weight: u32, subscribers: u32, held: u64) -> Cohort {
@@ -216,51 +173,6 @@ mod tests {
                 routes: vec![RouteStatus { name: "orders".into(), cohorts, ..RouteStatus::default() }],
             },
         }
-    }
-
-    fn refusal(address: &str, code: tonic::Code, message: &str) -> (String, Result<(), Failure>) {
-        (address.into(), Err(Failure::Call { code, message: message.into() }))
-    }
-
-    #[test]
-    fn a_set_goes_ahead_only_when_every_replica_accepts_the_dry_run() {
-        let all_accept = [("a:9090".to_string(), Ok(())), ("b:9090".to_string(), Ok(()))];
-        assert!(dry_run_verdict(&all_accept, "--gateway").is_ok());
-
-        let one_refuses = [
-            ("a:9090".to_string(), Ok(())),
-            refusal("b:9090", tonic::Code::FailedPrecondition, "route orders has never seen cohort `gren`"),
-        ];
-        let e = dry_run_verdict(&one_refuses, "--gateway").expect_err("refused");
-        assert_eq!(
-            e.0,
-            "b:9090: FAILED_PRECONDITION: route orders has never seen cohort `gren`; \
-             no replica's weights changed (add --force to change the weights anyway)"
-        );
-    }
-
-    #[test]
-    fn refusals_force_cannot_override_get_no_force_hint() {
-        let unauthenticated = [
-            refusal("a:9090", tonic::Code::Unauthenticated, "no token"),
-            refusal("b:9090", tonic::Code::Unauthenticated, "no token"),
-        ];
-        let e = dry_run_verdict(&unauthenticated, "--gateway").expect_err("refused");
-        assert_eq!(e.0, "a:9090, b:9090: UNAUTHENTICATED: no token; no replica's weights changed");
-    }
-
-    #[test]
-    fn each_different_refusal_is_a_line_of_its_own() {
-        let two = [
-            refusal("a:9090", tonic::Code::FailedPrecondition, "cohort green has no subscriber on this replica"),
-            refusal("b:9090", tonic::Code::InvalidArgument, "routes[0].weights: all zero"),
-        ];
-        let e = dry_run_verdict(&two, "--gateway").expect_err("refused");
-        let lines: Vec<&str> = e.0.lines().collect();
-        assert_eq!(lines.len(), 3, "{e}");
-        assert!(lines[0].starts_with("a:9090: FAILED_PRECONDITION"), "{e}");
-        assert!(lines[1].starts_with("b:9090: INVALID_ARGUMENT"), "{e}");
-        assert!(lines[2].contains("--force"), "{e}");
     }
 
     #[test]

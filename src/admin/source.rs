@@ -2,7 +2,6 @@
 //! or (demo and tests) only the running config. An operator's weight change is written there,
 //! not into one replica's memory, so what runs always matches what a restart loads.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Problem};
@@ -70,17 +69,20 @@ impl std::fmt::Debug for ConfigSource {
 impl ConfigSource {
     /// Writes route `route`'s `weights` into the source of truth and returns the config it now
     /// holds, validated as a whole (None for [`ConfigSource::Memory`]: nothing is written).
-    pub(super) async fn write_weights(
+    /// Rewrites route `route`'s entries with `edit` (see [`weights::set_weights`],
+    /// [`weights::set_rate_limit`]) in the source of truth; the config it now holds (None: the
+    /// source is memory, the caller's candidate is the config).
+    pub(super) async fn write_route(
         &self,
         route: &str,
-        weights: &BTreeMap<String, u32>,
+        edit: impl Fn(&str) -> Result<String, weights::EditError>,
     ) -> Result<Option<Config>, AdminError> {
         let config = match self {
             Self::File(path) => {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| AdminError::ReadFile { path: shown.clone(), source })?;
-                let edited = weights::set_weights(&text, route, weights).map_err(|e| match e {
+                let edited = edit(&text).map_err(|e| match e {
                     weights::EditError::NoRoute(_) => {
                         AdminError::RouteGone { route: route.to_string(), source_of_truth: shown.clone() }
                     }
@@ -95,8 +97,8 @@ impl ConfigSource {
                 loop {
                     attempt += 1;
                     let (text, version) = cm.read().await?;
-                    let edited = weights::set_weights(&text, route, weights)
-                        .map_err(|source| AdminError::Edit { source_of_truth: cm.to_string(), source })?;
+                    let edited =
+                        edit(&text).map_err(|source| AdminError::Edit { source_of_truth: cm.to_string(), source })?;
                     let config = load_text(&edited)?;
                     match cm.replace(&edited, &version).await {
                         Ok(()) => break config,

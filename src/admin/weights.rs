@@ -1,10 +1,12 @@
 //! An operator's weight change: whether it would strand messages ([`guard`]), and rewriting
-//! a route's weights in the config file's text, where only the route's `weights` entry
-//! changes and every comment and every other line stays as the operator wrote it.
+//! a route's weights (or its rate limit) in the config file's text, where only that entry of
+//! the route changes and every comment and every other line stays as the operator wrote it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use toml_edit::{DocumentMut, InlineTable, Item, Value};
+
+use crate::config::rate_limit::RateLimit;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
@@ -85,27 +87,55 @@ pub fn guard(view: &RouteView, new: &BTreeMap<String, u32>) -> Result<(), Refusa
     Ok(())
 }
 
-/// `text` with route `route`'s weights replaced by `weights` (as an inline table). Routes are
-/// `[[routes]]` tables or an inline `routes = [{ ... }]` array.
+/// `text` with route `route`'s weights replaced by `weights` (as an inline table).
 pub fn set_weights(text: &str, route: &str, weights: &BTreeMap<String, u32>) -> Result<String, EditError> {
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Parse(e.to_string()))?;
     let mut table = InlineTable::new();
     for (cohort, weight) in weights {
         table.insert(cohort, Value::from(i64::from(*weight)));
     }
+    set_entry(text, route, "weights", Some(table))
+}
+
+/// `text` with route `route`'s `rate_limit` replaced by `limit` (as an inline table of the
+/// fields that are set), or removed when `limit` is None.
+pub fn set_rate_limit(text: &str, route: &str, limit: Option<&RateLimit>) -> Result<String, EditError> {
+    let table = limit.map(|l| {
+        let mut table = InlineTable::new();
+        for (field, value) in [("messages_per_s", l.messages_per_s), ("bytes_per_s", l.bytes_per_s), ("burst", l.burst)]
+        {
+            if value > 0 {
+                // Limits are validated to at most 2^40, well inside TOML's integers.
+                table.insert(field, Value::from(i64::try_from(value).unwrap_or(i64::MAX)));
+            }
+        }
+        table
+    });
+    set_entry(text, route, "rate_limit", table)
+}
+
+/// `text` with entry `key` of route `route` replaced by `table`, or removed. Routes are
+/// `[[routes]]` tables or an inline `routes = [{ ... }]` array.
+fn set_entry(text: &str, route: &str, key: &str, table: Option<InlineTable>) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Parse(e.to_string()))?;
     let named = |name: Option<&str>| name == Some(route);
     let routes = doc.get_mut("routes").ok_or_else(|| EditError::NoRoute(route.to_string()))?;
     if let Some(tables) = routes.as_array_of_tables_mut() {
         let found = tables.iter_mut().find(|t| named(t.get("name").and_then(Item::as_str)));
         let t = found.ok_or_else(|| EditError::NoRoute(route.to_string()))?;
-        t.insert("weights", Item::Value(Value::InlineTable(table)));
+        match table {
+            Some(table) => t.insert(key, Item::Value(Value::InlineTable(table))),
+            None => t.remove(key),
+        };
     } else if let Some(array) = routes.as_array_mut() {
         let found = array
             .iter_mut()
             .filter_map(Value::as_inline_table_mut)
             .find(|t| named(t.get("name").and_then(Value::as_str)));
         let t = found.ok_or_else(|| EditError::NoRoute(route.to_string()))?;
-        t.insert("weights", Value::InlineTable(table));
+        match table {
+            Some(table) => t.insert(key, Value::InlineTable(table)),
+            None => t.remove(key),
+        };
     } else {
         return Err(EditError::NoRoute(route.to_string()));
     }
@@ -157,6 +187,20 @@ weights = { blue = 100, green = 0 } # before the cutover
         let inline = "routes = [{ name = \"r\", topics = [\"t\"] }]\n[kafka]\nbootstrap_servers = \"k\"\n";
         let out = set_weights(inline, "r", &weights(&[("a", 1)])).expect("edits");
         assert!(out.contains("weights = { a = 1 }"), "{out}");
+    }
+
+    #[test]
+    fn a_rate_limit_is_set_replaced_and_removed_with_comments_kept() {
+        let limit = RateLimit { messages_per_s: 1_000, bytes_per_s: 0, burst: 50 };
+        let out = set_rate_limit(FILE, "orders", Some(&limit)).expect("edits");
+        assert!(out.contains("rate_limit = { messages_per_s = 1000, burst = 50 }"), "{out}");
+        assert!(out.contains("# before the cutover"), "{out}");
+        let sub =
+            out.replace("rate_limit = { messages_per_s = 1000, burst = 50 }", "[routes.rate_limit]\nbytes_per_s = 9");
+        let out = set_rate_limit(&sub, "orders", None).expect("edits");
+        assert!(!out.contains("rate_limit") && !out.contains("bytes_per_s"), "{out}");
+        assert_eq!(out.lines().count(), FILE.lines().count(), "{out}");
+        assert_eq!(set_rate_limit(FILE, "gone", None), Err(EditError::NoRoute("gone".into())));
     }
 
     fn view() -> RouteView {

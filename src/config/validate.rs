@@ -290,6 +290,11 @@ fn check_delivery(route: &RouteConfig, at: At<'_>, problems: &mut Problems) {
              at-least-once",
         );
     }
+    if let Some(limit) = &route.rate_limit {
+        for (field, message) in limit.problems() {
+            problems.bad(at(&format!("rate_limit.{field}")), message);
+        }
+    }
     match (&route.dedup, route.delivery) {
         (Some(dedup), DeliveryMode::EffectivelyOnce) => {
             for (field, message) in dedup.problems() {

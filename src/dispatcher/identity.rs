@@ -53,9 +53,12 @@ impl Identity {
     ) -> Result<Subscriber, RegisterError> {
         let name = subscriber_name(hello, peer);
         match self.discovery {
-            DiscoveryMode::Static => {
-                Ok(Subscriber { name, labels: hello.labels.clone().into_iter().collect(), pod: None })
-            }
+            DiscoveryMode::Static => Ok(Subscriber {
+                name,
+                labels: hello.labels.clone().into_iter().collect(),
+                pod: None,
+                rate_limit: hello.rate_limit,
+            }),
             DiscoveryMode::Kube => {
                 let pod =
                     discovery::check_identity(hello, peer, &self.pods, &hello.route, &route.selector, route.identity)
@@ -66,6 +69,7 @@ impl Identity {
                     name,
                     labels: pod.labels.clone(),
                     pod: Some((pod.namespace.clone(), pod.name.clone())),
+                    rate_limit: hello.rate_limit,
                 })
             }
         }

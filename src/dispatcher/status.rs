@@ -35,6 +35,8 @@ pub struct RouteSnapshot {
     /// Values of the split label among the pods the route selects (Kubernetes discovery; empty
     /// otherwise): cohorts whose pods exist, subscribed or not.
     pub pod_cohorts: BTreeSet<String>,
+    /// Time messages waited for the route's `rate_limit` since it was set (zero without one).
+    pub throttled: std::time::Duration,
 }
 
 /// A route as this replica runs it, with its consumer group's offsets and lag: what the admin

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::admin::dead_letters::{DeadLetterError, Letter, Selection};
 use crate::admin::replay::ReplayProgress;
 use crate::admin::{AdminError, Control, ReplicaStatus, RouteStatus, WeightChange};
+use crate::config::rate_limit::RateLimit;
 use crate::config::DeliveryMode;
 use crate::kafka::replay::{Bound, ReplayError};
 use crate::proto::admin::admin_server::Admin;
@@ -135,6 +136,7 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
             acked: sub.acked,
             connected_at_unix_ms: unix_ms(sub.connected_at),
             draining: sub.draining,
+            rate_limit: sub.rate_limit.map(rate_limit_out),
         })
         .filter(|sub| {
             let size = sub.encoded_len();
@@ -180,6 +182,8 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
         retrying: s.retrying as u64,
         delivered: s.delivered,
         subscribers_omitted,
+        rate_limit: config.rate_limit.map(rate_limit_out),
+        throttled_seconds: s.throttled.as_secs_f64(),
         unreadable_topics: r
             .unreadable_topics
             .into_iter()
@@ -272,6 +276,25 @@ impl Admin for AdminService {
             config_generation: generation,
             config_source: self.control.replica().config_source,
             weights,
+        }))
+    }
+
+    async fn set_rate_limit(
+        &self,
+        request: Request<pb::SetRateLimitRequest>,
+    ) -> Result<Response<pb::SetRateLimitResponse>, Status> {
+        let pb::SetRateLimitRequest { route, rate_limit, dry_run } = request.into_inner();
+        let route = required("route", &route)?;
+        let limit = rate_limit.map(|l| RateLimit {
+            messages_per_s: l.messages_per_s,
+            bytes_per_s: l.bytes_per_s,
+            burst: l.burst,
+        });
+        let generation = self.control.set_rate_limit(route, limit, dry_run).await.map_err(status_of)?;
+        Ok(Response::new(pb::SetRateLimitResponse {
+            config_generation: generation,
+            config_source: self.control.replica().config_source,
+            rate_limit: limit.map(rate_limit_out),
         }))
     }
 
@@ -404,4 +427,9 @@ impl DeadLetters for DeadLettersService {
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(stream)))
     }
+}
+
+/// A rate limit in the admin contract's form.
+fn rate_limit_out(l: RateLimit) -> pb::RateLimit {
+    pb::RateLimit { messages_per_s: l.messages_per_s, bytes_per_s: l.bytes_per_s, burst: l.burst }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::config::rate_limit::RateLimit;
 use crate::discovery::token_review::TokenReviewer;
 use crate::discovery::Introduction;
 use crate::dispatcher::RouteHandle;
@@ -293,6 +294,11 @@ fn introduction(hello: proto::Hello) -> Introduction {
         namespace: hello.namespace,
         max_in_flight: hello.max_in_flight,
         labels: hello.labels.into_iter().collect(),
+        // An empty message is no limit, as if it were absent.
+        rate_limit: hello
+            .rate_limit
+            .map(|l| RateLimit { messages_per_s: l.messages_per_s, bytes_per_s: l.bytes_per_s, burst: l.burst })
+            .filter(|l| *l != RateLimit::default()),
         token: Default::default(),
     }
 }

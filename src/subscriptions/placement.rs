@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::retrying::{header, now_ms, Delayed, NO_SESSION};
 use super::route::RouteState;
+use super::throttle::{session_throttle, Throttle};
 use super::{
     cohort_counts, format_labels, AckId, CloseReason, DeadLetter, Failure, Pending, Registry, ReplayTag, SessionId,
     HEADER_ATTEMPTS, HEADER_RETRY_AT,
@@ -387,6 +388,10 @@ impl Registry {
         next.config.ordering = self.route.config.ordering;
         next.config.topics = self.route.config.topics.clone();
         let old = std::mem::replace(&mut self.route, next);
+        let now = Instant::now();
+        self.throttle = Throttle::carried(self.throttle.take(), self.route.config.rate_limit.as_ref(), now);
+        // Whatever waited for the old limits is judged again under the new ones.
+        self.dirty.extend(self.sessions.keys().copied());
         self.route.unassigned = old.unassigned;
         let mut unselected = Vec::new();
         for id in old.members {
@@ -396,6 +401,7 @@ impl Registry {
                 continue;
             }
             s.cohort = self.route.cohort_of(&s.subscriber.labels);
+            s.throttle = session_throttle(&s.subscriber, &self.route.config, s.throttle.take(), now);
             let cohort = s.cohort.clone();
             self.route.add_member(id, cohort.as_ref());
         }
@@ -831,8 +837,9 @@ mod tests {
         let err = reg.register("r", 0, sub("stranger")).expect_err("not selected");
         assert!(matches!(err, RegisterError::NotSelected { .. }), "{err:?}");
         let app = |v: &str| -> BTreeMap<String, String> { [("app".to_string(), v.to_string())].into_iter().collect() };
-        let mut a =
-            reg.register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), pod: None }).expect("selected");
+        let mut a = reg
+            .register("r", 0, Subscriber { name: "a".into(), labels: app("orders"), ..Subscriber::default() })
+            .expect("selected");
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         assert_eq!(received(&mut a.outbox).len(), 1);

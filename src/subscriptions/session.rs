@@ -4,11 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::commit_window::Unconfirmed;
+use super::throttle::Throttle;
+use crate::config::rate_limit::RateLimit;
 use crate::kafka::{Record, TopicPartition};
 
 /// A subscriber stream's number on this replica, unique for the gateway's lifetime: what
@@ -85,7 +88,7 @@ pub enum CloseReason {
     NotSelected(String),
 }
 
-/// Who a new session is.
+/// Who a new session is, and the limit it asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Subscriber {
     /// Pod name or peer address, for logs and status.
@@ -93,6 +96,8 @@ pub struct Subscriber {
     pub labels: BTreeMap<String, String>,
     /// (namespace, pod) when discovery is Kubernetes: pod events find the session by it.
     pub pod: Option<(String, String)>,
+    /// `Hello.rate_limit`: how fast this subscriber wants deliveries (capped by the route's).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A message waiting for, or out on, a delivery.
@@ -173,6 +178,8 @@ pub(super) struct Session {
     pub(super) delivered: u64,
     pub(super) acked: u64,
     pub(super) connected_at: std::time::SystemTime,
+    /// The subscriber's own rate limit (its Hello's, capped by the route's), if it asked.
+    pub(super) throttle: Option<Throttle>,
 }
 
 impl Session {
@@ -196,6 +203,7 @@ impl Session {
             delivered: 0,
             acked: 0,
             connected_at: std::time::SystemTime::now(),
+            throttle: None,
         }
     }
 
@@ -217,6 +225,8 @@ impl Session {
             acked: self.acked,
             connected_at: self.connected_at,
             draining: self.draining,
+            rate_limit: self.throttle.as_ref().map(|t| *t.limit()),
+            throttled: self.throttle.as_ref().map_or(Duration::ZERO, |t| t.held_for(Instant::now())),
         }
     }
 }
@@ -234,6 +244,10 @@ pub struct SubscriberSnapshot {
     pub acked: u64,
     pub connected_at: std::time::SystemTime,
     pub draining: bool,
+    /// The subscriber's own rate limit in effect (its Hello's, capped by the route's).
+    pub rate_limit: Option<RateLimit>,
+    /// Time its deliveries waited for its own rate limit since it subscribed.
+    pub throttled: Duration,
 }
 
 /// A new session's handles.

@@ -69,7 +69,7 @@ pub(super) fn labelled(name: &str, track: &str) -> Subscriber {
     Subscriber {
         name: name.into(),
         labels: [("track".to_string(), track.to_string())].into_iter().collect(),
-        pod: None,
+        ..Subscriber::default()
     }
 }
 
