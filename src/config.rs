@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub mod dedup;
 mod diagnose;
+pub mod head_of_line;
 pub mod rate_limit;
 mod report;
 mod spans;
@@ -543,6 +544,10 @@ pub struct RouteConfig {
     /// Unset: such messages keep being redelivered at the longest backoff, nothing is dropped.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Moves a message that holds its partition's commits back (see [`head_of_line`]).
+    /// Unset: such a message holds them until it is settled or out of attempts.
+    #[serde(default)]
+    pub head_of_line: Option<head_of_line::HeadOfLine>,
     /// An acked delivery keeps its place in the subscriber's window until its ack is
     /// committed, and commits go out as soon as the previous one lands. A gateway crash then
     /// redelivers at most the subscribers' windows, at the cost of a commit round trip per
@@ -650,6 +655,7 @@ impl RouteConfig {
             rate_limit: None,
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
+            head_of_line: None,
             window_until_commit: false,
             dedup: None,
         }

@@ -21,6 +21,7 @@ mod commits;
 mod dead_letters;
 mod dedup_gate;
 mod handle;
+mod head_of_line;
 mod identity;
 mod partitions;
 mod records;
@@ -468,6 +469,7 @@ pub async fn run(
                 }
             },
             now = tick.tick() => {
+                d.rescue_heads(now);
                 d.commit(&kafka);
                 d.sample_split(now);
                 d.warn_if_holding(now);

@@ -126,7 +126,7 @@ struct Scrape {
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
-fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 29] {
+fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 30] {
     [
         ("received", "Records received from Kafka", &s.received),
         ("unknown_acks", "Acks of ids not in flight on their stream (ignored)", &s.unknown_acks),
@@ -134,6 +134,11 @@ fn gateway_counters(s: &Stats) -> [(&'static str, &'static str, &AtomicU64); 29]
         ("unknown_extensions", "Extensions of ids not in flight on their stream (ignored)", &s.unknown_extensions),
         ("retries_scheduled", "Failed deliveries scheduled for another attempt after a backoff", &s.retries_scheduled),
         ("retried_via_topic", "Failed messages produced to their route's retry topic", &s.retried_via_topic),
+        (
+            "head_of_line_moved",
+            "Messages moved to the retry or dead-letter topic because they held their partition's commits back",
+            &s.head_of_line_moved,
+        ),
         (
             "dead_letter_failures",
             "Dead-letter and retry-topic produces Kafka refused (each retried)",

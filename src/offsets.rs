@@ -206,6 +206,15 @@ impl PartitionTracker {
         ranges
     }
 
+    /// The offset that holds the commit point back while later ones are acked: the lowest
+    /// received offset still owed an ack, when some offset above it is acked. None when the
+    /// partition commits freely or everything it holds is owed (a slow subscriber, not one
+    /// message). O(1): acked entries never stay at the front, so any acked entry is above it.
+    pub fn head_of_line(&self) -> Option<i64> {
+        let front = self.pending.front()?;
+        (!front.acked && self.owed < self.pending.len()).then_some(front.offset)
+    }
+
     /// Commit point with metadata, or `None` before any offset is known.
     pub fn commit_point(&self) -> Option<CommitPoint> {
         let offset = self.committable()?;
@@ -289,6 +298,23 @@ fn take_varint(input: &mut &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_head_of_line_is_the_lowest_owed_offset_once_a_later_one_is_acked() {
+        let mut t = PartitionTracker::new(Some(10), vec![]);
+        for o in 10..14 {
+            t.track(o);
+        }
+        assert_eq!(t.head_of_line(), None, "all owed: a slow subscriber, not one message");
+        t.ack(12);
+        assert_eq!(t.head_of_line(), Some(10));
+        t.ack(10);
+        assert_eq!(t.head_of_line(), Some(11), "the next owed one holds the rest now");
+        t.ack(11);
+        assert_eq!(t.head_of_line(), None, "13 is owed and nothing above it is acked");
+        t.ack(13);
+        assert_eq!(t.head_of_line(), None);
+    }
+
     use super::*;
 
     #[test]

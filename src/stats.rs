@@ -36,6 +36,8 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Failed messages produced to their route's retry topic and acknowledged by Kafka.
     pub retried_via_topic: AtomicU64,
+    /// Messages moved off the head of their partition (`head_of_line`).
+    pub head_of_line_moved: AtomicU64,
     /// Dead-letter and retry-topic produces Kafka refused (each is retried).
     pub dead_letter_failures: AtomicU64,
     /// Messages that used up their attempts on a route without a dead-letter topic.

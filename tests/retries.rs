@@ -13,10 +13,7 @@ use fanout_gateway::config::RetryPolicy;
 use fanout_gateway::dead_letters;
 use fanout_gateway::stats::Stats;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use support::*;
 
 const DLQ: &str = "orders-dead-letters";
@@ -50,39 +47,6 @@ async fn produce_kinds(bootstrap: &str, kinds: &[(&str, usize)]) -> usize {
         }
     }
     n
-}
-
-/// Every record in the dead-letter topic, with its headers.
-fn read_dead_letters(bootstrap: &str, expected: usize) -> Vec<(String, HashMap<String, String>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_group("dlq-reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(DLQ), Duration::from_secs(10)).expect("dlq metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(DLQ, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let until = Instant::now() + Duration::from_secs(20);
-    while out.len() < expected && Instant::now() < until {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for h in h.iter() {
-                    headers
-                        .insert(h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
-                }
-            }
-            out.push((String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(), headers));
-        }
-    }
-    out
 }
 
 #[derive(Default, Debug)]
@@ -190,7 +154,7 @@ async fn nacks_retry_after_backoff_then_dead_letter_and_expired_deadlines_redeli
     assert!(Stats::get(&stats.expired) >= silent as u64);
 
     // The dead-letter topic holds exactly the poison and rejected messages, with their origin.
-    let letters = read_dead_letters(&bootstrap, poison + rejected);
+    let letters = read_topic(&bootstrap, DLQ, poison + rejected);
     assert_eq!(letters.len(), poison + rejected, "{letters:?}");
     let offsets = high_watermarks(&bootstrap, PARTITIONS);
     assert_eq!(offsets.values().sum::<i64>(), total as i64);
@@ -312,7 +276,7 @@ async fn with_a_retry_topic_retries_go_through_kafka_and_keep_their_origin() {
     // Every failed attempt but the last went through the retry topic.
     assert_eq!(Stats::get(&stats.retried_via_topic), (flaky + 2 * poison) as u64);
     assert_eq!(Stats::get(&stats.dead_lettered), poison as u64);
-    let letters = read_dead_letters(&bootstrap, poison);
+    let letters = read_topic(&bootstrap, DLQ, poison);
     assert_eq!(letters.len(), poison);
     let ends = high_watermarks(&bootstrap, PARTITIONS);
     for (value, h) in &letters {

@@ -318,6 +318,7 @@ pub(crate) fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> St
                     table::or_dash(p.lag),
                     if p.paused { "yes".into() } else { "no".into() },
                     p.buffered.to_string(),
+                    p.head_of_line_moved.to_string(),
                 ]);
             }
         }
@@ -334,6 +335,7 @@ pub(crate) fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> St
             "LAG",
             "PAUSED",
             "BUFFERED",
+            "MOVED",
         ],
         &rows,
         &missing_rows(missing),

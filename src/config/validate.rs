@@ -290,6 +290,14 @@ fn check_delivery(route: &RouteConfig, at: At<'_>, problems: &mut Problems) {
              at-least-once",
         );
     }
+    if let Some(hol) = &route.head_of_line {
+        if route.delivery == DeliveryMode::AtMostOnce {
+            problems.bad(at("head_of_line"), "at-most-once routes commit before they send: nothing holds commits back");
+        }
+        for (field, message) in hol.problems(route.retry.retry_topic.is_some(), route.dead_letter_topic.is_some()) {
+            problems.bad(at(&format!("head_of_line.{field}")), message);
+        }
+    }
     if let Some(limit) = &route.rate_limit {
         for (field, message) in limit.problems() {
             problems.bad(at(&format!("rate_limit.{field}")), message);

@@ -4,6 +4,9 @@
 //! commits ([`super::commits`]).
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::status::PartitionSnapshot;
 use crate::kafka::{Assignment, CommitOutcome, Record, TopicPartition};
@@ -31,6 +34,11 @@ pub(super) struct PartitionState {
     touched: Touched,
     /// Records held as the last flow-control pass counted them (its share of the route's total).
     counted: usize,
+    /// The offset holding the partition's commits back while later ones are acked, and since
+    /// when (see [`super::head_of_line`]).
+    pub(super) blocked: Option<(i64, Instant)>,
+    /// Messages moved off the head of this partition since it was assigned.
+    pub(super) moved: u64,
 }
 
 /// Which of [`Partitions`]' work lists a partition is on: each is drained by the pass that
@@ -63,6 +71,8 @@ impl PartitionState {
             committed,
             touched: Touched::default(),
             counted: 0,
+            blocked: None,
+            moved: 0,
         }
     }
 
@@ -382,10 +392,34 @@ impl Partitions {
                 committed: s.committed,
                 paused: s.paused,
                 buffered: s.tracker.uncommitted(),
+                head_of_line_moved: s.moved,
             })
             .collect();
         partitions.sort_by(|a, b| (&a.tp.topic, a.tp.partition).cmp(&(&b.tp.topic, b.tp.partition)));
         partitions
+    }
+
+    /// Partitions whose head of line has held their commits back for `after` as of `now`:
+    /// (partition, offset, assignment epoch). Follows every partition's head (a pass over the
+    /// assigned partitions, made on the commit tick, not per record).
+    pub(super) fn stuck_heads(&mut self, now: Instant, after: Duration) -> Vec<(TopicPartition, i64, u64)> {
+        let mut stuck = Vec::new();
+        for (tp, s) in &mut self.states {
+            let (blocked, due) = super::head_of_line::follow(s.tracker.head_of_line(), s.blocked, now, after);
+            s.blocked = blocked;
+            if due {
+                stuck.push((tp.clone(), blocked.map_or(0, |(offset, _)| offset), s.epoch));
+            }
+        }
+        stuck
+    }
+
+    /// A message of `tp` was moved off its head: counted, and its wait starts again for the next.
+    pub(super) fn moved_head(&mut self, tp: &TopicPartition) {
+        if let Some(s) = self.states.get_mut(tp) {
+            s.moved += 1;
+            s.blocked = None;
+        }
     }
 
     /// How many partitions the next flow-control pass and the next commit-point pass visit.

@@ -1,8 +1,10 @@
 //! The dispatcher's Kafka side: records in (through the dedup gate on effectively-once
 //! routes), acks recorded in their partitions, commit points out, revokes that drain before
-//! they release, dead letters produced, and the pause/resume decisions that bound memory.
+//! they release, dead letters produced (and messages moved off a partition's head to them),
+//! and the pause/resume decisions that bound memory.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -10,6 +12,7 @@ use tracing::{debug, info, warn};
 use super::commits::request_commit;
 use super::dead_letters::{Outcome, Produced};
 use super::dedup_gate::Keyed;
+use super::head_of_line;
 use super::partitions::Intake;
 use super::revokes::RevokeReply;
 use super::{Dispatcher, Internal};
@@ -338,6 +341,40 @@ impl Dispatcher {
         }
         // If revoked meanwhile, the next owner delivers it again (and may dead-letter it again).
         self.partitions.ack(&tp, epoch, offset);
+    }
+
+    /// Moves every message that has held its partition's commits back for the route's
+    /// `head_of_line.after_ms` (called on the commit tick).
+    pub(super) fn rescue_heads(&mut self, now: Instant) {
+        let config = self.registry.route_config();
+        let Some(hol) = config.head_of_line else { return };
+        let after = Duration::from_millis(hol.after_ms);
+        let policy = config.retry.clone();
+        let has_dlq = config.dead_letter_topic.is_some();
+        for (tp, offset, epoch) in self.partitions.stuck_heads(now, after) {
+            // Gone meanwhile: settled, or already on its way to a topic.
+            let Some(p) = self.registry.take_live(&tp, offset, epoch) else { continue };
+            let attempt = p.attempt;
+            let reason = format!(
+                "held partition {}/{}'s commits back for over {} ms while later messages were acked (head_of_line)",
+                tp.topic, tp.partition, hol.after_ms
+            );
+            let letter = head_of_line::letter(p, hol.action, &policy, has_dlq, reason);
+            let to = if letter.retry_at.is_some() { "retry topic" } else { "dead-letter topic" };
+            warn!(
+                topic = %tp.topic,
+                partition = tp.partition,
+                offset,
+                attempt,
+                after_ms = hol.after_ms,
+                to,
+                "moved a message off the head of its partition: it held the partition's commits back while later \
+                 messages were acked"
+            );
+            Stats::bump(&self.stats.head_of_line_moved, 1);
+            self.partitions.moved_head(&tp);
+            self.send_dead_letters(vec![letter]);
+        }
     }
 
     /// Pauses the partitions whose buffer is full and resumes those back under half (seeking

@@ -70,6 +70,8 @@ pub struct PartitionSnapshot {
     pub paused: bool,
     /// Records held un-committed.
     pub buffered: usize,
+    /// Messages moved off the partition's head to let its commits go on (`head_of_line`).
+    pub head_of_line_moved: u64,
 }
 
 /// Least time between two warnings that a route holds messages for a cohort without

@@ -160,6 +160,7 @@ fn route(r: RouteStatus, budget: &mut usize) -> pb::RouteStatus {
             lag: p.lag,
             paused: p.snapshot.paused,
             buffered: p.snapshot.buffered as u64,
+            head_of_line_moved: p.snapshot.head_of_line_moved,
         })
         .collect();
     let config = s.config;

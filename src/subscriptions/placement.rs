@@ -291,6 +291,45 @@ impl Registry {
         }
     }
 
+    /// Takes the live message at `offset` of `tp` (received under assignment `epoch`) out of
+    /// wherever it is: out on a stream (a later ack of it is unknown), waiting out a backoff,
+    /// queued, parked or unassigned. Its key is released, so the key's next messages go on.
+    /// None when it is nowhere here (settled, or already on its way to a topic).
+    pub fn take_live(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) -> Option<Pending> {
+        let is =
+            |p: &Pending| p.replay.is_none() && p.epoch == epoch && p.record.offset == offset && p.record.tp == *tp;
+        let out_on = self
+            .sessions
+            .iter()
+            .find_map(|(id, s)| s.in_flight.iter().find(|(_, p)| is(p)).map(|(ack_id, _)| (*id, *ack_id)));
+        if let Some((id, ack_id)) = out_on {
+            let p = self.sessions.get_mut(&id).and_then(|s| s.in_flight.remove(&ack_id))?;
+            self.release_key(p.hash);
+            self.dirty.insert(id);
+            self.close_if_drained(id);
+            return Some(p);
+        }
+        if let Some(p) = self.retries.remove_where(is).into_iter().next() {
+            self.keys.retry_ended(p.hash);
+            self.release_key(p.hash);
+            return Some(p);
+        }
+        let queued = self.sessions.values_mut().find_map(|s| {
+            let i = s.queue.iter().position(is)?;
+            s.queue.remove(i)
+        });
+        if let Some(p) = queued {
+            self.release_key(p.hash);
+            return Some(p);
+        }
+        let unassigned = &mut self.route.unassigned;
+        if let Some(p) = unassigned.iter().position(is).and_then(|i| unassigned.remove(i)) {
+            return Some(p);
+        }
+        // Parked messages wait behind their key's owner and hold no count of it.
+        self.keys.take_parked_where(is).into_iter().next()
+    }
+
     /// Messages to dead-letter since the last call.
     pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)
@@ -461,6 +500,36 @@ mod tests {
     use super::super::{RegisterError, SessionMessage, Subscriber};
     use super::*;
     use crate::config::EmptyCohort;
+
+    #[test]
+    fn a_message_is_taken_out_of_a_backoff_or_a_queue_and_its_key_goes_on() {
+        let mut reg = Registry::new(retrying_route(1, 5, None));
+        let mut a = reg.register("r", 1, sub("a")).expect("ok");
+        let tp = record(0, 0, "k").tp.clone();
+        // Offset 0 goes out (window 1); 1 and 2, same key, queue behind it.
+        for o in 0..3 {
+            reg.dispatch(record(0, o, "k"), 1);
+        }
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|g| g.offset).collect::<Vec<_>>(), vec![0]);
+        // Nacked: waiting out its backoff, its key with it.
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("no")));
+        assert_eq!(reg.delayed(), 1);
+        assert!(reg.take_live(&tp, 0, 2).is_none(), "another assignment's offset 0 is not this one");
+        let taken = reg.take_live(&tp, 0, 1).expect("taken out of its backoff");
+        assert_eq!((taken.record.offset, reg.delayed()), (0, 0));
+        reg.release_due(Instant::now() + Duration::from_secs(10));
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).iter().map(|g| g.offset).collect::<Vec<_>>(), vec![1], "the key goes on");
+        // Offset 2 waits in the queue behind the window: taken from there.
+        assert_eq!(reg.take_live(&tp, 2, 1).map(|p| p.record.offset), Some(2));
+        assert!(reg.take_live(&tp, 2, 1).is_none(), "once only");
+        let acked = reg.ack(a.session, &[reg.handle(a.session, "t/0/1")]);
+        assert_eq!(acked.settled.len(), 1);
+        reg.flush();
+        assert!(received(&mut a.outbox).is_empty(), "nothing left to send");
+        assert_eq!(reg.in_flight(), 0);
+    }
 
     #[test]
     fn messages_wait_for_a_member_and_keys_stick() {

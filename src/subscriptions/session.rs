@@ -148,6 +148,12 @@ impl Pending {
         }
     }
 
+    /// A first attempt of `record`, for other modules' tests.
+    #[cfg(test)]
+    pub(crate) fn new_for_test(record: Arc<Record>) -> Self {
+        Self::new(record, 1, 1, None, 0, None)
+    }
+
     pub(super) fn order(&self) -> (&TopicPartition, i64) {
         (&self.record.tp, self.record.offset)
     }

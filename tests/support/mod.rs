@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -379,3 +380,37 @@ pub mod pki;
 pub mod real_kafka;
 pub mod runbook;
 pub mod tls_kafka;
+
+/// The records of `topic` from its beginning, as (value, headers), until `expected` came or
+/// 20 s passed.
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, HashMap<String, String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_group("topic-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < expected && std::time::Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers
+                        .insert(h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+                }
+            }
+            out.push((String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(), headers));
+        }
+    }
+    out
+}
