@@ -555,9 +555,25 @@ pub struct RouteConfig {
     /// also redelivers what was acked since the last commit.
     #[serde(default)]
     pub window_until_commit: bool,
+    /// `fixed`: a subscriber holds up to its window. `adaptive`: its window follows how fast
+    /// it acks (see `subscriptions::adaptive`): cut when acks come back late or it nacks
+    /// `DISPOSITION_OVERLOADED`, grown back when they come in time, never above its window.
+    #[serde(default)]
+    pub window: WindowMode,
     /// Duplicate detection for `delivery = "effectively-once"` (in-memory store by default).
     #[serde(default)]
     pub dedup: Option<dedup::DedupConfig>,
+}
+
+/// How a subscriber's window is sized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowMode {
+    /// What its Hello asked for (capped by `max_in_flight`), and its credits.
+    #[default]
+    Fixed,
+    /// Below that, following how fast it acks.
+    Adaptive,
 }
 
 /// What a route promises about each message.
@@ -657,6 +673,7 @@ impl RouteConfig {
             dead_letter_topic: None,
             head_of_line: None,
             window_until_commit: false,
+            window: WindowMode::Fixed,
             dedup: None,
         }
     }

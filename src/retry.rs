@@ -17,6 +17,17 @@ pub enum Next {
     Exhausted,
 }
 
+impl Next {
+    /// The same decision for a delivery whose next attempt is `attempt` (the decision was
+    /// taken on fewer attempts than it had: those an overloaded service refused do not count).
+    pub fn with_attempt(self, attempt: u32) -> Self {
+        match self {
+            Next::Retry { delay, .. } => Next::Retry { delay, attempt },
+            exhausted => exhausted,
+        }
+    }
+}
+
 /// Decides what follows failed attempt `attempt` (1 for the first delivery). `jitter` is a
 /// uniform draw in [0, 1). `retry_after` is the subscriber's own delay, which replaces the
 /// backoff but is capped at the route's `max_backoff_ms`: a message held longer holds its

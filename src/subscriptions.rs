@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::config::{DeliveryMode, RouteConfig};
 use crate::kafka::TopicPartition;
 
+mod adaptive;
 mod batching;
 mod commit_window;
 mod keys;
@@ -98,6 +99,12 @@ fn cohort_counts<'a>(by_cohort: &'a mut BTreeMap<String, CohortCounts>, cohort: 
         by_cohort.insert(cohort.to_string(), CohortCounts::default());
     }
     by_cohort.get_mut(cohort).expect("inserted above")
+}
+
+/// The adaptive window of a new session with `window` on a route with settings `config`.
+fn adaptive_for(config: &RouteConfig, window: u32) -> Option<adaptive::AdaptiveLimit> {
+    (config.window == crate::config::WindowMode::Adaptive)
+        .then(|| adaptive::AdaptiveLimit::new(window, Duration::from_millis(config.ack_timeout_ms)))
 }
 
 fn format_labels(labels: &BTreeMap<String, String>) -> String {
@@ -235,9 +242,11 @@ impl Registry {
         self.next_id = SessionId(self.next_id.0 + 1);
         let (tx, rx) = mpsc::unbounded_channel();
         let throttle = throttle::session_throttle(&subscriber, config, None, Instant::now());
+        let adaptive = adaptive_for(config, window);
         self.route.add_member(id, cohort.as_ref());
         let mut session = Session::new(window, tx, subscriber, cohort);
         session.throttle = throttle;
+        session.adaptive = adaptive;
         self.sessions.insert(id, session);
         self.reroute(Vec::new());
         Ok(Registered { session: id, outbox: rx, window, ack_timeout_ms: self.route.config.ack_timeout_ms })
@@ -342,6 +351,9 @@ impl Registry {
         if let Some(s) = self.sessions.get_mut(&id) {
             let cap = self.route.config.max_in_flight;
             s.window = s.window.saturating_add(additional).min(cap);
+            if let Some(a) = &mut s.adaptive {
+                a.set_max(s.window);
+            }
             self.dirty.insert(id);
         }
     }
@@ -382,6 +394,14 @@ impl Registry {
             match session.in_flight.remove(d) {
                 Some(p) => out.settled.push(p),
                 None => out.unknown += 1,
+            }
+        }
+        if let Some(a) = &mut session.adaptive {
+            // One clock read per batch of acks.
+            let now = Instant::now();
+            let in_flight = session.in_flight.len() + out.settled.len();
+            for p in out.settled.iter().filter_map(|p| p.sent) {
+                a.acked(now.saturating_duration_since(p), in_flight);
             }
         }
         self.dirty.insert(id);
@@ -471,6 +491,7 @@ impl Registry {
             for mut p in s.queue.drain(..take) {
                 p.deadline = deadline;
                 p.lease_end = lease_end;
+                p.sent = Some(now);
                 let ack_id = s.next_ack_id;
                 s.next_ack_id = s.next_ack_id.next();
                 let delivery = Outgoing {

@@ -47,6 +47,9 @@ pub enum NackDisposition {
     },
     /// Give up: the gateway produces it to the route's dead-letter topic.
     DeadLetter,
+    /// The service is overloaded (back-pressure): another attempt after the route's backoff,
+    /// not counted against its `retry.max_attempts`; an adaptive route halves the window.
+    Overloaded,
 }
 
 impl Nack {
@@ -65,12 +68,18 @@ impl Nack {
         Self { reason: reason.into(), disposition: NackDisposition::DeadLetter }
     }
 
+    /// The service cannot take more now: delivered again after the route's backoff without
+    /// using up an attempt, and on a route with `window = "adaptive"` fewer are sent at once.
+    pub fn overloaded(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), disposition: NackDisposition::Overloaded }
+    }
+
     /// Why, as the gateway logs it and writes it into a dead letter's headers.
     pub fn reason(&self) -> &str {
         &self.reason
     }
 
-    /// Retry or dead letter.
+    /// Retry, dead letter or overloaded.
     pub fn disposition(&self) -> NackDisposition {
         self.disposition
     }
@@ -80,6 +89,7 @@ impl Nack {
         let (disposition, retry_after) = match self.disposition {
             NackDisposition::Retry { retry_after } => (Disposition::Retry, retry_after),
             NackDisposition::DeadLetter => (Disposition::DeadLetter, None),
+            NackDisposition::Overloaded => (Disposition::Overloaded, None),
         };
         proto::Nack {
             ack_id,
@@ -128,5 +138,6 @@ mod tests {
             (wire.disposition, wire.retry_after, wire.reason.as_str()),
             (Disposition::DeadLetter as i32, None, "poison")
         );
+        assert_eq!(Nack::overloaded("busy").into_proto(9).disposition, Disposition::Overloaded as i32);
     }
 }

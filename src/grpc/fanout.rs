@@ -341,5 +341,6 @@ fn failure_of(nack: &proto::Nack) -> Failure {
         reason: if nack.reason.is_empty() { "nacked".to_string() } else { nack.reason.clone() },
         retry_after: nack.retry_after.and_then(|d| Duration::try_from(d).ok()),
         dead_letter: nack.disposition() == Disposition::DeadLetter,
+        overloaded: nack.disposition() == Disposition::Overloaded,
     }
 }

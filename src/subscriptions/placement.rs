@@ -135,6 +135,11 @@ impl Registry {
         let Some(session) = self.sessions.get_mut(&id) else { return false };
         let Some(p) = session.in_flight.remove(&ack_id) else { return false };
         cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).nacked += 1;
+        if failure.overloaded {
+            if let Some(a) = &mut session.adaptive {
+                a.overloaded();
+            }
+        }
         self.dirty.insert(id);
         self.fail(id, p, failure);
         self.close_if_drained(id);
@@ -149,6 +154,9 @@ impl Registry {
             let passed = s.in_flight.extract_if(|_, p| p.deadline.is_some_and(|d| d <= now));
             expired.extend(passed.map(|(_, p)| (*id, p)));
             if expired.len() > before {
+                if let Some(a) = &mut s.adaptive {
+                    a.overloaded();
+                }
                 cohort_counts(&mut self.by_cohort, s.cohort.as_deref()).expired += (expired.len() - before) as u64;
             }
         }
@@ -182,10 +190,16 @@ impl Registry {
             self.release_key(p.hash);
             return;
         }
+        if failure.overloaded {
+            p.overloads = p.overloads.saturating_add(1);
+        }
         let next = if failure.dead_letter {
             Next::Exhausted
         } else {
-            retry::after_failure(&config.retry, p.attempt, failure.retry_after, rand::random::<f64>())
+            // Attempts the service refused as overloaded are not the message's failures.
+            let counted = p.attempt.saturating_sub(p.overloads);
+            retry::after_failure(&config.retry, counted, failure.retry_after, rand::random::<f64>())
+                .with_attempt(p.attempt.saturating_add(1))
         };
         let next = match next {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
@@ -441,6 +455,10 @@ impl Registry {
             }
             s.cohort = self.route.cohort_of(&s.subscriber.labels);
             s.throttle = session_throttle(&s.subscriber, &self.route.config, s.throttle.take(), now);
+            let adaptive = self.route.config.window == crate::config::WindowMode::Adaptive;
+            if adaptive != s.adaptive.is_some() {
+                s.adaptive = super::adaptive_for(&self.route.config, s.window);
+            }
             let cohort = s.cohort.clone();
             self.route.add_member(id, cohort.as_ref());
         }
@@ -500,6 +518,32 @@ mod tests {
     use super::super::{RegisterError, SessionMessage, Subscriber};
     use super::*;
     use crate::config::EmptyCohort;
+
+    #[test]
+    fn an_overloaded_nack_halves_an_adaptive_window_and_uses_up_no_attempt() {
+        let mut config = retrying_route(100, 1, Some("dlq"));
+        config.window = crate::config::WindowMode::Adaptive;
+        let mut reg = Registry::new(config);
+        let mut a = reg.register("r", 100, sub("a")).expect("ok");
+        for o in 0..3 {
+            reg.dispatch(record(0, o, &format!("k{o}")), 1);
+        }
+        reg.flush();
+        assert_eq!(received(&mut a.outbox).len(), 3);
+        assert_eq!(reg.subscribers()[0].window, 100);
+        let overloaded = Failure { overloaded: true, ..Failure::retry("busy") };
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), overloaded));
+        assert_eq!(reg.subscribers()[0].window, 50, "halved at once");
+        assert_eq!((reg.delayed(), reg.take_dead_letters().len()), (1, 0), "retried, not dead-lettered");
+        // A plain failure of a message with one attempt allowed is dead-lettered.
+        assert!(reg.nack(a.session, reg.handle(a.session, "t/0/1"), Failure::retry("bad")));
+        assert_eq!(reg.take_dead_letters().len(), 1);
+        // The retried one comes back as attempt 2.
+        reg.release_due(Instant::now() + Duration::from_secs(10));
+        reg.flush();
+        let again = received(&mut a.outbox);
+        assert_eq!(again.iter().map(|g| (g.offset, g.attempt)).collect::<Vec<_>>(), vec![(0, 2)]);
+    }
 
     #[test]
     fn a_message_is_taken_out_of_a_backoff_or_a_queue_and_its_key_goes_on() {
@@ -687,7 +731,7 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
-        let failure = Failure { reason: "later".into(), retry_after: Some(Duration::from_secs(3)), dead_letter: false };
+        let failure = Failure { retry_after: Some(Duration::from_secs(3)), ..Failure::retry("later") };
         assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), failure));
         reg.release_due(later(2));
         reg.flush();
@@ -755,7 +799,7 @@ mod tests {
         reg.dispatch(record(0, 0, "k"), 1);
         reg.flush();
         received(&mut a.outbox);
-        let failure = Failure { reason: "unparseable".into(), retry_after: None, dead_letter: true };
+        let failure = Failure { dead_letter: true, ..Failure::retry("unparseable") };
         assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), failure));
         let letters = reg.take_dead_letters();
         assert_eq!((letters.len(), letters[0].pending.attempt), (1, 1));

@@ -39,11 +39,13 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
     /// The subscriber gave up on the message (nack DEAD_LETTER).
     pub dead_letter: bool,
+    /// The subscriber is overloaded (nack OVERLOADED): retried without using up an attempt.
+    pub overloaded: bool,
 }
 
 impl Failure {
     pub fn retry(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retry_after: None, dead_letter: false }
+        Self { reason: reason.into(), retry_after: None, dead_letter: false, overloaded: false }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::adaptive::AdaptiveLimit;
 use super::commit_window::Unconfirmed;
 use super::throttle::Throttle;
 use crate::config::rate_limit::RateLimit;
@@ -120,6 +121,10 @@ pub struct Pending {
     /// The latest the deadline may be extended to: the route's `max_lease_ms` after it was
     /// sent (set with the deadline).
     pub(super) lease_end: Option<Instant>,
+    /// When it was last sent: its ack latency runs from here (adaptive windows).
+    pub(super) sent: Option<Instant>,
+    /// Attempts that ended in an OVERLOADED nack: they do not count against `max_attempts`.
+    pub(super) overloads: u32,
     /// When the gateway received the record from Kafka: delivery latency runs from here to
     /// the ack.
     pub received: Instant,
@@ -144,6 +149,8 @@ impl Pending {
             hash,
             deadline: None,
             lease_end: None,
+            sent: None,
+            overloads: 0,
             received: Instant::now(),
         }
     }
@@ -186,6 +193,8 @@ pub(super) struct Session {
     pub(super) connected_at: std::time::SystemTime,
     /// The subscriber's own rate limit (its Hello's, capped by the route's), if it asked.
     pub(super) throttle: Option<Throttle>,
+    /// Its window under `window` on a route with `window = "adaptive"`.
+    pub(super) adaptive: Option<AdaptiveLimit>,
 }
 
 impl Session {
@@ -210,13 +219,19 @@ impl Session {
             acked: 0,
             connected_at: std::time::SystemTime::now(),
             throttle: None,
+            adaptive: None,
         }
     }
 
     /// Places left in the window: each delivery in flight takes one, and so does each ack
     /// waiting for its commit.
     pub(super) fn room(&self) -> usize {
-        (self.window as usize).saturating_sub(self.in_flight.len() + self.unconfirmed.total() as usize)
+        (self.window_now() as usize).saturating_sub(self.in_flight.len() + self.unconfirmed.total() as usize)
+    }
+
+    /// The window in effect: its own, or below it the adaptive one.
+    pub(super) fn window_now(&self) -> u32 {
+        self.adaptive.as_ref().map_or(self.window, |a| a.window().min(self.window))
     }
 
     pub(super) fn snapshot(&self, session: SessionId) -> SubscriberSnapshot {
@@ -225,7 +240,7 @@ impl Session {
             name: self.subscriber.name.clone(),
             cohort: self.cohort.clone(),
             labels: self.subscriber.labels.clone(),
-            window: self.window,
+            window: self.window_now(),
             in_flight: self.in_flight.len() as u32,
             delivered: self.delivered,
             acked: self.acked,

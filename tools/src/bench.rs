@@ -9,6 +9,7 @@
 //! table for people and `bench: name=value` lines for scripts (prefixed `apache_` on a real
 //! broker).
 
+pub mod adaptive;
 pub mod handover;
 pub mod latency;
 pub mod load;
@@ -87,6 +88,8 @@ pub enum Part {
     Memory,
     Switch,
     Routes,
+    /// Fixed against adaptive windows behind a subscriber that slows down.
+    Adaptive,
 }
 
 /// How much of everything to run. [`BenchOptions::default`] is the published run;
@@ -139,6 +142,8 @@ pub struct BenchOptions {
     /// How long idle routes get to join their groups before they are measured, and for how long.
     pub idle_settle: Duration,
     pub idle_window: Duration,
+    /// The adaptive-window runs' phases: normal speed, three times slower, normal again.
+    pub adaptive_phases: adaptive::Phases,
 }
 
 impl Default for BenchOptions {
@@ -171,6 +176,11 @@ impl Default for BenchOptions {
             idle_routes: vec![1, 10, 100],
             idle_settle: Duration::from_secs(10),
             idle_window: Duration::from_secs(5),
+            adaptive_phases: adaptive::Phases {
+                warm: Duration::from_secs(10),
+                slow: Duration::from_secs(60),
+                after: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -216,6 +226,11 @@ impl BenchOptions {
             idle_routes: vec![1, 3],
             idle_settle: Duration::from_secs(3),
             idle_window: Duration::from_secs(1),
+            adaptive_phases: adaptive::Phases {
+                warm: Duration::from_secs(2),
+                slow: Duration::from_secs(4),
+                after: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -320,6 +335,8 @@ pub struct BenchReport {
     pub memory: Vec<MemoryRow>,
     pub switch: Vec<SwitchRow>,
     pub routes: Vec<routes::IdleRoutes>,
+    /// (fixed, adaptive) behind a subscriber that slows down.
+    pub adaptive: Option<(adaptive::Run, adaptive::Run)>,
 }
 
 /// Runs every benchmark; `progress` gets a line as each one starts.
@@ -382,6 +399,23 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
                 .routes
                 .push(routes::idle(&exe, &bootstrap, topic, n, options.idle_settle, options.idle_window).await?);
         }
+    }
+    if options.runs(Part::Adaptive) {
+        let topic = "adaptive";
+        cluster.create_topic(topic, 4, 1)?;
+        // More than the subscriber reads in the whole run at normal speed: its window stays full.
+        let p = options.adaptive_phases;
+        let seconds = (p.warm + p.slow + p.after).as_secs_f64();
+        let messages = (seconds * 1_000.0 / adaptive::WORK.as_millis() as f64) as usize * adaptive::CONCURRENCY;
+        let b = bootstrap.clone();
+        progress(&format!("adaptive windows: producing {messages} messages"));
+        let backlog = tokio::task::spawn_blocking(move || load::fill(&b, topic, 4, 100, messages / 4 * 140)).await??;
+        let mut runs = Vec::new();
+        for mode in [fanout_gateway::config::WindowMode::Fixed, fanout_gateway::config::WindowMode::Adaptive] {
+            progress(&format!("adaptive windows: {mode:?} window, work three times slower for {:?}", p.slow));
+            runs.push(adaptive::run(&bootstrap, &backlog, mode, p).await?);
+        }
+        report.adaptive = Some((runs[0], runs[1]));
     }
     if options.runs(Part::Switch) {
         switch_part(cluster, options, &mut report, &progress).await?;
@@ -625,6 +659,13 @@ impl BenchReport {
                 put("idle_cores_per_route".into(), format!("{:.4}", per(first.cores, last.cores)));
             }
         }
+        if let Some((fixed, adaptive)) = &self.adaptive {
+            for (mode, r) in [("fixed", fixed), ("adaptive", adaptive)] {
+                put(format!("window_{mode}_slow_avg"), format!("{:.0}", r.slow_window));
+                put(format!("window_{mode}_redelivered"), r.redelivered.to_string());
+                put(format!("window_{mode}_acked"), r.acked.to_string());
+            }
+        }
         for row in &self.switch {
             let name = row.key;
             put(format!("switch_{name}_rebalances"), row.report.rebalances.to_string());
@@ -696,6 +737,19 @@ impl fmt::Display for BenchReport {
         for r in &self.routes {
             let _ =
                 writeln!(t, "  {:<8} {:>8.0} {:>8} {:>10.3}", r.routes, r.rss_kib as f64 / 1024.0, r.threads, r.cores);
+        }
+        if let Some((fixed, adaptive)) = &self.adaptive {
+            let _ = writeln!(
+                t,
+                "windows (subscriber: {} at a time, {} ms each, three times slower for a while; ack deadline {} ms)",
+                adaptive::CONCURRENCY,
+                adaptive::WORK.as_millis(),
+                adaptive::ACK_TIMEOUT_MS
+            );
+            let _ = writeln!(t, "  {:<10} {:>18} {:>12} {:>10}", "window", "while slow (avg)", "redelivered", "acked");
+            for (mode, r) in [("fixed", fixed), ("adaptive", adaptive)] {
+                let _ = writeln!(t, "  {:<10} {:>18.0} {:>12} {:>10}", mode, r.slow_window, r.redelivered, r.acked);
+            }
         }
         let _ = writeln!(t, "deploy switch (blue -> green while producing)");
         let _ = writeln!(

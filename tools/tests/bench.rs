@@ -33,6 +33,8 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
         "switch_group_cooperative_max_gap_ms",
         "idle_routes_3_threads",
         "idle_rss_mib_per_route",
+        "window_fixed_slow_avg",
+        "window_adaptive_redelivered",
     ] {
         assert!(figures.contains_key(name), "missing figure {name} in\n{text}");
         assert!(text.contains(&format!("bench: {name}=")), "figure {name} not printed");
@@ -51,6 +53,10 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
     // Idle routes: each route is a consumer of its own, with threads of its own.
     let (one, three) = (report.routes[0], report.routes[1]);
     assert!(three.threads > one.threads && one.rss_kib > 0, "{one:?} {three:?}");
+
+    // Adaptive windows: both runs worked through the backlog (their figures are printed).
+    let (fixed, adaptive) = report.adaptive.expect("the adaptive part ran");
+    assert!(fixed.acked > 0 && adaptive.acked > 0, "{fixed:?} {adaptive:?}");
 
     // The deploy switch: the gateway's moves no partition and loses or repeats nothing; the
     // status quo is measured (its figures are whatever they are), but must lose nothing either.
