@@ -56,8 +56,15 @@ def log(message):
     print(f"python-subscriber: {message}", file=sys.stderr, flush=True)
 
 
+class Overloaded(Exception):
+    """Raise from handle() when the service cannot take more now (a saturated database): the
+    message comes again after the route's backoff without using up an attempt, and on a route
+    with window = "adaptive" the gateway sends fewer at once."""
+
+
 def handle(delivery):
-    """Your business logic. Return to ack; raise to nack (the gateway delivers it again later).
+    """Your business logic. Return to ack; raise to nack (the gateway delivers it again later;
+    raise Overloaded for back-pressure).
 
     Delivery is at-least-once: a message can come twice. Recognise it by (topic, partition,
     offset), or by delivery.idempotency_key on effectively-once routes."""
@@ -175,6 +182,9 @@ class Subscriber:
             max_in_flight=self.args.max_in_flight,
             labels=dict(self.args.label),
         )
+        if self.args.max_per_second:
+            # Capped by the route's rate_limit: a subscriber may go slower, never faster.
+            hello.rate_limit.messages_per_s = self.args.max_per_second
         outgoing = queue.Queue()  # ack ids (int) and whole requests (nack, drain), in order
         # A fresh channel per attempt: our backoff decides when to retry, not the channel's.
         with grpc.insecure_channel(gateway) as channel:
@@ -192,8 +202,10 @@ class Subscriber:
                             handle(delivery)
                             outgoing.put(delivery.ack_id)
                         except Exception as error:  # any failure of the handler: nack
+                            disposition = (pb.DISPOSITION_OVERLOADED if isinstance(error, Overloaded)
+                                           else pb.DISPOSITION_RETRY)
                             nack = pb.Nack(ack_id=delivery.ack_id, reason=str(error)[:200],
-                                           disposition=pb.DISPOSITION_RETRY)
+                                           disposition=disposition)
                             outgoing.put(pb.SubscribeRequest(nack=nack))
                         finally:
                             lease.settled(delivery.ack_id)
@@ -258,6 +270,9 @@ def parse_args():
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
     p.add_argument("--max-in-flight", type=int, default=0, help="0: the route's default")
     p.add_argument("--label", type=label, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--max-per-second", type=int, default=0,
+                   help="deliveries per second this subscriber takes from each replica (Hello.rate_limit; "
+                        "0: the route's limit alone)")
     p.add_argument("--count", type=int, default=0, help="drain and exit after acking N (0: run forever)")
     p.add_argument("--ack-batch", type=int, default=50, help="ack ids per Ack message at most")
     args = p.parse_args()
