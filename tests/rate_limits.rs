@@ -172,3 +172,48 @@ async fn a_subscriber_may_ask_for_a_lower_limit_than_its_route_never_a_higher_on
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_asks_for_its_own_limit_in_its_hello() {
+    use fanout_client::{Delivery, Nack, Replicas, Subscriber};
+    init_logs();
+    let cluster = mock_cluster(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("rate-limit-library");
+    produce(&bootstrap, 2_000, 50).await;
+    let run = async {
+        // No route limit: the subscriber's own is the only one.
+        let mut config = config(&bootstrap, &group);
+        config.kafka.max_uncommitted_per_partition = BOUND;
+        let gw = start_gateway(config).await;
+        let seen = Arc::new(Mutex::new((0u64, HashSet::new())));
+        let handler = {
+            let seen = seen.clone();
+            move |_: Delivery| {
+                seen.lock().0 += 1;
+                async { Ok::<(), Nack>(()) }
+            }
+        };
+        let subscriber = Subscriber::builder(ROUTE)
+            .replicas(Replicas::list([gw.endpoint()]))
+            .max_messages_per_second(200)
+            .build()
+            .expect("valid settings");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            subscriber
+                .run(handler, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        until_flowing(&seen).await;
+        let at_200 = rate_over(&seen, Duration::from_secs(4)).await;
+        let _ = stop_tx.send(());
+        let _ = running.await;
+        figure(format!("library rate limit: asked 200/s in its Hello, got {at_200:.0} msg/s"));
+        assert!((180.0..=220.0).contains(&at_200), "200 msg/s +-10%: {at_200:.0}");
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
+}

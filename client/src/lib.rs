@@ -13,8 +13,10 @@
 //! - **handlers**: an `async fn(Delivery) -> Result<(), Nack>`, run on up to
 //!   [`concurrency`](SubscriberBuilder::concurrency) tasks at once, one at a time per key so a
 //!   key's messages are processed in the order they arrive; `Ok` is an ack (batched by count
-//!   and time), a [`Nack`] asks for a retry (optionally after a delay) or a dead letter, a
-//!   panic is a retry. A retried message comes again later, after the key's messages behind
+//!   and time), a [`Nack`] asks for a retry (optionally after a delay), a dead letter, or
+//!   says the service is [overloaded](Nack::overloaded) (back-pressure: no attempt used up), a
+//!   panic is a retry. A [rate](SubscriberBuilder::max_messages_per_second) of its own caps
+//!   what each stream takes a second. A retried message comes again later, after the key's messages behind
 //!   it (as with the gateway's retries);
 //! - **leases**: a handler slower than the route's `ack_timeout_ms` keeps its delivery, and so
 //!   do deliveries waiting for a handler: the library extends a delivery's deadline halfway to

@@ -311,6 +311,15 @@ impl SubscriberBuilder {
         self
     }
 
+    /// How many deliveries a second each stream takes at most (`Hello.rate_limit`, capped by
+    /// the route's `rate_limit`; 0, the default: the route's limit alone). Per stream, as the
+    /// gateway counts it: a subscriber reaching three replicas takes up to three times this.
+    pub fn max_messages_per_second(mut self, messages_per_s: u64) -> Self {
+        self.hello.rate_limit = (messages_per_s > 0)
+            .then(|| fanout_proto::v1::RateLimit { messages_per_s, ..fanout_proto::v1::RateLimit::default() });
+        self
+    }
+
     /// Handlers running at once, over all streams (default 16). Deliveries of one key run
     /// one at a time whatever this is.
     pub fn concurrency(mut self, handlers: usize) -> Self {
