@@ -295,6 +295,10 @@ impl Control {
         change: WeightChange,
     ) -> Result<String, AdminError> {
         self.route(route)?;
+        // One change at a time, from the config as it is then, the guard included: two changes
+        // judged against the same view could each pass where the pair would not, and a change
+        // built on a config another change replaced meanwhile would undo it.
+        let _one_at_a_time = self.inner.changing.lock().await;
         // A change that does not validate is refused naming the field, before the guard
         // judges what it would do.
         let mut candidate = self.inner.applied.read().config.clone();
@@ -302,9 +306,6 @@ impl Control {
             r.weights = weights.clone();
         }
         candidate.validate().map_err(invalid)?;
-        // One change at a time, the guard included: two changes judged against the same view
-        // could each pass where the pair would not.
-        let _one_at_a_time = self.inner.changing.lock().await;
         if !change.force {
             weights::guard(&self.weights_view(route).await?, &weights)?;
         }
@@ -335,12 +336,13 @@ impl Control {
         dry_run: bool,
     ) -> Result<String, AdminError> {
         self.route(route)?;
+        // One change at a time, from the config as it is then (see `set_weights`).
+        let _one_at_a_time = self.inner.changing.lock().await;
         let mut candidate = self.inner.applied.read().config.clone();
         if let Some(r) = candidate.routes.iter_mut().find(|r| r.name == route) {
             r.rate_limit = limit;
         }
         candidate.validate().map_err(invalid)?;
-        let _one_at_a_time = self.inner.changing.lock().await;
         if dry_run {
             return Ok(self.inner.applied.read().generation.clone());
         }

@@ -186,6 +186,11 @@ impl DeadLetterProducer {
         let mut headers = dead_letter_headers(record, letter.pending.attempt, &letter.reason, route);
         if let Some(at) = letter.retry_at {
             headers.push((crate::subscriptions::HEADER_RETRY_AT.to_string(), Some(at.to_string().into_bytes())));
+            let overloads = letter.pending.overloads;
+            if overloads > 0 {
+                let value = Some(overloads.to_string().into_bytes());
+                headers.push((crate::subscriptions::HEADER_OVERLOADS.to_string(), value));
+            }
         }
         if let (false, Some(ts)) = (shape.timestamp, record.timestamp_ms) {
             headers.push((HEADER_ORIGIN_TIMESTAMP.to_string(), Some(ts.to_string().into_bytes())));

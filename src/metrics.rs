@@ -432,7 +432,7 @@ impl Collector for Scrape {
             &mut e,
             "subscriber_rate_limit_messages",
             "Messages per second the subscriber's own rate limit lets through (Hello.rate_limit capped by the \
-             route's; 0: none of its own)",
+             route's; 0: no message rate of its own)",
             MetricType::Gauge,
             subscriber_series(|s| s.rate_limit.map_or(0, |l| l.messages_per_s as i64)),
         )?;

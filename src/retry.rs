@@ -17,31 +17,34 @@ pub enum Next {
     Exhausted,
 }
 
-impl Next {
-    /// The same decision for a delivery whose next attempt is `attempt` (the decision was
-    /// taken on fewer attempts than it had: those an overloaded service refused do not count).
-    pub fn with_attempt(self, attempt: u32) -> Self {
-        match self {
-            Next::Retry { delay, .. } => Next::Retry { delay, attempt },
-            exhausted => exhausted,
-        }
-    }
-}
-
 /// Decides what follows failed attempt `attempt` (1 for the first delivery). `jitter` is a
 /// uniform draw in [0, 1). `retry_after` is the subscriber's own delay, which replaces the
 /// backoff but is capped at the route's `max_backoff_ms`: a message held longer holds its
 /// partition's commit point (and its key's later messages) that long, so the operator, not
 /// one client, decides how long that may be.
 pub fn after_failure(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Next {
-    if attempt >= policy.max_attempts {
+    after_failure_sparing(policy, attempt, 0, retry_after, jitter)
+}
+
+/// [`after_failure`] for a message `spared` of whose attempts do not count against
+/// `max_attempts` (a `DISPOSITION_OVERLOADED` nack: the service refused it, the message did
+/// not fail). Its backoff still grows with every attempt, so an overloaded service is asked
+/// less and less often.
+pub fn after_failure_sparing(
+    policy: &RetryPolicy,
+    attempt: u32,
+    spared: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Next {
+    if attempt.saturating_sub(spared) >= policy.max_attempts {
         return Next::Exhausted;
     }
     let delay = match retry_after {
         Some(d) => d.min(Duration::from_millis(policy.max_backoff_ms)),
         None => backoff(policy, attempt, jitter),
     };
-    Next::Retry { delay, attempt: attempt + 1 }
+    Next::Retry { delay, attempt: attempt.saturating_add(1) }
 }
 
 /// Exponential backoff with "equal jitter": half of `initial × 2^(attempt−1)` (capped at the

@@ -42,7 +42,7 @@ mod testing;
 mod throttle;
 
 pub use batching::MAX_BATCH_BYTES;
-pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_RETRY_AT};
+pub use retrying::{now_ms, DeadLetter, Failure, HEADER_ATTEMPTS, HEADER_OVERLOADS, HEADER_RETRY_AT};
 pub use route::CohortSnapshot;
 pub use session::{
     AckId, Acked, CloseReason, Extended, Outgoing, Pending, Registered, ReplayTag, SessionId, SessionMessage,
@@ -273,7 +273,7 @@ impl Registry {
             }
             // A message whose subscribers keep dying with it (a poison pill) must not loop
             // for ever: its lost deliveries count as attempts.
-            if p.attempt >= max_attempts && dead_letter_topic {
+            if p.attempt.saturating_sub(p.overloads) >= max_attempts && dead_letter_topic {
                 let reason = format!("subscriber stream ended with the delivery in flight, attempt {}", p.attempt);
                 cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).dead_lettered += 1;
                 self.dead_letters.push(DeadLetter { pending: p, reason, retry_at: None });

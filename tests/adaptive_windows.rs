@@ -71,3 +71,64 @@ async fn an_overloaded_nack_halves_the_window_and_the_message_comes_again_withou
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloads_through_the_retry_topic_never_use_up_the_attempts() {
+    const RETRY: &str = "orders-retry";
+    const DLQ: &str = "orders-dead-letters";
+    init_logs();
+    let cluster = mock_cluster(1);
+    cluster.create_topic(RETRY, 1, 3).expect("retry topic");
+    cluster.create_topic(DLQ, 1, 3).expect("dead-letter topic");
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique_group("overloads-retry-topic");
+    let ids = produce(&bootstrap, 1, 1).await;
+    let mut config = config(&bootstrap, &group);
+    let route = &mut config.routes[0];
+    route.retry.max_attempts = 2;
+    route.retry.initial_backoff_ms = 50;
+    route.retry.max_backoff_ms = 100;
+    route.retry.retry_topic = Some(RETRY.into());
+    route.dead_letter_topic = Some(DLQ.into());
+    config.validate().expect("valid config");
+    let run = async {
+        let gw = start_gateway(config).await;
+        let stats = gw.stats();
+        let mut sub =
+            Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "busy", 10)).await.expect("subscribes");
+        // Overloaded four times over a route that allows two attempts, then handled.
+        let mut attempts = Vec::new();
+        while attempts.len() < 5 {
+            let batch = next_batch(&mut sub).await;
+            for d in batch {
+                attempts.push((d.topic.clone(), d.attempt));
+                if attempts.len() < 5 {
+                    let disposition = Disposition::Overloaded as i32;
+                    let nack = Nack { ack_id: d.ack_id, reason: "busy".into(), disposition, retry_after: None };
+                    sub.send(Kind::Nack(nack)).await.expect("nack sent");
+                } else {
+                    sub.ack_ids(vec![d.ack_id]).await.expect("ack sent");
+                }
+            }
+        }
+        let committed = poll_until(
+            Duration::from_secs(10),
+            || async { (fully_committed(&bootstrap, &group, 1), topic_fully_committed(&bootstrap, &group, RETRY, 1)) },
+            |c| *c == (true, true),
+        )
+        .await;
+        figure(format!(
+            "overloads through the retry topic: deliveries {attempts:?}, dead-lettered {}",
+            Stats::get(&stats.dead_lettered)
+        ));
+        let numbers: Vec<u32> = attempts.iter().map(|(_, a)| *a).collect();
+        assert_eq!(numbers, vec![1, 2, 3, 4, 5], "each came again, counted as a delivery");
+        assert!(attempts[1..].iter().all(|(topic, _)| topic == RETRY), "through the retry topic: {attempts:?}");
+        assert_eq!(Stats::get(&stats.dead_lettered), 0, "overloads never used up its two attempts");
+        assert_eq!(committed, (true, true));
+        assert_eq!(ids.len(), 1);
+        drop(sub);
+        gw.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("test finished in time");
+}

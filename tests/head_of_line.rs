@@ -42,14 +42,25 @@ struct Seen {
     deliveries: Vec<(String, String, u32)>,
     hung_at: Option<Instant>,
     hung_handle: Option<u64>,
+    /// The last time the gateway had moved nothing yet (checked every 200 ms at most), and
+    /// whether it has moved the message since.
+    unmoved_at: Option<Instant>,
+    moved: bool,
 }
 
 /// Acks everything but the first delivery of `hung` (held, never acked, as by a handler that
 /// hangs) until `done` holds of what was seen or 30 s pass.
-async fn hang_one(sub: &mut Subscription, hung: &str, done: impl Fn(&Seen) -> bool) -> Seen {
+async fn hang_one(sub: &mut Subscription, hung: &str, stats: &Stats, done: impl Fn(&Seen) -> bool) -> Seen {
     let mut seen = Seen::default();
     let until = Instant::now() + Duration::from_secs(30);
-    while !done(&seen) && Instant::now() < until {
+    loop {
+        seen.moved = Stats::get(&stats.head_of_line_moved) > 0;
+        if !seen.moved {
+            seen.unmoved_at = Some(Instant::now());
+        }
+        if done(&seen) || Instant::now() >= until {
+            break;
+        }
         let Ok(Ok(Some(batch))) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await else { continue };
         let mut acks = Vec::new();
         for d in batch {
@@ -78,6 +89,14 @@ async fn hang_one(sub: &mut Subscription, hung: &str, done: impl Fn(&Seen) -> bo
     seen
 }
 
+/// One past the last offset of `topic`'s partition 0.
+fn topic_end(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).expect("watermarks").1
+}
+
 fn setup() -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
     init_logs();
     let cluster = mock_cluster(1);
@@ -102,7 +121,7 @@ async fn a_hung_message_moves_to_the_retry_topic_and_the_partition_commits_to_it
             let again = seen.deliveries.iter().any(|(id, topic, _)| *id == hung && topic == RETRY);
             got.len() == ids.len() && again
         };
-        let seen = hang_one(&mut sub, &hung, acked_all).await;
+        let seen = hang_one(&mut sub, &hung, &stats, acked_all).await;
         let again = seen.deliveries.iter().find(|(id, topic, _)| *id == hung && topic == RETRY).cloned();
         // The hung delivery's own late ack is unknown now: counted and ignored.
         let unknown_before = Stats::get(&stats.unknown_acks);
@@ -153,13 +172,16 @@ async fn a_hung_message_moves_to_the_dead_letter_topic_with_the_reason() {
         let gw = start_gateway(rescuing(&bootstrap, &group, Rescue::DeadLetter)).await;
         let stats = gw.stats();
         let mut sub = Subscription::connect(&gw.endpoint(), stream::hello(ROUTE, "a", 100)).await.expect("subscribes");
-        let all_delivered =
-            |seen: &Seen| seen.deliveries.iter().map(|(id, _, _)| id).collect::<HashSet<_>>().len() == ids.len();
-        let seen = hang_one(&mut sub, &hung, all_delivered).await;
+        let delivered_and_moved = |seen: &Seen| {
+            seen.moved && seen.deliveries.iter().map(|(id, _, _)| id).collect::<HashSet<_>>().len() == ids.len()
+        };
+        let seen = hang_one(&mut sub, &hung, &stats, delivered_and_moved).await;
         let committed =
             poll_until(Duration::from_secs(20), || async { fully_committed(&bootstrap, &group, 1) }, |c| *c).await;
-        // The partition commits to its end only once the hung message is moved.
-        let moved_after = seen.hung_at.map(|at| at.elapsed());
+        // Not moved while the subscriber still looked (within 200 ms) before after_ms.
+        let unmoved_for = seen.hung_at.zip(seen.unmoved_at).map(|(hung, unmoved)| unmoved - hung);
+        // Every letter the topic holds (its end), and the first one's headers.
+        let in_dlq = topic_end(&bootstrap, DLQ);
         let letters = read_topic(&bootstrap, DLQ, 1);
         let reason = letters.first().map(|(_, h)| h[dead_letters::HEADER_REASON].clone()).unwrap_or_default();
         let offset = letters.first().map(|(_, h)| h[dead_letters::HEADER_ORIGIN_OFFSET].clone());
@@ -169,7 +191,7 @@ async fn a_hung_message_moves_to_the_dead_letter_topic_with_the_reason() {
             letters.len(),
             Stats::get(&stats.head_of_line_moved)
         ));
-        assert_eq!(letters.len(), 1, "the hung message is the one letter");
+        assert_eq!(in_dlq, 1, "the hung message is the one letter");
         assert_eq!(offset.as_deref(), Some("0"), "its origin offset");
         assert!(reason.contains("head_of_line") && reason.contains(&AFTER_MS.to_string()), "{reason}");
         assert!(committed, "the origin partition commits to its end");
@@ -177,7 +199,10 @@ async fn a_hung_message_moves_to_the_dead_letter_topic_with_the_reason() {
             !seen.deliveries.iter().any(|(id, _, attempt)| *id == hung && *attempt > 1),
             "a dead-lettered message is not delivered again"
         );
-        assert!(moved_after.is_some_and(|d| d >= Duration::from_millis(AFTER_MS)), "not moved before after_ms");
+        assert!(
+            unmoved_for.is_some_and(|d| d >= Duration::from_millis(AFTER_MS - 250)),
+            "not moved before after_ms: still unmoved {unmoved_for:?} after it was held"
+        );
         drop(sub);
         gw.shutdown().await;
     };

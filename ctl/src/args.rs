@@ -299,8 +299,9 @@ pub(crate) enum RateLimitCommand {
     /// Limit how fast a route delivers, on every replica (each replica enforces it on its own
     /// deliveries).
     ///
-    /// Messages beyond the limit wait in Kafka: the route's partitions pause at its bound, as
-    /// for a slow subscriber. Replaces the whole limit: fields left out are not limited.
+    /// Messages beyond the limit wait in the gateway, and the route's partitions pause at its
+    /// bound as for a slow subscriber (the rest waits in Kafka). Replaces the whole limit:
+    /// fields left out are not limited.
     Set {
         /// The route to limit.
         route: String,

@@ -1,9 +1,11 @@
 //! Head-of-line rescue (a route's `head_of_line`): a message that holds its partition's
 //! commits back (the lowest offset still owed an ack, with later ones acked) for `after_ms` is
 //! moved to the retry topic or the dead-letter topic, like a failed attempt that went there,
-//! so the partition's commits go on. Wherever it was (a hung handler still holding it, a
-//! backoff, a queue behind a slow key) it is taken out; the subscriber's late ack of it is
-//! unknown. Its origin offset commits once Kafka has it, as for any retry or letter.
+//! so the partition's commits go on. Only a message that was tried is moved (a hung handler
+//! still holding it, or a backoff after it failed), with the attempts made of it; one never
+//! delivered yet (behind a slow subscriber, a rate limit, or a retry-topic record waiting for
+//! its time) is not judged. The subscriber's late ack of a moved delivery is unknown. Its
+//! origin offset commits once Kafka has it, as for any retry or letter.
 
 use std::time::Duration;
 
@@ -32,24 +34,29 @@ pub(super) fn follow(
     }
 }
 
-/// Where a message moved off the head goes: the retry topic as its next attempt after the
-/// route's backoff (the dead-letter topic instead when its attempts are used up and the route
-/// has one), or the dead-letter topic.
+/// Where a message moved off the head goes, `made` attempts of it made: the retry topic as
+/// its next attempt after the route's backoff (the dead-letter topic instead when its attempts
+/// are used up, those an overloaded service refused not counted, and the route has one), or
+/// the dead-letter topic. Its headers say `made` attempts.
 pub(super) fn letter(
-    p: Pending,
+    mut p: Pending,
+    made: u32,
     action: Rescue,
     policy: &crate::config::RetryPolicy,
     has_dlq: bool,
     reason: String,
 ) -> DeadLetter {
+    p.attempt = made;
     let retry_at = match action {
         Rescue::DeadLetter => None,
-        Rescue::RetryTopic => match retry::after_failure(policy, p.attempt, None, rand::random::<f64>()) {
-            Next::Exhausted if has_dlq => None,
-            Next::Exhausted => Some(retry::backoff(policy, u32::MAX, rand::random::<f64>())),
-            Next::Retry { delay, .. } => Some(delay),
+        Rescue::RetryTopic => {
+            match retry::after_failure_sparing(policy, made, p.overloads, None, rand::random::<f64>()) {
+                Next::Exhausted if has_dlq => None,
+                Next::Exhausted => Some(retry::backoff(policy, u32::MAX, rand::random::<f64>())),
+                Next::Retry { delay, .. } => Some(delay),
+            }
+            .map(|delay| now_ms().saturating_add(delay.as_millis() as i64))
         }
-        .map(|delay| now_ms().saturating_add(delay.as_millis() as i64)),
     };
     DeadLetter { pending: p, reason, retry_at }
 }
@@ -86,14 +93,19 @@ mod tests {
             timestamp_ms: None,
         });
         let policy = crate::config::RetryPolicy { max_attempts: 3, ..Default::default() };
-        let with = |attempt: u32| {
+        let with = |overloads: u32| {
             let mut p = Pending::new_for_test(record.clone());
-            p.attempt = attempt;
+            p.attempt = 9;
+            p.overloads = overloads;
             p
         };
-        assert!(letter(with(1), Rescue::RetryTopic, &policy, true, String::new()).retry_at.is_some());
-        assert!(letter(with(3), Rescue::RetryTopic, &policy, true, String::new()).retry_at.is_none());
-        assert!(letter(with(3), Rescue::RetryTopic, &policy, false, String::new()).retry_at.is_some());
-        assert!(letter(with(1), Rescue::DeadLetter, &policy, false, String::new()).retry_at.is_none());
+        let to = |p, made, action, dlq| letter(p, made, action, &policy, dlq, String::new());
+        let first = to(with(0), 1, Rescue::RetryTopic, true);
+        assert!(first.retry_at.is_some());
+        assert_eq!(first.pending.attempt, 1, "its headers say the attempts made");
+        assert!(to(with(0), 3, Rescue::RetryTopic, true).retry_at.is_none(), "out of attempts");
+        assert!(to(with(1), 3, Rescue::RetryTopic, true).retry_at.is_some(), "an overload does not count");
+        assert!(to(with(0), 3, Rescue::RetryTopic, false).retry_at.is_some(), "nowhere else to go");
+        assert!(to(with(0), 1, Rescue::DeadLetter, false).retry_at.is_none());
     }
 }

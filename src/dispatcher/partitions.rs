@@ -422,6 +422,13 @@ impl Partitions {
         }
     }
 
+    /// The head of `tp` was not one to move: the wait for it starts again.
+    pub(super) fn wait_again(&mut self, tp: &TopicPartition) {
+        if let Some(s) = self.states.get_mut(tp) {
+            s.blocked = None;
+        }
+    }
+
     /// How many partitions the next flow-control pass and the next commit-point pass visit.
     #[cfg(test)]
     fn work(&self) -> (usize, usize) {

@@ -352,14 +352,17 @@ impl Dispatcher {
         let policy = config.retry.clone();
         let has_dlq = config.dead_letter_topic.is_some();
         for (tp, offset, epoch) in self.partitions.stuck_heads(now, after) {
-            // Gone meanwhile: settled, or already on its way to a topic.
-            let Some(p) = self.registry.take_live(&tp, offset, epoch) else { continue };
-            let attempt = p.attempt;
+            // Not one to move (never tried yet, or already on its way to a topic): its wait
+            // starts again, so a head that stays is looked for once per `after_ms`, not per tick.
+            let Some((p, attempt)) = self.registry.take_live(&tp, offset, epoch) else {
+                self.partitions.wait_again(&tp);
+                continue;
+            };
             let reason = format!(
                 "held partition {}/{}'s commits back for over {} ms while later messages were acked (head_of_line)",
                 tp.topic, tp.partition, hol.after_ms
             );
-            let letter = head_of_line::letter(p, hol.action, &policy, has_dlq, reason);
+            let letter = head_of_line::letter(p, attempt, hol.action, &policy, has_dlq, reason);
             let to = if letter.retry_at.is_some() { "retry topic" } else { "dead-letter topic" };
             warn!(
                 topic = %tp.topic,

@@ -49,6 +49,11 @@ impl AdaptiveLimit {
         self.limit.floor().max(1.0) as u32
     }
 
+    /// The route's ack deadline changed (a reload): what counts as late follows.
+    pub(super) fn set_deadline(&mut self, deadline: Duration) {
+        self.late_after = (!deadline.is_zero()).then(|| deadline.as_secs_f64() / 2.0);
+    }
+
     /// The subscriber's own window changed (a credit): the limit's ceiling follows.
     pub(super) fn set_max(&mut self, max: u32) {
         self.max = f64::from(max.max(1));

@@ -114,17 +114,6 @@ impl KeyTable {
     }
 
     /// Drops the parked messages for which `gone` holds; returns how many.
-    /// Takes the parked messages `gone` picks out of their lines.
-    pub(super) fn take_parked_where(&mut self, gone: impl Fn(&Pending) -> bool) -> Vec<Pending> {
-        let mut taken = Vec::new();
-        for q in self.parked.values_mut() {
-            let (out, keep): (Vec<Pending>, Vec<Pending>) = q.drain(..).partition(|p| gone(p));
-            q.extend(keep);
-            taken.extend(out);
-        }
-        taken
-    }
-
     pub(super) fn drop_parked(&mut self, gone: impl Fn(&Pending) -> bool) -> usize {
         let mut dropped = 0;
         for q in self.parked.values_mut() {

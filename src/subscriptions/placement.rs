@@ -20,7 +20,7 @@ use super::route::RouteState;
 use super::throttle::{session_throttle, Throttle};
 use super::{
     cohort_counts, format_labels, AckId, CloseReason, DeadLetter, Failure, Pending, Registry, ReplayTag, SessionId,
-    HEADER_ATTEMPTS, HEADER_RETRY_AT,
+    HEADER_ATTEMPTS, HEADER_OVERLOADS, HEADER_RETRY_AT,
 };
 use crate::config::{DeliveryMode, RouteConfig};
 use crate::kafka::{Record, TopicPartition};
@@ -44,7 +44,9 @@ impl Registry {
         // A retry: the attempt after those its headers count, not before its time.
         let made: u32 = header(&record, HEADER_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(1);
         let retry_at: Option<i64> = header(&record, HEADER_RETRY_AT).and_then(|v| v.parse().ok());
-        let p = Pending::new(record, made.saturating_add(1), epoch, idempotency_key, hash, None);
+        let overloads: u32 = header(&record, HEADER_OVERLOADS).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut p = Pending::new(record, made.saturating_add(1), epoch, idempotency_key, hash, None);
+        p.overloads = overloads;
         let wait = retry_at.map(|at| at - now_ms()).filter(|ms| *ms > 0);
         match wait {
             // No owner holds a retried message's key: it waits on its own.
@@ -197,9 +199,8 @@ impl Registry {
             Next::Exhausted
         } else {
             // Attempts the service refused as overloaded are not the message's failures.
-            let counted = p.attempt.saturating_sub(p.overloads);
-            retry::after_failure(&config.retry, counted, failure.retry_after, rand::random::<f64>())
-                .with_attempt(p.attempt.saturating_add(1))
+            let jitter = rand::random::<f64>();
+            retry::after_failure_sparing(&config.retry, p.attempt, p.overloads, failure.retry_after, jitter)
         };
         let next = match next {
             Next::Exhausted if config.dead_letter_topic.is_some() => {
@@ -290,7 +291,8 @@ impl Registry {
                     self.dirty.insert(owner);
                 }
             } else if ordered {
-                let free = self.keys.release_one(hash);
+                // A retry-topic record waiting for its time never took its key.
+                let free = owner != NO_SESSION && self.keys.release_one(hash);
                 self.keys.park(p, true);
                 if free {
                     self.unpark(hash);
@@ -305,11 +307,14 @@ impl Registry {
         }
     }
 
-    /// Takes the live message at `offset` of `tp` (received under assignment `epoch`) out of
-    /// wherever it is: out on a stream (a later ack of it is unknown), waiting out a backoff,
-    /// queued, parked or unassigned. Its key is released, so the key's next messages go on.
-    /// None when it is nowhere here (settled, or already on its way to a topic).
-    pub fn take_live(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) -> Option<Pending> {
+    /// Takes the live message at `offset` of `tp` (received under assignment `epoch`) off its
+    /// subscriber, for a head-of-line rescue, with the attempts made of it: out on a stream (a
+    /// later ack of it is unknown), or waiting out a backoff after failing there. Its key is
+    /// released, so the key's next messages go on. None when it is elsewhere: settled, on its
+    /// way to a topic, or never delivered yet (queued behind a slow subscriber or a rate
+    /// limit, a retry-topic record waiting for its time): moving those would judge a message
+    /// that was never tried.
+    pub fn take_live(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) -> Option<(Pending, u32)> {
         let is =
             |p: &Pending| p.replay.is_none() && p.epoch == epoch && p.record.offset == offset && p.record.tp == *tp;
         let out_on = self
@@ -321,27 +326,18 @@ impl Registry {
             self.release_key(p.hash);
             self.dirty.insert(id);
             self.close_if_drained(id);
-            return Some(p);
+            let made = p.attempt;
+            return Some((p, made));
         }
-        if let Some(p) = self.retries.remove_where(is).into_iter().next() {
+        let failed_here = |d: &Delayed| d.owner != NO_SESSION && is(&d.pending);
+        let Delayed { pending: p, .. } = self.retries.remove_where(failed_here).into_iter().next()?;
+        if self.route.ordered() {
             self.keys.retry_ended(p.hash);
-            self.release_key(p.hash);
-            return Some(p);
         }
-        let queued = self.sessions.values_mut().find_map(|s| {
-            let i = s.queue.iter().position(is)?;
-            s.queue.remove(i)
-        });
-        if let Some(p) = queued {
-            self.release_key(p.hash);
-            return Some(p);
-        }
-        let unassigned = &mut self.route.unassigned;
-        if let Some(p) = unassigned.iter().position(is).and_then(|i| unassigned.remove(i)) {
-            return Some(p);
-        }
-        // Parked messages wait behind their key's owner and hold no count of it.
-        self.keys.take_parked_where(is).into_iter().next()
+        self.release_key(p.hash);
+        // Waiting out its backoff, it already carries the number of the attempt to come.
+        let made = p.attempt.saturating_sub(1).max(1);
+        Some((p, made))
     }
 
     /// Messages to dead-letter since the last call.
@@ -384,9 +380,12 @@ impl Registry {
         // Replayed messages stay: the replay reads its range whoever owns the partition.
         let gone = |p: &Pending| p.replay.is_none() && partitions.contains(&p.record.tp);
         let mut dropped = 0;
-        for p in self.retries.remove_where(gone) {
-            self.keys.retry_ended(p.hash);
-            self.keys.release_one(p.hash);
+        for d in self.retries.remove_where(|d| gone(&d.pending)) {
+            self.keys.retry_ended(d.pending.hash);
+            // A retry-topic record waiting for its time never took its key.
+            if d.owner != NO_SESSION {
+                self.keys.release_one(d.pending.hash);
+            }
             dropped += 1;
         }
         self.dead_letters.retain(|d| !gone(&d.pending));
@@ -456,8 +455,9 @@ impl Registry {
             s.cohort = self.route.cohort_of(&s.subscriber.labels);
             s.throttle = session_throttle(&s.subscriber, &self.route.config, s.throttle.take(), now);
             let adaptive = self.route.config.window == crate::config::WindowMode::Adaptive;
-            if adaptive != s.adaptive.is_some() {
-                s.adaptive = super::adaptive_for(&self.route.config, s.window);
+            match (&mut s.adaptive, adaptive) {
+                (Some(a), true) => a.set_deadline(Duration::from_millis(self.route.config.ack_timeout_ms)),
+                (current, _) => *current = super::adaptive_for(&self.route.config, s.window),
             }
             let cohort = s.cohort.clone();
             self.route.add_member(id, cohort.as_ref());
@@ -546,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_is_taken_out_of_a_backoff_or_a_queue_and_its_key_goes_on() {
+    fn only_a_message_tried_here_is_taken_off_its_subscriber_and_its_key_goes_on() {
         let mut reg = Registry::new(retrying_route(1, 5, None));
         let mut a = reg.register("r", 1, sub("a")).expect("ok");
         let tp = record(0, 0, "k").tp.clone();
@@ -556,23 +556,27 @@ mod tests {
         }
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|g| g.offset).collect::<Vec<_>>(), vec![0]);
+        assert!(reg.take_live(&tp, 1, 1).is_none(), "never delivered: not judged");
         // Nacked: waiting out its backoff, its key with it.
         assert!(reg.nack(a.session, reg.handle(a.session, "t/0/0"), Failure::retry("no")));
         assert_eq!(reg.delayed(), 1);
         assert!(reg.take_live(&tp, 0, 2).is_none(), "another assignment's offset 0 is not this one");
-        let taken = reg.take_live(&tp, 0, 1).expect("taken out of its backoff");
-        assert_eq!((taken.record.offset, reg.delayed()), (0, 0));
+        let (taken, made) = reg.take_live(&tp, 0, 1).expect("taken out of its backoff");
+        assert_eq!((taken.record.offset, made, reg.delayed()), (0, 1, 0), "one attempt made, not the coming one");
         reg.release_due(Instant::now() + Duration::from_secs(10));
         reg.flush();
         assert_eq!(received(&mut a.outbox).iter().map(|g| g.offset).collect::<Vec<_>>(), vec![1], "the key goes on");
-        // Offset 2 waits in the queue behind the window: taken from there.
-        assert_eq!(reg.take_live(&tp, 2, 1).map(|p| p.record.offset), Some(2));
-        assert!(reg.take_live(&tp, 2, 1).is_none(), "once only");
-        let acked = reg.ack(a.session, &[reg.handle(a.session, "t/0/1")]);
-        assert_eq!(acked.settled.len(), 1);
+        // In flight: taken, a later ack of it unknown.
+        let handle = reg.handle(a.session, "t/0/1");
+        assert_eq!(reg.take_live(&tp, 1, 1).map(|(p, made)| (p.record.offset, made)), Some((1, 1)));
+        assert!(reg.take_live(&tp, 1, 1).is_none(), "once only");
+        assert_eq!(reg.ack(a.session, &[handle]).unknown, 1);
         reg.flush();
-        assert!(received(&mut a.outbox).is_empty(), "nothing left to send");
-        assert_eq!(reg.in_flight(), 0);
+        assert_eq!(
+            received(&mut a.outbox).iter().map(|g| g.offset).collect::<Vec<_>>(),
+            vec![2],
+            "its window place freed"
+        );
     }
 
     #[test]

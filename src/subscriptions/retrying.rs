@@ -28,6 +28,10 @@ pub struct DeadLetter {
 /// Header of a retry-topic record: the attempts made so far.
 pub const HEADER_ATTEMPTS: &str = "fanout-attempts";
 
+/// Header of a retry-topic record: of its attempts, those an overloaded service refused
+/// (`DISPOSITION_OVERLOADED`), which do not count against `max_attempts`. Absent: none.
+pub const HEADER_OVERLOADS: &str = "fanout-overloads";
+
 /// Header of a retry-topic record: when it may be delivered again (ms since the epoch).
 pub const HEADER_RETRY_AT: &str = "fanout-retry-at";
 
@@ -104,9 +108,9 @@ impl RetryQueue {
     }
 
     /// Takes out the waiting messages for which `gone` holds.
-    pub(super) fn remove_where(&mut self, gone: impl Fn(&Pending) -> bool) -> Vec<Pending> {
-        let seqs: Vec<u64> = self.items.iter().filter(|(_, d)| gone(&d.pending)).map(|(seq, _)| *seq).collect();
-        seqs.into_iter().filter_map(|seq| self.items.remove(&seq)).map(|d| d.pending).collect()
+    pub(super) fn remove_where(&mut self, gone: impl Fn(&Delayed) -> bool) -> Vec<Delayed> {
+        let seqs: Vec<u64> = self.items.iter().filter(|(_, d)| gone(d)).map(|(seq, _)| *seq).collect();
+        seqs.into_iter().filter_map(|seq| self.items.remove(&seq)).collect()
     }
 
     /// Messages waiting.
@@ -150,8 +154,8 @@ mod tests {
         let mut queue = RetryQueue::default();
         queue.push(SessionId(1), pending(0), later(1));
         queue.push(SessionId(1), pending(1), later(1));
-        let removed = queue.remove_where(|p| p.record.offset == 0);
-        assert_eq!(removed.iter().map(|p| p.record.offset).collect::<Vec<_>>(), vec![0]);
+        let removed = queue.remove_where(|d| d.pending.record.offset == 0);
+        assert_eq!(removed.iter().map(|d| d.pending.record.offset).collect::<Vec<_>>(), vec![0]);
         assert_eq!(queue.pop_due(later(2)).map(|d| d.pending.record.offset), Some(1));
         assert!(queue.pop_due(later(2)).is_none());
         queue.push(SessionId(1), pending(2), later(1));

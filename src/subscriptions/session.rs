@@ -124,7 +124,7 @@ pub struct Pending {
     /// When it was last sent: its ack latency runs from here (adaptive windows).
     pub(super) sent: Option<Instant>,
     /// Attempts that ended in an OVERLOADED nack: they do not count against `max_attempts`.
-    pub(super) overloads: u32,
+    pub overloads: u32,
     /// When the gateway received the record from Kafka: delivery latency runs from here to
     /// the ack.
     pub received: Instant,
