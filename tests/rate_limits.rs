@@ -182,10 +182,9 @@ async fn the_library_asks_for_its_own_limit_in_its_hello() {
     let group = unique_group("rate-limit-library");
     produce(&bootstrap, 2_000, 50).await;
     let run = async {
-        // No route limit: the subscriber's own is the only one.
-        let mut config = config(&bootstrap, &group);
-        config.kafka.max_uncommitted_per_partition = BOUND;
-        let gw = start_gateway(config).await;
+        // No route limit: the subscriber's own is the only one. The default bound, so that
+        // what waits in the gateway outlasts a partition's refetch after a pause.
+        let gw = start_gateway(config(&bootstrap, &group)).await;
         let seen = Arc::new(Mutex::new((0u64, HashSet::new())));
         let handler = {
             let seen = seen.clone();
@@ -197,6 +196,9 @@ async fn the_library_asks_for_its_own_limit_in_its_hello() {
         let subscriber = Subscriber::builder(ROUTE)
             .replicas(Replicas::list([gw.endpoint()]))
             .max_messages_per_second(200)
+            // A window and handlers far above the rate: only the limit holds it back.
+            .max_in_flight(1_000)
+            .concurrency(64)
             .build()
             .expect("valid settings");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
