@@ -277,7 +277,9 @@ impl Registry {
     /// Puts failed messages whose backoff is over back in line: first in line at their
     /// owner if it still has their key, else wherever their key goes now.
     pub fn release_due(&mut self, now: Instant) {
-        while let Some(Delayed { owner, pending: p }) = self.retries.pop_due(now) {
+        while let Some(delayed) = self.retries.pop_due(now) {
+            let holds_key = delayed.holds_key();
+            let Delayed { owner, pending: p } = delayed;
             let hash = p.hash;
             let ordered = self.route.ordered();
             if ordered {
@@ -291,8 +293,7 @@ impl Registry {
                     self.dirty.insert(owner);
                 }
             } else if ordered {
-                // A retry-topic record waiting for its time never took its key.
-                let free = owner != NO_SESSION && self.keys.release_one(hash);
+                let free = holds_key && self.keys.release_one(hash);
                 self.keys.park(p, true);
                 if free {
                     self.unpark(hash);
@@ -329,7 +330,7 @@ impl Registry {
             let made = p.attempt;
             return Some((p, made));
         }
-        let failed_here = |d: &Delayed| d.owner != NO_SESSION && is(&d.pending);
+        let failed_here = |d: &Delayed| d.holds_key() && is(&d.pending);
         let Delayed { pending: p, .. } = self.retries.remove_where(failed_here).into_iter().next()?;
         if self.route.ordered() {
             self.keys.retry_ended(p.hash);
@@ -382,8 +383,7 @@ impl Registry {
         let mut dropped = 0;
         for d in self.retries.remove_where(|d| gone(&d.pending)) {
             self.keys.retry_ended(d.pending.hash);
-            // A retry-topic record waiting for its time never took its key.
-            if d.owner != NO_SESSION {
+            if d.holds_key() {
                 self.keys.release_one(d.pending.hash);
             }
             dropped += 1;

@@ -60,6 +60,15 @@ pub(super) struct Delayed {
     pub(super) pending: Pending,
 }
 
+impl Delayed {
+    /// Whether it holds one of its key's counts: it failed on a session. A retry-topic record
+    /// waiting for its time ([`NO_SESSION`]) never took its key, so releasing one for it would
+    /// take a count off whoever holds the key now.
+    pub(super) fn holds_key(&self) -> bool {
+        self.owner != NO_SESSION
+    }
+}
+
 /// Never a session's id (they start at 1): the owner of a retry-topic message waiting for its time.
 pub(super) const NO_SESSION: SessionId = SessionId(0);
 

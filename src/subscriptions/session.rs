@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -247,7 +246,6 @@ impl Session {
             connected_at: self.connected_at,
             draining: self.draining,
             rate_limit: self.throttle.as_ref().map(|t| *t.limit()),
-            throttled: self.throttle.as_ref().map_or(Duration::ZERO, |t| t.held_for(Instant::now())),
         }
     }
 }
@@ -267,8 +265,6 @@ pub struct SubscriberSnapshot {
     pub draining: bool,
     /// The subscriber's own rate limit in effect (its Hello's, capped by the route's).
     pub rate_limit: Option<RateLimit>,
-    /// Time its deliveries waited for its own rate limit since it subscribed.
-    pub throttled: Duration,
 }
 
 /// A new session's handles.
