@@ -163,9 +163,25 @@ enum Answer<T> {
     Missing(Missing),
 }
 
-/// Every entry of a read command's `-o json|yaml`: those that answered, then those that did not.
-fn answers<'a>(all: &'a [ReplicaStatus], missing: &[Missing]) -> Vec<Answer<&'a ReplicaStatus>> {
-    all.iter().map(Answer::Answered).chain(missing.iter().cloned().map(Answer::Missing)).collect()
+/// A read command's `-o json|yaml`: an entry per replica that answered, then one per replica
+/// that did not.
+fn answers_as<T: Serialize>(
+    output: Output,
+    answered: impl IntoIterator<Item = T>,
+    missing: &[Missing],
+) -> Result<String, CtlError> {
+    let all: Vec<Answer<T>> =
+        answered.into_iter().map(Answer::Answered).chain(missing.iter().cloned().map(Answer::Missing)).collect();
+    if output == Output::Yaml {
+        yaml(&all)
+    } else {
+        json(&all)
+    }
+}
+
+/// The refusal of a command about route `route` that no replica that answered runs.
+fn no_such_route(route: &str) -> CtlError {
+    CtlError(format!("no route `{route}` on the replicas that answered; `fanoutctl routes` lists them"))
 }
 
 /// Asks every replica reached for its Status (of one route, or all when `route` is empty): the
@@ -256,8 +272,7 @@ async fn execute(cli: &Cli) -> Result<Outcome, CtlError> {
             };
             let (all, missing) = statuses(cli, reached, &only).await?;
             let stdout = match cli.output {
-                Output::Json => json(&answers(&all, &missing))?,
-                Output::Yaml => yaml(&answers(&all, &missing))?,
+                Output::Json | Output::Yaml => answers_as(cli.output, &all, &missing)?,
                 Output::Table => match &cli.command {
                     Command::Status => {
                         format!("{}\n{}{}", replicas_table(&all, &missing), routes_table(&all), missing_notes(&missing))

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::args::Output;
 use super::change::{everywhere, Change};
 use super::reach::{ask_all, authorized, Missing, Replica};
-use super::{table, Answer, CtlError, Outcome, ReplicaStatus};
+use super::{table, CtlError, Outcome, ReplicaStatus};
 use fanout_proto::admin::{RateLimit, SetRateLimitRequest, SetRateLimitResponse};
 
 /// `rate-limit set` (a limit) or `rate-limit clear` (None): a dry run on every replica, then,
@@ -75,9 +75,7 @@ pub(super) fn show(
     let routes: Vec<(&ReplicaStatus, &fanout_proto::admin::RouteStatus)> =
         all.iter().filter_map(|r| r.status.routes.iter().find(|x| x.name == route).map(|x| (r, x))).collect();
     if routes.is_empty() {
-        return Err(CtlError(format!(
-            "no route `{route}` on the replicas that answered; `fanoutctl routes` lists them"
-        )));
+        return Err(super::no_such_route(route));
     }
     fn replica(r: &ReplicaStatus) -> Option<&fanout_proto::admin::Replica> {
         r.status.replica.as_ref()
@@ -100,24 +98,14 @@ pub(super) fn show(
             Ok(out)
         }
         Output::Json | Output::Yaml => {
-            let mut answers: Vec<Answer<ReplicaLimit<'_>>> = routes
-                .iter()
-                .map(|(r, x)| {
-                    Answer::Answered(ReplicaLimit {
-                        address: &r.address,
-                        replica: replica(r).map_or("", |i| i.name.as_str()),
-                        config_generation: replica(r).map_or("", |i| i.config_generation.as_str()),
-                        rate_limit: x.rate_limit.as_ref(),
-                        throttled_seconds: x.throttled_seconds,
-                    })
-                })
-                .collect();
-            answers.extend(missing.iter().cloned().map(Answer::Missing));
-            if output == Output::Json {
-                super::json(&answers)
-            } else {
-                super::yaml(&answers)
-            }
+            let answered = routes.iter().map(|(r, x)| ReplicaLimit {
+                address: &r.address,
+                replica: replica(r).map_or("", |i| i.name.as_str()),
+                config_generation: replica(r).map_or("", |i| i.config_generation.as_str()),
+                rate_limit: x.rate_limit.as_ref(),
+                throttled_seconds: x.throttled_seconds,
+            });
+            super::answers_as(output, answered, missing)
         }
     }
 }

@@ -345,7 +345,7 @@ pub(crate) fn partitions_table(all: &[ReplicaStatus], missing: &[Missing]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answers;
+    use crate::answers_as;
     use crate::reach::Failure;
     use fanout_proto::admin::{Cohort, Replica as ReplicaInfo, StatusResponse};
 
@@ -423,7 +423,8 @@ mod tests {
     #[test]
     fn json_lists_a_missing_replica_with_its_error() {
         let all = [answered("a:9090", 0)];
-        let value = serde_json::to_value(answers(&all, &[refused("b:9090")])).expect("serializes");
+        let text = answers_as(Output::Json, &all, &[refused("b:9090")]).expect("serializes");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(value[0]["address"], "a:9090");
         assert_eq!(value[0]["routes"][0]["name"], "orders");
         assert_eq!(value[1], serde_json::json!({"address": "b:9090", "error": "UNREACHABLE: connection refused"}));

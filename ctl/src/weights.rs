@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::args::Output;
 use super::change::{everywhere, Change};
 use super::reach::{ask_all, authorized, Missing, Replica};
-use super::{table, Answer, CtlError, Outcome, ReplicaStatus};
+use super::{table, CtlError, Outcome, ReplicaStatus};
 use fanout_proto::admin::{Cohort, SetWeightsRequest, SetWeightsResponse};
 
 /// What `weights set` adds to a refusal that `--force` would override.
@@ -67,31 +67,21 @@ pub(super) fn show(
     missing: &[Missing],
 ) -> Result<String, CtlError> {
     if !all.iter().any(|r| r.status.routes.iter().any(|x| x.name == route)) {
-        return Err(CtlError(format!(
-            "no route `{route}` on the replicas that answered; `fanoutctl routes` lists them"
-        )));
+        return Err(super::no_such_route(route));
     }
     match output {
         Output::Table => Ok(weights_table(route, all, missing)),
         Output::Json | Output::Yaml => {
-            let mut answers: Vec<Answer<ReplicaWeights<'_>>> = all
-                .iter()
-                .map(|r| {
-                    let replica = r.status.replica.as_ref();
-                    Answer::Answered(ReplicaWeights {
-                        address: &r.address,
-                        replica: replica.map_or("", |x| x.name.as_str()),
-                        config_generation: replica.map_or("", |x| x.config_generation.as_str()),
-                        cohorts: r.status.routes.iter().find(|x| x.name == route).map_or(&[], |x| &x.cohorts),
-                    })
-                })
-                .collect();
-            answers.extend(missing.iter().cloned().map(Answer::Missing));
-            if output == Output::Json {
-                super::json(&answers)
-            } else {
-                super::yaml(&answers)
-            }
+            let answered = all.iter().map(|r| {
+                let replica = r.status.replica.as_ref();
+                ReplicaWeights {
+                    address: &r.address,
+                    replica: replica.map_or("", |x| x.name.as_str()),
+                    config_generation: replica.map_or("", |x| x.config_generation.as_str()),
+                    cohorts: r.status.routes.iter().find(|x| x.name == route).map_or(&[], |x| &x.cohorts),
+                }
+            });
+            super::answers_as(output, answered, missing)
         }
     }
 }
