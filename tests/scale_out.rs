@@ -440,9 +440,12 @@ async fn on_kafka_a_rolling_restart_of_the_replicas_redelivers_nothing() {
     tokio::time::timeout(Duration::from_secs(420), run).await.expect("in time");
 }
 
-/// Messages of a rolling-restart run: handlers of 5 ms, 8 at once, so the backlog outlasts the
-/// whole roll.
-const ROLL_MESSAGES: usize = 60_000;
+/// Messages of a rolling-restart run: handlers of 5 ms, 8 at once (about 1 400 a second), so the
+/// backlog outlasts the whole roll by some 20 s. On the mock cluster the last restart's
+/// rebalances leave a few partitions unowned for 5 s up to 10 s after it; with a backlog that
+/// ended there, only those partitions would still hold messages and acks would stop for the
+/// test's want of messages, not for the roll.
+const ROLL_MESSAGES: usize = 90_000;
 
 /// Rolls `deployment`'s replicas one by one under a subscriber process and checks that nothing
 /// was lost, every replica stopped gracefully within its grace and acks never stopped; the
