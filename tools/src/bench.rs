@@ -123,6 +123,11 @@ pub struct BenchOptions {
     /// of these numbers of worker threads (one route: does it go faster with more?).
     pub scaling_workers: Vec<usize>,
     pub scaling_subscribers: usize,
+    /// The small-bound row: the gateway with `scaling_subscribers` subscribers on a backlog of
+    /// one partition per broker, at the default `max_uncommitted_per_partition` and at this one,
+    /// far below the backlog, so that its partitions pause and resume all along (each resume a
+    /// fetch from where the bound dropped records).
+    pub small_bound: Option<usize>,
     /// Window of each throughput subscriber.
     pub window: u32,
     pub latency_rates: Vec<u32>,
@@ -160,6 +165,7 @@ impl Default for BenchOptions {
             subscriber_counts: vec![1, 4, 16],
             scaling_workers: vec![1, 2],
             scaling_subscribers: 4,
+            small_bound: Some(300),
             window: 1_000,
             latency_rates: vec![5_000, 20_000],
             latency_duration: Duration::from_secs(5),
@@ -213,6 +219,7 @@ impl BenchOptions {
             subscriber_counts: vec![2],
             scaling_workers: vec![1, 2],
             scaling_subscribers: 2,
+            small_bound: Some(300),
             window: 200,
             latency_rates: vec![1_000],
             latency_duration: Duration::from_secs(2),
@@ -268,6 +275,8 @@ pub struct ThroughputRow {
     pub share: Vec<(usize, Rate)>,
     /// The scaling row: the gateway on runtimes of different numbers of worker threads.
     pub scaling: Vec<Scaled>,
+    /// The gateway on few partitions, at the default bound and a small one (mock only).
+    pub small_bound: Option<SmallBound>,
 }
 
 impl ThroughputRow {
@@ -280,8 +289,32 @@ impl ThroughputRow {
                 let (n, w) = (sc.subscribers, sc.workers);
                 (format!("gateway, {n} subs, {w} worker{}", plural(w)), sc.rate)
             }))
+            .chain(self.small_bound.iter().flat_map(|b| {
+                let (n, p) = (b.subscribers, b.partitions);
+                [
+                    (format!("gateway, {n} subs, {p} partitions"), b.default),
+                    (format!("gateway, {n} subs, {p} parts, bound {}", b.bound), b.small),
+                ]
+            }))
             .chain(self.share.iter().map(|(n, r)| (format!("share group, {n} member{}", plural(*n)), *r)))
             .collect()
+    }
+}
+
+/// The gateway on a backlog of few partitions, at the default bound and behind a small one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmallBound {
+    pub bound: usize,
+    pub subscribers: usize,
+    pub partitions: i32,
+    pub default: Rate,
+    pub small: Rate,
+}
+
+impl SmallBound {
+    /// msg/s behind the small bound over msg/s at the default one.
+    pub fn ratio(&self) -> f64 {
+        self.small.per_sec() / self.default.per_sec().max(1e-9)
     }
 }
 
@@ -363,12 +396,15 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         let mut row = ThroughputRow { size, raw, ..ThroughputRow::default() };
         for &n in &options.subscriber_counts {
             progress(&format!("throughput {size} B: gateway, {n} subscribers"));
-            let readers = Readers { subscribers: n, window: options.window, workers: None };
+            let readers = Readers { subscribers: n, window: options.window, workers: None, bound: None };
             let rate = throughput::gateway(&bootstrap, &backlog, &format!("{topic}-gw{n}"), readers, &properties, None)
                 .await?;
             row.gateway.push((n, rate));
         }
         row.scaling = scaling(&bootstrap, &backlog, options, &properties, None, &progress).await?;
+        if let Some(bound) = options.small_bound {
+            row.small_bound = Some(small_bound(&cluster, size, bound, options, &properties, &progress).await?);
+        }
         report.throughput.push(row);
     }
 
@@ -543,6 +579,41 @@ async fn switch_part(
     Ok(())
 }
 
+/// Partitions of the small-bound row's backlog: one per broker of the embedded cluster.
+const FEW_PARTITIONS: i32 = 3;
+
+/// The small-bound row of one size: a backlog on one partition per broker, read by the
+/// gateway with [`BenchOptions::scaling_subscribers`] subscribers at the default bound and at
+/// `bound`. Behind a small bound every partition of a broker is often paused at once, so each
+/// refill waits for the consumer to fetch from that broker again: what the row shows is how
+/// soon it does (a second each time, before resumes woke librdkafka's fetcher).
+async fn small_bound(
+    cluster: &MockCluster<'_, DefaultProducerContext>,
+    size: usize,
+    bound: usize,
+    options: &BenchOptions,
+    properties: &BTreeMap<String, String>,
+    progress: &impl Fn(&str),
+) -> Result<SmallBound, BenchError> {
+    let topic = format!("throughput-{size}b-few");
+    cluster.create_topic(&topic, FEW_PARTITIONS, 1)?;
+    let (b, t, per_partition) = (cluster.bootstrap_servers(), topic.clone(), options.backlog_per_partition);
+    let backlog =
+        tokio::task::spawn_blocking(move || load::fill(&b, &t, FEW_PARTITIONS, size, per_partition)).await??;
+    let n = options.scaling_subscribers;
+    let mut rates = Vec::new();
+    for bound in [None, Some(bound)] {
+        let at = bound.map_or("the default bound".to_string(), |b| format!("bound {b}"));
+        progress(&format!("throughput {size} B: gateway, {n} subscribers, {FEW_PARTITIONS} partitions, {at}"));
+        let readers = Readers { subscribers: n, window: options.window, workers: None, bound };
+        let group = format!("{topic}-bound{}", bound.unwrap_or(0));
+        rates.push(
+            throughput::gateway(&cluster.bootstrap_servers(), &backlog, &group, readers, properties, None).await?,
+        );
+    }
+    Ok(SmallBound { bound, subscribers: n, partitions: FEW_PARTITIONS, default: rates[0], small: rates[1] })
+}
+
 /// The scaling row of one backlog: the same gateway run on a runtime of each of
 /// [`BenchOptions::scaling_workers`] worker threads. A route's dispatcher is one task, so its
 /// share of the work is one thread's whatever the runtime; what a second worker takes is the
@@ -560,7 +631,7 @@ async fn scaling(
     let mut out = Vec::new();
     for &workers in &options.scaling_workers {
         progress(&format!("throughput: gateway, {subscribers} subscribers, {workers} worker thread(s)"));
-        let readers = Readers { subscribers, window: options.window, workers: Some(workers) };
+        let readers = Readers { subscribers, window: options.window, workers: Some(workers), bound: None };
         let group = format!("{}-scaling{workers}", backlog.topic);
         let rate = throughput::gateway(bootstrap, backlog, &group, readers, properties, broker).await?;
         out.push(Scaled { workers, subscribers, rate });
@@ -618,6 +689,15 @@ impl BenchReport {
             }
             if let Some(ratio) = scaling_ratio(&row.scaling) {
                 put(format!("scaling_ratio_{s}"), format!("{ratio:.2}"));
+            }
+            if let Some(b) = &row.small_bound {
+                let (n, p, bound) = (b.subscribers, b.partitions, b.bound);
+                put(format!("gateway_msgs_per_sec_{s}_{n}subs_{p}partitions"), format!("{:.0}", b.default.per_sec()));
+                put(
+                    format!("gateway_msgs_per_sec_{s}_{n}subs_{p}partitions_bound{bound}"),
+                    format!("{:.0}", b.small.per_sec()),
+                );
+                put(format!("small_bound_ratio_{s}"), format!("{:.2}", b.ratio()));
             }
             for (n, rate) in &row.share {
                 put(format!("share_msgs_per_sec_{s}_{n}members"), format!("{:.0}", rate.per_sec()));
@@ -786,7 +866,7 @@ impl BenchReport {
         let _ = writeln!(t, "throughput (backlog read from first message to last ack)");
         let _ = writeln!(
             t,
-            "  {:<6} {:<30} {:>10} {:>9} {:>8} {:>10} {:>8}",
+            "  {:<6} {:<36} {:>10} {:>9} {:>8} {:>10} {:>8}",
             "size", "reader", "msg/s", "MiB/s", "vs raw", "CPU cores", "CPU µs"
         );
         for row in &self.throughput {
@@ -795,7 +875,7 @@ impl BenchReport {
             for (reader, r) in row.readers() {
                 let _ = writeln!(
                     t,
-                    "  {:<6} {:<30} {:>10.0} {:>9.1} {:>8.2} {:>10.2} {:>8.2}",
+                    "  {:<6} {:<36} {:>10.0} {:>9.1} {:>8.2} {:>10.2} {:>8.2}",
                     s,
                     reader,
                     r.per_sec(),

@@ -26,6 +26,8 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
         "gateway_msgs_per_sec_100b_2subs_1workers",
         "gateway_msgs_per_sec_100b_2subs_2workers",
         "scaling_ratio_100b",
+        "gateway_msgs_per_sec_100b_2subs_3partitions_bound300",
+        "small_bound_ratio_100b",
         "latency_added_p99_us_100b_1000",
         "peak_rss_mib_bound_500",
         "switch_gateway_rebalances",
@@ -46,6 +48,11 @@ async fn every_part_reports_and_the_gateway_switch_costs_nothing() {
     // So did the gateway on a runtime of its own, with one worker thread and with two.
     let workers: Vec<(usize, u64)> = t.scaling.iter().map(|s| (s.workers, s.rate.messages)).collect();
     assert_eq!(workers, vec![(1, t.raw.messages), (2, t.raw.messages)], "the scaling row");
+    // And behind a bound of 300 per partition, paused and fetched again from the bound
+    // hundreds of times on the way.
+    let small = t.small_bound.expect("the small-bound row ran");
+    assert!(small.small.messages > 0, "behind a small bound: {small:?}");
+    assert_eq!(small.small.messages, small.default.messages, "behind a small bound, the whole backlog");
     assert!(report.latency[0].raw.count > 0 && report.latency[0].gateway.count > 0);
     let m = report.memory[0].memory;
     assert!(m.peak_rss_kib >= m.start_rss_kib && m.start_rss_kib > 0, "{m:?}");

@@ -119,7 +119,7 @@ async fn measure(broker: &Broker, options: &BenchOptions, progress: &impl Fn(&st
             for &n in &options.subscriber_counts {
                 progress(&format!("throughput {size} B: gateway, {n} subscribers"));
                 let group = format!("{topic}-gw{n}");
-                let readers = Readers { subscribers: n, window: options.window, workers: None };
+                let readers = Readers { subscribers: n, window: options.window, workers: None, bound: None };
                 let rate = throughput::gateway(bootstrap, &backlog, &group, readers, &properties, pid).await?;
                 row.gateway.push((n, rate));
             }

@@ -169,6 +169,9 @@ pub struct Readers {
     pub subscribers: usize,
     pub window: u32,
     pub workers: Option<usize>,
+    /// The route's `max_uncommitted_per_partition`, when not the gateway's default: the
+    /// small-bound row, where partitions pause and resume all the time.
+    pub bound: Option<usize>,
 }
 
 /// The gateway's runtime in a run with [`Readers::workers`] set.
@@ -220,12 +223,15 @@ pub async fn gateway(
     properties: &BTreeMap<String, String>,
     broker: Option<u32>,
 ) -> Result<Rate, BenchError> {
-    let Readers { subscribers, window, workers } = readers;
+    let Readers { subscribers, window, workers, bound } = readers;
     let route = "bench";
     let mut config = Config::single_route(bootstrap, group, route, &[&backlog.topic]);
     config.kafka.commit_interval_ms = 1_000;
     config.kafka.properties = properties.clone();
     config.routes[0].max_in_flight = window;
+    if let Some(bound) = bound {
+        config.kafka.max_uncommitted_per_partition = bound;
+    }
     let runtime = OwnRuntime::new(workers)?;
     let gw = runtime.run(gateway::start(config)).await??;
     let stats = gw.stats();
