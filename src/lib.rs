@@ -24,6 +24,8 @@
 //!   commits, the dedup gate, the dead-letter loop, subscriber identity.
 //! - [`subscriptions`]: the route's session registry: sessions, key ownership and parking, retries,
 //!   commit windows, at-most-once staging, batching, revokes, membership.
+//! - [`rollout`]: progressive delivery; [`rollout::judge`] compares a candidate cohort with the
+//!   stable one (failure rate, ack latency) with tests sound for a canary step's samples.
 //! - [`offsets`], [`routing`], [`retry`], [`selector`]: pure decisions (what may be committed,
 //!   which cohort and subscriber, when to retry, which labels match; `selector/parse.rs` holds the
 //!   selector grammar).
@@ -62,6 +64,7 @@ pub mod pipeline;
 pub mod readiness;
 pub mod redact;
 pub mod retry;
+pub mod rollout;
 pub mod routing;
 pub mod selector;
 pub mod stats;
