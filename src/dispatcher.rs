@@ -131,6 +131,8 @@ pub struct Dispatcher {
     replays: ReplayBatches,
     /// The route's fetch-to-ack latency histogram.
     delivery_latency: prometheus_client::metrics::histogram::Histogram,
+    /// The send-to-ack latency histogram of each cohort seen, taken once per cohort.
+    ack_latency: std::collections::HashMap<Box<str>, prometheus_client::metrics::histogram::Histogram>,
     /// When the route last warned that it holds messages for a cohort without subscribers.
     hold_warning: HoldWarning,
 }
@@ -158,6 +160,7 @@ impl Dispatcher {
             replays: ReplayBatches::new(),
             hold_warning: HoldWarning::default(),
             delivery_latency,
+            ack_latency: std::collections::HashMap::new(),
         }
     }
 
@@ -201,6 +204,16 @@ impl Dispatcher {
                 }
             }
             Command::Ack { session, ack_ids } => {
+                // Before the ack: a draining session that is done closes with it.
+                let by_cohort = self.registry.cohort_of(session).map(|cohort| {
+                    let route = &self.registry.route_config().name;
+                    if let Some(h) = self.ack_latency.get(cohort) {
+                        return h.clone();
+                    }
+                    let h = self.stats.histograms.ack(route, cohort);
+                    self.ack_latency.insert(cohort.into(), h.clone());
+                    h
+                });
                 let acked = self.registry.ack(session, &ack_ids);
                 if acked.unknown > 0 {
                     Stats::bump(&self.stats.unknown_acks, acked.unknown);
@@ -215,6 +228,9 @@ impl Dispatcher {
                 for p in acked.settled {
                     if p.replay.is_none() {
                         self.delivery_latency.observe(now.saturating_duration_since(p.received).as_secs_f64());
+                        if let (Some(h), Some(sent)) = (&by_cohort, p.sent()) {
+                            h.observe(now.saturating_duration_since(sent).as_secs_f64());
+                        }
                     }
                     self.settle(&p);
                 }

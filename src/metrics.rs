@@ -36,27 +36,7 @@ pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Which of a cohort's totals a series shows.
 type PickCount = fn(&CohortCounts) -> u64;
 
-/// A label value as both exposition formats need it: backslash, double quote and line feed
-/// escaped. prometheus-client writes label values as given, and some of ours come from
-/// subscribers (a cohort is a value of their split label, a subscriber's name is its Hello's
-/// pod name in static mode): unescaped, a `"` or a newline in one would let a subscriber write
-/// series of its own into the scrape, or break it for every alert. Hello validation already
-/// refuses such names; this is the second line of defence, at the place that writes them.
-pub fn label_value(value: &str) -> String {
-    if !value.contains(['\\', '"', '\n']) {
-        return value.to_string();
-    }
-    let mut out = String::with_capacity(value.len() + 8);
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::stats::label_value;
 
 /// Whether a scraper's `Accept` header asks for OpenMetrics (as Prometheus does) rather than
 /// the classic text format.
@@ -107,6 +87,11 @@ pub fn render(stats: &Arc<Stats>, routes: Vec<RouteStatus>, ready: bool) -> Stri
         "delivery_latency_seconds",
         "Time from a record's arrival from Kafka to its subscriber's ack (replays excluded)",
         stats.histograms.delivery.clone(),
+    );
+    registry.register(
+        "cohort_ack_latency_seconds",
+        "Time from a delivery's send to its subscriber's ack, per cohort (replays excluded): what a canary is judged on",
+        stats.histograms.ack.clone(),
     );
     registry.register_collector(Box::new(Scrape { stats: stats.clone(), routes, ready }));
     let mut out = String::new();

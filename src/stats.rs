@@ -136,9 +136,34 @@ pub struct Stats {
     pub histograms: Histograms,
 }
 
+/// A label value as both exposition formats need it: backslash, double quote and line feed
+/// escaped. prometheus-client writes label values as given, and some of ours come from
+/// subscribers (a cohort is a value of their split label, a subscriber's name is its Hello's
+/// pod name in static mode): unescaped, a `"` or a newline in one would let a subscriber write
+/// series of its own into the scrape, or break it for every alert. Hello validation already
+/// refuses such names; this is the second line of defence, at the place that writes them.
+pub fn label_value(value: &str) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The `route` label of a histogram. Route names are validated at load (letters, digits, `.`,
 /// `_`, `-`), so they go into the exposition as they are.
 type RouteLabel = [(&'static str, String); 1];
+/// The `route` and `cohort` labels. Cohorts are values of the route's split label, bounded by
+/// configuration and validated in Hello; `/metrics` escapes what it writes anyway.
+type CohortLabel = [(&'static str, String); 2];
 
 /// Commit and fetch-to-ack latency per route, observed where they happen; `/metrics`
 /// registers the families at each scrape. Each route's writer takes its own handle once
@@ -147,6 +172,9 @@ type RouteLabel = [(&'static str, String); 1];
 pub struct Histograms {
     pub(crate) commit: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub(crate) delivery: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Send-to-ack latency per route and cohort: what a canary's analysis compares between
+    /// the stable and the candidate cohort (an Argo Rollouts AnalysisTemplate reads it).
+    pub(crate) ack: Family<CohortLabel, Histogram, fn() -> Histogram>,
 }
 
 /// 1 ms to about 33 s: commits take milliseconds, deliveries up to an ack deadline.
@@ -159,6 +187,7 @@ impl Default for Histograms {
         Self {
             commit: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             delivery: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ack: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         }
     }
 }
@@ -172,6 +201,11 @@ impl Histograms {
     /// Seconds from a record's arrival from Kafka to its ack, per route (replays excluded).
     pub fn delivery(&self, route: &str) -> Histogram {
         self.delivery.get_or_create_owned(&[("route", route.to_string())])
+    }
+
+    /// Seconds from a delivery's send to its ack, per route and cohort (replays excluded).
+    pub fn ack(&self, route: &str, cohort: &str) -> Histogram {
+        self.ack.get_or_create_owned(&[("route", route.to_string()), ("cohort", label_value(cohort))])
     }
 }
 

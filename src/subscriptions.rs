@@ -202,7 +202,7 @@ impl Registry {
     }
 
     /// The cohort of session `id`, if it is open and has one.
-    fn cohort_of(&self, id: SessionId) -> Option<&str> {
+    pub fn cohort_of(&self, id: SessionId) -> Option<&str> {
         self.sessions.get(&id).and_then(|s| s.cohort.as_deref())
     }
 

@@ -147,6 +147,14 @@ async fn metrics_pass_promtool_and_follow_the_traffic() {
     assert_eq!(total(&samples, "fanout_subscriber_in_flight", &[("route", ROUTE)]), 0.0);
     let latency_count = total(&samples, "fanout_delivery_latency_seconds_count", &[("route", ROUTE)]);
     assert_eq!(latency_count, MESSAGES as f64, "every ack observed once in the delivery latency");
+    let acked_by = |cohort: &str| {
+        total(&samples, "fanout_cohort_ack_latency_seconds_count", &[("route", ROUTE), ("cohort", cohort)])
+    };
+    assert_eq!(
+        (acked_by("blue"), acked_by("green")),
+        (delivered_blue, MESSAGES as f64 - delivered_blue),
+        "every ack observed once in its cohort's ack latency"
+    );
     assert!(total(&samples, "fanout_commit_latency_seconds_count", &[("route", ROUTE)]) > 0.0);
     assert!(total(&samples, "fanout_commits_total", &[]) > 0.0);
     assert_eq!(total(&samples, "fanout_ready", &[]), 1.0);

@@ -154,6 +154,11 @@ impl Pending {
         }
     }
 
+    /// When this attempt was sent to its subscriber (None before it is).
+    pub fn sent(&self) -> Option<Instant> {
+        self.sent
+    }
+
     /// A first attempt of `record`, for other modules' tests.
     #[cfg(test)]
     pub(crate) fn new_for_test(record: Arc<Record>) -> Self {
