@@ -26,6 +26,12 @@ pub fn after_failure(policy: &RetryPolicy, attempt: u32, retry_after: Option<Dur
     after_failure_sparing(policy, attempt, 0, retry_after, jitter)
 }
 
+/// Whether a message whose attempt `attempt` failed has used up the route's `max_attempts`,
+/// `spared` of those attempts not counted (refused by an overloaded service).
+pub fn exhausted(policy: &RetryPolicy, attempt: u32, spared: u32) -> bool {
+    attempt.saturating_sub(spared) >= policy.max_attempts
+}
+
 /// [`after_failure`] for a message `spared` of whose attempts do not count against
 /// `max_attempts` (a `DISPOSITION_OVERLOADED` nack: the service refused it, the message did
 /// not fail). Its backoff still grows with every attempt, so an overloaded service is asked
@@ -37,7 +43,7 @@ pub fn after_failure_sparing(
     retry_after: Option<Duration>,
     jitter: f64,
 ) -> Next {
-    if attempt.saturating_sub(spared) >= policy.max_attempts {
+    if exhausted(policy, attempt, spared) {
         return Next::Exhausted;
     }
     let delay = match retry_after {

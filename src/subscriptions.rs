@@ -261,7 +261,7 @@ impl Registry {
         self.dirty.remove(&id);
         let route = &mut self.route;
         route.remove_member(id);
-        let max_attempts = route.config.retry.max_attempts;
+        let retry = &route.config.retry;
         let dead_letter_topic = route.config.dead_letter_topic.is_some();
         let at_most_once = route.config.delivery == DeliveryMode::AtMostOnce;
         let mut orphans = Vec::new();
@@ -273,7 +273,7 @@ impl Registry {
             }
             // A message whose subscribers keep dying with it (a poison pill) must not loop
             // for ever: its lost deliveries count as attempts.
-            if p.attempt.saturating_sub(p.overloads) >= max_attempts && dead_letter_topic {
+            if crate::retry::exhausted(retry, p.attempt, p.overloads) && dead_letter_topic {
                 let reason = format!("subscriber stream ended with the delivery in flight, attempt {}", p.attempt);
                 cohort_counts(&mut self.by_cohort, session.cohort.as_deref()).dead_lettered += 1;
                 self.dead_letters.push(DeadLetter { pending: p, reason, retry_at: None });

@@ -501,13 +501,7 @@ fn resume_at(consumer: &BaseConsumer<GatewayContext>, tp: &TopicPartition, offse
 /// through librdkafka's own offset lookup, which wakes it.
 fn resume_where_it_was(consumer: &BaseConsumer<GatewayContext>, tp: &TopicPartition) {
     resume(consumer, std::slice::from_ref(tp));
-    let at = consumer.position().ok().and_then(|list| {
-        list.find_partition(&tp.topic, tp.partition).and_then(|e| match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        })
-    });
-    if let Some(offset) = at {
+    if let Some(offset) = positions(consumer).into_iter().find_map(|(p, at)| (p == *tp).then_some(at)) {
         let _ = consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5));
     }
 }

@@ -385,12 +385,8 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
     for &size in options.sizes.iter().filter(|_| options.runs(Part::Throughput)) {
         let topic = format!("throughput-{size}b");
         let partitions = if size < 512 { options.partitions } else { options.partitions * 4 };
-        cluster.create_topic(&topic, partitions, 1)?;
         progress(&format!("throughput {size} B: producing the backlog"));
-        let (b, t) = (bootstrap.clone(), topic.clone());
-        let per_partition = options.backlog_per_partition;
-        let backlog =
-            tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition)).await??;
+        let backlog = mock_backlog(&cluster, &topic, partitions, size, options.backlog_per_partition).await?;
         progress(&format!("throughput {size} B: raw consumer, {} messages", backlog.messages));
         let raw = throughput::raw(&bootstrap, &backlog, 3, &properties, None).await?;
         let mut row = ThroughputRow { size, raw, ..ThroughputRow::default() };
@@ -437,15 +433,12 @@ pub async fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<Benc
         }
     }
     if options.runs(Part::Adaptive) {
-        let topic = "adaptive";
-        cluster.create_topic(topic, 4, 1)?;
         // More than the subscriber reads in the whole run at normal speed: its window stays full.
         let p = options.adaptive_phases;
         let seconds = (p.warm + p.slow + p.after).as_secs_f64();
         let messages = (seconds * 1_000.0 / adaptive::WORK.as_millis() as f64) as usize * adaptive::CONCURRENCY;
-        let b = bootstrap.clone();
         progress(&format!("adaptive windows: producing {messages} messages"));
-        let backlog = tokio::task::spawn_blocking(move || load::fill(&b, topic, 4, 100, messages / 4 * 140)).await??;
+        let backlog = mock_backlog(&cluster, "adaptive", 4, 100, messages / 4 * 140).await?;
         let mut runs = Vec::new();
         for mode in [fanout_gateway::config::WindowMode::Fixed, fanout_gateway::config::WindowMode::Adaptive] {
             progress(&format!("adaptive windows: {mode:?} window, work three times slower for {:?}", p.slow));
@@ -467,11 +460,9 @@ async fn memory_part(
 ) -> Result<(), BenchError> {
     let bootstrap = cluster.bootstrap_servers();
     let size = options.sizes.iter().copied().max().unwrap_or(1024);
-    let topic = "memory";
-    cluster.create_topic(topic, options.memory_partitions, 1)?;
     progress(&format!("memory: producing a backlog of {} partitions", options.memory_partitions));
-    let (b, partitions, per_partition) = (bootstrap.clone(), options.memory_partitions, options.backlog_per_partition);
-    let backlog = tokio::task::spawn_blocking(move || load::fill(&b, topic, partitions, size, per_partition)).await??;
+    let backlog =
+        mock_backlog(cluster, "memory", options.memory_partitions, size, options.backlog_per_partition).await?;
     for &bound in &options.memory_bounds {
         progress(&format!("memory: gateway process, bound {bound} per partition, slow subscriber"));
         let exe = match &options.gateway_exe {
@@ -487,7 +478,12 @@ async fn memory_part(
             options.memory_duration,
         )
         .await?;
-        report.memory.push(MemoryRow { bound, backlog_bytes: backlog.bytes, partitions, memory });
+        report.memory.push(MemoryRow {
+            bound,
+            backlog_bytes: backlog.bytes,
+            partitions: options.memory_partitions,
+            memory,
+        });
     }
     Ok(())
 }
@@ -579,6 +575,20 @@ async fn switch_part(
     Ok(())
 }
 
+/// Creates `topic` on the embedded cluster with `partitions` partitions and fills each with
+/// `per_partition_bytes` of `size`-byte messages ([`load::fill`], on a blocking thread).
+async fn mock_backlog(
+    cluster: &MockCluster<'_, DefaultProducerContext>,
+    topic: &str,
+    partitions: i32,
+    size: usize,
+    per_partition_bytes: usize,
+) -> Result<load::Backlog, BenchError> {
+    cluster.create_topic(topic, partitions, 1)?;
+    let (b, t) = (cluster.bootstrap_servers(), topic.to_string());
+    Ok(tokio::task::spawn_blocking(move || load::fill(&b, &t, partitions, size, per_partition_bytes)).await??)
+}
+
 /// Partitions of the small-bound row's backlog: one per broker of the embedded cluster.
 const FEW_PARTITIONS: i32 = 3;
 
@@ -596,10 +606,8 @@ async fn small_bound(
     progress: &impl Fn(&str),
 ) -> Result<SmallBound, BenchError> {
     let topic = format!("throughput-{size}b-few");
-    cluster.create_topic(&topic, FEW_PARTITIONS, 1)?;
-    let (b, t, per_partition) = (cluster.bootstrap_servers(), topic.clone(), options.backlog_per_partition);
-    let backlog =
-        tokio::task::spawn_blocking(move || load::fill(&b, &t, FEW_PARTITIONS, size, per_partition)).await??;
+    let backlog = mock_backlog(cluster, &topic, FEW_PARTITIONS, size, options.backlog_per_partition).await?;
+    let bootstrap = cluster.bootstrap_servers();
     let n = options.scaling_subscribers;
     let mut rates = Vec::new();
     for bound in [None, Some(bound)] {
@@ -607,9 +615,7 @@ async fn small_bound(
         progress(&format!("throughput {size} B: gateway, {n} subscribers, {FEW_PARTITIONS} partitions, {at}"));
         let readers = Readers { subscribers: n, window: options.window, workers: None, bound };
         let group = format!("{topic}-bound{}", bound.unwrap_or(0));
-        rates.push(
-            throughput::gateway(&cluster.bootstrap_servers(), &backlog, &group, readers, properties, None).await?,
-        );
+        rates.push(throughput::gateway(&bootstrap, &backlog, &group, readers, properties, None).await?);
     }
     Ok(SmallBound { bound, subscribers: n, partitions: FEW_PARTITIONS, default: rates[0], small: rates[1] })
 }
