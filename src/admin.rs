@@ -12,6 +12,7 @@ pub mod dead_letters;
 mod error;
 pub mod http;
 pub mod replay;
+pub mod rollouts;
 pub mod source;
 pub mod weights;
 
@@ -83,6 +84,8 @@ struct Inner {
     /// One redrive at a time on this replica (each reads the ledger, then extends it).
     redriving: tokio::sync::Mutex<()>,
     replays: replay::Replays,
+    /// The latest look at each rollout on this replica.
+    looks: rollouts::Looks,
     started_at: SystemTime,
     name: String,
 }
@@ -111,6 +114,7 @@ impl Control {
                 changing: tokio::sync::Mutex::new(()),
                 redriving: tokio::sync::Mutex::new(()),
                 replays: replay::Replays::default(),
+                looks: rollouts::Looks::default(),
                 started_at: SystemTime::now(),
                 name,
             }),

@@ -563,6 +563,11 @@ pub struct RouteConfig {
     /// Duplicate detection for `delivery = "effectively-once"` (in-memory store by default).
     #[serde(default)]
     pub dedup: Option<dedup::DedupConfig>,
+    /// A rollout of a candidate cohort through steps, judged against the stable cohort (see
+    /// [`crate::rollout`]). Written by `fanoutctl rollout start` and by the gateway as the
+    /// rollout moves; kept here so every replica and a restarted gateway see the same one.
+    #[serde(default)]
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 /// How a subscriber's window is sized.
@@ -675,6 +680,7 @@ impl RouteConfig {
             window_until_commit: false,
             window: WindowMode::Fixed,
             dedup: None,
+            rollout: None,
         }
     }
 

@@ -23,6 +23,7 @@ mod dedup_gate;
 mod handle;
 mod head_of_line;
 mod identity;
+mod outcomes;
 mod partitions;
 mod records;
 mod replays;
@@ -43,6 +44,7 @@ pub use dedup_gate::RouteDedup;
 use handle::Command;
 pub use handle::{channel, Commands, RouteHandle, Stopped};
 use identity::{peer_text, subscriber_name, Identity, PodFate};
+pub use outcomes::Outcomes;
 use partitions::Partitions;
 use replays::ReplayBatches;
 use revokes::Revokes;
@@ -135,6 +137,8 @@ pub struct Dispatcher {
     ack_latency: std::collections::HashMap<Box<str>, prometheus_client::metrics::histogram::Histogram>,
     /// When the route last warned that it holds messages for a cohort without subscribers.
     hold_warning: HoldWarning,
+    /// Ack latencies per cohort while a rollout reads them.
+    latencies: outcomes::CohortLatencies,
 }
 
 // === impl Dispatcher: the task ===
@@ -161,6 +165,7 @@ impl Dispatcher {
             hold_warning: HoldWarning::default(),
             delivery_latency,
             ack_latency: std::collections::HashMap::new(),
+            latencies: outcomes::CohortLatencies::default(),
         }
     }
 
@@ -214,6 +219,10 @@ impl Dispatcher {
                     self.ack_latency.insert(cohort.into(), h.clone());
                     h
                 });
+                // One clock read per batch of acks, not one per ack.
+                let now = Instant::now();
+                let sampled: Option<Box<str>> =
+                    if self.latencies.wanted(now) { self.registry.cohort_of(session).map(Into::into) } else { None };
                 let acked = self.registry.ack(session, &ack_ids);
                 if acked.unknown > 0 {
                     Stats::bump(&self.stats.unknown_acks, acked.unknown);
@@ -223,13 +232,17 @@ impl Dispatcher {
                         "ignored acks of ids not in flight on this stream"
                     );
                 }
-                // One clock read per batch of acks, not one per ack.
-                let now = Instant::now();
                 for p in acked.settled {
                     if p.replay.is_none() {
                         self.delivery_latency.observe(now.saturating_duration_since(p.received).as_secs_f64());
-                        if let (Some(h), Some(sent)) = (&by_cohort, p.sent()) {
-                            h.observe(now.saturating_duration_since(sent).as_secs_f64());
+                        if let Some(sent) = p.sent() {
+                            let latency = now.saturating_duration_since(sent);
+                            if let Some(h) = &by_cohort {
+                                h.observe(latency.as_secs_f64());
+                            }
+                            if let Some(cohort) = &sampled {
+                                self.latencies.observe(cohort, latency);
+                            }
                         }
                     }
                     self.settle(&p);
@@ -273,6 +286,10 @@ impl Dispatcher {
             Command::Replay { replay, records, done } => self.on_replay(replay, records, done),
             Command::Status { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::Outcomes { reply } => {
+                let latencies_ms = self.latencies.take(Instant::now());
+                let _ = reply.send(Outcomes { counts: self.registry.by_cohort.clone(), latencies_ms });
             }
             Command::DrainSubscriber { who, reply } => {
                 let sessions = self.registry.drain_matching(&who);

@@ -75,6 +75,8 @@ pub struct GatewayHandle {
     admin_stop: oneshot::Sender<()>,
     health: HealthReporter,
     readiness: JoinHandle<()>,
+    /// Looks at running rollouts and moves them (see `admin::rollouts`).
+    rollouts: JoinHandle<()>,
     tls_reloads: Vec<JoinHandle<()>>,
 }
 
@@ -226,6 +228,7 @@ pub async fn start_from(
         .map(|t| tokio::spawn(t.cert.clone().follow(t.reload_every)))
         .collect();
     let readiness = tokio::spawn(follow_readiness(control.clone(), health.clone()));
+    let rollouts = tokio::spawn(control.clone().drive_rollouts());
     info!(%addr, %admin_addr, groups = %groups.join(", "), "gateway serving");
     Ok(GatewayHandle {
         addr,
@@ -240,6 +243,7 @@ pub async fn start_from(
         admin_stop,
         health,
         readiness,
+        rollouts,
         tls_reloads,
     })
 }
@@ -327,6 +331,9 @@ impl GatewayHandle {
     pub async fn shutdown(self) {
         self.stats.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.readiness.abort();
+        // No rollout moves while the routes stop: another replica, or this one restarted,
+        // goes on from the record.
+        self.rollouts.abort();
         for reload in &self.tls_reloads {
             reload.abort();
         }

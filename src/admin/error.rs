@@ -63,4 +63,9 @@ pub enum AdminError {
     NoReplay(u64),
     #[error(transparent)]
     Refused(#[from] weights::Refusal),
+    /// A rollout cannot start or be steered as things stand; the message says what to fix.
+    #[error("{0}")]
+    Rollout(String),
+    #[error("route `{0}` has no rollout (`fanoutctl rollout start` starts one)")]
+    NoRollout(String),
 }

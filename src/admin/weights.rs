@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use toml_edit::{DocumentMut, InlineTable, Item, Value};
+use toml_edit::{DocumentMut, InlineTable, Item, Table, Value};
 
 use crate::config::rate_limit::RateLimit;
+use crate::rollout::Rollout;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
@@ -14,6 +15,10 @@ pub enum EditError {
     Parse(String),
     #[error("route `{0}` is not in the config file")]
     NoRoute(String),
+    /// A rollout's move was decided from a record that has changed since (another replica or
+    /// an operator moved it first).
+    #[error("route `{0}`'s rollout changed meanwhile; look again")]
+    RolloutMoved(String),
 }
 
 /// What this replica knows of a route when a weight change comes.
@@ -93,7 +98,7 @@ pub fn set_weights(text: &str, route: &str, weights: &BTreeMap<String, u32>) -> 
     for (cohort, weight) in weights {
         table.insert(cohort, Value::from(i64::from(*weight)));
     }
-    set_entry(text, route, "weights", Some(table))
+    set_entry(text, route, "weights", Some(table), None)
 }
 
 /// `text` with route `route`'s `rate_limit` replaced by `limit` (as an inline table of the
@@ -110,21 +115,107 @@ pub fn set_rate_limit(text: &str, route: &str, limit: Option<&RateLimit>) -> Res
         }
         table
     });
-    set_entry(text, route, "rate_limit", table)
+    set_entry(text, route, "rate_limit", table, None)
+}
+
+/// `text` with route `route`'s rollout record replaced by `rollout` and its weights by
+/// `weights`, in one edit, provided the record there is still `expected` (a move decided from
+/// a record another replica or an operator has changed since is refused, not applied twice).
+pub fn set_rollout(
+    text: &str,
+    route: &str,
+    expected: Option<&Rollout>,
+    rollout: &Rollout,
+    weights: &BTreeMap<String, u32>,
+) -> Result<String, EditError> {
+    if rollout_in(text, route)?.as_ref() != expected {
+        return Err(EditError::RolloutMoved(route.to_string()));
+    }
+    let text = set_weights(text, route, weights)?;
+    let value = toml::Value::try_from(rollout).map_err(|e| EditError::Parse(e.to_string()))?;
+    let (Value::InlineTable(one_line), Some(fields)) = (inline(&value), value.as_table()) else {
+        return Err(EditError::Parse("a rollout record is a table".into()));
+    };
+    // Under a `[[routes]]` table, a `[routes.rollout]` table of its own, its history one
+    // event a line, for the operator who reads the file.
+    let mut table = Table::new();
+    for (key, field) in fields {
+        match (key.as_str(), field.as_table()) {
+            ("progress", Some(progress)) => {
+                let mut sub = Table::new();
+                for (k, v) in progress {
+                    let mut v = inline(v);
+                    if let Value::Array(events) = &mut v {
+                        for event in events.iter_mut() {
+                            event.decor_mut().set_prefix("\n  ");
+                        }
+                        events.set_trailing("\n");
+                        events.set_trailing_comma(true);
+                    }
+                    sub.insert(k, Item::Value(v));
+                }
+                table.insert(key, Item::Table(sub));
+            }
+            _ => {
+                table.insert(key, Item::Value(inline(field)));
+            }
+        }
+    }
+    set_entry(&text, route, "rollout", Some(one_line), Some(table))
+}
+
+/// Route `route`'s rollout record in `text`, if any.
+fn rollout_in(text: &str, route: &str) -> Result<Option<Rollout>, EditError> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| EditError::Parse(e.to_string()))?;
+    let routes = doc.get("routes").and_then(toml::Value::as_array).ok_or_else(|| EditError::NoRoute(route.into()))?;
+    let found = routes
+        .iter()
+        .find(|r| r.get("name").and_then(toml::Value::as_str) == Some(route))
+        .ok_or_else(|| EditError::NoRoute(route.into()))?;
+    match found.get("rollout") {
+        None => Ok(None),
+        Some(value) => value.clone().try_into().map(Some).map_err(|e: toml::de::Error| EditError::Parse(e.to_string())),
+    }
+}
+
+/// A TOML value as an inline value of the editable document (tables inline).
+fn inline(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::from(s.as_str()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::from(*f),
+        toml::Value::Boolean(b) => Value::from(*b),
+        toml::Value::Datetime(d) => Value::from(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(inline).collect()),
+        toml::Value::Table(t) => {
+            let mut table = InlineTable::new();
+            for (k, v) in t {
+                table.insert(k, inline(v));
+            }
+            Value::InlineTable(table)
+        }
+    }
 }
 
 /// `text` with entry `key` of route `route` replaced by `table`, or removed. Routes are
 /// `[[routes]]` tables or an inline `routes = [{ ... }]` array.
-fn set_entry(text: &str, route: &str, key: &str, table: Option<InlineTable>) -> Result<String, EditError> {
+fn set_entry(
+    text: &str,
+    route: &str,
+    key: &str,
+    table: Option<InlineTable>,
+    as_table: Option<Table>,
+) -> Result<String, EditError> {
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Parse(e.to_string()))?;
     let named = |name: Option<&str>| name == Some(route);
     let routes = doc.get_mut("routes").ok_or_else(|| EditError::NoRoute(route.to_string()))?;
     if let Some(tables) = routes.as_array_of_tables_mut() {
         let found = tables.iter_mut().find(|t| named(t.get("name").and_then(Item::as_str)));
         let t = found.ok_or_else(|| EditError::NoRoute(route.to_string()))?;
-        match table {
-            Some(table) => t.insert(key, Item::Value(Value::InlineTable(table))),
-            None => t.remove(key),
+        match (table, as_table) {
+            (_, Some(as_table)) => t.insert(key, Item::Table(as_table)),
+            (Some(table), None) => t.insert(key, Item::Value(Value::InlineTable(table))),
+            (None, None) => t.remove(key),
         };
     } else if let Some(array) = routes.as_array_mut() {
         let found = array
@@ -201,6 +292,31 @@ weights = { blue = 100, green = 0 } # before the cutover
         assert!(!out.contains("rate_limit") && !out.contains("bytes_per_s"), "{out}");
         assert_eq!(out.lines().count(), FILE.lines().count(), "{out}");
         assert_eq!(set_rate_limit(FILE, "gone", None), Err(EditError::NoRoute("gone".into())));
+    }
+
+    #[test]
+    fn a_rollout_is_written_with_its_weights_and_only_over_the_record_it_was_decided_from() {
+        use crate::rollout::steps::{Input, Plan, Step};
+        let plan = Plan {
+            stable: "blue".into(),
+            candidate: "green".into(),
+            steps: vec![Step { weight: 10, hold: std::time::Duration::from_secs(60), min_deliveries: 0 }],
+        };
+        let (started, _) = Rollout::start(plan, crate::rollout::Analysis::default(), 1_000);
+        let w = weights(&[("blue", 90), ("green", 10)]);
+        let out = set_rollout(FILE, "orders", None, &started, &w).expect("edits");
+        assert!(out.contains("weights = { blue = 90, green = 10 }"), "{out}");
+        assert!(out.contains("# the gateway") && out.contains("# brokers"), "{out}");
+        assert_eq!(rollout_in(&out, "orders"), Ok(Some(started.clone())), "reads back as written");
+        assert_eq!(rollout_in(&out, "audit"), Ok(None));
+        // Written again from a record that is not there any more: refused.
+        assert_eq!(set_rollout(&out, "orders", None, &started, &w), Err(EditError::RolloutMoved("orders".into())));
+        let mut paused = started.clone();
+        paused.decide(Input::Pause, 2_000);
+        let out = set_rollout(&out, "orders", Some(&started), &paused, &w).expect("edits");
+        assert_eq!(rollout_in(&out, "orders"), Ok(Some(paused)));
+        let config = crate::config::Config::parse(&out).expect("the whole file still loads");
+        assert!(config.routes[1].rollout.is_some());
     }
 
     fn view() -> RouteView {

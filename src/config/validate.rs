@@ -94,6 +94,7 @@ impl Config {
             }
             check_shape(i, route, &at, &mut problems);
             check_delivery(route, &at, &mut problems);
+            check_rollout(route, &at, &mut problems);
             self.check_side_topics(i, route, &at, &mut problems);
         }
         if self.discovery.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {
@@ -312,6 +313,45 @@ fn check_delivery(route: &RouteConfig, at: At<'_>, problems: &mut Problems) {
         (Some(_), _) => problems
             .bad(at("dedup"), "applies only to delivery = \"effectively-once\"; set that or remove [routes.dedup]"),
         (None, _) => {}
+    }
+}
+
+/// A rollout: its own record, and what the route needs for one to work.
+fn check_rollout(route: &RouteConfig, at: At<'_>, problems: &mut Problems) {
+    let Some(rollout) = &route.rollout else { return };
+    for (field, message) in rollout.problems() {
+        problems.bad(at(&format!("rollout.{field}")), message);
+    }
+    if route.split_label.is_none() {
+        problems.bad(
+            at("rollout"),
+            "a rollout moves weights between cohorts of the split label: set split_label (and weights) first",
+        );
+    }
+    if route.delivery == DeliveryMode::AtMostOnce {
+        problems.bad(
+            at("rollout"),
+            "a rollout needs redelivery: on an at-most-once route what a failing candidate nacked is lost instead \
+             of going to the stable cohort; use at-least-once",
+        );
+    }
+    if rollout.active() && route.split_label.is_some() {
+        let candidate = rollout.candidate_weight();
+        let plan = &rollout.plan;
+        let expected = rollout.weights_for(route.weights.keys().cloned(), 100 - candidate, candidate);
+        if route.weights != expected {
+            problems.bad(
+                at("weights"),
+                format!(
+                    "the route is in a rollout of {} (step {}, {} at {candidate} %): its weights are the rollout's \
+                     ({}); pause, promote or abort it with `fanoutctl rollout` instead of setting weights",
+                    plan.candidate,
+                    rollout.step(),
+                    plan.candidate,
+                    expected.iter().map(|(c, w)| format!("{c} = {w}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
     }
 }
 

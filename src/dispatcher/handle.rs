@@ -65,6 +65,11 @@ pub(super) enum Command {
     Status {
         reply: oneshot::Sender<RouteSnapshot>,
     },
+    /// Each cohort's counts and its ack latencies since the last such request (a rollout's
+    /// judge; latencies are kept only while asked for).
+    Outcomes {
+        reply: oneshot::Sender<super::Outcomes>,
+    },
     /// An operator drains the sessions of a subscriber, by name or session number; the
     /// answer lists the sessions draining, with their in-flight counts.
     DrainSubscriber {
@@ -175,6 +180,12 @@ impl RouteHandle {
     /// The route as it runs now.
     pub async fn status(&self) -> Result<RouteSnapshot, Stopped> {
         self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Each cohort's counts and its ack latencies since the last call (for a rollout's judge;
+    /// the route keeps latencies only while this is called, at least every ten seconds).
+    pub async fn outcomes(&self) -> Result<super::Outcomes, Stopped> {
+        self.ask(|reply| Command::Outcomes { reply }).await
     }
 
     /// Drains the sessions of subscriber `who` (name or session number): the sessions

@@ -46,7 +46,8 @@ fn status_of(error: AdminError) -> Status {
         AdminError::Stopping(_) => Status::unavailable(message),
         AdminError::BadRequest(_) => Status::invalid_argument(message),
         AdminError::NoReplay(_) => Status::not_found(message),
-        AdminError::Refused(_) => Status::failed_precondition(message),
+        AdminError::Refused(_) | AdminError::Rollout(_) => Status::failed_precondition(message),
+        AdminError::NoRollout(_) => Status::not_found(message),
         AdminError::Replay(e) => match e {
             ReplayError::Kafka(_) | ReplayError::Stalled { .. } => Status::unavailable(message),
             _ => Status::invalid_argument(message),

@@ -51,6 +51,10 @@ pub struct Thresholds {
     pub failure_rate_tolerance: f64,
     /// How much slower the candidate may be, relative (0.25: a quarter).
     pub latency_tolerance: f64,
+    /// And absolute, in milliseconds, on top: a few milliseconds come and go with a cohort's
+    /// share of the traffic alone (a subscriber at a tenth of the rate waits longer to fill
+    /// an ack batch), and nobody rolls back a queue consumer for them.
+    pub latency_allowance_ms: f64,
     /// Latencies each cohort needs before latency is judged at all.
     pub min_latencies: usize,
 }
@@ -64,6 +68,7 @@ impl Default for Thresholds {
             pass_confidence: 0.95,
             failure_rate_tolerance: 0.02,
             latency_tolerance: 0.25,
+            latency_allowance_ms: 10.0,
             min_latencies: 30,
         }
     }
@@ -125,7 +130,7 @@ pub fn judge(stable: &CohortSample, candidate: &CohortSample, t: &Thresholds) ->
     let enough_latencies =
         stable.latencies_ms.len() >= t.min_latencies && candidate.latencies_ms.len() >= t.min_latencies;
     if enough_latencies {
-        let slow = latency(&stable.latencies_ms, &candidate.latencies_ms, t.latency_tolerance);
+        let slow = latency(&stable.latencies_ms, &candidate.latencies_ms, t.latency_tolerance, t.latency_allowance_ms);
         if slow.p_worse < t.alpha {
             findings.push(Finding::Latency {
                 candidate_median_ms: median(&candidate.latencies_ms),
@@ -185,14 +190,15 @@ pub fn failure_rate_upper_bound(stable: &CohortSample, candidate: &CohortSample,
 }
 
 /// Mann-Whitney U, one-sided: whether `candidate` latencies are larger than `stable`'s
-/// scaled by `1 + tolerance`. Normal approximation with the tie correction; the samples a
+/// scaled by `1 + tolerance`, plus `allowance` (same unit). Normal approximation with the tie correction; the samples a
 /// judge sees (tens to thousands) are well inside where it holds.
-pub fn latency(stable: &[f64], candidate: &[f64], tolerance: f64) -> Comparison {
+pub fn latency(stable: &[f64], candidate: &[f64], tolerance: f64, allowance: f64) -> Comparison {
     let scale = 1.0 + tolerance.max(0.0);
+    let allowance = allowance.max(0.0);
     // (value, from the candidate)
     let mut all: Vec<(f64, bool)> = stable
         .iter()
-        .map(|&v| (v * scale, false))
+        .map(|&v| (v * scale + allowance, false))
         .chain(candidate.iter().map(|&v| (v, true)))
         .filter(|(v, _)| v.is_finite())
         .collect();
@@ -363,18 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn a_few_milliseconds_slower_is_within_the_allowance_however_large_in_ratio() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut lat = |n: usize, add: f64| (0..n).map(|_| add + 1.0 + rng.random::<f64>()).collect::<Vec<_>>();
+        let stable = sample(2_000, 0, lat(2_000, 0.0));
+        // About 1.5 ms against 6.5 ms: four times slower, by 5 ms.
+        let candidate = sample(300, 0, lat(300, 5.0));
+        assert_eq!(judge(&stable, &candidate, &Thresholds::default()), Verdict::Pass);
+        let strict = Thresholds { latency_allowance_ms: 0.0, ..Thresholds::default() };
+        assert!(matches!(judge(&stable, &candidate, &strict), Verdict::Fail(_)));
+    }
+
+    #[test]
     fn mann_whitney_counts_ties_and_knows_which_side_is_slower() {
-        let same = latency(&[1.0, 2.0, 3.0, 3.0], &[1.0, 2.0, 3.0, 3.0], 0.0);
+        let same = latency(&[1.0, 2.0, 3.0, 3.0], &[1.0, 2.0, 3.0, 3.0], 0.0, 0.0);
         assert!((same.effect - 0.5).abs() < 1e-12 && same.z.abs() < 1e-12, "{same:?}");
-        let slower = latency(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0], 0.0);
+        let slower = latency(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0], 0.0, 0.0);
         assert_eq!(slower.effect, 1.0);
         assert!(slower.z > 1.9, "{slower:?}");
-        let faster = latency(&[4.0, 5.0, 6.0], &[1.0, 2.0, 3.0], 0.0);
+        let faster = latency(&[4.0, 5.0, 6.0], &[1.0, 2.0, 3.0], 0.0, 0.0);
         assert!(faster.z < -1.9 && faster.p_worse > 0.95, "{faster:?}");
         // Everything tied: no variance, no evidence.
-        let flat = latency(&[2.0; 5], &[2.0; 5], 0.0);
+        let flat = latency(&[2.0; 5], &[2.0; 5], 0.0, 0.0);
         assert!(flat.z == 0.0 && (flat.p_worse - 0.5).abs() < 1e-6, "{flat:?}");
-        assert_eq!(latency(&[], &[1.0], 0.0).p_worse, 1.0);
+        assert_eq!(latency(&[], &[1.0], 0.0, 0.0).p_worse, 1.0);
     }
 
     /// The rollout's looks, simulated: a good candidate (the stable cohort's 1% failures and

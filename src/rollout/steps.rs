@@ -16,6 +16,7 @@ pub const HISTORY: usize = 64;
 
 /// What an operator asks of a rollout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// The cohort serving the route today (a value of the route's split label).
     pub stable: String,
@@ -28,13 +29,15 @@ pub struct Plan {
 
 /// One step of a [`Plan`].
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Step {
     /// The candidate's weight in percent (1..=100); the stable cohort gets the rest.
     pub weight: u32,
     /// How long the step is held at least, whatever the judge says.
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "hold_ms")]
     pub hold: Duration,
     /// Deliveries the candidate must have settled in this step before it may go on.
+    #[serde(default)]
     pub min_deliveries: u64,
 }
 
@@ -88,7 +91,7 @@ pub enum Phase {
     /// At step `step`, held since `since` (time since the rollout started).
     Running {
         step: usize,
-        #[serde(with = "millis")]
+        #[serde(with = "millis", rename = "since_ms")]
         since: Duration,
     },
     /// Held at step `step` by an operator: the weights stay, nothing advances or is judged.
@@ -103,7 +106,7 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// Time since the rollout started.
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "at_ms")]
     pub at: Duration,
     pub step: usize,
     pub what: String,
@@ -112,6 +115,7 @@ pub struct Event {
 /// A rollout's state: its phase and what happened so far.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
+    #[serde(flatten)]
     pub phase: Phase,
     pub history: Vec<Event>,
 }
@@ -355,7 +359,7 @@ mod tests {
         let (mut r, _) = start(&p, Duration::ZERO);
         decide(&p, &mut r, look(Verdict::Pass, 100), 61 * S);
         let stored = serde_json::to_string(&(&p, &r)).expect("serializes");
-        assert!(stored.contains(r#""phase":"running","step":1,"since":61000"#), "{stored}");
+        assert!(stored.contains(r#""phase":"running","step":1,"since_ms":61000"#), "{stored}");
         let (p2, r2): (Plan, Progress) = serde_json::from_str(&stored).expect("reads back");
         assert_eq!((p2, r2), (p, r));
     }
