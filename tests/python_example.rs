@@ -1,12 +1,13 @@
-//! The Python example (examples/python) against the demo gateway: its stubs come from proto/
-//! through its generate.sh, and the grpcio subscriber retries with backoff until a gateway
-//! listens, acks, drains and reports; a status a retry cannot fix ends it with exit code 2.
-//! Proves the contract is usable from another gRPC stack as a service developer would use it.
+//! The Python example (examples/python) against the demo gateway: a service skeleton on the
+//! fanout_subscriber library (clients/python, imported from its source tree here as
+//! `PYTHONPATH=clients/python/src`, where a service would `pip install` it). It retries with
+//! backoff until a gateway listens, acks, drains and reports; a status a retry cannot fix ends
+//! it with exit code 2. Proves the contract is usable from another gRPC stack as a service
+//! developer would use it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[path = "support/processes.rs"]
@@ -19,34 +20,6 @@ use support::{free_port, python, tools_bin};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COUNT: u64 = 2_000;
 
-/// Runs examples/python/generate.sh once per test process (both tests use its gen/).
-fn generate() {
-    static GENERATED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = GENERATED.get_or_init(|| {
-        let out = std::process::Command::new(format!("{ROOT}/examples/python/generate.sh"))
-            .env("PYTHON", python())
-            .output()
-            .map_err(|e| format!("generate.sh runs: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "generate.sh failed ({}; .ci/run installs grpcio-tools in target/ci-venv):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-    for stub in ["fanout_pb2.py", "fanout_pb2_grpc.py"] {
-        let path = format!("{ROOT}/examples/python/gen/fanout/v1/{stub}");
-        assert!(Path::new(&path).is_file(), "generate.sh wrote {path}");
-    }
-}
-
 /// A child process (killed and reaped on drop, its stderr's tail printed when a test fails)
 /// whose stdout also goes to a file, so both can be read whatever happens.
 struct Proc {
@@ -55,19 +28,22 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(dir: &Path, name: &'static str, program: &str, args: &[&str]) -> Proc {
+    fn spawn(dir: &Path, name: &'static str, command: &mut std::process::Command) -> Proc {
         let stdout = dir.join(format!("{name}.out"));
-        let mut command = std::process::Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(File::create(&stdout).expect("stdout file"));
-        let process = Process::spawn(name, &mut command, dir.join(format!("{name}.err")));
+        command.stdin(Stdio::null()).stdout(File::create(&stdout).expect("stdout file"));
+        let process = Process::spawn(name, command, dir.join(format!("{name}.err")));
         Proc { process, stdout }
     }
 
+    /// The example, with the library from the repository's clients/python/src.
     fn python(dir: &Path, args: &[&str]) -> Proc {
-        let script = format!("{ROOT}/examples/python/subscriber.py");
-        let mut all = vec![script.as_str()];
-        all.extend_from_slice(args);
-        Proc::spawn(dir, "python", &python(), &all)
+        let mut command = std::process::Command::new(python());
+        command
+            .arg(format!("{ROOT}/examples/python/subscriber.py"))
+            .args(args)
+            .env("PYTHONPATH", format!("{ROOT}/clients/python/src"))
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        Proc::spawn(dir, "python", &mut command)
     }
 
     /// The demo gateway: embedded Kafka, route `demo`, one built-in subscriber besides ours.
@@ -76,7 +52,7 @@ impl Proc {
             (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"), rate.to_string());
         let args = ["demo", "--duration", "30", "--subscribers", "1", "--rate", &rate, "--partitions", "4"];
         let args = [&args[..], &["--listen", &listen, "--admin-listen", &admin_listen]].concat();
-        Proc::spawn(dir, "demo", &tools_bin().to_string_lossy(), &args)
+        Proc::spawn(dir, "demo", std::process::Command::new(tools_bin()).args(args))
     }
 
     fn stdout(&self) -> String {
@@ -112,7 +88,6 @@ fn summary(stdout: &str) -> Option<(u64, u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_retries_until_the_gateway_listens_then_acks_and_drains() {
-    generate();
     let dir = tempfile::tempdir().expect("tempdir");
     let (grpc, admin) = (free_port(), free_port());
     let gateway = format!("127.0.0.1:{grpc}");
@@ -154,7 +129,6 @@ async fn the_python_example_retries_until_the_gateway_listens_then_acks_and_drai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_exits_2_on_an_unknown_route_without_retrying() {
-    generate();
     let dir = tempfile::tempdir().expect("tempdir");
     let (grpc, admin) = (free_port(), free_port());
     let demo = Proc::demo(dir.path(), grpc, admin, 100);

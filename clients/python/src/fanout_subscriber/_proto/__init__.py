@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf modules of fanout.v1 (see generate.sh); not a public API."""
