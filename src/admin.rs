@@ -227,7 +227,8 @@ impl Control {
                 routes.append(&mut status);
             }
         }
-        crate::metrics::render(&self.inner.stats, routes, self.readiness().ready)
+        let looks = self.inner.looks.verdict_counts();
+        crate::metrics::render(&self.inner.stats, routes, self.readiness().ready, looks)
     }
 
     /// Every route (or only `only`) as it runs now.

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod connections;
 pub mod fanout;
 pub mod health;
+pub mod rollouts;
 pub mod tls;
 
 use tonic::Status;

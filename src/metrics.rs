@@ -76,7 +76,7 @@ pub fn to_classic(openmetrics: &str) -> String {
 
 /// The exposition of one scrape: the gateway's counters, `routes` as they are now, and whether
 /// the replica is `ready`.
-pub fn render(stats: &Arc<Stats>, routes: Vec<RouteStatus>, ready: bool) -> String {
+pub fn render(stats: &Arc<Stats>, routes: Vec<RouteStatus>, ready: bool, looks: RolloutLooks) -> String {
     let mut registry = Registry::with_prefix("fanout");
     registry.register(
         "commit_latency_seconds",
@@ -93,7 +93,7 @@ pub fn render(stats: &Arc<Stats>, routes: Vec<RouteStatus>, ready: bool) -> Stri
         "Time from a delivery's send to its subscriber's ack, per cohort (replays excluded): what a canary is judged on",
         stats.histograms.ack.clone(),
     );
-    registry.register_collector(Box::new(Scrape { stats: stats.clone(), routes, ready }));
+    registry.register_collector(Box::new(Scrape { stats: stats.clone(), routes, ready, looks }));
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would be a bug in a label, not input.
     if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
@@ -102,12 +102,66 @@ pub fn render(stats: &Arc<Stats>, routes: Vec<RouteStatus>, ready: bool) -> Stri
     out
 }
 
+/// Looks this replica's rollout judge took, per (route, verdict).
+pub type RolloutLooks = BTreeMap<(String, &'static str), u64>;
+
 /// What one scrape encodes besides the histograms.
 #[derive(Debug)]
 struct Scrape {
     stats: Arc<Stats>,
     routes: Vec<RouteStatus>,
     ready: bool,
+    looks: RolloutLooks,
+}
+
+impl Scrape {
+    /// Each route's rollout (from the record in its settings) and the judge's looks.
+    fn rollout_families(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        const PHASES: [&str; 4] = ["running", "paused", "promoted", "aborted"];
+        let rollouts = || {
+            self.routes.iter().filter_map(|r| r.snapshot.config.rollout.as_ref().map(|o| (&r.snapshot.config.name, o)))
+        };
+        family(
+            e,
+            "rollout_phase",
+            "1 for the phase the route's rollout is in (running, paused, promoted, aborted), 0 for the others",
+            MetricType::Gauge,
+            rollouts().flat_map(|(route, o)| {
+                let now = o.progress.phase.name();
+                PHASES.into_iter().map(move |phase| {
+                    let labels = [
+                        ("route", label_value(route)),
+                        ("candidate", label_value(&o.plan.candidate)),
+                        ("phase", phase.to_string()),
+                    ];
+                    (labels, i64::from(phase == now))
+                })
+            }),
+        )?;
+        family(
+            e,
+            "rollout_step",
+            "The step the route's rollout stands at, from 0",
+            MetricType::Gauge,
+            rollouts().map(|(route, o)| ([("route", label_value(route))], o.step() as i64)),
+        )?;
+        family(
+            e,
+            "rollout_candidate_weight",
+            "The rollout candidate's share of the route, in percent",
+            MetricType::Gauge,
+            rollouts().map(|(route, o)| ([("route", label_value(route))], i64::from(o.candidate_weight()))),
+        )?;
+        family(
+            e,
+            "rollout_looks",
+            "Looks this replica's judge took at a rollout's step, by verdict (pass, fail, inconclusive)",
+            MetricType::Counter,
+            self.looks.iter().map(|((route, verdict), n)| {
+                ([("route", label_value(route)), ("verdict", verdict.to_string())], *n as i64)
+            }),
+        )
+    }
 }
 
 /// Gateway-wide counters straight from [`Stats`]: name (without `_total`), help, counter.
@@ -372,6 +426,7 @@ impl Collector for Scrape {
                     })
             }),
         )?;
+        self.rollout_families(&mut e)?;
         seconds_family(
             &mut e,
             "route_throttled_seconds",
@@ -526,7 +581,7 @@ mod tests {
     fn series_carry_bounded_labels_only() {
         let stats = Arc::new(Stats::default());
         stats.histograms.delivery("r").observe(0.01);
-        let text = render(&stats, Vec::new(), true);
+        let text = render(&stats, Vec::new(), true, RolloutLooks::new());
         assert!(text.contains("fanout_ready 1\n"), "{text}");
         assert!(text.contains("fanout_delivery_latency_seconds_count{route=\"r\"} 1\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));

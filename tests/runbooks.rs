@@ -305,14 +305,21 @@ async fn blue_green_cutover() {
     estate.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn canary_ramp() {
-    init_logs();
+/// The canary pages' start: route `orders` at stable=100 canary=0, a pod of each cohort
+/// subscribed, and traffic the stable pod already gets.
+async fn stable_and_canary() -> (Estate, Pod, Pod, JoinHandle<()>) {
     let estate = estate(4, "stable = 100\ncanary = 0", "").await;
     let stable = pod(estate.gw(), "orders-stable-0", Some("stable"), 100, Mode::Ack).await;
     let canary = pod(estate.gw(), "orders-canary-0", Some("canary"), 100, Mode::Ack).await;
     let traffic = traffic(&estate.bootstrap);
     eventually(Duration::from_secs(30), "stable gets the traffic", || stable.delivered() > 0).await;
+    (estate, stable, canary, traffic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_ramp() {
+    init_logs();
+    let (estate, stable, canary, traffic) = stable_and_canary().await;
     let mut book = estate.runbook("canary-ramp.md");
 
     book.step("subscribers").await;
@@ -333,6 +340,30 @@ async fn canary_ramp() {
     assert_eq!(canary.delivered(), canary_after, "the canary gets nothing after the rollback");
     book.step("routes").await;
     book.step("canary=-5").await;
+    book.finish();
+    traffic.abort();
+    estate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_rollout() {
+    init_logs();
+    let (estate, stable, canary, traffic) = stable_and_canary().await;
+    let mut book = estate.runbook("canary-rollout.md");
+
+    book.step("subscribers").await;
+    book.step("--candidate canray").await;
+    book.step("rollout start").await;
+    eventually(Duration::from_secs(20), "the canary gets its share", || canary.delivered() > 20).await;
+    book.step("rollout status").await;
+    book.step("rollout pause").await;
+    book.step("rollout resume").await;
+    book.step("rollout status").await;
+    let at = stable.delivered();
+    book.step("routes").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stable.delivered() <= at + 10, "promoted: stable gets (almost) nothing new");
+    book.step("rollout abort").await;
     book.finish();
     traffic.abort();
     estate.stop().await;

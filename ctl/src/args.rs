@@ -41,6 +41,14 @@ Examples:
   fanoutctl --token-file token replay orders --from-time 2026-12-02T18:00:00Z --to-time 2026-12-02T18:30:00Z
   fanoutctl --token-file token replay orders --from-offsets orders/0=1500,orders/1=1200 --no-wait";
 
+pub(crate) const ROLLOUT_EXAMPLES: &str = "\
+Examples:
+  fanoutctl --token-file token rollout start orders --stable blue --candidate green --steps 1,10,50 --hold 5m
+  fanoutctl --token-file token rollout start orders --stable blue --candidate green --steps 10:2m,50:10m --min-deliveries 1000
+  fanoutctl rollout status orders
+  fanoutctl --token-file token rollout pause orders
+  fanoutctl --token-file token rollout abort orders";
+
 pub(crate) const DLQ_EXAMPLES: &str = "\
 Examples:
   fanoutctl dlq list orders
@@ -152,6 +160,15 @@ pub(crate) enum Command {
         /// The subscriber's name (its pod) or session number, as `subscribers` shows them.
         subscriber: String,
     },
+    /// Move a route's traffic to a candidate cohort step by step, judged against the stable one.
+    ///
+    /// Each replica compares the candidate cohort with the stable cohort on its own traffic at
+    /// every step (failure rate: nacks and missed ack deadlines per delivery; ack latency); a
+    /// failing look rolls the weights back to the stable cohort at once, and the last step
+    /// passed promotes the candidate to 100 %. The rollout is kept in the gateway's source of
+    /// truth beside the weights, so it survives restarts and every replica drives the same one.
+    #[command(subcommand, after_help = ROLLOUT_EXAMPLES)]
+    Rollout(RolloutCommand),
     /// A route's dead-letter topic: list its letters, redrive them to their origin topics.
     #[command(subcommand, after_help = DLQ_EXAMPLES)]
     Dlq(DlqCommand),
@@ -229,6 +246,124 @@ pub(crate) fn parse_partition_offset(text: &str) -> Result<(String, i32, i64), S
         partition.trim().parse().map_err(|_| bad())?,
         offset.trim().parse().map_err(|_| bad())?,
     ))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Start a rollout: the first step's weights at once, the rest as the judge passes them.
+    ///
+    /// Refused, saying what to fix, where it cannot work: a route without a split label or
+    /// at-most-once, a cohort the route has not seen, a stable cohort that serves nothing,
+    /// another cohort with a share, a rollout already running, or a candidate with no
+    /// subscriber on a route that holds (empty_cohort = "hold").
+    Start(RolloutStart),
+    /// The route's rollout: its steps and phase, each replica's latest look, its history.
+    Status {
+        /// The route (as `routes` lists them).
+        route: String,
+    },
+    /// Hold the rollout at its step: the weights stay and nothing is judged.
+    Pause {
+        /// The route.
+        route: String,
+    },
+    /// Go on after a pause; the step's hold starts over.
+    Resume {
+        /// The route.
+        route: String,
+    },
+    /// Give the candidate 100 % now, judged or not.
+    Promote {
+        /// The route.
+        route: String,
+    },
+    /// Give the stable cohort 100 % now; what the candidate nacked is redelivered to it.
+    Abort {
+        /// The route.
+        route: String,
+    },
+}
+
+impl RolloutCommand {
+    /// The route the command is about.
+    pub(crate) fn route(&self) -> &str {
+        match self {
+            RolloutCommand::Start(start) => &start.route,
+            RolloutCommand::Status { route }
+            | RolloutCommand::Pause { route }
+            | RolloutCommand::Resume { route }
+            | RolloutCommand::Promote { route }
+            | RolloutCommand::Abort { route } => route,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RolloutStart {
+    /// The route whose weights move.
+    pub(crate) route: String,
+    /// The cohort serving the route now (a value of its split label).
+    #[arg(long)]
+    pub(crate) stable: String,
+    /// The cohort rolled out.
+    #[arg(long)]
+    pub(crate) candidate: String,
+    /// The candidate's share at each step, increasing: PERCENT or PERCENT:HOLD (10,50 or
+    /// 10:2m,50:10m); past the last step it is promoted to 100 %.
+    #[arg(long, required = true, value_delimiter = ',', value_parser = parse_step)]
+    pub(crate) steps: Vec<(u32, Option<std::time::Duration>)>,
+    /// How long each step is held at least (500ms, 30s, 5m, 1h), where --steps gives none.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub(crate) hold: std::time::Duration,
+    /// Deliveries the candidate settles in a step before it may go on.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) min_deliveries: u64,
+    /// How much higher the candidate's failure rate may be, absolute (default 0.02).
+    #[arg(long, value_name = "RATE")]
+    pub(crate) failure_rate_tolerance: Option<f64>,
+    /// How much slower its acks may be, relative (default 0.25: a quarter).
+    #[arg(long, value_name = "SHARE")]
+    pub(crate) latency_tolerance: Option<f64>,
+    /// And absolute, on top (default 10 ms).
+    #[arg(long, value_name = "MS")]
+    pub(crate) latency_allowance_ms: Option<f64>,
+    /// Settled deliveries each cohort needs in a step before the candidate may pass it
+    /// (default 200).
+    #[arg(long, value_name = "N")]
+    pub(crate) judge_min_deliveries: Option<u64>,
+    /// How often each replica looks at the step (default 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) look_every: Option<std::time::Duration>,
+}
+
+/// `30s`, `5m`, `1h`, `500ms` (or plain seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let bad = || format!("`{text}` is not a duration: write 500ms, 30s, 5m or 1h");
+    let (number, unit) = t.find(|c: char| !c.is_ascii_digit()).map_or((t, "s"), |i| t.split_at(i));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// `PERCENT` or `PERCENT:HOLD`.
+pub(crate) fn parse_step(text: &str) -> Result<(u32, Option<std::time::Duration>), String> {
+    let (weight, hold) = match text.split_once(':') {
+        Some((w, h)) => (w, Some(parse_duration(h)?)),
+        None => (text, None),
+    };
+    let weight = weight
+        .trim()
+        .trim_end_matches('%')
+        .parse::<u32>()
+        .map_err(|_| format!("`{text}` is not a step: write PERCENT or PERCENT:HOLD (e.g. 10 or 10:5m)"))?;
+    Ok((weight, hold))
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +498,18 @@ mod tests {
         assert!(parse_partition_offset("orders=15").expect_err("no partition").contains("TOPIC/PARTITION=OFFSET"));
         assert_eq!(parse_letter("1:42"), Ok((1, 42)));
         assert!(parse_letter("1-42").expect_err("bad").contains("PARTITION:OFFSET"));
+    }
+
+    #[test]
+    fn steps_and_durations_parse_or_say_what_to_write() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 minutes").expect_err("bad").contains("500ms, 30s, 5m or 1h"));
+        assert_eq!(parse_step("10"), Ok((10, None)));
+        assert_eq!(parse_step("50%:2h"), Ok((50, Some(Duration::from_secs(7_200)))));
+        assert!(parse_step("ten").expect_err("bad").contains("PERCENT or PERCENT:HOLD"));
     }
 
     #[test]

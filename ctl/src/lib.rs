@@ -12,6 +12,7 @@ mod args;
 mod change;
 mod rate_limit;
 mod reach;
+mod rollout;
 mod table;
 mod view;
 mod weights;
@@ -221,6 +222,7 @@ async fn execute(cli: &Cli) -> Result<Outcome, CtlError> {
     let asked = reached.replicas.len() + reached.missing.len();
     match &cli.command {
         Command::Dlq(command) => dlq(cli, command, &mut reached.any()?).await.map(Outcome::shown),
+        Command::Rollout(command) => rollout::run(cli, command, reached).await,
         Command::Replay(args) => replay(cli, args, &mut reached.any()?).await.map(Outcome::shown),
         Command::Replays { id } => {
             let mut r = reached.any()?;

@@ -72,22 +72,13 @@ pub struct Looks {
 
 impl Looks {
     fn record(&self, route: &str, look: Look) {
-        *self.verdicts.write().entry((route.to_string(), verdict_name(&look.verdict))).or_default() += 1;
+        *self.verdicts.write().entry((route.to_string(), look.verdict.name())).or_default() += 1;
         self.latest.write().insert(route.to_string(), look);
     }
 
     /// Looks per route and verdict since start (for `/metrics`).
     pub fn verdict_counts(&self) -> BTreeMap<(String, &'static str), u64> {
         self.verdicts.read().clone()
-    }
-}
-
-/// A verdict's name in logs and metrics.
-pub fn verdict_name(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Fail(_) => "fail",
-        Verdict::Inconclusive(_) => "inconclusive",
     }
 }
 
@@ -182,7 +173,7 @@ impl Control {
             return Err(AdminError::Rollout(format!(
                 "route `{route}`'s rollout of {} is over ({}); start another",
                 before.plan.candidate,
-                phase_name(&before.progress.phase)
+                before.progress.phase.name()
             )));
         }
         let mut next = before.clone();
@@ -192,7 +183,7 @@ impl Control {
         }
         let weights = weights_of(&next, &config.weights, moved);
         self.write_rollout(route, Some(&before), next.clone(), weights).await?;
-        info!(route, action = ?input, phase = phase_name(&next.progress.phase), "rollout steered by an operator");
+        info!(route, action = ?input, phase = next.progress.phase.name(), "rollout steered by an operator");
         Ok(next)
     }
 
@@ -289,7 +280,7 @@ impl Control {
                 let stable = window.sample(&rollout.plan.stable, &totals);
                 let candidate = window.sample(&rollout.plan.candidate, &totals);
                 let verdict = judge::judge(&stable, &candidate, &rollout.analysis.thresholds());
-                let name = verdict_name(&verdict);
+                let name = verdict.name();
                 if said.insert(route.clone(), name) != Some(name) {
                     info!(
                         route,
@@ -340,16 +331,6 @@ fn weights_of(rollout: &Rollout, now: &BTreeMap<String, u32>, moved: Move) -> BT
     match moved {
         Move::Weights { stable, candidate } => rollout.weights_for(now.keys().cloned(), stable, candidate),
         Move::Stay => now.clone(),
-    }
-}
-
-/// A phase's name, as status and logs say it.
-pub fn phase_name(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Running { .. } => "running",
-        Phase::Paused { .. } => "paused",
-        Phase::Promoted => "promoted",
-        Phase::Aborted { .. } => "aborted",
     }
 }
 

@@ -343,6 +343,49 @@ impl Admin for AdminService {
         let progress = self.control.cancel_replay(request.into_inner().id).map_err(status_of)?;
         Ok(Response::new(replay_status(progress)))
     }
+
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let request = request.into_inner();
+        let route = required("route", &request.route)?;
+        let (plan, analysis) = super::rollouts::plan_of(&request);
+        self.control.start_rollout(route, plan, analysis).await.map_err(status_of)?;
+        self.rollout_status(route)
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let request = request.into_inner();
+        self.rollout_status(required("route", &request.route)?)
+    }
+
+    async fn steer_rollout(
+        &self,
+        request: Request<pb::SteerRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let request = request.into_inner();
+        let route = required("route", &request.route)?;
+        let input = super::rollouts::input_of(request.action)?;
+        self.control.steer_rollout(route, input).await.map_err(status_of)?;
+        self.rollout_status(route)
+    }
+}
+
+impl AdminService {
+    /// Route `route`'s rollout as this replica has it now.
+    fn rollout_status(&self, route: &str) -> Result<Response<pb::RolloutStatus>, Status> {
+        let view = self.control.rollout(route).map_err(status_of)?;
+        let Some(rollout) = view.rollout.clone() else {
+            return Err(status_of(AdminError::NoRollout(route.to_string())));
+        };
+        let replica = self.control.replica();
+        let status = super::rollouts::status_of(view, &rollout, replica.name, replica.config_generation);
+        Ok(Response::new(status))
+    }
 }
 
 /// The `fanout.admin.v1.DeadLetters` service: listing and redriving a route's dead letters.

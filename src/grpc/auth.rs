@@ -24,6 +24,7 @@ const READ_ONLY: &[&str] = &[
     "/fanout.admin.v1.Admin/Status",
     "/fanout.admin.v1.Admin/GetReplay",
     "/fanout.admin.v1.Admin/ListReplays",
+    "/fanout.admin.v1.Admin/GetRollout",
     "/fanout.admin.v1.DeadLetters/List",
 ];
 /// The admin API's services; reflection and health on the admin port stay open.

@@ -98,6 +98,17 @@ pub enum Verdict {
     Inconclusive(Wait),
 }
 
+impl Verdict {
+    /// The verdict's name in logs, status and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "fail",
+            Verdict::Inconclusive(_) => "inconclusive",
+        }
+    }
+}
+
 /// A metric the candidate failed on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Finding {

@@ -102,6 +102,18 @@ pub enum Phase {
     Aborted { step: usize },
 }
 
+impl Phase {
+    /// The phase's name, as status, logs and metrics say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Running { .. } => "running",
+            Phase::Paused { .. } => "paused",
+            Phase::Promoted => "promoted",
+            Phase::Aborted { .. } => "aborted",
+        }
+    }
+}
+
 /// What happened, for the history.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
@@ -196,7 +208,8 @@ pub fn decide(plan: &Plan, progress: &mut Progress, input: Input, now: Duration)
                             progress,
                             now,
                             next,
-                            format!("step {step} passed: {} at {} %", plan.candidate, weight_of(plan, next)),
+                            // People count steps from 1.
+                            format!("step {} passed: {} at {} %", step + 1, plan.candidate, weight_of(plan, next)),
                         );
                         weights(weight_of(plan, next))
                     }
@@ -227,8 +240,8 @@ fn promote(plan: &Plan, progress: &mut Progress, now: Duration, step: usize, why
     weights(100)
 }
 
-/// The findings, as the history and the logs say them.
-fn failed(findings: &[Finding]) -> String {
+/// The findings, as the history, the logs and the admin API say them.
+pub fn failed(findings: &[Finding]) -> String {
     let said: Vec<String> = findings
         .iter()
         .map(|f| match f {

@@ -126,7 +126,9 @@ pub fn reads_only(args: &[String]) -> bool {
     let args: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with('-')).collect();
     matches!(
         args.as_slice(),
-        ["status" | "routes" | "subscribers" | "partitions" | "replays", ..] | ["dlq", "list", ..]
+        ["status" | "routes" | "subscribers" | "partitions" | "replays", ..]
+            | ["dlq", "list", ..]
+            | ["rollout", "status", ..]
     )
 }
 
