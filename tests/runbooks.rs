@@ -272,7 +272,7 @@ fn every_page_is_indexed_and_has_steps() {
         let this_file = include_str!("runbooks.rs");
         assert!(this_file.contains(&format!("\"{name}\"")), "{name} is run by a test here");
     }
-    assert_eq!(pages, 8);
+    assert_eq!(pages, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

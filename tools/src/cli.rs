@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::devkafka::{DevKafka, TopicSpec};
-use super::{bench, demo, scenario};
+use super::{bench, demo, rollout_scenario, scenario};
 use fanout_client::{code_name, shutdown_signal};
 
 /// Examples under `demo --help`: the demo alone, then operated from a second terminal.
@@ -27,6 +27,10 @@ EXAMPLES:
 
   # A canary ramp (weights switched while producing), ending with one `scenario: ...` line:
   cargo demo --scenario canary
+  # The gateway's own rollout of a candidate that nacks a fifth of its messages (rolled back),
+  # and twenty rollouts of one that behaves (each promoted):
+  cargo demo --scenario canary-bad
+  cargo demo --scenario canary-good --runs 20
 
 Operators' commands all work on the demo gateway: its admin token is demo-token (so its admin API
 stays on loopback), one message in 997 is poison and is dead-lettered to demo-events.dlq (a
@@ -80,9 +84,18 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: String,
     /// Run a deploy scenario instead: subscribers in two cohorts, weights switched while
-    /// producing. Ends with one `scenario: ...` line.
+    /// producing (canary-good, canary-bad, canary-slow: by the gateway's own rollout, judged at
+    /// each step). Ends with one `scenario: ...` line.
     #[arg(long, value_enum)]
     pub scenario: Option<scenario::Scenario>,
+    /// A rollout scenario's seed: which messages a bad candidate fails, every handler's time,
+    /// the keys produced.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run a rollout scenario this many times, with seeds --seed, --seed + 1, ...; a
+    /// `scenarios: ...` line sums them up.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u64,
 }
 
 /// `bench`: the gateway measured against a plain consumer, in one run.
@@ -200,7 +213,37 @@ pub struct DevKafkaArgs {
 
 /// Runs `demo`, or `demo --scenario`.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let DemoArgs { duration, subscribers, rate, partitions, listen, admin_listen, scenario } = args;
+    let DemoArgs { duration, subscribers, rate, partitions, listen, admin_listen, scenario, seed, runs } = args;
+    if let Some(candidate) = scenario.and_then(scenario::Scenario::rollout) {
+        let options = rollout_scenario::RolloutOptions {
+            limit: Duration::from_secs(duration.max(30)),
+            per_cohort: subscribers.div_ceil(2).max(1),
+            rate: rate.max(4_000),
+            partitions,
+            listen,
+            seed,
+            ..rollout_scenario::RolloutOptions::default()
+        };
+        println!(
+            "scenario {}: embedded kafka, {partitions} partitions, {} msg/s, {} subscribers per cohort, rollout steps {:?} % held {:?} each",
+            candidate.name(),
+            options.rate,
+            options.per_cohort,
+            options.steps,
+            options.hold,
+        );
+        let mut reports = Vec::new();
+        for run in 0..runs.max(1) {
+            let options = rollout_scenario::RolloutOptions { seed: seed + run, ..options.clone() };
+            let report = rollout_scenario::run(candidate, options, |line| println!("{line}")).await?;
+            println!("{report}");
+            reports.push(report);
+        }
+        if reports.len() > 1 {
+            println!("{}", rollout_scenario::summary(&reports));
+        }
+        return Ok(());
+    }
     if let Some(which) = scenario {
         let options = scenario::ScenarioOptions {
             duration: Duration::from_secs(duration),

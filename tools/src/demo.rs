@@ -99,6 +99,8 @@ pub enum DemoError {
     AdminNotLoopback(String),
     #[error("cannot write the demo's admin token file: {0}")]
     TokenFile(#[source] std::io::Error),
+    #[error("the rollout did not start: {0}")]
+    Rollout(String),
 }
 
 /// The demo's result: one line that scripts read.

@@ -1,5 +1,6 @@
 //! fanout-tools: what a developer runs around the gateway, never the service itself: the
-//! embedded demo ([`demo`]) and its deploy scenarios ([`scenario`]), the benchmark ([`bench`]),
+//! embedded demo ([`demo`]) and its deploy scenarios ([`scenario`], and the gateway's own
+//! rollouts in [`rollout_scenario`]), the benchmark ([`bench`]),
 //! a standalone mock Kafka ([`devkafka`]) and the command line that runs them ([`cli`]).
 //!
 //! Its own crate so that the service's binary links none of it (no benchmark, no subscriber
@@ -14,4 +15,5 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod devkafka;
+pub mod rollout_scenario;
 pub mod scenario;

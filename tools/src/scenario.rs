@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::demo::{committed_offsets, DemoError, Produced};
+use crate::rollout_scenario::Candidate;
 use fanout_client::{stream, Delivery, Nack, Replicas, Subscriber};
 use fanout_gateway::config::{Config, EmptyCohort, RouteConfig};
 use fanout_gateway::gateway;
@@ -45,6 +46,13 @@ pub enum Scenario {
     BlueGreen,
     /// canary 0 → 10 → 50 → 100 (stable takes the rest).
     Canary,
+    /// The gateway's own rollout, 10 → 50 → 100 % judged at each step, of a candidate that
+    /// behaves as stable does: promoted.
+    CanaryGood,
+    /// The same of a candidate that nacks a fifth of its messages: rolled back.
+    CanaryBad,
+    /// The same of a candidate five times slower: rolled back.
+    CanarySlow,
 }
 
 impl Scenario {
@@ -52,6 +60,17 @@ impl Scenario {
         match self {
             Self::BlueGreen => "blue-green",
             Self::Canary => "canary",
+            Self::CanaryGood | Self::CanaryBad | Self::CanarySlow => self.rollout().map_or("", Candidate::name),
+        }
+    }
+
+    /// For a rollout scenario (see [`crate::rollout_scenario`]), how its candidate behaves.
+    pub fn rollout(self) -> Option<Candidate> {
+        match self {
+            Self::BlueGreen | Self::Canary => None,
+            Self::CanaryGood => Some(Candidate::Good),
+            Self::CanaryBad => Some(Candidate::Failing),
+            Self::CanarySlow => Some(Candidate::Slow),
         }
     }
 
@@ -59,15 +78,16 @@ impl Scenario {
     pub fn cohorts(self) -> (&'static str, &'static str) {
         match self {
             Self::BlueGreen => ("blue", "green"),
-            Self::Canary => ("stable", "canary"),
+            Self::Canary | Self::CanaryGood | Self::CanaryBad | Self::CanarySlow => ("stable", "canary"),
         }
     }
 
     /// Weight of the new cohort in each phase, in percent.
+    /// (A rollout scenario's steps are its rollout's: see [`crate::rollout_scenario`].)
     pub fn phases(self) -> &'static [u32] {
         match self {
             Self::BlueGreen => &[0, 100],
-            Self::Canary => &[0, 10, 50, 100],
+            Self::Canary | Self::CanaryGood | Self::CanaryBad | Self::CanarySlow => &[0, 10, 50, 100],
         }
     }
 }
