@@ -19,28 +19,23 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 use tokio::sync::watch;
-use tracing::warn;
 
 use crate::demo::{committed_offsets, DemoError, Produced};
-use fanout_client::{stream, Delivery, Nack, Replicas, Subscriber};
+// The same route, cohort label, handler times and windows as the weight-switching scenarios.
+use crate::scenario::{run_in_cohort, PROCESSING_US, ROUTE, SPLIT_LABEL, WINDOW};
+use fanout_client::{stream, Delivery, Nack};
 use fanout_gateway::config::{Config, EmptyCohort, RouteConfig};
 use fanout_gateway::gateway::{self, GatewayHandle};
 use fanout_gateway::rollout::steps::{Phase, Plan, Step};
 use fanout_gateway::rollout::{Analysis, Rollout};
 
 const TOPIC: &str = "rollout-events";
-const ROUTE: &str = "orders";
-const SPLIT_LABEL: &str = "track";
 const STABLE: &str = "stable";
 const CANDIDATE: &str = "canary";
 const GROUP: &str = "fanout-rollout-scenario";
 const KEYS: u64 = 5_000;
-/// A handler's time per message, in microseconds, for a cohort that behaves.
-const PROCESSING_US: std::ops::Range<u64> = 1_000..10_000;
 /// How much slower `canary-slow` is.
 const SLOWER: u64 = 5;
-/// Each subscriber's window, and its handlers at once.
-const WINDOW: u32 = 100;
 /// One message in this many is failed by `canary-bad`.
 const FAILS_ONE_IN: u64 = 5;
 
@@ -374,7 +369,7 @@ fn progress_line(r: &Rollout) -> String {
     }
 }
 
-/// A subscriber of `cohort` behaving as `behaviour` says, on the subscriber library.
+/// A subscriber of `cohort` behaving as `behaviour` says (see [`run_in_cohort`]).
 async fn subscriber(
     endpoint: String,
     name: String,
@@ -382,19 +377,8 @@ async fn subscriber(
     behaviour: Candidate,
     seed: u64,
     observed: Arc<Mutex<Observed>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let built = Subscriber::builder(ROUTE)
-        .replicas(Replicas::list([endpoint]))
-        .name(name.clone())
-        .label(SPLIT_LABEL, cohort)
-        .max_in_flight(WINDOW)
-        .concurrency(WINDOW as usize)
-        .build();
-    let subscriber = match built {
-        Ok(subscriber) => subscriber,
-        Err(error) => return warn!(%error, name, "scenario subscriber not started"),
-    };
     let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
     let is_candidate = cohort == CANDIDATE;
     let handler = move |d: Delivery| {
@@ -436,12 +420,7 @@ async fn subscriber(
             Ok::<(), Nack>(())
         }
     };
-    let stopped = async move {
-        let _ = stop.wait_for(|&stopped| stopped).await;
-    };
-    if let Err(error) = subscriber.run(handler, stopped).await {
-        warn!(%error, name, "scenario subscriber ended");
-    }
+    run_in_cohort(endpoint, name, cohort, handler, stop).await;
 }
 
 /// Whether a failing candidate fails message `id` (the same every time it comes back).

@@ -36,9 +36,9 @@ const HOT_KEYS: u64 = 16;
 const SETTLE: Duration = Duration::from_millis(500);
 /// Time a subscriber spends on a delivery before it acks, in microseconds: it varies, as real
 /// work does, so a key served by two subscribers at once would show up as reordering.
-const PROCESSING_US: std::ops::Range<u64> = 1_000..10_000;
+pub(crate) const PROCESSING_US: std::ops::Range<u64> = 1_000..10_000;
 /// Each subscriber's window, and its handlers at once.
-const WINDOW: u32 = 100;
+pub(crate) const WINDOW: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -347,19 +347,8 @@ async fn subscriber(
     is_new: bool,
     phase: Arc<Mutex<Phase>>,
     observed: Arc<Mutex<Observed>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let built = Subscriber::builder(ROUTE)
-        .replicas(Replicas::list([endpoint]))
-        .name(name.clone())
-        .label(SPLIT_LABEL, cohort)
-        .max_in_flight(WINDOW)
-        .concurrency(WINDOW as usize)
-        .build();
-    let subscriber = match built {
-        Ok(subscriber) => subscriber,
-        Err(error) => return warn!(%error, name, "scenario subscriber not started"),
-    };
     let handler = move |d: Delivery| {
         let (phase, observed) = (phase.clone(), observed.clone());
         async move {
@@ -390,6 +379,30 @@ async fn subscriber(
             }
             Ok::<(), Nack>(())
         }
+    };
+    run_in_cohort(endpoint, name, &cohort, handler, stop).await;
+}
+
+/// Runs `handler` as a subscriber of route [`ROUTE`] in `cohort` (its [`SPLIT_LABEL`]) until
+/// `stop`, with [`WINDOW`] deliveries in flight and as many handlers at once, one at a time
+/// per key, like a service with a worker pool: what every scenario's subscribers share.
+pub(crate) async fn run_in_cohort<H: fanout_client::Handler>(
+    endpoint: String,
+    name: String,
+    cohort: &str,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+) {
+    let built = Subscriber::builder(ROUTE)
+        .replicas(Replicas::list([endpoint]))
+        .name(name.clone())
+        .label(SPLIT_LABEL, cohort)
+        .max_in_flight(WINDOW)
+        .concurrency(WINDOW as usize)
+        .build();
+    let subscriber = match built {
+        Ok(subscriber) => subscriber,
+        Err(error) => return warn!(%error, name, "scenario subscriber not started"),
     };
     let stopped = async move {
         let _ = stop.wait_for(|&stopped| stopped).await;
