@@ -5,11 +5,12 @@
 //! `bash .ci/test` runs them. Go's module cache is the default one; a fresh machine fills it
 //! from the Go module proxy, and go.sum pins what comes.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+#[path = "support/bounded.rs"]
+mod bounded;
 mod support;
 
 use support::tools_bin;
@@ -18,10 +19,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Vet and the suite take about a minute on 2 cores with a warm cache (the RPC test waits
 /// for the demo gateway); a cold module cache and build add a few. This bounds a hang.
 const LIMIT: Duration = Duration::from_secs(900);
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// protoc of the protoc-bin-vendored crate, which the workspace's build fetched (proto/'s
 /// build script uses it), for the Go test that compares the stubs with proto/.
@@ -48,46 +45,22 @@ fn protoc() -> Option<PathBuf> {
 /// started if it outlives LIMIT); panics with its output when it fails.
 fn go(args: &[&str], tools: &Path) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (out, err) = (dir.path().join("go.out"), dir.path().join("go.err"));
     let mut command = Command::new("go");
     command
         .args(args)
         .current_dir(Path::new(ROOT).join("argo-rollouts-plugin"))
         .env("FANOUT_TOOLS", tools)
         // go.mod and go.sum are as committed: a missing requirement fails, nothing is rewritten.
-        .env("GOFLAGS", "-mod=readonly -buildvcs=false")
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).expect("stdout file"))
-        .stderr(File::create(&err).expect("stderr file"));
+        .env("GOFLAGS", "-mod=readonly -buildvcs=false");
     if let Some(protoc) = protoc() {
         command.env("PROTOC", protoc);
     }
-    // A process group of its own, so a hung run is killed with the demo gateway it started.
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child =
-        command.spawn().unwrap_or_else(|e| panic!("cannot run go ({e}); the machine's Go toolchain must be on PATH"));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > LIMIT {
-            let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
-            let _ = child.wait();
-            panic!(
-                "go {} still running after {LIMIT:?}; killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                args.join(" "),
-                read(&out),
-                read(&err)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (read(&out), read(&err));
+    let what = format!("go {}", args.join(" "));
+    let how = "the machine's Go toolchain must be on PATH";
+    let bounded::Finished { status, stdout, stderr } = bounded::run(&what, command, dir.path(), LIMIT, how);
     assert!(
         status.success(),
-        "go {} failed ({status}; FANOUT_TOOLS={}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        args.join(" "),
+        "{what} failed ({status}; FANOUT_TOOLS={}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         tools.display()
     );
     stdout
